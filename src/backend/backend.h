@@ -1,0 +1,332 @@
+// The backend interface: the file system operations dpfs serves.
+//
+// One method per FUSE operation, with typed arguments already decoded and
+// validated by the session (names are non-empty, at most NAME_MAX bytes,
+// without '/' or NUL). Every method is handed a reply object of the type the
+// operation answers with; the backend must complete it exactly once, now or
+// later (from an io_uring completion, an NFS reply, a lock being released),
+// with ok(...) or error(errno). A reply destroyed unanswered answers EIO and
+// is logged: the tenant never hangs on a forgotten request.
+//
+// Lookup counts (the contract the kernel relies on): every successful reply
+// carrying an Entry (lookup, mknod, mkdir, symlink, link, create, tmpfile and
+// each entry of READDIRPLUS other than "." and "..") adds one to the inode's
+// lookup count; forget(ino, n) removes n. An inode may be freed only when its
+// lookup count is zero and it has no links. The root (kRootIno) is never
+// forgotten.
+//
+// Trust: inode numbers and file handles come from the tenant. A backend must
+// check that an ino or fh it is handed is one it gave out and still lives,
+// and answer ESTALE/EBADF otherwise -- never dereference it blindly.
+//
+// Threads: methods may be called concurrently from several workers; a
+// backend that keeps shared state synchronizes it itself.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+namespace dpfs::fuse {
+class Request;
+}
+
+namespace dpfs {
+
+constexpr uint64_t kRootIno = 1;  // FUSE_ROOT_ID
+
+// Who asks: the credentials of the tenant process behind a request.
+struct Context {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t pid = 0;
+  uint64_t unique = 0;  // the request id, as INTERRUPT names it
+};
+
+// A name bound to an inode, as LOOKUP and the creating operations return it.
+struct Entry {
+  uint64_t ino = 0;
+  uint64_t generation = 0;  // ino:generation is unique for the file system's life
+  struct stat attr {};
+  double entry_timeout = 0;  // seconds the kernel may cache the name
+  double attr_timeout = 0;   // seconds the kernel may cache the attributes
+};
+
+// SETATTR: which fields to change (bits of `valid`) and their new values.
+struct SetAttr {
+  enum : uint32_t {
+    kMode = 1u << 0,
+    kUid = 1u << 1,
+    kGid = 1u << 2,
+    kSize = 1u << 3,
+    kAtime = 1u << 4,
+    kMtime = 1u << 5,
+    kFh = 1u << 6,
+    kAtimeNow = 1u << 7,  // with kAtime: atime already holds the current time
+    kMtimeNow = 1u << 8,  // with kMtime: mtime already holds the current time
+    kLockOwner = 1u << 9,
+    kCtime = 1u << 10,
+    kKillSuidgid = 1u << 11,
+  };
+  uint32_t valid = 0;
+  uint32_t mode = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint64_t size = 0;
+  timespec atime{};
+  timespec mtime{};
+  timespec ctime{};
+  uint64_t fh = 0;
+  uint64_t lock_owner = 0;
+};
+
+// A POSIX byte-range lock, as GETLK/SETLK carry it. `end` is inclusive;
+// OFFSET_MAX (INT64_MAX) means "to the end of the file".
+struct Lock {
+  uint64_t start = 0;
+  uint64_t end = 0;
+  uint32_t type = 0;  // F_RDLCK, F_WRLCK, F_UNLCK
+  uint32_t pid = 0;
+};
+
+// What a backend can do, consulted once at INIT to choose the features
+// offered to the kernel.
+struct Capabilities {
+  bool posix_locks = false;  // getlk/setlk implemented
+  bool flock_locks = false;  // setlk with flock semantics implemented
+  bool readdirplus = true;
+  bool writeback_cache = false;
+};
+
+// ---------------------------------------------------------------------------
+// Replies. Move-only handles to one in-flight request. Completing a reply
+// twice, or completing a moved-from reply, is a bug in the backend; it is
+// logged and ignored.
+
+class Reply {
+ public:
+  Reply() = default;
+  explicit Reply(fuse::Request* req) : req_(req) {}
+  Reply(Reply&& other) noexcept : req_(other.req_) { other.req_ = nullptr; }
+  Reply& operator=(Reply&& other) noexcept;
+  Reply(const Reply&) = delete;
+  Reply& operator=(const Reply&) = delete;
+  ~Reply();
+
+  // Answers with -errno (errno > 0). A zero or negative value is a backend
+  // bug and answers EIO.
+  void error(int errno_value);
+  bool pending() const { return req_ != nullptr; }
+  // The request id (for matching an INTERRUPT); 0 once answered.
+  uint64_t unique() const;
+
+ protected:
+  fuse::Request* take();  // hands the request to an encoder, once
+  fuse::Request* req_ = nullptr;
+};
+
+// No payload: unlink, rmdir, rename, release, fsync, setxattr, flush, setlk...
+class StatusReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok();
+};
+
+class EntryReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(const Entry& entry);
+};
+
+class AttrReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(const struct stat& attr, double timeout);
+};
+
+class OpenReply : public Reply {
+ public:
+  using Reply::Reply;
+  // open_flags: FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, ... of <linux/fuse.h>.
+  void ok(uint64_t fh, uint32_t open_flags = 0);
+};
+
+class CreateReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(const Entry& entry, uint64_t fh, uint32_t open_flags = 0);
+};
+
+// READ: the backend has written `bytes` into the destination iovecs it was
+// handed (fewer than asked means end of file).
+class ReadReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(size_t bytes);
+};
+
+// WRITE and COPY_FILE_RANGE: bytes written.
+class WriteReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(size_t bytes);
+};
+
+// READLINK: the target.
+class ReadlinkReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(std::string_view target);
+};
+
+// GETXATTR (a value) and LISTXATTR (NUL-terminated names, concatenated).
+// The backend passes the whole value; the session answers the size probe
+// (size 0) or ERANGE when the tenant's buffer is too small.
+class XattrReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(std::span<const std::byte> value);
+  void ok(std::string_view value) {
+    ok(std::as_bytes(std::span<const char>(value.data(), value.size())));
+  }
+};
+
+class StatfsReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(const struct statvfs& st);
+};
+
+class LockReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(const Lock& lock);
+};
+
+class LseekReply : public Reply {
+ public:
+  using Reply::Reply;
+  void ok(uint64_t offset);
+};
+
+// READDIR and READDIRPLUS. Entries are encoded straight into the tenant's
+// buffer: add() returns false when the next entry does not fit, and the
+// backend stops there (and, for READDIRPLUS, must not count a lookup for an
+// entry that was not added). `next_offset` is the cookie the kernel passes
+// back to continue after this entry. Then done().
+class DirReply : public Reply {
+ public:
+  using Reply::Reply;
+  bool plus() const;  // READDIRPLUS: use add_plus
+  // type: DT_* of <dirent.h> (or the S_IFMT bits >> 12).
+  bool add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset);
+  bool add_plus(std::string_view name, const Entry& entry, uint64_t next_offset);
+  void done();
+};
+
+// ---------------------------------------------------------------------------
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Capabilities capabilities() const { return {}; }
+  // INIT and DESTROY of a session (a mount, a device reset).
+  virtual void init() {}
+  virtual void destroy() {}
+
+  // Every operation answers ENOSYS unless the backend overrides it.
+  virtual void lookup(const Context& ctx, uint64_t parent, std::string_view name,
+                      EntryReply reply);
+  // No reply: drops `nlookup` lookups of `ino`.
+  virtual void forget(uint64_t ino, uint64_t nlookup);
+  virtual void getattr(const Context& ctx, uint64_t ino, std::optional<uint64_t> fh,
+                       AttrReply reply);
+  virtual void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply);
+  virtual void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply);
+  virtual void symlink(const Context& ctx, uint64_t parent, std::string_view name,
+                       std::string_view target, EntryReply reply);
+  // mode carries the file type (S_IFREG, S_IFCHR, ...); umask already applied
+  // by the kernel unless the session says otherwise (umask passed for ACLs).
+  virtual void mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                     uint32_t rdev, uint32_t umask, EntryReply reply);
+  virtual void mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                     uint32_t umask, EntryReply reply);
+  virtual void unlink(const Context& ctx, uint64_t parent, std::string_view name,
+                      StatusReply reply);
+  virtual void rmdir(const Context& ctx, uint64_t parent, std::string_view name,
+                     StatusReply reply);
+  // flags: 0, RENAME_NOREPLACE, RENAME_EXCHANGE (RENAME_WHITEOUT: EINVAL unless supported).
+  virtual void rename(const Context& ctx, uint64_t parent, std::string_view name,
+                      uint64_t new_parent, std::string_view new_name, uint32_t flags,
+                      StatusReply reply);
+  virtual void link(const Context& ctx, uint64_t ino, uint64_t new_parent,
+                    std::string_view new_name, EntryReply reply);
+  // flags: the open(2) flags (O_ACCMODE, O_TRUNC, O_APPEND, ...).
+  virtual void open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply);
+  // Fills up to `size` bytes of `dst` (iov_length(dst) == size) from `offset`.
+  virtual void read(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t size,
+                    std::span<const iovec> dst, ReadReply reply);
+  // Writes `src` (iov_length(src) bytes, the tenant's buffers) at `offset`.
+  // write_flags: FUSE_WRITE_* of <linux/fuse.h>.
+  virtual void write(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+                     std::span<const iovec> src, uint32_t write_flags, WriteReply reply);
+  virtual void statfs(const Context& ctx, uint64_t ino, StatfsReply reply);
+  virtual void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags,
+                       uint64_t lock_owner, bool flock_unlock, StatusReply reply);
+  virtual void fsync(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+                     StatusReply reply);
+  // flags: XATTR_CREATE / XATTR_REPLACE.
+  virtual void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
+                        std::span<const std::byte> value, uint32_t flags, StatusReply reply);
+  virtual void getxattr(const Context& ctx, uint64_t ino, std::string_view name,
+                        XattrReply reply);
+  virtual void listxattr(const Context& ctx, uint64_t ino, XattrReply reply);
+  virtual void removexattr(const Context& ctx, uint64_t ino, std::string_view name,
+                           StatusReply reply);
+  virtual void flush(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t lock_owner,
+                     StatusReply reply);
+  virtual void opendir(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply);
+  // `offset` is 0 or a next_offset this backend gave in an earlier DirReply.
+  virtual void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+                       DirReply reply);
+  virtual void releasedir(const Context& ctx, uint64_t ino, uint64_t fh, StatusReply reply);
+  virtual void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+                        StatusReply reply);
+  virtual void getlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
+                     const Lock& lock, LockReply reply);
+  // sleep: SETLKW -- wait for a conflicting lock to go away (without blocking
+  // the calling worker: keep the reply and answer when the lock is free, or
+  // EINTR on interrupt()). flock: BSD flock(2) semantics rather than POSIX.
+  virtual void setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
+                     const Lock& lock, bool sleep, bool flock, StatusReply reply);
+  // mask: R_OK | W_OK | X_OK, or F_OK (0).
+  virtual void access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply);
+  virtual void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                      uint32_t umask, uint32_t flags, CreateReply reply);
+  // The tenant gave up waiting for request `unique`: answer it early (EINTR)
+  // if it is still waiting, otherwise ignore.
+  virtual void interrupt(uint64_t unique);
+  // mode: FALLOC_FL_* of <linux/falloc.h>.
+  virtual void fallocate(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t mode,
+                         uint64_t offset, uint64_t length, StatusReply reply);
+  // whence: SEEK_DATA or SEEK_HOLE (the kernel handles SEEK_SET/CUR/END).
+  virtual void lseek(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+                     uint32_t whence, LseekReply reply);
+  virtual void copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in,
+                               uint64_t off_in, uint64_t ino_out, uint64_t fh_out,
+                               uint64_t off_out, uint64_t len, uint64_t flags,
+                               WriteReply reply);
+  virtual void syncfs(const Context& ctx, uint64_t ino, StatusReply reply);
+  // An unnamed file in directory `parent` (O_TMPFILE).
+  virtual void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask,
+                       uint32_t flags, CreateReply reply);
+};
+
+}  // namespace dpfs

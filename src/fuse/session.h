@@ -1,0 +1,98 @@
+// The FUSE session: one per mount or device.
+//
+// Owns the FUSE protocol between a tenant kernel and a backend: INIT
+// negotiation (version, feature flags, max_write/max_pages/max_readahead,
+// time granularity), decoding and validating every request against what it
+// actually carries, dispatch by opcode, and the rule that every request gets
+// exactly one reply. It knows nothing of how bytes travel (see Request).
+//
+// Safe for concurrent use: several workers call handle() at once. INIT and
+// DESTROY are the only requests that change session state.
+#pragma once
+
+#include <linux/fuse.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "backend/backend.h"
+#include "fuse/request.h"
+
+namespace dpfs::fuse {
+
+struct SessionOptions {
+  uint32_t max_write = 1u << 20;      // largest WRITE/READ payload
+  uint32_t max_readahead = 1u << 20;  // upper bound; the kernel's value wins if smaller
+  uint32_t max_background = 64;
+  double entry_timeout = 1.0;  // defaults a backend may use
+  double attr_timeout = 1.0;
+  bool writeback_cache = false;
+  std::string name = "dpfs";  // for logs
+};
+
+// Per-opcode counters, readable while the session runs.
+struct OpStats {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> total_ns{0};
+};
+
+class FuseSession {
+ public:
+  // The protocol this build speaks (<linux/fuse.h>) and the oldest it accepts.
+  static constexpr uint32_t kMajor = FUSE_KERNEL_VERSION;
+  static constexpr uint32_t kMinor = FUSE_KERNEL_MINOR_VERSION;
+  static constexpr uint32_t kMinMinor = 12;
+  static constexpr size_t kMaxOpcode = 64;
+
+  FuseSession(Backend& backend, SessionOptions options);
+  FuseSession(const FuseSession&) = delete;
+  FuseSession& operator=(const FuseSession&) = delete;
+
+  // Decodes one request and hands it to the backend. The request's
+  // complete() is called exactly once, now or when the backend answers.
+  void handle(Request& req);
+
+  // The buffer sizes a transport must offer: the largest request the kernel
+  // may send (a WRITE of max_write) and the largest reply (a READ of max_write).
+  size_t max_request_size() const;
+  size_t max_reply_size() const;
+
+  bool initialized() const { return initialized_.load(std::memory_order_acquire); }
+  // True once DESTROY was handled (a transport may stop serving).
+  bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
+  uint32_t proto_minor() const { return proto_minor_; }
+  uint64_t negotiated_flags() const { return flags_; }
+  uint32_t max_write() const { return max_write_; }
+  const SessionOptions& options() const { return options_; }
+  const OpStats& stats(uint32_t opcode) const { return stats_[opcode < kMaxOpcode ? opcode : 0]; }
+  Backend& backend() { return backend_; }
+
+  // Called by replies when they are encoded; records statistics.
+  void finish(Request& req, int error);
+
+ private:
+  void handle_init(Request& req, IovReader& in, uint64_t unique);
+  void dispatch(Request& req, const fuse_in_header& hdr, IovReader& in);
+
+  Backend& backend_;
+  SessionOptions options_;
+  std::atomic<bool> initialized_{false};
+  std::atomic<bool> destroyed_{false};
+  uint32_t proto_minor_ = 0;
+  uint64_t flags_ = 0;  // negotiated FUSE_* init flags (both words)
+  uint32_t max_write_ = 0;
+  std::array<OpStats, kMaxOpcode> stats_;
+};
+
+// Encodes a header-only error reply for `unique` into `out`; returns its
+// length (0 if `out` cannot hold a header). For transports that must answer
+// a request the session never saw.
+size_t encode_error(std::span<const iovec> out, uint64_t unique, int errno_value);
+
+// Name of an opcode for logs ("LOOKUP"), or "UNKNOWN".
+const char* opcode_name(uint32_t opcode);
+
+}  // namespace dpfs::fuse
