@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace dpfs {
@@ -52,6 +54,13 @@ class IovReader {
   // Returns a pointer to the next `len` bytes when they are contiguous in one
   // buffer (the common case), consuming them; nullptr otherwise.
   const char* contiguous(size_t len);
+  // Reads a NUL-terminated string of at most `max_len` bytes (NUL not
+  // counted) into `out`, consuming it and its NUL. The view points into the
+  // buffers when the string is contiguous, else into `scratch`. Returns false
+  // if no NUL comes within max_len + 1 bytes of what remains; `*too_long` then
+  // says whether bytes remained past max_len (a name too long) or the
+  // request simply ended (malformed).
+  bool cstring(size_t max_len, std::string* scratch, std::string_view* out, bool* too_long);
   // Appends the next `len` bytes as iovecs to `out` without copying
   // (a WRITE payload); false if fewer remain.
   bool take_iovecs(size_t len, std::vector<iovec>* out);

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "fuse/iov.h"
@@ -46,6 +47,7 @@ class Request {
     uint64_t started_ns = 0;
     IovWriter writer;             // over `out`, positioned after the header
     std::vector<iovec> data_iov;  // READ destination / WRITE source
+    std::string names[2];         // names split across buffers, gathered
     uint32_t limit = 0;           // reply payload limit (READ/READDIR size, xattr size)
     bool plus = false;            // READDIRPLUS
   } session_state;
