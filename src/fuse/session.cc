@@ -791,6 +791,11 @@ void FuseSession::dispatch(Request& req, const fuse_in_header& hdr, IovReader& i
     req.complete(encode_error(req.out, hdr.unique, ENOSYS));
     return;
   }
+  if (hdr.opcode == FUSE_DESTROY) {
+    // Requests after DESTROY (until a new INIT) are refused.
+    initialized_.store(false, std::memory_order_release);
+    destroyed_.store(true, std::memory_order_release);
+  }
   Call call{*this, backend_, req, hdr, in, Context{hdr.uid, hdr.gid, hdr.pid, hdr.unique}};
   if (const int error = handler(call)) {
     finish(req, -error);
