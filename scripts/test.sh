@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs, builds and runs every test: unit and integration tests (real
+# /dev/fuse mounts, as root), the same under ASan+UBSan, and the libFuzzer
+# targets for a bounded time. Needs root and /dev/fuse; fails loudly without.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+
+[[ $(id -u) == 0 ]] || { echo "test: must run as root (FUSE mounts)" >&2; exit 1; }
+[[ -c /dev/fuse ]] || { echo "test: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "build (RelWithDebInfo)"
+bash scripts/build.sh build
+step "tests"
+ctest --test-dir build --output-on-failure --timeout 900
+
+step "build (ASan+UBSan)"
+BUILD_TYPE=Debug bash scripts/build.sh build-asan -DDPFS_SANITIZE=ON
+step "tests under ASan+UBSan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  DPFS_TEST_SCALE=${DPFS_TEST_SCALE_ASAN:-0.3} \
+  ctest --test-dir build-asan --output-on-failure --timeout 1200
+
+step "fuzz (libFuzzer, ${FUZZ_SECONDS:-60} s per target)"
+CC=clang CXX=clang++ BUILD_TYPE=Debug bash scripts/build.sh build-fuzz -DDPFS_FUZZ=ON \
+  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DDPFS_SANITIZE=ON
+for f in build-fuzz/*_fuzz; do
+  corpus=$(mktemp -d)
+  "$f" -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
+    2>&1 | tail -n 12
+  rm -rf "$corpus"
+done
+step "all tests passed"
