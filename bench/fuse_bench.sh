@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# FUSE benchmark: dpfs against libfuse on the same machine, in one run.
+#
+# Mounts, one after the other:
+#   dpfs-null        build/dpfs serve --backend null   (reads "zero" in the root)
+#   dpfs-memfs       build/dpfs serve --backend memfs  (a file written first)
+#   libfuse-null     libfuse's example/null.c          (the mount point is the file)
+#   libfuse-passthrough_ll  libfuse's example/passthrough_ll.c over a tmpfs
+# and runs the same fio jobs on each (4k random reads at depth 1 and 32, 1 MiB
+# sequential reads and writes; libaio, O_DIRECT). Around every job it reads
+# the daemon's CPU time (utime + stime of /proc/PID/stat, all threads) and
+# divides it by the I/Os fio completed. Results go to docs/BENCHMARKS.md.
+#
+# The libfuse examples are compiled from /usr/share/doc/libfuse3-dev/examples
+# (apt: libfuse3-dev) into $BUILD/bench; nothing of them is kept in the tree.
+#
+# Needs root (mounts), /dev/fuse, fio, gcc, pkg-config, python3.
+#
+# Environment:
+#   RUNTIME=10        seconds per fio job
+#   THREADS=$(nproc)  dpfs --threads
+#   BUILD=build       dpfs build directory (a Release build is made there
+#                     unless SKIP_BUILD=1)
+#   FILE_SIZE=256M    size of the data file for memfs and passthrough_ll
+#   TARGETS="dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll"
+#   OUT=docs/BENCHMARKS.md
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUNTIME=${RUNTIME:-10}
+THREADS=${THREADS:-$(nproc)}
+BUILD=${BUILD:-$ROOT/build}
+[[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
+FILE_SIZE=${FILE_SIZE:-256M}
+TARGETS=${TARGETS:-dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll}
+OUT=${OUT:-$ROOT/docs/BENCHMARKS.md}
+[[ $OUT = /* ]] || OUT=$ROOT/$OUT
+EXAMPLES=${EXAMPLES:-/usr/share/doc/libfuse3-dev/examples}
+DPFS=$BUILD/dpfs
+BENCH_BIN=$BUILD/bench
+
+# The fio jobs: name, then fio arguments. NULL_SIZE spans the null files
+# (dpfs null: 1 TiB, libfuse null: 4 GiB).
+NULL_SIZE=4G
+JOBS=(
+  "randread-4k-qd1|--rw=randread --bs=4k --iodepth=1"
+  "randread-4k-qd32|--rw=randread --bs=4k --iodepth=32"
+  "read-1m-qd8|--rw=read --bs=1M --iodepth=8"
+  "write-1m-qd8|--rw=write --bs=1M --iodepth=8"
+)
+FIO_COMMON="--ioengine=libaio --direct=1 --time_based --runtime=$RUNTIME --numjobs=1 \
+--lat_percentiles=1 --output-format=json"
+
+log() { printf '[fuse_bench] %s\n' "$*" >&2; }
+die() {
+  log "FAILED: $*"
+  exit 1
+}
+
+WORK=$(mktemp -d /tmp/dpfs-bench.XXXXXX)
+RESULTS=$WORK/results
+mkdir -p "$RESULTS"
+DAEMON_PID=""
+MOUNTS=()   # FUSE mounts to take down, most recent last
+TMPFS=()    # tmpfs mounts of ours
+
+is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+mount_type() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); t = $(i + 1) } END { print t }' \
+  /proc/self/mountinfo; }
+
+# Stops the running daemon (SIGTERM; both dpfs and libfuse unmount on it)
+# and makes sure its mount is gone.
+stop_daemon() {
+  local mnt=$1
+  if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+    kill -TERM "$DAEMON_PID" 2>/dev/null || true
+    for _ in $(seq 100); do
+      kill -0 "$DAEMON_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$DAEMON_PID" 2>/dev/null; then
+      log "daemon $DAEMON_PID ignored SIGTERM; killing it"
+      kill -KILL "$DAEMON_PID" 2>/dev/null || true
+    fi
+    wait "$DAEMON_PID" 2>/dev/null || true
+  fi
+  DAEMON_PID=""
+  if is_mounted "$mnt"; then
+    fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  local m
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do stop_daemon "${MOUNTS[i]}"; done
+  for m in "${TMPFS[@]}"; do umount -l "$m" 2>/dev/null || true; done
+  for m in "${MOUNTS[@]}" "${TMPFS[@]}"; do
+    is_mounted "$m" && log "WARNING: $m is still mounted"
+  done
+  rm -rf "$WORK"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------
+# Preconditions and builds
+
+[[ $(id -u) = 0 ]] || die "needs root (it mounts file systems)"
+[[ -r /dev/fuse && -w /dev/fuse ]] || die "/dev/fuse is not usable"
+for tool in fio gcc pkg-config python3 fusermount3; do
+  command -v $tool >/dev/null || die "$tool not found (apt: fio gcc pkg-config python3 fuse3)"
+done
+pkg-config --exists fuse3 || die "fuse3 development files not found (apt: libfuse3-dev)"
+
+mkdir -p "$BENCH_BIN"
+for ex in null passthrough_ll; do
+  src=$EXAMPLES/$ex.c
+  if [[ ! -f $src && -f $src.gz ]]; then
+    zcat "$src.gz" >"$WORK/$ex.c"
+    src=$WORK/$ex.c
+  fi
+  [[ -f $src ]] || die "$EXAMPLES/$ex.c not found (apt: libfuse3-dev)"
+  # shellcheck disable=SC2046
+  gcc -O2 -I"$EXAMPLES" -o "$BENCH_BIN/$ex" "$src" $(pkg-config --cflags --libs fuse3) ||
+    die "compiling libfuse's $ex"
+done
+log "built libfuse's null and passthrough_ll into $BENCH_BIN"
+
+if [[ " $TARGETS " = *" dpfs-"* ]]; then
+  if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    log "building dpfs (Release) in $BUILD"
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null || die "cmake configure"
+    cmake --build "$BUILD" -j"$(nproc)" --target dpfs >/dev/null || die "cmake build"
+  fi
+  [[ -x $DPFS ]] || die "$DPFS not found"
+fi
+
+# ---------------------------------------------------------------------------
+# Mounting
+
+# Waits until `mnt` is a FUSE mount served by DAEMON_PID; fails loudly.
+wait_for_mount() {
+  local mnt=$1 daemon_log=$2
+  for _ in $(seq 200); do
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+      cat "$daemon_log" >&2 || true
+      die "the daemon for $mnt exited before mounting (its log is above)"
+    fi
+    if is_mounted "$mnt" && [[ $(mount_type "$mnt") = fuse* ]] && stat "$mnt" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  cat "$daemon_log" >&2 || true
+  die "$mnt did not come up as a FUSE mount within 10 s (daemon log above)"
+}
+
+# Starts the daemon of `target`; sets DAEMON_PID, MNT (the mount) and FILE
+# (what fio uses), and echoes the daemon command line into $RESULTS.
+start_target() {
+  local target=$1
+  local daemon_log=$WORK/$target.log
+  local -a cmd
+  local size=$NULL_SIZE
+  case $target in
+    dpfs-null)
+      MNT=$WORK/$target; mkdir -p "$MNT"
+      cmd=("$DPFS" serve --backend null --fuse-mount "$MNT" --threads "$THREADS")
+      FILE=$MNT/zero
+      ;;
+    dpfs-memfs)
+      MNT=$WORK/$target; mkdir -p "$MNT"
+      cmd=("$DPFS" serve --backend memfs --fuse-mount "$MNT" --threads "$THREADS")
+      FILE=$MNT/data
+      size=$FILE_SIZE
+      ;;
+    libfuse-null)
+      # null.c serves one file, and the mount point is that file.
+      MNT=$WORK/$target; : >"$MNT"
+      cmd=("$BENCH_BIN/null" -f "$MNT")
+      FILE=$MNT
+      ;;
+    libfuse-passthrough_ll)
+      local src=$WORK/tmpfs-src
+      mkdir -p "$src"
+      mount -t tmpfs -o size=2G tmpfs "$src" || die "mounting a tmpfs on $src"
+      TMPFS+=("$src")
+      MNT=$WORK/$target; mkdir -p "$MNT"
+      cmd=("$BENCH_BIN/passthrough_ll" -f -o source="$src" "$MNT")
+      FILE=$MNT/data
+      size=$FILE_SIZE
+      ;;
+    *) die "unknown target $target" ;;
+  esac
+  log "$target: ${cmd[*]}"
+  "${cmd[@]}" >"$daemon_log" 2>&1 &
+  DAEMON_PID=$!
+  MOUNTS+=("$MNT")
+  wait_for_mount "$MNT" "$daemon_log"
+  echo "${cmd[*]}" | sed "s|$WORK|\$WORK|g; s|$ROOT/||g" >"$RESULTS/$target.cmd"
+  SIZE=$size
+  echo "$FILE $SIZE" | sed "s|$WORK|\$WORK|g" >"$RESULTS/$target.file"
+  if [[ $FILE = "$MNT/data" ]]; then
+    # The data file, written before anything is measured.
+    head -c "$FILE_SIZE" /dev/urandom >"$FILE" || die "writing $FILE"
+  fi
+  [[ -f $FILE ]] || die "$FILE is not a regular file on the $target mount"
+}
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+run_jobs() {
+  local target=$1 job name args before after
+  for job in "${JOBS[@]}"; do
+    name=${job%%|*}
+    args=${job#*|}
+    kill -0 "$DAEMON_PID" 2>/dev/null || die "the $target daemon died"
+    # shellcheck disable=SC2086
+    local fio_cmd="fio --name=$name --filename=FILE --size=SIZE $args $FIO_COMMON"
+    before=$(cpu_ticks "$DAEMON_PID")
+    # shellcheck disable=SC2086
+    fio --name="$name" --filename="$FILE" --size="$SIZE" $args $FIO_COMMON \
+      >"$RESULTS/$target.$name.json" 2>"$RESULTS/$target.$name.err" ||
+      { cat "$RESULTS/$target.$name.err" >&2; die "fio $name on $target"; }
+    after=$(cpu_ticks "$DAEMON_PID")
+    echo "$((after - before))" >"$RESULTS/$target.$name.cpu"
+    echo "$fio_cmd" >"$RESULTS/$name.fiocmd"
+    log "$target $name: $(python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+d = j["read"] if j["read"]["total_ios"] else j["write"]
+print(f"{d[\"iops\"]:.0f} IOPS, {d[\"bw_bytes\"] / 1e6:.1f} MB/s")' "$RESULTS/$target.$name.json")"
+  done
+}
+
+for target in $TARGETS; do
+  start_target "$target"
+  run_jobs "$target"
+  stop_daemon "$MNT"
+  is_mounted "$MNT" && die "$MNT still mounted after stopping its daemon"
+done
+
+# ---------------------------------------------------------------------------
+# The report
+
+mkdir -p "$(dirname "$OUT")"
+CPU_MODEL=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+export CPU_MODEL NPROC=$(nproc) KERNEL=$(uname -r) RUNTIME THREADS FILE_SIZE NULL_SIZE \
+  CLK_TCK=$(getconf CLK_TCK) FIO_VERSION=$(fio --version) \
+  FUSE_VERSION=$(pkg-config --modversion fuse3) \
+  COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown) \
+  DATE=$(date -u '+%Y-%m-%d %H:%M UTC') TARGETS JOB_NAMES="${JOBS[*]%%|*}"
+python3 - "$RESULTS" "$OUT" <<'EOF'
+import json, os, sys
+
+results, out = sys.argv[1], sys.argv[2]
+env = os.environ
+targets = env["TARGETS"].split()
+jobs = env["JOB_NAMES"].split()
+clk = int(env["CLK_TCK"])
+
+def load(target, job):
+    j = json.load(open(f"{results}/{target}.{job}.json"))["jobs"][0]
+    d = j["read"] if j["read"]["total_ios"] else j["write"]
+    ios = j["read"]["total_ios"] + j["write"]["total_ios"]
+    ticks = int(open(f"{results}/{target}.{job}.cpu").read())
+    cpu_s = ticks / clk
+    runtime_s = j["job_runtime"] / 1000.0
+    return {
+        "iops": d["iops"],
+        "mbs": d["bw_bytes"] / 1e6,
+        "mean_us": d["lat_ns"]["mean"] / 1000.0,
+        "p99_us": d["lat_ns"]["percentile"]["99.000000"] / 1000.0,
+        "ios": ios,
+        "cpu_us": cpu_s * 1e6 / ios if ios else float("nan"),
+        "cores": cpu_s / runtime_s if runtime_s else float("nan"),
+    }
+
+r = {(t, j): load(t, j) for t in targets for j in jobs}
+L = []
+L.append("# Benchmarks")
+L.append("")
+L.append("Generated by `bench/fuse_bench.sh`; rerun it to refresh this file.")
+L.append("")
+L.append("## Machine")
+L.append("")
+L.append(f"- CPU: {env['CPU_MODEL']}, {env['NPROC']} CPUs (nproc)")
+L.append(f"- Kernel: {env['KERNEL']}")
+L.append(f"- {env['FIO_VERSION']}, libfuse {env['FUSE_VERSION']}, dpfs commit {env['COMMIT']}")
+L.append(f"- Date: {env['DATE']}")
+L.append("")
+L.append("## What runs")
+L.append("")
+L.append("Each daemon is mounted alone, the four fio jobs run against it, and it is")
+L.append("stopped before the next one starts. `$WORK` is a fresh directory under /tmp.")
+L.append("Daemon CPU is utime + stime of all the daemon's threads from /proc/PID/stat")
+L.append(f"(resolution 1/{clk} s), read just before and after each fio job, divided by the")
+L.append("I/Os fio completed: it includes the daemon's kernel time reading and writing")
+L.append("/dev/fuse, not the tenant's (fio's) side of the FUSE round trip.")
+L.append("")
+L.append("- dpfs-null: the null backend; fio uses `zero` in the mount root (1 TiB of")
+L.append("  zeros; writes are discarded).")
+L.append("- libfuse-null: libfuse's `example/null.c` (high-level API); the mount point")
+L.append("  itself is the file (4 GiB of zeros; writes are discarded).")
+L.append(f"- dpfs-memfs: the memfs backend; fio uses a {env['FILE_SIZE']} file written first.")
+L.append(f"- libfuse-passthrough_ll: libfuse's `example/passthrough_ll.c` (low-level API,")
+L.append(f"  default options) over a tmpfs; fio uses a {env['FILE_SIZE']} file written first.")
+L.append("")
+L.append("Daemons:")
+L.append("")
+L.append("```")
+for t in targets:
+    L.append(open(f"{results}/{t}.cmd").read().strip())
+L.append("```")
+L.append("")
+L.append("The libfuse examples are built from /usr/share/doc/libfuse3-dev/examples with")
+L.append("`gcc -O2 $(pkg-config --cflags --libs fuse3)`.")
+L.append("")
+L.append("fio, one job per line, with FILE and SIZE per daemon below:")
+L.append("")
+L.append("```")
+for j in jobs:
+    L.append(open(f"{results}/{j}.fiocmd").read().strip())
+L.append("```")
+L.append("")
+L.append("| daemon | FILE | SIZE |")
+L.append("|---|---|---|")
+for t in targets:
+    f, s = open(f"{results}/{t}.file").read().split()
+    L.append(f"| {t} | `{f}` | {s} |")
+L.append("")
+L.append("## Results")
+L.append("")
+L.append("Latency is fio's total latency (submission to completion) per I/O.")
+L.append("Daemon cores: daemon CPU seconds per second of the job.")
+L.append("")
+L.append("| daemon | job | IOPS | MB/s | mean lat (µs) | p99 lat (µs) | daemon CPU µs/IO | daemon cores |")
+L.append("|---|---|--:|--:|--:|--:|--:|--:|")
+for j in jobs:
+    for t in targets:
+        x = r[(t, j)]
+        L.append(f"| {t} | {j} | {x['iops']:,.0f} | {x['mbs']:,.1f} | {x['mean_us']:.1f} | "
+                 f"{x['p99_us']:.1f} | {x['cpu_us']:.2f} | {x['cores']:.2f} |")
+L.append("")
+
+pairs = [("dpfs-null", "libfuse-null"), ("dpfs-memfs", "libfuse-passthrough_ll")]
+pairs = [p for p in pairs if p[0] in targets and p[1] in targets]
+if pairs:
+    L.append("## Ratios dpfs / libfuse")
+    L.append("")
+    L.append("IOPS above 1 and the others below 1 favour dpfs. dpfs-memfs and")
+    L.append("passthrough_ll over tmpfs both serve from RAM but are not the same file")
+    L.append("system: that pair compares the frameworks only roughly.")
+    L.append("")
+    L.append("| pair | job | IOPS | mean lat | p99 lat | daemon CPU/IO |")
+    L.append("|---|---|--:|--:|--:|--:|")
+    def ratio(a, b):
+        return f"{a / b:.2f}" if b else "n/a"
+    for a, b in pairs:
+        for j in jobs:
+            x, y = r[(a, j)], r[(b, j)]
+            L.append(f"| {a} / {b} | {j} | {ratio(x['iops'], y['iops'])} | "
+                     f"{ratio(x['mean_us'], y['mean_us'])} | {ratio(x['p99_us'], y['p99_us'])} | "
+                     f"{ratio(x['cpu_us'], y['cpu_us'])} |")
+    L.append("")
+
+open(out, "w").write("\n".join(L))
+print("\n".join(L))
+EOF
+log "wrote $OUT"
