@@ -247,11 +247,16 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 CPU_MODEL=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
-export CPU_MODEL NPROC=$(nproc) KERNEL=$(uname -r) RUNTIME THREADS FILE_SIZE NULL_SIZE \
-  CLK_TCK=$(getconf CLK_TCK) FIO_VERSION=$(fio --version) \
-  FUSE_VERSION=$(pkg-config --modversion fuse3) \
-  COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown) \
-  DATE=$(date -u '+%Y-%m-%d %H:%M UTC') TARGETS JOB_NAMES="${JOBS[*]%%|*}"
+NPROC=$(nproc)
+KERNEL=$(uname -r)
+CLK_TCK=$(getconf CLK_TCK)
+FIO_VERSION=$(fio --version)
+FUSE_VERSION=$(pkg-config --modversion fuse3)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+JOB_NAMES="${JOBS[*]%%|*}"
+export CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE JOB_NAMES \
+  RUNTIME THREADS FILE_SIZE NULL_SIZE TARGETS
 python3 - "$RESULTS" "$OUT" <<'EOF'
 import json, os, sys
 
