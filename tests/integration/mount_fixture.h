@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -842,6 +843,26 @@ class Mount {
   bool tmpfs_ = false;
 };
 
+// Closes this process's descriptors of files under `dir` (a test that fails
+// an ASSERT leaves its descriptors open; they would keep the mount busy).
+inline void close_fds_under(const std::string& dir) {
+  std::vector<int> fds;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (dirent* de = ::readdir(d)) {
+      if (de->d_name[0] != '.') fds.push_back(atoi(de->d_name));
+    }
+    ::closedir(d);
+  }
+  for (int fd : fds) {
+    char target[PATH_MAX + 1];
+    std::string link = "/proc/self/fd/" + std::to_string(fd);
+    ssize_t n = ::readlink(link.c_str(), target, PATH_MAX);
+    if (n <= 0) continue;
+    std::string t(target, static_cast<size_t>(n));
+    if (t == dir || t.starts_with(dir + "/")) ::close(fd);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // A watchdog: a test that hangs (a request the daemon never answers) is
 // turned into a failure by killing the daemon, which aborts the connection
@@ -919,6 +940,7 @@ class MountTest : public ::testing::Test {
   static void TearDownTestSuite() {
     watchdog_.reset();
     if (mount_) {
+      close_fds_under(mount_->dir());
       std::string p = mount_->stop(SIGTERM);
       if (problem_.empty() && !p.empty()) ADD_FAILURE() << "stopping the daemon: " << p;
       mount_.reset();
@@ -942,6 +964,7 @@ class MountTest : public ::testing::Test {
 
   void TearDown() override {
     if (!watchdog_ || !mount_) return;
+    close_fds_under(mount_->dir());
     bool fired = watchdog_->disarm();
     std::string alive = mount_->check_alive();
     EXPECT_FALSE(fired) << "the test hung for " << timeout_seconds()
