@@ -210,6 +210,7 @@ struct ModelFile {
     if (size > old) std::fill(changed_by.begin() + old, changed_by.end(), op);
   }
   void set(uint64_t off, const uint8_t* src, uint64_t len, uint64_t op) {
+    if (len == 0) return;
     if (off + len > size()) resize(off + len, op);
     std::memcpy(data.data() + off, src, len);
     std::fill_n(changed_by.begin() + off, len, op);
@@ -529,6 +530,7 @@ void Exerciser::op_copy(ModelFile& src, ModelFile& dst, OpKind kind) {
   const uint64_t src_off = rng_.below(src.size());
   uint64_t len = 1 + rng_.below(std::min(opt_.max_op_len, src.size() - src_off));
   if (len > opt_.max_len / 2) len = opt_.max_len / 2;
+  if (len == 0) return op_write(false);
   // Same file: the ranges may not overlap (EINVAL). A few tries, then give up.
   uint64_t dst_off = 0;
   bool found = false;
@@ -807,19 +809,41 @@ void usage(const char* argv0) {
              "       [--no-fallocate] [--no-copy-range] FILE\n"
              "  -N ops       operations to do (default {})\n"
              "  -S seed      random seed (default 1)\n"
-             "  -l maxlen    largest file size (default {})\n"
+             "  -l maxlen    largest file size (default {}; K, M, G suffixes)\n"
              "  -o maxoplen  largest length of one operation (default {})\n"
              "  -v           print every operation\n"
              "Uses FILE and FILE.copy, which are truncated first.\n",
              argv0, kDefaultOps, kDefaultMaxLen, kDefaultMaxOpLen);
 }
 
+// A number, optionally with a K, M or G suffix (powers of 1024).
 bool parse_u64(const char* s, uint64_t* out) {
   char* end = nullptr;
   errno = 0;
   const unsigned long long v = std::strtoull(s, &end, 0);
-  if (errno != 0 || end == s || *end != '\0' || *s == '-') return false;
-  *out = v;
+  if (errno != 0 || end == s || *s == '-') return false;
+  uint64_t shift = 0;
+  switch (*end) {
+    case '\0':
+      break;
+    case 'k':
+    case 'K':
+      shift = 10;
+      break;
+    case 'm':
+    case 'M':
+      shift = 20;
+      break;
+    case 'g':
+    case 'G':
+      shift = 30;
+      break;
+    default:
+      return false;
+  }
+  if (shift != 0 && *++end != '\0') return false;
+  if (v > (~0ull >> shift)) return false;
+  *out = v << shift;
   return true;
 }
 
