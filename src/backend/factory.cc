@@ -1,0 +1,72 @@
+#include "backend/factory.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "backend/memfs/memfs.h"
+#include "backend/null/null.h"
+
+namespace dpfs {
+namespace {
+
+constexpr BackendType kTypes[] = {
+    {"memfs", false, "an in-memory file system, empty at start"},
+    {"null", false, "a root and one file of zeros that discards writes; for benchmarks"},
+};
+
+}  // namespace
+
+std::span<const BackendType> backend_types() { return kTypes; }
+
+std::string backend_type_list() {
+  std::string out;
+  for (const BackendType& t : kTypes) {
+    if (!out.empty()) out += ", ";
+    out += t.name;
+  }
+  return out;
+}
+
+void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
+  const size_t colon = spec.find(':');
+  const std::string_view type = spec.substr(0, colon);
+  const bool has_arg = colon != std::string_view::npos;
+  const std::string_view arg = has_arg ? spec.substr(colon + 1) : std::string_view();
+  for (const BackendType& t : kTypes) {
+    if (t.name != type) continue;
+    if (t.takes_arg && arg.empty()) {
+      throw std::invalid_argument(fmt::format("backend {} needs an argument: {}:ARG", type, type));
+    }
+    if (!t.takes_arg && has_arg) {
+      throw std::invalid_argument(
+          fmt::format("backend {} takes no argument, got '{}'", type, spec));
+    }
+    cfg->type = std::string(type);
+    cfg->arg = std::string(arg);
+    return;
+  }
+  throw std::invalid_argument(fmt::format("unknown backend '{}' (known: {})",
+                                          type.empty() ? spec : type, backend_type_list()));
+}
+
+std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
+  if (cfg.type == "memfs") {
+    MemfsOptions options;
+    options.capacity_bytes = cfg.memfs.capacity_bytes;
+    options.max_inodes = cfg.memfs.max_inodes;
+    options.entry_timeout = cfg.entry_timeout;
+    options.attr_timeout = cfg.attr_timeout;
+    return std::make_unique<Memfs>(options);
+  }
+  if (cfg.type == "null") {
+    NullOptions options;
+    options.file_size = cfg.null.file_size;
+    options.direct_io = cfg.null.direct_io;
+    return std::make_unique<NullBackend>(options);
+  }
+  throw std::invalid_argument(
+      fmt::format("unknown backend '{}' (known: {})", cfg.type, backend_type_list()));
+}
+
+}  // namespace dpfs

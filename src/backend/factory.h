@@ -1,0 +1,59 @@
+// Choosing and building a backend from configuration.
+//
+// A backend is named by a spec, "type" or "type:argument" (later
+// "passthrough:/srv/dir", "nfs://server/export"). This file is the one place
+// that knows which types exist, what each needs, and how to construct it.
+//
+// Start-up only; make_backend() and parse_backend_spec() throw
+// std::invalid_argument with a one-line reason.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "backend/backend.h"
+
+namespace dpfs {
+
+struct BackendConfig {
+  std::string type = "memfs";  // one of backend_types()
+  std::string arg;             // after "type:"; empty for types that take none
+
+  struct Memfs {
+    uint64_t capacity_bytes = 1ull << 30;
+    uint64_t max_inodes = 1ull << 20;
+  } memfs;
+
+  struct Null {
+    uint64_t file_size = 1ull << 40;
+    bool direct_io = false;
+  } null;
+
+  // The timeouts a backend reports to the kernel for names and attributes
+  // (the [fuse] settings of the same names).
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+};
+
+struct BackendType {
+  std::string_view name;
+  bool takes_arg;
+  std::string_view description;
+};
+// Every type make_backend() can build.
+std::span<const BackendType> backend_types();
+// "memfs, null": for messages and --help.
+std::string backend_type_list();
+
+// Parses a spec into cfg->type and cfg->arg. Throws std::invalid_argument
+// for an unknown type (naming the known ones) or a misplaced argument.
+void parse_backend_spec(std::string_view spec, BackendConfig* cfg);
+
+// Builds the configured backend. Throws std::invalid_argument (a type this
+// build does not have) or whatever the backend's constructor throws.
+std::unique_ptr<Backend> make_backend(const BackendConfig& cfg);
+
+}  // namespace dpfs

@@ -1,0 +1,56 @@
+// dpfs: the daemon.
+#include <signal.h>
+
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "server/cli.h"
+#include "server/log.h"
+#include "server/serve.h"
+
+namespace {
+
+// Errors reach the operator as exactly one line, whatever a library put in
+// its message.
+void print_error(const char* what) {
+  std::string line(what);
+  for (char& c : line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  std::fprintf(stderr, "dpfs: %s\n", line.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // A reply written to a peer that went away must be an EPIPE, not a death.
+  ::signal(SIGPIPE, SIG_IGN);
+
+  using dpfs::server::Invocation;
+  Invocation inv;
+  try {
+    inv = dpfs::server::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const std::exception& e) {
+    print_error(e.what());
+    return 2;
+  }
+  switch (inv.command) {
+    case Invocation::Command::kHelp:
+    case Invocation::Command::kVersion:
+      std::fputs(inv.text.c_str(), stdout);
+      return 0;
+    case Invocation::Command::kServe:
+      break;
+  }
+
+  dpfs::server::init_logging(inv.config.log_level);
+  try {
+    return dpfs::server::serve(inv.config);
+  } catch (const std::exception& e) {
+    // Start-up failures: one line, no log decoration.
+    print_error(e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,112 @@
+#include "server/cli.h"
+
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <map>
+#include <optional>
+
+#include "backend/factory.h"
+#include "fuse/session.h"
+#include "server/version.h"
+
+namespace dpfs::server {
+namespace {
+
+std::string version_text() {
+  return fmt::format("dpfs {} (FUSE protocol {}.{})\n", kVersion, fuse::FuseSession::kMajor,
+                     fuse::FuseSession::kMinor);
+}
+
+std::string backends_text() {
+  std::string out = "Backends (--backend, [backend] type):\n";
+  for (const BackendType& t : backend_types()) {
+    out += fmt::format("  {:<26}{}\n", t.takes_arg ? std::string(t.name) + ":ARG" : t.name,
+                       t.description);
+  }
+  return out;
+}
+
+constexpr const char* kNotes =
+    "Every option may also be set in a TOML file given with --config (see\n"
+    "docs/configuration.md); options on the command line override the file.\n"
+    "Sizes take K, M, G or T (powers of 1024). Without --fuse-mount and a\n"
+    "configured mount, dpfs serves at /tmp/dpfs, creating it if missing.\n"
+    "Signals: SIGINT, SIGTERM, SIGHUP unmount and exit; SIGUSR1 logs statistics.";
+
+}  // namespace
+
+Invocation parse_command_line(const std::vector<std::string>& args) {
+  CLI::App app("dpfs serves file systems to tenants over FUSE.", "dpfs");
+  app.set_version_flag("--version", version_text());
+  app.require_subcommand(0, 1);
+  app.footer(kNotes);
+
+  CLI::App* serve = app.add_subcommand(
+      "serve", "Mount a file system through /dev/fuse and serve it until SIGINT or SIGTERM.");
+  serve->footer(backends_text() + "\n" + kNotes);
+  std::string config_file;
+  serve->add_option("--config", config_file, "read settings from this TOML file")
+      ->type_name("FILE");
+  // Flags are applied after the file, in the order of settings().
+  std::map<std::string_view, std::string> values;
+  std::map<std::string_view, bool> switches;
+  for (const SettingInfo& s : settings()) {
+    const std::string flag(s.flag);
+    std::string help = fmt::format("{} [{}]", s.help, s.key);
+    if (s.is_switch()) {
+      serve->add_flag_callback(
+          flag, [&switches, key = s.key] { switches[key] = true; }, help);
+      serve->add_flag_callback(
+          "--no-" + flag.substr(2), [&switches, key = s.key] { switches[key] = false; },
+          fmt::format("turn {} off", flag));
+    } else {
+      if (s.key == "backend.type") help += fmt::format("; types: {}", backend_type_list());
+      serve->add_option(flag, values[s.key], help)
+          ->type_name(std::string(s.value_name))
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    }
+  }
+
+  app.add_subcommand("version", "Print the version and exit.");
+
+  std::vector<std::string> reversed(args.rbegin(), args.rend());
+  try {
+    app.parse(std::move(reversed));
+  } catch (const CLI::CallForHelp&) {
+    // `dpfs --help` documents every option of every command; `dpfs serve
+    // --help` those of serve.
+    const bool top = app.get_subcommands().empty();
+    return {
+        Invocation::Command::kHelp, {}, top ? app.help("", CLI::AppFormatMode::All) : app.help()};
+  } catch (const CLI::CallForAllHelp&) {
+    return {Invocation::Command::kHelp, {}, app.help("", CLI::AppFormatMode::All)};
+  } catch (const CLI::CallForVersion&) {
+    return {Invocation::Command::kVersion, {}, version_text()};
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(e.what());
+  }
+
+  if (app.got_subcommand("version")) return {Invocation::Command::kVersion, {}, version_text()};
+  if (!app.got_subcommand(serve)) {
+    throw UsageError("a command is required: serve or version (see dpfs --help)");
+  }
+
+  Invocation inv;
+  inv.command = Invocation::Command::kServe;
+  if (!config_file.empty()) apply_toml_file(inv.config, config_file);
+  for (const SettingInfo& s : settings()) {
+    if (s.is_switch()) {
+      if (auto it = switches.find(s.key); it != switches.end()) {
+        apply_switch(inv.config, s.key, it->second);
+      }
+    } else if (serve->get_option(std::string(s.flag))->count() > 0) {
+      apply_flag(inv.config, s.key, values[s.key]);
+    }
+  }
+  finish(inv.config);
+  return inv;
+}
+
+}  // namespace dpfs::server

@@ -1,0 +1,37 @@
+// The command line: `dpfs serve [options]`, `dpfs version`, `--help`.
+//
+// Parsing only; main() acts on the result. Start-up only, not thread-safe.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "server/config.h"
+
+namespace dpfs::server {
+
+// A command line refused, as one line: "--threads: must be between 1 and
+// 256, got 0", "The following argument was not expected: --bogus".
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Invocation {
+  enum class Command {
+    kServe,    // serve `config`
+    kVersion,  // print `text`
+    kHelp,     // print `text` (to stdout; exit 0)
+  };
+  Command command = Command::kHelp;
+  Config config;  // kServe: defaults, then --config FILE, then flags; finish()ed
+  std::string text;
+};
+
+// Parses `args` (without the program name). Reads the --config file.
+// Throws UsageError for the command line and ConfigError for the file
+// (both one line).
+Invocation parse_command_line(const std::vector<std::string>& args);
+
+}  // namespace dpfs::server

@@ -1,0 +1,93 @@
+// The daemon's settings: defaults, a TOML file, command-line flags.
+//
+// Every setting has one dotted key ("fuse.max_write") under which it appears
+// in the TOML file and one flag ("--max-write"). Both routes go through the
+// same parser and the same checks, so a value is refused with the same
+// reason whichever way it came. Precedence: defaults, then the file, then
+// the flags. Unknown keys are refused, never ignored: a typo must not
+// silently leave a default in place.
+//
+// Start-up only; nothing here is used once the daemon serves. Errors are
+// ConfigError exceptions whose message is one line for the operator.
+#pragma once
+
+#include <spdlog/common.h>
+
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "backend/factory.h"
+
+namespace dpfs::server {
+
+// A setting refused, with the key (or flag) and the reason:
+// "config /etc/dpfs.toml: threads: must be between 1 and 256, got 0".
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct FuseConfig {
+  // Where to mount; empty: the default job's mount point (kDefaultMount).
+  std::string mount;
+  // Set by finish() when `mount` is the default: then it is created if missing.
+  bool mount_is_default = false;
+  uint32_t max_write = 1u << 20;
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+  bool writeback_cache = false;
+};
+
+struct Config {
+  static constexpr unsigned kMinThreads = 1;
+  static constexpr unsigned kMaxThreads = 256;
+  // The mount point when none is given; created if missing.
+  static constexpr const char* kDefaultMount = "/tmp/dpfs";
+
+  unsigned threads = 2;
+  spdlog::level::level_enum log_level = spdlog::level::info;
+  BackendConfig backend;
+  FuseConfig fuse;
+};
+
+// One setting: its key in the TOML file, its flag, and what it means.
+struct SettingInfo {
+  std::string_view key;         // "fuse.max_write"
+  std::string_view flag;        // "--max-write"
+  std::string_view value_name;  // "SIZE", for --help; "BOOL" for a switch
+  std::string_view help;
+
+  // A boolean, given as --flag / --no-flag on the command line.
+  bool is_switch() const { return value_name == "BOOL"; }
+};
+std::span<const SettingInfo> settings();
+
+// Applies a TOML document to `cfg`. `source` names it in errors
+// ("config FILE: ..."). Throws ConfigError.
+void apply_toml(Config& cfg, std::string_view text, std::string_view source);
+// Reads and applies a TOML file. Throws ConfigError.
+void apply_toml_file(Config& cfg, const std::string& path);
+// Applies one flag's value to the setting `key` (a SettingInfo::key).
+// Errors name the flag: "--threads: must be between 1 and 256, got 0".
+void apply_flag(Config& cfg, std::string_view key, std::string_view value);
+// Sets a boolean setting from a flag without a value (--writeback-cache,
+// --no-writeback-cache).
+void apply_switch(Config& cfg, std::string_view key, bool value);
+
+// Checks what no single setting can: a backend's argument, for one. Fills in
+// the default mount point. Throws ConfigError.
+void finish(Config& cfg);
+
+// "1G" -> 1073741824. A size is a number of bytes, optionally followed by
+// K, M, G or T (powers of 1024, either case). Throws std::invalid_argument
+// with the reason.
+uint64_t parse_size(std::string_view text);
+// 1073741824 -> "1G": the largest exact unit, for logs.
+std::string format_size(uint64_t bytes);
+
+std::string_view log_level_name(spdlog::level::level_enum level);
+
+}  // namespace dpfs::server

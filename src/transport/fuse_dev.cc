@@ -1,0 +1,447 @@
+#include "transport/fuse_dev.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/fuse.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string_view>
+
+namespace dpfs::transport {
+namespace {
+
+constexpr const char* kFuseDevice = "/dev/fuse";
+// The signal that interrupts a worker blocked in read(2) when the device
+// stops while the connection is still alive (a lazily detached mount).
+constexpr int kWakeSignal = SIGUSR2;
+// Slots per worker at most: each is a pending reply (a SETLKW waiting for
+// its lock, a backend answering later). Buffers are allocated untouched, so
+// a slot costs physical memory only for the pages a request really used.
+constexpr size_t kMaxSlots = 256;
+
+std::string errno_text(int e) { return std::strerror(e); }
+
+// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_mountinfo(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7' && s[i + 2] >= '0' &&
+        s[i + 2] <= '7' && s[i + 3] >= '0' && s[i + 3] <= '7') {
+      out += char((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+// The topmost mount at `path` (an absolute, canonical path), from
+// /proc/self/mountinfo: "36 35 98:0 /root /mnt rw,noatime shared:1 - ext4 /dev/sda1 rw".
+struct MountEntry {
+  std::string dev;  // "major:minor"
+  std::string fstype;
+};
+std::optional<MountEntry> find_mount(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::optional<MountEntry> found;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, mount_point, field;
+    if (!(fields >> id >> parent >> dev >> root >> mount_point)) continue;
+    if (unescape_mountinfo(mount_point) != path) continue;
+    while (fields >> field && field != "-") {
+    }
+    std::string fstype;
+    fields >> fstype;
+    found = MountEntry{dev, fstype};  // later lines are mounted on top of earlier ones
+  }
+  return found;
+}
+
+bool is_mount_point(const std::string& path, const struct stat& st) {
+  if (find_mount(path)) return true;
+  // Without /proc: a directory on another device than its parent is a mount.
+  struct stat parent;
+  if (::stat((path + "/..").c_str(), &parent) == 0 && parent.st_dev != st.st_dev) return true;
+  return path == "/";
+}
+
+void wake_handler(int) {}
+
+void install_wake_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = wake_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: a blocked read(2) returns EINTR
+    sigaction(kWakeSignal, &sa, nullptr);
+  });
+}
+
+// Logs the first few of a recurring error, then one in 10,000.
+template <typename... Args>
+void log_recurring(std::atomic<uint64_t>& count, fmt::format_string<Args...> format,
+                   Args&&... args) {
+  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed);
+  if (n < 10 || n % 10000 == 0) {
+    spdlog::warn("{} ({} so far)", fmt::format(format, std::forward<Args>(args)...), n + 1);
+  }
+}
+std::atomic<uint64_t> g_write_errors{0};
+
+}  // namespace
+
+// --- FuseMount ---------------------------------------------------------------
+
+FuseMount::FuseMount(const MountOptions& options) {
+  const std::string& dir = options.mount_point;
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    const int e = errno;
+    if (e == ENOENT && options.create_mount_point) {
+      if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+        throw MountError(fmt::format("cannot create mount point {}: {}", dir, errno_text(errno)));
+      }
+      spdlog::info("created mount point {}", dir);
+      if (::stat(dir.c_str(), &st) != 0) {
+        throw MountError(fmt::format("mount point {}: {}", dir, errno_text(errno)));
+      }
+    } else if (e == ENOENT) {
+      throw MountError(fmt::format("mount point {} does not exist", dir));
+    } else if (e == ENOTCONN) {
+      throw MountError(fmt::format(
+          "mount point {} is a FUSE mount whose daemon is gone; unmount it first (umount -l {})",
+          dir, dir));
+    } else {
+      throw MountError(fmt::format("mount point {}: {}", dir, errno_text(e)));
+    }
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    throw MountError(fmt::format("mount point {} is not a directory", dir));
+  }
+  char* real = ::realpath(dir.c_str(), nullptr);
+  if (real == nullptr) throw MountError(fmt::format("mount point {}: {}", dir, errno_text(errno)));
+  path_ = real;
+  std::free(real);
+  if (is_mount_point(path_, st)) {
+    throw MountError(fmt::format(
+        "mount point {} is busy: something is already mounted there (unmount it first)", dir));
+  }
+
+  fd_.reset(::open(kFuseDevice, O_RDWR | O_CLOEXEC));
+  if (!fd_) {
+    const int e = errno;
+    if (e == ENOENT || e == ENODEV || e == ENXIO) {
+      throw MountError(fmt::format("cannot open {}: {}; load the fuse module (modprobe fuse)",
+                                   kFuseDevice, errno_text(e)));
+    }
+    throw MountError(fmt::format("cannot open {}: {}", kFuseDevice, errno_text(e)));
+  }
+
+  // The kernel's fuse mount options (fs/fuse/inode.c). default_permissions:
+  // the kernel checks permissions from the attributes we report, as a local
+  // file system would. allow_other: every user of this host may use the
+  // mount, not only the one who mounted it. No MS_NOSUID/MS_NODEV: tenants
+  // (and the POSIX test suites) create device nodes and setuid files.
+  std::string data =
+      fmt::format("fd={},rootmode=40000,user_id={},group_id={},default_permissions,allow_other",
+                  fd_.get(), ::geteuid(), ::getegid());
+  if (options.max_read != 0) data += fmt::format(",max_read={}", options.max_read);
+  if (::mount("dpfs", path_.c_str(), "fuse.dpfs", 0, data.c_str()) != 0) {
+    const int e = errno;
+    if (e == EPERM) {
+      throw MountError(
+          fmt::format("mount of {} failed: {} (dpfs calls mount(2) itself and needs "
+                      "root or CAP_SYS_ADMIN)",
+                      dir, errno_text(e)));
+    }
+    throw MountError(fmt::format("mount of {} failed: {}", dir, errno_text(e)));
+  }
+  mounted_ = true;
+}
+
+FuseMount::~FuseMount() { unmount(); }
+
+void FuseMount::unmount() {
+  if (!mounted_) return;
+  mounted_ = false;
+  // Only what we mounted: if someone unmounted it and mounted something
+  // else in its place, that is not ours to remove.
+  const std::optional<MountEntry> top = find_mount(path_);
+  if (!top || top->fstype != "fuse.dpfs") {
+    spdlog::info("{} was already unmounted", path_);
+    return;
+  }
+  if (::umount2(path_.c_str(), UMOUNT_NOFOLLOW) == 0) {
+    spdlog::info("unmounted {}", path_);
+    return;
+  }
+  int e = errno;
+  if (e == EBUSY) {
+    spdlog::warn("{} is busy; detaching it lazily: processes still using it will see ENOTCONN",
+                 path_);
+    if (::umount2(path_.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) == 0) return;
+    e = errno;
+  }
+  if (e == EINVAL) {
+    spdlog::info("{} was already unmounted", path_);
+    return;
+  }
+  spdlog::error("unmounting {}: {}", path_, errno_text(e));
+}
+
+// --- FuseDevice::Worker ------------------------------------------------------
+
+// One worker thread and the request slots it reads into. The worker thread
+// owns the pool (the vector); a slot's `busy` flag hands it to whoever
+// completes the request and back.
+class FuseDevice::Worker {
+ public:
+  Worker(FuseDevice& device, unsigned index, int fd, UniqueFd owned_fd)
+      : device_(device), index_(index), fd_(fd), owned_fd_(std::move(owned_fd)) {
+    const fuse::FuseSession& session = device_.session_;
+    // The kernel refuses a read into a buffer that cannot hold a WRITE of
+    // its max_write plus headers, and never less than FUSE_MIN_READ_BUFFER.
+    in_size_ = std::max<size_t>(session.max_request_size(), FUSE_MIN_READ_BUFFER);
+    out_size_ = session.max_reply_size();
+    slots_.push_back(std::make_unique<Slot>(*this));
+  }
+
+  ~Worker() {
+    if (thread_.joinable()) thread_.join();
+    for (const auto& slot : slots_) {
+      if (slot->busy.load(std::memory_order_acquire)) {
+        spdlog::error("fuse worker {}: a request is still pending at shutdown", index_);
+      }
+    }
+  }
+
+  void start() {
+    thread_ = std::thread([this] { run(); });
+  }
+
+  bool started() const { return thread_.joinable(); }
+  bool exited() const { return exited_.load(std::memory_order_acquire); }
+
+  // Interrupts a read(2) or a wait for a free slot; the worker then sees
+  // that the device is stopping.
+  void wake() {
+    releases_.fetch_add(1);
+    releases_.notify_all();
+    if (thread_.joinable() && !exited()) pthread_kill(thread_.native_handle(), kWakeSignal);
+  }
+
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  // A request buffer, a reply buffer, and the Request the session sees.
+  class Slot final : public fuse::Request {
+   public:
+    explicit Slot(Worker& worker)
+        : worker_(worker),
+          in_buf_(std::make_unique_for_overwrite<char[]>(worker.in_size_)),
+          out_buf_(std::make_unique_for_overwrite<char[]>(worker.out_size_)) {
+      in_iov_ = {in_buf_.get(), 0};
+      out_iov_ = {out_buf_.get(), worker.out_size_};
+      in = std::span<const iovec>(&in_iov_, 1);
+      out = std::span<const iovec>(&out_iov_, 1);
+    }
+
+    char* in_buf() { return in_buf_.get(); }
+    void set_in_len(size_t len) { in_iov_.iov_len = len; }
+    const char* out_buf() const { return out_buf_.get(); }
+
+    void complete(size_t reply_len) override { worker_.reply(*this, reply_len); }
+
+    // Set by the worker before handle(); cleared once the reply is written.
+    std::atomic<bool> busy{false};
+
+   private:
+    Worker& worker_;
+    std::unique_ptr<char[]> in_buf_;
+    std::unique_ptr<char[]> out_buf_;
+    iovec in_iov_;
+    iovec out_iov_;
+  };
+
+  void run();
+  Slot* acquire();
+
+  // Writes a reply (from any thread) and frees its slot.
+  void reply(Slot& slot, size_t len) {
+    if (len > 0) {
+      ssize_t n;
+      do {
+        n = ::write(fd_, slot.out_buf(), len);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0) {
+        const int e = errno;
+        // ENOENT: the request was interrupted or the connection aborted and
+        // the kernel no longer waits for this reply. ENODEV: unmounted.
+        if (e != ENOENT && e != ENODEV) {
+          log_recurring(g_write_errors, "writing a {}-byte FUSE reply: {}", len, errno_text(e));
+        }
+      } else if (size_t(n) != len) {
+        log_recurring(g_write_errors, "short write of a FUSE reply: {} of {} bytes", n, len);
+      }
+    }
+    // The slot may be reused as soon as busy is clear: touch it no more.
+    slot.busy.store(false, std::memory_order_release);
+    // Sequentially consistent, with the worker's waiting_ store and its
+    // load of releases_: one of the two sides sees the other.
+    releases_.fetch_add(1);
+    if (waiting_.load()) releases_.notify_one();
+  }
+
+  FuseDevice& device_;
+  const unsigned index_;
+  const int fd_;
+  UniqueFd owned_fd_;  // empty when sharing the connection's descriptor
+  size_t in_size_ = 0;
+  size_t out_size_ = 0;
+  std::vector<std::unique_ptr<Slot>> slots_;  // worker thread only, after start()
+  size_t next_ = 0;
+  std::atomic<uint32_t> releases_{0};  // bumped on every reply, to wait for one
+  std::atomic<bool> waiting_{false};
+  std::atomic<bool> exited_{false};
+  std::thread thread_;
+};
+
+FuseDevice::Worker::Slot* FuseDevice::Worker::acquire() {
+  bool warned = false;
+  for (;;) {
+    const uint32_t seen = releases_.load();
+    const size_t n = slots_.size();
+    for (size_t i = 0; i < n; ++i) {
+      const size_t at = (next_ + i) % n;
+      if (!slots_[at]->busy.load(std::memory_order_acquire)) {
+        next_ = at;
+        return slots_[at].get();
+      }
+    }
+    if (device_.stopping_.load(std::memory_order_acquire)) return nullptr;
+    if (n < kMaxSlots) {
+      slots_.push_back(std::make_unique<Slot>(*this));
+      next_ = n;
+      spdlog::debug("fuse worker {}: {} requests pending; {} slots", index_, n, n + 1);
+      return slots_.back().get();
+    }
+    if (!warned) {
+      spdlog::warn("fuse worker {}: all {} request slots await a reply; waiting", index_, n);
+      warned = true;
+    }
+    waiting_.store(true);
+    releases_.wait(seen);
+    waiting_.store(false);
+  }
+}
+
+void FuseDevice::Worker::run() {
+  pthread_setname_np(pthread_self(), fmt::format("dpfs-fuse-{}", index_).substr(0, 15).c_str());
+  sigset_t wake;
+  sigemptyset(&wake);
+  sigaddset(&wake, kWakeSignal);
+  pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);
+
+  fuse::FuseSession& session = device_.session_;
+  while (!device_.stopping_.load(std::memory_order_acquire)) {
+    Slot* slot = acquire();
+    if (slot == nullptr) break;
+    const ssize_t n = ::read(fd_, slot->in_buf(), in_size_);
+    if (n < 0) {
+      const int e = errno;
+      // EINTR: a signal (or stop()). ENOENT: the request we were about to
+      // get was interrupted. EAGAIN: another worker took it.
+      if (e == EINTR || e == ENOENT || e == EAGAIN) continue;
+      if (e == ENODEV) {
+        spdlog::debug("fuse worker {}: connection closed", index_);
+      } else {
+        spdlog::error("fuse worker {}: reading {}: {}", index_, kFuseDevice, errno_text(e));
+        device_.failed_.store(true, std::memory_order_release);
+      }
+      break;
+    }
+    slot->set_in_len(size_t(n));
+    slot->busy.store(true, std::memory_order_relaxed);
+    session.handle(*slot);
+    if (session.destroyed()) {
+      spdlog::debug("fuse worker {}: session destroyed", index_);
+      break;
+    }
+  }
+  exited_.store(true, std::memory_order_release);
+  device_.worker_stopped();
+}
+
+// --- FuseDevice --------------------------------------------------------------
+
+FuseDevice::FuseDevice(int connection_fd, fuse::FuseSession& session, unsigned threads,
+                       std::function<void()> on_stop)
+    : session_(session), on_stop_(std::move(on_stop)) {
+  install_wake_handler();
+  for (unsigned i = 0; i < threads; ++i) {
+    UniqueFd fd;
+    if (cloned_) {
+      fd.reset(::open(kFuseDevice, O_RDWR | O_CLOEXEC));
+      uint32_t source = uint32_t(connection_fd);
+      if (!fd || ::ioctl(fd.get(), FUSE_DEV_IOC_CLONE, &source) != 0) {
+        spdlog::info("cannot clone the FUSE connection ({}); workers share one descriptor",
+                     errno_text(errno));
+        fd.reset();
+        cloned_ = false;
+      }
+    }
+    const int worker_fd = fd ? fd.get() : connection_fd;
+    workers_.push_back(std::make_unique<Worker>(*this, i, worker_fd, std::move(fd)));
+  }
+  try {
+    for (auto& w : workers_) w->start();
+  } catch (const std::system_error& e) {
+    stop();
+    throw MountError(fmt::format("cannot start a worker thread: {}", e.what()));
+  }
+}
+
+FuseDevice::~FuseDevice() { stop(); }
+
+void FuseDevice::stop() {
+  stopping_.store(true, std::memory_order_release);
+  for (auto& w : workers_) {
+    // A worker blocked in read(2) on a live connection needs a signal; one
+    // sent just before it entered read(2) is lost, so repeat until it exits.
+    while (w->started() && !w->exited()) {
+      w->wake();
+      for (int i = 0; i < 10 && !w->exited(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+    w->join();
+  }
+}
+
+void FuseDevice::worker_stopped() {
+  if (stopping_.load(std::memory_order_acquire)) return;
+  if (!notified_.exchange(true) && on_stop_) on_stop_();
+}
+
+}  // namespace dpfs::transport

@@ -1,0 +1,138 @@
+// The /dev/fuse transport: a FUSE file system mounted on this host, served
+// by worker threads that read requests from the kernel's FUSE driver and
+// write the replies back.
+//
+// FuseMount owns the connection (the /dev/fuse file descriptor) and the
+// mount; FuseDevice owns the workers. A daemon builds them in that order and
+// tears down in reverse, unmounting first so that the kernel can still flush
+// through the workers what it holds:
+//
+//   FuseMount mount(options);          // open /dev/fuse, mount(2)
+//   FuseDevice device(mount.fd(), session, threads, on_stop);
+//   ...
+//   mount.unmount();                   // the connection ends; workers see ENODEV
+//   device.stop();                     // joins them
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fuse/session.h"
+#include "transport/unique_fd.h"
+
+namespace dpfs::transport {
+
+// Start-up failures, as one line for the operator ("mount point /mnt/x does
+// not exist").
+class MountError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct MountOptions {
+  std::string mount_point;
+  // The largest READ the kernel may send (the session's max_write); 0 leaves
+  // the kernel's default.
+  uint32_t max_read = 0;
+  // Create the mount point (one level) if it does not exist: only for the
+  // default job, never for a path the operator typed.
+  bool create_mount_point = false;
+};
+
+// A FUSE file system mounted through /dev/fuse. The constructor checks the
+// mount point (exists, is a directory, is not itself a mount point), opens
+// /dev/fuse and mounts; the destructor unmounts and closes the connection.
+//
+// Not thread-safe: created, unmounted and destroyed by one thread (the main
+// thread of the daemon). Needs CAP_SYS_ADMIN (mount(2) directly, no
+// fusermount).
+class FuseMount {
+ public:
+  // Throws MountError.
+  explicit FuseMount(const MountOptions& options);
+  FuseMount(const FuseMount&) = delete;
+  FuseMount& operator=(const FuseMount&) = delete;
+  ~FuseMount();
+
+  // The /dev/fuse descriptor of the connection (O_RDWR|O_CLOEXEC, blocking).
+  int fd() const { return fd_.get(); }
+  // The mount point, absolute and canonical.
+  const std::string& mount_point() const { return path_; }
+  bool mounted() const { return mounted_; }
+
+  // Unmounts. If the file system is busy (a process has a file open or its
+  // working directory on it), detaches it lazily instead and logs that:
+  // those processes then see ENOTCONN once the daemon stops. Idempotent;
+  // also fine if someone else unmounted it already.
+  void unmount();
+
+ private:
+  std::string path_;
+  UniqueFd fd_;
+  bool mounted_ = false;
+};
+
+// Serves one FUSE connection with worker threads.
+//
+// Each worker reads requests from its own clone of the connection's
+// descriptor (FUSE_DEV_IOC_CLONE: the kernel then keeps a processing queue
+// per worker, and a reply must be written to the descriptor its request was
+// read from), or shares the connection's descriptor where cloning is not
+// available. A worker owns a pool of request slots, each a request buffer
+// and a reply buffer; a slot is reused only after its reply was written, so
+// a backend may answer later, from any thread. Steady state allocates
+// nothing: the pool grows only while every slot is held by a pending reply.
+//
+// Stopping: a worker blocked in read(2) returns when the connection ends
+// (unmount); if it is still alive (a lazily detached mount), stop() wakes
+// the workers with SIGUSR2, for which the device installs a handler that
+// does nothing. Workers unblock SIGUSR2; other threads need not.
+//
+// stop() and the destructor are for the thread that constructed the device.
+// Replies (Request::complete) may come from any thread until the destructor
+// runs; the backend must therefore be destroyed (answering what it still
+// holds) before this device is.
+class FuseDevice {
+ public:
+  // Starts `threads` workers on the connection `connection_fd` (borrowed:
+  // it must outlive the device). `on_stop` is called once, from a worker,
+  // when a worker stops by itself: the file system was unmounted, the
+  // session was destroyed, or the connection failed. Throws MountError if
+  // a thread cannot be started.
+  FuseDevice(int connection_fd, fuse::FuseSession& session, unsigned threads,
+             std::function<void()> on_stop);
+  FuseDevice(const FuseDevice&) = delete;
+  FuseDevice& operator=(const FuseDevice&) = delete;
+  ~FuseDevice();
+
+  // Stops every worker and joins it. Idempotent.
+  void stop();
+  // Whether the workers have descriptors of their own (FUSE_DEV_IOC_CLONE).
+  bool cloned() const { return cloned_; }
+  // Whether a worker stopped on an error of the connection (logged), rather
+  // than because the file system went away.
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
+
+  class Worker;
+
+ private:
+  void worker_stopped();
+
+  fuse::FuseSession& session_;
+  std::function<void()> on_stop_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> notified_{false};
+  std::atomic<bool> failed_{false};
+  bool cloned_ = true;
+  std::vector<std::unique_ptr<Worker>> workers_;
+};
+
+}  // namespace dpfs::transport

@@ -1,0 +1,360 @@
+#include "server/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace dpfs::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The message of the ConfigError that applying `toml` throws, or "" if none.
+std::string toml_error(const std::string& toml) {
+  Config cfg;
+  try {
+    apply_toml(cfg, toml, "test.toml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string flag_error(std::string_view key, std::string_view value) {
+  Config cfg;
+  try {
+    apply_flag(cfg, key, value);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, Defaults) {
+  Config cfg;
+  finish(cfg);
+  EXPECT_EQ(cfg.threads, 2u);
+  EXPECT_EQ(cfg.log_level, spdlog::level::info);
+  EXPECT_EQ(cfg.backend.type, "memfs");
+  EXPECT_EQ(cfg.backend.arg, "");
+  EXPECT_EQ(cfg.backend.memfs.capacity_bytes, 1ull << 30);
+  EXPECT_EQ(cfg.fuse.mount, "/tmp/dpfs");
+  EXPECT_TRUE(cfg.fuse.mount_is_default);
+  EXPECT_EQ(cfg.fuse.max_write, 1u << 20);
+  EXPECT_FALSE(cfg.fuse.writeback_cache);
+}
+
+TEST(Config, EveryKeyFromToml) {
+  Config cfg;
+  apply_toml(cfg, R"(
+threads = 8
+log_level = "debug"
+[backend]
+type = "null"
+[backend.memfs]
+capacity = "512M"
+max_inodes = 1000
+[backend.null]
+file_size = "2T"
+direct_io = true
+[fuse]
+mount = "/mnt/x"
+max_write = "128K"
+entry_timeout = 2.5
+attr_timeout = 3
+writeback_cache = true
+)",
+             "test.toml");
+  finish(cfg);
+  EXPECT_EQ(cfg.threads, 8u);
+  EXPECT_EQ(cfg.log_level, spdlog::level::debug);
+  EXPECT_EQ(cfg.backend.type, "null");
+  EXPECT_EQ(cfg.backend.memfs.capacity_bytes, 512ull << 20);
+  EXPECT_EQ(cfg.backend.memfs.max_inodes, 1000u);
+  EXPECT_EQ(cfg.backend.null.file_size, 2ull << 40);
+  EXPECT_TRUE(cfg.backend.null.direct_io);
+  EXPECT_EQ(cfg.fuse.mount, "/mnt/x");
+  EXPECT_FALSE(cfg.fuse.mount_is_default);
+  EXPECT_EQ(cfg.fuse.max_write, 128u << 10);
+  EXPECT_DOUBLE_EQ(cfg.fuse.entry_timeout, 2.5);
+  EXPECT_DOUBLE_EQ(cfg.fuse.attr_timeout, 3.0);
+  EXPECT_TRUE(cfg.fuse.writeback_cache);
+  // The backend reports the [fuse] timeouts.
+  EXPECT_DOUBLE_EQ(cfg.backend.entry_timeout, 2.5);
+  EXPECT_DOUBLE_EQ(cfg.backend.attr_timeout, 3.0);
+}
+
+TEST(Config, DottedKeysAndInlineTables) {
+  Config cfg;
+  apply_toml(cfg,
+             "fuse.mount = \"/a\"\nbackend = { type = \"null\", null = { file_size = 4096 } }\n",
+             "test.toml");
+  EXPECT_EQ(cfg.fuse.mount, "/a");
+  EXPECT_EQ(cfg.backend.type, "null");
+  EXPECT_EQ(cfg.backend.null.file_size, 4096u);
+}
+
+TEST(Config, EmptyFileKeepsDefaults) {
+  EXPECT_EQ(toml_error(""), "");
+  EXPECT_EQ(toml_error("# nothing\n[fuse]\n"), "");
+}
+
+TEST(Config, UnknownKeysAreRefused) {
+  EXPECT_EQ(toml_error("[fuse]\nmountt = \"/x\"\n"), "config test.toml: unknown key 'fuse.mountt'");
+  EXPECT_EQ(toml_error("thread = 2\n"), "config test.toml: unknown key 'thread'");
+  EXPECT_EQ(toml_error("[backend.memfs]\ncapacity_bytes = 5\n"),
+            "config test.toml: unknown key 'backend.memfs.capacity_bytes'");
+  EXPECT_EQ(toml_error("[server]\nthreads = 2\n"), "config test.toml: unknown key 'server'");
+  EXPECT_EQ(toml_error("[backend.nfs]\nurl = \"x\"\n"),
+            "config test.toml: unknown key 'backend.nfs'");
+}
+
+TEST(Config, TablesMustBeTables) {
+  EXPECT_EQ(toml_error("fuse = 3\n"), "config test.toml: fuse: must be a table ([fuse])");
+  EXPECT_EQ(toml_error("[threads]\n"),
+            "config test.toml: threads: expected a single value, got a table");
+}
+
+TEST(Config, SyntaxErrorsNameTheLine) {
+  const std::string e = toml_error("threads = 2\n[fuse\n");
+  EXPECT_THAT(e, HasSubstr("config test.toml:2:"));
+}
+
+TEST(Config, Threads) {
+  EXPECT_EQ(toml_error("threads = 0\n"),
+            "config test.toml: threads: must be between 1 and 256, got 0");
+  EXPECT_EQ(toml_error("threads = 257\n"),
+            "config test.toml: threads: must be between 1 and 256, got 257");
+  EXPECT_EQ(toml_error("threads = -1\n"),
+            "config test.toml: threads: must be between 1 and 256, got -1");
+  EXPECT_EQ(toml_error("threads = \"four\"\n"),
+            "config test.toml: threads: must be an integer, got 'four'");
+  EXPECT_EQ(toml_error("threads = 1.5\n"),
+            "config test.toml: threads: must be an integer, got a number");
+  EXPECT_EQ(toml_error("threads = true\n"),
+            "config test.toml: threads: must be an integer, got a boolean");
+  EXPECT_EQ(toml_error("threads = [1]\n"),
+            "config test.toml: threads: expected a single value, got an array");
+  EXPECT_EQ(toml_error("threads = 256\n"), "");
+  EXPECT_EQ(toml_error("threads = \"3\"\n"), "");
+}
+
+TEST(Config, LogLevel) {
+  EXPECT_EQ(toml_error("log_level = \"verbose\"\n"),
+            "config test.toml: log_level: must be one of trace, debug, info, warn, error; got "
+            "'verbose'");
+  EXPECT_EQ(toml_error("log_level = 3\n"),
+            "config test.toml: log_level: must be a string, got an integer");
+  for (const char* level : {"trace", "debug", "info", "warn", "error"}) {
+    Config cfg;
+    apply_toml(cfg, std::string("log_level = \"") + level + "\"\n", "t");
+    EXPECT_EQ(log_level_name(cfg.log_level), level);
+  }
+}
+
+TEST(Config, BackendType) {
+  EXPECT_EQ(toml_error("[backend]\ntype = \"zfs\"\n"),
+            "config test.toml: backend.type: unknown backend 'zfs' (known: memfs, null)");
+  EXPECT_EQ(toml_error("[backend]\ntype = \"nfs://server/export\"\n"),
+            "config test.toml: backend.type: unknown backend 'nfs' (known: memfs, null)");
+  EXPECT_EQ(toml_error("[backend]\ntype = \"\"\n"),
+            "config test.toml: backend.type: unknown backend '' (known: memfs, null)");
+  EXPECT_EQ(toml_error("[backend]\ntype = \"memfs:/x\"\n"),
+            "config test.toml: backend.type: backend memfs takes no argument, got 'memfs:/x'");
+  EXPECT_EQ(toml_error("[backend]\ntype = 1\n"),
+            "config test.toml: backend.type: must be a string, got an integer");
+}
+
+TEST(Config, BackendSpec) {
+  BackendConfig b;
+  parse_backend_spec("null", &b);
+  EXPECT_EQ(b.type, "null");
+  EXPECT_EQ(b.arg, "");
+  parse_backend_spec("memfs", &b);
+  EXPECT_EQ(b.type, "memfs");
+  EXPECT_THROW(parse_backend_spec("passthrough:/srv", &b), std::invalid_argument);
+  EXPECT_THROW(parse_backend_spec("null:", &b), std::invalid_argument);
+  EXPECT_EQ(backend_type_list(), "memfs, null");
+}
+
+TEST(Config, MemfsLimits) {
+  EXPECT_EQ(toml_error("[backend.memfs]\ncapacity = \"1X\"\n"),
+            "config test.toml: backend.memfs.capacity: must be a size such as 4096, 64K or 1G, "
+            "got '1X'");
+  EXPECT_EQ(toml_error("[backend.memfs]\ncapacity = 4096\n"),
+            "config test.toml: backend.memfs.capacity: must be at least 1M, got 4K");
+  EXPECT_EQ(toml_error("[backend.memfs]\ncapacity = -1\n"),
+            "config test.toml: backend.memfs.capacity: must be a size, got -1");
+  EXPECT_EQ(toml_error("[backend.memfs]\ncapacity = 1.5\n"),
+            "config test.toml: backend.memfs.capacity: must be a size (bytes, or a string such "
+            "as \"64K\" or \"1G\"), got a number");
+  EXPECT_EQ(toml_error("[backend.memfs]\nmax_inodes = 0\n"),
+            "config test.toml: backend.memfs.max_inodes: must be at least 1, got 0");
+  EXPECT_EQ(toml_error("[backend.memfs]\ncapacity = \"16T\"\nmax_inodes = 10000000\n"), "");
+}
+
+TEST(Config, NullLimits) {
+  EXPECT_EQ(toml_error("[backend.null]\nfile_size = \"8388608T\"\n"),
+            "config test.toml: backend.null.file_size: must be at most 2^63-1 bytes, got "
+            "9223372036854775808");
+  EXPECT_EQ(toml_error("[backend.null]\nfile_size = 0\n"), "");
+  EXPECT_EQ(toml_error("[backend.null]\ndirect_io = \"sometimes\"\n"),
+            "config test.toml: backend.null.direct_io: must be true or false, got 'sometimes'");
+}
+
+TEST(Config, MaxWrite) {
+  EXPECT_EQ(toml_error("[fuse]\nmax_write = \"2M\"\n"),
+            "config test.toml: fuse.max_write: must be between 4K and 1M, got 2M");
+  EXPECT_EQ(toml_error("[fuse]\nmax_write = 1024\n"),
+            "config test.toml: fuse.max_write: must be between 4K and 1M, got 1K");
+  EXPECT_EQ(toml_error("[fuse]\nmax_write = 6000\n"),
+            "config test.toml: fuse.max_write: must be a multiple of 4K, got 6000");
+  EXPECT_EQ(toml_error("[fuse]\nmax_write = \"6K\"\n"),
+            "config test.toml: fuse.max_write: must be a multiple of 4K, got 6144");
+  EXPECT_EQ(toml_error("[fuse]\nmax_write = \"12K\"\n"), "");  // a multiple of 4K, not a power of 2
+  EXPECT_EQ(toml_error("[fuse]\nmax_write = \"4K\"\n"), "");
+  EXPECT_EQ(toml_error("[fuse]\nmax_write = \"1M\"\n"), "");
+}
+
+TEST(Config, Timeouts) {
+  EXPECT_EQ(toml_error("[fuse]\nentry_timeout = -1\n"),
+            "config test.toml: fuse.entry_timeout: must be 0 or more seconds, got -1");
+  EXPECT_EQ(toml_error("[fuse]\nattr_timeout = nan\n"),
+            "config test.toml: fuse.attr_timeout: must be 0 or more seconds, got nan");
+  EXPECT_EQ(toml_error("[fuse]\nattr_timeout = inf\n"),
+            "config test.toml: fuse.attr_timeout: must be 0 or more seconds, got inf");
+  EXPECT_EQ(toml_error("[fuse]\nentry_timeout = \"soon\"\n"),
+            "config test.toml: fuse.entry_timeout: must be a number of seconds, got 'soon'");
+  EXPECT_EQ(toml_error("[fuse]\nentry_timeout = 0\nattr_timeout = 0.0\n"), "");
+}
+
+TEST(Config, MountAndWriteback) {
+  EXPECT_EQ(toml_error("[fuse]\nmount = \"\"\n"),
+            "config test.toml: fuse.mount: must not be empty");
+  EXPECT_EQ(toml_error("[fuse]\nmount = 5\n"),
+            "config test.toml: fuse.mount: must be a string, got an integer");
+  EXPECT_EQ(toml_error("[fuse]\nwriteback_cache = 1\n"),
+            "config test.toml: fuse.writeback_cache: must be true or false, got an integer");
+}
+
+TEST(Config, MissingFile) {
+  Config cfg;
+  try {
+    apply_toml_file(cfg, "/nonexistent/dpfs.toml");
+    FAIL() << "no error for a missing file";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(), "config /nonexistent/dpfs.toml: No such file or directory");
+  }
+}
+
+TEST(Config, FlagsUseTheSameChecks) {
+  EXPECT_EQ(flag_error("threads", "0"), "--threads: must be between 1 and 256, got 0");
+  EXPECT_EQ(flag_error("threads", "x"), "--threads: must be an integer, got 'x'");
+  EXPECT_EQ(flag_error("threads", ""), "--threads: must be an integer, got ''");
+  EXPECT_EQ(flag_error("backend.type", "zfs"),
+            "--backend: unknown backend 'zfs' (known: memfs, null)");
+  EXPECT_EQ(flag_error("fuse.max_write", "3M"), "--max-write: must be between 4K and 1M, got 3M");
+  EXPECT_EQ(flag_error("fuse.entry_timeout", "-0.5"),
+            "--entry-timeout: must be 0 or more seconds, got -0.5");
+  EXPECT_EQ(flag_error("fuse.writeback_cache", "maybe"),
+            "--writeback-cache: must be true or false, got 'maybe'");
+  EXPECT_EQ(flag_error("fuse.mount", ""), "--fuse-mount: must not be empty");
+}
+
+TEST(Config, FlagsOverrideTheFile) {
+  Config cfg;
+  apply_toml(cfg, "threads = 4\n[fuse]\nmount = \"/from/file\"\nwriteback_cache = true\n", "t");
+  apply_flag(cfg, "threads", "8");
+  apply_switch(cfg, "fuse.writeback_cache", false);
+  finish(cfg);
+  EXPECT_EQ(cfg.threads, 8u);
+  EXPECT_EQ(cfg.fuse.mount, "/from/file");
+  EXPECT_FALSE(cfg.fuse.writeback_cache);
+}
+
+TEST(Config, EverySettingHasAFlagAndHelp) {
+  for (const SettingInfo& s : settings()) {
+    EXPECT_TRUE(s.flag.starts_with("--")) << s.key;
+    EXPECT_FALSE(s.help.empty()) << s.key;
+    EXPECT_FALSE(s.value_name.empty()) << s.key;
+  }
+}
+
+// docs/ beside tests/: the example must parse and mention every setting, and
+// the reference must explain every key.
+std::filesystem::path docs_dir() {
+  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "docs";
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST(Docs, ExampleConfigParsesAndHasEverySetting) {
+  const std::filesystem::path example = docs_dir() / "dpfs.example.toml";
+  Config cfg;
+  ASSERT_NO_THROW(apply_toml_file(cfg, example.string()));
+  finish(cfg);
+  // Its values are the defaults.
+  Config defaults;
+  finish(defaults);
+  EXPECT_EQ(cfg.threads, defaults.threads);
+  EXPECT_EQ(cfg.backend.type, defaults.backend.type);
+  EXPECT_EQ(cfg.backend.memfs.capacity_bytes, defaults.backend.memfs.capacity_bytes);
+  EXPECT_EQ(cfg.backend.memfs.max_inodes, defaults.backend.memfs.max_inodes);
+  EXPECT_EQ(cfg.backend.null.file_size, defaults.backend.null.file_size);
+  EXPECT_EQ(cfg.fuse.mount, defaults.fuse.mount);
+  EXPECT_EQ(cfg.fuse.max_write, defaults.fuse.max_write);
+
+  const std::string text = read_file(example);
+  for (const SettingInfo& s : settings()) {
+    const std::string_view name = s.key.substr(s.key.rfind('.') + 1);
+    EXPECT_NE(text.find(std::string(name) + " = "), std::string::npos) << s.key;
+    EXPECT_NE(text.find("flag: " + std::string(s.flag)), std::string::npos) << s.flag;
+  }
+}
+
+TEST(Docs, ReferenceExplainsEverySetting) {
+  const std::string text = read_file(docs_dir() / "configuration.md");
+  ASSERT_FALSE(text.empty());
+  for (const SettingInfo& s : settings()) {
+    EXPECT_NE(text.find("`" + std::string(s.key) + "`"), std::string::npos) << s.key;
+    EXPECT_NE(text.find("`" + std::string(s.flag) + "`"), std::string::npos) << s.flag;
+  }
+}
+
+TEST(Size, Parse) {
+  EXPECT_EQ(parse_size("0"), 0u);
+  EXPECT_EQ(parse_size("4096"), 4096u);
+  EXPECT_EQ(parse_size("4K"), 4096u);
+  EXPECT_EQ(parse_size("4k"), 4096u);
+  EXPECT_EQ(parse_size("3M"), 3u << 20);
+  EXPECT_EQ(parse_size("1G"), 1ull << 30);
+  EXPECT_EQ(parse_size("1T"), 1ull << 40);
+  EXPECT_EQ(parse_size("16777215T"), 16777215ull << 40);
+  for (const char* bad : {"", "K", "1.5G", "1GB", "1KiB", "-1", " 1", "1 ", "1P", "0x10",
+                          "16777216T", "99999999999999999999"}) {
+    EXPECT_THROW(parse_size(bad), std::invalid_argument) << bad;
+  }
+}
+
+TEST(Size, Format) {
+  EXPECT_EQ(format_size(0), "0");
+  EXPECT_EQ(format_size(1000), "1000");
+  EXPECT_EQ(format_size(4096), "4K");
+  EXPECT_EQ(format_size(6144), "6K");
+  EXPECT_EQ(format_size(1ull << 20), "1M");
+  EXPECT_EQ(format_size(3ull << 30), "3G");
+  EXPECT_EQ(format_size(2ull << 40), "2T");
+  EXPECT_EQ(format_size((1ull << 30) + 1), "1073741825");
+}
+
+}  // namespace
+}  // namespace dpfs::server
