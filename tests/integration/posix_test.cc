@@ -108,6 +108,19 @@ TEST_F(PosixTest, NewFileAttributes) {
   EXPECT_GT(st.st_blksize, 0);
 }
 
+TEST_F(PosixTest, TimestampsHaveSubsecondPrecision) {
+  // With one-second granularity every tv_nsec would be 0; five files created
+  // a few milliseconds apart all landing on a whole second is not chance.
+  int with_ns = 0;
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(write_file(path("f" + std::to_string(i)), "x"), 0);
+    struct stat st = lst(path("f" + std::to_string(i)));
+    if (st.st_mtim.tv_nsec != 0 || st.st_ctim.tv_nsec != 0) ++with_ns;
+    std::this_thread::sleep_for(3ms);
+  }
+  EXPECT_GT(with_ns, 0) << "all timestamps are whole seconds";
+}
+
 TEST_F(PosixTest, NewFileOwnedByCreator) {
   ASSERT_SYS(chmod(cpath(""), 0777));
   EXPECT_SYS(as_user(kUser1, [&] { return open(cpath("mine"), O_CREAT | O_WRONLY, 0600); }));
@@ -817,6 +830,22 @@ TEST_F(PosixTest, RenameFileOverFile) {
   auto names = list_dir(path());
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, (std::vector<std::string>{"b", "b2"}));
+}
+
+TEST_F(PosixTest, RenameOverOpenFileKeepsItReadable) {
+  ASSERT_EQ(write_file(path("old"), "old content"), 0);
+  ASSERT_EQ(write_file(path("new"), "new content"), 0);
+  int fd = open(cpath("old"), O_RDONLY);
+  ASSERT_SYS(fd);
+  ASSERT_SYS(rename(cpath("new"), cpath("old")));
+  char buf[32] = {};
+  EXPECT_EQ(pread(fd, buf, sizeof buf, 0), 11);
+  EXPECT_STREQ(buf, "old content") << "the replaced file lives while it is open";
+  struct stat st;
+  ASSERT_SYS(fstat(fd, &st));
+  EXPECT_EQ(st.st_nlink, 0u);
+  close(fd);
+  EXPECT_EQ(read_file(path("old")).value_or("<error>"), "new content");
 }
 
 TEST_F(PosixTest, RenameDirectories) {

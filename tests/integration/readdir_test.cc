@@ -122,6 +122,17 @@ TEST_F(ReaddirTest, FiveThousandEntriesExactlyOnceWithTypes) {
   EXPECT_EQ(compare_listing(read_all(path("big")), want), "");
 }
 
+TEST_F(ReaddirTest, LongNamesAcrossManyBuffers) {
+  ASSERT_SYS(mkdir(cpath("d"), 0755));
+  std::set<std::string> want{".", ".."};
+  for (int i = 0; i < 400; ++i) {
+    std::string n = fname(i) + std::string(190 + i % 56, "abcdefghij"[i % 10]);  // 200..255
+    ASSERT_EQ(write_file(path("d/" + n), ""), 0) << n.size();
+    want.insert(n);
+  }
+  EXPECT_EQ(compare_listing(read_all(path("d")), want), "");
+}
+
 TEST_F(ReaddirTest, TelldirSeekdirRewinddir) {
   constexpr int kFiles = 3000;
   ASSERT_SYS(mkdir(cpath("d"), 0755));
