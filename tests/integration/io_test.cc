@@ -49,6 +49,29 @@ TEST_F(IoTest, SparseFileAtOneGiB) {
   EXPECT_EQ(lst(path("sparse")).st_size, kGiB + 5);
 }
 
+TEST_F(IoTest, HugeSparseSizes) {
+  int fd = open(cpath("huge"), O_CREAT | O_RDWR, 0644);
+  ASSERT_SYS(fd);
+  const off_t big = off_t(1) << 62;
+  ASSERT_SYS(ftruncate(fd, big)) << "a 4 EiB sparse file";
+  struct stat st;
+  ASSERT_SYS(fstat(fd, &st));
+  EXPECT_EQ(st.st_size, big);
+  EXPECT_LT(st.st_blocks, 64) << "an empty huge file takes no space";
+  EXPECT_EQ(check_zero(read_range(fd, big - 4096, 8192), big - 4096), "");
+  ASSERT_EQ(pwrite_all(fd, "end", 3, big), 0);
+  EXPECT_EQ(read_range(fd, big - 2, 10), std::string(2, '\0') + "end");
+  ASSERT_SYS(fstat(fd, &st));
+  EXPECT_EQ(st.st_size, big + 3);
+  EXPECT_ERRNO(ENXIO, lseek(fd, big + 3, SEEK_DATA));
+  EXPECT_ERRNO(EINVAL, ftruncate(fd, -1));
+  ASSERT_SYS(ftruncate(fd, 0));
+  ASSERT_SYS(fstat(fd, &st));
+  EXPECT_EQ(st.st_size, 0);
+  EXPECT_EQ(st.st_blocks, 0);
+  close(fd);
+}
+
 TEST_F(IoTest, PreadPwriteOddOffsets) {
   int fd = open(cpath("f"), O_CREAT | O_RDWR, 0644);
   ASSERT_SYS(fd);
@@ -403,11 +426,12 @@ class SmallCapacityTest : public ::testing::Test {
     ASSERT_TRUE(problem.empty()) << problem;
     mount_ = std::make_unique<Mount>();
     if (on_tmpfs()) {
-      problem = mount_->start_tmpfs("mode=0755,size=8m");
+      problem = mount_->start_tmpfs("mode=0755,size=8m,nr_inodes=200");
     } else {
       config_ = mount_->base() + "/small.toml";
       ASSERT_EQ(write_file(config_,
-                           "[backend]\ntype = \"memfs\"\n\n[backend.memfs]\ncapacity = \"8M\"\n"),
+                           "[backend]\ntype = \"memfs\"\n\n[backend.memfs]\ncapacity = \"8M\"\n"
+                           "max_inodes = 200\n"),
                 0);
       problem = mount_->start_dpfs({"serve", "--config", config_, "--fuse-mount", mount_->dir(),
                                     "--threads", "2"});
@@ -494,6 +518,35 @@ TEST_F(SmallCapacityTest, WritingPastCapacityIsENOSPC) {
   back = read_file(path("again"));
   ASSERT_TRUE(back);
   EXPECT_EQ(check_pattern(*back, 3, 0), "");
+}
+
+TEST_F(SmallCapacityTest, RunningOutOfInodesIsENOSPC) {
+  // max_inodes = 200 (nr_inodes for tmpfs), the root included.
+  int created = 0;
+  int err = 0;
+  for (int i = 0; i < 400; ++i) {
+    std::string p = path("n" + std::to_string(i));
+    int fd = open(p.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    if (fd < 0) {
+      err = errno;
+      break;
+    }
+    close(fd);
+    ++created;
+  }
+  EXPECT_EQ(err, ENOSPC) << "after " << created << " files: " << errname(err);
+  EXPECT_GE(created, 150);
+  EXPECT_LE(created, 200);
+  struct stat st;
+  EXPECT_ERRNO(ENOSPC, mkdir(path("d").c_str(), 0755));
+  EXPECT_ERRNO(ENOSPC, symlink("t", path("l").c_str()));
+  EXPECT_ERRNO(ENOENT, lstat(path("d").c_str(), &st)) << "a failed mkdir leaves nothing";
+  EXPECT_EQ(list_dir(mount_->dir()).size(), static_cast<size_t>(created));
+  // Freeing one makes room for one.
+  ASSERT_SYS(unlink(path("n1").c_str()));
+  int fd = open(path("again").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  EXPECT_SYS(fd);
+  if (fd >= 0) close(fd);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 
 #include "mount_fixture.h"
 
@@ -31,6 +32,71 @@ TEST_F(PosixTest, LookupMissingIsENOENT) {
   ASSERT_SYS(stat(cpath("f"), &st));
   ASSERT_SYS(unlink(cpath("f")));
   EXPECT_ERRNO(ENOENT, stat(cpath("f"), &st));
+}
+
+TEST_F(PosixTest, UnusualNames) {
+  std::vector<std::string> names = {" leading space", "trailing space ", "new\nline", "tab\there",
+                                    "-dash", "...", "..a", "\xff\xfe bytes", "\xc3\xa9t\xc3\xa9",
+                                    "back\\slash", "*?[glob]", "'quote\""};
+  for (const auto& n : names) {
+    ASSERT_EQ(write_file(path(n), n), 0) << n;
+  }
+  auto listed = list_dir(path());
+  std::sort(listed.begin(), listed.end());
+  auto want = names;
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(listed, want);
+  for (const auto& n : names) {
+    EXPECT_EQ(read_file(path(n)).value_or("<error>"), n);
+  }
+}
+
+// The kernel forgets inodes it no longer caches (FORGET) and looks them up
+// again later: names, attributes, data and link counts must survive.
+TEST_F(PosixTest, ForgetThenLookupAgain) {
+  ASSERT_SYS(mkdir(cpath("tree"), 0755));
+  for (int i = 0; i < 300; ++i) {
+    std::string d = "tree/d" + std::to_string(i % 10);
+    if (i < 10) {
+      ASSERT_SYS(mkdir(cpath(d), 0750));
+    }
+    ASSERT_EQ(write_file(path(d + "/f" + std::to_string(i)), pattern(i, 0, i * 13), 0600), 0);
+  }
+  ASSERT_SYS(link(cpath("tree/d0/f0"), cpath("tree/hard")));
+  ASSERT_SYS(symlink("d1/f1", cpath("tree/sym")));
+  ASSERT_SYS(setxattr(cpath("tree/d2/f2"), "user.k", "v", 1, 0));
+  struct stat before = lst(path("tree/d3/f3"));
+  // An open, unlinked file must survive the forgetting too.
+  int fd = open(cpath("tree/d4/f4"), O_RDONLY);
+  ASSERT_SYS(fd);
+  ASSERT_SYS(unlink(cpath("tree/d4/f4")));
+  sync();
+  if (!tmpfs()) {
+    ASSERT_EQ(write_file("/proc/sys/vm/drop_caches", "2"), 0) << "drop dentries and inodes";
+  }
+  std::this_thread::sleep_for(200ms);  // FORGETs are sent asynchronously
+  for (int i = 0; i < 300; ++i) {
+    if (i == 4) continue;
+    std::string p = path("tree/d" + std::to_string(i % 10) + "/f" + std::to_string(i));
+    auto got = read_file(p);
+    ASSERT_TRUE(got) << p << ": " << errname(errno);
+    ASSERT_EQ(check_pattern(*got, i, 0), "") << p;
+    ASSERT_EQ(got->size(), static_cast<size_t>(i * 13)) << p;
+  }
+  struct stat after = lst(path("tree/d3/f3"));
+  EXPECT_EQ(after.st_ino, before.st_ino) << "an inode number changed across a forget";
+  EXPECT_TRUE(ts_eq(after.st_mtim, before.st_mtim));
+  EXPECT_EQ(after.st_mode, before.st_mode);
+  EXPECT_EQ(lst(path("tree/hard")).st_nlink, 2u);
+  EXPECT_EQ(lst(path("tree/d0")).st_nlink, 2u);
+  EXPECT_EQ(lst(path("tree")).st_nlink, 12u);
+  EXPECT_EQ(read_file(path("tree/sym")).value_or("<error>"), pattern(1, 0, 13));
+  char v = 0;
+  EXPECT_EQ(getxattr(cpath("tree/d2/f2"), "user.k", &v, 1), 1);
+  std::string buf(4 * 13, '\0');
+  EXPECT_EQ(pread_all(fd, buf.data(), buf.size(), 0), 4 * 13);
+  EXPECT_EQ(check_pattern(buf, 4, 0), "") << "the open unlinked file";
+  close(fd);
 }
 
 TEST_F(PosixTest, FileInPathIsENOTDIR) {
@@ -1186,6 +1252,13 @@ TEST_F(PosixTest, StatfsAndFreeSpace) {
   struct statfs fs;
   ASSERT_SYS(statfs(cpath(""), &fs));
   EXPECT_EQ(fs.f_namelen, 255);
+  // Inodes are counted too.
+  EXPECT_GE(c.f_files, c.f_ffree);
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(write_file(path("i" + std::to_string(i)), ""), 0);
+  struct statvfs d;
+  ASSERT_SYS(statvfs(cpath(""), &d));
+  EXPECT_LE(d.f_ffree + 20, c.f_ffree) << "f_ffree went from " << c.f_ffree << " to "
+                                       << d.f_ffree << " after creating 20 files";
 }
 
 TEST_F(PosixTest, SyncCallsSucceed) {
