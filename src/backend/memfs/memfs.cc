@@ -50,6 +50,16 @@ uint32_t kill_suid(uint32_t perm) {
   return perm;
 }
 
+// The xattr namespaces tmpfs keeps (system.posix_acl_* never arrives: the
+// kernel answers it when FUSE_POSIX_ACL is off). 0, EOPNOTSUPP for another
+// namespace, EINVAL for a bare prefix.
+int check_xattr_name(std::string_view name) {
+  for (std::string_view prefix : {"user.", "trusted.", "security."}) {
+    if (name.starts_with(prefix)) return name.size() > prefix.size() ? 0 : EINVAL;
+  }
+  return EOPNOTSUPP;
+}
+
 }  // namespace
 
 struct Memfs::NewNode {
@@ -714,6 +724,7 @@ void Memfs::statfs(const Context&, uint64_t, StatfsReply reply) {
 void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
                      std::span<const std::byte> value, uint32_t flags, StatusReply reply) {
   if (flags & ~uint32_t(XATTR_CREATE | XATTR_REPLACE)) return reply.error(EINVAL);
+  if (int e = check_xattr_name(name)) return reply.error(e);
   if (value.size() > kXattrSizeMax) return reply.error(E2BIG);
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
@@ -742,6 +753,7 @@ void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
 }
 
 void Memfs::getxattr(const Context&, uint64_t ino, std::string_view name, XattrReply reply) {
+  if (int e = check_xattr_name(name)) return reply.error(e);
   std::vector<std::byte> value;
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
@@ -757,7 +769,7 @@ void Memfs::getxattr(const Context&, uint64_t ino, std::string_view name, XattrR
   reply.ok(std::span<const std::byte>(value));
 }
 
-void Memfs::listxattr(const Context&, uint64_t ino, XattrReply reply) {
+void Memfs::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
   std::string names;
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
@@ -765,6 +777,8 @@ void Memfs::listxattr(const Context&, uint64_t ino, XattrReply reply) {
     if (node == nullptr) return ESTALE;
     std::lock_guard lock(node->mu);
     for (const auto& [name, value] : node->xattrs) {
+      // trusted.* is for CAP_SYS_ADMIN only; root stands for it here.
+      if (ctx.uid != 0 && name.starts_with("trusted.")) continue;
       names.append(name);
       names.push_back('\0');
     }
@@ -775,6 +789,7 @@ void Memfs::listxattr(const Context&, uint64_t ino, XattrReply reply) {
 }
 
 void Memfs::removexattr(const Context&, uint64_t ino, std::string_view name, StatusReply reply) {
+  if (int e = check_xattr_name(name)) return reply.error(e);
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
     Inode* node = find(ino);
