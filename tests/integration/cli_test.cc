@@ -14,7 +14,7 @@ class CliTest : public ::testing::Test {
     if (on_tmpfs()) GTEST_SKIP() << "the daemon's command line has no tmpfs equivalent";
     std::string problem = environment_problem();
     ASSERT_TRUE(problem.empty()) << problem;
-    ASSERT_EQ(::access(DPFS_BINARY, X_OK), 0) << DPFS_BINARY << ": " << errname(errno);
+    ASSERT_EQ(::access(dpfs_binary().c_str(), X_OK), 0) << dpfs_binary() << ": " << errname(errno);
     mount_ = std::make_unique<Mount>();
   }
   void TearDown() override {
@@ -58,15 +58,15 @@ void expect_mentions_options(const RunResult& r) {
   }
 }
 
-TEST_F(CliTest, HelpMentionsOptions) { expect_mentions_options(run({DPFS_BINARY, "--help"})); }
+TEST_F(CliTest, HelpMentionsOptions) { expect_mentions_options(run({dpfs_binary(), "--help"})); }
 
 TEST_F(CliTest, ServeHelpMentionsOptions) {
-  expect_mentions_options(run({DPFS_BINARY, "serve", "--help"}));
+  expect_mentions_options(run({dpfs_binary(), "serve", "--help"}));
 }
 
 TEST_F(CliTest, MissingMountDirIsOneLine) {
   std::string missing = mount_->base() + "/does-not-exist";
-  RunResult r = run({DPFS_BINARY, "serve", "--backend", "memfs", "--fuse-mount", missing,
+  RunResult r = run({dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", missing,
                      "--threads", "2"},
                     15s);
   expect_one_line_failure(r, {missing});
@@ -77,7 +77,7 @@ TEST_F(CliTest, AlreadyMountedDirIsOneLine) {
   const std::string& dir = mount_->dir();
   ASSERT_SYS(::mount("tmpfs", dir.c_str(), "tmpfs", 0, "mode=0755"));
   RunResult r =
-      run({DPFS_BINARY, "serve", "--backend", "memfs", "--fuse-mount", dir, "--threads", "2"}, 15s);
+      run({dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", dir, "--threads", "2"}, 15s);
   auto top = find_mount(dir);
   ASSERT_TRUE(top);
   EXPECT_EQ(top->fstype, "tmpfs") << "the daemon mounted over an existing mount";
@@ -89,7 +89,7 @@ TEST_F(CliTest, AlreadyMountedDirIsOneLine) {
 
 TEST_F(CliTest, MissingDevFuseIsOneLine) {
   // In a mount namespace of its own, the daemon sees an empty /dev.
-  RunResult r = run({DPFS_BINARY, "serve", "--backend", "memfs", "--fuse-mount", mount_->dir(),
+  RunResult r = run({dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", mount_->dir(),
                      "--threads", "2"},
                     15s, [] {
                       if (::unshare(CLONE_NEWNS) != 0 ||
@@ -106,32 +106,32 @@ TEST_F(CliTest, MissingDevFuseIsOneLine) {
 TEST_F(CliTest, UnknownConfigKeyIsNamed) {
   std::string cfg = write_config(
       "unknown.toml", "[backend]\ntype = \"memfs\"\nfrobnicate_level = 3\n");
-  RunResult r = run({DPFS_BINARY, "serve", "--config", cfg, "--fuse-mount", mount_->dir()}, 15s);
+  RunResult r = run({dpfs_binary(), "serve", "--config", cfg, "--fuse-mount", mount_->dir()}, 15s);
   expect_one_line_failure(r, {"frobnicate_level"});
   EXPECT_FALSE(find_mount(mount_->dir()));
   std::string top = write_config("top.toml", "colour = \"blue\"\n");
-  r = run({DPFS_BINARY, "serve", "--config", top, "--fuse-mount", mount_->dir()}, 15s);
+  r = run({dpfs_binary(), "serve", "--config", top, "--fuse-mount", mount_->dir()}, 15s);
   expect_one_line_failure(r, {"colour"});
 }
 
 TEST_F(CliTest, MalformedConfigIsOneLine) {
   std::string cfg = write_config("broken.toml", "[backend\ntype = memfs\n");
-  RunResult r = run({DPFS_BINARY, "serve", "--config", cfg, "--fuse-mount", mount_->dir()}, 15s);
+  RunResult r = run({dpfs_binary(), "serve", "--config", cfg, "--fuse-mount", mount_->dir()}, 15s);
   expect_one_line_failure(r, {cfg});
   std::string missing = mount_->base() + "/no-such.toml";
-  r = run({DPFS_BINARY, "serve", "--config", missing, "--fuse-mount", mount_->dir()}, 15s);
+  r = run({dpfs_binary(), "serve", "--config", missing, "--fuse-mount", mount_->dir()}, 15s);
   expect_one_line_failure(r, {missing});
 }
 
 TEST_F(CliTest, BadOptionValuesAreOneLine) {
-  RunResult r = run({DPFS_BINARY, "serve", "--backend", "memfs", "--fuse-mount", mount_->dir(),
+  RunResult r = run({dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", mount_->dir(),
                      "--threads", "0"},
                     15s);
   expect_one_line_failure(r, {"threads"});
-  r = run({DPFS_BINARY, "serve", "--backend", "no-such-backend", "--fuse-mount", mount_->dir()},
+  r = run({dpfs_binary(), "serve", "--backend", "no-such-backend", "--fuse-mount", mount_->dir()},
           15s);
   expect_one_line_failure(r, {"no-such-backend"});
-  r = run({DPFS_BINARY, "serve", "--no-such-option"}, 15s);
+  r = run({dpfs_binary(), "serve", "--no-such-option"}, 15s);
   expect_one_line_failure(r, {"--no-such-option"});
   EXPECT_FALSE(find_mount(mount_->dir()));
 }

@@ -520,6 +520,27 @@ TEST_F(SmallCapacityTest, WritingPastCapacityIsENOSPC) {
   EXPECT_EQ(check_pattern(*back, 3, 0), "");
 }
 
+// POSIX unlink(): "When the file's link count becomes 0 and no process has
+// the file open, the space occupied by the file shall be freed". So
+// `rm big; write another big` must never fail for space, however quickly
+// the second follows the first.
+TEST_F(SmallCapacityTest, UnlinkFreesSpaceAtOnce) {
+  std::string data = pattern(4, 0, 5 * kMiB);
+  for (int i = 0; i < 30; ++i) {
+    std::string p = path("round" + std::to_string(i));
+    int e = write_file(p, data);
+    ASSERT_EQ(e, 0) << "round " << i << ": writing 5 MiB right after unlinking the previous "
+                    << "5 MiB file (8 MiB capacity): " << errname(e);
+    ASSERT_SYS(unlink(p.c_str()));
+  }
+  // The same for an inode: create/unlink cycles never run out of inodes.
+  for (int i = 0; i < 400; ++i) {
+    std::string p = path("inode" + std::to_string(i));
+    ASSERT_EQ(write_file(p, ""), 0) << "round " << i << " of create+unlink with 200 inodes";
+    ASSERT_SYS(unlink(p.c_str()));
+  }
+}
+
 TEST_F(SmallCapacityTest, RunningOutOfInodesIsENOSPC) {
   // max_inodes = 200 (nr_inodes for tmpfs), the root included.
   int created = 0;

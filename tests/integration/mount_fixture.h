@@ -8,6 +8,8 @@
 //
 // DPFS_TEST_ON_TMPFS=1 runs the same tests on a tmpfs mount instead of dpfs:
 // a way to check the tests themselves against a file system the kernel owns.
+// DPFS_TEST_BINARY=path runs another build of the daemon (say, with
+// sanitizers) instead of the one the tests were compiled against.
 //
 // The suites need root and /dev/fuse; without them every test FAILS (it
 // does not skip): a CI that cannot mount must not report green.
@@ -640,6 +642,13 @@ inline RunResult run(const std::vector<std::string>& args,
 // ---------------------------------------------------------------------------
 // A mount served by a dpfs daemon (or, for checking the tests, by tmpfs).
 
+// The daemon under test: DPFS_BINARY, or $DPFS_TEST_BINARY (e.g. a
+// sanitizer build of the same sources).
+inline std::string dpfs_binary() {
+  const char* v = std::getenv("DPFS_TEST_BINARY");
+  return v && *v ? v : DPFS_BINARY;
+}
+
 inline bool on_tmpfs() {
   const char* v = std::getenv("DPFS_TEST_ON_TMPFS");
   return v && *v && std::string(v) != "0";
@@ -688,13 +697,13 @@ class Mount {
   bool is_tmpfs() const { return tmpfs_; }
   std::string log() const { return read_text_file(log_); }
 
-  // Starts DPFS_BINARY with `args` (after the program name), stdout and
+  // Starts dpfs_binary() with `args` (after the program name), stdout and
   // stderr to the log, and waits until dir() is a fuse.dpfs mount. Returns
   // "" or what went wrong (with the daemon's log).
   std::string start_dpfs(const std::vector<std::string>& args,
                          std::chrono::milliseconds timeout = 10s) {
     if (base_.empty()) return "mkdtemp failed";
-    std::vector<std::string> full{DPFS_BINARY};
+    std::vector<std::string> full{dpfs_binary()};
     full.insert(full.end(), args.begin(), args.end());
     command_ = "";
     for (const auto& a : full) command_ += (command_.empty() ? "" : " ") + a;
