@@ -128,6 +128,12 @@ for ex in null passthrough_ll; do
 done
 log "built libfuse's null and passthrough_ll into $BENCH_BIN"
 
+# Other work on the machine skews every number here: say so in the report.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 4) }'; then
+  log "WARNING: load average $LOAD_BEFORE on $(nproc) CPUs; results will be noisy"
+fi
+
 if [[ " $TARGETS " = *" dpfs-"* ]]; then
   if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building dpfs (Release) in $BUILD"
@@ -255,7 +261,8 @@ FUSE_VERSION=$(pkg-config --modversion fuse3)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 JOB_NAMES="${JOBS[*]%%|*}"
-export CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE JOB_NAMES \
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+export LOAD_BEFORE LOAD_AFTER CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE JOB_NAMES \
   RUNTIME THREADS FILE_SIZE NULL_SIZE TARGETS
 python3 - "$RESULTS" "$OUT" <<'EOF'
 import json, os, sys
@@ -295,6 +302,8 @@ L.append(f"- CPU: {env['CPU_MODEL']}, {env['NPROC']} CPUs (nproc)")
 L.append(f"- Kernel: {env['KERNEL']}")
 L.append(f"- {env['FIO_VERSION']}, libfuse {env['FUSE_VERSION']}, dpfs commit {env['COMMIT']}")
 L.append(f"- Date: {env['DATE']}")
+L.append(f"- Load average (1, 5, 15 min) before the run: {env['LOAD_BEFORE']}; after: "
+         f"{env['LOAD_AFTER']}. Anything well above 0 means other work shared the CPUs.")
 L.append("")
 L.append("## What runs")
 L.append("")
