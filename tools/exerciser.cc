@@ -36,8 +36,8 @@
 namespace {
 
 constexpr uint64_t kDefaultOps = 10000;
-constexpr uint64_t kDefaultMaxLen = 256 * 1024;
-constexpr uint64_t kDefaultMaxOpLen = 64 * 1024;
+constexpr uint64_t kDefaultMaxLen = 256ull * 1024;
+constexpr uint64_t kDefaultMaxOpLen = 64ull * 1024;
 constexpr size_t kLogSize = 50;
 constexpr uint64_t kProgressEvery = 10000;
 
