@@ -338,5 +338,42 @@ TEST_F(LockTest, FlockBlockingWaits) {
   close(fd);
 }
 
+// Mutual exclusion under contention: processes increment a counter in the
+// file under a lock; no increment may be lost.
+void locked_counter(const std::string& file, bool use_flock) {
+  constexpr int kWorkers = 6;
+  constexpr int kIncrements = 150;
+  ASSERT_EQ(write_file(file, "0"), 0);
+  std::vector<std::unique_ptr<Child>> workers;
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.push_back(std::make_unique<Child>([&](Child&) -> std::string {
+      int fd = ::open(file.c_str(), O_RDWR);
+      if (fd < 0) return "open: " + errname(errno);
+      for (int i = 0; i < kIncrements; ++i) {
+        struct flock fl = make_lock(F_WRLCK, 0, 0);
+        int rc = use_flock ? ::flock(fd, LOCK_EX) : ::fcntl(fd, F_SETLKW, &fl);
+        if (rc != 0) return "lock: " + errname(errno);
+        char buf[32] = {};
+        if (::pread(fd, buf, sizeof buf - 1, 0) < 0) return "pread: " + errname(errno);
+        std::string next = std::to_string(atoi(buf) + 1);
+        if (::ftruncate(fd, 0) != 0) return "ftruncate: " + errname(errno);
+        if (int e = pwrite_all(fd, next.data(), next.size(), 0)) return "pwrite: " + errname(e);
+        fl.l_type = F_UNLCK;
+        rc = use_flock ? ::flock(fd, LOCK_UN) : ::fcntl(fd, F_SETLK, &fl);
+        if (rc != 0) return "unlock: " + errname(errno);
+      }
+      ::close(fd);
+      return "";
+    }));
+  }
+  for (int w = 0; w < kWorkers; ++w) EXPECT_EQ(workers[w]->join(), "") << "worker " << w;
+  EXPECT_EQ(read_file(file).value_or("<error>"), std::to_string(kWorkers * kIncrements))
+      << "increments were lost: the lock did not exclude";
+}
+
+TEST_F(LockTest, PosixLockExcludesUnderContention) { locked_counter(path("counter"), false); }
+
+TEST_F(LockTest, FlockExcludesUnderContention) { locked_counter(path("counter"), true); }
+
 }  // namespace
 }  // namespace dpfs::itest

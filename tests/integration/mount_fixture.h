@@ -8,7 +8,8 @@
 //
 // DPFS_TEST_ON_TMPFS=1 runs the same tests on a tmpfs mount instead of dpfs:
 // a way to check the tests themselves against a file system the kernel owns.
-// DPFS_TEST_BINARY=path runs another build of the daemon (say, with
+// DPFS_TEST_SERVE_ARGS="--writeback-cache true" adds options to the daemon
+// of every MountTest suite. DPFS_TEST_BINARY=path runs another build of the daemon (say, with
 // sanitizers) instead of the one the tests were compiled against.
 //
 // The suites need root and /dev/fuse; without them every test FAILS (it
@@ -764,10 +765,18 @@ class Mount {
     }
   }
 
-  // The serve command line for the memfs backend on dir().
+  // The serve command line for the memfs backend on dir(), with the words
+  // of $DPFS_TEST_SERVE_ARGS appended (to run the suites again with, say,
+  // "--writeback-cache true" or "--attr-timeout 0 --entry-timeout 0").
   std::vector<std::string> memfs_args(int threads = 2) const {
-    return {"serve", "--backend", "memfs", "--fuse-mount", dir_, "--threads",
-            std::to_string(threads)};
+    std::vector<std::string> args{"serve", "--backend", "memfs", "--fuse-mount", dir_,
+                                  "--threads", std::to_string(threads)};
+    if (const char* extra = std::getenv("DPFS_TEST_SERVE_ARGS")) {
+      std::istringstream words(extra);
+      std::string w;
+      while (words >> w) args.push_back(w);
+    }
+    return args;
   }
 
   // Mounts a tmpfs on dir() instead (for checking the tests themselves).
