@@ -1170,6 +1170,45 @@ TEST_F(PosixTest, OpenPermissions) {
   if (fd >= 0) close(fd);
 }
 
+// Permission is checked at open, not at each use of the descriptor.
+TEST_F(PosixTest, DescriptorKeepsItsRightsAfterChmod) {
+  ASSERT_SYS(chmod(cpath(""), 0777));
+  ASSERT_EQ(write_file(path("f"), "0123456789", 0666), 0);
+  Child user([&](Child& self) -> std::string {
+    int fd = ::open(path("f").c_str(), O_RDWR);
+    if (fd < 0) return "open: " + errname(errno);
+    self.signal();
+    if (!self.wait()) return "no go-ahead";
+    if (::pwrite(fd, "AB", 2, 0) != 2) return "pwrite after chmod 0444: " + errname(errno);
+    if (::ftruncate(fd, 5) != 0) return "ftruncate after chmod 0444: " + errname(errno);
+    if (::fsync(fd) != 0) return "fsync: " + errname(errno);
+    if (::close(fd) != 0) return "close: " + errname(errno);
+    return "";
+  }, kUser1);
+  ASSERT_TRUE(user.wait()) << user.join();
+  ASSERT_SYS(chmod(cpath("f"), 0444));
+  user.signal();
+  EXPECT_EQ(user.join(), "");
+  EXPECT_EQ(read_file(path("f")).value_or("<error>"), "AB234");
+}
+
+// A file created read-only is still writable through the descriptor that
+// created it.
+TEST_F(PosixTest, CreateReadOnlyModeStillWritable) {
+  ASSERT_SYS(chmod(cpath(""), 0777));
+  EXPECT_SYS(as_user(kUser1, [&] {
+    int fd = open(cpath("ro"), O_CREAT | O_EXCL | O_RDWR, 0444);
+    if (fd < 0) return -1;
+    if (write(fd, "data", 4) != 4) return -1;
+    if (ftruncate(fd, 2) != 0) return -1;
+    return close(fd);
+  }));
+  EXPECT_EQ(lst(path("ro")).st_mode, S_IFREG | 0444u);
+  EXPECT_EQ(read_file(path("ro")).value_or("<error>"), "da");
+  EXPECT_ERRNO(EACCES, as_user(kUser1, [&] { return open(cpath("ro"), O_WRONLY); }))
+      << "a later open is checked against the mode";
+}
+
 TEST_F(PosixTest, OTmpfileThenLinkat) {
   int fd = open(cpath(""), O_TMPFILE | O_RDWR, 0640);
   ASSERT_SYS(fd) << "O_TMPFILE";
