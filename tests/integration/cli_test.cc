@@ -179,6 +179,43 @@ TEST_F(CliTest, SigtermWhileBusyStillExits) {
   reader.join();
 }
 
+// A request the backend keeps waiting (F_SETLKW on a held lock) must not
+// keep the daemon from stopping.
+TEST_F(CliTest, SigtermWithBlockedLockWaiter) {
+  std::string problem = mount_->start_dpfs(mount_->memfs_args());
+  ASSERT_TRUE(problem.empty()) << problem;
+  std::string file = mount_->dir() + "/locked";
+  ASSERT_EQ(write_file(file, "x"), 0);
+  Child holder([&](Child& self) -> std::string {
+    int fd = ::open(file.c_str(), O_RDWR);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    if (::fcntl(fd, F_SETLK, &fl) != 0) return "F_SETLK: " + errname(errno);
+    self.signal();
+    self.wait(30s);
+    return "";
+  });
+  ASSERT_TRUE(holder.wait()) << holder.join();
+  Child waiter([&](Child& self) -> std::string {
+    int fd = ::open(file.c_str(), O_RDWR);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    self.signal();
+    ::fcntl(fd, F_SETLKW, &fl);  // whatever it returns when the daemon goes
+    return "";
+  });
+  ASSERT_TRUE(waiter.wait());
+  std::this_thread::sleep_for(200ms);
+  close_fds_under(mount_->dir());
+  std::string stop = mount_->stop(SIGTERM);
+  EXPECT_TRUE(stop.empty()) << stop;
+  holder.signal();
+  ::kill(holder.pid(), SIGKILL);
+  ::kill(waiter.pid(), SIGKILL);
+  holder.join();
+  waiter.join();
+}
+
 TEST_F(CliTest, NullBackendServesZeros) {
   std::string problem = mount_->start_dpfs(
       {"serve", "--backend", "null", "--fuse-mount", mount_->dir(), "--threads", "2"});
