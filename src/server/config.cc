@@ -32,7 +32,7 @@ std::string_view kind_of(const Value& v) {
   }
 }
 
-[[noreturn]] void refuse(std::string reason) { throw std::invalid_argument(std::move(reason)); }
+[[noreturn]] void refuse(const std::string& reason) { throw std::invalid_argument(reason); }
 
 int64_t as_integer(const Value& v) {
   if (const auto* i = std::get_if<int64_t>(&v)) return *i;
@@ -97,9 +97,9 @@ constexpr std::array<std::pair<std::string_view, spdlog::level::level_enum>, 5> 
 }};
 
 constexpr uint64_t kPage = 4096;
-constexpr uint64_t kMinMaxWrite = 4 * 1024;
-constexpr uint64_t kMaxMaxWrite = 1024 * 1024;  // 256 pages: the kernel's FUSE_MAX_MAX_PAGES
-constexpr uint64_t kMinMemfsCapacity = 1024 * 1024;
+constexpr uint64_t kMinMaxWrite = uint64_t(4) << 10;
+constexpr uint64_t kMaxMaxWrite = uint64_t(1) << 20;  // 256 pages: the kernel's FUSE_MAX_MAX_PAGES
+constexpr uint64_t kMinMemfsCapacity = uint64_t(1) << 20;
 constexpr uint64_t kMaxFileSize = uint64_t(INT64_MAX);  // loff_t
 
 struct Setting {

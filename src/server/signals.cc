@@ -26,7 +26,7 @@ SignalFd::SignalFd(std::initializer_list<int> signals) {
 SignalFd::~SignalFd() { pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
 
 int SignalFd::take() {
-  signalfd_siginfo info;
+  signalfd_siginfo info{};
   ssize_t n;
   do {
     n = ::read(fd_.get(), &info, sizeof(info));

@@ -32,7 +32,7 @@ class SignalFd {
 
  private:
   transport::UniqueFd fd_;
-  sigset_t previous_;
+  sigset_t previous_{};
 };
 
 }  // namespace dpfs::server

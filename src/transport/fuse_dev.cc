@@ -78,7 +78,7 @@ std::optional<MountEntry> find_mount(const std::string& path) {
 bool is_mount_point(const std::string& path, const struct stat& st) {
   if (find_mount(path)) return true;
   // Without /proc: a directory on another device than its parent is a mount.
-  struct stat parent;
+  struct stat parent {};
   if (::stat((path + "/..").c_str(), &parent) == 0 && parent.st_dev != st.st_dev) return true;
   return path == "/";
 }
@@ -113,7 +113,7 @@ std::atomic<uint64_t> g_write_errors{0};
 
 FuseMount::FuseMount(const MountOptions& options) {
   const std::string& dir = options.mount_point;
-  struct stat st;
+  struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
     const int e = errno;
     if (e == ENOENT && options.create_mount_point) {
@@ -280,8 +280,8 @@ class FuseDevice::Worker {
     Worker& worker_;
     std::unique_ptr<char[]> in_buf_;
     std::unique_ptr<char[]> out_buf_;
-    iovec in_iov_;
-    iovec out_iov_;
+    iovec in_iov_{};
+    iovec out_iov_{};
   };
 
   void run();
@@ -343,7 +343,7 @@ FuseDevice::Worker::Slot* FuseDevice::Worker::acquire() {
     if (n < kMaxSlots) {
       slots_.push_back(std::make_unique<Slot>(*this));
       next_ = n;
-      spdlog::debug("fuse worker {}: {} requests pending; {} slots", index_, n, n + 1);
+      spdlog::debug("fuse worker {}: all {} request slots await replies; adding one", index_, n);
       return slots_.back().get();
     }
     if (!warned) {
