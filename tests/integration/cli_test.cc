@@ -53,8 +53,8 @@ void expect_mentions_options(const RunResult& r) {
   EXPECT_EQ(r.exit_code(), 0) << r.describe();
   std::string text = r.out + r.err;
   for (const char* opt : {"--backend", "--fuse-mount", "--threads", "--config"}) {
-    EXPECT_NE(text.find(opt), std::string::npos) << "help does not mention " << opt << ": "
-                                                 << r.describe();
+    EXPECT_NE(text.find(opt), std::string::npos)
+        << "help does not mention " << opt << ": " << r.describe();
   }
 }
 
@@ -66,9 +66,9 @@ TEST_F(CliTest, ServeHelpMentionsOptions) {
 
 TEST_F(CliTest, MissingMountDirIsOneLine) {
   std::string missing = mount_->base() + "/does-not-exist";
-  RunResult r = run({dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", missing,
-                     "--threads", "2"},
-                    15s);
+  RunResult r =
+      run({dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", missing, "--threads", "2"},
+          15s);
   expect_one_line_failure(r, {missing});
   EXPECT_FALSE(find_mount(missing)) << "something got mounted";
 }
@@ -76,8 +76,8 @@ TEST_F(CliTest, MissingMountDirIsOneLine) {
 TEST_F(CliTest, AlreadyMountedDirIsOneLine) {
   const std::string& dir = mount_->dir();
   ASSERT_SYS(::mount("tmpfs", dir.c_str(), "tmpfs", 0, "mode=0755"));
-  RunResult r =
-      run({dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", dir, "--threads", "2"}, 15s);
+  RunResult r = run(
+      {dpfs_binary(), "serve", "--backend", "memfs", "--fuse-mount", dir, "--threads", "2"}, 15s);
   auto top = find_mount(dir);
   ASSERT_TRUE(top);
   EXPECT_EQ(top->fstype, "tmpfs") << "the daemon mounted over an existing mount";
@@ -104,8 +104,8 @@ TEST_F(CliTest, MissingDevFuseIsOneLine) {
 }
 
 TEST_F(CliTest, UnknownConfigKeyIsNamed) {
-  std::string cfg = write_config(
-      "unknown.toml", "[backend]\ntype = \"memfs\"\nfrobnicate_level = 3\n");
+  std::string cfg =
+      write_config("unknown.toml", "[backend]\ntype = \"memfs\"\nfrobnicate_level = 3\n");
   RunResult r = run({dpfs_binary(), "serve", "--config", cfg, "--fuse-mount", mount_->dir()}, 15s);
   expect_one_line_failure(r, {"frobnicate_level"});
   EXPECT_FALSE(find_mount(mount_->dir()));
@@ -137,8 +137,10 @@ TEST_F(CliTest, BadOptionValuesAreOneLine) {
 }
 
 TEST_F(CliTest, ConfigFileSelectsBackendAndMountPoint) {
-  std::string cfg = write_config("full.toml", "threads = 1\n\n[backend]\ntype = \"memfs\"\n\n"
-                                              "[fuse]\nmount = \"" + mount_->dir() + "\"\n");
+  std::string cfg = write_config("full.toml",
+                                 "threads = 1\n\n[backend]\ntype = \"memfs\"\n\n"
+                                 "[fuse]\nmount = \"" +
+                                     mount_->dir() + "\"\n");
   std::string problem = mount_->start_dpfs({"serve", "--config", cfg});
   ASSERT_TRUE(problem.empty()) << problem;
   EXPECT_EQ(write_file(mount_->dir() + "/hello", "world"), 0);

@@ -80,7 +80,8 @@ TEST_F(ConcurrencyTest, ProcessesCreateWriteRenameUnlink) {
           return "write " + tmp + ": " + errname(e);
         }
         std::string done = shared + "/done-" + W + "-" + I;
-        if (::rename(tmp.c_str(), done.c_str()) != 0) return "rename " + tmp + ": " + errname(errno);
+        if (::rename(tmp.c_str(), done.c_str()) != 0)
+          return "rename " + tmp + ": " + errname(errno);
         if (i % 2 == 1 && ::unlink(done.c_str()) != 0) {
           return "unlink " + done + ": " + errname(errno);
         }
@@ -286,7 +287,8 @@ TEST_F(ConcurrencyTest, MkdirRmdirRenameRace) {
     struct stat st;
     bool exists = ::lstat(cpath("race/" + n), &st) == 0;
     EXPECT_EQ(exists, listed.count(n) == 1)
-        << n << (exists ? " exists but is not listed" : " is listed but lstat fails: ") << (exists ? "" : errname(errno));
+        << n << (exists ? " exists but is not listed" : " is listed but lstat fails: ")
+        << (exists ? "" : errname(errno));
     if (!exists) continue;
     EXPECT_TRUE(S_ISDIR(st.st_mode)) << n;
     auto inner = list_dir(path("race/" + n));

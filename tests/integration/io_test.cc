@@ -34,8 +34,8 @@ TEST_F(IoTest, SparseFileAtOneGiB) {
   struct stat st;
   ASSERT_SYS(fstat(fd, &st));
   EXPECT_EQ(st.st_size, kGiB + 5);
-  EXPECT_LT(st.st_blocks * 512, 1 * kMiB) << "a 1 GiB hole must not take space; st_blocks "
-                                          << st.st_blocks;
+  EXPECT_LT(st.st_blocks * 512, 1 * kMiB)
+      << "a 1 GiB hole must not take space; st_blocks " << st.st_blocks;
   EXPECT_EQ(read_range(fd, kGiB, 5), "hello");
   EXPECT_EQ(check_zero(read_range(fd, 0, 64 * kKiB), 0), "");
   EXPECT_EQ(check_zero(read_range(fd, kGiB / 2 + 123, 70000), kGiB / 2 + 123), "");
@@ -173,7 +173,8 @@ TEST_F(IoTest, ODirectReadWrite) {
   memset(buf.get(), 0, size);
   n = pread(fd, buf.get(), size, 4096);
   EXPECT_EQ(n, static_cast<ssize_t>(size)) << errname(errno);
-  EXPECT_EQ(memcmp(buf.get(), data.data(), size), 0) << "O_DIRECT read differs from what was written";
+  EXPECT_EQ(memcmp(buf.get(), data.data(), size), 0)
+      << "O_DIRECT read differs from what was written";
   close(fd);
   // A buffered reader sees the same bytes.
   fd = open(cpath("direct"), O_RDONLY);
@@ -433,8 +434,8 @@ class SmallCapacityTest : public ::testing::Test {
                            "[backend]\ntype = \"memfs\"\n\n[backend.memfs]\ncapacity = \"8M\"\n"
                            "max_inodes = 200\n"),
                 0);
-      problem = mount_->start_dpfs({"serve", "--config", config_, "--fuse-mount", mount_->dir(),
-                                    "--threads", "2"});
+      problem = mount_->start_dpfs(
+          {"serve", "--config", config_, "--fuse-mount", mount_->dir(), "--threads", "2"});
     }
     ASSERT_TRUE(problem.empty()) << problem;
   }

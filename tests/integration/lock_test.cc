@@ -153,9 +153,8 @@ TEST_F(LockTest, SetlkwWaitsForRelease) {
 
 TEST_F(LockTest, SetlkwInterruptedBySignal) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
-  Child holder([&](Child& self) {
-    return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)});
-  });
+  Child holder(
+      [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
   ASSERT_TRUE(holder.wait()) << holder.join();
   Child waiter([&](Child& self) -> std::string {
     struct sigaction sa {};
@@ -199,8 +198,8 @@ TEST_F(LockTest, CloseOfAnyDescriptorReleases) {
   holder.signal();
   ASSERT_TRUE(holder.wait());
   struct flock fl = probe(fd, F_WRLCK, 0, 1);
-  EXPECT_EQ(fl.l_type, F_UNLCK) << "still locked (" << lock_name(fl.l_type) << ", pid "
-                                << fl.l_pid << ") after the holder closed another descriptor";
+  EXPECT_EQ(fl.l_type, F_UNLCK) << "still locked (" << lock_name(fl.l_type) << ", pid " << fl.l_pid
+                                << ") after the holder closed another descriptor";
   holder.signal();
   EXPECT_EQ(holder.join(), "");
   close(fd);
@@ -228,11 +227,11 @@ TEST_F(LockTest, ByteRangeSplitAndMerge) {
   ASSERT_EQ(write_file(path("f"), std::string(1000, 'x')), 0);
   Child holder([&](Child& self) {
     return hold_locks(self, path("f"),
-                      {make_lock(F_WRLCK, 0, 100),    // [0,100) write
-                       make_lock(F_UNLCK, 40, 20),    // split: [0,40) and [60,100)
-                       make_lock(F_RDLCK, 60, 20),    // [60,80) read, [80,100) write
-                       make_lock(F_WRLCK, 200, 10),   // [200,210)
-                       make_lock(F_WRLCK, 210, 10)}); // merges into [200,220)
+                      {make_lock(F_WRLCK, 0, 100),     // [0,100) write
+                       make_lock(F_UNLCK, 40, 20),     // split: [0,40) and [60,100)
+                       make_lock(F_RDLCK, 60, 20),     // [60,80) read, [80,100) write
+                       make_lock(F_WRLCK, 200, 10),    // [200,210)
+                       make_lock(F_WRLCK, 210, 10)});  // merges into [200,220)
   });
   ASSERT_TRUE(holder.wait()) << holder.join();
   int fd = open(cpath("f"), O_RDWR);

@@ -23,6 +23,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -33,12 +34,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -70,8 +69,8 @@ using namespace std::chrono_literals;
 inline std::string errname(int e) {
   if (e == 0) return "0";
   const char* name = strerrorname_np(e);
-  return std::string(name ? name : ("errno " + std::to_string(e)).c_str()) + " (" +
-         strerror(e) + ")";
+  return std::string(name ? name : ("errno " + std::to_string(e)).c_str()) + " (" + strerror(e) +
+         ")";
 }
 
 // The outcome of one system call: its return value and the errno it left.
@@ -116,10 +115,10 @@ inline ::testing::AssertionResult AssertSuccess(const char* expr_text, SysResult
 
 #define DPFS_CAPTURE(expr) (::dpfs::itest::capture([&]() { return (expr); }))
 // EXPECT_ERRNO(EACCES, open(p, O_RDONLY)): the call fails with exactly that errno.
-#define EXPECT_ERRNO(err, expr) \
+#define EXPECT_ERRNO(err, expr)                                                   \
   GTEST_ASSERT_(::dpfs::itest::AssertErrno(#err, #expr, err, DPFS_CAPTURE(expr)), \
                 GTEST_NONFATAL_FAILURE_)
-#define ASSERT_ERRNO(err, expr) \
+#define ASSERT_ERRNO(err, expr)                                                   \
   GTEST_ASSERT_(::dpfs::itest::AssertErrno(#err, #expr, err, DPFS_CAPTURE(expr)), \
                 GTEST_FATAL_FAILURE_)
 // EXPECT_SYS(mkdir(p, 0755)): the call does not return -1 (errno printed if it does).
@@ -284,8 +283,8 @@ inline std::string check_zero(std::string_view data, uint64_t offset) {
   for (size_t i = 0; i < data.size(); ++i) {
     if (data[i] != 0) {
       std::ostringstream o;
-      o << "expected zeros, got 0x" << std::hex << int(static_cast<uint8_t>(data[i]))
-        << std::dec << " at offset " << offset + i;
+      o << "expected zeros, got 0x" << std::hex << int(static_cast<uint8_t>(data[i])) << std::dec
+        << " at offset " << offset + i;
       return o.str();
     }
   }
@@ -482,8 +481,8 @@ class Child {
                        std::to_string(WTERMSIG(status)) + (report.empty() ? "" : ": " + report);
     }
     if (WEXITSTATUS(status) != 0) {
-      return result_ = report.empty() ? "child exited " + std::to_string(WEXITSTATUS(status))
-                                      : report;
+      return result_ =
+                 report.empty() ? "child exited " + std::to_string(WEXITSTATUS(status)) : report;
     }
     return result_ = "";
   }
@@ -494,7 +493,6 @@ class Child {
   bool joined_ = false;
   std::string result_;
 };
-
 
 // ---------------------------------------------------------------------------
 // Mount table
@@ -598,8 +596,7 @@ inline std::vector<char*> make_argv(const std::vector<std::string>& args) {
 
 // Runs argv[0] (a path) with `args`, collecting stdout and stderr; kills it
 // after `timeout`. `before_exec` runs in the child first (e.g. to unshare).
-inline RunResult run(const std::vector<std::string>& args,
-                     std::chrono::milliseconds timeout = 20s,
+inline RunResult run(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 20s,
                      std::function<void()> before_exec = nullptr) {
   RunResult res;
   char out_path[] = "/tmp/dpfs-itest-run-out.XXXXXX";
@@ -769,8 +766,8 @@ class Mount {
   // of $DPFS_TEST_SERVE_ARGS appended (to run the suites again with, say,
   // "--writeback-cache true" or "--attr-timeout 0 --entry-timeout 0").
   std::vector<std::string> memfs_args(int threads = 2) const {
-    std::vector<std::string> args{"serve", "--backend", "memfs", "--fuse-mount", dir_,
-                                  "--threads", std::to_string(threads)};
+    std::vector<std::string> args{
+        "serve", "--backend", "memfs", "--fuse-mount", dir_, "--threads", std::to_string(threads)};
     if (const char* extra = std::getenv("DPFS_TEST_SERVE_ARGS")) {
       std::istringstream words(extra);
       std::string w;
@@ -835,8 +832,8 @@ class Mount {
       std::this_thread::sleep_for(10ms);
     }
     if (!exited) {
-      problems << "the daemon did not exit within " << timeout.count() << " ms of signal "
-               << sig << " (killed it)\n";
+      problems << "the daemon did not exit within " << timeout.count() << " ms of signal " << sig
+               << " (killed it)\n";
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, &status, 0);
     } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {

@@ -35,9 +35,9 @@ TEST_F(PosixTest, LookupMissingIsENOENT) {
 }
 
 TEST_F(PosixTest, UnusualNames) {
-  std::vector<std::string> names = {" leading space", "trailing space ", "new\nline", "tab\there",
-                                    "-dash", "...", "..a", "\xff\xfe bytes", "\xc3\xa9t\xc3\xa9",
-                                    "back\\slash", "*?[glob]", "'quote\""};
+  std::vector<std::string> names = {
+      " leading space", "trailing space ",   "new\nline",   "tab\there", "-dash",   "...", "..a",
+      "\xff\xfe bytes", "\xc3\xa9t\xc3\xa9", "back\\slash", "*?[glob]",  "'quote\""};
   for (const auto& n : names) {
     ASSERT_EQ(write_file(path(n), n), 0) << n;
   }
@@ -211,8 +211,8 @@ TEST_F(PosixTest, SetgidDirectoryGivesItsGroup) {
   EXPECT_EQ(f.st_uid, kUser1.uid);
   struct stat sub = lst(path("sg/sub"));
   EXPECT_EQ(sub.st_gid, 2000u);
-  EXPECT_TRUE(sub.st_mode & S_ISGID) << "a subdirectory inherits the setgid bit, mode "
-                                     << std::oct << sub.st_mode;
+  EXPECT_TRUE(sub.st_mode & S_ISGID)
+      << "a subdirectory inherits the setgid bit, mode " << std::oct << sub.st_mode;
 }
 
 TEST_F(PosixTest, NewDirectoryAttributes) {
@@ -282,12 +282,12 @@ TEST_F(PosixTest, LinkUpdatesCtimeAndParentTimes) {
   struct stat f1 = lst(path("f"));
   struct stat d1 = lst(path("d"));
   EXPECT_EQ(f1.st_nlink, 2u);
-  EXPECT_TRUE(ts_lt(f0.st_ctim, f1.st_ctim)) << "file ctime " << ts_str(f0.st_ctim) << " -> "
-                                             << ts_str(f1.st_ctim);
-  EXPECT_TRUE(ts_lt(d0.st_mtim, d1.st_mtim)) << "dir mtime " << ts_str(d0.st_mtim) << " -> "
-                                             << ts_str(d1.st_mtim);
-  EXPECT_TRUE(ts_lt(d0.st_ctim, d1.st_ctim)) << "dir ctime " << ts_str(d0.st_ctim) << " -> "
-                                             << ts_str(d1.st_ctim);
+  EXPECT_TRUE(ts_lt(f0.st_ctim, f1.st_ctim))
+      << "file ctime " << ts_str(f0.st_ctim) << " -> " << ts_str(f1.st_ctim);
+  EXPECT_TRUE(ts_lt(d0.st_mtim, d1.st_mtim))
+      << "dir mtime " << ts_str(d0.st_mtim) << " -> " << ts_str(d1.st_mtim);
+  EXPECT_TRUE(ts_lt(d0.st_ctim, d1.st_ctim))
+      << "dir ctime " << ts_str(d0.st_ctim) << " -> " << ts_str(d1.st_ctim);
 }
 
 TEST_F(PosixTest, UnlinkUpdatesParentTimesAndFileCtime) {
@@ -301,12 +301,12 @@ TEST_F(PosixTest, UnlinkUpdatesParentTimesAndFileCtime) {
   struct stat d1 = lst(path("d"));
   struct stat f1 = lst(path("keep"));
   EXPECT_EQ(f1.st_nlink, 1u);
-  EXPECT_TRUE(ts_lt(d0.st_mtim, d1.st_mtim)) << "dir mtime " << ts_str(d0.st_mtim) << " -> "
-                                             << ts_str(d1.st_mtim);
-  EXPECT_TRUE(ts_lt(d0.st_ctim, d1.st_ctim)) << "dir ctime " << ts_str(d0.st_ctim) << " -> "
-                                             << ts_str(d1.st_ctim);
-  EXPECT_TRUE(ts_lt(f0.st_ctim, f1.st_ctim)) << "file ctime " << ts_str(f0.st_ctim) << " -> "
-                                             << ts_str(f1.st_ctim);
+  EXPECT_TRUE(ts_lt(d0.st_mtim, d1.st_mtim))
+      << "dir mtime " << ts_str(d0.st_mtim) << " -> " << ts_str(d1.st_mtim);
+  EXPECT_TRUE(ts_lt(d0.st_ctim, d1.st_ctim))
+      << "dir ctime " << ts_str(d0.st_ctim) << " -> " << ts_str(d1.st_ctim);
+  EXPECT_TRUE(ts_lt(f0.st_ctim, f1.st_ctim))
+      << "file ctime " << ts_str(f0.st_ctim) << " -> " << ts_str(f1.st_ctim);
 }
 
 TEST_F(PosixTest, RenameUpdatesParentTimes) {
@@ -330,8 +330,8 @@ TEST_F(PosixTest, CreateUpdatesParentTimes) {
   tick();
   ASSERT_EQ(write_file(path("f"), ""), 0);
   struct stat d1 = lst(path());
-  EXPECT_TRUE(ts_lt(d0.st_mtim, d1.st_mtim)) << "dir mtime " << ts_str(d0.st_mtim) << " -> "
-                                             << ts_str(d1.st_mtim);
+  EXPECT_TRUE(ts_lt(d0.st_mtim, d1.st_mtim))
+      << "dir mtime " << ts_str(d0.st_mtim) << " -> " << ts_str(d1.st_mtim);
   EXPECT_TRUE(ts_lt(d0.st_ctim, d1.st_ctim));
   tick();
   ASSERT_SYS(mkdir(cpath("sub"), 0755));
@@ -397,7 +397,7 @@ TEST_F(PosixTest, StickyBitForbidsNonOwnerUnlinkAndRename) {
   EXPECT_ERRNO(EPERM, as_user(kUser2, [&] { return rename(cpath("tmp/a"), cpath("tmp/z")); }));
   EXPECT_ERRNO(EPERM, as_user(kUser2, [&] { return rmdir(cpath("tmp/d")); }));
   EXPECT_SYS(as_user(kUser1, [&] { return unlink(cpath("tmp/a")); }));  // the file's owner
-  EXPECT_SYS(unlink(cpath("tmp/b")));                                      // root
+  EXPECT_SYS(unlink(cpath("tmp/b")));                                   // root
   EXPECT_SYS(as_user(kUser1, [&] { return rmdir(cpath("tmp/d")); }));
   // Without the sticky bit, anyone with write permission on the dir may.
   ASSERT_SYS(mkdir(cpath("open"), 0777));
@@ -621,12 +621,12 @@ TEST_F(PosixTest, UtimensatNoFollowChangesTheLink) {
 
 TEST_F(PosixTest, SymlinkTargetPreservedExactly) {
   std::vector<std::string> targets = {
-      "a", "../up/and/over", "/absolute/path", "with space", "dir/", "./.", "\x01\x7f\xff",
-      std::string(1000, 'L'), std::string(4095, 'M')};
+      "a",   "../up/and/over", "/absolute/path",       "with space",          "dir/",
+      "./.", "\x01\x7f\xff",   std::string(1000, 'L'), std::string(4095, 'M')};
   for (size_t i = 0; i < targets.size(); ++i) {
     std::string name = "l" + std::to_string(i);
-    ASSERT_SYS(symlink(targets[i].c_str(), cpath(name))) << "target of " << targets[i].size()
-                                                         << " bytes";
+    ASSERT_SYS(symlink(targets[i].c_str(), cpath(name)))
+        << "target of " << targets[i].size() << " bytes";
     std::string buf(8192, '\0');
     ssize_t n = readlink(cpath(name), buf.data(), buf.size());
     ASSERT_SYS(n);
@@ -733,9 +733,10 @@ TEST_F(PosixTest, MknodDevicesKeepRdev) {
   EXPECT_EQ(lst(path("reg")).st_mode, S_IFREG | 0644u);
   EXPECT_ERRNO(EEXIST, mknod(cpath("null"), S_IFCHR | 0600, makedev(1, 3)));
   ASSERT_SYS(chmod(cpath(""), 0777));
-  EXPECT_ERRNO(EPERM, as_user(kUser1, [&] {
-    return mknod(cpath("userdev"), S_IFCHR | 0600, makedev(1, 3));
-  })) << "creating a device needs CAP_MKNOD";
+  EXPECT_ERRNO(
+      EPERM,
+      as_user(kUser1, [&] { return mknod(cpath("userdev"), S_IFCHR | 0600, makedev(1, 3)); }))
+      << "creating a device needs CAP_MKNOD";
   EXPECT_SYS(as_user(kUser1, [&] { return mknod(cpath("userfifo"), S_IFIFO | 0600, 0); }));
 }
 
@@ -1174,17 +1175,19 @@ TEST_F(PosixTest, OpenPermissions) {
 TEST_F(PosixTest, DescriptorKeepsItsRightsAfterChmod) {
   ASSERT_SYS(chmod(cpath(""), 0777));
   ASSERT_EQ(write_file(path("f"), "0123456789", 0666), 0);
-  Child user([&](Child& self) -> std::string {
-    int fd = ::open(path("f").c_str(), O_RDWR);
-    if (fd < 0) return "open: " + errname(errno);
-    self.signal();
-    if (!self.wait()) return "no go-ahead";
-    if (::pwrite(fd, "AB", 2, 0) != 2) return "pwrite after chmod 0444: " + errname(errno);
-    if (::ftruncate(fd, 5) != 0) return "ftruncate after chmod 0444: " + errname(errno);
-    if (::fsync(fd) != 0) return "fsync: " + errname(errno);
-    if (::close(fd) != 0) return "close: " + errname(errno);
-    return "";
-  }, kUser1);
+  Child user(
+      [&](Child& self) -> std::string {
+        int fd = ::open(path("f").c_str(), O_RDWR);
+        if (fd < 0) return "open: " + errname(errno);
+        self.signal();
+        if (!self.wait()) return "no go-ahead";
+        if (::pwrite(fd, "AB", 2, 0) != 2) return "pwrite after chmod 0444: " + errname(errno);
+        if (::ftruncate(fd, 5) != 0) return "ftruncate after chmod 0444: " + errname(errno);
+        if (::fsync(fd) != 0) return "fsync: " + errname(errno);
+        if (::close(fd) != 0) return "close: " + errname(errno);
+        return "";
+      },
+      kUser1);
   ASSERT_TRUE(user.wait()) << user.join();
   ASSERT_SYS(chmod(cpath("f"), 0444));
   user.signal();
@@ -1231,8 +1234,7 @@ TEST_F(PosixTest, OTmpfileThenLinkat) {
   fd = open(cpath(""), O_TMPFILE | O_RDWR | O_EXCL, 0600);
   ASSERT_SYS(fd);
   proc = "/proc/self/fd/" + std::to_string(fd);
-  EXPECT_ERRNO(ENOENT, linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, cpath("never"),
-                              AT_SYMLINK_FOLLOW));
+  EXPECT_ERRNO(ENOENT, linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, cpath("never"), AT_SYMLINK_FOLLOW));
   close(fd);
   EXPECT_ERRNO(ENOTDIR, open(cpath("named"), O_TMPFILE | O_RDWR, 0600)) << "O_TMPFILE on a file";
 }
@@ -1304,8 +1306,8 @@ TEST_F(PosixTest, StatfsAndFreeSpace) {
   for (int i = 0; i < 20; ++i) ASSERT_EQ(write_file(path("i" + std::to_string(i)), ""), 0);
   struct statvfs d;
   ASSERT_SYS(statvfs(cpath(""), &d));
-  EXPECT_LE(d.f_ffree + 20, c.f_ffree) << "f_ffree went from " << c.f_ffree << " to "
-                                       << d.f_ffree << " after creating 20 files";
+  EXPECT_LE(d.f_ffree + 20, c.f_ffree)
+      << "f_ffree went from " << c.f_ffree << " to " << d.f_ffree << " after creating 20 files";
 }
 
 TEST_F(PosixTest, SyncCallsSucceed) {

@@ -246,7 +246,8 @@ TEST_F(ReaddirTest, ReadWhileAnotherProcessUnlinks) {
     for (const auto& e : got) seen[e.name]++;
     int problems = 0;
     for (const auto& [name, n] : seen) {
-      if (n > 1 && problems++ < 10) ADD_FAILURE() << "round " << round << ": listed twice: " << name;
+      if (n > 1 && problems++ < 10)
+        ADD_FAILURE() << "round " << round << ": listed twice: " << name;
     }
     for (int i = 0; i < kFiles; i += 2) {
       if (!seen.count(fname(i)) && problems++ < 10) {

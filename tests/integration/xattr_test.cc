@@ -32,8 +32,7 @@ std::multiset<std::string> list_xattrs(const std::string& p) {
     ADD_FAILURE() << "listxattr " << p << ": " << errname(errno);
     return names;
   }
-  EXPECT_TRUE(n == 0 || buf[static_cast<size_t>(n) - 1] == '\0')
-      << "the list must end with a NUL";
+  EXPECT_TRUE(n == 0 || buf[static_cast<size_t>(n) - 1] == '\0') << "the list must end with a NUL";
   for (size_t i = 0; i < static_cast<size_t>(n);) {
     std::string name(buf.c_str() + i);
     names.insert(name);
@@ -240,8 +239,8 @@ TEST_F(XattrTest, PermissionsAndCtime) {
   tick();
   ASSERT_SYS(setxattr(cpath("f"), "user.c", "3", 1, 0));
   struct stat b = lst(path("f"));
-  EXPECT_TRUE(ts_lt(a.st_ctim, b.st_ctim)) << "setxattr updates ctime: " << ts_str(a.st_ctim)
-                                           << " -> " << ts_str(b.st_ctim);
+  EXPECT_TRUE(ts_lt(a.st_ctim, b.st_ctim))
+      << "setxattr updates ctime: " << ts_str(a.st_ctim) << " -> " << ts_str(b.st_ctim);
   EXPECT_TRUE(ts_eq(a.st_mtim, b.st_mtim)) << "but not mtime";
 }
 
