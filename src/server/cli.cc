@@ -41,7 +41,7 @@ Invocation parse_command_line(const std::vector<std::string>& args) {
   CLI::App app("dpfs serves file systems to tenants over FUSE.", "dpfs");
   app.set_version_flag("--version", version_text());
   app.require_subcommand(0, 1);
-  app.footer(kNotes);
+  app.footer(backends_text() + "\n" + kNotes);
 
   CLI::App* serve = app.add_subcommand(
       "serve", "Mount a file system through /dev/fuse and serve it until SIGINT or SIGTERM.");

@@ -176,6 +176,7 @@ FuseMount::FuseMount(const MountOptions& options) {
     throw MountError(fmt::format("mount of {} failed: {}", dir, errno_text(e)));
   }
   mounted_ = true;
+  if (const std::optional<MountEntry> top = find_mount(path_)) device_ = top->dev;
 }
 
 FuseMount::~FuseMount() { unmount(); }
@@ -186,7 +187,7 @@ void FuseMount::unmount() {
   // Only what we mounted: if someone unmounted it and mounted something
   // else in its place, that is not ours to remove.
   const std::optional<MountEntry> top = find_mount(path_);
-  if (!top || top->fstype != "fuse.dpfs") {
+  if (!top || top->fstype != "fuse.dpfs" || (!device_.empty() && top->dev != device_)) {
     spdlog::info("{} was already unmounted", path_);
     return;
   }

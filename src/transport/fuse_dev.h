@@ -76,6 +76,7 @@ class FuseMount {
 
  private:
   std::string path_;
+  std::string device_;  // "major:minor" of our mount, from /proc/self/mountinfo
   UniqueFd fd_;
   bool mounted_ = false;
 };
