@@ -24,9 +24,13 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
   ctest --test-dir build-asan --output-on-failure --timeout 1200
 
 step "fuzz (libFuzzer, ${FUZZ_SECONDS:-60} s per target)"
-CC=clang CXX=clang++ BUILD_TYPE=Debug bash scripts/build.sh build-fuzz -DDPFS_FUZZ=ON \
-  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DDPFS_SANITIZE=ON
-for f in build-fuzz/*_fuzz; do
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
+  -DDPFS_FUZZ=ON -DDPFS_SANITIZE=ON >/dev/null
+fuzzers=$(cd tests/fuzz && ls *_fuzz.cc | sed 's/\.cc$//')
+# shellcheck disable=SC2086
+cmake --build build-fuzz -j"$(nproc)" --target $fuzzers
+for name in $fuzzers; do
+  f=build-fuzz/$name
   corpus=$(mktemp -d)
   "$f" -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
     2>&1 | tail -n 12
