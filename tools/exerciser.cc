@@ -387,7 +387,7 @@ void Exerciser::pwrite_all(ModelFile& f, const uint8_t* src, uint64_t len, uint6
 
 void Exerciser::verify_bytes(const ModelFile& f, uint64_t off, const uint8_t* actual, uint64_t len,
                              const char* how) {
-  if (std::memcmp(f.data.data() + off, actual, len) == 0) return;
+  if (len == 0 || std::memcmp(f.data.data() + off, actual, len) == 0) return;
   uint64_t bad = 0;
   while (f.data[off + bad] == actual[bad]) ++bad;
   const uint64_t at = off + bad;
