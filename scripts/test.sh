@@ -20,7 +20,6 @@ step "build (ASan+UBSan)"
 BUILD_TYPE=Debug bash scripts/build.sh build-asan -DDPFS_SANITIZE=ON
 step "tests under ASan+UBSan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  DPFS_TEST_SCALE=${DPFS_TEST_SCALE_ASAN:-0.3} \
   ctest --test-dir build-asan --output-on-failure --timeout 1200
 
 step "fuzz (libFuzzer, ${FUZZ_SECONDS:-60} s per target)"
