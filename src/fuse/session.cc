@@ -709,12 +709,17 @@ FuseSession::FuseSession(Backend& backend, SessionOptions options)
 }
 
 size_t FuseSession::max_request_size() const {
-  // A WRITE of max_write, its header and argument, and room for extensions.
-  return sizeof(fuse_in_header) + sizeof(fuse_write_in) + options_.max_write + kPageSize;
+  // The larger of a WRITE of max_write and a SETXATTR of the largest value
+  // the kernel allows, each with its header and argument, and room for the
+  // names and extensions. The kernel refuses requests that do not fit.
+  const size_t write = sizeof(fuse_write_in) + options_.max_write;
+  const size_t setxattr = sizeof(fuse_setxattr_in) + kXattrNameMax + 1 + kXattrSizeMax;
+  return sizeof(fuse_in_header) + std::max(write, setxattr) + kPageSize;
 }
 
 size_t FuseSession::max_reply_size() const {
-  return sizeof(fuse_out_header) + options_.max_write;
+  // A READ of max_write, or a GETXATTR/LISTXATTR of the largest value.
+  return sizeof(fuse_out_header) + std::max<size_t>(options_.max_write, kXattrSizeMax);
 }
 
 void FuseSession::finish(Request& req, int error) {

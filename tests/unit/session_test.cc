@@ -624,3 +624,26 @@ TEST_F(SessionTest, DestroyEndsTheSession) {
 
 }  // namespace
 }  // namespace dpfs
+
+namespace dpfs {
+namespace {
+
+// The kernel refuses a request larger than the daemon's read buffer: a 64 KiB
+// xattr must fit whatever max_write is.
+TEST(SessionSizesTest, BuffersHoldTheLargestXattrWhateverMaxWrite) {
+  RecordingBackend backend;
+  fuse::SessionOptions options;
+  options.max_write = 4096;
+  fuse::FuseSession session(backend, options);
+  EXPECT_GE(session.max_request_size(),
+            sizeof(fuse_in_header) + sizeof(fuse_setxattr_in) + 256 + 65536);
+  EXPECT_GE(session.max_reply_size(), sizeof(fuse_out_header) + 65536);
+  EXPECT_EQ(session.max_write(), 4096u);
+  options.max_write = 1u << 20;
+  fuse::FuseSession big(backend, options);
+  EXPECT_GE(big.max_request_size(), sizeof(fuse_in_header) + sizeof(fuse_write_in) + (1u << 20));
+  EXPECT_GE(big.max_reply_size(), sizeof(fuse_out_header) + (1u << 20));
+}
+
+}  // namespace
+}  // namespace dpfs
