@@ -51,14 +51,15 @@ size_t FileData::read(uint64_t offset, size_t len, std::span<const iovec> dst) c
   return len;
 }
 
-std::byte* FileData::chunk_for_write(uint64_t index, int* error) {
+std::byte* FileData::chunk_for_write(uint64_t index, bool overwritten, int* error) {
   auto it = chunks_.lower_bound(index);
   if (it != chunks_.end() && it->first == index) return it->second.get();
   if (!space_.reserve(kChunk)) {
     *error = ENOSPC;
     return nullptr;
   }
-  Chunk chunk(new (std::nothrow) std::byte[kChunk]());
+  Chunk chunk(overwritten ? new (std::nothrow) std::byte[kChunk]
+                          : new (std::nothrow) std::byte[kChunk]());
   if (!chunk) {
     space_.release(kChunk);
     *error = ENOMEM;
@@ -80,7 +81,7 @@ int64_t FileData::write(uint64_t offset, std::span<const iovec> src) {
     const uint64_t pos = offset + done;
     const size_t at = size_t(pos % kChunk);
     const size_t n = size_t(std::min<uint64_t>(kChunk - at, len - done));
-    std::byte* chunk = chunk_for_write(pos / kChunk, &error);
+    std::byte* chunk = chunk_for_write(pos / kChunk, n == kChunk, &error);
     if (chunk == nullptr) break;
     in.read(chunk + at, n);
     done += n;

@@ -84,9 +84,10 @@ class FileData {
  private:
   using Chunk = std::unique_ptr<std::byte[]>;
 
-  // The chunk at `index`, allocated (zeroed) if missing; nullptr and *error
-  // set (ENOSPC, ENOMEM) if it cannot be.
-  std::byte* chunk_for_write(uint64_t index, int* error);
+  // The chunk at `index`, allocated if missing: zeroed, or left as it comes
+  // when the caller overwrites all of it. nullptr and *error set (ENOSPC,
+  // ENOMEM) if it cannot be.
+  std::byte* chunk_for_write(uint64_t index, bool overwritten, int* error);
   // Allocates every missing chunk of [first, last], all or nothing.
   int allocate(uint64_t first, uint64_t last);
   // Zeroes [offset, end) and frees the chunks it covers whole.

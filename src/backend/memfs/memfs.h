@@ -2,7 +2,8 @@
 //
 // Regular files (sparse: page-sized chunks, holes cost nothing), directories,
 // symlinks, hard links, device nodes, FIFOs and sockets; nanosecond
-// timestamps; xattrs in any namespace; rename with RENAME_NOREPLACE and
+// timestamps; xattrs (user., trusted., security.: tmpfs's namespaces; others
+// EOPNOTSUPP; trusted.* listed to root only); rename with RENAME_NOREPLACE and
 // RENAME_EXCHANGE; fallocate, SEEK_DATA/SEEK_HOLE, copy_file_range; POSIX and
 // flock locks, SETLKW answered when the lock is free; O_TMPFILE. Capacity
 // (bytes) and inode count are bounded; past them, ENOSPC.
@@ -22,7 +23,8 @@
 //       lookup count, open handles. Taken only under tree_mu_ shared (under
 //       exclusive, nothing else runs), one at a time, except two in
 //       copy_file_range, in increasing ino order.
-//   LockTable's mutex        byte-range locks; taken last, holds nothing else.
+//   LockTable's mutex        byte-range locks; taken last (possibly under an
+//       inode's mu), nothing is taken under it.
 // Replies are answered after every lock is released (except directory
 // entries, which are encoded into the tenant's buffer as they are listed).
 #pragma once
