@@ -82,11 +82,7 @@ struct Memfs::Inode {
   bool is_dir() const { return type == S_IFDIR; }
   bool is_reg() const { return type == S_IFREG; }
   // REQUIRES: tree_mu_ held, and mu or tree_mu_ exclusive.
-  bool unused() const { return orphan() && lookups == 0; }
-  // Unreachable for good: no name and nothing open. Its storage can go now,
-  // as POSIX wants, even while the kernel still holds lookups on it.
-  // REQUIRES: as unused().
-  bool orphan() const { return ino != kRootIno && nlink == 0 && handles.empty(); }
+  bool unused() const { return ino != kRootIno && nlink == 0 && lookups == 0 && handles.empty(); }
 
   void add_entry(std::string_view name, const Inode& child) {
     const uint64_t seq = next_seq++;
@@ -167,7 +163,6 @@ struct Memfs::Inode {
   FileData data;                                   // regular files
   std::map<std::string, std::vector<std::byte>, std::less<>> xattrs;
   uint64_t xattr_bytes = 0;  // names and values, charged to space_
-  bool storage_released = false;  // an orphan's data, xattrs and target are gone
 };
 
 // ---------------------------------------------------------------------------
@@ -232,20 +227,10 @@ Entry Memfs::take_entry(Inode& node) const {
 }
 
 void Memfs::free_if_unused(Inode* node) {
-  if (!node->orphan()) return;
-  if (!node->storage_released) {
-    space_.release(node->target.size() + node->xattr_bytes);
-    node->target.clear();
-    node->xattrs.clear();
-    node->xattr_bytes = 0;
-    node->data.truncate(0);  // the chunks go back to space_
-    node->storage_released = true;
-    ++orphans_;
-  }
-  if (!node->unused()) return;  // the kernel still names it: keep the inode
-  --orphans_;
+  if (!node->unused()) return;
+  space_.release(node->target.size() + node->xattr_bytes);
   locks_.forget_file(node->ino);
-  inodes_.erase(node->ino);
+  inodes_.erase(node->ino);  // the chunks go back to space_ with the FileData
 }
 
 void Memfs::collect(uint64_t ino) {
@@ -262,7 +247,7 @@ int Memfs::make_node(const Context& ctx, uint64_t parent, std::string_view name,
   if (named && (is_dot(name) || dir->entries.contains(name))) return EEXIST;
   const uint32_t type = spec.mode & S_IFMT;
   if (type == S_IFDIR && dir->nlink >= kMaxLinks) return EMLINK;
-  if (inodes_.size() - orphans_ >= options_.max_inodes) return ENOSPC;
+  if (inodes_.size() >= options_.max_inodes) return ENOSPC;
   if (!space_.reserve(name.size() + spec.target.size())) return ENOSPC;
 
   auto node = std::make_unique<Inode>(next_ino_++, type, space_);
@@ -718,7 +703,7 @@ void Memfs::statfs(const Context&, uint64_t, StatfsReply reply) {
   uint64_t inodes;
   {
     std::shared_lock tree(tree_mu_);
-    inodes = inodes_.size() - orphans_;
+    inodes = inodes_.size();
   }
   const uint64_t used = std::min(space_.used(), space_.capacity());
   struct statvfs st {};
@@ -900,7 +885,7 @@ void Memfs::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_
     if (node->handles.erase(fh) == 0) return EBADF;
     if (flock_unlock) locks_.release_owner(ino, lock_owner, /*flock=*/true, done);
     locks_.cancel_handle(ino, fh, done);
-    unused = node->orphan();
+    unused = node->unused();
     return 0;
   }();
   if (unused) collect(ino);
@@ -1080,7 +1065,7 @@ void Memfs::releasedir(const Context&, uint64_t ino, uint64_t fh, StatusReply re
     if (node == nullptr) return EBADF;
     std::lock_guard lock(node->mu);
     if (node->handles.erase(fh) == 0) return EBADF;
-    unused = node->orphan();
+    unused = node->unused();
     return 0;
   }();
   if (unused) collect(ino);

@@ -138,9 +138,7 @@ class Memfs final : public Backend {
   // `fh` is given, opens it. REQUIRES: tree_mu_ exclusive.
   int make_node(const Context& ctx, uint64_t parent, std::string_view name, const NewNode& spec,
                 Entry* entry, uint64_t* fh);
-  // Releases the storage of `node` once it has no links and no handles, and
-  // frees the inode once the kernel has forgotten it too.
-  // REQUIRES: tree_mu_ exclusive.
+  // Frees `node` if it has no links, lookups or handles. REQUIRES: tree_mu_ exclusive.
   void free_if_unused(Inode* node);
   // Takes tree_mu_ exclusive and frees `ino` if it is unused (after a
   // reference was dropped under the shared lock).
@@ -157,7 +155,6 @@ class Memfs final : public Backend {
   mutable std::shared_mutex tree_mu_;
   std::unordered_map<uint64_t, std::unique_ptr<Inode>> inodes_;  // guarded by tree_mu_
   uint64_t next_ino_ = kRootIno + 1;                             // guarded by tree_mu_ exclusive
-  uint64_t orphans_ = 0;  // inodes kept only for the kernel's lookups; guarded by tree_mu_
   std::atomic<uint64_t> next_fh_{1};
 };
 
