@@ -18,6 +18,8 @@
 #
 # Environment:
 #   RUNTIME=10        seconds per fio job
+#   REPEAT=1          rounds over all daemons; the report takes, for each
+#                     daemon and job, the round with the median IOPS
 #   THREADS=$(nproc)  dpfs --threads
 #   BUILD=build       dpfs build directory (a Release build is made there
 #                     unless SKIP_BUILD=1)
@@ -28,6 +30,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNTIME=${RUNTIME:-10}
+REPEAT=${REPEAT:-1}
 THREADS=${THREADS:-$(nproc)}
 BUILD=${BUILD:-$ROOT/build}
 [[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
@@ -191,8 +194,10 @@ start_target() {
     libfuse-passthrough_ll)
       local src=$WORK/tmpfs-src
       mkdir -p "$src"
-      mount -t tmpfs -o size=2G tmpfs "$src" || die "mounting a tmpfs on $src"
-      TMPFS+=("$src")
+      if ! is_mounted "$src"; then
+        mount -t tmpfs -o size=2G tmpfs "$src" || die "mounting a tmpfs on $src"
+        TMPFS+=("$src")
+      fi
       MNT=$WORK/$target; mkdir -p "$MNT"
       cmd=("$BENCH_BIN/passthrough_ll" -f -o source="$src" "$MNT")
       FILE=$MNT/data
@@ -217,8 +222,10 @@ start_target() {
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
+# Runs every fio job on the mounted target; results in $RESULTS/round$2.
 run_jobs() {
-  local target=$1 job name args before after
+  local target=$1 dir=$RESULTS/round$2 job name args before after
+  mkdir -p "$dir"
   for job in "${JOBS[@]}"; do
     name=${job%%|*}
     args=${job#*|}
@@ -228,24 +235,28 @@ run_jobs() {
     before=$(cpu_ticks "$DAEMON_PID")
     # shellcheck disable=SC2086
     fio --name="$name" --filename="$FILE" --size="$SIZE" $args $FIO_COMMON \
-      >"$RESULTS/$target.$name.json" 2>"$RESULTS/$target.$name.err" ||
-      { cat "$RESULTS/$target.$name.err" >&2; die "fio $name on $target"; }
+      >"$dir/$target.$name.json" 2>"$dir/$target.$name.err" ||
+      { cat "$dir/$target.$name.err" >&2; die "fio $name on $target"; }
     after=$(cpu_ticks "$DAEMON_PID")
-    echo "$((after - before))" >"$RESULTS/$target.$name.cpu"
+    echo "$((after - before))" >"$dir/$target.$name.cpu"
+    cut -d' ' -f1 /proc/loadavg >"$dir/$target.$name.load"
     echo "$fio_cmd" >"$RESULTS/$name.fiocmd"
     log "$target $name: $(python3 -c '
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 d = j["read"] if j["read"]["total_ios"] else j["write"]
-print(f"{d[\"iops\"]:.0f} IOPS, {d[\"bw_bytes\"] / 1e6:.1f} MB/s")' "$RESULTS/$target.$name.json")"
+print("%.0f IOPS, %.1f MB/s" % (d["iops"], d["bw_bytes"] / 1e6))' "$dir/$target.$name.json")"
   done
 }
 
-for target in $TARGETS; do
-  start_target "$target"
-  run_jobs "$target"
-  stop_daemon "$MNT"
-  is_mounted "$MNT" && die "$MNT still mounted after stopping its daemon"
+for round in $(seq "$REPEAT"); do
+  for target in $TARGETS; do
+    log "round $round of $REPEAT: $target"
+    start_target "$target"
+    run_jobs "$target" "$round"
+    stop_daemon "$MNT"
+    is_mounted "$MNT" && die "$MNT still mounted after stopping its daemon"
+  done
 done
 
 # ---------------------------------------------------------------------------
@@ -263,7 +274,7 @@ DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 JOB_NAMES="${JOBS[*]%%|*}"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 export LOAD_BEFORE LOAD_AFTER CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE JOB_NAMES \
-  RUNTIME THREADS FILE_SIZE NULL_SIZE TARGETS
+  RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS
 python3 - "$RESULTS" "$OUT" <<'EOF'
 import json, os, sys
 
@@ -273,11 +284,14 @@ targets = env["TARGETS"].split()
 jobs = env["JOB_NAMES"].split()
 clk = int(env["CLK_TCK"])
 
-def load(target, job):
-    j = json.load(open(f"{results}/{target}.{job}.json"))["jobs"][0]
+rounds = int(env["REPEAT"])
+
+def load_round(target, job, rnd):
+    base = f"{results}/round{rnd}/{target}.{job}"
+    j = json.load(open(f"{base}.json"))["jobs"][0]
     d = j["read"] if j["read"]["total_ios"] else j["write"]
     ios = j["read"]["total_ios"] + j["write"]["total_ios"]
-    ticks = int(open(f"{results}/{target}.{job}.cpu").read())
+    ticks = int(open(f"{base}.cpu").read())
     cpu_s = ticks / clk
     runtime_s = j["job_runtime"] / 1000.0
     return {
@@ -288,7 +302,16 @@ def load(target, job):
         "ios": ios,
         "cpu_us": cpu_s * 1e6 / ios if ios else float("nan"),
         "cores": cpu_s / runtime_s if runtime_s else float("nan"),
+        "load": float(open(f"{base}.load").read()),
     }
+
+# The round with the median IOPS, all its numbers together.
+def load(target, job):
+    runs = sorted((load_round(target, job, n) for n in range(1, rounds + 1)),
+                  key=lambda x: x["iops"])
+    pick = dict(runs[(len(runs) - 1) // 2])
+    pick["spread"] = (runs[0]["iops"], runs[-1]["iops"])
+    return pick
 
 r = {(t, j): load(t, j) for t in targets for j in jobs}
 L = []
@@ -309,6 +332,8 @@ L.append("## What runs")
 L.append("")
 L.append("Each daemon is mounted alone, the four fio jobs run against it, and it is")
 L.append("stopped before the next one starts. `$WORK` is a fresh directory under /tmp.")
+L.append(f"{env['RUNTIME']} s per job; {env['REPEAT']} round(s) over all daemons; dpfs runs "
+         f"{env['THREADS']} worker threads.")
 L.append("Daemon CPU is utime + stime of all the daemon's threads from /proc/PID/stat")
 L.append(f"(resolution 1/{clk} s), read just before and after each fio job, divided by the")
 L.append("I/Os fio completed: it includes the daemon's kernel time reading and writing")
@@ -348,15 +373,23 @@ L.append("")
 L.append("## Results")
 L.append("")
 L.append("Latency is fio's total latency (submission to completion) per I/O.")
-L.append("Daemon cores: daemon CPU seconds per second of the job.")
+L.append("Daemon cores: daemon CPU seconds per second of the job. Load: the 1-minute")
+L.append("load average when the job ended (fio and the daemon account for about 1-2).")
+if rounds > 1:
+    L.append(f"Each row is the round with the median IOPS of {rounds} rounds; IOPS range")
+    L.append("gives the lowest and highest of all rounds.")
 L.append("")
-L.append("| daemon | job | IOPS | MB/s | mean lat (µs) | p99 lat (µs) | daemon CPU µs/IO | daemon cores |")
-L.append("|---|---|--:|--:|--:|--:|--:|--:|")
+L.append("| daemon | job | IOPS | MB/s | mean lat (µs) | p99 lat (µs) | daemon CPU µs/IO "
+         "| daemon cores | load |" + (" IOPS range |" if rounds > 1 else ""))
+L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|" + ("--:|" if rounds > 1 else ""))
 for j in jobs:
     for t in targets:
         x = r[(t, j)]
-        L.append(f"| {t} | {j} | {x['iops']:,.0f} | {x['mbs']:,.1f} | {x['mean_us']:.1f} | "
-                 f"{x['p99_us']:.1f} | {x['cpu_us']:.2f} | {x['cores']:.2f} |")
+        row = (f"| {t} | {j} | {x['iops']:,.0f} | {x['mbs']:,.1f} | {x['mean_us']:.1f} | "
+               f"{x['p99_us']:.1f} | {x['cpu_us']:.2f} | {x['cores']:.2f} | {x['load']:.1f} |")
+        if rounds > 1:
+            row += f" {x['spread'][0]:,.0f}-{x['spread'][1]:,.0f} |"
+        L.append(row)
 L.append("")
 
 pairs = [("dpfs-null", "libfuse-null"), ("dpfs-memfs", "libfuse-passthrough_ll")]
