@@ -1,0 +1,138 @@
+#include "vhost_user/listener.h"
+
+#include <fmt/format.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace dpfs::vhost_user {
+
+using transport::UniqueFd;
+
+namespace {
+
+std::string parent_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// Why bind/connect at `path` failed, in the operator's words.
+std::string describe(const std::string& path, int err) {
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return fmt::format("directory {} does not exist", parent_of(path));
+    case EACCES:
+    case EPERM:
+      return fmt::format("permission denied (directory {})", parent_of(path));
+    case EROFS:
+      return fmt::format("{} is on a read-only file system", parent_of(path));
+    case EADDRINUSE:
+      return "is in use by another process";
+    default:
+      return std::strerror(err);
+  }
+}
+
+}  // namespace
+
+Listener::Listener(std::string path) : path_(std::move(path)) {
+  const auto error = [&](const std::string& why) {
+    return ListenError(fmt::format("vhost-user socket {}: {}", path_, why));
+  };
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path_.empty()) throw ListenError("vhost-user socket: empty path");
+  if (path_.size() >= sizeof(addr.sun_path)) {
+    throw error(fmt::format("path is {} bytes, at most {} fit a unix socket address", path_.size(),
+                            sizeof(addr.sun_path) - 1));
+  }
+  std::memcpy(addr.sun_path, path_.data(), path_.size());
+
+  // A socket file left by a daemon that is gone is unlinked; one that a live
+  // process answers on is not ours to take.
+  struct stat st;
+  if (::lstat(path_.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) throw error("exists and is not a socket");
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!probe) throw error(fmt::format("socket: {}", std::strerror(errno)));
+    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+      throw error("is in use by another process");
+    }
+    if (errno != ECONNREFUSED) throw error(describe(path_, errno));
+    if (::unlink(path_.c_str()) != 0 && errno != ENOENT) throw error(describe(path_, errno));
+    spdlog::info("vhost-user socket {}: removed a stale socket", path_);
+  } else if (errno != ENOENT) {
+    throw error(describe(path_, errno));
+  }
+
+  fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd_) throw error(fmt::format("socket: {}", std::strerror(errno)));
+  if (::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    throw error(describe(path_, errno));
+  }
+  if (::stat(path_.c_str(), &st) == 0) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
+  if (::listen(fd_.get(), 1) != 0) {
+    const int err = errno;
+    ::unlink(path_.c_str());
+    throw error(fmt::format("listen: {}", std::strerror(err)));
+  }
+}
+
+Listener::~Listener() {
+  struct stat st;
+  if (ino_ != 0 && ::lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) {
+    ::unlink(path_.c_str());
+  }
+}
+
+UniqueFd Listener::try_accept() {
+  for (;;) {
+    UniqueFd conn(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (conn) return conn;
+    switch (errno) {
+      case EINTR:
+      case ECONNABORTED:  // the front-end gave up before we accepted
+        continue;
+      case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+      case EWOULDBLOCK:
+#endif
+        return UniqueFd();
+      default:
+        spdlog::warn("vhost-user socket {}: accept: {}", path_, std::strerror(errno));
+        return UniqueFd();
+    }
+  }
+}
+
+UniqueFd Listener::accept() {
+  for (;;) {
+    pollfd pfd{fd_.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, -1) < 0) {
+      if (errno != EINTR) {
+        spdlog::warn("vhost-user socket {}: poll: {}", path_, std::strerror(errno));
+      }
+      return UniqueFd();
+    }
+    UniqueFd conn(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (conn) return conn;
+    if (errno == EINTR) return UniqueFd();
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) continue;
+    spdlog::warn("vhost-user socket {}: accept: {}", path_, std::strerror(errno));
+    return UniqueFd();
+  }
+}
+
+}  // namespace dpfs::vhost_user

@@ -1,0 +1,59 @@
+// The vhost-user socket a front-end (QEMU, -chardev socket,path=...)
+// connects to: a listening AF_UNIX stream socket at a path.
+//
+// One front-end at a time: the backlog is 1, and the caller accepts the next
+// front-end only once the current Connection has ended. A front-end that
+// connects meanwhile waits (QEMU blocks on its first request's reply).
+//
+// Not thread-safe: created, used and destroyed by one thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "transport/unique_fd.h"
+
+namespace dpfs::vhost_user {
+
+// Start-up failures, as one line for the operator ("vhost-user socket
+// /run/x.sock: directory /run/x does not exist").
+class ListenError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Listener {
+ public:
+  // Binds and listens at `path`. A socket left at the path by a daemon that
+  // is gone (connect is refused) is unlinked first; a path that is served by
+  // a live process, is not a socket, is too long for sockaddr_un or is in a
+  // directory that does not exist or cannot be written throws ListenError.
+  explicit Listener(std::string path);
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+  // Closes the socket and unlinks the path if it is still this socket.
+  ~Listener();
+
+  // The listening socket (nonblocking, close-on-exec): readable when a
+  // front-end waits to be accepted.
+  int fd() const { return fd_.get(); }
+  const std::string& path() const { return path_; }
+
+  // Waits for a front-end and returns its connected socket (blocking,
+  // close-on-exec). Returns an empty fd if a signal interrupted the wait (the
+  // caller checks whether it should stop) or on an error (logged).
+  transport::UniqueFd accept();
+  // The connected socket of a waiting front-end, or an empty fd if none is
+  // waiting (or on an error, logged). Never blocks.
+  transport::UniqueFd try_accept();
+
+ private:
+  std::string path_;
+  transport::UniqueFd fd_;
+  dev_t dev_ = 0;  // identity of the socket file we bound, for the unlink
+  ino_t ino_ = 0;
+};
+
+}  // namespace dpfs::vhost_user
