@@ -25,7 +25,7 @@ usage: run-guest.sh --socket SOCK --tag TAG [options]
   --quiet            do not stream the console; print it only on failure
   --socket-wait S    wait up to S seconds for SOCK to appear (default 10)
 exit status: the workload's (with --reboot: the first nonzero of both boots);
-  122 guest could not unmount /mnt, 123 guest could not load modules or mount,
+  121 QEMU reported a vhost-user backend failure (daemon died or refused), 122 guest could not unmount /mnt, 123 guest could not load modules or mount,
   124 timeout, 125 guest ended without reporting, 126 QEMU or harness failure,
   2 usage.
 EOF
@@ -166,24 +166,32 @@ fi
 
 expected=$((reboot ? 2 : 1))
 markers() { tr -d '\r' <"$work/console.log" | grep -ao "$1" || true; }
-timed_out=0
+# QEMU's complaints about the vhost-user backend (it closed the socket, it
+# refused a message): the guest would hang on its requests, so fail fast.
+backend_errors() { grep -aE 'vhost|end-of-file|Failed to (set|read) msg|Failed to (read|write)' "$work/qemu.out" || true; }
+timed_out=0 backend_failed=0
 while :; do
   exits=$(markers 'DPFS-GUEST-EXIT [0-9]*' | wc -l)
   boots=$(markers 'DPFS-GUEST-BOOT ' | wc -l)
   ((exits >= expected)) && break
   ((boots > expected)) && break  # rebooted more often than asked (panic?)
   kill -0 "$qpid" 2>/dev/null || break
+  if [[ -n $(backend_errors) ]]; then
+    backend_failed=1
+    sleep 2  # let the guest console show what it saw
+    break
+  fi
   if (($(date +%s) - ${t0%.*} >= timeout)); then timed_out=1; break; fi
   sleep 0.2
 done
 t_report=$(date +%s.%N)
 
 # Let the guest power off by itself; then make sure QEMU is gone.
-if ((!timed_out)); then
+if ((!timed_out && !backend_failed)); then
   for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.2; done
 fi
 if kill -0 "$qpid" 2>/dev/null; then
-  ((timed_out)) || ((exits < expected)) || note "guest reported but did not power off; killing QEMU"
+  ((timed_out || backend_failed)) || ((exits < expected)) || note "guest reported but did not power off; killing QEMU"
   kill "$qpid" 2>/dev/null || true
   sleep 0.5
   kill -9 "$qpid" 2>/dev/null || true
@@ -210,6 +218,12 @@ show_console() {
   tail -n 20 "$work/qemu.out" >&2
   echo "-------------------------" >&2
 }
+
+if ((backend_failed)) || [[ -n $(backend_errors) ]]; then
+  ((quiet)) && show_console
+  note "the vhost-user backend failed (QEMU: $(backend_errors | head -n1)); ${#statuses[@]} of $expected boots reported"
+  exit 121
+fi
 
 if ((${#statuses[@]} < expected)); then
   ((quiet)) && show_console
