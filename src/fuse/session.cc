@@ -748,7 +748,13 @@ void FuseSession::handle(Request& req) {
     st.opcode = hdr.opcode;
   }
   st.writer = IovWriter(req.out);
-  if (!st.writer.skip(sizeof(fuse_out_header))) {
+  // FORGET, BATCH_FORGET and INTERRUPT take no reply: virtio-fs sends them
+  // on the hiprio queue without reply buffers.
+  const bool takes_reply = !have_header || (hdr.opcode != FUSE_FORGET &&
+                                            hdr.opcode != FUSE_BATCH_FORGET &&
+                                            hdr.opcode != FUSE_INTERRUPT &&
+                                            hdr.opcode != FUSE_NOTIFY_REPLY);
+  if (!st.writer.skip(sizeof(fuse_out_header)) && takes_reply) {
     log_malformed("reply buffer of {} bytes cannot hold a reply header", iov_length(req.out));
     finish(req, EIO);
     req.complete(0);

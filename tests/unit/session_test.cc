@@ -488,6 +488,15 @@ TEST_F(SessionTest, ForgetTakesNoReply) {
   EXPECT_EQ(backend.forgets[0], std::make_pair(uint64_t(42), uint64_t(3)));
 }
 
+TEST_F(SessionTest, ForgetNeedsNoReplyBuffer) {
+  init();
+  // virtio-fs: FORGET comes on the hiprio queue with no writable buffers.
+  TestRequest req = run(RequestBuilder(FUSE_FORGET, 42).arg(fuse_forget_in{2}).bytes(), 0);
+  EXPECT_EQ(req.reply_len, 0u);
+  ASSERT_EQ(backend.forgets.size(), 1u);
+  EXPECT_EQ(backend.forgets[0], std::make_pair(uint64_t(42), uint64_t(2)));
+}
+
 TEST_F(SessionTest, BatchForgetOnlyForgetsWhatItCarries) {
   init();
   fuse_batch_forget_in in{};

@@ -1,0 +1,591 @@
+#include "vhost_user/fs_device.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace dpfs::vhost_user {
+namespace {
+
+// Device feature bits (virtio 1.2 §6; vhost-user.rst).
+constexpr uint64_t kFRingIndirectDesc = 1ull << 28;
+constexpr uint64_t kFRingEventIdx = 1ull << 29;
+constexpr uint64_t kFProtocolFeatures = 1ull << 30;  // VHOST_USER_F_PROTOCOL_FEATURES
+constexpr uint64_t kFVersion1 = 1ull << 32;
+
+// Chains taken from one queue before its used entries are published and the
+// guest notified: bounds latency while still batching notifications.
+constexpr unsigned kBatch = 64;
+
+void signal_eventfd(int fd) {
+  if (fd < 0) return;
+  const uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = ::write(fd, &one, sizeof(one));
+  } while (n < 0 && errno == EINTR);
+}
+
+void drain_eventfd(int fd) {
+  uint64_t value;
+  while (::read(fd, &value, sizeof(value)) > 0) {
+  }
+}
+
+}  // namespace
+
+// One request in flight: the chain's buffers, kept until the reply is in.
+class FsRequest final : public fuse::Request {
+ public:
+  void complete(size_t reply_len) override;
+
+  FsDevice::Queue* queue = nullptr;
+  FsDevice::Worker* worker = nullptr;
+  uint16_t head = 0;
+  uint64_t generation = 0;  // the queue's start count when popped
+  std::vector<iovec> in_iov;
+  std::vector<iovec> out_iov;
+};
+
+class FsDevice::Queue {
+ public:
+  explicit Queue(uint32_t index) : index(index), stats(std::make_unique<QueueStats>()) {
+    config.queue_index = uint16_t(index);
+  }
+
+  FsRequest* acquire() {
+    if (free.empty()) {
+      all.push_back(std::make_unique<FsRequest>());
+      return all.back().get();
+    }
+    FsRequest* r = free.back();
+    free.pop_back();
+    return r;
+  }
+
+  const uint32_t index;
+  Worker* worker = nullptr;
+  unsigned worker_index = 0;
+  std::unique_ptr<QueueStats> stats;
+
+  // Set up by the control thread (workers paused).
+  virtio::VringConfig config;
+  bool have_num = false;
+  bool have_addr = false;
+  bool enabled = false;
+  transport::UniqueFd kick;
+  transport::UniqueFd call;
+  transport::UniqueFd err;
+  bool started = false;
+  bool broken_logged = false;
+  uint64_t generation = 0;
+
+  // Owned by the worker while started.
+  virtio::SplitVirtqueue vq;
+  virtio::DescriptorChain chain;
+  bool need_publish = false;
+  // Request objects: steady state reuses them. Only the worker touches
+  // these, and the control thread while the worker is paused.
+  std::vector<std::unique_ptr<FsRequest>> all;
+  std::vector<FsRequest*> free;
+};
+
+class FsDevice::Worker {
+ public:
+  Worker(FsDevice& device, unsigned index) : device_(device), index_(index) {
+    epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!epoll_ || !wake_) {
+      throw std::runtime_error(fmt::format("virtio-fs worker: {}", std::strerror(errno)));
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = nullptr;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+    thread_ = std::thread([this] { run(); });
+  }
+
+  ~Worker() {
+    stop_.store(true);
+    wake();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void wake() { signal_eventfd(wake_.get()); }
+
+  // REQUIRES: worker paused (or not yet running the queue).
+  void watch(Queue& q) {
+    queues_.push_back(&q);
+    if (q.kick) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.ptr = &q;
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, q.kick.get(), &ev);
+    }
+  }
+  void unwatch(Queue& q) {
+    std::erase(queues_, &q);
+    if (q.kick) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, q.kick.get(), nullptr);
+  }
+
+  // A reply from the session. On this worker's thread the used entry goes
+  // in now; from any other thread it is handed over.
+  void complete(FsRequest& r, size_t len);
+
+  static thread_local Worker* current;
+
+ private:
+  void run();
+  void park();
+  // Pops, handles, publishes and notifies until the queue is empty.
+  // Returns whether any chain was taken.
+  bool process(Queue& q, bool polling);
+  void publish(Queue& q);
+  void drain_completions();
+  void finish(FsRequest& r, size_t len);
+
+  FsDevice& device_;
+  const unsigned index_;
+  transport::UniqueFd epoll_;
+  transport::UniqueFd wake_;
+  std::atomic<bool> stop_{false};
+  std::vector<Queue*> queues_;  // started queues this worker serves
+
+  std::mutex done_mu_;
+  std::vector<std::pair<FsRequest*, size_t>> done_;  // guarded by done_mu_
+  std::vector<std::pair<FsRequest*, size_t>> draining_;
+
+  std::thread thread_;
+};
+
+thread_local FsDevice::Worker* FsDevice::Worker::current = nullptr;
+
+void FsRequest::complete(size_t reply_len) { worker->complete(*this, reply_len); }
+
+void FsDevice::Worker::complete(FsRequest& r, size_t len) {
+  if (current == this) {
+    finish(r, len);
+    return;
+  }
+  {
+    std::lock_guard lock(done_mu_);
+    done_.emplace_back(&r, len);
+  }
+  wake();
+}
+
+void FsDevice::Worker::finish(FsRequest& r, size_t len) {
+  Queue& q = *r.queue;
+  // A request from before a queue restart has no used entry to fill.
+  if (r.generation == q.generation && q.started && q.vq.push(r.head, uint32_t(len))) {
+    q.need_publish = true;
+    q.stats->requests.fetch_add(1, std::memory_order_relaxed);
+  }
+  q.free.push_back(&r);
+  device_.pending_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void FsDevice::Worker::publish(Queue& q) {
+  if (!q.need_publish) return;
+  q.need_publish = false;
+  q.vq.publish();
+  if (q.vq.should_notify()) {
+    signal_eventfd(q.call.get());
+    q.stats->notifications.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void FsDevice::Worker::drain_completions() {
+  {
+    std::lock_guard lock(done_mu_);
+    if (done_.empty()) return;
+    draining_.swap(done_);
+  }
+  for (auto [r, len] : draining_) finish(*r, len);
+  draining_.clear();
+  for (Queue* q : queues_) publish(*q);
+}
+
+bool FsDevice::Worker::process(Queue& q, bool polling) {
+  bool any = false;
+  for (;;) {
+    if (!q.started) return any;
+    unsigned n = 0;
+    virtio::PopResult result = virtio::PopResult::kEmpty;
+    while (n < kBatch && (result = q.vq.pop(&q.chain)) == virtio::PopResult::kChain) {
+      ++n;
+      FsRequest* r = q.acquire();
+      r->queue = &q;
+      r->worker = this;
+      r->head = q.chain.head;
+      r->generation = q.generation;
+      r->in_iov.assign(q.chain.readable.begin(), q.chain.readable.end());
+      r->out_iov.assign(q.chain.writable.begin(), q.chain.writable.end());
+      r->in = r->in_iov;
+      r->out = r->out_iov;
+      device_.pending_.fetch_add(1, std::memory_order_acq_rel);
+      device_.session_.handle(*r);
+    }
+    any |= n > 0;
+    publish(q);
+    if (result == virtio::PopResult::kBroken) {
+      if (!q.broken_logged) {
+        q.broken_logged = true;
+        q.stats->broken.store(true);
+        spdlog::error("{}: queue {} is broken; it is no longer served (other queues and devices "
+                      "go on) until the front-end resets it",
+                      device_.options_.name, q.index);
+      }
+      return any;
+    }
+    if (n == kBatch) continue;  // more may be waiting
+    if (polling) return any;
+    // Ask for kicks again; buffers that came meanwhile must be taken now or
+    // their kick may be lost.
+    if (!q.vq.set_notification(true)) return any;
+  }
+}
+
+void FsDevice::Worker::park() {
+  std::unique_lock lock(device_.pause_mu_);
+  ++device_.paused_workers_;
+  device_.pause_cv_.notify_all();
+  device_.pause_cv_.wait(lock, [&] { return !device_.pause_requested_.load(); });
+  --device_.paused_workers_;
+}
+
+void FsDevice::Worker::run() {
+  current = this;
+  const bool poll = device_.options_.poll;
+  uint32_t idle = 0;
+  bool sleeping = true;  // notifications enabled, waiting on kicks
+  epoll_event events[16];
+  while (!stop_.load(std::memory_order_acquire)) {
+    if (device_.pause_requested_.load(std::memory_order_acquire)) {
+      park();
+      sleeping = true;
+      continue;
+    }
+    if (poll && !sleeping) {
+      // Busy-poll: no kicks, no syscalls while requests keep coming.
+      bool any = false;
+      for (Queue* q : queues_) any |= process(*q, /*polling=*/true);
+      drain_completions();
+      if (any) {
+        idle = 0;
+      } else if (++idle >= device_.options_.poll_idle_rounds) {
+        // Idle: sleep on kicks again, unless buffers slipped in meanwhile.
+        bool again = false;
+        for (Queue* q : queues_) again |= q->started && q->vq.set_notification(true);
+        sleeping = !again;
+        idle = 0;
+      }
+      // Let a pause or stop in between rounds.
+      if (!sleeping) {
+        const int n = ::epoll_wait(epoll_.get(), events, 16, 0);
+        for (int i = 0; i < n; ++i) {
+          if (events[i].data.ptr == nullptr) drain_eventfd(wake_.get());
+          else drain_eventfd(static_cast<Queue*>(events[i].data.ptr)->kick.get());
+        }
+        continue;
+      }
+    }
+    const int n = ::epoll_wait(epoll_.get(), events, 16, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("{}: worker {}: epoll_wait: {}", device_.options_.name, index_,
+                    std::strerror(errno));
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.ptr == nullptr) {
+        drain_eventfd(wake_.get());
+        continue;
+      }
+      Queue& q = *static_cast<Queue*>(events[i].data.ptr);
+      drain_eventfd(q.kick.get());
+      q.stats->kicks.fetch_add(1, std::memory_order_relaxed);
+      if (poll) {
+        // Switch to polling: no kicks until idle again.
+        for (Queue* each : queues_) {
+          if (each->started) each->vq.set_notification(false);
+        }
+        sleeping = false;
+        idle = 0;
+      }
+      process(q, poll);
+    }
+    drain_completions();
+  }
+  current = nullptr;
+}
+
+// ---------------------------------------------------------------------------
+
+FsDevice::FsDevice(fuse::FuseSession& session, FsDeviceOptions options)
+    : session_(session), options_(std::move(options)) {
+  options_.request_queues = std::clamp<uint32_t>(options_.request_queues, 1, 64);
+  const uint32_t nqueues = 1 + options_.request_queues;  // hiprio + requests
+  options_.threads = std::clamp<unsigned>(options_.threads, 1, nqueues);
+  for (uint32_t i = 0; i < nqueues; ++i) queues_.push_back(std::make_unique<Queue>(i));
+  for (unsigned i = 0; i < options_.threads; ++i) {
+    workers_.push_back(std::make_unique<Worker>(*this, i));
+  }
+  // The hiprio queue shares the first worker with the first request queue.
+  for (uint32_t i = 0; i < nqueues; ++i) {
+    const uint32_t owner = i == 0 ? 0 : (i - 1) % options_.threads;
+    queues_[i]->worker = workers_[owner].get();
+    queues_[i]->worker_index = owner;
+  }
+}
+
+FsDevice::~FsDevice() {
+  pause();
+  for (auto& q : queues_) stop_queue(*q);
+  resume();
+  workers_.clear();  // joins
+  if (const uint64_t n = pending_.load()) {
+    spdlog::warn("{}: {} requests still unanswered at shutdown", options_.name, n);
+  }
+}
+
+const QueueStats& FsDevice::queue_stats(uint32_t index) const { return *queues_[index]->stats; }
+
+uint64_t FsDevice::features() const {
+  return kFVersion1 | kFRingIndirectDesc | kFRingEventIdx | kFProtocolFeatures;
+}
+
+uint64_t FsDevice::protocol_features() const {
+  return protocol_feature::kMq | protocol_feature::kReplyAck |
+         protocol_feature::kConfigureMemSlots;
+}
+
+int FsDevice::set_features(uint64_t features) {
+  if (features & ~this->features()) return -EINVAL;
+  pause();
+  acked_features_ = features;
+  resume();
+  spdlog::info("{}: features {:#x} (version_1={} indirect_desc={} event_idx={})", options_.name,
+               features, bool(features & kFVersion1), bool(features & kFRingIndirectDesc),
+               bool(features & kFRingEventIdx));
+  return 0;
+}
+
+void FsDevice::pause() {
+  if (pause_depth_++ > 0) return;
+  std::unique_lock lock(pause_mu_);
+  pause_requested_.store(true);
+  for (auto& w : workers_) w->wake();
+  pause_cv_.wait(lock, [&] { return paused_workers_ == workers_.size(); });
+}
+
+void FsDevice::resume() {
+  if (--pause_depth_ > 0) return;
+  {
+    std::lock_guard lock(pause_mu_);
+    pause_requested_.store(false);
+  }
+  pause_cv_.notify_all();
+}
+
+void FsDevice::release_retired_memory() {
+  if (pending_.load() == 0) retired_.clear();
+}
+
+int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
+  auto mem = std::make_unique<virtio::GuestMemory>();
+  for (MemoryRegionFd& r : regions) {
+    const int e = mem->add_region(r.fd.release(), r.region.guest_phys_addr, r.region.memory_size,
+                                  r.region.userspace_addr, r.region.mmap_offset);
+    if (e != 0) {
+      spdlog::warn("{}: memory region at guest address {:#x} ({} bytes) refused: {}",
+                   options_.name, r.region.guest_phys_addr, r.region.memory_size,
+                   std::strerror(e));
+      return -e;
+    }
+  }
+  pause();
+  for (auto& q : queues_) {
+    if (q->started && q->vq.remap(*mem) != 0) {
+      spdlog::warn("{}: queue {} rings are not in the new memory table; stopped", options_.name,
+                   q->index);
+      stop_queue(*q);
+    }
+  }
+  if (memory_) retired_.push_back(std::move(memory_));
+  memory_ = std::move(mem);
+  release_retired_memory();
+  resume();
+  spdlog::info("{}: memory table of {} regions", options_.name, memory_->num_regions());
+  for (auto& q : queues_) maybe_start(*q);
+  return 0;
+}
+
+int FsDevice::add_mem_reg(MemoryRegionFd region) {
+  pause();
+  if (!memory_) memory_ = std::make_unique<virtio::GuestMemory>();
+  const int e = memory_->add_region(region.fd.release(), region.region.guest_phys_addr,
+                                    region.region.memory_size, region.region.userspace_addr,
+                                    region.region.mmap_offset);
+  resume();
+  if (e != 0) {
+    spdlog::warn("{}: memory region at guest address {:#x} refused: {}", options_.name,
+                 region.region.guest_phys_addr, std::strerror(e));
+    return -e;
+  }
+  for (auto& q : queues_) maybe_start(*q);
+  return 0;
+}
+
+int FsDevice::rem_mem_reg(const MemoryRegion& region) {
+  if (!memory_) return -ENOENT;
+  pause();
+  const int e = memory_->remove_region(region.guest_phys_addr, region.memory_size,
+                                       region.userspace_addr);
+  resume();
+  return -e;
+}
+
+int FsDevice::set_vring_num(uint32_t index, uint32_t num) {
+  Queue& q = *queues_[index];
+  if (num == 0 || num > virtio::kMaxQueueSize || (num & (num - 1)) != 0) return -EINVAL;
+  pause();
+  q.config.size = num;
+  q.have_num = true;
+  resume();
+  return 0;
+}
+
+int FsDevice::set_vring_addr(uint32_t index, const VringAddr& addr) {
+  Queue& q = *queues_[index];
+  pause();
+  q.config.desc_uva = addr.desc_user_addr;
+  q.config.avail_uva = addr.avail_user_addr;
+  q.config.used_uva = addr.used_user_addr;
+  q.have_addr = true;
+  resume();
+  maybe_start(q);
+  return 0;
+}
+
+int FsDevice::set_vring_base(uint32_t index, uint32_t base) {
+  Queue& q = *queues_[index];
+  pause();
+  q.config.last_avail_idx = uint16_t(base);
+  resume();
+  return 0;
+}
+
+uint32_t FsDevice::get_vring_base(uint32_t index) {
+  Queue& q = *queues_[index];
+  pause();
+  stop_queue(q);
+  const uint16_t base = q.vq.last_avail_idx();
+  q.config.last_avail_idx = base;
+  q.kick.reset();  // the ring is stopped until the next SET_VRING_KICK
+  resume();
+  spdlog::info("{}: queue {} stopped at avail index {}", options_.name, index, base);
+  return base;
+}
+
+int FsDevice::set_vring_kick(uint32_t index, transport::UniqueFd fd) {
+  Queue& q = *queues_[index];
+  if (fd) ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+  pause();
+  stop_queue(q);
+  q.kick = std::move(fd);
+  resume();
+  maybe_start(q);
+  return 0;
+}
+
+int FsDevice::set_vring_call(uint32_t index, transport::UniqueFd fd) {
+  pause();
+  queues_[index]->call = std::move(fd);
+  resume();
+  return 0;
+}
+
+int FsDevice::set_vring_err(uint32_t index, transport::UniqueFd fd) {
+  pause();
+  queues_[index]->err = std::move(fd);
+  resume();
+  return 0;
+}
+
+int FsDevice::set_vring_enable(uint32_t index, bool enable) {
+  Queue& q = *queues_[index];
+  pause();
+  q.enabled = enable;
+  if (!enable) stop_queue(q);
+  resume();
+  if (enable) maybe_start(q);
+  return 0;
+}
+
+void FsDevice::maybe_start(Queue& q) {
+  if (q.started || !q.enabled || !q.have_num || !q.have_addr || !q.kick || !memory_) return;
+  pause();
+  q.config.event_idx = acked_features_ & kFRingEventIdx;
+  q.config.indirect_desc = acked_features_ & kFRingIndirectDesc;
+  const int e = q.vq.start(*memory_, q.config);
+  if (e != 0) {
+    resume();
+    spdlog::warn("{}: queue {} cannot start: {} (size {}, rings at {:#x}/{:#x}/{:#x})",
+                 options_.name, q.index, e == EFAULT ? "rings outside guest memory" : "bad ring",
+                 q.config.size, q.config.desc_uva, q.config.avail_uva, q.config.used_uva);
+    return;
+  }
+  q.started = true;
+  q.broken_logged = false;
+  q.stats->broken.store(false);
+  ++q.generation;
+  q.worker->watch(q);
+  resume();
+  // Requests may have been made available before the kick fd was watched.
+  signal_eventfd(q.kick.get());
+  spdlog::info("{}: queue {} ({}) started: size {}, avail index {}, event_idx={}, worker {}",
+               options_.name, q.index, q.index == 0 ? "hiprio" : "requests", q.config.size,
+               q.config.last_avail_idx, q.config.event_idx, q.worker_index);
+}
+
+// REQUIRES: workers paused.
+void FsDevice::stop_queue(Queue& q) {
+  if (!q.started) return;
+  q.worker->unwatch(q);
+  q.vq.stop();
+  q.started = false;
+  q.need_publish = false;
+}
+
+void FsDevice::reset_device() {
+  pause();
+  for (auto& q : queues_) {
+    stop_queue(*q);
+    q->kick.reset();
+    q->call.reset();
+    q->err.reset();
+    q->have_num = q->have_addr = q->enabled = false;
+    q->config = {};
+    q->config.queue_index = uint16_t(q->index);
+  }
+  acked_features_ = 0;
+  if (memory_) retired_.push_back(std::move(memory_));
+  release_retired_memory();
+  resume();
+}
+
+void FsDevice::disconnect() {
+  reset_device();
+  uint64_t requests = 0;
+  for (auto& q : queues_) requests += q->stats->requests.load();
+  spdlog::info("{}: front-end gone ({} requests served); waiting for the next", options_.name,
+               requests);
+}
+
+}  // namespace dpfs::vhost_user

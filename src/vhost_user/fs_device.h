@@ -1,0 +1,118 @@
+// The virtio-fs device over vhost-user: what a tenant's virtio-fs driver
+// talks to when QEMU (or another front-end) connects to our socket.
+//
+// Queue 0 is the hiprio queue (FORGET, INTERRUPT), queues 1..N the request
+// queues (virtio 1.2 §5.11). Each queue belongs to one worker thread, which
+// pops descriptor chains, hands them to the FUSE session as Requests whose
+// iovecs point straight into guest memory (no bounce buffer), pushes the
+// used entries and notifies the guest once per batch.
+//
+// Threads: the vhost-user control thread calls the VhostUserDevice methods;
+// while it changes memory or rings it pauses the workers (a barrier), so
+// the hot path takes no lock. A reply a backend answers later, from another
+// thread, is handed to the owning worker through its completion list.
+//
+// One device per tenant: a broken queue or a disconnect stops only this
+// device's queues; the daemon and other devices keep running.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fuse/session.h"
+#include "transport/unique_fd.h"
+#include "vhost_user/connection.h"
+#include "virtio/guest_memory.h"
+#include "virtio/virtqueue.h"
+
+namespace dpfs::vhost_user {
+
+struct FsDeviceOptions {
+  std::string name = "virtio-fs";  // for logs
+  uint32_t request_queues = 1;     // N: QEMU's num-request-queues
+  unsigned threads = 1;            // workers; queue i belongs to worker i % threads
+  bool poll = false;               // busy-poll the queues instead of sleeping on kicks
+  // Polling: consecutive empty rounds after which a worker sleeps on its
+  // kicks again until the next request.
+  uint32_t poll_idle_rounds = 1u << 16;
+};
+
+// Counters for one queue, readable while the device runs.
+struct QueueStats {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> notifications{0};
+  std::atomic<uint64_t> kicks{0};
+  std::atomic<bool> broken{false};
+};
+
+class FsDevice final : public VhostUserDevice {
+ public:
+  FsDevice(fuse::FuseSession& session, FsDeviceOptions options);
+  FsDevice(const FsDevice&) = delete;
+  FsDevice& operator=(const FsDevice&) = delete;
+  ~FsDevice() override;
+
+  // VhostUserDevice: called by the Connection on the control thread;
+  // 0 or a negative errno.
+  uint64_t features() const override;
+  uint64_t protocol_features() const override;
+  uint32_t queue_num() const override { return uint32_t(queues_.size()); }
+  uint32_t max_mem_slots() const override { return virtio::GuestMemory::kMaxRegions; }
+  int set_features(uint64_t features) override;
+  int set_mem_table(std::vector<MemoryRegionFd> regions) override;
+  int add_mem_reg(MemoryRegionFd region) override;
+  int rem_mem_reg(const MemoryRegion& region) override;
+  int set_vring_num(uint32_t index, uint32_t num) override;
+  int set_vring_addr(uint32_t index, const VringAddr& addr) override;
+  int set_vring_base(uint32_t index, uint32_t base) override;
+  uint32_t get_vring_base(uint32_t index) override;
+  int set_vring_kick(uint32_t index, transport::UniqueFd fd) override;
+  int set_vring_call(uint32_t index, transport::UniqueFd fd) override;
+  int set_vring_err(uint32_t index, transport::UniqueFd fd) override;
+  int set_vring_enable(uint32_t index, bool enable) override;
+  void reset_device() override;
+  void disconnect() override;
+
+  // REQUIRES: index < queue_num().
+  const QueueStats& queue_stats(uint32_t index) const;
+  const FsDeviceOptions& options() const { return options_; }
+
+  class Queue;
+  class Worker;
+
+ private:
+  // Stops every worker from touching queues and memory until resume().
+  void pause();
+  void resume();
+  // Starts queue `index` if it has everything it needs and is enabled.
+  void maybe_start(Queue& q);
+  void stop_queue(Queue& q);
+  // Drops guest memory no request still points into.
+  void release_retired_memory();
+
+  fuse::FuseSession& session_;
+  FsDeviceOptions options_;
+  uint64_t acked_features_ = 0;
+  std::unique_ptr<virtio::GuestMemory> memory_;
+  // Tables replaced while requests were in flight into them.
+  std::vector<std::unique_ptr<virtio::GuestMemory>> retired_;
+  std::vector<std::unique_ptr<Queue>> queues_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  // Requests handed to the session and not yet answered (any queue).
+  std::atomic<uint64_t> pending_{0};
+
+  // The pause barrier between the control thread and the workers.
+  std::mutex pause_mu_;
+  std::condition_variable pause_cv_;
+  std::atomic<bool> pause_requested_{false};  // set under pause_mu_
+  unsigned paused_workers_ = 0;   // guarded by pause_mu_
+  unsigned pause_depth_ = 0;      // control thread only
+};
+
+}  // namespace dpfs::vhost_user
