@@ -32,19 +32,27 @@ constexpr const char* kNotes =
     "Every option may also be set in a TOML file given with --config (see\n"
     "docs/configuration.md); options on the command line override the file.\n"
     "Sizes take K, M, G or T (powers of 1024). Without --fuse-mount and a\n"
-    "configured mount, dpfs serves at /tmp/dpfs, creating it if missing.\n"
-    "Signals: SIGINT, SIGTERM, SIGHUP unmount and exit; SIGUSR1 logs statistics.";
+    "configured mount, dpfs serves at /tmp/dpfs, creating it if missing --\n"
+    "unless a vhost-user socket is configured: then only what is configured.\n"
+    "vhost-user: --vhost-user SOCK serves a virtio-fs device there; boot QEMU with\n"
+    "  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem\n"
+    "  -chardev socket,id=vfs,path=SOCK -device vhost-user-fs-pci,chardev=vfs,tag=TAG\n"
+    "and mount -t virtiofs TAG /mnt in the guest. More tenants: [[device]] tables.\n"
+    "Signals: SIGINT, SIGTERM, SIGHUP unmount, close the sockets and exit;\n"
+    "SIGUSR1 logs statistics.";
 
 }  // namespace
 
 Invocation parse_command_line(const std::vector<std::string>& args) {
-  CLI::App app("dpfs serves file systems to tenants over FUSE.", "dpfs");
+  CLI::App app("dpfs serves file systems to tenants over FUSE and virtio-fs (vhost-user).", "dpfs");
   app.set_version_flag("--version", version_text());
   app.require_subcommand(0, 1);
   app.footer(backends_text() + "\n" + kNotes);
 
   CLI::App* serve = app.add_subcommand(
-      "serve", "Mount a file system through /dev/fuse and serve it until SIGINT or SIGTERM.");
+      "serve",
+      "Serve file systems on a /dev/fuse mount and/or vhost-user sockets until SIGINT or "
+      "SIGTERM.");
   serve->footer(backends_text() + "\n" + kNotes);
   std::string config_file;
   serve->add_option("--config", config_file, "read settings from this TOML file")

@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -101,6 +103,7 @@ constexpr uint64_t kMinMaxWrite = uint64_t(4) << 10;
 constexpr uint64_t kMaxMaxWrite = uint64_t(1) << 20;  // 256 pages: the kernel's FUSE_MAX_MAX_PAGES
 constexpr uint64_t kMinMemfsCapacity = uint64_t(1) << 20;
 constexpr uint64_t kMaxFileSize = uint64_t(INT64_MAX);  // loff_t
+constexpr size_t kMaxSocketPath = 107;
 
 struct Setting {
   SettingInfo info;
@@ -186,7 +189,67 @@ const Setting kSettings[] = {
     {{"fuse.writeback_cache", "--writeback-cache", "BOOL",
       "let the kernel cache writes and send them later, in bulk (default false)"},
      [](Config& cfg, const Value& v) { cfg.fuse.writeback_cache = as_bool(v); }},
+    {{"vhost_user.socket", "--vhost-user", "SOCK",
+      "serve a virtio-fs device on this vhost-user socket, created by dpfs (default: none)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s.empty()) refuse("must not be empty");
+       if (s.find('\0') != std::string::npos) refuse("must not contain NUL");
+       // sockaddr_un::sun_path holds 108 bytes with the terminating NUL.
+       if (s.size() > kMaxSocketPath) {
+         refuse(fmt::format("must be at most {} bytes (sockaddr_un), got {}", kMaxSocketPath,
+                            s.size()));
+       }
+       cfg.vhost_user.socket = s;
+     }},
+    {{"vhost_user.tag", "--tag", "TAG",
+      "the virtio-fs tag the guest mounts (QEMU's vhost-user-fs-pci tag=; default dpfs)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s.empty() || s.size() > DeviceConfig::kMaxTagLength) {
+         refuse(
+             fmt::format("must be 1 to {} bytes, got {}", DeviceConfig::kMaxTagLength, s.size()));
+       }
+       for (const char c : s) {
+         if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-' &&
+             c != ':') {
+           refuse(fmt::format("may hold only letters, digits and . _ - :, got '{}'", s));
+         }
+       }
+       cfg.vhost_user.tag = s;
+     }},
+    {{"vhost_user.request_queues", "--request-queues", "N",
+      "request queues of the virtio-fs device, 1..64; QEMU's num-request-queues (default 1)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < int64_t(DeviceConfig::kMinRequestQueues) ||
+           n > int64_t(DeviceConfig::kMaxRequestQueues)) {
+         refuse(fmt::format("must be between {} and {}, got {}", DeviceConfig::kMinRequestQueues,
+                            DeviceConfig::kMaxRequestQueues, n));
+       }
+       cfg.vhost_user.request_queues = uint32_t(n);
+     }},
+    {{"vhost_user.poll", "--poll", "BOOL",
+      "workers busy-poll the virtqueues instead of sleeping on kicks (default false)"},
+     [](Config& cfg, const Value& v) { cfg.vhost_user.poll = as_bool(v); }},
+    {{"vhost_user.on_disconnect", "--on-disconnect", "wait|exit",
+      "when QEMU goes away: wait for the next one, or exit once every device is done (default "
+      "wait)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s == "wait") {
+         cfg.vhost_user.on_disconnect = OnDisconnect::kWait;
+       } else if (s == "exit") {
+         cfg.vhost_user.on_disconnect = OnDisconnect::kExit;
+       } else {
+         refuse(fmt::format("must be wait or exit, got '{}'", s));
+       }
+     }},
 };
+
+// The [vhost_user] keys a [[device]] table may set for itself (as "socket",
+// "tag", ...); on_disconnect is daemon-wide.
+constexpr std::string_view kDeviceKeys[] = {"socket", "tag", "request_queues", "poll"};
 
 const Setting* find_setting(std::string_view key) {
   for (const Setting& s : kSettings) {
@@ -221,38 +284,93 @@ std::string_view toml_kind(const toml::node& node) {
   }
 }
 
+// A TOML scalar as a Value; ConfigError (via `fail`) for anything else.
+template <typename Fail>
+Value to_value(const toml::node& node, Fail&& fail) {
+  if (node.is_integer()) return node.as_integer()->get();
+  if (node.is_floating_point()) return node.as_floating_point()->get();
+  if (node.is_boolean()) return node.as_boolean()->get();
+  if (node.is_string()) return node.as_string()->get();
+  throw fail(fmt::format("expected a single value, got {}", toml_kind(node)));
+}
+
+// Applies `table`, whose keys are settings under `prefix` ("" at the top).
+// `shown` is what errors call that prefix ("device[1].backend" for a
+// device's "backend").
 void apply_table(Config& cfg, const toml::table& table, const std::string& prefix,
-                 std::string_view source) {
+                 std::string_view source, const std::string& shown);
+
+DeviceConfig parse_device(const toml::table& table, size_t index, std::string_view source) {
+  const std::string name = fmt::format("device[{}]", index);
+  Config scratch;  // the device's settings start from the defaults
   for (auto&& [k, node] : table) {
-    const std::string key =
-        prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    const std::string key(k.str());
     auto fail = [&](std::string_view reason) {
-      return ConfigError(fmt::format("config {}: {}: {}", source, key, reason));
+      return ConfigError(fmt::format("config {}: {}.{}: {}", source, name, key, reason));
     };
+    if (key == "backend") {
+      const toml::table* sub = node.as_table();
+      if (sub == nullptr) throw fail("must be a table ([device.backend])");
+      apply_table(scratch, *sub, "backend", source, name + ".backend");
+      continue;
+    }
+    if (std::find(std::begin(kDeviceKeys), std::end(kDeviceKeys), key) == std::end(kDeviceKeys)) {
+      throw ConfigError(fmt::format(
+          "config {}: unknown key '{}.{}' (a device has socket, tag, request_queues, poll and "
+          "[device.backend])",
+          source, name, key));
+    }
+    const Setting* setting = find_setting("vhost_user." + key);
+    try {
+      setting->set(scratch, to_value(node, fail));
+    } catch (const std::invalid_argument& e) {
+      throw fail(e.what());
+    }
+  }
+  if (scratch.vhost_user.socket.empty()) {
+    throw ConfigError(fmt::format("config {}: {}: socket is required", source, name));
+  }
+  DeviceConfig device;
+  device.socket = scratch.vhost_user.socket;
+  device.tag = scratch.vhost_user.tag;
+  device.request_queues = scratch.vhost_user.request_queues;
+  device.poll = scratch.vhost_user.poll;
+  device.backend = scratch.backend;
+  return device;
+}
+
+void apply_table(Config& cfg, const toml::table& table, const std::string& prefix,
+                 std::string_view source, const std::string& shown) {
+  for (auto&& [k, node] : table) {
+    const std::string name(k.str());
+    const std::string key = prefix.empty() ? name : prefix + "." + name;
+    const std::string shown_key = shown.empty() ? name : shown + "." + name;
+    auto fail = [&](std::string_view reason) {
+      return ConfigError(fmt::format("config {}: {}: {}", source, shown_key, reason));
+    };
+    if (key == "device") {
+      // [[device]]: an array of tables, one per vhost-user device.
+      const toml::array* devices = node.as_array();
+      if (devices == nullptr) throw fail("must be an array of tables ([[device]])");
+      for (size_t i = 0; i < devices->size(); ++i) {
+        const toml::table* entry = devices->get(i)->as_table();
+        if (entry == nullptr) throw fail("must be an array of tables ([[device]])");
+        cfg.devices.push_back(parse_device(*entry, cfg.devices.size(), source));
+      }
+      continue;
+    }
     if (is_table(key)) {
       const toml::table* sub = node.as_table();
       if (sub == nullptr) throw fail("must be a table ([" + key + "])");
-      apply_table(cfg, *sub, key, source);
+      apply_table(cfg, *sub, key, source, shown_key);
       continue;
     }
     const Setting* setting = find_setting(key);
     if (setting == nullptr) {
-      throw ConfigError(fmt::format("config {}: unknown key '{}'", source, key));
-    }
-    Value value;
-    if (node.is_integer()) {
-      value = node.as_integer()->get();
-    } else if (node.is_floating_point()) {
-      value = node.as_floating_point()->get();
-    } else if (node.is_boolean()) {
-      value = node.as_boolean()->get();
-    } else if (node.is_string()) {
-      value = node.as_string()->get();
-    } else {
-      throw fail(fmt::format("expected a single value, got {}", toml_kind(node)));
+      throw ConfigError(fmt::format("config {}: unknown key '{}'", source, shown_key));
     }
     try {
-      setting->set(cfg, value);
+      setting->set(cfg, to_value(node, fail));
     } catch (const std::invalid_argument& e) {
       throw fail(e.what());
     }
@@ -278,7 +396,7 @@ void apply_toml(Config& cfg, std::string_view text, std::string_view source) {
     throw ConfigError(fmt::format("config {}:{}:{}: {}", source, e.source().begin.line,
                                   e.source().begin.column, e.description()));
   }
-  apply_table(cfg, table, "", source);
+  apply_table(cfg, table, "", source, "");
 }
 
 void apply_toml_file(Config& cfg, const std::string& path) {
@@ -311,12 +429,40 @@ void apply_switch(Config& cfg, std::string_view key, bool value) {
 }
 
 void finish(Config& cfg) {
-  if (cfg.fuse.mount.empty()) {
+  const VhostUserConfig& vu = cfg.vhost_user;
+  if (!vu.socket.empty()) {
+    DeviceConfig device;
+    device.socket = vu.socket;
+    device.tag = vu.tag;
+    device.request_queues = vu.request_queues;
+    device.poll = vu.poll;
+    device.backend = cfg.backend;
+    cfg.devices.insert(cfg.devices.begin(), std::move(device));
+  } else if (vu.tag != DeviceConfig::kDefaultTag || vu.request_queues != 1 || vu.poll) {
+    // Like an unknown key: a setting that would silently do nothing.
+    throw ConfigError(
+        "vhost_user.tag, request_queues and poll (--tag, --request-queues, --poll) need "
+        "vhost_user.socket (--vhost-user SOCK)");
+  }
+  for (size_t i = 0; i < cfg.devices.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (cfg.devices[i].socket == cfg.devices[j].socket) {
+        throw ConfigError(
+            fmt::format("two vhost-user devices on one socket: {}", cfg.devices[i].socket));
+      }
+    }
+  }
+  // Without any transport configured, the default job: FUSE at /tmp/dpfs.
+  if (cfg.fuse.mount.empty() && cfg.devices.empty()) {
     cfg.fuse.mount = Config::kDefaultMount;
     cfg.fuse.mount_is_default = true;
   }
   cfg.backend.entry_timeout = cfg.fuse.entry_timeout;
   cfg.backend.attr_timeout = cfg.fuse.attr_timeout;
+  for (DeviceConfig& device : cfg.devices) {
+    device.backend.entry_timeout = cfg.fuse.entry_timeout;
+    device.backend.attr_timeout = cfg.fuse.attr_timeout;
+  }
 }
 
 uint64_t parse_size(std::string_view text) {

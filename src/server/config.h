@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "backend/factory.h"
 
@@ -41,6 +42,38 @@ struct FuseConfig {
   bool writeback_cache = false;
 };
 
+// What the daemon does when a vhost-user front-end (QEMU) goes away.
+enum class OnDisconnect {
+  kWait,  // accept the next front-end on the same socket; the backend keeps its data
+  kExit,  // stop serving that device; the daemon exits 0 once every transport is done
+};
+
+// One virtio-fs device over vhost-user: a tenant. Each has its own socket,
+// FUSE session and backend instance (two memfs devices are two file systems).
+struct DeviceConfig {
+  static constexpr uint32_t kMinRequestQueues = 1;
+  static constexpr uint32_t kMaxRequestQueues = 64;
+  // virtio 1.2 §5.11.4: the tag field of the device configuration is 36 bytes.
+  static constexpr size_t kMaxTagLength = 36;
+  static constexpr const char* kDefaultTag = "dpfs";
+
+  std::string socket;  // the vhost-user socket path, created by dpfs
+  std::string tag = kDefaultTag;
+  uint32_t request_queues = 1;
+  bool poll = false;
+  BackendConfig backend;
+};
+
+// The [vhost_user] table and its flags: one device served with the
+// top-level [backend], plus what applies to every device.
+struct VhostUserConfig {
+  std::string socket;  // empty: no [vhost_user] device
+  std::string tag = DeviceConfig::kDefaultTag;
+  uint32_t request_queues = 1;
+  bool poll = false;
+  OnDisconnect on_disconnect = OnDisconnect::kWait;  // every device
+};
+
 struct Config {
   static constexpr unsigned kMinThreads = 1;
   static constexpr unsigned kMaxThreads = 256;
@@ -50,7 +83,13 @@ struct Config {
   unsigned threads = 2;
   spdlog::level::level_enum log_level = spdlog::level::info;
   BackendConfig backend;
+  // fuse.mount is empty after finish() when only vhost-user devices are
+  // configured: then there is no FUSE mount.
   FuseConfig fuse;
+  VhostUserConfig vhost_user;
+  // Every vhost-user device: after finish(), the [vhost_user] one (if a
+  // socket is set) first, then the [[device]] tables in file order.
+  std::vector<DeviceConfig> devices;
 };
 
 // One setting: its key in the TOML file, its flag, and what it means.
@@ -77,8 +116,10 @@ void apply_flag(Config& cfg, std::string_view key, std::string_view value);
 // --no-writeback-cache).
 void apply_switch(Config& cfg, std::string_view key, bool value);
 
-// Checks what no single setting can: a backend's argument, for one. Fills in
-// the default mount point. Throws ConfigError.
+// Checks what no single setting can: a backend's argument, for one; two
+// devices on one socket; vhost-user options without a socket. Adds the
+// [vhost_user] device to `devices`. Fills in the default mount point when
+// neither a mount nor a vhost-user socket is configured. Throws ConfigError.
 void finish(Config& cfg);
 
 // "1G" -> 1073741824. A size is a number of bytes, optionally followed by

@@ -7,33 +7,24 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <system_error>
+#include <vector>
 
 #include "backend/factory.h"
 #include "fuse/session.h"
 #include "server/signals.h"
 #include "server/stats.h"
 #include "server/version.h"
+#include "server/vhost_user_server.h"
 #include "transport/fuse_dev.h"
 
 namespace dpfs::server {
 namespace {
-
-std::string describe_backend(const BackendConfig& b) {
-  if (b.type == "memfs") {
-    return fmt::format("memfs (capacity {}, max_inodes {})", format_size(b.memfs.capacity_bytes),
-                       b.memfs.max_inodes);
-  }
-  if (b.type == "null") {
-    return fmt::format("null (file_size {}{})", format_size(b.null.file_size),
-                       b.null.direct_io ? ", direct_io" : "");
-  }
-  return b.arg.empty() ? b.type : b.type + ":" + b.arg;
-}
 
 // The objects that serve one mount. The backend is built first, so that
 // a backend that cannot start fails before anything is mounted; the mount
@@ -92,51 +83,102 @@ class Daemon {
   std::unique_ptr<transport::FuseDevice> device_;
 };
 
+transport::UniqueFd make_eventfd() {
+  transport::UniqueFd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!fd) throw std::system_error(errno, std::generic_category(), "eventfd");
+  return fd;
+}
+
+// A callback that makes `fd` readable; called from other threads.
+std::function<void()> notifier(int fd) {
+  return [fd] {
+    const uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = ::write(fd, &one, sizeof(one));
+  };
+}
+
+void drain(int fd) {
+  uint64_t value;
+  [[maybe_unused]] const ssize_t n = ::read(fd, &value, sizeof(value));
+}
+
 }  // namespace
 
 int serve(const Config& cfg) {
   SignalFd signals({SIGINT, SIGTERM, SIGHUP, SIGUSR1});
-  // Written by a worker that stops by itself (unmounted from outside).
-  transport::UniqueFd stopped(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!stopped) throw std::system_error(errno, std::generic_category(), "eventfd");
-  const int stopped_fd = stopped.get();
+  // Written by a FUSE worker that stops by itself (unmounted from outside).
+  const transport::UniqueFd fuse_stopped = make_eventfd();
+  // Written by a vhost-user device whose control thread ended by itself.
+  const transport::UniqueFd device_done = make_eventfd();
 
-  Daemon daemon(cfg, [stopped_fd] {
-    const uint64_t one = 1;
-    [[maybe_unused]] const ssize_t n = ::write(stopped_fd, &one, sizeof(one));
-  });
+  // Every socket is bound and every backend built before anything is
+  // mounted: a start-up failure leaves nothing behind.
+  std::vector<std::unique_ptr<VhostUserServer>> devices;
+  for (const DeviceConfig& d : cfg.devices) {
+    devices.push_back(std::make_unique<VhostUserServer>(d, cfg, notifier(device_done.get())));
+  }
+  std::unique_ptr<Daemon> fuse;
+  if (!cfg.fuse.mount.empty()) fuse = std::make_unique<Daemon>(cfg, notifier(fuse_stopped.get()));
+  for (auto& d : devices) {
+    d->start();
+    spdlog::info("{}: boot a guest with QEMU options: {}", d->name(), d->qemu_options());
+    spdlog::info("{}: in the guest: mount -t virtiofs {} /mnt", d->name(), d->tag());
+  }
 
+  auto all_devices_done = [&] {
+    return std::all_of(devices.begin(), devices.end(), [](const auto& d) { return d->done(); });
+  };
+  bool fuse_serving = fuse != nullptr;
   int status = 0;
   for (;;) {
-    pollfd fds[2] = {{signals.fd(), POLLIN, 0}, {stopped_fd, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+    if (!fuse_serving && all_devices_done()) {
+      spdlog::info("every transport is done; stopping");
+      break;
+    }
+    pollfd fds[3] = {
+        {signals.fd(), POLLIN, 0}, {fuse_stopped.get(), POLLIN, 0}, {device_done.get(), POLLIN, 0}};
+    if (::poll(fds, 3, -1) < 0) {
       if (errno == EINTR) continue;
       spdlog::error("waiting for signals: {}", std::strerror(errno));
       status = 1;
       break;
     }
     if (fds[1].revents & POLLIN) {
-      if (daemon.failed()) {
-        spdlog::error("serving {} failed; stopping", daemon.mount_point());
-        status = 1;
-      } else {
-        spdlog::info("{} was unmounted or its connection closed; stopping", daemon.mount_point());
+      drain(fuse_stopped.get());
+      if (fuse_serving) {
+        if (fuse->failed()) {
+          spdlog::error("serving {} failed", fuse->mount_point());
+          status = 1;
+        } else {
+          spdlog::info("{} was unmounted or its connection closed", fuse->mount_point());
+        }
+        fuse->shutdown();
+        fuse_serving = false;
+        if (!all_devices_done()) spdlog::info("the vhost-user devices keep serving");
       }
-      break;
+    }
+    if (fds[2].revents & POLLIN) {
+      drain(device_done.get());
+      for (const auto& d : devices) {
+        if (d->done() && d->failed()) status = 1;
+      }
     }
     if (fds[0].revents & POLLIN) {
       const int sig = signals.take();
       if (sig == 0) continue;
       if (sig == SIGUSR1) {
-        log_stats(daemon.session(), "stats");
+        if (fuse) log_stats(fuse->session(), "stats");
+        for (const auto& d : devices) log_stats(d->session(), (d->name() + ": stats").c_str());
         continue;
       }
       spdlog::info("SIG{}: shutting down", sigabbrev_np(sig));
       break;
     }
   }
-  daemon.shutdown();
-  log_stats(daemon.session(), "totals");
+  if (fuse) fuse->shutdown();
+  for (auto& d : devices) d->stop();
+  if (fuse) log_stats(fuse->session(), "totals");
+  for (const auto& d : devices) log_stats(d->session(), (d->name() + ": totals").c_str());
   return status;
 }
 

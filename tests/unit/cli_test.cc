@@ -92,6 +92,28 @@ TEST(Cli, ServeFlags) {
   EXPECT_EQ(c.backend.memfs.max_inodes, 77u);
 }
 
+TEST(Cli, VhostUserFlags) {
+  const Invocation inv =
+      parse_command_line({"serve", "--vhost-user", "/tmp/x.sock", "--tag", "vmfs",
+                          "--request-queues", "2", "--poll", "--on-disconnect", "exit"});
+  const Config& c = inv.config;
+  EXPECT_EQ(c.fuse.mount, "");  // vhost-user only: no FUSE mount
+  ASSERT_EQ(c.devices.size(), 1u);
+  EXPECT_EQ(c.devices[0].socket, "/tmp/x.sock");
+  EXPECT_EQ(c.devices[0].tag, "vmfs");
+  EXPECT_EQ(c.devices[0].request_queues, 2u);
+  EXPECT_TRUE(c.devices[0].poll);
+  EXPECT_EQ(c.vhost_user.on_disconnect, OnDisconnect::kExit);
+
+  const Invocation both =
+      parse_command_line({"serve", "--vhost-user", "/tmp/x.sock", "--fuse-mount", "/tmp/dpfs"});
+  EXPECT_EQ(both.config.fuse.mount, "/tmp/dpfs");
+  EXPECT_EQ(both.config.devices.size(), 1u);
+  EXPECT_EQ(usage_error({"serve", "--tag", "x"}),
+            "config error: vhost_user.tag, request_queues and poll (--tag, --request-queues, "
+            "--poll) need vhost_user.socket (--vhost-user SOCK)");
+}
+
 TEST(Cli, FlagsOverrideTheConfigFile) {
   TempConfig file(
       "threads = 3\n[backend]\ntype = \"null\"\n[fuse]\nmount = \"/from/file\"\n"
@@ -166,6 +188,7 @@ TEST(Cli, HelpDocumentsEveryOption) {
       EXPECT_THAT(text, HasSubstr(std::string(s.key))) << s.key;
     }
     EXPECT_THAT(text, HasSubstr("--no-writeback-cache"));
+    EXPECT_THAT(text, HasSubstr("vhost-user-fs-pci"));
     EXPECT_THAT(text, HasSubstr("null"));
   }
   EXPECT_THAT(top.text, HasSubstr("version"));

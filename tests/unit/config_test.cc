@@ -265,6 +265,180 @@ TEST(Config, FlagsUseTheSameChecks) {
   EXPECT_EQ(flag_error("fuse.mount", ""), "--fuse-mount: must not be empty");
 }
 
+// The ConfigError that finish() throws after applying `toml`, or "".
+std::string finish_error(const std::string& toml) {
+  Config cfg;
+  try {
+    apply_toml(cfg, toml, "test.toml");
+    finish(cfg);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, VhostUserDefaultsToNone) {
+  Config cfg;
+  finish(cfg);
+  EXPECT_TRUE(cfg.devices.empty());
+  EXPECT_EQ(cfg.vhost_user.on_disconnect, OnDisconnect::kWait);
+  EXPECT_EQ(cfg.fuse.mount, "/tmp/dpfs");  // the default job stays FUSE
+}
+
+TEST(Config, VhostUserFromToml) {
+  Config cfg;
+  apply_toml(cfg, R"(
+[backend]
+type = "null"
+[vhost_user]
+socket = "/run/dpfs/vm1.sock"
+tag = "vm1fs"
+request_queues = 4
+poll = true
+on_disconnect = "exit"
+)",
+             "test.toml");
+  finish(cfg);
+  // Only vhost-user is configured: no FUSE mount.
+  EXPECT_EQ(cfg.fuse.mount, "");
+  EXPECT_FALSE(cfg.fuse.mount_is_default);
+  ASSERT_EQ(cfg.devices.size(), 1u);
+  const DeviceConfig& d = cfg.devices[0];
+  EXPECT_EQ(d.socket, "/run/dpfs/vm1.sock");
+  EXPECT_EQ(d.tag, "vm1fs");
+  EXPECT_EQ(d.request_queues, 4u);
+  EXPECT_TRUE(d.poll);
+  EXPECT_EQ(d.backend.type, "null");  // the [vhost_user] device serves [backend]
+  EXPECT_EQ(cfg.vhost_user.on_disconnect, OnDisconnect::kExit);
+}
+
+TEST(Config, VhostUserAndFuseTogether) {
+  Config cfg;
+  apply_flag(cfg, "vhost_user.socket", "/tmp/dpfs.sock");
+  apply_flag(cfg, "fuse.mount", "/tmp/dpfs");
+  finish(cfg);
+  EXPECT_EQ(cfg.fuse.mount, "/tmp/dpfs");
+  ASSERT_EQ(cfg.devices.size(), 1u);
+  EXPECT_EQ(cfg.devices[0].tag, "dpfs");
+  EXPECT_EQ(cfg.devices[0].request_queues, 1u);
+  EXPECT_FALSE(cfg.devices[0].poll);
+}
+
+TEST(Config, VhostUserValues) {
+  EXPECT_EQ(flag_error("vhost_user.request_queues", "0"),
+            "--request-queues: must be between 1 and 64, got 0");
+  EXPECT_EQ(flag_error("vhost_user.request_queues", "65"),
+            "--request-queues: must be between 1 and 64, got 65");
+  EXPECT_EQ(flag_error("vhost_user.request_queues", "64"), "");
+  EXPECT_EQ(flag_error("vhost_user.tag", ""), "--tag: must be 1 to 36 bytes, got 0");
+  EXPECT_EQ(flag_error("vhost_user.tag", std::string(37, 'a')),
+            "--tag: must be 1 to 36 bytes, got 37");
+  EXPECT_EQ(flag_error("vhost_user.tag", std::string(36, 'a')), "");
+  EXPECT_EQ(flag_error("vhost_user.tag", "a,b"),
+            "--tag: may hold only letters, digits and . _ - :, got 'a,b'");
+  EXPECT_EQ(flag_error("vhost_user.socket", ""), "--vhost-user: must not be empty");
+  EXPECT_EQ(flag_error("vhost_user.socket", "/" + std::string(107, 's')),
+            "--vhost-user: must be at most 107 bytes (sockaddr_un), got 108");
+  EXPECT_EQ(flag_error("vhost_user.on_disconnect", "retry"),
+            "--on-disconnect: must be wait or exit, got 'retry'");
+  EXPECT_EQ(flag_error("vhost_user.poll", "maybe"), "--poll: must be true or false, got 'maybe'");
+  EXPECT_EQ(toml_error("[vhost_user]\nrequest_queues = \"x\"\n"),
+            "config test.toml: vhost_user.request_queues: must be an integer, got 'x'");
+  EXPECT_EQ(toml_error("[vhost_user]\nsockett = \"/x\"\n"),
+            "config test.toml: unknown key 'vhost_user.sockett'");
+}
+
+TEST(Config, VhostUserOptionsNeedASocket) {
+  const std::string want =
+      "vhost_user.tag, request_queues and poll (--tag, --request-queues, --poll) need "
+      "vhost_user.socket (--vhost-user SOCK)";
+  EXPECT_EQ(finish_error("[vhost_user]\ntag = \"x\"\n"), want);
+  EXPECT_EQ(finish_error("[vhost_user]\nrequest_queues = 2\n"), want);
+  EXPECT_EQ(finish_error("[vhost_user]\npoll = true\n"), want);
+  // on_disconnect alone is harmless: it applies to [[device]] tables too.
+  EXPECT_EQ(finish_error("[vhost_user]\non_disconnect = \"exit\"\n"), "");
+}
+
+TEST(Config, SeveralDevices) {
+  Config cfg;
+  apply_toml(cfg, R"(
+[vhost_user]
+socket = "/tmp/main.sock"
+
+[[device]]
+socket = "/tmp/a.sock"
+tag = "tenant-a"
+request_queues = 2
+[device.backend]
+type = "memfs"
+memfs.capacity = "64M"
+
+[[device]]
+socket = "/tmp/b.sock"
+poll = true
+[device.backend]
+type = "null"
+[device.backend.null]
+file_size = "1G"
+direct_io = true
+
+[fuse]
+entry_timeout = 0.5
+)",
+             "test.toml");
+  finish(cfg);
+  EXPECT_EQ(cfg.fuse.mount, "");  // vhost-user only
+  ASSERT_EQ(cfg.devices.size(), 3u);
+  EXPECT_EQ(cfg.devices[0].socket, "/tmp/main.sock");
+  EXPECT_EQ(cfg.devices[0].backend.type, "memfs");
+
+  const DeviceConfig& a = cfg.devices[1];
+  EXPECT_EQ(a.socket, "/tmp/a.sock");
+  EXPECT_EQ(a.tag, "tenant-a");
+  EXPECT_EQ(a.request_queues, 2u);
+  EXPECT_FALSE(a.poll);
+  EXPECT_EQ(a.backend.type, "memfs");
+  EXPECT_EQ(a.backend.memfs.capacity_bytes, 64ull << 20);
+  EXPECT_DOUBLE_EQ(a.backend.entry_timeout, 0.5);
+
+  const DeviceConfig& b = cfg.devices[2];
+  EXPECT_EQ(b.socket, "/tmp/b.sock");
+  EXPECT_EQ(b.tag, "dpfs");
+  EXPECT_EQ(b.request_queues, 1u);
+  EXPECT_TRUE(b.poll);
+  EXPECT_EQ(b.backend.type, "null");
+  EXPECT_EQ(b.backend.null.file_size, 1ull << 30);
+  EXPECT_TRUE(b.backend.null.direct_io);
+  // A device's backend starts from the defaults, not from [backend].
+  EXPECT_EQ(b.backend.memfs.capacity_bytes, 1ull << 30);
+}
+
+TEST(Config, DeviceErrors) {
+  EXPECT_EQ(toml_error("[[device]]\ntag = \"x\"\n"),
+            "config test.toml: device[0]: socket is required");
+  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\nfoo = 1\n"),
+            "config test.toml: unknown key 'device[0].foo' (a device has socket, tag, "
+            "request_queues, poll and [device.backend])");
+  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\non_disconnect = \"exit\"\n"),
+            "config test.toml: unknown key 'device[0].on_disconnect' (a device has socket, tag, "
+            "request_queues, poll and [device.backend])");
+  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[[device]]\nsocket = \"/b\"\n"
+                       "request_queues = 0\n"),
+            "config test.toml: device[1].request_queues: must be between 1 and 64, got 0");
+  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[device.backend]\ntype = \"zfs\"\n"),
+            "config test.toml: device[0].backend.type: unknown backend 'zfs' (known: memfs, null)");
+  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[device.backend.memfs]\ncap = 1\n"),
+            "config test.toml: unknown key 'device[0].backend.memfs.cap'");
+  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\nbackend = 3\n"),
+            "config test.toml: device[0].backend: must be a table ([device.backend])");
+  EXPECT_EQ(toml_error("device = 3\n"),
+            "config test.toml: device: must be an array of tables ([[device]])");
+  EXPECT_EQ(toml_error("device = [1, 2]\n"),
+            "config test.toml: device: must be an array of tables ([[device]])");
+  EXPECT_EQ(finish_error("[vhost_user]\nsocket = \"/a\"\n[[device]]\nsocket = \"/a\"\n"),
+            "two vhost-user devices on one socket: /a");
+}
+
 TEST(Config, FlagsOverrideTheFile) {
   Config cfg;
   apply_toml(cfg, "threads = 4\n[fuse]\nmount = \"/from/file\"\nwriteback_cache = true\n", "t");

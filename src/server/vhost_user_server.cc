@@ -1,0 +1,173 @@
+#include "server/vhost_user_server.h"
+
+#include <fmt/format.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <system_error>
+
+#include "backend/factory.h"
+#include "vhost_user/connection.h"
+
+namespace dpfs::server {
+
+std::string describe_backend(const BackendConfig& b) {
+  if (b.type == "memfs") {
+    return fmt::format("memfs (capacity {}, max_inodes {})", format_size(b.memfs.capacity_bytes),
+                       b.memfs.max_inodes);
+  }
+  if (b.type == "null") {
+    return fmt::format("null (file_size {}{})", format_size(b.null.file_size),
+                       b.null.direct_io ? ", direct_io" : "");
+  }
+  return b.arg.empty() ? b.type : b.type + ":" + b.arg;
+}
+
+VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
+                                 std::function<void()> on_done)
+    : config_(device),
+      on_disconnect_(cfg.vhost_user.on_disconnect),
+      on_done_(std::move(on_done)),
+      name_(fmt::format("vhost-user {} ({})", device.tag, device.socket)),
+      backend_(make_backend(device.backend)) {
+  fuse::SessionOptions options;
+  options.max_write = cfg.fuse.max_write;
+  options.entry_timeout = cfg.fuse.entry_timeout;
+  options.attr_timeout = cfg.fuse.attr_timeout;
+  options.writeback_cache = cfg.fuse.writeback_cache;
+  options.name = "virtio-fs " + device.tag;
+  session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
+
+  // Bind before starting workers: a socket that cannot be used is the most
+  // likely start-up failure, and it says so in one line.
+  listener_ = std::make_unique<vhost_user::Listener>(device.socket);
+
+  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
+
+  vhost_user::FsDeviceOptions dev;
+  dev.name = "virtio-fs " + device.tag;
+  dev.request_queues = device.request_queues;
+  // One worker per queue at most (the hiprio queue counts): more would idle.
+  dev.threads = std::min<unsigned>(cfg.threads, device.request_queues + 1);
+  dev.poll = device.poll;
+  device_ = std::make_unique<vhost_user::FsDevice>(*session_, dev);
+
+  spdlog::info("{}: serving {}: {} request queue{}, {} worker{}{}, on disconnect: {}", name_,
+               describe_backend(device.backend), device.request_queues,
+               device.request_queues == 1 ? "" : "s", dev.threads, dev.threads == 1 ? "" : "s",
+               device.poll ? ", busy-polling" : "",
+               on_disconnect_ == OnDisconnect::kWait ? "wait for the next front-end" : "exit");
+}
+
+VhostUserServer::~VhostUserServer() { stop(); }
+
+std::string VhostUserServer::qemu_options() const {
+  std::string dev = fmt::format("vhost-user-fs-pci,chardev=vfs,tag={}", config_.tag);
+  if (config_.request_queues != 1) {
+    dev += fmt::format(",num-request-queues={}", config_.request_queues);
+  }
+  // vhost-user needs the guest's memory shared with dpfs (a memfd).
+  return fmt::format(
+      "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem "
+      "-chardev socket,id=vfs,path={} -device {}",
+      config_.socket, dev);
+}
+
+void VhostUserServer::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void VhostUserServer::stop() {
+  if (!stopping_.exchange(true) && stop_fd_) {
+    const uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = ::write(stop_fd_.get(), &one, sizeof(one));
+  }
+  if (thread_.joinable()) thread_.join();
+  // The connection is closed (device.disconnect() stopped its queues). A
+  // backend may still hold replies (a SETLKW waiter); its destructor answers
+  // them through the device: so the backend goes first, then the device
+  // (which joins its workers), then the socket.
+  backend_.reset();
+  device_.reset();
+  listener_.reset();
+}
+
+bool VhostUserServer::wait_readable(int fd) {
+  for (;;) {
+    pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("{}: poll: {}", name_, std::strerror(errno));
+      return false;
+    }
+    if (fds[1].revents != 0) return false;
+    if (fds[0].revents != 0) return true;
+  }
+}
+
+void VhostUserServer::run() {
+  spdlog::info("{}: waiting for a front-end", name_);
+  unsigned connections = 0;
+  unsigned accept_errors = 0;
+  while (!stopping_.load(std::memory_order_acquire)) {
+    if (!wait_readable(listener_->fd())) break;
+    transport::UniqueFd socket = listener_->try_accept();
+    if (!socket) {
+      // try_accept logged it. A front-end that gave up before we accepted
+      // is harmless; a listening socket that keeps failing is not.
+      if (++accept_errors >= 100) {
+        spdlog::error("{}: accepting keeps failing; this device stops", name_);
+        failed_.store(true, std::memory_order_release);
+        break;
+      }
+      continue;
+    }
+    accept_errors = 0;
+    serve_connection(std::move(socket), ++connections);
+    if (stopping_.load(std::memory_order_acquire)) break;
+    if (on_disconnect_ == OnDisconnect::kExit) {
+      spdlog::info("{}: done (on_disconnect = exit)", name_);
+      break;
+    }
+    spdlog::info("{}: waiting for the next front-end", name_);
+  }
+  if (!stopping_.load(std::memory_order_acquire)) {
+    done_.store(true, std::memory_order_release);
+    if (on_done_) on_done_();
+  }
+}
+
+void VhostUserServer::serve_connection(transport::UniqueFd socket, unsigned number) {
+  spdlog::info("{}: front-end connected (connection {})", name_, number);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool by_us = false;
+  {
+    vhost_user::Connection conn(std::move(socket), *device_,
+                                fmt::format("{} ({}) #{}", config_.tag, config_.socket, number));
+    for (;;) {
+      if (!wait_readable(conn.fd())) {
+        conn.close();  // shutdown: device.disconnect() stops its queues
+        by_us = true;
+        break;
+      }
+      if (!conn.on_readable()) break;  // the front-end went away (or broke the protocol: logged)
+    }
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("{}: front-end {} (connection {}, {:.1f}s)", name_,
+               by_us ? "disconnected by shutdown" : "disconnected", number, secs);
+  // A guest that went away without unmounting never sent DESTROY: its
+  // kernel's lookups and open files die with it. Forget them, as a DESTROY
+  // would, so the next guest starts clean (memfs keeps the files). The
+  // device's queues are stopped, so nothing else calls the backend now.
+  if (session_->initialized()) backend_->destroy();
+}
+
+}  // namespace dpfs::server

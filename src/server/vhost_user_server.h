@@ -1,0 +1,87 @@
+// One vhost-user device served by the daemon: a tenant's socket, with the
+// backend, FUSE session and virtio-fs device behind it, and the control
+// thread that accepts front-ends (QEMU) one after another.
+//
+//   VhostUserServer server(device_cfg, cfg, on_done);   // binds the socket
+//   server.start();                                     // control thread
+//   ...
+//   server.stop();                                      // or the destructor
+//
+// The control thread: accept a front-end, serve its vhost-user messages
+// (Connection) until it goes away, log the disconnect, then accept the next
+// one (OnDisconnect::kWait) or end (kExit). The backend outlives connections:
+// a guest that reconnects (a new QEMU, the same socket) finds its files.
+// A broken connection or queue ends only this device's connection; other
+// devices and the FUSE mount carry on.
+//
+// Not thread-safe: constructed, started and stopped by the main thread.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "backend/backend.h"
+#include "fuse/session.h"
+#include "server/config.h"
+#include "transport/unique_fd.h"
+#include "vhost_user/fs_device.h"
+#include "vhost_user/listener.h"
+
+namespace dpfs::server {
+
+class VhostUserServer {
+ public:
+  // Builds the backend (throws std::invalid_argument and whatever the
+  // backend throws), the session and the device, and binds the socket
+  // (throws vhost_user::ListenError, one line). `cfg` gives what every
+  // transport shares (threads, the FUSE session options, on_disconnect).
+  // `on_done` is called on the control thread when it ends by itself
+  // (kExit after a disconnect, or an unrecoverable accept error).
+  VhostUserServer(const DeviceConfig& device, const Config& cfg, std::function<void()> on_done);
+  VhostUserServer(const VhostUserServer&) = delete;
+  VhostUserServer& operator=(const VhostUserServer&) = delete;
+  ~VhostUserServer();
+
+  void start();
+  // Closes the connection (if any), ends the control thread, destroys the
+  // device (joining its workers) and unlinks the socket. Idempotent.
+  void stop();
+
+  // True once the control thread has ended by itself (see on_done).
+  bool done() const { return done_.load(std::memory_order_acquire); }
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
+  const fuse::FuseSession& session() const { return *session_; }
+  // "vhost-user dpfs (/tmp/dpfs.sock)", for logs.
+  const std::string& name() const { return name_; }
+  const std::string& tag() const { return config_.tag; }
+
+  // The QEMU options that attach a guest to this device, for the operator.
+  std::string qemu_options() const;
+
+ private:
+  void run();                  // the control thread
+  bool wait_readable(int fd);  // false: stop was requested
+  void serve_connection(transport::UniqueFd socket, unsigned number);
+
+  DeviceConfig config_;
+  OnDisconnect on_disconnect_;
+  std::function<void()> on_done_;
+  std::string name_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<fuse::FuseSession> session_;
+  std::unique_ptr<vhost_user::FsDevice> device_;
+  std::unique_ptr<vhost_user::Listener> listener_;
+  transport::UniqueFd stop_fd_;  // eventfd: readable once stop() is called
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> done_{false};
+  std::atomic<bool> failed_{false};
+};
+
+// Describes a backend configuration for logs: "memfs (capacity 1G, ...)".
+std::string describe_backend(const BackendConfig& b);
+
+}  // namespace dpfs::server
