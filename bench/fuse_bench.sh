@@ -20,6 +20,8 @@
 #   RUNTIME=10        seconds per fio job
 #   REPEAT=1          rounds over all daemons; the report takes, for each
 #                     daemon and job, the round with the median IOPS
+#   QUIET_WAIT=60     before each job, wait up to this many seconds for the
+#                     machine to be idle (others using under a quarter of a CPU)
 #   THREADS=$(nproc)  dpfs --threads
 #   BUILD=build       dpfs build directory (a Release build is made there
 #                     unless SKIP_BUILD=1)
@@ -31,6 +33,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNTIME=${RUNTIME:-10}
 REPEAT=${REPEAT:-1}
+QUIET_WAIT=${QUIET_WAIT:-60}
 THREADS=${THREADS:-$(nproc)}
 BUILD=${BUILD:-$ROOT/build}
 [[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
@@ -221,10 +224,28 @@ start_target() {
 }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# CPU time spent by everything on the machine (user, nice, system, irq,
+# softirq of all CPUs), in ticks.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+
+# Waits (up to QUIET_WAIT s) until the machine spends under a quarter of a
+# CPU in one second: other work running during a job skews it.
+wait_quiet() {
+  local waited=0 b1 b2 hz
+  hz=$(getconf CLK_TCK)
+  while ((waited < QUIET_WAIT)); do
+    b1=$(busy_ticks)
+    sleep 1
+    b2=$(busy_ticks)
+    (((b2 - b1) * 4 < hz)) && return 0
+    waited=$((waited + 1))
+  done
+  log "the machine is still busy after ${QUIET_WAIT} s; measuring anyway"
+}
 
 # Runs every fio job on the mounted target; results in $RESULTS/round$2.
 run_jobs() {
-  local target=$1 dir=$RESULTS/round$2 job name args before after
+  local target=$1 dir=$RESULTS/round$2 job name args before after busy_before busy_after
   mkdir -p "$dir"
   for job in "${JOBS[@]}"; do
     name=${job%%|*}
@@ -232,14 +253,17 @@ run_jobs() {
     kill -0 "$DAEMON_PID" 2>/dev/null || die "the $target daemon died"
     # shellcheck disable=SC2086
     local fio_cmd="fio --name=$name --filename=FILE --size=SIZE $args $FIO_COMMON"
+    wait_quiet
     before=$(cpu_ticks "$DAEMON_PID")
+    busy_before=$(busy_ticks)
     # shellcheck disable=SC2086
     fio --name="$name" --filename="$FILE" --size="$SIZE" $args $FIO_COMMON \
       >"$dir/$target.$name.json" 2>"$dir/$target.$name.err" ||
       { cat "$dir/$target.$name.err" >&2; die "fio $name on $target"; }
     after=$(cpu_ticks "$DAEMON_PID")
+    busy_after=$(busy_ticks)
     echo "$((after - before))" >"$dir/$target.$name.cpu"
-    cut -d' ' -f1 /proc/loadavg >"$dir/$target.$name.load"
+    echo "$((busy_after - busy_before))" >"$dir/$target.$name.busy"
     echo "$fio_cmd" >"$RESULTS/$name.fiocmd"
     log "$target $name: $(python3 -c '
 import json, sys
@@ -302,7 +326,11 @@ def load_round(target, job, rnd):
         "ios": ios,
         "cpu_us": cpu_s * 1e6 / ios if ios else float("nan"),
         "cores": cpu_s / runtime_s if runtime_s else float("nan"),
-        "load": float(open(f"{base}.load").read()),
+        # CPU the rest of the machine used during the job, in cores: all
+        # busy time less the daemon's and fio's own.
+        "others": max(0.0, (int(open(f"{base}.busy").read()) / clk - cpu_s
+                            - (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * runtime_s) / runtime_s)
+                  if runtime_s else float("nan"),
     }
 
 # The round with the median IOPS, all its numbers together.
@@ -373,20 +401,21 @@ L.append("")
 L.append("## Results")
 L.append("")
 L.append("Latency is fio's total latency (submission to completion) per I/O.")
-L.append("Daemon cores: daemon CPU seconds per second of the job. Load: the 1-minute")
-L.append("load average when the job ended (fio and the daemon account for about 1-2).")
+L.append("Daemon cores: daemon CPU seconds per second of the job. Others: CPU the rest")
+L.append("of the machine used meanwhile (all busy time in /proc/stat less the daemon's")
+L.append("and fio's), in cores; anything but about 0 means the job shared the CPUs.")
 if rounds > 1:
     L.append(f"Each row is the round with the median IOPS of {rounds} rounds; IOPS range")
     L.append("gives the lowest and highest of all rounds.")
 L.append("")
 L.append("| daemon | job | IOPS | MB/s | mean lat (µs) | p99 lat (µs) | daemon CPU µs/IO "
-         "| daemon cores | load |" + (" IOPS range |" if rounds > 1 else ""))
+         "| daemon cores | others |" + (" IOPS range |" if rounds > 1 else ""))
 L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|" + ("--:|" if rounds > 1 else ""))
 for j in jobs:
     for t in targets:
         x = r[(t, j)]
         row = (f"| {t} | {j} | {x['iops']:,.0f} | {x['mbs']:,.1f} | {x['mean_us']:.1f} | "
-               f"{x['p99_us']:.1f} | {x['cpu_us']:.2f} | {x['cores']:.2f} | {x['load']:.1f} |")
+               f"{x['p99_us']:.1f} | {x['cpu_us']:.2f} | {x['cores']:.2f} | {x['others']:.2f} |")
         if rounds > 1:
             row += f" {x['spread'][0]:,.0f}-{x['spread'][1]:,.0f} |"
         L.append(row)
