@@ -1,0 +1,436 @@
+// Real guests over virtio-fs: a dpfs daemon serving memfs on a vhost-user
+// socket, and QEMU guests (tests/guest/run-guest.sh: Debian's kernel, a
+// busybox initramfs, TCG) that mount it and run workloads.
+//
+// What is checked: the guest's exit status and its output (every workload
+// check passed); what the guest wrote, from the host's side (the md5 of
+// pattern files the host can produce itself, read back by the guest that
+// wrote them and by a later guest on a new connection); the daemon's log
+// (connections, disconnects) and its clean exit (status 0, socket removed).
+//
+// Needs qemu-system-x86_64, a guest kernel (/boot/vmlinuz-*), busybox-static
+// and cpio (scripts/deps.sh installs them). Without them every test FAILS,
+// it does not skip: a CI that cannot boot a guest must not report green.
+// Takes about 2 minutes under TCG on 2 cores.
+//
+// DPFS_TEST_BINARY=path runs another build of the daemon (as the FUSE tests).
+#include <fcntl.h>
+#include <glob.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef DPFS_BINARY
+#error "DPFS_BINARY must name the dpfs daemon binary"
+#endif
+#ifndef DPFS_SOURCE_DIR
+#error "DPFS_SOURCE_DIR must name the source tree (for tests/guest)"
+#endif
+
+extern char** environ;
+
+namespace dpfs::itest {
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+const fs::path kGuestDir = fs::path(DPFS_SOURCE_DIR) / "tests" / "guest";
+
+std::string daemon_binary() {
+  const char* v = std::getenv("DPFS_TEST_BINARY");
+  return v != nullptr && *v != '\0' ? v : DPFS_BINARY;
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string tail(const std::string& text, size_t lines) {
+  size_t pos = text.size();
+  for (size_t n = 0; n <= lines && pos > 0; ++n) {
+    pos = text.rfind('\n', pos - 1);
+    if (pos == std::string::npos) return text;
+  }
+  return text.substr(pos + 1);
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t pos = text.find(what); pos != std::string::npos; pos = text.find(what, pos + 1)) ++n;
+  return n;
+}
+
+bool on_path(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    if (::access((fs::path(dir) / program).c_str(), X_OK) == 0) return true;
+  }
+  return false;
+}
+
+// What the guest tests need and the machine lacks, or "".
+std::string missing_prerequisites() {
+  std::string missing;
+  if (!on_path("qemu-system-x86_64")) missing += " qemu-system-x86_64 (qemu-system-x86)";
+  glob_t g{};
+  if (::glob("/boot/vmlinuz-*", 0, nullptr, &g) != 0)
+    missing += " /boot/vmlinuz-* (linux-image-amd64)";
+  globfree(&g);
+  if (::access("/bin/busybox", X_OK) != 0) missing += " /bin/busybox (busybox-static)";
+  if (!on_path("cpio")) missing += " cpio";
+  if (!fs::exists(kGuestDir / "run-guest.sh"))
+    missing += " " + (kGuestDir / "run-guest.sh").string();
+  return missing;
+}
+
+// Starts `argv` with stdout and stderr appended to `log`; returns its pid.
+pid_t spawn(const std::vector<std::string>& argv, const fs::path& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int e = ::posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  return e == 0 ? pid : -1;
+}
+
+// Waits up to `timeout` for `pid`; its wait status, or -1 if it is still running.
+int wait_for(pid_t pid, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return status;
+    if (r < 0) return -1;
+    if (std::chrono::steady_clock::now() >= deadline) return -1;
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+std::string describe_status(int status) {
+  if (status == -1) return "still running";
+  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("killed by SIG") + sigabbrev_np(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+// A temporary directory for sockets and logs, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    char name[] = "/tmp/dpfs-guest-test.XXXXXX";
+    if (::mkdtemp(name) != nullptr) path_ = name;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path_.empty() && std::getenv("DPFS_TEST_KEEP") == nullptr) fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// `dpfs serve --backend memfs --vhost-user SOCK --tag TAG ...`, its stderr in
+// a log file.
+class Daemon {
+ public:
+  Daemon(const fs::path& dir, const std::string& tag, std::vector<std::string> extra)
+      : socket_(dir / (tag + ".sock")), log_(dir / (tag + ".dpfs.log")) {
+    std::vector<std::string> argv = {daemon_binary(), "serve", "--backend", "memfs",
+                                     "--vhost-user",  socket_, "--tag",     tag};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    pid_ = spawn(argv, log_);
+  }
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+  ~Daemon() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Whether the socket appeared within 10 s (and the daemon is alive).
+  ::testing::AssertionResult ready() {
+    if (pid_ <= 0) return ::testing::AssertionFailure() << "could not start " << daemon_binary();
+    for (int i = 0; i < 200; ++i) {
+      struct stat st {};
+      if (::stat(socket_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+        return ::testing::AssertionSuccess();
+      }
+      const int status = wait_for(pid_, 0ms);
+      if (status != -1) {
+        pid_ = -1;
+        return ::testing::AssertionFailure() << "dpfs exited (" << describe_status(status)
+                                             << ") before creating " << socket_ << ":\n"
+                                             << log();
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return ::testing::AssertionFailure() << "no socket at " << socket_ << " after 10 s:\n" << log();
+  }
+
+  // SIGTERM, then the wait status (-1: still running after `timeout`).
+  int terminate(std::chrono::milliseconds timeout = 15s) {
+    if (pid_ <= 0) return -1;
+    ::kill(pid_, SIGTERM);
+    return reap(timeout);
+  }
+  // The wait status once it exits by itself within `timeout`; -1 if not.
+  int reap(std::chrono::milliseconds timeout) {
+    const int status = wait_for(pid_, timeout);
+    if (status != -1) pid_ = -1;
+    return status;
+  }
+
+  std::string log() const { return read_text(log_); }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string socket_;
+  fs::path log_;
+  pid_t pid_ = -1;
+};
+
+struct GuestRun {
+  int status = -1;      // run-guest.sh's wait status
+  std::string console;  // the guest's console
+  std::string output;   // run-guest.sh's own output
+  double seconds = 0;
+
+  bool ok() const { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+  std::string describe() const {
+    return "run-guest.sh: " + describe_status(status) + " after " + std::to_string(seconds) +
+           " s\n----- run-guest.sh output -----\n" + tail(output, 40) +
+           "\n----- guest console (tail) -----\n" + tail(console, 60);
+  }
+};
+
+// Boots one guest against `socket` with `workload` (a file in
+// tests/guest/workloads, or "" for mount/unmount only).
+GuestRun run_guest(const fs::path& dir, const std::string& socket, const std::string& tag,
+                   const std::string& workload, std::vector<std::string> extra, const char* name) {
+  const fs::path console = dir / (std::string(name) + ".console.log");
+  const fs::path output = dir / (std::string(name) + ".run-guest.log");
+  std::vector<std::string> argv = {(kGuestDir / "run-guest.sh").string(),
+                                   "--socket",
+                                   socket,
+                                   "--tag",
+                                   tag,
+                                   "--log",
+                                   console.string(),
+                                   "--quiet",
+                                   "--no-fio",
+                                   "--timeout",
+                                   "150"};
+  if (!workload.empty()) {
+    argv.push_back("--workload");
+    argv.push_back((kGuestDir / "workloads" / workload).string());
+  }
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  GuestRun run;
+  const auto t0 = std::chrono::steady_clock::now();
+  const pid_t pid = spawn(argv, output);
+  if (pid > 0) run.status = wait_for(pid, 400s);
+  if (run.status == -1 && pid > 0) {
+    ::kill(pid, SIGTERM);  // run-guest.sh kills its QEMU on the way out
+    ::waitpid(pid, nullptr, 0);
+  }
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  run.console = read_text(console);
+  run.output = read_text(output);
+  std::printf("[ guest    ] %s: %s in %.1f s\n", name, describe_status(run.status).c_str(),
+              run.seconds);
+  std::fflush(stdout);
+  return run;
+}
+
+// basic.sh's summary must say 0 failed, `boots` times.
+void expect_basic_passed(const GuestRun& run, size_t boots) {
+  static const std::regex summary(R"(basic: (\d+) checks, (\d+) failed; (\d+) files)");
+  size_t found = 0;
+  for (std::sregex_iterator it(run.console.begin(), run.console.end(), summary), end; it != end;
+       ++it) {
+    ++found;
+    EXPECT_EQ((*it)[2].str(), "0") << "basic.sh failed checks:\n" << run.describe();
+    EXPECT_GT(std::stoi((*it)[1].str()), 100) << run.describe();
+  }
+  EXPECT_EQ(found, boots) << "basic.sh summaries in the console\n" << run.describe();
+}
+
+// The md5 of what `command` prints, computed on the host.
+std::string host_md5(const std::string& command) {
+  const std::string line = "(" + command + ") | md5sum";
+  FILE* p = ::popen(line.c_str(), "r");
+  if (p == nullptr) return "popen failed";
+  char buf[128] = {};
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, p);
+  ::pclose(p);
+  return std::string(buf, n).substr(0, 32);
+}
+
+// readback.sh's pattern files, as the host produces them.
+const std::map<std::string, std::string>& expected_patterns() {
+  static const std::map<std::string, std::string> md5s = {
+      {"seq", host_md5("seq 1 250000")},
+      {"yes", host_md5("yes dpfs-readback-0123456789 | head -c 3000017")},
+      {"small", host_md5("seq 7 13")},
+      {"empty", host_md5("head -c 0 /dev/zero")},
+  };
+  return md5s;
+}
+
+// Every pattern file printed by readback.sh in `phase` has the host's md5.
+void expect_patterns(const GuestRun& run, const std::string& phase) {
+  for (const auto& [name, md5] : expected_patterns()) {
+    EXPECT_NE(run.console.find("READBACK " + phase + " " + name + " " + md5), std::string::npos)
+        << "pattern file " << name << " (" << phase << "): the guest did not read back md5 " << md5
+        << "\n"
+        << run.describe();
+  }
+}
+
+class GuestTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string missing = missing_prerequisites();
+    ASSERT_EQ(missing, "") << "guest tests need:" << missing
+                           << " -- install with scripts/deps.sh (as CI does)";
+    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
+  }
+
+  // The daemon's clean exit on SIGTERM: status 0, socket removed.
+  void expect_clean_exit(Daemon& daemon) {
+    const int status = daemon.terminate();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "dpfs on SIGTERM: " << describe_status(status) << "\n"
+        << tail(daemon.log(), 40);
+    EXPECT_FALSE(fs::exists(daemon.socket())) << "socket left behind: " << daemon.socket();
+  }
+
+  TempDir dir_;
+};
+
+// (a) basic.sh with one request queue; (d) a second and a third QEMU on the
+// same socket after the first exits: the daemon accepts each in turn, and
+// memfs keeps what every earlier guest wrote.
+TEST_F(GuestTest, BasicWorkloadThenLaterGuestsReadItBack) {
+  Daemon daemon(dir_.path(), "vu1", {"--request-queues", "1"});
+  ASSERT_TRUE(daemon.ready());
+
+  const GuestRun basic = run_guest(dir_.path(), daemon.socket(), "vu1", "basic.sh", {}, "basic");
+  ASSERT_TRUE(basic.ok()) << basic.describe() << "\n----- dpfs log -----\n"
+                          << tail(daemon.log(), 40);
+  expect_basic_passed(basic, 1);
+
+  const GuestRun second =
+      run_guest(dir_.path(), daemon.socket(), "vu1", "readback.sh", {}, "second-guest");
+  ASSERT_TRUE(second.ok()) << second.describe() << "\n----- dpfs log -----\n"
+                           << tail(daemon.log(), 40);
+  EXPECT_NE(second.console.find("readback: basic's"), std::string::npos) << second.describe();
+  EXPECT_NE(second.console.find("files intact"), std::string::npos) << second.describe();
+  expect_patterns(second, "write");
+
+  const GuestRun third =
+      run_guest(dir_.path(), daemon.socket(), "vu1", "readback.sh", {}, "third-guest");
+  ASSERT_TRUE(third.ok()) << third.describe() << "\n----- dpfs log -----\n"
+                          << tail(daemon.log(), 40);
+  EXPECT_NE(third.console.find("files intact"), std::string::npos) << third.describe();
+  expect_patterns(third, "verify");
+
+  const std::string log = daemon.log();
+  EXPECT_EQ(count(log, "front-end connected"), 3u) << log;
+  EXPECT_EQ(count(log, "waiting for the next front-end"), 3u) << log;
+  expect_clean_exit(daemon);
+}
+
+// (b) Two request queues offered and set up; Debian 12's 6.1 guest sends
+// everything on the first, which must still work.
+TEST_F(GuestTest, TwoRequestQueues) {
+  Daemon daemon(dir_.path(), "vu2", {"--request-queues", "2"});
+  ASSERT_TRUE(daemon.ready());
+  const GuestRun run =
+      run_guest(dir_.path(), daemon.socket(), "vu2", "basic.sh", {"--queues", "2"}, "two-queues");
+  ASSERT_TRUE(run.ok()) << run.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  expect_basic_passed(run, 1);
+  const std::string log = daemon.log();
+  EXPECT_NE(log.find("2 request queues"), std::string::npos) << log;
+  expect_clean_exit(daemon);
+}
+
+// (c) The guest reboots (same QEMU, same vhost-user connection, the device
+// reset by the guest): boot 2 finds boot 1's files and runs again.
+TEST_F(GuestTest, DeviceSurvivesGuestReboot) {
+  Daemon daemon(dir_.path(), "vu3", {});
+  ASSERT_TRUE(daemon.ready());
+  const GuestRun run =
+      run_guest(dir_.path(), daemon.socket(), "vu3", "basic.sh", {"--reboot"}, "reboot");
+  ASSERT_TRUE(run.ok()) << run.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  expect_basic_passed(run, 2);
+  EXPECT_NE(run.console.find("boot 1's"), std::string::npos) << run.describe();
+  EXPECT_NE(run.console.find("files intact after reboot"), std::string::npos) << run.describe();
+  const std::string log = daemon.log();
+  EXPECT_EQ(count(log, "front-end connected"), 1u) << "a reboot keeps the connection\n" << log;
+  expect_clean_exit(daemon);
+}
+
+// --on-disconnect exit: once the only front-end is gone, the daemon exits 0
+// by itself and removes its socket.
+TEST_F(GuestTest, OnDisconnectExit) {
+  Daemon daemon(dir_.path(), "vu4", {"--on-disconnect", "exit"});
+  ASSERT_TRUE(daemon.ready());
+  const GuestRun run = run_guest(dir_.path(), daemon.socket(), "vu4", "", {}, "mount-only");
+  ASSERT_TRUE(run.ok()) << run.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  const int status = daemon.reap(20s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "dpfs after the front-end left: " << describe_status(status) << "\n"
+      << tail(daemon.log(), 40);
+  EXPECT_FALSE(fs::exists(daemon.socket()));
+}
+
+// A socket path that cannot be used: one line, nonzero exit, at once.
+TEST_F(GuestTest, UnusableSocketPathIsOneLine) {
+  const fs::path log = dir_.path() / "bad.log";
+  const pid_t pid = spawn(
+      {daemon_binary(), "serve", "--vhost-user", (dir_.path() / "no-such-dir" / "x.sock").string()},
+      log);
+  ASSERT_GT(pid, 0);
+  const int status = wait_for(pid, 10s);
+  ASSERT_NE(status, -1) << "dpfs did not exit";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << describe_status(status);
+  const std::string text = read_text(log);
+  EXPECT_EQ(count(text, "\n"), 1u) << text;
+  EXPECT_NE(text.find("dpfs: vhost-user socket "), std::string::npos) << text;
+  EXPECT_NE(text.find("does not exist"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace dpfs::itest
