@@ -54,8 +54,9 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   vhost_user::FsDeviceOptions dev;
   dev.name = "virtio-fs " + device.tag;
   dev.request_queues = device.request_queues;
-  // One worker per queue at most (the hiprio queue counts): more would idle.
-  dev.threads = std::min<unsigned>(cfg.threads, device.request_queues + 1);
+  // One worker per request queue at most: more would idle (the hiprio
+  // queue, FORGETs and INTERRUPTs, rides on the first worker).
+  dev.threads = std::min<unsigned>(cfg.threads, device.request_queues);
   dev.poll = device.poll;
   device_ = std::make_unique<vhost_user::FsDevice>(*session_, dev);
 

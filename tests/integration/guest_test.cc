@@ -19,7 +19,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -163,9 +165,20 @@ class TempDir {
 class Daemon {
  public:
   Daemon(const fs::path& dir, const std::string& tag, std::vector<std::string> extra)
-      : socket_(dir / (tag + ".sock")), log_(dir / (tag + ".dpfs.log")) {
-    std::vector<std::string> argv = {daemon_binary(), "serve", "--backend", "memfs",
-                                     "--vhost-user",  socket_, "--tag",     tag};
+      : Daemon(kArgs, dir / (tag + ".sock"), dir / (tag + ".dpfs.log"),
+               {"--backend", "memfs", "--vhost-user", (dir / (tag + ".sock")).string(), "--tag",
+                tag}) {
+    start(extra);
+  }
+  // `dpfs serve ARGS...`, started by start(); `socket` is the one ready()
+  // waits for.
+  struct Args {};
+  static constexpr Args kArgs{};
+  Daemon(Args, const fs::path& socket, const fs::path& log, std::vector<std::string> args)
+      : socket_(socket), log_(log), args_(std::move(args)) {}
+  void start(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {daemon_binary(), "serve"};
+    argv.insert(argv.end(), args_.begin(), args_.end());
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = spawn(argv, log_);
   }
@@ -217,6 +230,7 @@ class Daemon {
  private:
   std::string socket_;
   fs::path log_;
+  std::vector<std::string> args_;
   pid_t pid_ = -1;
 };
 
@@ -414,6 +428,58 @@ TEST_F(GuestTest, OnDisconnectExit) {
       << "dpfs after the front-end left: " << describe_status(status) << "\n"
       << tail(daemon.log(), 40);
   EXPECT_FALSE(fs::exists(daemon.socket()));
+}
+
+// Several tenants in one daemon ([[device]] tables): each device has its own
+// backend (a guest on one does not see the other's files), and a front-end
+// that breaks the protocol on one socket leaves the other serving.
+TEST_F(GuestTest, TenantsAreIndependent) {
+  const fs::path a = dir_.path() / "tenant-a.sock";
+  const fs::path b = dir_.path() / "tenant-b.sock";
+  const fs::path config = dir_.path() / "tenants.toml";
+  std::ofstream(config) << "[[device]]\nsocket = \"" << a.string()
+                        << "\"\ntag = \"tenant-a\"\n[device.backend]\ntype = \"memfs\"\n\n"
+                        << "[[device]]\nsocket = \"" << b.string()
+                        << "\"\ntag = \"tenant-b\"\npoll = true\n[device.backend]\ntype = "
+                           "\"memfs\"\n";
+  Daemon daemon(Daemon::kArgs, b, dir_.path() / "tenants.dpfs.log", {"--config", config.string()});
+  daemon.start();
+  ASSERT_TRUE(daemon.ready());
+  ASSERT_TRUE(fs::exists(a)) << daemon.log();
+
+  // A broken front-end on tenant A: a message header with a bad version.
+  {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, a.c_str(), sizeof(addr.sun_path) - 1);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+        << std::strerror(errno);
+    const uint32_t header[3] = {1 /* GET_FEATURES */, 0x7 /* version 3 */, 0};
+    ASSERT_EQ(::write(fd, header, sizeof(header)), ssize_t(sizeof(header)));
+    char byte;
+    EXPECT_EQ(::read(fd, &byte, 1), 0) << "dpfs should close a connection that breaks the protocol";
+    ::close(fd);
+  }
+
+  // Tenant B (busy-polling workers) serves a guest meanwhile.
+  const GuestRun on_b =
+      run_guest(dir_.path(), b.string(), "tenant-b", "readback.sh", {}, "tenant-b");
+  ASSERT_TRUE(on_b.ok()) << on_b.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  expect_patterns(on_b, "write");
+  // Tenant A serves the next front-end, with a file system of its own: B's
+  // files are not there, so this guest writes them afresh.
+  const GuestRun on_a =
+      run_guest(dir_.path(), a.string(), "tenant-a", "readback.sh", {}, "tenant-a");
+  ASSERT_TRUE(on_a.ok()) << on_a.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  expect_patterns(on_a, "write");
+
+  const std::string log = daemon.log();
+  EXPECT_EQ(count(log, "vhost-user tenant-a (" + a.string() + "): front-end connected"), 2u) << log;
+  EXPECT_NE(log.find("busy-polling"), std::string::npos) << log;
+  expect_clean_exit(daemon);
+  EXPECT_FALSE(fs::exists(a));
 }
 
 // A socket path that cannot be used: one line, nonzero exit, at once.
