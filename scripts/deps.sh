@@ -9,7 +9,7 @@ packages=(
   fuse3 libfuse3-dev
   clang libclang-rt-14-dev
   fio attr
-  qemu-system-x86 qemu-system-common linux-image-amd64 busybox-static cpio kmod
+  qemu-system-x86 qemu-system-common linux-image-amd64 busybox-static cpio kmod xz-utils zstd
 )
 missing=()
 for p in "${packages[@]}"; do
