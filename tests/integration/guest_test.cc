@@ -11,7 +11,7 @@
 // Needs qemu-system-x86_64, a guest kernel (/boot/vmlinuz-*), busybox-static
 // and cpio (scripts/deps.sh installs them). Without them every test FAILS,
 // it does not skip: a CI that cannot boot a guest must not report green.
-// Takes about 2 minutes under TCG on 2 cores.
+// Takes about 2 minutes under TCG on 2 idle cores (3 when others load them).
 //
 // DPFS_TEST_BINARY=path runs another build of the daemon (as the FUSE tests).
 #include <fcntl.h>
@@ -250,37 +250,42 @@ struct GuestRun {
 
 // Boots one guest against `socket` with `workload` (a file in
 // tests/guest/workloads, or "" for mount/unmount only).
-GuestRun run_guest(const fs::path& dir, const std::string& socket, const std::string& tag,
-                   const std::string& workload, std::vector<std::string> extra, const char* name) {
-  const fs::path console = dir / (std::string(name) + ".console.log");
-  const fs::path output = dir / (std::string(name) + ".run-guest.log");
-  std::vector<std::string> argv = {(kGuestDir / "run-guest.sh").string(),
-                                   "--socket",
-                                   socket,
-                                   "--tag",
-                                   tag,
-                                   "--log",
-                                   console.string(),
-                                   "--quiet",
-                                   "--no-fio",
-                                   "--timeout",
-                                   "150"};
+fs::path console_of(const fs::path& dir, const char* name) {
+  return dir / (std::string(name) + ".console.log");
+}
+fs::path output_of(const fs::path& dir, const char* name) {
+  return dir / (std::string(name) + ".run-guest.log");
+}
+
+// Starts run-guest.sh: one guest against `socket` with `workload` (a file in
+// tests/guest/workloads, or "" for mount/unmount only). Its pid.
+pid_t start_guest(const fs::path& dir, const std::string& socket, const std::string& tag,
+                  const std::string& workload, std::vector<std::string> extra, const char* name) {
+  std::vector<std::string> argv = {
+      (kGuestDir / "run-guest.sh").string(), "--socket", socket,     "--tag",     tag,  "--log",
+      console_of(dir, name).string(),        "--quiet",  "--no-fio", "--timeout", "150"};
   if (!workload.empty()) {
     argv.push_back("--workload");
     argv.push_back((kGuestDir / "workloads" / workload).string());
   }
   argv.insert(argv.end(), extra.begin(), extra.end());
+  return spawn(argv, output_of(dir, name));
+}
+
+// Boots one guest (start_guest) and waits for it.
+GuestRun run_guest(const fs::path& dir, const std::string& socket, const std::string& tag,
+                   const std::string& workload, std::vector<std::string> extra, const char* name) {
   GuestRun run;
   const auto t0 = std::chrono::steady_clock::now();
-  const pid_t pid = spawn(argv, output);
+  const pid_t pid = start_guest(dir, socket, tag, workload, std::move(extra), name);
   if (pid > 0) run.status = wait_for(pid, 400s);
   if (run.status == -1 && pid > 0) {
     ::kill(pid, SIGTERM);  // run-guest.sh kills its QEMU on the way out
     ::waitpid(pid, nullptr, 0);
   }
   run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  run.console = read_text(console);
-  run.output = read_text(output);
+  run.console = read_text(console_of(dir, name));
+  run.output = read_text(output_of(dir, name));
   std::printf("[ guest    ] %s: %s in %.1f s\n", name, describe_status(run.status).c_str(),
               run.seconds);
   std::fflush(stdout);
@@ -428,6 +433,60 @@ TEST_F(GuestTest, OnDisconnectExit) {
       << "dpfs after the front-end left: " << describe_status(status) << "\n"
       << tail(daemon.log(), 40);
   EXPECT_FALSE(fs::exists(daemon.socket()));
+}
+
+// Waits up to `timeout` until `text()` holds `what` `n` times.
+template <typename F>
+bool wait_until_logged(F&& text, const std::string& what, size_t n, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (count(text(), what) < n) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(100ms);
+  }
+  return true;
+}
+
+// Front-ends that go away with requests in flight: QEMU terminated in the
+// middle of basic.sh (the daemon must notice, stop the queues and accept the
+// next guest, which works), then SIGTERM to the daemon while a guest is busy
+// (it must exit 0 at once and remove its socket).
+TEST_F(GuestTest, FrontEndsVanishMidWorkload) {
+  Daemon daemon(dir_.path(), "vu5", {});
+  ASSERT_TRUE(daemon.ready());
+  auto log = [&] { return daemon.log(); };
+
+  const pid_t vanishing =
+      start_guest(dir_.path(), daemon.socket(), "vu5", "basic.sh", {}, "vanishing-guest");
+  ASSERT_GT(vanishing, 0);
+  ASSERT_TRUE(wait_until_logged(log, "session up", 1, 90s)) << daemon.log();
+  std::this_thread::sleep_for(4s);  // into basic.sh's data section
+  ::kill(vanishing, SIGTERM);       // run-guest.sh terminates its QEMU
+  EXPECT_NE(wait_for(vanishing, 30s), -1) << "run-guest.sh did not stop";
+  ASSERT_TRUE(wait_until_logged(log, "front-end disconnected (connection 1", 1, 20s))
+      << daemon.log();
+
+  const GuestRun next =
+      run_guest(dir_.path(), daemon.socket(), "vu5", "readback.sh", {}, "after-vanished");
+  ASSERT_TRUE(next.ok()) << next.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  expect_patterns(next, "write");
+
+  const pid_t busy =
+      start_guest(dir_.path(), daemon.socket(), "vu5", "basic.sh", {}, "guest-at-shutdown");
+  ASSERT_GT(busy, 0);
+  ASSERT_TRUE(wait_until_logged(log, "session up", 3, 90s)) << daemon.log();
+  std::this_thread::sleep_for(3s);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int status = daemon.terminate(10s);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "dpfs on SIGTERM with a busy guest: " << describe_status(status) << "\n"
+      << tail(daemon.log(), 40);
+  EXPECT_LT(secs, 5.0) << "shutdown took " << secs << " s";
+  EXPECT_FALSE(fs::exists(daemon.socket()));
+  EXPECT_NE(daemon.log().find("disconnected by shutdown"), std::string::npos) << daemon.log();
+  // The guest lost its device and may hang on its requests: end it.
+  ::kill(busy, SIGTERM);
+  EXPECT_NE(wait_for(busy, 30s), -1) << "run-guest.sh did not stop";
 }
 
 // Several tenants in one daemon ([[device]] tables): each device has its own
