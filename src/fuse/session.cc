@@ -722,6 +722,12 @@ size_t FuseSession::max_reply_size() const {
   return sizeof(fuse_out_header) + std::max<size_t>(options_.max_write, kXattrSizeMax);
 }
 
+void FuseSession::reset() {
+  std::lock_guard lock(init_mutex);
+  initialized_.store(false, std::memory_order_release);
+  destroyed_.store(false, std::memory_order_release);
+}
+
 void FuseSession::finish(Request& req, int error) {
   const Request::SessionState& st = req.session_state;
   OpStats& s = stats_[st.opcode < kMaxOpcode ? st.opcode : 0];

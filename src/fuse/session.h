@@ -61,6 +61,9 @@ class FuseSession {
   size_t max_reply_size() const;
 
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
+  // Forgets the negotiated session when its tenant went away without
+  // DESTROY (a front-end disconnected): the next request must be INIT.
+  void reset();
   // True once DESTROY was handled (a transport may stop serving).
   bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
   uint32_t proto_minor() const { return proto_minor_; }

@@ -331,7 +331,9 @@ FsDevice::FsDevice(fuse::FuseSession& session, FsDeviceOptions options)
     : session_(session), options_(std::move(options)) {
   options_.request_queues = std::clamp<uint32_t>(options_.request_queues, 1, 64);
   const uint32_t nqueues = 1 + options_.request_queues;  // hiprio + requests
-  options_.threads = std::clamp<unsigned>(options_.threads, 1, nqueues);
+  // The hiprio queue shares the first worker: more workers than request
+  // queues would idle.
+  options_.threads = std::clamp<unsigned>(options_.threads, 1, options_.request_queues);
   for (uint32_t i = 0; i < nqueues; ++i) queues_.push_back(std::make_unique<Queue>(i));
   for (unsigned i = 0; i < options_.threads; ++i) {
     workers_.push_back(std::make_unique<Worker>(*this, i));
@@ -582,6 +584,8 @@ void FsDevice::reset_device() {
 
 void FsDevice::disconnect() {
   reset_device();
+  // The next front-end's driver starts a new FUSE session with INIT.
+  session_.reset();
   uint64_t requests = 0;
   for (auto& q : queues_) requests += q->stats->requests.load();
   spdlog::info("{}: front-end gone ({} requests served); waiting for the next", options_.name,

@@ -621,6 +621,15 @@ TEST_F(SessionTest, StatsCountRequestsAndErrors) {
   EXPECT_EQ(session.stats(FUSE_LOOKUP).errors.load(), 1u);
 }
 
+TEST_F(SessionTest, ResetRequiresANewInit) {
+  init();
+  session.reset();
+  EXPECT_FALSE(session.initialized());
+  EXPECT_EQ(run(RequestBuilder(FUSE_LOOKUP).name("a").bytes()).error(), -EIO);
+  init();
+  EXPECT_EQ(run(RequestBuilder(FUSE_LOOKUP).name("a").bytes()).error(), 0);
+}
+
 TEST_F(SessionTest, DestroyEndsTheSession) {
   init();
   TestRequest req = run(RequestBuilder(FUSE_DESTROY, 0).bytes());
