@@ -35,7 +35,8 @@
 #   GUEST_MEM=512M   guest memory
 #   DPFS_ARGS=       extra arguments for dpfs serve (e.g. --threads 1, --poll)
 #   BUILD=build      dpfs build directory (built, Release, unless SKIP_BUILD=1)
-#   OUT=docs/GUEST_BENCHMARKS.md
+#   OUT=docs/GUEST_BENCHMARKS.md  (rewritten whole: the hand-written reading
+#                    at its end belongs to the committed run)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
