@@ -168,7 +168,10 @@ int serve(const Config& cfg) {
       if (sig == 0) continue;
       if (sig == SIGUSR1) {
         if (fuse) log_stats(fuse->session(), "stats");
-        for (const auto& d : devices) log_stats(d->session(), (d->name() + ": stats").c_str());
+        for (const auto& d : devices) {
+          log_stats(d->session(), (d->name() + ": stats").c_str());
+          for (const std::string& line : d->queue_stats()) spdlog::info("{}: {}", d->name(), line);
+        }
         continue;
       }
       spdlog::info("SIG{}: shutting down", sigabbrev_np(sig));
@@ -176,7 +179,10 @@ int serve(const Config& cfg) {
     }
   }
   if (fuse) fuse->shutdown();
-  for (auto& d : devices) d->stop();
+  for (auto& d : devices) {
+    for (const std::string& line : d->queue_stats()) spdlog::info("{}: {}", d->name(), line);
+    d->stop();
+  }
   if (fuse) log_stats(fuse->session(), "totals");
   for (const auto& d : devices) log_stats(d->session(), (d->name() + ": totals").c_str());
   return status;

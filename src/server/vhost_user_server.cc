@@ -100,6 +100,19 @@ void VhostUserServer::stop() {
   listener_.reset();
 }
 
+std::vector<std::string> VhostUserServer::queue_stats() const {
+  std::vector<std::string> lines;
+  if (!device_) return lines;
+  for (uint32_t i = 0; i < device_->queue_num(); ++i) {
+    const vhost_user::QueueStats& q = device_->queue_stats(i);
+    lines.push_back(fmt::format("queue {} ({}): {} requests, {} kicks, {} notifications{}", i,
+                                i == 0 ? "hiprio" : "requests", q.requests.load(),
+                                q.kicks.load(), q.notifications.load(),
+                                q.broken.load() ? ", BROKEN" : ""));
+  }
+  return lines;
+}
+
 bool VhostUserServer::wait_readable(int fd) {
   for (;;) {
     pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};

@@ -405,6 +405,13 @@ TEST_F(GuestTest, TwoRequestQueues) {
   // QEMU sets up every queue it offers, used or not (FsDevice's log line).
   EXPECT_NE(log.find("queue 2 (requests) started"), std::string::npos) << log;
   expect_clean_exit(daemon);
+  // Per-queue statistics at shutdown: the 6.1 guest sends everything on the
+  // first request queue.
+  const std::string final_log = daemon.log();
+  const size_t at = final_log.find("queue 1 (requests): ");
+  ASSERT_NE(at, std::string::npos) << final_log;
+  EXPECT_GT(std::stoull(final_log.substr(at + 20)), 1000u) << final_log.substr(at, 80);
+  EXPECT_NE(final_log.find("queue 2 (requests): 0 requests"), std::string::npos) << final_log;
 }
 
 // (c) The guest reboots (same QEMU, same vhost-user connection, the device
