@@ -808,6 +808,12 @@ void FuseSession::dispatch(Request& req, const fuse_in_header& hdr, IovReader& i
     req.complete(encode_error(req.out, hdr.unique, ENOSYS));
     return;
   }
+  if (!options_.xattr && (hdr.opcode == FUSE_GETXATTR || hdr.opcode == FUSE_SETXATTR ||
+                          hdr.opcode == FUSE_LISTXATTR || hdr.opcode == FUSE_REMOVEXATTR)) {
+    finish(req, -ENOSYS);
+    req.complete(encode_error(req.out, hdr.unique, ENOSYS));
+    return;
+  }
   if (hdr.opcode == FUSE_DESTROY) {
     // Requests after DESTROY (until a new INIT) are refused.
     initialized_.store(false, std::memory_order_release);

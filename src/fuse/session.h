@@ -29,6 +29,10 @@ struct SessionOptions {
   double entry_timeout = 1.0;  // defaults a backend may use
   double attr_timeout = 1.0;
   bool writeback_cache = false;
+  // Off: every xattr request answers ENOSYS, which the kernel remembers, so it
+  // stops asking -- notably the security.capability lookup it makes before
+  // every WRITE (virtiofsd's default).
+  bool xattr = true;
   std::string name = "dpfs";  // for logs
 };
 

@@ -189,6 +189,9 @@ const Setting kSettings[] = {
     {{"fuse.writeback_cache", "--writeback-cache", "BOOL",
       "let the kernel cache writes and send them later, in bulk (default false)"},
      [](Config& cfg, const Value& v) { cfg.fuse.writeback_cache = as_bool(v); }},
+    {{"fuse.xattr", "--xattr", "BOOL",
+      "serve extended attributes; off, the kernel stops asking (default true)"},
+     [](Config& cfg, const Value& v) { cfg.fuse.xattr = as_bool(v); }},
     {{"vhost_user.socket", "--vhost-user", "SOCK",
       "serve a virtio-fs device on this vhost-user socket, created by dpfs (default: none)"},
      [](Config& cfg, const Value& v) {

@@ -40,6 +40,7 @@ struct FuseConfig {
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
   bool writeback_cache = false;
+  bool xattr = true;
 };
 
 // What the daemon does when a vhost-user front-end (QEMU) goes away.

@@ -40,6 +40,7 @@ class Daemon {
     options.entry_timeout = cfg.fuse.entry_timeout;
     options.attr_timeout = cfg.fuse.attr_timeout;
     options.writeback_cache = cfg.fuse.writeback_cache;
+    options.xattr = cfg.fuse.xattr;
     options.name = cfg.fuse.mount;
     session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
     mount_ = std::make_unique<transport::FuseMount>(

@@ -41,6 +41,7 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   options.entry_timeout = cfg.fuse.entry_timeout;
   options.attr_timeout = cfg.fuse.attr_timeout;
   options.writeback_cache = cfg.fuse.writeback_cache;
+  options.xattr = cfg.fuse.xattr;
   options.name = "virtio-fs " + device.tag;
   session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
 

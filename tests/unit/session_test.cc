@@ -621,6 +621,24 @@ TEST_F(SessionTest, StatsCountRequestsAndErrors) {
   EXPECT_EQ(session.stats(FUSE_LOOKUP).errors.load(), 1u);
 }
 
+TEST(SessionXattrTest, XattrOffAnswersEnosysWithoutTheBackend) {
+  RecordingBackend backend;
+  fuse::SessionOptions options;
+  options.xattr = false;
+  fuse::FuseSession session(backend, options);
+  TestRequest init(init_request());
+  session.handle(init);
+  fuse_getxattr_in in{};
+  in.size = 64;
+  TestRequest get(RequestBuilder(FUSE_GETXATTR, 42).arg(in).name("security.capability").bytes());
+  session.handle(get);
+  EXPECT_EQ(get.error(), -ENOSYS);
+  EXPECT_EQ(backend.last_name, "") << "the backend is not asked";
+  TestRequest list(RequestBuilder(FUSE_LISTXATTR, 42).arg(in).bytes());
+  session.handle(list);
+  EXPECT_EQ(list.error(), -ENOSYS);
+}
+
 TEST_F(SessionTest, ResetRequiresANewInit) {
   init();
   session.reset();
