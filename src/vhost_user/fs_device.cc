@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "virtio/packed_virtqueue.h"
+
 namespace dpfs::vhost_user {
 namespace {
 
@@ -17,6 +19,7 @@ constexpr uint64_t kFRingIndirectDesc = 1ull << 28;
 constexpr uint64_t kFRingEventIdx = 1ull << 29;
 constexpr uint64_t kFProtocolFeatures = 1ull << 30;  // VHOST_USER_F_PROTOCOL_FEATURES
 constexpr uint64_t kFVersion1 = 1ull << 32;
+constexpr uint64_t kFRingPacked = 1ull << 34;  // VIRTIO_F_RING_PACKED
 
 // Chains taken from one queue before its used entries are published and the
 // guest notified: bounds latency while still batching notifications.
@@ -85,8 +88,20 @@ class FsDevice::Queue {
   bool broken_logged = false;
   uint64_t generation = 0;
 
-  // Owned by the worker while started.
+  // Owned by the worker while started. `packed` (VIRTIO_F_RING_PACKED,
+  // fixed at start) picks which ring serves the queue.
+  bool packed = false;
   virtio::SplitVirtqueue vq;
+  virtio::PackedVirtqueue pvq;
+  virtio::PopResult pop(virtio::DescriptorChain* c) { return packed ? pvq.pop(c) : vq.pop(c); }
+  bool push(uint16_t head, uint32_t len) {
+    return packed ? pvq.push(head, len) : vq.push(head, len);
+  }
+  void publish() { packed ? pvq.publish() : vq.publish(); }
+  bool should_notify() { return packed ? pvq.should_notify() : vq.should_notify(); }
+  bool set_notification(bool enable) {
+    return packed ? pvq.set_notification(enable) : vq.set_notification(enable);
+  }
   virtio::DescriptorChain chain;
   bool need_publish = false;
   // Request objects: steady state reuses them. Only the worker touches
@@ -182,7 +197,7 @@ void FsDevice::Worker::complete(FsRequest& r, size_t len) {
 void FsDevice::Worker::finish(FsRequest& r, size_t len) {
   Queue& q = *r.queue;
   // A request from before a queue restart has no used entry to fill.
-  if (r.generation == q.generation && q.started && q.vq.push(r.head, uint32_t(len))) {
+  if (r.generation == q.generation && q.started && q.push(r.head, uint32_t(len))) {
     q.need_publish = true;
     q.stats->requests.fetch_add(1, std::memory_order_relaxed);
   }
@@ -193,8 +208,8 @@ void FsDevice::Worker::finish(FsRequest& r, size_t len) {
 void FsDevice::Worker::publish(Queue& q) {
   if (!q.need_publish) return;
   q.need_publish = false;
-  q.vq.publish();
-  if (q.vq.should_notify()) {
+  q.publish();
+  if (q.should_notify()) {
     signal_eventfd(q.call.get());
     q.stats->notifications.fetch_add(1, std::memory_order_relaxed);
   }
@@ -217,7 +232,7 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
     if (!q.started) return any;
     unsigned n = 0;
     virtio::PopResult result = virtio::PopResult::kEmpty;
-    while (n < kBatch && (result = q.vq.pop(&q.chain)) == virtio::PopResult::kChain) {
+    while (n < kBatch && (result = q.pop(&q.chain)) == virtio::PopResult::kChain) {
       ++n;
       FsRequest* r = q.acquire();
       r->queue = &q;
@@ -247,7 +262,7 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
     if (polling) return any;
     // Ask for kicks again; buffers that came meanwhile must be taken now or
     // their kick may be lost.
-    if (!q.vq.set_notification(true)) return any;
+    if (!q.set_notification(true)) return any;
   }
 }
 
@@ -281,7 +296,7 @@ void FsDevice::Worker::run() {
       } else if (++idle >= device_.options_.poll_idle_rounds) {
         // Idle: sleep on kicks again, unless buffers slipped in meanwhile.
         bool again = false;
-        for (Queue* q : queues_) again |= q->started && q->vq.set_notification(true);
+        for (Queue* q : queues_) again |= q->started && q->set_notification(true);
         sleeping = !again;
         idle = 0;
       }
@@ -313,7 +328,7 @@ void FsDevice::Worker::run() {
       if (poll) {
         // Switch to polling: no kicks until idle again.
         for (Queue* each : queues_) {
-          if (each->started) each->vq.set_notification(false);
+          if (each->started) each->set_notification(false);
         }
         sleeping = false;
         idle = 0;
@@ -359,7 +374,7 @@ FsDevice::~FsDevice() {
 const QueueStats& FsDevice::queue_stats(uint32_t index) const { return *queues_[index]->stats; }
 
 uint64_t FsDevice::features() const {
-  return kFVersion1 | kFRingIndirectDesc | kFRingEventIdx | kFProtocolFeatures;
+  return kFVersion1 | kFRingIndirectDesc | kFRingEventIdx | kFProtocolFeatures | kFRingPacked;
 }
 
 uint64_t FsDevice::protocol_features() const {
@@ -372,9 +387,10 @@ int FsDevice::set_features(uint64_t features) {
   pause();
   acked_features_ = features;
   resume();
-  spdlog::info("{}: features {:#x} (version_1={} indirect_desc={} event_idx={})", options_.name,
-               features, bool(features & kFVersion1), bool(features & kFRingIndirectDesc),
-               bool(features & kFRingEventIdx));
+  spdlog::info("{}: features {:#x} (version_1={} indirect_desc={} event_idx={} ring_packed={})",
+               options_.name, features, bool(features & kFVersion1),
+               bool(features & kFRingIndirectDesc), bool(features & kFRingEventIdx),
+               bool(features & kFRingPacked));
   return 0;
 }
 
@@ -413,7 +429,7 @@ int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
   }
   pause();
   for (auto& q : queues_) {
-    if (q->started && q->vq.remap(*mem) != 0) {
+    if (q->started && (q->packed ? q->pvq.remap(*mem) : q->vq.remap(*mem)) != 0) {
       spdlog::warn("{}: queue {} rings are not in the new memory table; stopped", options_.name,
                    q->index);
       stop_queue(*q);
@@ -455,7 +471,11 @@ int FsDevice::rem_mem_reg(const MemoryRegion& region) {
 
 int FsDevice::set_vring_num(uint32_t index, uint32_t num) {
   Queue& q = *queues_[index];
-  if (num == 0 || num > virtio::kMaxQueueSize || (num & (num - 1)) != 0) return -EINVAL;
+  // Split rings are a power of 2; packed ones need not be (§2.8).
+  const bool packed = acked_features_ & kFRingPacked;
+  if (num == 0 || num > virtio::kMaxQueueSize || (!packed && (num & (num - 1)) != 0)) {
+    return -EINVAL;
+  }
   pause();
   q.config.size = num;
   q.have_num = true;
@@ -478,7 +498,10 @@ int FsDevice::set_vring_addr(uint32_t index, const VringAddr& addr) {
 int FsDevice::set_vring_base(uint32_t index, uint32_t base) {
   Queue& q = *queues_[index];
   pause();
+  // Packed rings: bits 0-14 the avail index, 15 its wrap counter, 16-30
+  // the used index, 31 its wrap counter (vhost-user.rst).
   q.config.last_avail_idx = uint16_t(base);
+  q.config.last_used_idx = uint16_t(base >> 16);
   resume();
   return 0;
 }
@@ -487,11 +510,17 @@ uint32_t FsDevice::get_vring_base(uint32_t index) {
   Queue& q = *queues_[index];
   pause();
   stop_queue(q);
-  const uint16_t base = q.vq.last_avail_idx();
-  q.config.last_avail_idx = base;
+  const uint32_t base = q.packed ? q.pvq.vring_base() : q.vq.last_avail_idx();
+  q.config.last_avail_idx = uint16_t(base);
+  q.config.last_used_idx = uint16_t(base >> 16);
   q.kick.reset();  // the ring is stopped until the next SET_VRING_KICK
   resume();
-  spdlog::info("{}: queue {} stopped at avail index {}", options_.name, index, base);
+  if (q.packed) {
+    spdlog::info("{}: queue {} (packed) stopped at avail index {:#x}, used index {:#x}",
+                 options_.name, index, base & 0xffff, base >> 16);
+  } else {
+    spdlog::info("{}: queue {} stopped at avail index {}", options_.name, index, base);
+  }
   return base;
 }
 
@@ -535,7 +564,8 @@ void FsDevice::maybe_start(Queue& q) {
   pause();
   q.config.event_idx = acked_features_ & kFRingEventIdx;
   q.config.indirect_desc = acked_features_ & kFRingIndirectDesc;
-  const int e = q.vq.start(*memory_, q.config);
+  q.packed = acked_features_ & kFRingPacked;
+  const int e = q.packed ? q.pvq.start(*memory_, q.config) : q.vq.start(*memory_, q.config);
   if (e != 0) {
     resume();
     spdlog::warn("{}: queue {} cannot start: {} (size {}, rings at {:#x}/{:#x}/{:#x})",
@@ -551,9 +581,10 @@ void FsDevice::maybe_start(Queue& q) {
   resume();
   // Requests may have been made available before the kick fd was watched.
   signal_eventfd(q.kick.get());
-  spdlog::info("{}: queue {} ({}) started: size {}, avail index {}, event_idx={}, worker {}",
+  spdlog::info("{}: queue {} ({}) started: size {}, avail index {}, event_idx={}{}, worker {}",
                options_.name, q.index, q.index == 0 ? "hiprio" : "requests", q.config.size,
-               q.config.last_avail_idx, q.config.event_idx, q.worker_index);
+               q.config.last_avail_idx, q.config.event_idx, q.packed ? ", packed" : "",
+               q.worker_index);
 }
 
 // REQUIRES: workers paused.
@@ -561,6 +592,7 @@ void FsDevice::stop_queue(Queue& q) {
   if (!q.started) return;
   q.worker->unwatch(q);
   q.vq.stop();
+  q.pvq.stop();
   q.started = false;
   q.need_publish = false;
 }

@@ -71,7 +71,8 @@ struct VringConfig {
   uint64_t desc_uva = 0;
   uint64_t avail_uva = 0;
   uint64_t used_uva = 0;
-  uint16_t last_avail_idx = 0;  // SET_VRING_BASE
+  uint16_t last_avail_idx = 0;  // SET_VRING_BASE (packed: index | avail wrap << 15)
+  uint16_t last_used_idx = 0;   // packed only: SET_VRING_BASE bits 16-31 (index | used wrap << 15)
   bool event_idx = false;       // VIRTIO_RING_F_EVENT_IDX negotiated
   bool indirect_desc = false;   // VIRTIO_RING_F_INDIRECT_DESC negotiated
 };

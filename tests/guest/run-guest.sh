@@ -15,6 +15,7 @@ usage: run-guest.sh --socket SOCK --tag TAG [options]
   --smp N            guest CPUs (default 1)
   --queues N         num-request-queues of vhost-user-fs-pci (default: QEMU's, 1)
   --queue-size Q     queue-size of vhost-user-fs-pci (default: QEMU's, 128)
+  --packed           packed virtqueues (packed=on on vhost-user-fs-pci)
   --kvm              -accel kvm (default: TCG with -cpu max; see NOTES.md)
   --timeout S        kill QEMU after S seconds, exit 124 (default 300)
   --reboot           run the workload, reboot the guest (same QEMU, same device
@@ -36,7 +37,7 @@ note() { echo "run-guest: $*" >&2; }
 usage_err() { echo "run-guest: $*" >&2; usage >&2; exit 2; }
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
-sock= tag= workload= mem=512M smp=1 queues= qsize= kvm=0 timeout=300 reboot=0
+sock= tag= workload= mem=512M smp=1 queues= qsize= packed=0 kvm=0 timeout=300 reboot=0
 fio=auto append= keep_log= quiet=0 sock_wait=10
 while (($#)); do
   case $1 in
@@ -47,6 +48,7 @@ while (($#)); do
     --smp) smp=${2:?}; shift 2 ;;
     --queues) queues=${2:?}; shift 2 ;;
     --queue-size) qsize=${2:?}; shift 2 ;;
+    --packed) packed=1; shift ;;
     --kvm) kvm=1; shift ;;
     --timeout) timeout=${2:?}; shift 2 ;;
     --reboot) reboot=1; shift ;;
@@ -137,6 +139,7 @@ cmdline="console=ttyS0 quiet loglevel=4 panic=-1 edd=off dpfs.tag=$tag dpfs.run=
 dev="vhost-user-fs-pci,chardev=vfs,tag=$tag"
 [[ -n $queues ]] && dev+=",num-request-queues=$queues"
 [[ -n $qsize ]] && dev+=",queue-size=$qsize"
+((packed)) && dev+=",packed=on"
 
 if ((kvm)); then
   [[ -w /dev/kvm ]] || die "--kvm: /dev/kvm not usable"

@@ -414,6 +414,26 @@ TEST_F(GuestTest, TwoRequestQueues) {
   EXPECT_NE(final_log.find("queue 2 (requests): 0 requests"), std::string::npos) << final_log;
 }
 
+// Packed virtqueues (VIRTIO_F_RING_PACKED, QEMU's packed=on): the same
+// workload passes over PackedVirtqueue on every queue.
+TEST_F(GuestTest, PackedVirtqueues) {
+  Daemon daemon(dir_.path(), "vu7", {});
+  ASSERT_TRUE(daemon.ready());
+  const GuestRun run =
+      run_guest(dir_.path(), daemon.socket(), "vu7", "basic.sh", {"--packed"}, "packed");
+  ASSERT_TRUE(run.ok()) << run.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  expect_basic_passed(run, 1);
+  const std::string log = daemon.log();
+  EXPECT_NE(log.find("ring_packed=true"), std::string::npos) << log;
+  EXPECT_NE(log.find("queue 1 (requests) started"), std::string::npos) << log;
+  EXPECT_NE(log.find(", packed, worker"), std::string::npos) << log;
+  expect_clean_exit(daemon);
+  const std::string final_log = daemon.log();
+  const size_t at = final_log.find("queue 1 (requests): ");
+  ASSERT_NE(at, std::string::npos) << final_log;
+  EXPECT_GT(std::stoull(final_log.substr(at + 20)), 1000u) << final_log.substr(at, 80);
+}
+
 // (c) The guest reboots (same QEMU, same vhost-user connection, the device
 // reset by the guest): boot 2 finds boot 1's files and runs again.
 TEST_F(GuestTest, DeviceSurvivesGuestReboot) {
