@@ -21,6 +21,8 @@ usage: run-guest.sh --socket SOCK --tag TAG [options]
   --reboot           run the workload, reboot the guest (same QEMU, same device
                      connection), run it again; DPFS_BOOT=1/2 in the guest
   --fio | --no-fio   put fio into the guest (default: if the workload mentions fio)
+  --bin PATH         put the host binary PATH into the guest as /usr/local/bin/<name>,
+                     with the shared libraries ldd lists (repeatable; cached by hash)
   --append ARGS      extra kernel command line
   --log FILE         keep the whole console log in FILE
   --quiet            do not stream the console; print it only on failure
@@ -39,6 +41,7 @@ usage_err() { echo "run-guest: $*" >&2; usage >&2; exit 2; }
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 sock= tag= workload= mem=512M smp=1 queues= qsize= packed=0 kvm=0 timeout=300 reboot=0
 fio=auto append= keep_log= quiet=0 sock_wait=10
+bins=()
 while (($#)); do
   case $1 in
     --socket) sock=${2:?}; shift 2 ;;
@@ -54,6 +57,7 @@ while (($#)); do
     --reboot) reboot=1; shift ;;
     --fio) fio=1; shift ;;
     --no-fio) fio=0; shift ;;
+    --bin) bins+=("${2:?}"); shift 2 ;;
     --append) append=${2:?}; shift 2 ;;
     --log) keep_log=${2:?}; shift 2 ;;
     --quiet) quiet=1; shift ;;
@@ -73,6 +77,9 @@ done
 if [[ -n $workload ]]; then
   [[ -r $workload ]] || usage_err "cannot read workload $workload"
 fi
+for b in ${bins[@]+"${bins[@]}"}; do
+  [[ -f $b && -x $b ]] || usage_err "--bin: not an executable file: $b"
+done
 
 qemu=${DPFS_GUEST_QEMU:-qemu-system-x86_64}
 command -v "$qemu" >/dev/null || die "no $qemu: apt-get install qemu-system-x86"
@@ -89,6 +96,44 @@ fi
 if [[ $fio == 1 && ! -f $cache/fio.cpio ]]; then
   die "fio wanted in the guest but not installed on the host: apt-get install fio"
 fi
+
+# ---- --bin: one cached cpio per binary ----------------------------------------
+# $cache/bin/<sha256>-<name>.cpio holds the binary at /usr/local/bin/<name> and
+# every path ldd names (libraries, the loader) at that path with the content it
+# resolves to, as fio.cpio does: the loader finds them where it did on the host
+# (system directories, or the build tree through the binary's RUNPATH).
+bin_cpio() {  # bin_cpio PATH: prints the cpio's path
+  local b=$1 name sum out tmp lib libs
+  name=$(basename "$b")
+  sum=$(sha256sum "$b" | cut -c1-16)
+  out=$cache/bin/$sum-$name.cpio
+  if [[ ! -f $out ]]; then
+    mkdir -p "$cache/bin"
+    tmp=$(mktemp -d "$cache/bin/.tmp.XXXXXX")
+    mkdir -p "$tmp/root/usr/local/bin"
+    cp "$(readlink -f "$b")" "$tmp/root/usr/local/bin/$name"
+    chmod 755 "$tmp/root/usr/local/bin/$name"
+    if libs=$(ldd "$b" 2>&1); then
+      if grep -q 'not found' <<<"$libs"; then
+        rm -rf "$tmp"; die "--bin $b: ldd cannot resolve: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
+      fi
+      while read -r lib; do
+        mkdir -p "$tmp/root$(dirname "$lib")"
+        cp "$(readlink -f "$lib")" "$tmp/root$lib"
+      done < <(grep -o '/[^ ]*' <<<"$libs" | sort -u)
+    fi  # else statically linked: nothing more
+    (cd "$tmp/root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) >"$tmp/out.cpio" \
+      || { rm -rf "$tmp"; die "--bin $b: cpio failed"; }
+    mv "$tmp/out.cpio" "$out"
+    rm -rf "$tmp"
+  fi
+  echo "$out"
+}
+bin_parts=()
+for b in ${bins[@]+"${bins[@]}"}; do
+  part=$(bin_cpio "$b") || exit 126
+  bin_parts+=("$part")
+done
 
 # ---- state and cleanup -------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/dpfs-guest.XXXXXX")
@@ -120,6 +165,7 @@ fi
 (cd "$work/extra" && find . -print0 | cpio --null -o -H newc --quiet -R 0:0) >"$work/extra.cpio"
 parts=("$cache/base.cpio")
 ((fio)) && parts+=("$cache/fio.cpio")
+parts+=(${bin_parts[@]+"${bin_parts[@]}"})
 parts+=("$work/extra.cpio")
 cat "${parts[@]}" >"$work/initrd"
 
