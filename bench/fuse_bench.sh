@@ -305,13 +305,23 @@ FUSE_VERSION=$(pkg-config --modversion fuse3)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 JOB_NAMES="${JOBS[*]%%|*}"
+# The command line as text, for the report (the quotes are meant literally).
+# shellcheck disable=SC2089
+INVOCATION="RUNTIME=$RUNTIME REPEAT=$REPEAT QUIET_WAIT=$QUIET_WAIT THREADS=$THREADS \
+FILE_SIZE=$FILE_SIZE DPFS_ARGS='$DPFS_ARGS' TARGETS='$TARGETS' bench/fuse_bench.sh"
+if [[ ${SKIP_BUILD:-0} = 1 ]]; then
+  BUILD_CMD="(SKIP_BUILD=1: an existing ${BUILD#"$ROOT"/}/dpfs)"
+else
+  BUILD_CMD="cmake -S . -B ${BUILD#"$ROOT"/} -DCMAKE_BUILD_TYPE=Release && cmake --build ${BUILD#"$ROOT"/} --target dpfs"
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+# shellcheck disable=SC2090
 export LOAD_BEFORE LOAD_AFTER CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE \
-  JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS
+  JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS INVOCATION BUILD_CMD
 python3 -c '
 import json, os, sys
 keys = "LOAD_BEFORE LOAD_AFTER CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE \
-JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS".split()
+JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS INVOCATION BUILD_CMD".split()
 json.dump({k: os.environ[k] for k in keys}, open(sys.argv[1], "w"), indent=1)' "$RESULTS/meta.json"
 python3 "$ROOT/bench/fuse_bench_report.py" "$RESULTS" "$OUT" || die "writing the report"
 log "wrote $OUT (results kept in $RESULTS)"

@@ -68,6 +68,11 @@ L.append(f"- Load average (1, 5, 15 min) before the run: {env['LOAD_BEFORE']}; a
 L.append("")
 L.append("## What runs")
 L.append("")
+L.append("```")
+L.append(env["BUILD_CMD"])
+L.append(env["INVOCATION"])
+L.append("```")
+L.append("")
 L.append("Each daemon is mounted alone, the four fio jobs run against it, and it is")
 L.append("stopped before the next one starts. `$WORK` is a fresh directory under /tmp.")
 L.append(f"{env['RUNTIME']} s per job; {env['REPEAT']} round(s) over all daemons; dpfs runs "
