@@ -722,6 +722,11 @@ size_t FuseSession::max_reply_size() const {
   return sizeof(fuse_out_header) + std::max<size_t>(options_.max_write, kXattrSizeMax);
 }
 
+void FuseSession::answer_error(Request& req, uint64_t unique, int error) {
+  finish(req, -error);
+  req.complete(encode_error(req.out, unique, error));
+}
+
 void FuseSession::reset() {
   std::lock_guard lock(init_mutex);
   initialized_.store(false, std::memory_order_release);
@@ -767,8 +772,7 @@ void FuseSession::handle(Request& req) {
     return;
   }
   auto fail = [&](int error) {
-    finish(req, -error);
-    req.complete(encode_error(req.out, st.unique, error));
+    answer_error(req, st.unique, error);
   };
   if (!have_header) {
     log_malformed("{} bytes cannot hold a request header", iov_length(req.in));
@@ -804,14 +808,12 @@ void FuseSession::handle(Request& req) {
 void FuseSession::dispatch(Request& req, const fuse_in_header& hdr, IovReader& in) {
   const Handler handler = hdr.opcode < kOps.size() ? kOps[hdr.opcode].handler : nullptr;
   if (handler == nullptr) {
-    finish(req, -ENOSYS);
-    req.complete(encode_error(req.out, hdr.unique, ENOSYS));
+    answer_error(req, hdr.unique, ENOSYS);
     return;
   }
   if (!options_.xattr && (hdr.opcode == FUSE_GETXATTR || hdr.opcode == FUSE_SETXATTR ||
                           hdr.opcode == FUSE_LISTXATTR || hdr.opcode == FUSE_REMOVEXATTR)) {
-    finish(req, -ENOSYS);
-    req.complete(encode_error(req.out, hdr.unique, ENOSYS));
+    answer_error(req, hdr.unique, ENOSYS);
     return;
   }
   if (hdr.opcode == FUSE_DESTROY) {
@@ -821,8 +823,7 @@ void FuseSession::dispatch(Request& req, const fuse_in_header& hdr, IovReader& i
   }
   Call call{*this, backend_, req, hdr, in, Context{hdr.uid, hdr.gid, hdr.pid, hdr.unique}};
   if (const int error = handler(call)) {
-    finish(req, -error);
-    req.complete(encode_error(req.out, hdr.unique, error));
+    answer_error(req, hdr.unique, error);
   }
 }
 
@@ -833,8 +834,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   const size_t have = std::min(in.remaining(), sizeof(a));
   if (have < offsetof(fuse_init_in, flags2)) {
     log_malformed("INIT argument of {} bytes is too short", have);
-    finish(req, -EINVAL);
-    req.complete(encode_error(req.out, unique, EINVAL));
+    answer_error(req, unique, EINVAL);
     return;
   }
   in.read(&a, have);
@@ -856,8 +856,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   if (a.major < kMajor || a.minor < kMinMinor) {
     spdlog::error("{}: kernel speaks FUSE {}.{}; dpfs needs at least {}.{}", options_.name, a.major,
                   a.minor, kMajor, kMinMinor);
-    finish(req, -EPROTO);
-    req.complete(encode_error(req.out, unique, EPROTO));
+    answer_error(req, unique, EPROTO);
     return;
   }
 

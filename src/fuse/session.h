@@ -82,6 +82,8 @@ class FuseSession {
 
  private:
   void handle_init(Request& req, IovReader& in, uint64_t unique);
+  // Completes `req` with a header-only error reply and counts it.
+  void answer_error(Request& req, uint64_t unique, int error);
   void dispatch(Request& req, const fuse_in_header& hdr, IovReader& in);
 
   Backend& backend_;
