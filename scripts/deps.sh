@@ -8,7 +8,9 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   fuse3 libfuse3-dev
   clang libclang-rt-14-dev
-  fio attr
+  fio attr gnuplot-nox
+  liburing-dev libnfs-dev
+  nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-common iproute2
   qemu-system-x86 qemu-system-common linux-image-amd64 busybox-static cpio kmod xz-utils zstd
 )
 missing=()
