@@ -9,7 +9,7 @@
 # and runs the same fio jobs on each (4k random reads at depth 1 and 32, 1 MiB
 # sequential reads and writes; libaio, O_DIRECT). Around every job it reads
 # the daemon's CPU time (utime + stime of /proc/PID/stat, all threads) and
-# divides it by the I/Os fio completed. Results go to docs/BENCHMARKS.md
+# divides it by the I/Os fio completed. Results go to docs/FUSE_BENCHMARKS.md
 # (written by bench/fuse_bench_report.py from build/bench/results).
 #
 # The libfuse examples are compiled from /usr/share/doc/libfuse3-dev/examples
@@ -32,7 +32,7 @@
 #                     unless SKIP_BUILD=1)
 #   FILE_SIZE=256M    size of the data file for memfs and passthrough_ll
 #   TARGETS="dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll"
-#   OUT=docs/BENCHMARKS.md
+#   OUT=docs/FUSE_BENCHMARKS.md
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,7 +45,7 @@ BUILD=${BUILD:-$ROOT/build}
 [[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
 FILE_SIZE=${FILE_SIZE:-256M}
 TARGETS=${TARGETS:-dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll}
-OUT=${OUT:-$ROOT/docs/BENCHMARKS.md}
+OUT=${OUT:-$ROOT/docs/FUSE_BENCHMARKS.md}
 [[ $OUT = /* ]] || OUT=$ROOT/$OUT
 EXAMPLES=${EXAMPLES:-/usr/share/doc/libfuse3-dev/examples}
 DPFS=$BUILD/dpfs

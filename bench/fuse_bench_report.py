@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes docs/BENCHMARKS.md from the results bench/fuse_bench.sh left.
+"""Writes docs/FUSE_BENCHMARKS.md from the results bench/fuse_bench.sh left.
 
 Usage: fuse_bench_report.py RESULTS_DIR OUT.md
 
