@@ -38,6 +38,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <filesystem>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -685,6 +686,8 @@ class Mount {
       if (find_mount(dir_)) ::umount2(dir_.c_str(), MNT_DETACH);
       ::rmdir(dir_.c_str());
       ::unlink(log_.c_str());
+      std::error_code ignored;
+      std::filesystem::remove_all(base_ + "/export", ignored);  // see memfs_args()
       ::rmdir(base_.c_str());
     }
   }
@@ -762,12 +765,21 @@ class Mount {
     }
   }
 
-  // The serve command line for the memfs backend on dir(), with the words
-  // of $DPFS_TEST_SERVE_ARGS appended (to run the suites again with, say,
-  // "--writeback-cache true" or "--attr-timeout 0 --entry-timeout 0").
+  // The serve command line for the backend under test on dir(): memfs, or
+  // $DPFS_TEST_BACKEND (a --backend spec; "{dir}" in it is replaced by a
+  // fresh empty directory of this mount, e.g. "passthrough:{dir}"), with the
+  // words of $DPFS_TEST_SERVE_ARGS appended (to run the suites again with,
+  // say, "--writeback-cache true" or "--attr-timeout 0 --entry-timeout 0").
   std::vector<std::string> memfs_args(int threads = 2) const {
+    std::string backend = "memfs";
+    if (const char* b = std::getenv("DPFS_TEST_BACKEND"); b && *b) backend = b;
+    if (size_t at = backend.find("{dir}"); at != std::string::npos) {
+      const std::string exported = base_ + "/export";
+      ::mkdir(exported.c_str(), 0755);
+      backend.replace(at, 5, exported);
+    }
     std::vector<std::string> args{
-        "serve", "--backend", "memfs", "--fuse-mount", dir_, "--threads", std::to_string(threads)};
+        "serve", "--backend", backend, "--fuse-mount", dir_, "--threads", std::to_string(threads)};
     if (const char* extra = std::getenv("DPFS_TEST_SERVE_ARGS")) {
       std::istringstream words(extra);
       std::string w;
