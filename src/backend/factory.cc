@@ -6,6 +6,7 @@
 
 #include "backend/memfs/memfs.h"
 #include "backend/null/null.h"
+#include "remote/wire.h"
 
 namespace dpfs {
 namespace {
@@ -13,6 +14,8 @@ namespace {
 constexpr BackendType kTypes[] = {
     {"memfs", false, "an in-memory file system, empty at start"},
     {"null", false, "a root and one file of zeros that discards writes; for benchmarks"},
+    {"remote", true,
+     "remote://HOST:PORT: forward every request to a dpfs server (dpfs serve --listen)"},
 };
 
 }  // namespace
@@ -42,6 +45,14 @@ void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
       throw std::invalid_argument(
           fmt::format("backend {} takes no argument, got '{}'", type, spec));
     }
+    if (t.name == "remote") {
+      // "remote://HOST:PORT": the argument is "//HOST:PORT".
+      try {
+        remote::parse_endpoint(spec, "remote://", false);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(fmt::format("backend remote: {}", e.what()));
+      }
+    }
     cfg->type = std::string(type);
     cfg->arg = std::string(arg);
     return;
@@ -64,6 +75,11 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     options.file_size = cfg.null.file_size;
     options.direct_io = cfg.null.direct_io;
     return std::make_unique<NullBackend>(options);
+  }
+  if (cfg.type == "remote") {
+    // The remote backend forwards whole FUSE requests (remote::Forwarder):
+    // the transport builds it in place of a session, never as a Backend.
+    throw std::invalid_argument("backend remote serves FUSE mounts only (--fuse-mount)");
   }
   throw std::invalid_argument(
       fmt::format("unknown backend '{}' (known: {})", cfg.type, backend_type_list()));

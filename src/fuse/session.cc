@@ -708,18 +708,18 @@ FuseSession::FuseSession(Backend& backend, SessionOptions options)
   max_write_ = mw;
 }
 
-size_t FuseSession::max_request_size() const {
+size_t FuseSession::request_size_for(uint32_t max_write) {
   // The larger of a WRITE of max_write and a SETXATTR of the largest value
   // the kernel allows, each with its header and argument, and room for the
   // names and extensions. The kernel refuses requests that do not fit.
-  const size_t write = sizeof(fuse_write_in) + options_.max_write;
+  const size_t write = sizeof(fuse_write_in) + max_write;
   const size_t setxattr = sizeof(fuse_setxattr_in) + kXattrNameMax + 1 + kXattrSizeMax;
   return sizeof(fuse_in_header) + std::max(write, setxattr) + kPageSize;
 }
 
-size_t FuseSession::max_reply_size() const {
+size_t FuseSession::reply_size_for(uint32_t max_write) {
   // A READ of max_write, or a GETXATTR/LISTXATTR of the largest value.
-  return sizeof(fuse_out_header) + std::max<size_t>(options_.max_write, kXattrSizeMax);
+  return sizeof(fuse_out_header) + std::max<size_t>(max_write, kXattrSizeMax);
 }
 
 void FuseSession::answer_error(Request& req, uint64_t unique, int error) {

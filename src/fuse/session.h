@@ -18,6 +18,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "fuse/handler.h"
 #include "fuse/request.h"
 
 namespace dpfs::fuse {
@@ -43,7 +44,7 @@ struct OpStats {
   std::atomic<uint64_t> total_ns{0};
 };
 
-class FuseSession {
+class FuseSession final : public RequestHandler {
  public:
   // The protocol this build speaks (<linux/fuse.h>) and the oldest it accepts.
   static constexpr uint32_t kMajor = FUSE_KERNEL_VERSION;
@@ -57,19 +58,22 @@ class FuseSession {
 
   // Decodes one request and hands it to the backend. The request's
   // complete() is called exactly once, now or when the backend answers.
-  void handle(Request& req);
+  void handle(Request& req) override;
 
   // The buffer sizes a transport must offer: the largest request the kernel
   // may send (a WRITE of max_write) and the largest reply (a READ of max_write).
-  size_t max_request_size() const;
-  size_t max_reply_size() const;
+  size_t max_request_size() const override { return request_size_for(options_.max_write); }
+  size_t max_reply_size() const override { return reply_size_for(options_.max_write); }
+  // The same for a session whose max_write is `max_write` (a forwarder's).
+  static size_t request_size_for(uint32_t max_write);
+  static size_t reply_size_for(uint32_t max_write);
 
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
   // Forgets the negotiated session when its tenant went away without
   // DESTROY (a front-end disconnected): the next request must be INIT.
-  void reset();
+  void reset() override;
   // True once DESTROY was handled (a transport may stop serving).
-  bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
+  bool destroyed() const override { return destroyed_.load(std::memory_order_acquire); }
   uint32_t proto_minor() const { return proto_minor_; }
   uint64_t negotiated_flags() const { return flags_; }
   uint32_t max_write() const { return max_write_; }

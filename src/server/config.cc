@@ -14,6 +14,8 @@
 #include <sstream>
 #include <variant>
 
+#include "remote/wire.h"
+
 namespace dpfs::server {
 namespace {
 
@@ -248,6 +250,38 @@ const Setting kSettings[] = {
          refuse(fmt::format("must be wait or exit, got '{}'", s));
        }
      }},
+    {{"remote.listen", "--listen", "tcp://ADDR:PORT",
+      "serve remote devices (backend remote://) on this TCP address; non-loopback needs "
+      "remote.secret_file (default: none)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       remote::parse_endpoint(s, "tcp://", true);
+       cfg.remote.listen = s;
+     }},
+    {{"remote.secret_file", "--remote-secret-file", "FILE",
+      "shared secret (>= 16 bytes, mode 0600) a remote device and its server both prove "
+      "(default: none)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s.empty()) refuse("must not be empty");
+       cfg.remote.secret_file = s;
+     }},
+    {{"remote.connections", "--remote-connections", "N",
+      "TCP connections of a remote device to its server, 1..64 (default 2)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < 1 || n > int64_t(RemoteConfig::kMaxConnections)) {
+         refuse(fmt::format("must be between 1 and {}, got {}", RemoteConfig::kMaxConnections, n));
+       }
+       cfg.remote.connections = unsigned(n);
+     }},
+    {{"remote.timeout", "--remote-timeout", "SECONDS",
+      "a remote device answers a request ETIMEDOUT after this long without a reply (default 30)"},
+     [](Config& cfg, const Value& v) {
+       const double d = as_seconds(v);
+       if (d < 0.1 || d > 3600) refuse(fmt::format("must be between 0.1 and 3600 seconds, got {}", d));
+       cfg.remote.timeout = d;
+     }},
 };
 
 // The [vhost_user] keys a [[device]] table may set for itself (as "socket",
@@ -455,8 +489,18 @@ void finish(Config& cfg) {
       }
     }
   }
+  for (const DeviceConfig& device : cfg.devices) {
+    if (device.backend.type == "remote") {
+      throw ConfigError(fmt::format(
+          "vhost-user device {}: the remote backend serves FUSE mounts only (--fuse-mount)",
+          device.socket));
+    }
+  }
+  if (!cfg.remote.listen.empty() && cfg.backend.type == "remote") {
+    throw ConfigError("--listen serves remote devices from a local backend, not from remote://");
+  }
   // Without any transport configured, the default job: FUSE at /tmp/dpfs.
-  if (cfg.fuse.mount.empty() && cfg.devices.empty()) {
+  if (cfg.fuse.mount.empty() && cfg.devices.empty() && cfg.remote.listen.empty()) {
     cfg.fuse.mount = Config::kDefaultMount;
     cfg.fuse.mount_is_default = true;
   }

@@ -75,6 +75,16 @@ struct VhostUserConfig {
   OnDisconnect on_disconnect = OnDisconnect::kWait;  // every device
 };
 
+// The remote transport (docs/remote-wire-format.md): a server listening for
+// remote devices, and what a device with backend remote://HOST:PORT uses.
+struct RemoteConfig {
+  static constexpr unsigned kMaxConnections = 64;
+  std::string listen;       // "tcp://ADDR:PORT"; empty: no listener
+  std::string secret_file;  // empty: no shared secret (loopback only)
+  unsigned connections = 2;  // per remote device
+  double timeout = 30.0;     // seconds a request may wait for its reply
+};
+
 struct Config {
   static constexpr unsigned kMinThreads = 1;
   static constexpr unsigned kMaxThreads = 256;
@@ -88,6 +98,7 @@ struct Config {
   // configured: then there is no FUSE mount.
   FuseConfig fuse;
   VhostUserConfig vhost_user;
+  RemoteConfig remote;
   // Every vhost-user device: after finish(), the [vhost_user] one (if a
   // socket is set) first, then the [[device]] tables in file order.
   std::vector<DeviceConfig> devices;

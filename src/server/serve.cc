@@ -17,6 +17,8 @@
 
 #include "backend/factory.h"
 #include "fuse/session.h"
+#include "remote/forwarder.h"
+#include "remote/server.h"
 #include "server/signals.h"
 #include "server/stats.h"
 #include "server/version.h"
@@ -26,6 +28,42 @@
 namespace dpfs::server {
 namespace {
 
+fuse::SessionOptions session_options(const Config& cfg) {
+  fuse::SessionOptions options;
+  options.max_write = cfg.fuse.max_write;
+  options.entry_timeout = cfg.fuse.entry_timeout;
+  options.attr_timeout = cfg.fuse.attr_timeout;
+  options.writeback_cache = cfg.fuse.writeback_cache;
+  options.xattr = cfg.fuse.xattr;
+  options.name = cfg.fuse.mount;
+  return options;
+}
+
+std::string read_secret(const Config& cfg) {
+  return cfg.remote.secret_file.empty() ? std::string()
+                                        : remote::read_secret_file(cfg.remote.secret_file);
+}
+
+remote::ForwarderOptions forwarder_options(const Config& cfg) {
+  remote::ForwarderOptions options;
+  options.server = remote::parse_endpoint("remote:" + cfg.backend.arg, "remote://", false);
+  options.secret = read_secret(cfg);
+  options.connections = cfg.remote.connections;
+  options.timeout_s = cfg.remote.timeout;
+  options.max_write = cfg.fuse.max_write;
+  return options;
+}
+
+// `dpfs serve --listen`: remote devices served from this daemon's backend.
+std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
+  remote::ServerOptions options;
+  options.listen = remote::parse_endpoint(cfg.remote.listen, "tcp://", true);
+  options.secret = read_secret(cfg);
+  options.session = session_options(cfg);
+  options.session.name = "remote";
+  return std::make_unique<remote::Server>(std::move(options), make_backend(cfg.backend));
+}
+
 // The objects that serve one mount. The backend is built first, so that
 // a backend that cannot start fails before anything is mounted; the mount
 // comes before the workers that serve it. Torn down in the one order that
@@ -34,24 +72,29 @@ namespace {
 // Not thread-safe: the main thread's.
 class Daemon {
  public:
-  Daemon(const Config& cfg, std::function<void()> on_stop) : backend_(make_backend(cfg.backend)) {
-    fuse::SessionOptions options;
-    options.max_write = cfg.fuse.max_write;
-    options.entry_timeout = cfg.fuse.entry_timeout;
-    options.attr_timeout = cfg.fuse.attr_timeout;
-    options.writeback_cache = cfg.fuse.writeback_cache;
-    options.xattr = cfg.fuse.xattr;
-    options.name = cfg.fuse.mount;
-    session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
+  Daemon(const Config& cfg, std::function<void()> on_stop) {
+    fuse::RequestHandler* handler;
+    std::string served;
+    if (cfg.backend.type == "remote") {
+      // Requests go whole to a remote dpfs, which runs the session.
+      forwarder_ = std::make_unique<remote::Forwarder>(forwarder_options(cfg));
+      handler = forwarder_.get();
+      served = forwarder_->describe();
+    } else {
+      backend_ = make_backend(cfg.backend);
+      session_ = std::make_unique<fuse::FuseSession>(*backend_, session_options(cfg));
+      handler = session_.get();
+      served = describe_backend(cfg.backend);
+    }
     mount_ = std::make_unique<transport::FuseMount>(
         transport::MountOptions{cfg.fuse.mount, cfg.fuse.max_write, cfg.fuse.mount_is_default});
     spdlog::info(
         "dpfs {}: serving {} at {}: {} thread{}, max_write {}, entry_timeout {}s, attr_timeout "
         "{}s, writeback_cache {}",
-        kVersion, describe_backend(cfg.backend), mount_->mount_point(), cfg.threads,
-        cfg.threads == 1 ? "" : "s", format_size(cfg.fuse.max_write), cfg.fuse.entry_timeout,
-        cfg.fuse.attr_timeout, cfg.fuse.writeback_cache ? "on" : "off");
-    device_ = std::make_unique<transport::FuseDevice>(mount_->fd(), *session_, cfg.threads,
+        kVersion, served, mount_->mount_point(), cfg.threads, cfg.threads == 1 ? "" : "s",
+        format_size(cfg.fuse.max_write), cfg.fuse.entry_timeout, cfg.fuse.attr_timeout,
+        cfg.fuse.writeback_cache ? "on" : "off");
+    device_ = std::make_unique<transport::FuseDevice>(mount_->fd(), *handler, cfg.threads,
                                                       std::move(on_stop));
   }
   Daemon(const Daemon&) = delete;
@@ -70,16 +113,26 @@ class Daemon {
     // backend goes before the device. The session only keeps a dangling
     // reference to it, which nothing uses any more.
     backend_.reset();
+    // Likewise the forwarder answers what is still in flight (EIO).
+    if (forwarder_) forwarder_->stop();
     device_.reset();
   }
 
-  const fuse::FuseSession& session() const { return *session_; }
+  void log_stats(const char* title) const {
+    if (session_) server::log_stats(*session_, title);
+    if (forwarder_) {
+      const remote::Forwarder::Counters& c = forwarder_->counters();
+      spdlog::info("{}: {} requests forwarded, {} resent, {} failed, {} connections made", title,
+                   c.forwarded.load(), c.resent.load(), c.failed.load(), c.connects.load());
+    }
+  }
   bool failed() const { return device_ && device_->failed(); }
   const std::string& mount_point() const { return mount_->mount_point(); }
 
  private:
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<fuse::FuseSession> session_;
+  std::unique_ptr<fuse::FuseSession> session_;  // or, for a remote backend:
+  std::unique_ptr<remote::Forwarder> forwarder_;
   std::unique_ptr<transport::FuseMount> mount_;
   std::unique_ptr<transport::FuseDevice> device_;
 };
@@ -118,8 +171,11 @@ int serve(const Config& cfg) {
   for (const DeviceConfig& d : cfg.devices) {
     devices.push_back(std::make_unique<VhostUserServer>(d, cfg, notifier(device_done.get())));
   }
+  std::unique_ptr<remote::Server> listener;
+  if (!cfg.remote.listen.empty()) listener = make_remote_server(cfg);
   std::unique_ptr<Daemon> fuse;
   if (!cfg.fuse.mount.empty()) fuse = std::make_unique<Daemon>(cfg, notifier(fuse_stopped.get()));
+  if (listener) listener->start();
   for (auto& d : devices) {
     d->start();
     spdlog::info("{}: boot a guest with QEMU options: {}", d->name(), d->qemu_options());
@@ -132,7 +188,7 @@ int serve(const Config& cfg) {
   bool fuse_serving = fuse != nullptr;
   int status = 0;
   for (;;) {
-    if (!fuse_serving && all_devices_done()) {
+    if (!fuse_serving && all_devices_done() && !listener) {
       spdlog::info("every transport is done; stopping");
       break;
     }
@@ -168,7 +224,8 @@ int serve(const Config& cfg) {
       const int sig = signals.take();
       if (sig == 0) continue;
       if (sig == SIGUSR1) {
-        if (fuse) log_stats(fuse->session(), "stats");
+        if (fuse) fuse->log_stats("stats");
+        if (listener) listener->log_stats("stats");
         for (const auto& d : devices) {
           log_stats(d->session(), (d->name() + ": stats").c_str());
           for (const std::string& line : d->queue_stats()) spdlog::info("{}: {}", d->name(), line);
@@ -184,7 +241,9 @@ int serve(const Config& cfg) {
     for (const std::string& line : d->queue_stats()) spdlog::info("{}: {}", d->name(), line);
     d->stop();
   }
-  if (fuse) log_stats(fuse->session(), "totals");
+  if (listener) listener->stop();
+  if (fuse) fuse->log_stats("totals");
+  if (listener) listener->log_stats("totals");
   for (const auto& d : devices) log_stats(d->session(), (d->name() + ": totals").c_str());
   return status;
 }

@@ -218,7 +218,7 @@ class FuseDevice::Worker {
  public:
   Worker(FuseDevice& device, unsigned index, int fd, UniqueFd owned_fd)
       : device_(device), index_(index), fd_(fd), owned_fd_(std::move(owned_fd)) {
-    const fuse::FuseSession& session = device_.session_;
+    const fuse::RequestHandler& session = device_.session_;
     // The kernel refuses a read into a buffer that cannot hold a WRITE of
     // its max_write plus headers, and never less than FUSE_MIN_READ_BUFFER.
     in_size_ = std::max<size_t>(session.max_request_size(), FUSE_MIN_READ_BUFFER);
@@ -364,7 +364,7 @@ void FuseDevice::Worker::run() {
   sigaddset(&wake, kWakeSignal);
   pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);
 
-  fuse::FuseSession& session = device_.session_;
+  fuse::RequestHandler& session = device_.session_;
   while (!device_.stopping_.load(std::memory_order_acquire)) {
     Slot* slot = acquire();
     if (slot == nullptr) break;
@@ -396,7 +396,7 @@ void FuseDevice::Worker::run() {
 
 // --- FuseDevice --------------------------------------------------------------
 
-FuseDevice::FuseDevice(int connection_fd, fuse::FuseSession& session, unsigned threads,
+FuseDevice::FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
                        std::function<void()> on_stop)
     : session_(session), on_stop_(std::move(on_stop)) {
   install_wake_handler();

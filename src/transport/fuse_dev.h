@@ -25,7 +25,7 @@
 #include <thread>
 #include <vector>
 
-#include "fuse/session.h"
+#include "fuse/handler.h"
 #include "transport/unique_fd.h"
 
 namespace dpfs::transport {
@@ -108,7 +108,7 @@ class FuseDevice {
   // when a worker stops by itself: the file system was unmounted, the
   // session was destroyed, or the connection failed. Throws MountError if
   // a thread cannot be started.
-  FuseDevice(int connection_fd, fuse::FuseSession& session, unsigned threads,
+  FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
              std::function<void()> on_stop);
   FuseDevice(const FuseDevice&) = delete;
   FuseDevice& operator=(const FuseDevice&) = delete;
@@ -127,7 +127,7 @@ class FuseDevice {
  private:
   void worker_stopped();
 
-  fuse::FuseSession& session_;
+  fuse::RequestHandler& session_;
   std::function<void()> on_stop_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> notified_{false};

@@ -1,0 +1,31 @@
+// What a transport hands its requests to.
+//
+// Usually the FUSE session of a local backend (FuseSession); with a remote
+// backend, a forwarder that sends each request to another dpfs over the
+// network (remote::Forwarder). A transport needs no more than this.
+#pragma once
+
+#include <cstddef>
+
+#include "fuse/request.h"
+
+namespace dpfs::fuse {
+
+class RequestHandler {
+ public:
+  // Takes one request; its complete() is called exactly once, now or later,
+  // possibly from another thread. Safe for concurrent use.
+  virtual void handle(Request& req) = 0;
+  // The buffer sizes a transport must offer for requests and replies.
+  virtual size_t max_request_size() const = 0;
+  virtual size_t max_reply_size() const = 0;
+  // True once DESTROY was handled (a transport may stop serving).
+  virtual bool destroyed() const = 0;
+  // The tenant went away without DESTROY: the next request must be INIT.
+  virtual void reset() = 0;
+
+ protected:
+  ~RequestHandler() = default;
+};
+
+}  // namespace dpfs::fuse

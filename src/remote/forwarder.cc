@@ -1,0 +1,679 @@
+#include "remote/forwarder.h"
+
+#include <fmt/format.h>
+#include <linux/fuse.h>
+#include <netdb.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "fuse/session.h"
+#include "transport/unique_fd.h"
+
+namespace dpfs::remote {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kFirstBackoff = std::chrono::milliseconds(100);
+constexpr auto kMaxBackoff = std::chrono::seconds(5);
+constexpr auto kTick = std::chrono::milliseconds(100);
+// The INIT kept for replay: fuse_in_header + fuse_init_in is well below this.
+constexpr size_t kMaxSavedInit = 4096;
+// Sent requests that timed out and whose late replies are dropped when they
+// come; past this many the link is assumed dead and reconnected.
+constexpr size_t kMaxExpired = 4096;
+// The frame id of the replayed INIT, never used for a tenant's request.
+constexpr uint64_t kInitReplayId = 0;
+
+// FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY take no reply.
+bool takes_reply(uint32_t opcode) {
+  return opcode != FUSE_FORGET && opcode != FUSE_BATCH_FORGET && opcode != FUSE_INTERRUPT &&
+         opcode != FUSE_NOTIFY_REPLY;
+}
+
+// Requests that change nothing on the server: sending one twice is the same
+// as once, so they survive a broken link. (LOOKUP is not here: each answer
+// adds to the inode's lookup count.)
+bool idempotent(uint32_t opcode) {
+  switch (opcode) {
+    case FUSE_GETATTR:
+    case FUSE_READLINK:
+    case FUSE_READ:
+    case FUSE_STATFS:
+    case FUSE_GETXATTR:
+    case FUSE_LISTXATTR:
+    case FUSE_ACCESS:
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS:
+    case FUSE_LSEEK:
+    case FUSE_GETLK:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A connected socket, shared by the threads using it so that its number is
+// not reused while one of them still reads or writes it.
+struct Socket {
+  transport::UniqueFd fd;
+};
+
+}  // namespace
+
+// --- Link --------------------------------------------------------------------
+
+// One TCP connection to the server, and the requests sent or waiting on it.
+// Three kinds of threads touch it: transport workers (submit), its receiver
+// (replies) and its supervisor (connects, resends, expires). `mu_` guards
+// the table of pending requests and the current socket; `send_mu_` keeps
+// frames whole on the socket. A thread never waits for `send_mu_` while
+// holding `mu_`, and the receiver never takes `send_mu_`: a sender blocked
+// by a full socket cannot stop the replies that would drain it.
+class Forwarder::Link {
+ public:
+  Link(Forwarder& fw, unsigned index) : fw_(fw), index_(index) {}
+
+  // Connects once; "" on success. `*fatal` says whether retrying is useless.
+  std::string connect_once(bool* fatal);
+
+  void start() {
+    receiver_ = std::thread([this] { receive_loop(); });
+    supervisor_ = std::thread([this] { supervise_loop(); });
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+      if (sock_) ::shutdown(sock_->fd.get(), SHUT_RDWR);
+    }
+    cv_.notify_all();
+    if (receiver_.joinable()) receiver_.join();
+    if (supervisor_.joinable()) supervisor_.join();
+    std::vector<Pending> left;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [id, p] : pending_) left.push_back(p);
+      pending_.clear();
+    }
+    for (Pending& p : left) fail(p, EIO);
+  }
+
+  bool up() {
+    std::lock_guard lock(mu_);
+    return sock_ != nullptr;
+  }
+
+  // Reconnects (a reset: the next connection names a new session).
+  void drop(const char* why) {
+    std::unique_lock lock(mu_);
+    const uint64_t gen = generation_;
+    lock.unlock();
+    break_link(gen, why);
+  }
+
+  void submit(fuse::Request& req, uint64_t unique, uint32_t opcode);
+
+ private:
+  enum class State { kQueued, kSending, kSent };
+  struct Pending {
+    fuse::Request* req = nullptr;
+    uint64_t unique = 0;
+    uint32_t opcode = 0;
+    Clock::time_point deadline;
+    State state = State::kQueued;
+    // Set while kSending, for the sender to act on once its write returns.
+    int abandon_error = 0;
+    bool requeue = false;
+  };
+
+  void send(uint64_t id, fuse::Request& req, const std::shared_ptr<Socket>& sock, uint64_t gen);
+  void break_link(uint64_t gen, const std::string& why);
+  void publish(transport::UniqueFd fd);
+  void resend_queued();
+  void expire();
+  void receive_loop();
+  // Reads one reply on `sock`; false when the link must end.
+  bool receive_one(const std::shared_ptr<Socket>& sock, uint64_t gen);
+  void supervise_loop();
+  void fail(Pending& p, int error);
+
+  Forwarder& fw_;
+  const unsigned index_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<Socket> sock_;  // null while down
+  uint64_t generation_ = 0;       // bumped by every connect and break
+  std::unordered_map<uint64_t, Pending> pending_;
+  std::unordered_set<uint64_t> expired_;
+  uint64_t next_id_ = kInitReplayId + 1;
+  uint32_t max_request_ = 0;  // the server's WELCOME
+  bool stopping_ = false;
+  unsigned failures_ = 0;  // connection attempts failed in a row (supervisor only)
+
+  std::mutex send_mu_;
+  std::vector<iovec> send_iov_;  // under send_mu_
+
+  std::thread receiver_, supervisor_;
+};
+
+void Forwarder::Link::fail(Pending& p, int error) {
+  fw_.counters_.failed.fetch_add(1, std::memory_order_relaxed);
+  size_t len = 0;
+  if (takes_reply(p.opcode)) len = fuse::encode_error(p.req->out, p.unique, error);
+  p.req->complete(len);
+}
+
+void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcode) {
+  Pending p;
+  p.req = &req;
+  p.unique = unique;
+  p.opcode = opcode;
+  p.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(fw_.options_.timeout_s));
+  std::unique_lock lock(mu_);
+  const uint64_t id = next_id_++;
+  if (max_request_ != 0 && iov_length(req.in) > max_request_) {
+    lock.unlock();
+    spdlog::warn("remote: a {}-byte {} request exceeds the server's limit of {} bytes",
+                 iov_length(req.in), fuse::opcode_name(opcode), max_request_);
+    fail(p, EIO);
+    return;
+  }
+  std::shared_ptr<Socket> sock = sock_;
+  const uint64_t gen = generation_;
+  p.state = sock ? State::kSending : State::kQueued;
+  pending_.emplace(id, p);
+  lock.unlock();
+  if (sock) send(id, req, sock, gen);
+}
+
+void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_ptr<Socket>& sock,
+                           uint64_t gen) {
+  const size_t len = iov_length(req.in);
+  const size_t capacity = std::min<size_t>(iov_length(req.out), kMaxPayload);
+  FrameHeader h = make_header(FrameType::kRequest, uint32_t(len), id, uint32_t(capacity));
+  bool ok;
+  {
+    std::lock_guard lock(send_mu_);
+    send_iov_.clear();
+    send_iov_.push_back({&h, sizeof(h)});
+    send_iov_.insert(send_iov_.end(), req.in.begin(), req.in.end());
+    ok = writev_full(sock->fd.get(), send_iov_);
+  }
+  const int send_errno = errno;
+  fw_.counters_.forwarded.fetch_add(1, std::memory_order_relaxed);
+  // From here `req` may already be answered (the reply raced us): only the
+  // table says whether it is still ours.
+  std::optional<Pending> abandoned;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pending_.find(id);
+    if (it != pending_.end() && it->second.state == State::kSending) {
+      Pending& p = it->second;
+      p.state = State::kSent;
+      if (p.abandon_error != 0) {
+        abandoned = p;
+        pending_.erase(it);
+      } else if (p.requeue) {
+        p.state = State::kQueued;
+        p.requeue = false;
+      }
+    }
+  }
+  if (abandoned) fail(*abandoned, abandoned->abandon_error);
+  if (!ok) {
+    break_link(gen, fmt::format("sending: {}", send_errno == EAGAIN ? "timed out"
+                                                                     : std::strerror(send_errno)));
+  }
+}
+
+void Forwarder::Link::break_link(uint64_t gen, const std::string& why) {
+  std::vector<Pending> failed;
+  {
+    std::lock_guard lock(mu_);
+    if (gen != generation_ || !sock_) return;
+    if (!stopping_) spdlog::warn("remote: link {} to {}: {}; reconnecting", index_,
+                                 format_endpoint(fw_.options_.server), why);
+    ::shutdown(sock_->fd.get(), SHUT_RDWR);
+    sock_.reset();
+    ++generation_;
+    expired_.clear();
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      Pending& p = it->second;
+      const bool again = idempotent(p.opcode);
+      if (p.state == State::kSending) {
+        if (again) {
+          p.requeue = true;
+        } else {
+          p.abandon_error = EIO;
+        }
+      } else if (p.state == State::kSent) {
+        if (again) {
+          p.state = State::kQueued;
+          fw_.counters_.resent.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          failed.push_back(p);
+          it = pending_.erase(it);
+          continue;
+        }
+      }
+      ++it;
+    }
+  }
+  cv_.notify_all();
+  for (Pending& p : failed) fail(p, EIO);
+}
+
+std::string Forwarder::Link::connect_once(bool* fatal) {
+  *fatal = false;
+  const ForwarderOptions& opt = fw_.options_;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string port = std::to_string(opt.server.port);
+  if (const int rc = ::getaddrinfo(opt.server.host.c_str(), port.c_str(), &hints, &found);
+      rc != 0) {
+    return fmt::format("resolving {}: {}", opt.server.host, gai_strerror(rc));
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
+  transport::UniqueFd fd(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return fmt::format("socket: {}", std::strerror(errno));
+  // SO_SNDTIMEO bounds connect(2) too.
+  const double hs = std::min(opt.timeout_s, 5.0);
+  set_timeouts(fd.get(), hs, hs);
+  if (::connect(fd.get(), found->ai_addr, found->ai_addrlen) != 0) {
+    return fmt::format("connect: {}", errno == EINPROGRESS ? "timed out" : std::strerror(errno));
+  }
+  tune_socket(fd.get(), unsigned(std::max(1.0, opt.timeout_s)));
+
+  auto io_error = [](const char* what) {
+    return fmt::format("{}: {}", what,
+                       errno == 0 ? "the server closed the connection"
+                       : errno == EAGAIN ? "timed out"
+                                         : std::strerror(errno));
+  };
+  // Reads a frame of `type` with exactly `size` payload bytes; an ERROR
+  // frame's text becomes the failure.
+  auto read_message = [&](FrameType type, void* payload, uint32_t size) -> std::string {
+    FrameHeader h;
+    if (!read_full(fd.get(), &h, sizeof(h))) return io_error("handshake");
+    if (std::string bad = check_header(h, std::max<uint32_t>(size, kMaxErrorText)); !bad.empty()) {
+      *fatal = true;
+      return bad;
+    }
+    if (h.type == uint8_t(FrameType::kError)) {
+      std::string text(h.length, '\0');
+      read_full(fd.get(), text.data(), h.length);
+      *fatal = true;
+      return "the server refused: " + text;
+    }
+    if (h.type != uint8_t(type) || h.length != size) {
+      *fatal = true;
+      return fmt::format("expected {}, got {} of {} bytes", frame_type_name(uint8_t(type)),
+                         frame_type_name(h.type), h.length);
+    }
+    if (!read_full(fd.get(), payload, size)) return io_error("handshake");
+    return "";
+  };
+  auto send_message = [&](FrameType type, void* payload, uint32_t size, uint64_t id = 0,
+                          uint32_t capacity = 0) {
+    FrameHeader h = make_header(type, size, id, capacity);
+    iovec iov[2] = {{&h, sizeof(h)}, {payload, size}};
+    return writev_full(fd.get(), iov);
+  };
+
+  HelloPayload hello{};
+  random_bytes(hello.device_nonce.data(), kNonceSize);
+  hello.session_id = fw_.session_id();
+  hello.max_write = opt.max_write;
+  if (!send_message(FrameType::kHello, &hello, sizeof(hello))) return io_error("handshake");
+  ChallengePayload challenge{};
+  if (std::string e = read_message(FrameType::kChallenge, &challenge, sizeof(challenge));
+      !e.empty()) {
+    return e;
+  }
+  if (!same_mac(challenge.server_proof, server_proof(opt.secret, hello, challenge.server_nonce))) {
+    *fatal = true;
+    return "the server did not prove the shared secret (a different secret, or none)";
+  }
+  AuthPayload auth{device_proof(opt.secret, hello, challenge.server_nonce)};
+  if (!send_message(FrameType::kAuth, &auth, sizeof(auth))) return io_error("handshake");
+  WelcomePayload welcome{};
+  if (std::string e = read_message(FrameType::kWelcome, &welcome, sizeof(welcome)); !e.empty()) {
+    return e;
+  }
+
+  if (welcome.flags & kWelcomeNeedsInit) {
+    std::vector<char> init = fw_.saved_init();
+    if (!init.empty()) {
+      // The server lost our session (it restarted): negotiate it again with
+      // the tenant's own INIT before anything else goes out on this link.
+      char reply[512];
+      if (!send_message(FrameType::kRequest, init.data(), uint32_t(init.size()), kInitReplayId,
+                        sizeof(reply))) {
+        return io_error("replaying INIT");
+      }
+      FrameHeader h;
+      if (!read_full(fd.get(), &h, sizeof(h))) return io_error("replaying INIT");
+      fuse_out_header out{};
+      if (!check_header(h, sizeof(reply)).empty() || h.type != uint8_t(FrameType::kReply) ||
+          h.id != kInitReplayId || h.length < sizeof(out) ||
+          !read_full(fd.get(), reply, h.length)) {
+        return "replaying INIT: no valid reply";
+      }
+      std::memcpy(&out, reply, sizeof(out));
+      if (out.error != 0) return fmt::format("replaying INIT: the server answered {}", out.error);
+      spdlog::info("remote: link {}: the server had lost the session; INIT replayed", index_);
+    }
+  }
+  // Replies may take as long as the server needs; a stuck send may not.
+  set_timeouts(fd.get(), 0, opt.timeout_s);
+  {
+    std::lock_guard lock(mu_);
+    max_request_ = welcome.max_request;
+  }
+  publish(std::move(fd));
+  return "";
+}
+
+void Forwarder::Link::publish(transport::UniqueFd fd) {
+  {
+    std::lock_guard lock(mu_);
+    sock_ = std::make_shared<Socket>(Socket{std::move(fd)});
+    ++generation_;
+  }
+  fw_.counters_.connects.fetch_add(1, std::memory_order_relaxed);
+  cv_.notify_all();
+  resend_queued();
+}
+
+void Forwarder::Link::resend_queued() {
+  std::vector<std::pair<uint64_t, fuse::Request*>> batch;
+  std::shared_ptr<Socket> sock;
+  uint64_t gen;
+  {
+    std::lock_guard lock(mu_);
+    if (!sock_) return;
+    sock = sock_;
+    gen = generation_;
+    for (auto& [id, p] : pending_) {
+      if (p.state != State::kQueued) continue;
+      p.state = State::kSending;
+      batch.emplace_back(id, p.req);
+    }
+  }
+  for (auto& [id, req] : batch) send(id, *req, sock, gen);
+}
+
+void Forwarder::Link::expire() {
+  std::vector<Pending> late;
+  bool too_many = false;
+  uint64_t gen;
+  {
+    std::lock_guard lock(mu_);
+    gen = generation_;
+    const auto now = Clock::now();
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      Pending& p = it->second;
+      // Waiting for a lock is what SETLKW is for, as long as the server is there.
+      const bool exempt = p.opcode == FUSE_SETLKW && p.state == State::kSent && sock_;
+      if (now < p.deadline || exempt) {
+        ++it;
+        continue;
+      }
+      if (p.state == State::kSending) {
+        p.abandon_error = ETIMEDOUT;
+        ++it;
+        continue;
+      }
+      if (p.state == State::kSent) expired_.insert(it->first);
+      late.push_back(p);
+      it = pending_.erase(it);
+    }
+    too_many = expired_.size() > kMaxExpired;
+  }
+  if (!late.empty()) {
+    spdlog::warn("remote: link {}: {} request{} got no reply within {} s; answered ETIMEDOUT",
+                 index_, late.size(), late.size() == 1 ? "" : "s", fw_.options_.timeout_s);
+  }
+  for (Pending& p : late) fail(p, ETIMEDOUT);
+  if (too_many) break_link(gen, "too many requests without a reply");
+}
+
+void Forwarder::Link::supervise_loop() {
+  pthread_setname_np(pthread_self(), fmt::format("dpfs-link-{}", index_).substr(0, 15).c_str());
+  auto backoff = Clock::duration(kFirstBackoff);
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      if (stopping_) return;
+    }
+    expire();
+    if (up()) {
+      backoff = kFirstBackoff;
+      failures_ = 0;
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, kTick, [&] { return stopping_ || !sock_; });
+      continue;
+    }
+    bool fatal = false;
+    const std::string e = connect_once(&fatal);
+    if (e.empty()) {
+      spdlog::info("remote: link {} connected to {}", index_, format_endpoint(fw_.options_.server));
+      continue;
+    }
+    if (failures_++ % 20 == 0) {
+      spdlog::warn("remote: link {} to {}: {}; retrying", index_,
+                   format_endpoint(fw_.options_.server), e);
+    }
+    // Jitter, so that the links of many devices do not reconnect in step.
+    uint16_t r = 0;
+    random_bytes(&r, sizeof(r));
+    const auto wait = backoff + backoff * r / 65536 / 4;
+    const auto until = Clock::now() + wait;
+    while (Clock::now() < until) {
+      std::unique_lock lock(mu_);
+      if (cv_.wait_for(lock, kTick, [&] { return stopping_; })) return;
+      lock.unlock();
+      expire();
+    }
+    backoff = std::min<Clock::duration>(backoff * 2, kMaxBackoff);
+  }
+}
+
+void Forwarder::Link::receive_loop() {
+  pthread_setname_np(pthread_self(), fmt::format("dpfs-recv-{}", index_).substr(0, 15).c_str());
+  for (;;) {
+    std::shared_ptr<Socket> sock;
+    uint64_t gen;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || sock_; });
+      if (stopping_) return;
+      sock = sock_;
+      gen = generation_;
+    }
+    while (receive_one(sock, gen)) {
+    }
+  }
+}
+
+bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t gen) {
+  const int fd = sock->fd.get();
+  FrameHeader h;
+  if (!read_full(fd, &h, sizeof(h))) {
+    break_link(gen, errno == 0 ? "the server closed the connection" : std::strerror(errno));
+    return false;
+  }
+  if (std::string bad = check_header(h, kMaxPayload); !bad.empty()) {
+    break_link(gen, bad);
+    return false;
+  }
+  if (h.type == uint8_t(FrameType::kError)) {
+    std::string text(std::min<size_t>(h.length, kMaxErrorText), '\0');
+    read_full(fd, text.data(), text.size());
+    break_link(gen, "the server closed the connection: " + text);
+    return false;
+  }
+  if (h.type != uint8_t(FrameType::kReply)) {
+    break_link(gen, fmt::format("unexpected {} frame", frame_type_name(h.type)));
+    return false;
+  }
+  Pending p;
+  {
+    std::unique_lock lock(mu_);
+    auto it = pending_.find(h.id);
+    if (it == pending_.end() || it->second.state == State::kQueued) {
+      const bool late = expired_.erase(h.id) > 0;
+      lock.unlock();
+      if (!late) {
+        break_link(gen, fmt::format("a reply for unknown request id {}", h.id));
+        return false;
+      }
+      // A reply that came after its request timed out: drop it.
+      std::vector<char> sink(h.length);
+      if (!read_full(fd, sink.data(), sink.size())) {
+        break_link(gen, "a reply cut short");
+        return false;
+      }
+      return true;
+    }
+    const size_t capacity = iov_length(it->second.req->out);
+    if (h.length > capacity) {
+      lock.unlock();
+      break_link(gen, fmt::format("a {}-byte reply for a {}-byte buffer", h.length, capacity));
+      return false;
+    }
+    p = it->second;
+    pending_.erase(it);
+  }
+  // The reply is ours now: read it straight into the tenant's buffers.
+  if (!readv_full(fd, p.req->out, h.length)) {
+    const std::string why = errno == 0 ? "the server closed the connection" : std::strerror(errno);
+    fail(p, EIO);
+    break_link(gen, why);
+    return false;
+  }
+  // The tenant checks the reply too; these checks keep a confused server
+  // from answering one request with another's reply, or with nothing.
+  fuse_out_header out{};
+  if (h.length == 0) {
+    if (takes_reply(p.opcode)) {
+      fail(p, EIO);
+      return true;
+    }
+  } else if (iov_copy_out(p.req->out, &out, sizeof(out)) != sizeof(out) || out.len != h.length ||
+             out.unique != p.unique) {
+    fail(p, EIO);
+    break_link(gen, fmt::format("a malformed reply to {}", fuse::opcode_name(p.opcode)));
+    return false;
+  }
+  p.req->complete(h.length);
+  return true;
+}
+
+// --- Forwarder ---------------------------------------------------------------
+
+Forwarder::Forwarder(ForwarderOptions options) : options_(std::move(options)) {
+  uint64_t id = 0;
+  random_bytes(&id, sizeof(id));
+  session_id_.store(id);
+  const unsigned n = std::max(1u, options_.connections);
+  for (unsigned i = 0; i < n; ++i) links_.push_back(std::make_unique<Link>(*this, i));
+  bool fatal = false;
+  const std::string e = links_[0]->connect_once(&fatal);
+  if (fatal) {
+    throw RemoteError(
+        fmt::format("remote server {}: {}", format_endpoint(options_.server), e));
+  }
+  if (e.empty()) {
+    spdlog::info("remote: link 0 connected to {}", format_endpoint(options_.server));
+  } else {
+    spdlog::warn("remote: cannot reach {} yet ({}); requests wait up to {} s while the links "
+                 "keep trying",
+                 format_endpoint(options_.server), e, options_.timeout_s);
+  }
+  for (auto& link : links_) link->start();
+}
+
+Forwarder::~Forwarder() { stop(); }
+
+void Forwarder::stop() {
+  for (auto& link : links_) link->stop();
+}
+
+size_t Forwarder::max_request_size() const {
+  return fuse::FuseSession::request_size_for(options_.max_write);
+}
+
+size_t Forwarder::max_reply_size() const {
+  return fuse::FuseSession::reply_size_for(options_.max_write);
+}
+
+std::vector<char> Forwarder::saved_init() const {
+  std::lock_guard lock(init_mu_);
+  return init_;
+}
+
+void Forwarder::handle(fuse::Request& req) {
+  fuse_in_header hdr{};
+  if (iov_copy_out(req.in, &hdr, sizeof(hdr)) != sizeof(hdr)) {
+    hdr = {};  // the server answers it as malformed
+  }
+  if (hdr.opcode == FUSE_INIT) {
+    const size_t len = std::min({iov_length(req.in), size_t(hdr.len), kMaxSavedInit});
+    std::lock_guard lock(init_mu_);
+    init_.resize(len);
+    iov_copy_out(req.in, init_.data(), len);
+  } else if (hdr.opcode == FUSE_DESTROY) {
+    destroyed_.store(true, std::memory_order_release);
+  }
+  // Round robin over the links that are up; any link while none is.
+  const size_t n = links_.size();
+  const size_t start = next_link_.fetch_add(1, std::memory_order_relaxed) % n;
+  Link* chosen = links_[start].get();
+  for (size_t i = 0; i < n; ++i) {
+    Link* l = links_[(start + i) % n].get();
+    if (l->up()) {
+      chosen = l;
+      break;
+    }
+  }
+  chosen->submit(req, hdr.unique, hdr.opcode);
+}
+
+void Forwarder::reset() {
+  uint64_t id = 0;
+  random_bytes(&id, sizeof(id));
+  session_id_.store(id);
+  {
+    std::lock_guard lock(init_mu_);
+    init_.clear();
+  }
+  destroyed_.store(false, std::memory_order_release);
+  for (auto& link : links_) link->drop("the tenant reset the device");
+}
+
+std::string Forwarder::describe() const {
+  return fmt::format("remote://{} ({} connection{}, timeout {} s, {})",
+                     format_endpoint(options_.server), links_.size(),
+                     links_.size() == 1 ? "" : "s", options_.timeout_s,
+                     options_.secret.empty() ? "no shared secret" : "shared secret");
+}
+
+}  // namespace dpfs::remote

@@ -1,0 +1,99 @@
+// The device end of the remote transport: `--backend remote://HOST:PORT`.
+//
+// Takes the place of the FUSE session: every request a transport hands it
+// is sent, as it is, to a dpfs server (remote::Server) that runs the
+// session and the backend, and the reply is read straight back into the
+// request's `out` buffers. Requests go out with writev(2) from the tenant's
+// own buffers and replies come in with reads into the tenant's buffers: no
+// copy of the payload on this side.
+//
+// Several connections (links) to the server, each with many requests in
+// flight, matched to their replies by an id of our own (the FUSE unique is
+// the tenant's choice, so it is never trusted to be unique). The links
+// share the device's FUSE session on the server (a random session id).
+//
+// Faults: a link that breaks reconnects with backoff (100 ms doubling to
+// 5 s). Requests in flight on it are sent again if they are idempotent
+// (reads) and answered EIO otherwise; requests wait for a link at most
+// `timeout_s` and are then answered ETIMEDOUT -- the tenant never hangs
+// longer (except SETLKW on a live link: waiting for a lock is its purpose).
+// A server that restarted lost the session: its INIT is replayed first.
+//
+// Safe for concurrent use: many transport workers call handle() at once.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fuse/handler.h"
+#include "remote/wire.h"
+
+namespace dpfs::remote {
+
+struct ForwarderOptions {
+  Endpoint server;
+  std::string secret;  // empty: none (the server must have none either)
+  unsigned connections = 2;
+  double timeout_s = 30.0;
+  uint32_t max_write = 1u << 20;  // the transport's, for its buffer sizes
+};
+
+// A start-up failure that retrying will not fix (wrong secret, another
+// version of the wire format), one line for the operator.
+class RemoteError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Forwarder final : public fuse::RequestHandler {
+ public:
+  // Starts the links. Connects once before returning: throws RemoteError if
+  // the server refuses us (authentication, version); an unreachable server
+  // is only logged -- the links keep trying.
+  explicit Forwarder(ForwarderOptions options);
+  Forwarder(const Forwarder&) = delete;
+  Forwarder& operator=(const Forwarder&) = delete;
+  ~Forwarder();
+
+  void handle(fuse::Request& req) override;
+  size_t max_request_size() const override;
+  size_t max_reply_size() const override;
+  bool destroyed() const override { return destroyed_.load(std::memory_order_acquire); }
+  void reset() override;
+
+  // Stops the links and answers every request still waiting with EIO.
+  // Idempotent. REQUIRES: no handle() running or to come.
+  void stop();
+
+  // Counters for logs: requests forwarded, resent, failed (EIO/ETIMEDOUT),
+  // reconnections.
+  struct Counters {
+    std::atomic<uint64_t> forwarded{0}, resent{0}, failed{0}, connects{0};
+  };
+  const Counters& counters() const { return counters_; }
+  std::string describe() const;
+
+  class Link;
+
+ private:
+  friend class Link;
+  // The saved INIT request, replayed on a server that lost the session.
+  std::vector<char> saved_init() const;
+  uint64_t session_id() const { return session_id_.load(); }
+
+  ForwarderOptions options_;
+  std::atomic<uint64_t> session_id_{0};
+  std::atomic<bool> destroyed_{false};
+  mutable std::mutex init_mu_;
+  std::vector<char> init_;  // under init_mu_
+  std::vector<std::unique_ptr<Link>> links_;
+  std::atomic<uint64_t> next_link_{0};
+  Counters counters_;
+};
+
+}  // namespace dpfs::remote

@@ -1,0 +1,424 @@
+#include "remote/server.h"
+
+#include <arpa/inet.h>
+#include <fmt/format.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "server/stats.h"
+
+namespace dpfs::remote {
+namespace {
+
+// Requests one connection may have in flight at once; a peer that sends
+// more is broken or hostile.
+constexpr size_t kMaxInFlight = 4096;
+constexpr uint32_t kMinMaxWrite = 4096;
+
+std::string peer_name(const sockaddr_storage& addr) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (addr.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+    ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+    return fmt::format("{}:{}", host, port);
+  }
+  if (addr.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    ::inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    port = ntohs(a->sin6_port);
+  }
+  return fmt::format("[{}]:{}", host, port);
+}
+
+bool is_loopback(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+    return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (addr.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    return IN6_IS_ADDR_LOOPBACK(&a->sin6_addr);
+  }
+  return false;
+}
+
+uint16_t port_of(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+  return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+}
+
+bool send_frame(int fd, FrameType type, const void* payload, uint32_t length, uint64_t id = 0) {
+  FrameHeader h = make_header(type, length, id);
+  iovec iov[2] = {{&h, sizeof(h)}, {const_cast<void*>(payload), length}};
+  return writev_full(fd, iov);
+}
+
+}  // namespace
+
+// --- Connection --------------------------------------------------------------
+
+// One accepted connection: its socket, its reader thread, and a pool of
+// request objects. A request in flight holds the connection alive (a
+// backend may answer after the connection closed: the reply then fails to
+// send, harmlessly).
+class Server::Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(Server& server, transport::UniqueFd fd, std::string peer)
+      : server_(server), fd_(std::move(fd)), peer_(std::move(peer)) {}
+
+  void start() {
+    thread_ = std::thread([self = shared_from_this()] { self->run(); });
+  }
+  bool done() const { return done_.load(std::memory_order_acquire); }
+  // Wakes the reader: it sees EOF and ends.
+  void shut() { ::shutdown(fd_.get(), SHUT_RDWR); }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  // A request read from the socket: its bytes, a reply buffer, and the
+  // frame id the reply must carry.
+  class ServerRequest final : public fuse::Request {
+   public:
+    void prepare(uint64_t id, size_t in_len, size_t out_len) {
+      id_ = id;
+      grow(in_buf_, in_cap_, in_len);
+      grow(out_buf_, out_cap_, out_len);
+      in_iov_ = {in_buf_.get(), in_len};
+      out_iov_ = {out_buf_.get(), out_len};
+      in = std::span<const iovec>(&in_iov_, 1);
+      out = std::span<const iovec>(&out_iov_, 1);
+    }
+    char* in_buf() { return in_buf_.get(); }
+
+    void complete(size_t reply_len) override {
+      std::shared_ptr<Connection> conn = std::move(owner_);
+      conn->send_reply(id_, out_buf_.get(), reply_len);
+      conn->release(this);
+      // `conn` may be the last reference: the pool and this object go with
+      // it. Nothing of this object is touched from here on.
+    }
+
+    std::shared_ptr<Connection> owner_;
+
+   private:
+    static void grow(std::unique_ptr<char[]>& buf, size_t& cap, size_t len) {
+      if (len <= cap && buf) return;
+      cap = std::max<size_t>(len, 4096);
+      buf = std::make_unique_for_overwrite<char[]>(cap);
+    }
+
+    uint64_t id_ = 0;
+    std::unique_ptr<char[]> in_buf_, out_buf_;
+    size_t in_cap_ = 0, out_cap_ = 0;
+    iovec in_iov_{}, out_iov_{};
+  };
+
+  void run();
+  bool handshake();
+  // Logs why the connection ends (one line) and tells the peer if it can.
+  void refuse(const std::string& reason, bool tell_peer);
+
+  ServerRequest* acquire() {
+    std::lock_guard lock(pool_mu_);
+    if (free_.empty()) {
+      if (pool_.size() >= kMaxInFlight) return nullptr;
+      pool_.push_back(std::make_unique<ServerRequest>());
+      free_.push_back(pool_.back().get());
+    }
+    ServerRequest* r = free_.back();
+    free_.pop_back();
+    return r;
+  }
+  void release(ServerRequest* r) {
+    std::lock_guard lock(pool_mu_);
+    free_.push_back(r);
+  }
+
+  void send_reply(uint64_t id, const char* data, size_t len) {
+    FrameHeader h = make_header(FrameType::kReply, uint32_t(len), id);
+    iovec iov[2] = {{&h, sizeof(h)}, {const_cast<char*>(data), len}};
+    std::lock_guard lock(send_mu_);
+    if (broken_) return;
+    if (!writev_full(fd_.get(), iov)) {
+      // The peer went away or stopped reading: the reader ends too.
+      broken_ = true;
+      if (!server_.stopping_.load()) {
+        spdlog::info("remote: peer {}: sending a reply: {}; closing the connection", peer_,
+                     errno == EAGAIN ? "timed out" : std::strerror(errno));
+      }
+      shut();
+    }
+  }
+
+  Server& server_;
+  transport::UniqueFd fd_;
+  const std::string peer_;
+  fuse::FuseSession* session_ = nullptr;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+
+  std::mutex send_mu_;
+  bool broken_ = false;  // under send_mu_
+
+  std::mutex pool_mu_;
+  std::vector<std::unique_ptr<ServerRequest>> pool_;
+  std::vector<ServerRequest*> free_;
+};
+
+void Server::Connection::refuse(const std::string& reason, bool tell_peer) {
+  spdlog::warn("remote: peer {}: {}; closing the connection", peer_, reason);
+  if (tell_peer) {
+    const std::string text = reason.substr(0, kMaxErrorText);
+    std::lock_guard lock(send_mu_);
+    send_frame(fd_.get(), FrameType::kError, text.data(), uint32_t(text.size()));
+  }
+}
+
+bool Server::Connection::handshake() {
+  const ServerOptions& opt = server_.options_;
+  set_timeouts(fd_.get(), opt.handshake_timeout_s, opt.handshake_timeout_s);
+  auto read_message = [&](FrameType type, void* payload, uint32_t size) -> bool {
+    FrameHeader h;
+    if (!read_full(fd_.get(), &h, sizeof(h))) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        refuse(fmt::format("no {} within {} s", frame_type_name(uint8_t(type)),
+                           opt.handshake_timeout_s),
+               false);
+      } else if (errno != 0) {
+        refuse(fmt::format("reading {}: {}", frame_type_name(uint8_t(type)), std::strerror(errno)),
+               false);
+      } else {
+        spdlog::debug("remote: peer {} closed the connection during the handshake", peer_);
+      }
+      return false;
+    }
+    if (std::string bad = check_header(h, size); !bad.empty()) {
+      refuse(bad, h.magic == kMagic);
+      return false;
+    }
+    if (h.type != uint8_t(type) || h.length != size) {
+      refuse(fmt::format("expected {} ({} bytes), got {} ({} bytes)",
+                         frame_type_name(uint8_t(type)), size, frame_type_name(h.type), h.length),
+             true);
+      return false;
+    }
+    if (!read_full(fd_.get(), payload, size)) {
+      refuse(fmt::format("{} cut short", frame_type_name(uint8_t(type))), false);
+      return false;
+    }
+    return true;
+  };
+
+  HelloPayload hello{};
+  if (!read_message(FrameType::kHello, &hello, sizeof(hello))) return false;
+  ChallengePayload challenge{};
+  random_bytes(challenge.server_nonce.data(), kNonceSize);
+  challenge.server_proof = server_proof(opt.secret, hello, challenge.server_nonce);
+  if (!send_frame(fd_.get(), FrameType::kChallenge, &challenge, sizeof(challenge))) return false;
+  AuthPayload auth{};
+  if (!read_message(FrameType::kAuth, &auth, sizeof(auth))) return false;
+  if (!same_mac(auth.device_proof, device_proof(opt.secret, hello, challenge.server_nonce))) {
+    refuse("authentication failed (wrong or missing shared secret)", true);
+    return false;
+  }
+  std::string why;
+  session_ = server_.session_for(hello.session_id, hello.max_write, &why);
+  if (session_ == nullptr) {
+    refuse(why, true);
+    return false;
+  }
+  WelcomePayload welcome{};
+  welcome.flags = session_->initialized() ? 0 : kWelcomeNeedsInit;
+  welcome.max_request = uint32_t(session_->max_request_size());
+  if (!send_frame(fd_.get(), FrameType::kWelcome, &welcome, sizeof(welcome))) return false;
+  // From here on a reader waits as long as the device stays quiet; a reply
+  // may not wait forever for a device that does not read.
+  set_timeouts(fd_.get(), 0, opt.send_timeout_s);
+  spdlog::info("remote: peer {} connected (session {:016x})", peer_, hello.session_id);
+  return true;
+}
+
+void Server::Connection::run() {
+  if (handshake()) {
+    const uint32_t max_request = uint32_t(session_->max_request_size());
+    const uint32_t max_reply = uint32_t(session_->max_reply_size());
+    for (;;) {
+      FrameHeader h;
+      if (!read_full(fd_.get(), &h, sizeof(h))) {
+        if (errno != 0 && !server_.stopping_.load()) {
+          spdlog::info("remote: peer {}: {}; closing the connection", peer_, std::strerror(errno));
+        } else {
+          spdlog::info("remote: peer {} disconnected", peer_);
+        }
+        break;
+      }
+      if (std::string bad = check_header(h, max_request); !bad.empty()) {
+        refuse(bad, false);
+        break;
+      }
+      if (h.type != uint8_t(FrameType::kRequest)) {
+        refuse(fmt::format("unexpected {} frame", frame_type_name(h.type)), true);
+        break;
+      }
+      ServerRequest* r = acquire();
+      if (r == nullptr) {
+        refuse(fmt::format("more than {} requests in flight", kMaxInFlight), true);
+        break;
+      }
+      r->prepare(h.id, h.length, std::min(h.reply_capacity, max_reply));
+      if (!read_full(fd_.get(), r->in_buf(), h.length)) {
+        release(r);
+        refuse("a request cut short", false);
+        break;
+      }
+      r->owner_ = shared_from_this();
+      session_->handle(*r);
+    }
+  }
+  {
+    std::lock_guard lock(send_mu_);
+    broken_ = true;
+  }
+  shut();
+  done_.store(true, std::memory_order_release);
+}
+
+// --- Server ------------------------------------------------------------------
+
+Server::Server(ServerOptions options, std::unique_ptr<Backend> backend)
+    : options_(std::move(options)), backend_(std::move(backend)) {
+  const Endpoint& want = options_.listen;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string port = std::to_string(want.port);
+  if (const int rc = ::getaddrinfo(want.host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    throw ListenError(fmt::format("--listen tcp://{}: {}", format_endpoint(want), gai_strerror(rc)));
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
+  sockaddr_storage addr{};
+  std::memcpy(&addr, found->ai_addr, found->ai_addrlen);
+  if (!is_loopback(addr) && options_.secret.empty()) {
+    throw ListenError(fmt::format(
+        "--listen tcp://{} is not a loopback address: set remote.secret_file "
+        "(--remote-secret-file FILE) so that only peers that know the secret are served",
+        format_endpoint(want)));
+  }
+  listen_fd_.reset(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listen_fd_) throw ListenError(fmt::format("socket: {}", std::strerror(errno)));
+  const int one = 1;
+  ::setsockopt(listen_fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(listen_fd_.get(), found->ai_addr, found->ai_addrlen) != 0 ||
+      ::listen(listen_fd_.get(), 64) != 0) {
+    throw ListenError(
+        fmt::format("--listen tcp://{}: {}", format_endpoint(want), std::strerror(errno)));
+  }
+  socklen_t len = sizeof(addr);
+  ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), &len);
+  bound_ = Endpoint{want.host, port_of(addr)};
+}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  acceptor_ = std::thread([this] { accept_loop(); });
+  spdlog::info("remote: listening on tcp://{}{}", format_endpoint(bound_),
+               options_.secret.empty() ? " (no shared secret: loopback only)"
+                                       : " (peers must prove the shared secret)");
+}
+
+void Server::stop() {
+  if (stopping_.exchange(true)) return;
+  // Linux: shutdown(2) on a listening socket wakes a thread blocked in accept(2).
+  ::shutdown(listen_fd_.get(), SHUT_RDWR);
+  if (acceptor_.joinable()) acceptor_.join();
+  reap(true);
+  // Pending replies (a lock waiter) are answered by the backend's
+  // destructor, into their connections, which they keep alive; the
+  // sessions they report to go after it.
+  backend_.reset();
+}
+
+void Server::reap(bool all) {
+  std::lock_guard lock(connections_mu_);
+  for (auto& c : connections_) {
+    if (all) c->shut();
+    if (all || c->done()) c->join();
+  }
+  std::erase_if(connections_, [all](const auto& c) { return all || c->done(); });
+}
+
+void Server::accept_loop() {
+  pthread_setname_np(pthread_self(), "dpfs-remote-acc");
+  while (!stopping_.load()) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    transport::UniqueFd fd(
+        ::accept4(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), &len, SOCK_CLOEXEC));
+    if (!fd) {
+      if (stopping_.load()) break;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      spdlog::error("remote: accept: {}", std::strerror(errno));
+      if (errno == EMFILE || errno == ENFILE) std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    reap(false);
+    const std::string peer = peer_name(addr);
+    {
+      std::lock_guard lock(connections_mu_);
+      if (connections_.size() >= options_.max_connections) {
+        spdlog::warn("remote: peer {}: already {} connections; refusing it", peer,
+                     connections_.size());
+        continue;
+      }
+    }
+    tune_socket(fd.get(), unsigned(std::max(1.0, options_.send_timeout_s)));
+    auto conn = std::make_shared<Connection>(*this, std::move(fd), peer);
+    {
+      std::lock_guard lock(connections_mu_);
+      connections_.push_back(conn);
+    }
+    conn->start();
+  }
+}
+
+fuse::FuseSession* Server::session_for(uint64_t id, uint32_t max_write, std::string* why) {
+  if (max_write < kMinMaxWrite || max_write % kMinMaxWrite != 0) {
+    *why = fmt::format("device max_write {} is not a positive multiple of 4K", max_write);
+    return nullptr;
+  }
+  std::lock_guard lock(sessions_mu_);
+  if (auto it = sessions_.find(id); it != sessions_.end()) return it->second.get();
+  if (sessions_.size() >= options_.max_sessions) {
+    *why = fmt::format("already {} device sessions on this server", sessions_.size());
+    return nullptr;
+  }
+  fuse::SessionOptions opt = options_.session;
+  opt.max_write = std::min(opt.max_write, max_write);
+  opt.name = fmt::format("remote session {:016x}", id);
+  auto session = std::make_unique<fuse::FuseSession>(*backend_, opt);
+  fuse::FuseSession* raw = session.get();
+  sessions_.emplace(id, std::move(session));
+  return raw;
+}
+
+void Server::log_stats(const char* title) const {
+  std::lock_guard lock(sessions_mu_);
+  for (const auto& [id, session] : sessions_) {
+    server::log_stats(*session, fmt::format("{} (session {:016x})", title, id).c_str());
+  }
+}
+
+}  // namespace dpfs::remote

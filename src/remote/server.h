@@ -1,0 +1,101 @@
+// The server end of the remote transport: `dpfs serve --listen tcp://...`.
+//
+// Accepts connections from remote devices (remote::Forwarder), checks that
+// each peer proves the shared secret, and serves the FUSE requests it sends
+// with a real FuseSession over this daemon's backend. See
+// docs/remote-wire-format.md.
+//
+// Sessions: a device names its FUSE session (a random id) on every
+// connection, so its several connections share one FuseSession -- one INIT,
+// one set of lookup counts -- and a connection that drops and comes back
+// finds its session where it left it. Every session serves the same backend.
+//
+// Threads: one acceptor, and one reader per connection that decodes frames
+// and hands requests to the session; replies are written by whichever
+// thread completes them, under the connection's send lock. A peer that
+// sends anything malformed loses that connection only, with one log line.
+//
+// Not thread-safe itself: constructed, started, stopped and destroyed by
+// one thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backend/backend.h"
+#include "fuse/session.h"
+#include "remote/wire.h"
+#include "transport/unique_fd.h"
+
+namespace dpfs::remote {
+
+// Start-up failures, one line for the operator.
+class ListenError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ServerOptions {
+  Endpoint listen;
+  // Peers must prove it (HMAC); empty: no secret, allowed on loopback only.
+  std::string secret;
+  // For every session; max_write is lowered to a device's if it is smaller.
+  fuse::SessionOptions session;
+  unsigned max_connections = 256;
+  unsigned max_sessions = 64;
+  // How long a peer may take over the handshake, and a reply may wait for
+  // a device that does not read.
+  double handshake_timeout_s = 5.0;
+  double send_timeout_s = 30.0;
+};
+
+class Server {
+ public:
+  // Binds and listens. Throws ListenError (an address in use, a
+  // non-loopback address without a secret).
+  Server(ServerOptions options, std::unique_ptr<Backend> backend);
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  ~Server();
+
+  void start();
+  // Closes the listening socket and every connection, joins the threads and
+  // destroys the backend (which answers what it still holds). Idempotent.
+  void stop();
+
+  // The address actually bound (the port chosen when asked for port 0).
+  const Endpoint& bound() const { return bound_; }
+  // Statistics lines of every session, for SIGUSR1 and the exit.
+  void log_stats(const char* title) const;
+
+  class Connection;
+
+ private:
+  void accept_loop();
+  // The session named `id`, created on first use; nullptr (and *why) if
+  // the device's max_write is unusable or there are too many sessions.
+  fuse::FuseSession* session_for(uint64_t id, uint32_t max_write, std::string* why);
+  void reap(bool all);
+
+  ServerOptions options_;
+  std::unique_ptr<Backend> backend_;
+  Endpoint bound_;
+  transport::UniqueFd listen_fd_;
+  std::thread acceptor_;
+  std::atomic<bool> stopping_{false};
+
+  mutable std::mutex sessions_mu_;
+  std::map<uint64_t, std::unique_ptr<fuse::FuseSession>> sessions_;
+
+  std::mutex connections_mu_;
+  std::vector<std::shared_ptr<Connection>> connections_;
+};
+
+}  // namespace dpfs::remote

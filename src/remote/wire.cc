@@ -1,0 +1,265 @@
+#include "remote/wire.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/crypto.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace dpfs::remote {
+namespace {
+
+constexpr size_t kMinSecret = 16;
+constexpr std::string_view kServerLabel = "dpfs-remote-v1 server";
+constexpr std::string_view kDeviceLabel = "dpfs-remote-v1 device";
+
+Mac proof(std::string_view secret, std::string_view label, const HelloPayload& hello,
+          const Nonce& server_nonce) {
+  Mac out{};
+  unsigned len = 0;
+  // HMAC over label || hello (nonce, session, max_write) || server nonce.
+  unsigned char message[64 + sizeof(HelloPayload) + kNonceSize];
+  size_t at = 0;
+  std::memcpy(message + at, label.data(), label.size());
+  at += label.size();
+  std::memcpy(message + at, &hello, sizeof(hello));
+  at += sizeof(hello);
+  std::memcpy(message + at, server_nonce.data(), kNonceSize);
+  at += kNonceSize;
+  // An empty secret is a zero-length key: HMAC needs a non-null pointer.
+  static const unsigned char kNoKey = 0;
+  const void* key = secret.empty() ? static_cast<const void*>(&kNoKey) : secret.data();
+  if (HMAC(EVP_sha256(), key, int(secret.size()), message, at, out.data(), &len) == nullptr ||
+      len != kMacSize) {
+    throw std::runtime_error("HMAC-SHA256 failed (libcrypto)");
+  }
+  return out;
+}
+
+}  // namespace
+
+FrameHeader make_header(FrameType type, uint32_t length, uint64_t id, uint32_t reply_capacity) {
+  FrameHeader h;
+  h.type = uint8_t(type);
+  h.length = length;
+  h.id = id;
+  h.reply_capacity = reply_capacity;
+  return h;
+}
+
+const char* frame_type_name(uint8_t type) {
+  switch (FrameType(type)) {
+    case FrameType::kHello:
+      return "HELLO";
+    case FrameType::kChallenge:
+      return "CHALLENGE";
+    case FrameType::kAuth:
+      return "AUTH";
+    case FrameType::kWelcome:
+      return "WELCOME";
+    case FrameType::kRequest:
+      return "REQUEST";
+    case FrameType::kReply:
+      return "REPLY";
+    case FrameType::kError:
+      return "ERROR";
+  }
+  return "UNKNOWN";
+}
+
+std::string check_header(const FrameHeader& h, uint32_t max_length) {
+  if (h.magic != kMagic) return fmt::format("not a dpfs remote frame (magic {:#010x})", h.magic);
+  if (h.version != kVersion) {
+    return fmt::format("wire format version {}, this dpfs speaks {}", h.version, kVersion);
+  }
+  if (h.length > max_length) {
+    return fmt::format("{} frame of {} bytes exceeds the limit of {}", frame_type_name(h.type),
+                       h.length, max_length);
+  }
+  return "";
+}
+
+Mac server_proof(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce) {
+  return proof(secret, kServerLabel, hello, server_nonce);
+}
+
+Mac device_proof(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce) {
+  return proof(secret, kDeviceLabel, hello, server_nonce);
+}
+
+bool same_mac(const Mac& a, const Mac& b) { return CRYPTO_memcmp(a.data(), b.data(), kMacSize) == 0; }
+
+void random_bytes(void* dst, size_t len) {
+  auto* p = static_cast<uint8_t*>(dst);
+  while (len > 0) {
+    const ssize_t n = ::getrandom(p, len, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error(fmt::format("getrandom: {}", std::strerror(errno)));
+    }
+    p += n;
+    len -= size_t(n);
+  }
+}
+
+Endpoint parse_endpoint(std::string_view text, std::string_view scheme, bool allow_port_zero) {
+  if (!text.starts_with(scheme)) {
+    throw std::invalid_argument(fmt::format("must look like {}HOST:PORT, got '{}'", scheme, text));
+  }
+  std::string_view rest = text.substr(scheme.size());
+  Endpoint e;
+  std::string_view port;
+  if (rest.starts_with('[')) {
+    const size_t close = rest.find(']');
+    if (close == std::string_view::npos || close + 1 >= rest.size() || rest[close + 1] != ':') {
+      throw std::invalid_argument(
+          fmt::format("must look like {}[IPV6]:PORT, got '{}'", scheme, text));
+    }
+    e.host = std::string(rest.substr(1, close - 1));
+    port = rest.substr(close + 2);
+  } else {
+    const size_t colon = rest.rfind(':');
+    if (colon == std::string_view::npos) {
+      throw std::invalid_argument(
+          fmt::format("needs a port: {}HOST:PORT, got '{}'", scheme, text));
+    }
+    e.host = std::string(rest.substr(0, colon));
+    port = rest.substr(colon + 1);
+  }
+  if (e.host.empty()) throw std::invalid_argument(fmt::format("needs a host, got '{}'", text));
+  unsigned value = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value > 65535 ||
+      (value == 0 && !allow_port_zero)) {
+    throw std::invalid_argument(
+        fmt::format("port must be {}..65535, got '{}'", allow_port_zero ? 0 : 1, port));
+  }
+  e.port = uint16_t(value);
+  return e;
+}
+
+std::string format_endpoint(const Endpoint& e) {
+  if (e.host.find(':') != std::string::npos) return fmt::format("[{}]:{}", e.host, e.port);
+  return fmt::format("{}:{}", e.host, e.port);
+}
+
+std::string read_secret_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    throw std::invalid_argument(fmt::format("secret file {}: {}", path, std::strerror(errno)));
+  }
+  if (st.st_mode & 077) {
+    throw std::invalid_argument(fmt::format(
+        "secret file {} is readable by group or others (mode {:04o}); chmod 600 {}", path,
+        st.st_mode & 07777, path));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in) throw std::invalid_argument(fmt::format("secret file {}: cannot read it", path));
+  std::string secret = text.str();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (secret.size() < kMinSecret) {
+    throw std::invalid_argument(fmt::format(
+        "secret file {} holds {} bytes; use at least {} (e.g. head -c 32 /dev/urandom | base64)",
+        path, secret.size(), kMinSecret));
+  }
+  return secret;
+}
+
+bool read_full(int fd, void* dst, size_t len) {
+  auto* p = static_cast<char*>(dst);
+  while (len > 0) {
+    const ssize_t n = ::recv(fd, p, len, MSG_WAITALL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (n == 0) {
+      errno = 0;
+      return false;
+    }
+    p += n;
+    len -= size_t(n);
+  }
+  return true;
+}
+
+bool readv_full(int fd, std::span<const iovec> iov, size_t len) {
+  for (const iovec& v : iov) {
+    if (len == 0) break;
+    const size_t take = std::min(len, v.iov_len);
+    if (!read_full(fd, v.iov_base, take)) return false;
+    len -= take;
+  }
+  return len == 0;
+}
+
+bool writev_full(int fd, std::span<iovec> iov) {
+  size_t first = 0;
+  while (first < iov.size()) {
+    if (iov[first].iov_len == 0) {
+      ++first;
+      continue;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov.data() + first;
+    msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
+    const ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    size_t done = size_t(n);
+    while (done > 0 && first < iov.size()) {
+      const size_t take = std::min(done, iov[first].iov_len);
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + take;
+      iov[first].iov_len -= take;
+      done -= take;
+      if (iov[first].iov_len == 0) ++first;
+    }
+  }
+  return true;
+}
+
+void tune_socket(int fd, unsigned dead_after_s) {
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  const int idle = int(std::max(1u, dead_after_s / 3));
+  const int interval = int(std::max(1u, dead_after_s / 6));
+  const int count = 3;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+  // Unacknowledged data older than this ends the connection.
+  const unsigned user_timeout_ms = std::max(1u, dead_after_s) * 1000;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+}
+
+void set_timeouts(int fd, double receive_s, double send_s) {
+  auto tv = [](double s) {
+    timeval t{};
+    t.tv_sec = time_t(s);
+    t.tv_usec = suseconds_t((s - double(t.tv_sec)) * 1e6);
+    return t;
+  };
+  const timeval r = tv(receive_s), w = tv(send_s);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, sizeof(r));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, sizeof(w));
+}
+
+}  // namespace dpfs::remote
