@@ -665,6 +665,116 @@ inline std::string environment_problem() {
   return "";
 }
 
+// Starts `args` (args[0] a path) with stdout and stderr to `log_path` and
+// default signal handling; returns its pid, or -1 and *error.
+inline pid_t spawn_logged(const std::vector<std::string>& args, const std::string& log_path,
+                          std::string* error) {
+  auto argv = make_argv(args);
+  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    *error = "cannot create " + log_path + ": " + errname(errno);
+    return -1;
+  }
+  ::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    *error = "fork: " + errname(errno);
+    ::close(log_fd);
+    return -1;
+  }
+  if (pid == 0) {
+    int null_fd = ::open("/dev/null", O_RDONLY);
+    ::dup2(null_fd, 0);
+    ::dup2(log_fd, 1);
+    ::dup2(log_fd, 2);
+    // The daemon must not inherit a blocked or ignored SIGTERM/SIGINT.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGTERM, SIG_DFL);
+    ::signal(SIGINT, SIG_DFL);
+    ::execv(argv[0], argv.data());
+    dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+    ::_exit(127);
+  }
+  ::close(log_fd);
+  return pid;
+}
+
+// A `dpfs serve --listen` daemon: the server end of the remote transport.
+// $DPFS_TEST_REMOTE=SPEC runs every MountTest suite through one (serving
+// SPEC, e.g. memfs, on loopback).
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::string log_path) : log_(std::move(log_path)) {}
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+  ~ServerProcess() { kill9(); }
+
+  // Runs `launcher` (may be empty; e.g. nsenter) + dpfs_binary() + `args`
+  // and waits until its log says where it listens. "" or what went wrong.
+  std::string start(const std::vector<std::string>& args,
+                    const std::vector<std::string>& launcher = {}) {
+    std::vector<std::string> full = launcher;
+    full.push_back(dpfs_binary());
+    full.insert(full.end(), args.begin(), args.end());
+    std::string error;
+    pid_ = spawn_logged(full, log_, &error);
+    if (pid_ < 0) return error;
+    const std::string marker = "remote: listening on tcp://";
+    for (auto deadline = std::chrono::steady_clock::now() + 10s;
+         std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(10ms)) {
+      const std::string text = log();
+      if (size_t at = text.find(marker); at != std::string::npos) {
+        const size_t end = text.find_first_of(" \n", at + marker.size());
+        const std::string addr = text.substr(at + marker.size(), end - at - marker.size());
+        port_ = std::atoi(addr.substr(addr.rfind(':') + 1).c_str());
+        return port_ > 0 ? "" : "cannot read the port from: " + addr;
+      }
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return "the server exited before listening; its log:\n" + log();
+      }
+    }
+    kill9();
+    return "the server did not listen within 10 s; its log:\n" + log();
+  }
+
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  std::string log() const { return read_text_file(log_); }
+
+  // SIGTERM, and it must exit 0 within 10 s. "" or what went wrong.
+  std::string stop() {
+    if (pid_ <= 0) return "the server was not running";
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    for (auto deadline = std::chrono::steady_clock::now() + 10s;
+         std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(10ms)) {
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
+        return "the server ended with status " + std::to_string(status) + "; its log:\n" + log();
+      }
+    }
+    kill9();
+    return "the server did not exit within 10 s of SIGTERM; its log:\n" + log();
+  }
+
+  void kill9() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
 class Mount {
  public:
   // Creates a private directory with the mount point `dir()` and the daemon log in it.
@@ -686,6 +796,7 @@ class Mount {
       if (find_mount(dir_)) ::umount2(dir_.c_str(), MNT_DETACH);
       ::rmdir(dir_.c_str());
       ::unlink(log_.c_str());
+      ::unlink((base_ + "/server.log").c_str());  // see ServerProcess
       std::error_code ignored;
       std::filesystem::remove_all(base_ + "/export", ignored);  // see memfs_args()
       ::rmdir(base_.c_str());
@@ -697,6 +808,10 @@ class Mount {
   pid_t pid() const { return pid_; }
   bool is_tmpfs() const { return tmpfs_; }
   std::string log() const { return read_text_file(log_); }
+  // Runs the daemon through these words (e.g. nsenter --net=...).
+  void set_launcher(std::vector<std::string> launcher) { launcher_ = std::move(launcher); }
+  // memfs_args() serves this backend spec instead of $DPFS_TEST_BACKEND.
+  void set_backend(std::string spec) { backend_ = std::move(spec); }
 
   // Starts dpfs_binary() with `args` (after the program name), stdout and
   // stderr to the log, and waits until dir() is a fuse.dpfs mount. Returns
@@ -704,32 +819,14 @@ class Mount {
   std::string start_dpfs(const std::vector<std::string>& args,
                          std::chrono::milliseconds timeout = 10s) {
     if (base_.empty()) return "mkdtemp failed";
-    std::vector<std::string> full{dpfs_binary()};
+    std::vector<std::string> full = launcher_;
+    full.push_back(dpfs_binary());
     full.insert(full.end(), args.begin(), args.end());
     command_ = "";
     for (const auto& a : full) command_ += (command_.empty() ? "" : " ") + a;
-    auto argv = make_argv(full);
-    int log_fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (log_fd < 0) return "cannot create " + log_ + ": " + errname(errno);
-    ::fflush(nullptr);
-    pid_t pid = ::fork();
-    if (pid < 0) return "fork: " + errname(errno);
-    if (pid == 0) {
-      int null_fd = ::open("/dev/null", O_RDONLY);
-      ::dup2(null_fd, 0);
-      ::dup2(log_fd, 1);
-      ::dup2(log_fd, 2);
-      // The daemon must not inherit a blocked or ignored SIGTERM/SIGINT.
-      sigset_t none;
-      sigemptyset(&none);
-      ::sigprocmask(SIG_SETMASK, &none, nullptr);
-      ::signal(SIGTERM, SIG_DFL);
-      ::signal(SIGINT, SIG_DFL);
-      ::execv(argv[0], argv.data());
-      dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
-      ::_exit(127);
-    }
-    ::close(log_fd);
+    std::string error;
+    const pid_t pid = spawn_logged(full, log_, &error);
+    if (pid < 0) return error;
     pid_ = pid;
     auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
@@ -773,6 +870,7 @@ class Mount {
   std::vector<std::string> memfs_args(int threads = 2) const {
     std::string backend = "memfs";
     if (const char* b = std::getenv("DPFS_TEST_BACKEND"); b && *b) backend = b;
+    if (!backend_.empty()) backend = backend_;
     if (size_t at = backend.find("{dir}"); at != std::string::npos) {
       const std::string exported = base_ + "/export";
       ::mkdir(exported.c_str(), 0755);
@@ -865,7 +963,8 @@ class Mount {
   }
 
  private:
-  std::string base_, dir_, log_, command_;
+  std::string base_, dir_, log_, command_, backend_;
+  std::vector<std::string> launcher_;
   pid_t pid_ = -1;
   bool tmpfs_ = false;
 };
@@ -960,6 +1059,12 @@ class MountTest : public ::testing::Test {
     problem_ = environment_problem();
     if (!problem_.empty()) return;
     mount_ = std::make_unique<Mount>();
+    if (const char* spec = std::getenv("DPFS_TEST_REMOTE"); spec && *spec && !on_tmpfs()) {
+      server_ = std::make_unique<ServerProcess>(mount_->base() + "/server.log");
+      problem_ = server_->start({"serve", "--listen", "tcp://127.0.0.1:0", "--backend", spec});
+      if (!problem_.empty()) return;
+      mount_->set_backend("remote://127.0.0.1:" + std::to_string(server_->port()));
+    }
     problem_ = on_tmpfs() ? mount_->start_tmpfs() : mount_->start_dpfs(mount_->memfs_args());
     if (problem_.empty()) watchdog_ = std::make_unique<Watchdog>();
   }
@@ -970,6 +1075,11 @@ class MountTest : public ::testing::Test {
       close_fds_under(mount_->dir());
       std::string p = mount_->stop(SIGTERM);
       if (problem_.empty() && !p.empty()) ADD_FAILURE() << "stopping the daemon: " << p;
+      if (server_) {
+        p = server_->stop();
+        if (problem_.empty() && !p.empty()) ADD_FAILURE() << "stopping the remote server: " << p;
+        server_.reset();
+      }
       mount_.reset();
     }
     problem_.clear();
@@ -1026,6 +1136,7 @@ class MountTest : public ::testing::Test {
  private:
   std::deque<std::string> scratch_;
   static inline std::unique_ptr<Mount> mount_;
+  static inline std::unique_ptr<ServerProcess> server_;  // $DPFS_TEST_REMOTE
   static inline std::unique_ptr<Watchdog> watchdog_;
   static inline std::string problem_;
 };
