@@ -171,6 +171,7 @@ class Forwarder::Link {
 
 void Forwarder::Link::fail(Pending& p, int error) {
   fw_.counters_.failed.fetch_add(1, std::memory_order_relaxed);
+  if (p.opcode == FUSE_INIT) fw_.init_in_flight_.store(false);
   size_t len = 0;
   if (takes_reply(p.opcode)) len = fuse::encode_error(p.req->out, p.unique, error);
   p.req->complete(len);
@@ -358,7 +359,9 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
     return e;
   }
 
-  if (welcome.flags & kWelcomeNeedsInit) {
+  // Not while the tenant's own INIT is on its way on another link (at
+  // start-up): that one negotiates the session.
+  if ((welcome.flags & kWelcomeNeedsInit) && !fw_.init_in_flight_.load()) {
     std::vector<char> init = fw_.saved_init();
     if (!init.empty()) {
       // The server lost our session (it restarted): negotiate it again with
@@ -583,6 +586,7 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t 
     break_link(gen, fmt::format("a malformed reply to {}", fuse::opcode_name(p.opcode)));
     return false;
   }
+  if (p.opcode == FUSE_INIT) fw_.init_in_flight_.store(false);
   p.req->complete(h.length);
   return true;
 }
@@ -640,6 +644,7 @@ void Forwarder::handle(fuse::Request& req) {
     std::lock_guard lock(init_mu_);
     init_.resize(len);
     iov_copy_out(req.in, init_.data(), len);
+    init_in_flight_.store(true);
   } else if (hdr.opcode == FUSE_DESTROY) {
     destroyed_.store(true, std::memory_order_release);
   }
