@@ -198,7 +198,9 @@ bool Server::Connection::handshake() {
         refuse(fmt::format("reading {}: {}", frame_type_name(uint8_t(type)), std::strerror(errno)),
                false);
       } else {
-        spdlog::debug("remote: peer {} closed the connection during the handshake", peer_);
+        spdlog::info("remote: peer {} left during the handshake (if it is a device: does it "
+                     "have the same shared secret?)",
+                     peer_);
       }
       return false;
     }

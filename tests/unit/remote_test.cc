@@ -1,0 +1,370 @@
+// The remote transport's wire format and both of its ends, in process: a
+// Forwarder against a real Server (memfs), and against a scripted fake
+// server that answers out of order, with garbage, or not at all.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "backend/memfs/memfs.h"
+#include "remote/forwarder.h"
+#include "remote/server.h"
+#include "remote/wire.h"
+#include "session_harness.h"
+
+namespace dpfs::remote {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RequestBuilder;
+
+// --- Wire --------------------------------------------------------------------
+
+TEST(RemoteWire, ParsesEndpoints) {
+  Endpoint e = parse_endpoint("tcp://127.0.0.1:8080", "tcp://", false);
+  EXPECT_EQ(e.host, "127.0.0.1");
+  EXPECT_EQ(e.port, 8080);
+  e = parse_endpoint("remote://[::1]:9", "remote://", false);
+  EXPECT_EQ(e.host, "::1");
+  EXPECT_EQ(e.port, 9);
+  EXPECT_EQ(format_endpoint(e), "[::1]:9");
+  EXPECT_EQ(parse_endpoint("tcp://h:0", "tcp://", true).port, 0);
+  for (const char* bad : {"tcp://h:0", "udp://h:1", "tcp://h", "tcp://:1", "tcp://h:65536",
+                          "tcp://h:1x", "tcp://[::1:1", "tcp://h:"}) {
+    EXPECT_THROW(parse_endpoint(bad, "tcp://", false), std::invalid_argument) << bad;
+  }
+}
+
+TEST(RemoteWire, ChecksHeaders) {
+  FrameHeader h = make_header(FrameType::kRequest, 100, 5, 4096);
+  EXPECT_EQ(check_header(h, 100), "");
+  EXPECT_NE(check_header(h, 99), "");
+  h.version = 2;
+  EXPECT_NE(check_header(h, 100).find("version 2"), std::string::npos);
+  h = make_header(FrameType::kRequest, 1);
+  h.magic = 0x12345678;
+  EXPECT_NE(check_header(h, 100).find("magic"), std::string::npos);
+}
+
+TEST(RemoteWire, ProofsBindSecretRoleAndParameters) {
+  HelloPayload hello{};
+  hello.session_id = 1;
+  hello.max_write = 4096;
+  Nonce n{};
+  const Mac base = device_proof("secret", hello, n);
+  EXPECT_TRUE(same_mac(base, device_proof("secret", hello, n)));
+  EXPECT_FALSE(same_mac(base, server_proof("secret", hello, n)));
+  EXPECT_FALSE(same_mac(base, device_proof("secret2", hello, n)));
+  EXPECT_FALSE(same_mac(base, device_proof("", hello, n)));
+  HelloPayload other = hello;
+  other.max_write = 8192;
+  EXPECT_FALSE(same_mac(base, device_proof("secret", other, n)));
+  n[31] = 1;
+  EXPECT_FALSE(same_mac(base, device_proof("secret", hello, n)));
+}
+
+TEST(RemoteWire, SecretFilesMustBePrivateAndLongEnough) {
+  char tmpl[] = "/tmp/dpfs-secret-test.XXXXXX";
+  const int fd = ::mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  const std::string path = tmpl;
+  auto write = [&](const std::string& text, mode_t mode) {
+    std::ofstream(path, std::ios::trunc) << text;
+    ::chmod(path.c_str(), mode);
+  };
+  write("0123456789abcdef\n", 0600);
+  EXPECT_EQ(read_secret_file(path), "0123456789abcdef");
+  write("0123456789abcdef\n", 0640);
+  EXPECT_THROW(read_secret_file(path), std::invalid_argument);
+  write("short\n", 0600);
+  EXPECT_THROW(read_secret_file(path), std::invalid_argument);
+  ::unlink(path.c_str());
+  EXPECT_THROW(read_secret_file(path), std::invalid_argument);
+}
+
+// writev_full copes with more buffers than IOV_MAX and with partial writes
+// (a small socket buffer); readv_full fills buffers in order.
+TEST(RemoteWire, VectoredIoOverManyBuffers) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  const int small = 4096;
+  ::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+  std::mt19937 rng(3);
+  std::string data(3 << 20, '\0');
+  for (char& c : data) c = char(rng());
+  std::vector<iovec> out;
+  for (size_t at = 0; at < data.size();) {
+    const size_t len = std::min<size_t>(data.size() - at, rng() % 3000);
+    out.push_back({data.data() + at, len});
+    at += len;
+  }
+  ASSERT_GT(out.size(), size_t(IOV_MAX));
+  std::string got(data.size(), '\0');
+  std::thread reader([&] {
+    std::vector<iovec> in;
+    for (size_t at = 0; at < got.size(); at += 7777) {
+      in.push_back({got.data() + at, std::min<size_t>(7777, got.size() - at)});
+    }
+    EXPECT_TRUE(readv_full(sv[1], in, got.size()));
+  });
+  EXPECT_TRUE(writev_full(sv[0], out));
+  reader.join();
+  EXPECT_TRUE(got == data);
+  ::close(sv[0]);
+  ::close(sv[1]);
+}
+
+// --- Forwarder ---------------------------------------------------------------
+
+// A request answered from another thread, waited for by the test.
+class AsyncRequest final : public fuse::Request {
+ public:
+  explicit AsyncRequest(std::vector<uint8_t> bytes, size_t out_size = 1 << 16)
+      : bytes_(std::move(bytes)), out_buf_(out_size, 0xee) {
+    in_iov_ = {bytes_.data(), bytes_.size()};
+    out_iov_ = {out_buf_.data(), out_buf_.size()};
+    in = std::span<const iovec>(&in_iov_, 1);
+    out = std::span<const iovec>(&out_iov_, 1);
+  }
+  void complete(size_t len) override {
+    std::lock_guard lock(mu_);
+    ++completions_;
+    reply_len_ = len;
+    cv_.notify_all();
+  }
+  // Waits for the completion; false if none came within `timeout`.
+  bool wait(std::chrono::milliseconds timeout = 5s) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return completions_ > 0; });
+  }
+  int completions() {
+    std::lock_guard lock(mu_);
+    return completions_;
+  }
+  size_t reply_len() {
+    std::lock_guard lock(mu_);
+    return reply_len_;
+  }
+  fuse_out_header header() const {
+    fuse_out_header h;
+    std::memcpy(&h, out_buf_.data(), sizeof(h));
+    return h;
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+  std::vector<uint8_t> out_buf_;
+  iovec in_iov_{}, out_iov_{};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int completions_ = 0;
+  size_t reply_len_ = 0;
+};
+
+std::vector<uint8_t> getattr(uint64_t unique) {
+  fuse_getattr_in in{};
+  return RequestBuilder(FUSE_GETATTR, 1, unique).arg(in).bytes();
+}
+
+ForwarderOptions forwarder_options(uint16_t port, double timeout = 5.0, unsigned links = 1) {
+  ForwarderOptions o;
+  o.server = Endpoint{"127.0.0.1", port};
+  o.connections = links;
+  o.timeout_s = timeout;
+  return o;
+}
+
+std::unique_ptr<Server> memfs_server(std::string secret = "") {
+  ServerOptions o;
+  o.listen = Endpoint{"127.0.0.1", 0};
+  o.secret = std::move(secret);
+  auto server = std::make_unique<Server>(std::move(o), std::make_unique<Memfs>(MemfsOptions{}));
+  server->start();
+  return server;
+}
+
+TEST(RemoteForwarder, ServesThroughARealServerFromManyThreads) {
+  auto server = memfs_server();
+  Forwarder fw(forwarder_options(server->bound().port, 5.0, 3));
+  AsyncRequest init(testing::init_request());
+  fw.handle(init);
+  ASSERT_TRUE(init.wait());
+  ASSERT_EQ(init.header().error, 0);
+  ASSERT_EQ(init.header().unique, 1u);
+
+  std::vector<std::unique_ptr<AsyncRequest>> reqs;
+  for (uint64_t i = 0; i < 200; ++i) reqs.push_back(std::make_unique<AsyncRequest>(getattr(100 + i)));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = size_t(t); i < reqs.size(); i += 4) fw.handle(*reqs[i]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (uint64_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(reqs[i]->wait()) << i;
+    EXPECT_EQ(reqs[i]->completions(), 1);
+    EXPECT_EQ(reqs[i]->header().error, 0);
+    EXPECT_EQ(reqs[i]->header().unique, 100 + i);
+    EXPECT_EQ(reqs[i]->reply_len(), sizeof(fuse_out_header) + sizeof(fuse_attr_out));
+  }
+  fw.stop();
+  server->stop();
+}
+
+TEST(RemoteForwarder, ASecretMismatchIsFatalAtStartUp) {
+  auto server = memfs_server("the server's secret");
+  EXPECT_THROW(Forwarder(forwarder_options(server->bound().port)), RemoteError);
+  ForwarderOptions o = forwarder_options(server->bound().port);
+  o.secret = "the server's secret";
+  Forwarder fw(o);
+  AsyncRequest init(testing::init_request());
+  fw.handle(init);
+  ASSERT_TRUE(init.wait());
+  EXPECT_EQ(init.header().error, 0);
+}
+
+TEST(RemoteForwarder, WithoutAServerRequestsTimeOut) {
+  uint16_t port;
+  {
+    auto server = memfs_server();
+    port = server->bound().port;
+  }  // nothing listens there now
+  Forwarder fw(forwarder_options(port, 0.3));
+  AsyncRequest req(getattr(9));
+  const auto t0 = std::chrono::steady_clock::now();
+  fw.handle(req);
+  ASSERT_TRUE(req.wait(3s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  EXPECT_EQ(req.header().error, -ETIMEDOUT);
+  EXPECT_EQ(req.header().unique, 9u);
+}
+
+// A scripted server on loopback, speaking the wire format by hand.
+class FakeServer {
+ public:
+  FakeServer() {
+    listen_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(listen_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    EXPECT_EQ(::listen(listen_.get(), 8), 0);
+    socklen_t len = sizeof(a);
+    ::getsockname(listen_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  uint16_t port() const { return port_; }
+
+  // Accepts a connection and completes the handshake.
+  void accept() {
+    conn_.reset(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    ASSERT_TRUE(conn_);
+    set_timeouts(conn_.get(), 5, 5);
+    FrameHeader h;
+    HelloPayload hello{};
+    ASSERT_TRUE(read_full(conn_.get(), &h, sizeof(h)));
+    ASSERT_TRUE(read_full(conn_.get(), &hello, sizeof(hello)));
+    ChallengePayload c{};
+    c.server_proof = server_proof("", hello, c.server_nonce);
+    send(FrameType::kChallenge, &c, sizeof(c));
+    AuthPayload auth{};
+    ASSERT_TRUE(read_full(conn_.get(), &h, sizeof(h)));
+    ASSERT_TRUE(read_full(conn_.get(), &auth, sizeof(auth)));
+    WelcomePayload w{0, 1u << 21};
+    send(FrameType::kWelcome, &w, sizeof(w));
+  }
+  // Reads one request frame; returns its id and the FUSE header.
+  std::pair<uint64_t, fuse_in_header> read_request() {
+    FrameHeader h;
+    std::vector<char> payload;
+    EXPECT_TRUE(read_full(conn_.get(), &h, sizeof(h)));
+    payload.resize(h.length);
+    EXPECT_TRUE(read_full(conn_.get(), payload.data(), h.length));
+    fuse_in_header in{};
+    std::memcpy(&in, payload.data(), std::min(payload.size(), sizeof(in)));
+    return {h.id, in};
+  }
+  // Replies to frame `id` with a header-only reply for `unique`.
+  void reply(uint64_t id, uint64_t unique, int32_t error = 0) {
+    fuse_out_header out{};
+    out.len = sizeof(out);
+    out.error = error;
+    out.unique = unique;
+    send(FrameType::kReply, &out, sizeof(out), id);
+  }
+  void send(FrameType type, const void* payload, uint32_t len, uint64_t id = 0) {
+    FrameHeader h = make_header(type, len, id);
+    iovec iov[2] = {{&h, sizeof(h)}, {const_cast<void*>(payload), len}};
+    EXPECT_TRUE(writev_full(conn_.get(), iov));
+  }
+
+ private:
+  transport::UniqueFd listen_, conn_;
+  uint16_t port_ = 0;
+};
+
+TEST(RemoteForwarder, RepliesMayComeInAnyOrder) {
+  FakeServer fake;
+  std::thread script([&] {
+    fake.accept();
+    auto [id1, h1] = fake.read_request();
+    auto [id2, h2] = fake.read_request();
+    EXPECT_NE(id1, id2);
+    fake.reply(id2, h2.unique, -ENOENT);
+    fake.reply(id1, h1.unique);
+  });
+  Forwarder fw(forwarder_options(fake.port()));
+  AsyncRequest a(getattr(0xaaaa)), b(getattr(0xaaaa));  // the same FUSE unique: not trusted
+  fw.handle(a);
+  fw.handle(b);
+  ASSERT_TRUE(a.wait());
+  ASSERT_TRUE(b.wait());
+  script.join();
+  EXPECT_EQ(a.header().error, 0);
+  EXPECT_EQ(b.header().error, -ENOENT);
+}
+
+// A reply for an id never sent breaks the link: the MKDIR in flight gets
+// EIO (it may have happened), the GETATTR is sent again on the next link.
+TEST(RemoteForwarder, ABadReplyBreaksTheLinkAndOnlyIdempotentRequestsAreResent) {
+  FakeServer fake;
+  std::thread script([&] {
+    fake.accept();
+    fake.read_request();  // GETATTR
+    fake.read_request();  // MKDIR
+    fake.reply(999999, 1);
+    fake.accept();  // the forwarder reconnects
+    auto [id3, h3] = fake.read_request();
+    EXPECT_EQ(h3.opcode, uint32_t(FUSE_GETATTR));
+    fake.reply(id3, h3.unique);
+  });
+  Forwarder fw(forwarder_options(fake.port()));
+  AsyncRequest get(getattr(1));
+  fuse_mkdir_in mk{};
+  AsyncRequest mkdir(RequestBuilder(FUSE_MKDIR, 1, 2).arg(mk).bytes());
+  fw.handle(get);
+  fw.handle(mkdir);
+  ASSERT_TRUE(mkdir.wait());
+  EXPECT_EQ(mkdir.header().error, -EIO);
+  EXPECT_EQ(mkdir.header().unique, 2u);
+  ASSERT_TRUE(get.wait());
+  EXPECT_EQ(get.header().error, 0);
+  EXPECT_EQ(get.completions(), 1);
+  script.join();
+  EXPECT_GE(fw.counters().resent.load(), 1u);
+}
+
+}  // namespace
+}  // namespace dpfs::remote
