@@ -15,6 +15,9 @@ step "build (RelWithDebInfo)"
 bash scripts/build.sh build
 step "tests"
 ctest --test-dir build --output-on-failure --timeout 900
+step "POSIX suites through the remote transport (server + device on loopback, ~15 s)"
+DPFS_TEST_REMOTE=memfs build/dpfs_integration_tests \
+  --gtest_filter='PosixTest.*:IoTest.*:ReaddirTest.*:XattrTest.*:LockTest.*'
 
 step "build (ASan+UBSan)"
 BUILD_TYPE=Debug bash scripts/build.sh build-asan -DDPFS_SANITIZE=ON

@@ -20,6 +20,7 @@
 #include "remote/forwarder.h"
 #include "remote/server.h"
 #include "remote/wire.h"
+#include "server/config.h"
 #include "session_harness.h"
 
 namespace dpfs::remote {
@@ -123,6 +124,50 @@ TEST(RemoteWire, VectoredIoOverManyBuffers) {
   EXPECT_TRUE(got == data);
   ::close(sv[0]);
   ::close(sv[1]);
+}
+
+// --- Configuration -----------------------------------------------------------
+
+TEST(RemoteConfig, KeysAreCheckedAndCombinationsRefused) {
+  using server::Config;
+  using server::ConfigError;
+  Config cfg;
+  server::apply_toml(cfg,
+                     "[remote]\nlisten = \"tcp://127.0.0.1:0\"\nconnections = 4\ntimeout = 2.5\n",
+                     "t");
+  server::finish(cfg);
+  EXPECT_EQ(cfg.remote.listen, "tcp://127.0.0.1:0");
+  EXPECT_EQ(cfg.remote.connections, 4u);
+  EXPECT_DOUBLE_EQ(cfg.remote.timeout, 2.5);
+  EXPECT_TRUE(cfg.fuse.mount.empty()) << "a listener alone mounts nothing";
+
+  for (const auto& [key, value] : std::vector<std::pair<const char*, const char*>>{
+           {"remote.listen", "http://h:1"},
+           {"remote.listen", "tcp://h"},
+           {"remote.connections", "0"},
+           {"remote.connections", "65"},
+           {"remote.timeout", "0"},
+           {"remote.secret_file", ""},
+           {"backend.type", "remote:h:1"},
+           {"backend.type", "remote://h"}}) {
+    Config c;
+    EXPECT_THROW(server::apply_flag(c, key, value), ConfigError) << key << " " << value;
+  }
+
+  Config device;
+  server::apply_flag(device, "backend.type", "remote://10.0.0.1:7070");
+  server::finish(device);
+  EXPECT_EQ(device.backend.type, "remote");
+  EXPECT_EQ(device.backend.arg, "//10.0.0.1:7070");
+
+  Config both;
+  server::apply_flag(both, "backend.type", "remote://h:1");
+  server::apply_flag(both, "remote.listen", "tcp://127.0.0.1:1");
+  EXPECT_THROW(server::finish(both), ConfigError);
+  Config vhost;
+  server::apply_flag(vhost, "backend.type", "remote://h:1");
+  server::apply_flag(vhost, "vhost_user.socket", "/tmp/x.sock");
+  EXPECT_THROW(server::finish(vhost), ConfigError);
 }
 
 // --- Forwarder ---------------------------------------------------------------
