@@ -384,8 +384,10 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
       spdlog::info("remote: link {}: the server had lost the session; INIT replayed", index_);
     }
   }
-  // Replies may take as long as the server needs; a stuck send may not.
-  set_timeouts(fd.get(), 0, opt.timeout_s);
+  // Replies may take as long as the server needs to start sending them
+  // (receive_one waits without a timeout for a frame to begin); a frame
+  // that stalls half-way, or a send that cannot proceed, may not.
+  set_timeouts(fd.get(), opt.timeout_s, opt.timeout_s);
   {
     std::lock_guard lock(mu_);
     max_request_ = welcome.max_request;
@@ -518,9 +520,12 @@ void Forwarder::Link::receive_loop() {
 
 bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t gen) {
   const int fd = sock->fd.get();
+  wait_readable(fd);
   FrameHeader h;
   if (!read_full(fd, &h, sizeof(h))) {
-    break_link(gen, errno == 0 ? "the server closed the connection" : std::strerror(errno));
+    break_link(gen, errno == 0        ? "the server closed the connection"
+                    : errno == EAGAIN ? "a reply stalled"
+                                      : std::strerror(errno));
     return false;
   }
   if (std::string bad = check_header(h, kMaxPayload); !bad.empty()) {
@@ -567,7 +572,9 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t 
   }
   // The reply is ours now: read it straight into the tenant's buffers.
   if (!readv_full(fd, p.req->out, h.length)) {
-    const std::string why = errno == 0 ? "the server closed the connection" : std::strerror(errno);
+    const std::string why = errno == 0        ? "the server closed the connection"
+                            : errno == EAGAIN ? "a reply stalled"
+                                              : std::strerror(errno);
     fail(p, EIO);
     break_link(gen, why);
     return false;

@@ -243,9 +243,10 @@ bool Server::Connection::handshake() {
   welcome.flags = session_->initialized() ? 0 : kWelcomeNeedsInit;
   welcome.max_request = uint32_t(session_->max_request_size());
   if (!send_frame(fd_.get(), FrameType::kWelcome, &welcome, sizeof(welcome))) return false;
-  // From here on a reader waits as long as the device stays quiet; a reply
-  // may not wait forever for a device that does not read.
-  set_timeouts(fd_.get(), 0, opt.send_timeout_s);
+  // From here on the reader waits as long as the device stays quiet
+  // (wait_readable); a frame that stalls half-way, or a reply to a device
+  // that does not read, may not wait forever.
+  set_timeouts(fd_.get(), opt.send_timeout_s, opt.send_timeout_s);
   spdlog::info("remote: peer {} connected (session {:016x})", peer_, hello.session_id);
   return true;
 }
@@ -255,6 +256,7 @@ void Server::Connection::run() {
     const uint32_t max_request = uint32_t(session_->max_request_size());
     const uint32_t max_reply = uint32_t(session_->max_reply_size());
     for (;;) {
+      wait_readable(fd_.get());
       FrameHeader h;
       if (!read_full(fd_.get(), &h, sizeof(h))) {
         if (errno != 0 && !server_.stopping_.load()) {

@@ -349,6 +349,7 @@ class FakeServer {
     out.unique = unique;
     send(FrameType::kReply, &out, sizeof(out), id);
   }
+  int fd() const { return conn_.get(); }
   void send(FrameType type, const void* payload, uint32_t len, uint64_t id = 0) {
     FrameHeader h = make_header(type, len, id);
     iovec iov[2] = {{&h, sizeof(h)}, {const_cast<void*>(payload), len}};
@@ -409,6 +410,39 @@ TEST(RemoteForwarder, ABadReplyBreaksTheLinkAndOnlyIdempotentRequestsAreResent) 
   EXPECT_EQ(get.completions(), 1);
   script.join();
   EXPECT_GE(fw.counters().resent.load(), 1u);
+}
+
+// A server that starts a reply and stalls: the request is answered EIO
+// once the timeout passes, not left hanging.
+TEST(RemoteForwarder, AReplyThatStallsHalfWayIsAnsweredWithinTheTimeout) {
+  FakeServer fake;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread script([&] {
+    fake.accept();
+    auto [id, h] = fake.read_request();
+    FrameHeader frame = make_header(FrameType::kReply, sizeof(fuse_out_header), id);
+    fuse_out_header out{sizeof(fuse_out_header), 0, h.unique};
+    iovec iov[2] = {{&frame, sizeof(frame)}, {&out, 8}};  // half of the FUSE header
+    EXPECT_TRUE(writev_full(fake.fd(), iov));
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return done; });
+  });
+  Forwarder fw(forwarder_options(fake.port(), 0.5));
+  AsyncRequest req(getattr(77));
+  const auto t0 = std::chrono::steady_clock::now();
+  fw.handle(req);
+  ASSERT_TRUE(req.wait(5s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  EXPECT_EQ(req.header().error, -EIO);
+  EXPECT_EQ(req.header().unique, 77u);
+  {
+    std::lock_guard lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  script.join();
 }
 
 }  // namespace
