@@ -79,7 +79,7 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
   if (cfg.type == "remote") {
     // The remote backend forwards whole FUSE requests (remote::Forwarder):
     // the transport builds it in place of a session, never as a Backend.
-    throw std::invalid_argument("backend remote serves FUSE mounts only (--fuse-mount)");
+    throw std::invalid_argument("backend remote is a forwarder, not a Backend object");
   }
   throw std::invalid_argument(
       fmt::format("unknown backend '{}' (known: {})", cfg.type, backend_type_list()));

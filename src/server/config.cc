@@ -489,13 +489,6 @@ void finish(Config& cfg) {
       }
     }
   }
-  for (const DeviceConfig& device : cfg.devices) {
-    if (device.backend.type == "remote") {
-      throw ConfigError(fmt::format(
-          "vhost-user device {}: the remote backend serves FUSE mounts only (--fuse-mount)",
-          device.socket));
-    }
-  }
   if (!cfg.remote.listen.empty() && cfg.backend.type == "remote") {
     throw ConfigError("--listen serves remote devices from a local backend, not from remote://");
   }

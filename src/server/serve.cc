@@ -44,16 +44,6 @@ std::string read_secret(const Config& cfg) {
                                         : remote::read_secret_file(cfg.remote.secret_file);
 }
 
-remote::ForwarderOptions forwarder_options(const Config& cfg) {
-  remote::ForwarderOptions options;
-  options.server = remote::parse_endpoint("remote:" + cfg.backend.arg, "remote://", false);
-  options.secret = read_secret(cfg);
-  options.connections = cfg.remote.connections;
-  options.timeout_s = cfg.remote.timeout;
-  options.max_write = cfg.fuse.max_write;
-  return options;
-}
-
 // `dpfs serve --listen`: remote devices served from this daemon's backend.
 std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   remote::ServerOptions options;
@@ -62,6 +52,18 @@ std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   options.session = session_options(cfg);
   options.session.name = "remote";
   return std::make_unique<remote::Server>(std::move(options), make_backend(cfg.backend));
+}
+
+void log_forwarder_stats(const remote::Forwarder& f, const std::string& title) {
+  const remote::Forwarder::Counters& c = f.counters();
+  spdlog::info("{}: {} requests forwarded, {} resent, {} failed, {} connections made", title,
+               c.forwarded.load(), c.resent.load(), c.failed.load(), c.connects.load());
+}
+
+void log_device_stats(const VhostUserServer& d, const char* what) {
+  const std::string title = d.name() + ": " + what;
+  if (d.session()) log_stats(*d.session(), title.c_str());
+  if (d.forwarder()) log_forwarder_stats(*d.forwarder(), title);
 }
 
 // The objects that serve one mount. The backend is built first, so that
@@ -77,7 +79,7 @@ class Daemon {
     std::string served;
     if (cfg.backend.type == "remote") {
       // Requests go whole to a remote dpfs, which runs the session.
-      forwarder_ = std::make_unique<remote::Forwarder>(forwarder_options(cfg));
+      forwarder_ = std::make_unique<remote::Forwarder>(forwarder_options(cfg.backend, cfg));
       handler = forwarder_.get();
       served = forwarder_->describe();
     } else {
@@ -120,11 +122,7 @@ class Daemon {
 
   void log_stats(const char* title) const {
     if (session_) server::log_stats(*session_, title);
-    if (forwarder_) {
-      const remote::Forwarder::Counters& c = forwarder_->counters();
-      spdlog::info("{}: {} requests forwarded, {} resent, {} failed, {} connections made", title,
-                   c.forwarded.load(), c.resent.load(), c.failed.load(), c.connects.load());
-    }
+    if (forwarder_) log_forwarder_stats(*forwarder_, title);
   }
   bool failed() const { return device_ && device_->failed(); }
   const std::string& mount_point() const { return mount_->mount_point(); }
@@ -227,7 +225,7 @@ int serve(const Config& cfg) {
         if (fuse) fuse->log_stats("stats");
         if (listener) listener->log_stats("stats");
         for (const auto& d : devices) {
-          log_stats(d->session(), (d->name() + ": stats").c_str());
+          log_device_stats(*d, "stats");
           for (const std::string& line : d->queue_stats()) spdlog::info("{}: {}", d->name(), line);
         }
         continue;
@@ -244,7 +242,7 @@ int serve(const Config& cfg) {
   if (listener) listener->stop();
   if (fuse) fuse->log_stats("totals");
   if (listener) listener->log_stats("totals");
-  for (const auto& d : devices) log_stats(d->session(), (d->name() + ": totals").c_str());
+  for (const auto& d : devices) log_device_stats(*d, "totals");
   return status;
 }
 

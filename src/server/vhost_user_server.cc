@@ -29,13 +29,23 @@ std::string describe_backend(const BackendConfig& b) {
   return b.arg.empty() ? b.type : b.type + ":" + b.arg;
 }
 
+remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg) {
+  remote::ForwarderOptions options;
+  options.server = remote::parse_endpoint(b.type + ":" + b.arg, "remote://", false);
+  options.secret =
+      cfg.remote.secret_file.empty() ? "" : remote::read_secret_file(cfg.remote.secret_file);
+  options.connections = cfg.remote.connections;
+  options.timeout_s = cfg.remote.timeout;
+  options.max_write = cfg.fuse.max_write;
+  return options;
+}
+
 VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
                                  std::function<void()> on_done)
     : config_(device),
       on_disconnect_(cfg.vhost_user.on_disconnect),
       on_done_(std::move(on_done)),
-      name_(fmt::format("vhost-user {} ({})", device.tag, device.socket)),
-      backend_(make_backend(device.backend)) {
+      name_(fmt::format("vhost-user {} ({})", device.tag, device.socket)) {
   fuse::SessionOptions options;
   options.max_write = cfg.fuse.max_write;
   options.entry_timeout = cfg.fuse.entry_timeout;
@@ -43,7 +53,19 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   options.writeback_cache = cfg.fuse.writeback_cache;
   options.xattr = cfg.fuse.xattr;
   options.name = "virtio-fs " + device.tag;
-  session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
+  fuse::RequestHandler* handler;
+  std::string served;
+  if (device.backend.type == "remote") {
+    // Requests go whole to a remote dpfs, which runs the session.
+    forwarder_ = std::make_unique<remote::Forwarder>(forwarder_options(device.backend, cfg));
+    handler = forwarder_.get();
+    served = forwarder_->describe();
+  } else {
+    backend_ = make_backend(device.backend);
+    session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
+    handler = session_.get();
+    served = describe_backend(device.backend);
+  }
 
   // Bind before starting workers: a socket that cannot be used is the most
   // likely start-up failure, and it says so in one line.
@@ -59,10 +81,10 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   // queue, FORGETs and INTERRUPTs, rides on the first worker).
   dev.threads = std::min<unsigned>(cfg.threads, device.request_queues);
   dev.poll = device.poll;
-  device_ = std::make_unique<vhost_user::FsDevice>(*session_, dev);
+  device_ = std::make_unique<vhost_user::FsDevice>(*handler, dev);
 
   spdlog::info("{}: serving {}: {} request queue{}, {} worker{}{}, on disconnect: {}", name_,
-               describe_backend(device.backend), device.request_queues,
+               served, device.request_queues,
                device.request_queues == 1 ? "" : "s", dev.threads, dev.threads == 1 ? "" : "s",
                device.poll ? ", busy-polling" : "",
                on_disconnect_ == OnDisconnect::kWait ? "wait for the next front-end" : "exit");
@@ -97,6 +119,7 @@ void VhostUserServer::stop() {
   // them through the device: so the backend goes first, then the device
   // (which joins its workers), then the socket.
   backend_.reset();
+  if (forwarder_) forwarder_->stop();  // answers what is in flight (EIO)
   device_.reset();
   listener_.reset();
 }
@@ -182,7 +205,8 @@ void VhostUserServer::serve_connection(transport::UniqueFd socket, unsigned numb
   // kernel's lookups and open files die with it. Forget them, as a DESTROY
   // would, so the next guest starts clean (memfs keeps the files). The
   // device's queues are stopped, so nothing else calls the backend now.
-  if (session_->initialized()) backend_->destroy();
+  // (A remote backend's server does the same when the forwarder resets.)
+  if (session_ && session_->initialized()) backend_->destroy();
 }
 
 }  // namespace dpfs::server

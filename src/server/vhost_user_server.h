@@ -26,6 +26,7 @@
 
 #include "backend/backend.h"
 #include "fuse/session.h"
+#include "remote/forwarder.h"
 #include "server/config.h"
 #include "transport/unique_fd.h"
 #include "vhost_user/fs_device.h"
@@ -54,7 +55,10 @@ class VhostUserServer {
   // True once the control thread has ended by itself (see on_done).
   bool done() const { return done_.load(std::memory_order_acquire); }
   bool failed() const { return failed_.load(std::memory_order_acquire); }
-  const fuse::FuseSession& session() const { return *session_; }
+  // The FUSE session, or nullptr when a remote backend runs it elsewhere.
+  const fuse::FuseSession* session() const { return session_.get(); }
+  // Request counters of a remote backend, or nullptr.
+  const remote::Forwarder* forwarder() const { return forwarder_.get(); }
   // One line per queue of the device ("queue 1 (requests): 120 requests,
   // 30 kicks, 41 notifications"), or nothing once stopped.
   std::vector<std::string> queue_stats() const;
@@ -75,7 +79,8 @@ class VhostUserServer {
   std::function<void()> on_done_;
   std::string name_;
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<fuse::FuseSession> session_;
+  std::unique_ptr<fuse::FuseSession> session_;  // or, for a remote backend:
+  std::unique_ptr<remote::Forwarder> forwarder_;
   std::unique_ptr<vhost_user::FsDevice> device_;
   std::unique_ptr<vhost_user::Listener> listener_;
   transport::UniqueFd stop_fd_;  // eventfd: readable once stop() is called
@@ -87,5 +92,9 @@ class VhostUserServer {
 
 // Describes a backend configuration for logs: "memfs (capacity 1G, ...)".
 std::string describe_backend(const BackendConfig& b);
+
+// The forwarder of a remote backend (`b` is remote://HOST:PORT) with the
+// [remote] settings of `cfg`. Throws std::invalid_argument (the secret file).
+remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg);
 
 }  // namespace dpfs::server

@@ -342,7 +342,7 @@ void FsDevice::Worker::run() {
 
 // ---------------------------------------------------------------------------
 
-FsDevice::FsDevice(fuse::FuseSession& session, FsDeviceOptions options)
+FsDevice::FsDevice(fuse::RequestHandler& session, FsDeviceOptions options)
     : session_(session), options_(std::move(options)) {
   options_.request_queues = std::clamp<uint32_t>(options_.request_queues, 1, 64);
   const uint32_t nqueues = 1 + options_.request_queues;  // hiprio + requests

@@ -53,7 +53,7 @@ struct QueueStats {
 
 class FsDevice final : public VhostUserDevice {
  public:
-  FsDevice(fuse::FuseSession& session, FsDeviceOptions options);
+  FsDevice(fuse::RequestHandler& session, FsDeviceOptions options);
   FsDevice(const FsDevice&) = delete;
   FsDevice& operator=(const FsDevice&) = delete;
   ~FsDevice() override;
@@ -96,7 +96,7 @@ class FsDevice final : public VhostUserDevice {
   // Drops guest memory no request still points into.
   void release_retired_memory();
 
-  fuse::FuseSession& session_;
+  fuse::RequestHandler& session_;  // a FuseSession, or a remote::Forwarder
   FsDeviceOptions options_;
   uint64_t acked_features_ = 0;
   std::unique_ptr<virtio::GuestMemory> memory_;

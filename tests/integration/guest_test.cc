@@ -14,9 +14,11 @@
 // Takes about 2.5 minutes under TCG on 2 idle cores (3.5 when others load them).
 //
 // DPFS_TEST_BINARY=path runs another build of the daemon (as the FUSE tests).
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -605,6 +607,47 @@ TEST_F(GuestTest, UnusableSocketPathIsOneLine) {
   EXPECT_EQ(count(text, "\n"), 1u) << text;
   EXPECT_NE(text.find("dpfs: vhost-user socket "), std::string::npos) << text;
   EXPECT_NE(text.find("does not exist"), std::string::npos) << text;
+}
+
+// The DPU split (src/remote): the virtio-fs device forwards every request
+// over TCP to a second dpfs that runs the session and memfs. The guest's
+// workload passes as it does on a local backend.
+TEST_F(GuestTest, DeviceForwardsToARemoteServer) {
+  // A free port: bound once by the kernel's choice, then given to the server.
+  int port = 0;
+  {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    ::close(fd);
+  }
+  const std::string addr = "127.0.0.1:" + std::to_string(port);
+  // The server also serves a (unused) vhost-user socket: ready() waits for it.
+  Daemon server(Daemon::kArgs, dir_.path() / "srv.sock", dir_.path() / "server.log",
+                {"--listen", "tcp://" + addr, "--backend", "memfs", "--vhost-user",
+                 (dir_.path() / "srv.sock").string()});
+  server.start();
+  ASSERT_TRUE(server.ready());
+  Daemon device(Daemon::kArgs, dir_.path() / "vr.sock", dir_.path() / "vr.dpfs.log",
+                {"--backend", "remote://" + addr, "--vhost-user",
+                 (dir_.path() / "vr.sock").string(), "--tag", "vr"});
+  device.start();
+  ASSERT_TRUE(device.ready());
+
+  const GuestRun basic = run_guest(dir_.path(), device.socket(), "vr", "basic.sh", {}, "remote");
+  ASSERT_TRUE(basic.ok()) << basic.describe() << "\n----- device log -----\n"
+                          << tail(device.log(), 40) << "\n----- server log -----\n"
+                          << tail(server.log(), 40);
+  expect_basic_passed(basic, 1);
+  EXPECT_NE(device.log().find("serving remote://" + addr), std::string::npos) << device.log();
+  EXPECT_NE(server.log().find("session up"), std::string::npos) << server.log();
+  expect_clean_exit(device);
+  expect_clean_exit(server);
 }
 
 }  // namespace
