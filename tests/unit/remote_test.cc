@@ -241,16 +241,18 @@ std::unique_ptr<Server> memfs_server(std::string secret = "") {
 }
 
 TEST(RemoteForwarder, ServesThroughARealServerFromManyThreads) {
+  // Requests outlive the forwarder (which answers what it holds when it
+  // stops), whichever way the test ends.
+  AsyncRequest init(testing::init_request());
+  std::vector<std::unique_ptr<AsyncRequest>> reqs;
+  for (uint64_t i = 0; i < 200; ++i) reqs.push_back(std::make_unique<AsyncRequest>(getattr(100 + i)));
   auto server = memfs_server();
   Forwarder fw(forwarder_options(server->bound().port, 5.0, 3));
-  AsyncRequest init(testing::init_request());
   fw.handle(init);
   ASSERT_TRUE(init.wait());
   ASSERT_EQ(init.header().error, 0);
   ASSERT_EQ(init.header().unique, 1u);
 
-  std::vector<std::unique_ptr<AsyncRequest>> reqs;
-  for (uint64_t i = 0; i < 200; ++i) reqs.push_back(std::make_unique<AsyncRequest>(getattr(100 + i)));
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
@@ -274,8 +276,8 @@ TEST(RemoteForwarder, ASecretMismatchIsFatalAtStartUp) {
   EXPECT_THROW(Forwarder(forwarder_options(server->bound().port)), RemoteError);
   ForwarderOptions o = forwarder_options(server->bound().port);
   o.secret = "the server's secret";
-  Forwarder fw(o);
   AsyncRequest init(testing::init_request());
+  Forwarder fw(o);
   fw.handle(init);
   ASSERT_TRUE(init.wait());
   EXPECT_EQ(init.header().error, 0);
@@ -287,8 +289,8 @@ TEST(RemoteForwarder, WithoutAServerRequestsTimeOut) {
     auto server = memfs_server();
     port = server->bound().port;
   }  // nothing listens there now
-  Forwarder fw(forwarder_options(port, 0.3));
   AsyncRequest req(getattr(9));
+  Forwarder fw(forwarder_options(port, 0.3));
   const auto t0 = std::chrono::steady_clock::now();
   fw.handle(req);
   ASSERT_TRUE(req.wait(3s));
@@ -372,8 +374,8 @@ TEST(RemoteForwarder, RepliesMayComeInAnyOrder) {
     fake.reply(id2, h2.unique, -ENOENT);
     fake.reply(id1, h1.unique);
   });
-  Forwarder fw(forwarder_options(fake.port()));
   AsyncRequest a(getattr(0xaaaa)), b(getattr(0xaaaa));  // the same FUSE unique: not trusted
+  Forwarder fw(forwarder_options(fake.port()));
   fw.handle(a);
   fw.handle(b);
   ASSERT_TRUE(a.wait());
@@ -397,10 +399,10 @@ TEST(RemoteForwarder, ABadReplyBreaksTheLinkAndOnlyIdempotentRequestsAreResent) 
     EXPECT_EQ(h3.opcode, uint32_t(FUSE_GETATTR));
     fake.reply(id3, h3.unique);
   });
-  Forwarder fw(forwarder_options(fake.port()));
   AsyncRequest get(getattr(1));
   fuse_mkdir_in mk{};
   AsyncRequest mkdir(RequestBuilder(FUSE_MKDIR, 1, 2).arg(mk).bytes());
+  Forwarder fw(forwarder_options(fake.port()));
   fw.handle(get);
   fw.handle(mkdir);
   ASSERT_TRUE(mkdir.wait());
@@ -430,8 +432,8 @@ TEST(RemoteForwarder, AReplyThatStallsHalfWayIsAnsweredWithinTheTimeout) {
     std::unique_lock lock(mu);
     cv.wait(lock, [&] { return done; });
   });
-  Forwarder fw(forwarder_options(fake.port(), 0.5));
   AsyncRequest req(getattr(77));
+  Forwarder fw(forwarder_options(fake.port(), 0.5));
   const auto t0 = std::chrono::steady_clock::now();
   fw.handle(req);
   ASSERT_TRUE(req.wait(5s));
