@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The cost of the remote hop: the same backend served on a FUSE mount
 # locally, and through a remote device (--backend remote://) and a server
-# (--listen) on loopback, in one run, with the same fio jobs (4k random
-# reads at depth 1 and 32; libaio, O_DIRECT). Around every job it reads the
-# CPU time of each dpfs process (utime + stime, all threads, /proc/PID/stat)
-# and divides it by the I/Os fio completed. Prints a Markdown table (the
-# one in docs/REMOTE_BENCHMARKS.md).
+# (--listen) on loopback, with the same fio jobs (4k random reads at depth 1
+# and 32; libaio, O_DIRECT). Around every job it reads the CPU time of each
+# dpfs process (utime + stime, all threads, /proc/PID/stat) and divides it
+# by the I/Os fio completed. REPEAT rounds alternate the two paths; the
+# table (as in docs/REMOTE_BENCHMARKS.md) shows, per path and depth, the
+# round with the median IOPS, and the range of all rounds.
 #
 # Needs root (mounts), /dev/fuse, fio, python3, a build of dpfs.
 #
@@ -13,8 +14,10 @@
 #   BUILD=build        dpfs build directory
 #   BACKEND=null       the backend both ways serve (null: "zero", 1 TiB)
 #   RUNTIME=10         seconds per fio job
+#   REPEAT=3           rounds
 #   THREADS=2          device --threads
 #   CONNECTIONS=2      --remote-connections
+#   DPFS_ARGS="--no-xattr --null-direct-io"   more flags for every dpfs
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,8 +26,10 @@ BUILD=${BUILD:-$ROOT/build}
 DPFS=$BUILD/dpfs
 BACKEND=${BACKEND:-null}
 RUNTIME=${RUNTIME:-10}
+REPEAT=${REPEAT:-3}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-2}
+DPFS_ARGS=${DPFS_ARGS---no-xattr --null-direct-io}
 
 log() { printf '[remote_bench] %s\n' "$*" >&2; }
 die() {
@@ -37,6 +42,7 @@ command -v fio >/dev/null || die "fio is missing (apt-get install fio)"
 
 WORK=$(mktemp -d /tmp/dpfs-remote-bench.XXXXXX)
 MNT=$WORK/mnt
+ROWS=$WORK/rows.jsonl
 mkdir -p "$MNT"
 PIDS=()
 cleanup() {
@@ -68,7 +74,23 @@ prepare_file() {
   fi
 }
 
-# run_jobs NAME PID... : fio jobs on $FILE; one result line per job.
+# One fio job's result and the CPU each dpfs process spent, as a JSON line.
+record() {
+  python3 -c '
+import json, sys
+name, depth, path, hz, before, after = sys.argv[1:7]
+r = json.load(open(path))["jobs"][0]["read"]
+lat = r["lat_ns"]
+pct = lat.get("percentile", {})
+cpu = [(int(a) - int(b)) / int(hz) * 1e6 / r["total_ios"]
+       for a, b in zip(after.split(), before.split())]
+print(json.dumps({"path": name, "depth": int(depth), "iops": r["iops"],
+                  "mean": lat["mean"] / 1e3, "p50": pct.get("50.000000", 0) / 1e3,
+                  "p99": pct.get("99.000000", 0) / 1e3, "cpu": cpu}))
+' "$@"
+}
+
+# run_jobs NAME PID... : the fio jobs on $FILE, one line each to $ROWS.
 run_jobs() {
   local name=$1
   shift
@@ -79,54 +101,76 @@ run_jobs() {
       --ioengine=libaio --direct=1 --time_based --runtime="$RUNTIME" --numjobs=1 \
       --lat_percentiles=1 --output-format=json >"$WORK/fio.json"
     for p in "$@"; do after+=("$(cpu_ticks "$p")"); done
-    python3 - "$name" "$depth" "$WORK/fio.json" "$(getconf CLK_TCK)" \
-      "${before[*]}" "${after[*]}" <<'EOF'
-import json, sys
-name, depth, path, hz, before, after = sys.argv[1:7]
-r = json.load(open(path))["jobs"][0]["read"]
-ios = r["total_ios"]
-clat = r["clat_ns"]
-cpu = [(int(a) - int(b)) / int(hz) * 1e6 / ios for a, b in zip(after.split(), before.split())]
-pct = clat.get("percentile", {})
-print(f"| {name} | {depth} | {r['iops']:.0f} | {clat['mean'] / 1000:.1f} | "
-      f"{pct.get('50.000000', 0) / 1000:.1f} | {pct.get('99.000000', 0) / 1000:.1f} | "
-      + " + ".join(f"{c:.1f}" for c in cpu) + (f" = {sum(cpu):.1f}" if len(cpu) > 1 else "") + " |")
-EOF
+    record "$name" "$depth" "$WORK/fio.json" "$(getconf CLK_TCK)" "${before[*]}" "${after[*]}" \
+      >>"$ROWS"
   done
 }
 
-echo "| path | depth | IOPS | mean µs | p50 µs | p99 µs | dpfs CPU µs per read (device + server) |"
-echo "|---|---|---|---|---|---|---|"
+run_local() {
+  log "local: $BACKEND on $MNT"
+  # shellcheck disable=SC2086
+  "$DPFS" serve --backend "$BACKEND" --fuse-mount "$MNT" --threads "$THREADS" $DPFS_ARGS \
+    >"$WORK/local.log" 2>&1 &
+  local daemon=$!
+  PIDS+=("$daemon")
+  wait_mounted
+  prepare_file
+  run_jobs local "$daemon"
+  kill "$daemon"
+  wait "$daemon" || die "the local daemon failed; see $WORK/local.log"
+}
 
-log "local: $BACKEND on $MNT"
-"$DPFS" serve --backend "$BACKEND" --fuse-mount "$MNT" --threads "$THREADS" --no-xattr \
-  >"$WORK/local.log" 2>&1 &
-LOCAL=$!
-PIDS+=("$LOCAL")
-wait_mounted
-prepare_file
-run_jobs local "$LOCAL"
-kill "$LOCAL"
-wait "$LOCAL" || die "the local daemon failed; see $WORK/local.log"
+run_remote() {
+  log "remote: $BACKEND behind a server on loopback"
+  # shellcheck disable=SC2086
+  "$DPFS" serve --listen tcp://127.0.0.1:0 --backend "$BACKEND" $DPFS_ARGS \
+    >"$WORK/server.log" 2>&1 &
+  local server=$!
+  PIDS+=("$server")
+  local port=""
+  for _ in $(seq 100); do
+    port=$(grep -o 'listening on tcp://127.0.0.1:[0-9]*' "$WORK/server.log" | sed 's/.*://') || true
+    [[ -n $port ]] && break
+    sleep 0.1
+  done
+  [[ -n $port ]] || die "the server did not listen; see $WORK/server.log"
+  # shellcheck disable=SC2086
+  "$DPFS" serve --backend "remote://127.0.0.1:$port" --fuse-mount "$MNT" --threads "$THREADS" \
+    --remote-connections "$CONNECTIONS" $DPFS_ARGS >"$WORK/device.log" 2>&1 &
+  local device=$!
+  PIDS+=("$device")
+  wait_mounted
+  prepare_file
+  run_jobs remote "$device" "$server"
+  kill "$device"
+  wait "$device" || die "the device failed; see $WORK/device.log"
+  kill "$server"
+  wait "$server" || die "the server failed; see $WORK/server.log"
+}
 
-log "remote: $BACKEND behind a server on loopback"
-"$DPFS" serve --listen tcp://127.0.0.1:0 --backend "$BACKEND" --no-xattr >"$WORK/server.log" 2>&1 &
-SERVER=$!
-PIDS+=("$SERVER")
-for _ in $(seq 100); do
-  PORT=$(grep -o 'listening on tcp://127.0.0.1:[0-9]*' "$WORK/server.log" | sed 's/.*://') || true
-  [[ -n ${PORT:-} ]] && break
-  sleep 0.1
+log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for round in $(seq "$REPEAT"); do
+  log "round $round of $REPEAT"
+  run_local
+  run_remote
 done
-[[ -n ${PORT:-} ]] || die "the server did not listen; see $WORK/server.log"
-"$DPFS" serve --backend "remote://127.0.0.1:$PORT" --fuse-mount "$MNT" --threads "$THREADS" \
-  --remote-connections "$CONNECTIONS" --no-xattr >"$WORK/device.log" 2>&1 &
-DEVICE=$!
-PIDS+=("$DEVICE")
-wait_mounted
-prepare_file
-run_jobs remote "$DEVICE" "$SERVER"
-kill "$DEVICE"
-wait "$DEVICE" || die "the device failed; see $WORK/device.log"
-kill "$SERVER"
-wait "$SERVER" || die "the server failed; see $WORK/server.log"
+log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+cat >"$WORK/report.py" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("| path | depth | IOPS (median round) | IOPS range | mean µs | p50 µs | p99 µs "
+      "| dpfs CPU µs per read: device + server |")
+print("|---|---|---|---|---|---|---|---|")
+for path in ("local", "remote"):
+    for depth in (1, 32):
+        runs = sorted((r for r in rows if r["path"] == path and r["depth"] == depth),
+                      key=lambda r: r["iops"])
+        m = runs[len(runs) // 2]
+        cpu = " + ".join(f"{c:.1f}" for c in m["cpu"])
+        if len(m["cpu"]) > 1:
+            cpu += f" = {sum(m['cpu']):.1f}"
+        print(f"| {path} | {depth} | {m['iops']:.0f} | {runs[0]['iops']:.0f}..{runs[-1]['iops']:.0f} "
+              f"| {m['mean']:.1f} | {m['p50']:.1f} | {m['p99']:.1f} | {cpu} |")
+EOF
+python3 "$WORK/report.py" "$ROWS"
