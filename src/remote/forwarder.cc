@@ -218,27 +218,38 @@ void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_pt
   fw_.counters_.forwarded.fetch_add(1, std::memory_order_relaxed);
   // From here `req` may already be answered (the reply raced us): only the
   // table says whether it is still ours.
-  std::optional<Pending> abandoned;
+  std::optional<Pending> failed;
+  bool resend = false;
   {
     std::lock_guard lock(mu_);
     auto it = pending_.find(id);
     if (it != pending_.end() && it->second.state == State::kSending) {
       Pending& p = it->second;
-      p.state = State::kSent;
+      // The link we wrote to broke (and maybe came back) while we wrote.
+      const bool gone = gen != generation_;
       if (p.abandon_error != 0) {
-        abandoned = p;
+        failed = p;
         pending_.erase(it);
-      } else if (p.requeue) {
+      } else if (p.requeue || (gone && idempotent(p.opcode))) {
         p.state = State::kQueued;
         p.requeue = false;
+        fw_.counters_.resent.fetch_add(1, std::memory_order_relaxed);
+        resend = sock_ != nullptr;  // a newer link is up already
+      } else if (gone) {
+        failed = p;
+        failed->abandon_error = EIO;
+        pending_.erase(it);
+      } else {
+        p.state = State::kSent;  // if !ok, break_link below decides
       }
     }
   }
-  if (abandoned) fail(*abandoned, abandoned->abandon_error);
+  if (failed) fail(*failed, failed->abandon_error);
   if (!ok) {
     break_link(gen, fmt::format("sending: {}", send_errno == EAGAIN ? "timed out"
                                                                      : std::strerror(send_errno)));
   }
+  if (resend) resend_queued();
 }
 
 void Forwarder::Link::break_link(uint64_t gen, const std::string& why) {
@@ -520,9 +531,8 @@ void Forwarder::Link::receive_loop() {
 
 bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t gen) {
   const int fd = sock->fd.get();
-  wait_readable(fd);
   FrameHeader h;
-  if (!read_full(fd, &h, sizeof(h))) {
+  if (!read_frame_start(fd, &h, sizeof(h))) {
     break_link(gen, errno == 0        ? "the server closed the connection"
                     : errno == EAGAIN ? "a reply stalled"
                                       : std::strerror(errno));
@@ -545,6 +555,9 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t 
   Pending p;
   {
     std::unique_lock lock(mu_);
+    // A reply still buffered on a socket that broke belongs to a request
+    // that has been answered EIO or sent again: not to be matched here.
+    if (gen != generation_) return false;
     auto it = pending_.find(h.id);
     if (it == pending_.end() || it->second.state == State::kQueued) {
       const bool late = expired_.erase(h.id) > 0;

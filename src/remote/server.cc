@@ -244,7 +244,7 @@ bool Server::Connection::handshake() {
   welcome.max_request = uint32_t(session_->max_request_size());
   if (!send_frame(fd_.get(), FrameType::kWelcome, &welcome, sizeof(welcome))) return false;
   // From here on the reader waits as long as the device stays quiet
-  // (wait_readable); a frame that stalls half-way, or a reply to a device
+  // (read_frame_start); a frame that stalls half-way, or a reply to a device
   // that does not read, may not wait forever.
   set_timeouts(fd_.get(), opt.send_timeout_s, opt.send_timeout_s);
   spdlog::info("remote: peer {} connected (session {:016x})", peer_, hello.session_id);
@@ -256,9 +256,8 @@ void Server::Connection::run() {
     const uint32_t max_request = uint32_t(session_->max_request_size());
     const uint32_t max_reply = uint32_t(session_->max_reply_size());
     for (;;) {
-      wait_readable(fd_.get());
       FrameHeader h;
-      if (!read_full(fd_.get(), &h, sizeof(h))) {
+      if (!read_frame_start(fd_.get(), &h, sizeof(h))) {
         if (errno != 0 && !server_.stopping_.load()) {
           spdlog::info("remote: peer {}: {}; closing the connection", peer_, std::strerror(errno));
         } else {

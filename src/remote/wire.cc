@@ -236,10 +236,24 @@ bool writev_full(int fd, std::span<iovec> iov) {
   return true;
 }
 
-void wait_readable(int fd) {
-  pollfd p{fd, POLLIN, 0};
-  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+bool read_frame_start(int fd, void* dst, size_t len) {
+  auto* p = static_cast<char*>(dst);
+  ssize_t n;
+  do {
+    n = ::recv(fd, p, len, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) {
+    errno = 0;
+    return false;
   }
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+    pollfd pfd{fd, POLLIN, 0};
+    while (::poll(&pfd, 1, -1) < 0 && errno == EINTR) {
+    }
+    n = 0;
+  }
+  return read_full(fd, p + n, len - size_t(n));
 }
 
 void tune_socket(int fd, unsigned dead_after_s) {

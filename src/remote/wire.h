@@ -133,10 +133,11 @@ bool readv_full(int fd, std::span<const iovec> iov, size_t len);
 // Writes all of `iov` (any number of entries; consumed as it goes). False
 // on error or timeout (errno set). Never raises SIGPIPE.
 bool writev_full(int fd, std::span<iovec> iov);
-// Waits until `fd` is readable (or closed, or shut down); no timeout: an
-// idle peer is not a failure. Then read_full() under SO_RCVTIMEO bounds how
-// long the rest of a frame may take.
-void wait_readable(int fd);
+// read_full() for the start of a frame: waits for its first byte as long as
+// it takes (an idle peer is not a failure; shutdown(2) ends the wait), then
+// reads the rest under SO_RCVTIMEO (a frame that stalls half-way is). Reads
+// at once, without waiting, what has arrived already.
+bool read_frame_start(int fd, void* dst, size_t len);
 // Sets TCP_NODELAY and keepalive (a peer that vanished without a FIN is
 // noticed in about `dead_after_s` seconds).
 void tune_socket(int fd, unsigned dead_after_s);
