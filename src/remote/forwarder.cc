@@ -246,8 +246,8 @@ void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_pt
   }
   if (failed) fail(*failed, failed->abandon_error);
   if (!ok) {
-    break_link(gen, fmt::format("sending: {}", send_errno == EAGAIN ? "timed out"
-                                                                     : std::strerror(send_errno)));
+    break_link(gen, fmt::format("sending: {}",
+                                send_errno == EAGAIN ? "timed out" : std::strerror(send_errno)));
   }
   if (resend) resend_queued();
 }
@@ -257,8 +257,10 @@ void Forwarder::Link::break_link(uint64_t gen, const std::string& why) {
   {
     std::lock_guard lock(mu_);
     if (gen != generation_ || !sock_) return;
-    if (!stopping_) spdlog::warn("remote: link {} to {}: {}; reconnecting", index_,
-                                 format_endpoint(fw_.options_.server), why);
+    if (!stopping_) {
+      spdlog::warn("remote: link {} to {}: {}; reconnecting", index_,
+                   format_endpoint(fw_.options_.server), why);
+    }
     ::shutdown(sock_->fd.get(), SHUT_RDWR);
     sock_.reset();
     ++generation_;
@@ -315,7 +317,7 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
 
   auto io_error = [](const char* what) {
     return fmt::format("{}: {}", what,
-                       errno == 0 ? "the server closed the connection"
+                       errno == 0        ? "the server closed the connection"
                        : errno == EAGAIN ? "timed out"
                                          : std::strerror(errno));
   };
@@ -622,15 +624,15 @@ Forwarder::Forwarder(ForwarderOptions options) : options_(std::move(options)) {
   bool fatal = false;
   const std::string e = links_[0]->connect_once(&fatal);
   if (fatal) {
-    throw RemoteError(
-        fmt::format("remote server {}: {}", format_endpoint(options_.server), e));
+    throw RemoteError(fmt::format("remote server {}: {}", format_endpoint(options_.server), e));
   }
   if (e.empty()) {
     spdlog::info("remote: link 0 connected to {}", format_endpoint(options_.server));
   } else {
-    spdlog::warn("remote: cannot reach {} yet ({}); requests wait up to {} s while the links "
-                 "keep trying",
-                 format_endpoint(options_.server), e, options_.timeout_s);
+    spdlog::warn(
+        "remote: cannot reach {} yet ({}); requests wait up to {} s while the links "
+        "keep trying",
+        format_endpoint(options_.server), e, options_.timeout_s);
   }
   for (auto& link : links_) link->start();
 }
@@ -696,8 +698,8 @@ void Forwarder::reset() {
 
 std::string Forwarder::describe() const {
   return fmt::format("remote://{} ({} connection{}, timeout {} s, {})",
-                     format_endpoint(options_.server), links_.size(),
-                     links_.size() == 1 ? "" : "s", options_.timeout_s,
+                     format_endpoint(options_.server), links_.size(), links_.size() == 1 ? "" : "s",
+                     options_.timeout_s,
                      options_.secret.empty() ? "no shared secret" : "shared secret");
 }
 

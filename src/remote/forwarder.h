@@ -90,7 +90,7 @@ class Forwarder final : public fuse::RequestHandler {
   std::atomic<uint64_t> session_id_{0};
   std::atomic<bool> destroyed_{false};
   mutable std::mutex init_mu_;
-  std::vector<char> init_;  // under init_mu_
+  std::vector<char> init_;                   // under init_mu_
   std::atomic<bool> init_in_flight_{false};  // the tenant's INIT awaits its reply
   std::vector<std::unique_ptr<Link>> links_;
   std::atomic<uint64_t> next_link_{0};

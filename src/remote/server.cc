@@ -51,7 +51,8 @@ bool is_loopback(const sockaddr_storage& addr) {
 }
 
 uint16_t port_of(const sockaddr_storage& addr) {
-  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+  if (addr.ss_family == AF_INET)
+    return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
   return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
 }
 
@@ -198,9 +199,10 @@ bool Server::Connection::handshake() {
         refuse(fmt::format("reading {}: {}", frame_type_name(uint8_t(type)), std::strerror(errno)),
                false);
       } else {
-        spdlog::info("remote: peer {} left during the handshake (if it is a device: does it "
-                     "have the same shared secret?)",
-                     peer_);
+        spdlog::info(
+            "remote: peer {} left during the handshake (if it is a device: does it "
+            "have the same shared secret?)",
+            peer_);
       }
       return false;
     }
@@ -308,7 +310,8 @@ Server::Server(ServerOptions options, std::unique_ptr<Backend> backend)
   addrinfo* found = nullptr;
   const std::string port = std::to_string(want.port);
   if (const int rc = ::getaddrinfo(want.host.c_str(), port.c_str(), &hints, &found); rc != 0) {
-    throw ListenError(fmt::format("--listen tcp://{}: {}", format_endpoint(want), gai_strerror(rc)));
+    throw ListenError(
+        fmt::format("--listen tcp://{}: {}", format_endpoint(want), gai_strerror(rc)));
   }
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
   sockaddr_storage addr{};

@@ -4,10 +4,10 @@
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/crypto.h>
+#include <poll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -101,7 +101,9 @@ Mac device_proof(std::string_view secret, const HelloPayload& hello, const Nonce
   return proof(secret, kDeviceLabel, hello, server_nonce);
 }
 
-bool same_mac(const Mac& a, const Mac& b) { return CRYPTO_memcmp(a.data(), b.data(), kMacSize) == 0; }
+bool same_mac(const Mac& a, const Mac& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), kMacSize) == 0;
+}
 
 void random_bytes(void* dst, size_t len) {
   auto* p = static_cast<uint8_t*>(dst);
@@ -134,8 +136,7 @@ Endpoint parse_endpoint(std::string_view text, std::string_view scheme, bool all
   } else {
     const size_t colon = rest.rfind(':');
     if (colon == std::string_view::npos) {
-      throw std::invalid_argument(
-          fmt::format("needs a port: {}HOST:PORT, got '{}'", scheme, text));
+      throw std::invalid_argument(fmt::format("needs a port: {}HOST:PORT, got '{}'", scheme, text));
     }
     e.host = std::string(rest.substr(0, colon));
     port = rest.substr(colon + 1);
@@ -163,9 +164,9 @@ std::string read_secret_file(const std::string& path) {
     throw std::invalid_argument(fmt::format("secret file {}: {}", path, std::strerror(errno)));
   }
   if (st.st_mode & 077) {
-    throw std::invalid_argument(fmt::format(
-        "secret file {} is readable by group or others (mode {:04o}); chmod 600 {}", path,
-        st.st_mode & 07777, path));
+    throw std::invalid_argument(
+        fmt::format("secret file {} is readable by group or others (mode {:04o}); chmod 600 {}",
+                    path, st.st_mode & 07777, path));
   }
   std::ifstream in(path, std::ios::binary);
   std::ostringstream text;

@@ -175,8 +175,7 @@ class RemoteTest : public ::testing::Test {
   }
 
   // A secret file of mode `mode` in this test's directory.
-  std::string secret_file(const std::string& name, const std::string& secret,
-                          mode_t mode = 0600) {
+  std::string secret_file(const std::string& name, const std::string& secret, mode_t mode = 0600) {
     const std::string p = mount_->base() + "/" + name;
     EXPECT_EQ(write_file(p, secret + "\n", mode), 0);
     ::chmod(p.c_str(), mode);
@@ -184,8 +183,8 @@ class RemoteTest : public ::testing::Test {
     return p;
   }
 
-  std::string start_server(std::vector<std::string> extra = {}, const std::string& addr =
-                                                                    "tcp://127.0.0.1:0") {
+  std::string start_server(std::vector<std::string> extra = {},
+                           const std::string& addr = "tcp://127.0.0.1:0") {
     std::vector<std::string> args{"serve", "--listen", addr, "--backend", "memfs"};
     args.insert(args.end(), extra.begin(), extra.end());
     return server_->start(args, launcher_server_);
@@ -261,9 +260,9 @@ size_t count(const std::string& text, const std::string& what) {
 TEST_F(RemoteTest, ManyRequestsInFlightOverSeveralConnections) {
   const std::string secret = secret_file("secret", "correct horse battery staple");
   ASSERT_EQ(start_server({"--remote-secret-file", secret}), "");
-  ASSERT_EQ(start_device({"--remote-secret-file", secret, "--remote-connections", "4",
-                          "--threads", "4"}),
-            "");
+  ASSERT_EQ(
+      start_device({"--remote-secret-file", secret, "--remote-connections", "4", "--threads", "4"}),
+      "");
   EXPECT_EQ(parallel_io(mount_->dir(), 32, 1 << 20), "");
   const std::string log = server_->log();
   EXPECT_EQ(count(log, "connected (session"), 4u) << log;
@@ -276,8 +275,8 @@ TEST_F(RemoteTest, PeersWithoutTheSecretAreRefused) {
   const std::string secret = secret_file("secret", "the server's own secret 1234");
   const std::string other = secret_file("other", "another secret entirely 5678");
   ASSERT_EQ(start_server({"--remote-secret-file", secret}), "");
-  for (const auto& extra : std::vector<std::vector<std::string>>{
-           {"--remote-secret-file", other}, {}}) {
+  for (const auto& extra :
+       std::vector<std::vector<std::string>>{{"--remote-secret-file", other}, {}}) {
     const RunResult r = run([&] {
       std::vector<std::string> a{dpfs_binary()};
       auto args = device_args("127.0.0.1", extra);
@@ -523,8 +522,7 @@ TEST_F(RemoteNetnsTest, DeviceAndServerInTwoNamespacesOverVeth) {
   const std::string secret = secret_file("secret", "a secret for the veth pair 0000");
   // Loopback is the default; this address needs the secret, which it has.
   ASSERT_EQ(start_server({"--remote-secret-file", secret}, "tcp://" + server_ip_ + ":0"), "");
-  ASSERT_EQ(start_device({"--remote-secret-file", secret, "--remote-connections", "2"},
-                         server_ip_),
+  ASSERT_EQ(start_device({"--remote-secret-file", secret, "--remote-connections", "2"}, server_ip_),
             "");
   EXPECT_EQ(parallel_io(mount_->dir(), 16, 256 << 10), "");
   EXPECT_NE(server_->log().find("peer " + device_ip_), std::string::npos) << server_->log();

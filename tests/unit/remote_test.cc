@@ -132,24 +132,23 @@ TEST(RemoteConfig, KeysAreCheckedAndCombinationsRefused) {
   using server::Config;
   using server::ConfigError;
   Config cfg;
-  server::apply_toml(cfg,
-                     "[remote]\nlisten = \"tcp://127.0.0.1:0\"\nconnections = 4\ntimeout = 2.5\n",
-                     "t");
+  server::apply_toml(
+      cfg, "[remote]\nlisten = \"tcp://127.0.0.1:0\"\nconnections = 4\ntimeout = 2.5\n", "t");
   server::finish(cfg);
   EXPECT_EQ(cfg.remote.listen, "tcp://127.0.0.1:0");
   EXPECT_EQ(cfg.remote.connections, 4u);
   EXPECT_DOUBLE_EQ(cfg.remote.timeout, 2.5);
   EXPECT_TRUE(cfg.fuse.mount.empty()) << "a listener alone mounts nothing";
 
-  for (const auto& [key, value] : std::vector<std::pair<const char*, const char*>>{
-           {"remote.listen", "http://h:1"},
-           {"remote.listen", "tcp://h"},
-           {"remote.connections", "0"},
-           {"remote.connections", "65"},
-           {"remote.timeout", "0"},
-           {"remote.secret_file", ""},
-           {"backend.type", "remote:h:1"},
-           {"backend.type", "remote://h"}}) {
+  for (const auto& [key, value] :
+       std::vector<std::pair<const char*, const char*>>{{"remote.listen", "http://h:1"},
+                                                        {"remote.listen", "tcp://h"},
+                                                        {"remote.connections", "0"},
+                                                        {"remote.connections", "65"},
+                                                        {"remote.timeout", "0"},
+                                                        {"remote.secret_file", ""},
+                                                        {"backend.type", "remote:h:1"},
+                                                        {"backend.type", "remote://h"}}) {
     Config c;
     EXPECT_THROW(server::apply_flag(c, key, value), ConfigError) << key << " " << value;
   }
@@ -245,7 +244,8 @@ TEST(RemoteForwarder, ServesThroughARealServerFromManyThreads) {
   // stops), whichever way the test ends.
   AsyncRequest init(testing::init_request());
   std::vector<std::unique_ptr<AsyncRequest>> reqs;
-  for (uint64_t i = 0; i < 200; ++i) reqs.push_back(std::make_unique<AsyncRequest>(getattr(100 + i)));
+  for (uint64_t i = 0; i < 200; ++i)
+    reqs.push_back(std::make_unique<AsyncRequest>(getattr(100 + i)));
   auto server = memfs_server();
   Forwarder fw(forwarder_options(server->bound().port, 5.0, 3));
   fw.handle(init);
