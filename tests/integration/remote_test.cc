@@ -467,6 +467,32 @@ TEST_F(RemoteTest, ServerKilledAndRestartedMidWorkload) {
   EXPECT_EQ(mount_->check_alive(), "");
 }
 
+// Two devices on one server share its file system, each with a session of
+// its own; one of them dying (its connections cut mid-session) leaves the
+// server and the other device serving.
+TEST_F(RemoteTest, ADeviceThatDiesLeavesTheOthersServed) {
+  ASSERT_EQ(start_server(), "");
+  ASSERT_EQ(start_device(), "");
+  Mount other;
+  ASSERT_EQ(other.start_dpfs({"serve", "--backend",
+                              "remote://127.0.0.1:" + std::to_string(server_->port()),
+                              "--fuse-mount", other.dir()}),
+            "");
+  ASSERT_EQ(write_file(other.dir() + "/from-other", "shared"), 0);
+  EXPECT_EQ(read_file(mount_->dir() + "/from-other").value_or(""), "shared");
+  EXPECT_EQ(count(server_->log(), "session up"), 2u) << server_->log();
+
+  ASSERT_EQ(::kill(other.pid(), SIGKILL), 0);
+  for (int i = 0; i < 100 && other.check_alive().empty(); ++i) std::this_thread::sleep_for(20ms);
+  for (int i = 0; i < 100 && count(server_->log(), "disconnected") < 2; ++i) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(count(server_->log(), "disconnected"), 2u) << server_->log();
+  EXPECT_EQ(::kill(server_->pid(), 0), 0) << "the server died:\n" << server_->log();
+  EXPECT_EQ(write_file(mount_->dir() + "/after", "still here"), 0);
+  EXPECT_EQ(read_file(mount_->dir() + "/after").value_or(""), "still here");
+}
+
 // --- Two network namespaces ---------------------------------------------------
 
 // Runs `ip` with `args`; "" or its output.
