@@ -493,6 +493,41 @@ TEST_F(RemoteTest, ADeviceThatDiesLeavesTheOthersServed) {
   EXPECT_EQ(read_file(mount_->dir() + "/after").value_or(""), "still here");
 }
 
+// Every connection of a device cut at once (ss -K: the kernel aborts the
+// sockets, as a middlebox reset would): the device reconnects to the same
+// session, which the server kept -- no INIT again, and the files, names and
+// open handles of before still work.
+TEST_F(RemoteTest, ConnectionsCutAndRestoredKeepTheSession) {
+  ASSERT_EQ(start_server(), "");
+  ASSERT_EQ(start_device({"--remote-connections", "2"}), "");
+  const std::string kept = mount_->dir() + "/kept";
+  const std::string data = pattern(5, 0, 200 << 10);
+  ASSERT_EQ(write_file(kept, data), 0);
+  // O_DIRECT: its reads go to the server, not to the page cache.
+  Fd open_before(::open(kept.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+  ASSERT_TRUE(open_before.valid()) << errname(errno);
+
+  const RunResult cut = run({"/usr/bin/ss", "-K", "dst", "127.0.0.1", "dport", "=",
+                             std::to_string(server_->port())});
+  ASSERT_EQ(cut.exit_code(), 0) << cut.describe();
+  ASSERT_NE(cut.out.find("ESTAB"), std::string::npos) << "no connection was cut: "
+                                                       << cut.describe();
+
+  std::string back(data.size(), '\0');
+  EXPECT_EQ(pread_all(open_before, back.data(), back.size(), 0), ssize_t(back.size()))
+      << errname(errno);
+  EXPECT_EQ(check_pattern(back, 5, 0), "");
+  EXPECT_EQ(read_file(kept).value_or(""), data);
+  EXPECT_EQ(write_file(mount_->dir() + "/after", "new"), 0);
+
+  const std::string device_log = mount_->log();
+  EXPECT_NE(device_log.find("reconnecting"), std::string::npos) << device_log;
+  EXPECT_EQ(device_log.find("INIT replayed"), std::string::npos) << device_log;
+  const std::string server_log = server_->log();
+  EXPECT_EQ(count(server_log, "session up"), 1u) << server_log;
+  EXPECT_GE(count(server_log, "connected (session"), 3u) << server_log;
+}
+
 // --- Two network namespaces ---------------------------------------------------
 
 // Runs `ip` with `args`; "" or its output.
