@@ -352,6 +352,7 @@ int do_link(Call& c) {
 int do_open(Call& c) {
   fuse_open_in a;
   if (!c.arg(&a)) return c.short_args();
+  c.ctx.kill_suidgid = (a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
   c.backend.open(c.ctx, c.hdr.nodeid, a.flags, c.reply<OpenReply>());
   return 0;
 }
@@ -549,6 +550,7 @@ int do_create(Call& c) {
   if (!c.arg(&a)) return c.short_args();
   std::string_view name;
   if (int e = c.name(&name, 0)) return e;
+  c.ctx.kill_suidgid = (a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
   c.backend.create(c.ctx, c.hdr.nodeid, name, a.mode, a.umask, a.flags, c.reply<CreateReply>());
   return 0;
 }
@@ -868,6 +870,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   if (caps.posix_locks) want |= FUSE_POSIX_LOCKS;
   if (caps.flock_locks) want |= FUSE_FLOCK_LOCKS;
   if (options_.writeback_cache && caps.writeback_cache) want |= FUSE_WRITEBACK_CACHE;
+  if (caps.killpriv_v2) want |= FUSE_HANDLE_KILLPRIV_V2;
   const uint64_t flags = kernel_flags & want;
 
   uint32_t max_write = options_.max_write;
@@ -901,10 +904,11 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
 
   spdlog::info(
       "{}: FUSE {}.{} session up: max_write={} max_pages={} max_readahead={} flags={:#x} "
-      "(readdirplus={} posix_locks={} flock={} writeback_cache={})",
+      "(readdirplus={} posix_locks={} flock={} writeback_cache={} killpriv_v2={})",
       options_.name, a.major, out.minor, max_write, max_pages, out.max_readahead, flags,
       bool(flags & FUSE_DO_READDIRPLUS), bool(flags & FUSE_POSIX_LOCKS),
-      bool(flags & FUSE_FLOCK_LOCKS), bool(flags & FUSE_WRITEBACK_CACHE));
+      bool(flags & FUSE_FLOCK_LOCKS), bool(flags & FUSE_WRITEBACK_CACHE),
+      bool(flags & FUSE_HANDLE_KILLPRIV_V2));
   // Older minors take a shorter reply (FUSE_COMPAT_22_INIT_OUT_SIZE before 7.23).
   const size_t size = a.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof(out);
   send(&req, &out, size);
