@@ -736,11 +736,13 @@ void FuseSession::reset() {
 }
 
 void FuseSession::finish(Request& req, int error) {
-  const Request::SessionState& st = req.session_state;
+  Request::SessionState& st = req.session_state;
+  st.latency_ns = now_ns() - st.started_ns;
+  st.error = error < 0 ? -error : error;
   OpStats& s = stats_[st.opcode < kMaxOpcode ? st.opcode : 0];
   s.requests.fetch_add(1, std::memory_order_relaxed);
   if (error != 0) s.errors.fetch_add(1, std::memory_order_relaxed);
-  s.total_ns.fetch_add(now_ns() - st.started_ns, std::memory_order_relaxed);
+  s.total_ns.fetch_add(st.latency_ns, std::memory_order_relaxed);
 }
 
 void FuseSession::handle(Request& req) {
@@ -749,6 +751,8 @@ void FuseSession::handle(Request& req) {
   st.unique = 0;
   st.opcode = 0;
   st.started_ns = now_ns();
+  st.latency_ns = 0;
+  st.error = 0;
   st.data_iov.clear();
   st.limit = 0;
   st.plus = false;
