@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 
@@ -88,7 +89,8 @@ int main(int argc, char** argv) {
       "ops_per_s, mb_per_s, lat_mean_us, lat_p50_us, lat_p99_us, lat_p999_us, "
       "driver_cpu_us_per_op, device_cpu_us_per_op (null without --device-pid), errors, "
       "first_error, verified. Exit status 0 only if no request failed.");
-  if (argc > 1 && std::string(argv[1]) == "--list-hostile") {
+  // Listing needs no socket.
+  if (std::find(argv + 1, argv + argc, std::string("--list-hostile")) != argv + argc) {
     for (const auto& c : hostile_cases())
       std::printf("%-24s %s\n", c.name.c_str(), c.description.c_str());
     return 0;
