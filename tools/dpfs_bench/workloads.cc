@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -83,6 +84,46 @@ std::string call(Device& d, Reply* r, uint32_t args, bool data = false) {
   return check_reply(*r, args, data);
 }
 
+// A file in the root, opened as a kernel would: LOOKUP, then OPEN if the
+// name exists, else CREATE with O_EXCL. (A CREATE of an existing name is
+// valid FUSE, but QEMU 7.2's virtiofsd aborts on it: "invalid openat64
+// call: O_CREAT or O_TMPFILE without mode".) `error` is the CREATE's errno
+// when the device refused it (EROFS: the null backend); other failures
+// throw.
+struct OpenedFile {
+  uint64_t nodeid = 0;
+  uint64_t fh = 0;
+  uint64_t size = 0;
+  int error = 0;
+};
+
+OpenedFile open_in_root(Device& d, std::string_view name, uint32_t flags) {
+  Slot& s = d.sync().slot();
+  Reply r;
+  OpenedFile f;
+  build_lookup(s, d.sync().next_unique(), FUSE_ROOT_ID, name);
+  std::string e = call(d, &r, sizeof(fuse_entry_out));
+  if (e.empty()) {
+    f.nodeid = r.arg<fuse_entry_out>().nodeid;
+    f.size = r.arg<fuse_entry_out>().attr.size;
+    build_open(s, d.sync().next_unique(), f.nodeid, flags);
+    if (e = call(d, &r, sizeof(fuse_open_out)); !e.empty()) throw std::runtime_error(e);
+    f.fh = r.arg<fuse_open_out>().fh;
+    return f;
+  }
+  if (!r.slot || r.error() != ENOENT) throw std::runtime_error(e);
+  build_create(s, d.sync().next_unique(), FUSE_ROOT_ID, name, flags | O_CREAT | O_EXCL, 0644);
+  e = call(d, &r, sizeof(fuse_entry_out) + sizeof(fuse_open_out));
+  if (!e.empty()) {
+    if (!r.slot || r.error() == 0) throw std::runtime_error(e);
+    f.error = r.error();
+    return f;
+  }
+  f.nodeid = r.arg<fuse_entry_out>().nodeid;
+  f.fh = reinterpret_cast<const fuse_open_out*>(s.out + kOutHeader + sizeof(fuse_entry_out))->fh;
+  return f;
+}
+
 // ---------------------------------------------------------------------------
 
 class Getattr final : public Workload {
@@ -105,22 +146,18 @@ class LookupGetattr final : public Workload {
 
   void prepare(Device& d) override {
     for (uint32_t i = 0; i < files_; ++i) {
-      const std::string name = fmt::format("dpfs-bench.f{}", i);
-      Slot& s = d.sync().slot();
-      build_create(s, d.sync().next_unique(), FUSE_ROOT_ID, name, O_CREAT | O_WRONLY, 0644);
-      Reply r;
-      std::string e = call(d, &r, sizeof(fuse_entry_out) + sizeof(fuse_open_out));
-      if (i == 0 && r.slot && r.error() == EROFS) {
+      std::string name = fmt::format("dpfs-bench.f{}", i);
+      const OpenedFile f = open_in_root(d, name, O_WRONLY);
+      if (f.error == EROFS) {
         names_ = {"zero"};  // the null backend
         return;
       }
-      if (!e.empty()) throw std::runtime_error(e);
-      const uint64_t nodeid = r.arg<fuse_entry_out>().nodeid;
-      const uint64_t fh =
-          reinterpret_cast<const fuse_open_out*>(s.out + kOutHeader + sizeof(fuse_entry_out))->fh;
-      build_release(s, d.sync().next_unique(), nodeid, fh);
-      if (e = call(d, &r, 0); !e.empty()) throw std::runtime_error(e);
-      names_.push_back(name);
+      if (f.error != 0) throw std::runtime_error(fmt::format("CREATE: {}", std::strerror(f.error)));
+      Slot& s = d.sync().slot();
+      Reply r;
+      build_release(s, d.sync().next_unique(), f.nodeid, f.fh);
+      if (std::string e = call(d, &r, 0); !e.empty()) throw std::runtime_error(e);
+      names_.push_back(std::move(name));
     }
   }
 
@@ -156,26 +193,34 @@ struct DataFile {
   bool stamped = false;
 
   void open(Device& d, uint64_t size) {
+    const OpenedFile f = open_in_root(d, kDataFile, O_RDWR);
     Slot& s = d.sync().slot();
-    build_create(s, d.sync().next_unique(), FUSE_ROOT_ID, kDataFile, O_CREAT | O_RDWR, 0644);
     Reply r;
-    std::string e = call(d, &r, sizeof(fuse_entry_out) + sizeof(fuse_open_out));
-    if (r.slot && r.error() == EROFS) {
-      build_lookup(s, d.sync().next_unique(), FUSE_ROOT_ID, "zero");
-      if (e = call(d, &r, sizeof(fuse_entry_out)); !e.empty()) {
-        throw std::runtime_error("the device is read-only and has no file \"zero\": " + e);
+    std::string e;
+    if (f.error == EROFS) {
+      const OpenedFile zero = open_in_root(d, "zero", O_RDWR);
+      if (zero.error != 0) {
+        throw std::runtime_error("the device is read-only and has no file \"zero\"");
       }
-      nodeid = r.arg<fuse_entry_out>().nodeid;
-      build_open(s, d.sync().next_unique(), nodeid, O_RDWR);
-      if (e = call(d, &r, sizeof(fuse_open_out)); !e.empty()) throw std::runtime_error(e);
-      fh = r.arg<fuse_open_out>().fh;
+      nodeid = zero.nodeid;
+      fh = zero.fh;
       return;
     }
-    if (!e.empty()) throw std::runtime_error(e);
-    nodeid = r.arg<fuse_entry_out>().nodeid;
-    const uint64_t have = r.arg<fuse_entry_out>().attr.size;
-    fh = reinterpret_cast<const fuse_open_out*>(s.out + kOutHeader + sizeof(fuse_entry_out))->fh;
+    if (f.error != 0) {
+      throw std::runtime_error(fmt::format("CREATE {}: {}", kDataFile, std::strerror(f.error)));
+    }
+    nodeid = f.nodeid;
+    fh = f.fh;
     stamped = true;
+    uint64_t have = f.size;
+    if (have >= kPage) {
+      // Made by an earlier run? Otherwise it is filled again from the start.
+      build_read(s, d.sync().next_unique(), nodeid, fh, 0, kPage);
+      e = call(d, &r, kPage, true);
+      if (!e.empty() || r.data_len() != kPage || !check_pages(s.data, 0, kPage, 0, true).empty()) {
+        have = 0;
+      }
+    }
     // Fill it once; later runs find it full (every run stamps the same
     // offsets the same way, up to the generation).
     const uint32_t chunk =
