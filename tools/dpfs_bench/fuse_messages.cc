@@ -12,7 +12,9 @@ int Slot::submit(DriverQueue& q) const {
   // A READ's payload goes to its own buffer: the first one holds only the
   // out-header, as the Linux driver lays it out.
   Buffer writable[2] = {{out, read_len ? kOutHeader : out_cap}, {data, read_len}};
-  return q.add({readable, size_t(write_len ? 2 : 1)}, {writable, size_t(read_len ? 2 : 1)});
+  return q.add({readable, size_t(write_len ? 2 : 1)}, {writable, size_t(!takes_reply ? 0
+                                                                        : read_len   ? 2
+                                                                                     : 1)});
 }
 
 void begin(Slot& s, uint32_t opcode, uint64_t nodeid, uint64_t unique) {
@@ -27,6 +29,7 @@ void begin(Slot& s, uint32_t opcode, uint64_t nodeid, uint64_t unique) {
   s.opcode = opcode;
   s.unique = unique;
   s.write_len = s.read_len = 0;
+  s.takes_reply = true;
 }
 
 void append(Slot& s, const void* bytes, size_t len) {
@@ -133,6 +136,22 @@ void build_unlink(Slot& s, uint64_t unique, uint64_t parent, std::string_view na
   begin(s, FUSE_UNLINK, parent, unique);
   append_name(s, name);
   finish(s);
+}
+
+void build_forget(Slot& s, uint64_t unique, uint64_t nodeid, uint64_t nlookup) {
+  begin(s, FUSE_FORGET, nodeid, unique);
+  fuse_forget_in a{};
+  a.nlookup = nlookup;
+  append(s, a);
+  finish(s);
+  s.takes_reply = false;
+}
+
+std::string check_no_reply(const Reply& r) {
+  if (r.used_len != 0) {
+    return fmt::format("FORGET: the device wrote {} bytes where there was no buffer", r.used_len);
+  }
+  return "";
 }
 
 std::string check_reply(const Reply& r, uint32_t args, bool data) {

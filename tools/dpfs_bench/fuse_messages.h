@@ -33,6 +33,7 @@ struct Slot {
   uint32_t read_len = 0;   // bytes of `data` the device may write
   uint64_t unique = 0;
   uint32_t opcode = 0;
+  bool takes_reply = true;  // FORGET does not: no writable buffers at all
 
   // Adds the request to `q`; returns the head or -1 (no free descriptors).
   int submit(DriverQueue& q) const;
@@ -69,6 +70,9 @@ void build_write(Slot& s, uint64_t unique, uint64_t nodeid, uint64_t fh, uint64_
 void build_release(Slot& s, uint64_t unique, uint64_t nodeid, uint64_t fh);
 void build_setattr(Slot& s, uint64_t unique, uint64_t nodeid, uint32_t mode, uint64_t size);
 void build_unlink(Slot& s, uint64_t unique, uint64_t parent, std::string_view name);
+// Drops `nlookup` lookups of `nodeid` (as the kernel does when it evicts an
+// inode); no reply, the device returns the chain with 0 bytes written.
+void build_forget(Slot& s, uint64_t unique, uint64_t nodeid, uint64_t nlookup);
 
 // A reply as it came back: `len` is what the used ring says the device
 // wrote. Validate with check_reply() before reading arguments.
@@ -95,6 +99,8 @@ struct Reply {
 // success, 0 for header-only; for READ pass the expected payload size and
 // data = true.
 std::string check_reply(const Reply& r, uint32_t args, bool data = false);
+// "" if a request without reply (FORGET) came back with nothing written.
+std::string check_no_reply(const Reply& r);
 
 const char* opcode_name(uint32_t opcode);
 

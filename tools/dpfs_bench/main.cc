@@ -53,12 +53,14 @@ int main(int argc, char** argv) {
   std::string names;
   for (const auto& n : workload_names()) names += (names.empty() ? "" : ", ") + n;
   app.add_option("--socket", socket, "the device's vhost-user socket")->required();
-  app.add_option("--workload", workload_name,
-                 "what to send (default getattr): " + names +
-                     ". getattr: GETATTR of the root (a no-op round trip); lookup: LOOKUP+GETATTR "
-                     "over --files names; open-read: OPEN, 4K READ, RELEASE; randread/randwrite: "
-                     "random blocks (default 4K); seqread/seqwrite: sequential blocks (default "
-                     "128K); metadata: CREATE, SETATTR, RELEASE, UNLINK");
+  app.add_option(
+      "--workload", workload_name,
+      "what to send (default getattr): " + names +
+          ". getattr: GETATTR of the root (a no-op round trip); lookup: LOOKUP, GETATTR, "
+          "FORGET over --files names; open-read: OPEN, 4K READ, RELEASE; randread/randwrite: "
+          "random blocks (default 4K); seqread/seqwrite: sequential blocks (default "
+          "128K); metadata: CREATE, SETATTR, RELEASE, UNLINK, FORGET. FORGET goes on the "
+          "request queue (no reply); every request counts as one op");
   app.add_option("--depth", depth, "requests in flight per request queue, 1..256 (default 1)")
       ->check(CLI::Range(1, 256));
   app.add_option("--queues", queues, "request queues to use, 1..64 (default 1)")

@@ -137,8 +137,8 @@ class Getattr final : public Workload {
   }
 };
 
-// The names LOOKUP walks: created by prepare(), or the null backend's one
-// file when the device is read-only.
+// LOOKUP, GETATTR and FORGET of names created by prepare(), or of the null
+// backend's one file when the device is read-only.
 class LookupGetattr final : public Workload {
  public:
   explicit LookupGetattr(uint32_t files) : files_(std::max<uint32_t>(files, 1)) {}
@@ -163,21 +163,32 @@ class LookupGetattr final : public Workload {
 
   void next(Slot& s, SlotState& st) override {
     seed(st);
-    if (st.step == 0) {
-      build_lookup(s, st.unique, FUSE_ROOT_ID, names_[xorshift(st.rng) % names_.size()]);
-    } else {
-      build_getattr(s, st.unique, st.nodeid);
+    switch (st.step) {
+      case 0:
+        build_lookup(s, st.unique, FUSE_ROOT_ID, names_[xorshift(st.rng) % names_.size()]);
+        break;
+      case 1:
+        build_getattr(s, st.unique, st.nodeid);
+        break;
+      default:
+        build_forget(s, st.unique, st.nodeid, 1);
+        break;
     }
   }
   std::string complete(const Reply& r, SlotState& st) override {
-    if (st.step == 0) {
+    const uint32_t step = st.step;
+    st.step = 0;
+    if (step == 0) {
       if (std::string e = check_reply(r, sizeof(fuse_entry_out)); !e.empty()) return e;
       st.nodeid = r.arg<fuse_entry_out>().nodeid;
       st.step = 1;
       return "";
     }
-    st.step = 0;
-    return check_reply(r, sizeof(fuse_attr_out));
+    if (step == 1) {
+      st.step = 2;  // the lookup is forgotten even after a failed GETATTR
+      return check_reply(r, sizeof(fuse_attr_out));
+    }
+    return check_no_reply(r);
   }
 
  private:
@@ -382,7 +393,8 @@ class OpenReadRelease final : public Workload {
   DataFile file_;
 };
 
-// CREATE, SETATTR (mode and size), RELEASE, UNLINK of a fresh name.
+// CREATE, SETATTR (mode and size), RELEASE, UNLINK of a fresh name, and the
+// FORGET of its inode (a device that keeps an fd per inode needs it).
 class Metadata final : public Workload {
  public:
   std::string_view name() const override { return "metadata"; }
@@ -399,8 +411,11 @@ class Metadata final : public Workload {
       case 2:
         build_release(s, st.unique, st.nodeid, st.fh);
         break;
-      default:
+      case 3:
         build_unlink(s, st.unique, FUSE_ROOT_ID, st.name);
+        break;
+      default:
+        build_forget(s, st.unique, st.nodeid, 1);
         break;
     }
   }
@@ -430,8 +445,11 @@ class Metadata final : public Workload {
       case 2:
         st.step = 3;
         return check_reply(r, 0);
-      default:
+      case 3:
+        st.step = 4;
         return check_reply(r, 0);
+      default:
+        return check_no_reply(r);
     }
   }
 };
