@@ -23,7 +23,13 @@ namespace {
 // "4K", "128K", "1M", "64M", "2G" or plain bytes.
 uint64_t parse_size(const std::string& text) {
   size_t used = 0;
-  const unsigned long long v = std::stoull(text, &used);
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0) throw std::invalid_argument("size " + text + ": use a number with K, M or G");
   const std::string unit = text.substr(used);
   if (unit.empty()) return v;
   if (unit == "K" || unit == "k") return v << 10;
