@@ -166,12 +166,12 @@ TEST_F(BenchTest, EveryWorkloadAgainstDpfs) {
   EXPECT_EQ(dev_.check_alive(), "");
 }
 
-// Both sides polling. One dpfs worker: with two, a worker that was
-// polling when the control thread paused it goes back to sleep with kicks
-// still switched off (VRING_USED_F_NO_NOTIFY), and the driver, which
-// honours the flag, is never served (a dpfs bug, see docs/BENCHMARKS.md).
+// Both sides polling, two dpfs workers: a worker paused by the control
+// thread while polling (queues being set up) must poll again afterwards --
+// sleeping with kicks switched off (VRING_USED_F_NO_NOTIFY) left the second
+// queue unserved before the fix.
 TEST_F(BenchTest, SeveralQueuesAndThreadsPolling) {
-  ASSERT_NO_FATAL_FAILURE(start_dpfs({"--poll"}, 1));
+  ASSERT_NO_FATAL_FAILURE(start_dpfs({"--poll"}, 2));
   const std::string json =
       run_ok(dev_, "getattr", {"--queues", "2", "--threads", "2", "--depth", "16", "--poll"});
   EXPECT_EQ(json_field(json, "request_queues"), "2") << json;
