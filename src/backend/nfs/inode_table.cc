@@ -79,12 +79,33 @@ bool InodeTable::open(uint64_t ino) {
   return true;
 }
 
-void InodeTable::close(uint64_t ino) {
+std::optional<InodeTable::Hidden> InodeTable::close(uint64_t ino) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end() || it->second.opens == 0) return;
-  --it->second.opens;
+  if (it == nodes_.end() || it->second.opens == 0) return std::nullopt;
+  std::optional<Hidden> hidden;
+  if (--it->second.opens == 0) hidden.swap(it->second.hidden);
   drop_if_unused(ino, it->second);
+  return hidden;
+}
+
+uint64_t InodeTable::open_id(const std::string& fh) const {
+  std::lock_guard lock(mu_);
+  auto it = by_fh_.find(fh);
+  if (it == by_fh_.end()) return 0;
+  return nodes_.at(it->second).opens > 0 ? it->second : 0;
+}
+
+void InodeTable::hide(uint64_t ino, Hidden where) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it != nodes_.end()) it->second.hidden = std::move(where);
+}
+
+bool InodeTable::hidden(uint64_t ino) const {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  return it != nodes_.end() && it->second.hidden.has_value();
 }
 
 void InodeTable::drop_if_unused(uint64_t ino, Node& node) {

@@ -28,6 +28,7 @@
 #include <array>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -64,7 +65,19 @@ class InodeTable {
 
   // Open handles (the id stays alive while a file is open).
   bool open(uint64_t ino);
-  void close(uint64_t ino);
+  // Drops an open handle. At the last one of a file that was removed while
+  // open, returns where it was hidden (see hide()) for the caller to remove.
+  struct Hidden {
+    std::string dir_fh;
+    std::string name;
+  };
+  std::optional<Hidden> close(uint64_t ino);
+  // The id of `fh` if it is open; 0 otherwise.
+  uint64_t open_id(const std::string& fh) const;
+  // `ino` was removed while open and lives on as `name` in `dir_fh`
+  // (the NFS client's silly-rename).
+  void hide(uint64_t ino, Hidden where);
+  bool hidden(uint64_t ino) const;
 
   // UNSTABLE writes: recorded as acknowledged, taken out to commit, put
   // back when the commit failed, trimmed at a truncation. The total size
@@ -86,6 +99,7 @@ class InodeTable {
     mode_t mode = 0;
     gid_t gid = 0;
     std::vector<UnstableWrite> unstable;
+    std::optional<Hidden> hidden;
   };
   void drop_if_unused(uint64_t ino, Node& node);  // REQUIRES: mu_
 

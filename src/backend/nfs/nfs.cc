@@ -17,6 +17,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include <fmt/format.h>
+
 namespace dpfs {
 
 using nfs::as_fh3;
@@ -77,6 +79,14 @@ std::string gather(std::span<const iovec> src, size_t at, size_t len) {
   }
   return out;
 }
+
+// The names under which files removed while open live on until their last
+// close (hidden from READDIR). The kernel's NFS client calls them .nfsXXXX.
+constexpr std::string_view kHiddenPrefix = ".dpfs-removed-";
+
+// RFC 1813 has no limit, but Linux's NFS client refuses longer symlink
+// targets than NFS3_MAXPATHLEN with ENAMETOOLONG, and servers do too.
+constexpr size_t kMaxSymlink = 1024;
 
 uint32_t dirent_type(const post_op_attr& attr) {
   if (!attr.attributes_follow) return DT_UNKNOWN;
@@ -323,6 +333,7 @@ void NfsBackend::mkdir(const Context& ctx, uint64_t parent, std::string_view nam
 
 void NfsBackend::symlink(const Context& ctx, uint64_t parent, std::string_view name,
                          std::string_view target, EntryReply reply) {
+  if (target.size() > kMaxSymlink) return reply.error(ENAMETOOLONG);
   NewNode spec;
   spec.mode = S_IFLNK | 0777;
   spec.target = std::string(target);
@@ -372,18 +383,75 @@ void NfsBackend::link(const Context&, uint64_t ino, uint64_t new_parent,
       /*idempotent=*/false));
 }
 
+template <typename Then>
+void NfsBackend::hide_if_open(uint64_t parent, const std::string& dir, std::string_view name,
+                              Then then) {
+  Connection& conn = connection_for(parent);
+  conn.submit(make_call(
+      [dir, name = std::string(name)](rpc_context* rpc, RpcCb cb, void* p) {
+        LOOKUP3args a{};
+        a.what.dir = as_fh3(dir);
+        a.what.name = const_cast<char*>(name.c_str());
+        return rpc_nfs3_lookup_async(rpc, cb, &a, p);
+      },
+      [this, &conn, dir, name = std::string(name), then = std::move(then)](int rpc_status,
+                                                                           void* r) mutable {
+        const int err = status_of<LOOKUP3res>(rpc_status, r);
+        if (err != 0) return then(err, false);
+        const uint64_t ino =
+            inodes_->open_id(fh_string(static_cast<LOOKUP3res*>(r)->LOOKUP3res_u.resok.object));
+        if (ino == 0) return then(0, false);
+        // Open: move it aside instead, and remove it at its last close.
+        std::string hidden = fmt::format("{}{:x}-{}", kHiddenPrefix, ino, next_fh_++);
+        conn.submit(make_call(
+            [dir, name, hidden](rpc_context* rpc, RpcCb cb, void* p) {
+              RENAME3args a{};
+              a.from.dir = as_fh3(dir);
+              a.from.name = const_cast<char*>(name.c_str());
+              a.to.dir = as_fh3(dir);
+              a.to.name = const_cast<char*>(hidden.c_str());
+              return rpc_nfs3_rename_async(rpc, cb, &a, p);
+            },
+            [this, ino, dir, hidden, then = std::move(then)](int rpc_status, void* r) mutable {
+              const int err = status_of<RENAME3res>(rpc_status, r);
+              if (err != 0) return then(err, false);
+              inodes_->hide(ino, {dir, hidden});
+              then(0, true);
+            },
+            /*idempotent=*/false));
+      }));
+}
+
 void NfsBackend::unlink(const Context&, uint64_t parent, std::string_view name,
                         StatusReply reply) {
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
+  hide_if_open(parent, dir, name,
+               [this, parent, dir, name = std::string(name), reply = std::move(reply)](
+                   int err, bool hidden) mutable {
+                 if (err != 0) return reply.error(err);
+                 if (hidden) return reply.ok();
+                 remove(parent, dir, name, false, std::move(reply));
+               });
+}
+
+void NfsBackend::remove(uint64_t parent, const std::string& dir, const std::string& name,
+                        bool directory, StatusReply reply) {
   connection_for(parent).submit(make_call(
-      [dir, name = std::string(name)](rpc_context* rpc, RpcCb cb, void* p) {
+      [dir, name, directory](rpc_context* rpc, RpcCb cb, void* p) {
+        if (directory) {
+          RMDIR3args a{};
+          a.object.dir = as_fh3(dir);
+          a.object.name = const_cast<char*>(name.c_str());
+          return rpc_nfs3_rmdir_async(rpc, cb, &a, p);
+        }
         REMOVE3args a{};
         a.object.dir = as_fh3(dir);
         a.object.name = const_cast<char*>(name.c_str());
         return rpc_nfs3_remove_async(rpc, cb, &a, p);
       },
       [reply = std::move(reply)](int rpc_status, void* r) mutable {
+        // REMOVE3res and RMDIR3res are both {nfsstat3; wcc_data}.
         const int err = status_of<REMOVE3res>(rpc_status, r);
         if (err != 0) return reply.error(err);
         reply.ok();
@@ -395,19 +463,7 @@ void NfsBackend::rmdir(const Context&, uint64_t parent, std::string_view name,
                        StatusReply reply) {
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
-  connection_for(parent).submit(make_call(
-      [dir, name = std::string(name)](rpc_context* rpc, RpcCb cb, void* p) {
-        RMDIR3args a{};
-        a.object.dir = as_fh3(dir);
-        a.object.name = const_cast<char*>(name.c_str());
-        return rpc_nfs3_rmdir_async(rpc, cb, &a, p);
-      },
-      [reply = std::move(reply)](int rpc_status, void* r) mutable {
-        const int err = status_of<RMDIR3res>(rpc_status, r);
-        if (err != 0) return reply.error(err);
-        reply.ok();
-      },
-      /*idempotent=*/false));
+  remove(parent, dir, std::string(name), true, std::move(reply));
 }
 
 void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
@@ -417,25 +473,41 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
   if (flags != 0) return reply.error(EINVAL);
   std::string from, to;
   if (!handle(parent, &from, reply) || !handle(new_parent, &to, reply)) return;
-  connection_for(parent).submit(make_call(
-      [from, to, name = std::string(name), new_name = std::string(new_name)](
-          rpc_context* rpc, RpcCb cb, void* p) {
-        RENAME3args a{};
-        a.from.dir = as_fh3(from);
-        a.from.name = const_cast<char*>(name.c_str());
-        a.to.dir = as_fh3(to);
-        a.to.name = const_cast<char*>(new_name.c_str());
-        return rpc_nfs3_rename_async(rpc, cb, &a, p);
-      },
-      [reply = std::move(reply)](int rpc_status, void* r) mutable {
-        const int err = status_of<RENAME3res>(rpc_status, r);
-        if (err != 0) return reply.error(err);
-        reply.ok();
-      },
-      /*idempotent=*/false));
+  auto rename_now = [this, parent, from, to, name = std::string(name),
+                     new_name = std::string(new_name)](StatusReply reply) {
+    connection_for(parent).submit(make_call(
+        [from, to, name, new_name](rpc_context* rpc, RpcCb cb, void* p) {
+          RENAME3args a{};
+          a.from.dir = as_fh3(from);
+          a.from.name = const_cast<char*>(name.c_str());
+          a.to.dir = as_fh3(to);
+          a.to.name = const_cast<char*>(new_name.c_str());
+          return rpc_nfs3_rename_async(rpc, cb, &a, p);
+        },
+        [reply = std::move(reply)](int rpc_status, void* r) mutable {
+          const int err = status_of<RENAME3res>(rpc_status, r);
+          if (err != 0) return reply.error(err);
+          reply.ok();
+        },
+        /*idempotent=*/false));
+  };
+  // A file replaced while open stays readable through its descriptors.
+  hide_if_open(new_parent, to, new_name,
+               [rename_now, reply = std::move(reply)](int err, bool) mutable {
+                 if (err != 0 && err != ENOENT) return reply.error(err);
+                 rename_now(std::move(reply));
+               });
 }
 
 // --- attributes -------------------------------------------------------------
+
+void NfsBackend::reply_attr(uint64_t ino, struct stat st, AttrReply reply) {
+  inodes_->update(ino, st.st_mode, st.st_gid);
+  // A file removed while open is only hidden on the server: it has one
+  // link less than the server counts.
+  if (st.st_nlink > 0 && inodes_->hidden(ino)) --st.st_nlink;
+  reply.ok(st, options_.attr_timeout);
+}
 
 void NfsBackend::getattr(const Context&, uint64_t ino, std::optional<uint64_t>, AttrReply reply) {
   std::string fh;
@@ -443,8 +515,7 @@ void NfsBackend::getattr(const Context&, uint64_t ino, std::optional<uint64_t>, 
   attributes_then(connection_for(ino), fh, nullptr,
                   [this, ino, reply = std::move(reply)](int err, const struct stat& st) mutable {
                     if (err != 0) return reply.error(err);
-                    inodes_->update(ino, st.st_mode, st.st_gid);
-                    reply.ok(st, options_.attr_timeout);
+                    reply_attr(ino, st, std::move(reply));
                   });
 }
 
@@ -468,8 +539,7 @@ void NfsBackend::setattr(const Context&, uint64_t ino, const SetAttr& attr, Attr
         attributes_then(conn, fh, &ok.obj_wcc.after,
                         [this, ino, reply = std::move(reply)](int e, const struct stat& st) mutable {
                           if (e != 0) return reply.error(e);
-                          inodes_->update(ino, st.st_mode, st.st_gid);
-                          reply.ok(st, options_.attr_timeout);
+                          reply_attr(ino, st, std::move(reply));
                         });
       }));
 }
@@ -778,8 +848,9 @@ void NfsBackend::release(const Context&, uint64_t ino, uint64_t, uint32_t, uint6
                          StatusReply reply) {
   commit(ino, [this, ino, reply = std::move(reply)](int err) mutable {
     if (err != 0) spdlog::warn("nfs: committing writes at the last close failed: {}", strerror(err));
-    inodes_->close(ino);
-    reply.ok();
+    std::optional<nfs::InodeTable::Hidden> hidden = inodes_->close(ino);
+    if (!hidden) return reply.ok();
+    remove(ino, hidden->dir_fh, hidden->name, false, std::move(reply));
   });
 }
 
@@ -827,7 +898,7 @@ void NfsBackend::readdir(const Context&, uint64_t ino, uint64_t, uint64_t offset
         const bool plus = reply.plus();
         for (const entryplus3* e = ok.reply.entries; e != nullptr; e = e->nextentry) {
           const std::string_view name = e->name != nullptr ? e->name : "";
-          if (name.empty()) continue;
+          if (name.empty() || name.starts_with(kHiddenPrefix)) continue;
           if (!plus) {
             if (!reply.add(name, e->fileid, dirent_type(e->name_attributes), e->cookie)) break;
             continue;

@@ -30,8 +30,9 @@
 // kernel keeps them locally: not shared with other NFS clients), fallocate,
 // SEEK_DATA/SEEK_HOLE, copy_file_range (the kernel falls back to copying),
 // RENAME_NOREPLACE/EXCHANGE (EINVAL, as Linux's NFS client answers), O_TMPFILE.
-// An unlinked file that is still open is gone on the server (ESTALE), as
-// no silly-rename is done yet.
+// A file removed (or replaced by a rename) while open is renamed to a hidden
+// name and removed at its last close, as NFS clients do (silly-rename); a
+// directory removed while open answers ESTALE, as with any NFS client.
 //
 // Safe for concurrent use by any number of workers.
 #pragma once
@@ -136,6 +137,14 @@ class NfsBackend final : public Backend {
   // may have lost; then `then(error)`.
   template <typename Then>
   void commit(uint64_t ino, Then then);
+  // Before a name is removed or replaced: if it names a file that is open,
+  // renames it to a hidden name instead, removed at its last close (as NFS
+  // clients do). then(error, hidden).
+  template <typename Then>
+  void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name, Then then);
+  void remove(uint64_t parent, const std::string& dir, const std::string& name, bool directory,
+              StatusReply reply);
+  void reply_attr(uint64_t ino, struct stat st, AttrReply reply);
   template <typename Then>
   void resend(uint64_t ino, const std::string& fh, std::vector<nfs::UnstableWrite> writes,
               Then then);
