@@ -12,29 +12,21 @@ InodeTable::InodeTable(std::string root_fh) {
   nodes_.emplace(kRootIno, std::move(root));
 }
 
-InodeTable::Id InodeTable::remember(const std::string& fh, uint64_t fileid, mode_t mode,
-                                     gid_t gid) {
+uint64_t InodeTable::remember(const std::string& fh, mode_t mode, gid_t gid) {
   std::lock_guard lock(mu_);
   uint64_t ino;
   if (auto it = by_fh_.find(fh); it != by_fh_.end()) {
     ino = it->second;
   } else {
-    // Node id 0 means "no entry" to the kernel and 1 is the root: a file
-    // with such a fileid (not one a POSIX server gives) moves out of the way.
-    ino = fileid > kRootIno ? fileid : fileid | (uint64_t(1) << 63);
-    Node& node = nodes_[ino];
-    if (!node.fh.empty()) {
-      by_fh_.erase(node.fh);  // the fileid was reused: the old file is gone
-      ++node.generation;
-    }
-    node.fh = fh;
+    ino = next_ino_++;
     by_fh_.emplace(fh, ino);
+    nodes_[ino].fh = fh;
   }
   Node& node = nodes_[ino];
   if (ino != kRootIno) ++node.lookups;
   node.mode = mode;
   node.gid = gid;
-  return {ino, node.generation};
+  return ino;
 }
 
 bool InodeTable::find(uint64_t ino, std::string* fh) const {

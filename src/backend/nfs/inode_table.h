@@ -1,19 +1,15 @@
 // The map between the node ids dpfs gives the kernel and NFS file handles.
 //
-// The node id of a file is its fileid on the server (the inode number in
-// the exported directory), so READDIR's d_ino, stat's st_ino and the server
-// agree and a file keeps its inode across lookups and dpfs restarts. The
-// root (kRootIno) is the export's root handle and is never forgotten.
-//
-// A server reuses the fileid of a removed file for a new one: then the id
-// is given the new handle and its generation is raised, which tells the
-// kernel (fuse_stale_inode) that any inode it still caches under that id is
-// another file. The lookup counts of both add up in the one node, so the
-// kernel's FORGETs of the old inode still balance.
-//
-// An id that is not in the table (never given out, or forgotten) is
-// refused: the caller answers ESTALE.
-//
+// A file handle seen for the first time (in a LOOKUP, a creation or a
+// READDIRPLUS answer) gets a new node id; the same handle maps to the same
+// id while the kernel holds a lookup on it, so a file keeps its inode across
+// lookups. Ids are never reused (a 64-bit counter, generation 0): an id the
+// kernel still holds for a file that was removed and whose fileid the
+// server gave to a new file keeps naming the old handle, and answers
+// ESTALE, never the new file. (st_ino is the server's fileid.) The root
+// (kRootIno) is the export's root handle and is never forgotten. An id not
+// in the table (never given out, or forgotten) is refused: ESTALE.
+
 // Per node it also keeps what the backend needs between requests: the last
 // mode and gid seen (a new file's group in a set-group-ID directory), the
 // number of open handles, and the writes the server acknowledged UNSTABLE
@@ -33,6 +29,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backend/backend.h"
+
 namespace dpfs::nfs {
 
 using WriteVerifier = std::array<char, 8>;
@@ -48,13 +46,9 @@ class InodeTable {
  public:
   explicit InodeTable(std::string root_fh);
 
-  struct Id {
-    uint64_t ino;
-    uint64_t generation;
-  };
-  // The node id of `fh`, counting one lookup. `fileid`, `mode` and `gid`
-  // are the attributes that came with it.
-  Id remember(const std::string& fh, uint64_t fileid, mode_t mode, gid_t gid);
+  // The node id of `fh`, counting one lookup. `mode` and `gid` are the
+  // attributes that came with it.
+  uint64_t remember(const std::string& fh, mode_t mode, gid_t gid);
   // The file handle of `ino`; false if `ino` is not a live id of ours.
   bool find(uint64_t ino, std::string* fh) const;
   // The last mode and gid seen for `ino`; false if unknown.
@@ -93,7 +87,6 @@ class InodeTable {
  private:
   struct Node {
     std::string fh;
-    uint64_t generation = 0;
     uint64_t lookups = 0;
     uint32_t opens = 0;
     mode_t mode = 0;
@@ -106,6 +99,7 @@ class InodeTable {
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, Node> nodes_;
   std::unordered_map<std::string, uint64_t> by_fh_;
+  uint64_t next_ino_ = kRootIno + 1;
   uint64_t unstable_bytes_ = 0;
 };
 

@@ -144,9 +144,7 @@ bool NfsBackend::handle(uint64_t ino, std::string* fh, Reply& reply) {
 
 Entry NfsBackend::make_entry(const std::string& fh, const struct stat& st) {
   Entry e;
-  const nfs::InodeTable::Id id = inodes_->remember(fh, st.st_ino, st.st_mode, st.st_gid);
-  e.ino = id.ino;
-  e.generation = id.generation;
+  e.ino = inodes_->remember(fh, st.st_mode, st.st_gid);
   e.attr = st;
   e.entry_timeout = options_.entry_timeout;
   e.attr_timeout = options_.attr_timeout;
@@ -623,24 +621,36 @@ void NfsBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
 void NfsBackend::open(const Context&, uint64_t ino, uint32_t flags, OpenReply reply) {
   std::string fh;
   if (!handle(ino, &fh, reply)) return;
-  if (!(flags & O_TRUNC)) {
-    inodes_->open(ino);
-    return reply.ok(next_fh_++);
-  }
-  // FUSE_ATOMIC_O_TRUNC: the truncation is ours to do.
-  inodes_->truncate_unstable(ino, 0);
+  // Close-to-open consistency, as NFS clients keep it: an open asks the
+  // server, and a file that was replaced or removed since the kernel looked
+  // it up answers ESTALE, on which the kernel looks the name up again. With
+  // FUSE_ATOMIC_O_TRUNC, the truncation is ours to do: a SETATTR.
+  // Counted open before the server is asked: a concurrent unlink or rename
+  // over this name (hide_if_open) then hides the file instead of removing
+  // it under the opener.
+  const bool truncate = (flags & O_TRUNC) != 0;
+  if (truncate) inodes_->truncate_unstable(ino, 0);
+  inodes_->open(ino);
   connection_for(ino).submit(make_call(
-      [fh](rpc_context* rpc, RpcCb cb, void* p) {
-        SETATTR3args a{};
+      [fh, truncate](rpc_context* rpc, RpcCb cb, void* p) {
+        if (truncate) {
+          SETATTR3args a{};
+          a.object = as_fh3(fh);
+          a.new_attributes.size.set_it = 1;
+          a.new_attributes.size.set_size3_u.size = 0;
+          return rpc_nfs3_setattr_async(rpc, cb, &a, p);
+        }
+        GETATTR3args a{};
         a.object = as_fh3(fh);
-        a.new_attributes.size.set_it = 1;
-        a.new_attributes.size.set_size3_u.size = 0;
-        return rpc_nfs3_setattr_async(rpc, cb, &a, p);
+        return rpc_nfs3_getattr_async(rpc, cb, &a, p);
       },
       [this, ino, reply = std::move(reply)](int rpc_status, void* r) mutable {
-        const int err = status_of<SETATTR3res>(rpc_status, r);
-        if (err != 0) return reply.error(err);
-        inodes_->open(ino);
+        // SETATTR3res and GETATTR3res both begin with their nfsstat3.
+        const int err = status_of<GETATTR3res>(rpc_status, r);
+        if (err != 0) {
+          close_handle(ino, [reply = std::move(reply), err]() mutable { reply.error(err); });
+          return;
+        }
         reply.ok(next_fh_++);
       }));
 }
@@ -848,10 +858,29 @@ void NfsBackend::release(const Context&, uint64_t ino, uint64_t, uint32_t, uint6
                          StatusReply reply) {
   commit(ino, [this, ino, reply = std::move(reply)](int err) mutable {
     if (err != 0) spdlog::warn("nfs: committing writes at the last close failed: {}", strerror(err));
-    std::optional<nfs::InodeTable::Hidden> hidden = inodes_->close(ino);
-    if (!hidden) return reply.ok();
-    remove(ino, hidden->dir_fh, hidden->name, false, std::move(reply));
+    close_handle(ino, [reply = std::move(reply)]() mutable { reply.ok(); });
   });
+}
+
+template <typename Then>
+void NfsBackend::close_handle(uint64_t ino, Then then) {
+  std::optional<nfs::InodeTable::Hidden> hidden = inodes_->close(ino);
+  if (!hidden) return then();
+  // The last close of a file removed while open: now it goes.
+  connection_for(ino).submit(make_call(
+      [hidden = *hidden](rpc_context* rpc, RpcCb cb, void* p) {
+        REMOVE3args a{};
+        a.object.dir = as_fh3(hidden.dir_fh);
+        a.object.name = const_cast<char*>(hidden.name.c_str());
+        return rpc_nfs3_remove_async(rpc, cb, &a, p);
+      },
+      [name = hidden->name, then = std::move(then)](int rpc_status, void* r) mutable {
+        if (const int err = status_of<REMOVE3res>(rpc_status, r); err != 0) {
+          spdlog::warn("nfs: cannot remove {} at its last close: {}", name, strerror(err));
+        }
+        then();
+      },
+      /*idempotent=*/false));
 }
 
 void NfsBackend::syncfs(const Context&, uint64_t, StatusReply reply) {
@@ -911,9 +940,9 @@ void NfsBackend::readdir(const Context&, uint64_t ino, uint64_t, uint64_t offset
             if (e->name_attributes.attributes_follow) {
               entry.attr = to_stat(e->name_attributes.post_op_attr_u.attributes);
             }
-            // The kernel ignores the node id of "." and ".." (it only takes
-            // d_ino from it); 0 tells it an entry has no attributes.
-            entry.ino = dot ? e->fileid : 0;
+            // The kernel links no inode for "." and ".."; node id 0 tells it
+            // an entry has no attributes. d_ino is st_ino, the fileid.
+            entry.attr.st_ino = e->fileid;
             if (!reply.add_plus(name, entry, e->cookie)) break;
             continue;
           }

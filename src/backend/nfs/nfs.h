@@ -145,6 +145,10 @@ class NfsBackend final : public Backend {
   void remove(uint64_t parent, const std::string& dir, const std::string& name, bool directory,
               StatusReply reply);
   void reply_attr(uint64_t ino, struct stat st, AttrReply reply);
+  // Drops an open handle of `ino`; at the last one of a hidden file,
+  // removes it from the server. Then then().
+  template <typename Then>
+  void close_handle(uint64_t ino, Then then);
   template <typename Then>
   void resend(uint64_t ino, const std::string& fh, std::vector<nfs::UnstableWrite> writes,
               Then then);
