@@ -82,6 +82,11 @@ Connection::~Connection() {
     (void)!::write(event_fd_, &one, sizeof one);
   }
   if (thread_.joinable()) thread_.join();
+  if (answered_ > 0) {
+    spdlog::info("nfs connection {}: {} RPCs answered, mean round trip {:.1f} us", index_,
+                 answered_,
+                 std::chrono::duration<double, std::micro>(round_trips_).count() / double(answered_));
+  }
   // Calls never sent, or waiting for a retry: answered here. Those in
   // flight are cancelled by libnfs (their callbacks run with an error).
   for (auto& call : incoming_) call->complete(RPC_STATUS_CANCEL, nullptr);
@@ -113,6 +118,7 @@ void Connection::send(std::unique_ptr<Call> call) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(call->deadline -
                                                                           Clock::now());
   nfs_set_timeout(nfs_, int(std::max<int64_t>(1, (left.count() + 999) / 1000) * 1000));
+  call->sent = Clock::now();
   Call* raw = call.release();  // libnfs holds it until on_reply
   if (raw->send(rpc_, &Connection::on_reply, raw) == 0) return;
   call.reset(raw);
@@ -126,6 +132,10 @@ void Connection::send(std::unique_ptr<Call> call) {
 
 void Connection::finish(Call* raw, int status, void* res) {
   std::unique_ptr<Call> call(raw);
+  if (status == RPC_STATUS_SUCCESS) {
+    ++answered_;
+    round_trips_ += Clock::now() - call->sent;
+  }
   // Every NFSv3 *3res begins with its nfsstat3.
   const bool jukebox =
       status == RPC_STATUS_SUCCESS && res != nullptr && *static_cast<int*>(res) == NFS3ERR_JUKEBOX;

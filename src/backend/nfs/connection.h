@@ -55,6 +55,7 @@ class Call {
 
   bool idempotent = true;  // safe to send again when no answer came
   Clock::time_point deadline{};
+  Clock::time_point sent{};  // the last send, for the round-trip statistics
   class Connection* connection = nullptr;
 };
 
@@ -124,6 +125,10 @@ class Connection {
   std::vector<std::unique_ptr<Call>> incoming_;  // guarded by mu_
   // Loop thread only: Calls waiting to be sent again, with when.
   std::vector<std::pair<Clock::time_point, std::unique_ptr<Call>>> retries_;
+  // Loop thread only: answered RPCs and their summed round trips (send to
+  // callback: libnfs, the network and the server), logged at the end.
+  uint64_t answered_ = 0;
+  Clock::duration round_trips_{};
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

@@ -63,22 +63,32 @@ void InodeTable::forget(uint64_t ino, uint64_t n) {
   drop_if_unused(ino, it->second);
 }
 
-bool InodeTable::open(uint64_t ino) {
+uint64_t InodeTable::open(uint64_t ino) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end()) return false;
+  if (it == nodes_.end()) return 0;
   ++it->second.opens;
-  return true;
+  const uint64_t handle = next_handle_++;
+  handles_.emplace(handle, ino);
+  return handle;
 }
 
-std::optional<InodeTable::Hidden> InodeTable::close(uint64_t ino) {
+bool InodeTable::has_handle(uint64_t ino, uint64_t handle) const {
   std::lock_guard lock(mu_);
+  auto it = handles_.find(handle);
+  return it != handles_.end() && it->second == ino;
+}
+
+bool InodeTable::close(uint64_t ino, uint64_t handle, std::optional<Hidden>* hidden) {
+  std::lock_guard lock(mu_);
+  auto h = handles_.find(handle);
+  if (h == handles_.end() || h->second != ino) return false;
+  handles_.erase(h);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end() || it->second.opens == 0) return std::nullopt;
-  std::optional<Hidden> hidden;
-  if (--it->second.opens == 0) hidden.swap(it->second.hidden);
+  if (it == nodes_.end() || it->second.opens == 0) return true;
+  if (--it->second.opens == 0) hidden->swap(it->second.hidden);
   drop_if_unused(ino, it->second);
-  return hidden;
+  return true;
 }
 
 uint64_t InodeTable::open_id(const std::string& fh) const {

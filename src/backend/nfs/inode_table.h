@@ -57,15 +57,19 @@ class InodeTable {
   // Drops `n` lookups; the id dies at zero unless the file is open.
   void forget(uint64_t ino, uint64_t n);
 
-  // Open handles (the id stays alive while a file is open).
-  bool open(uint64_t ino);
-  // Drops an open handle. At the last one of a file that was removed while
-  // open, returns where it was hidden (see hide()) for the caller to remove.
+  // Open handles (the id stays alive while a file is open): open() gives
+  // out a handle number for `ino` (0 if `ino` is not live); only that number
+  // with that id is accepted by has_handle() and close().
+  uint64_t open(uint64_t ino);
+  bool has_handle(uint64_t ino, uint64_t handle) const;
+  // Drops a handle; false if `handle` is not an open handle of `ino`. At the
+  // last one of a file that was removed while open, *hidden is where it was
+  // hidden (see hide()) for the caller to remove.
   struct Hidden {
     std::string dir_fh;
     std::string name;
   };
-  std::optional<Hidden> close(uint64_t ino);
+  bool close(uint64_t ino, uint64_t handle, std::optional<Hidden>* hidden);
   // The id of `fh` if it is open; 0 otherwise.
   uint64_t open_id(const std::string& fh) const;
   // `ino` was removed while open and lives on as `name` in `dir_fh`
@@ -99,7 +103,9 @@ class InodeTable {
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, Node> nodes_;
   std::unordered_map<std::string, uint64_t> by_fh_;
+  std::unordered_map<uint64_t, uint64_t> handles_;  // open handle -> node id
   uint64_t next_ino_ = kRootIno + 1;
+  uint64_t next_handle_ = 1;
   uint64_t unstable_bytes_ = 0;
 };
 

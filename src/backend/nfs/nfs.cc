@@ -350,8 +350,7 @@ void NfsBackend::create(const Context& ctx, uint64_t parent, std::string_view na
   make_node(ctx, parent, name, spec,
             [this, reply = std::move(reply)](int err, const Entry& e) mutable {
               if (err != 0) return reply.error(err);
-              inodes_->open(e.ino);
-              reply.ok(e, next_fh_++);
+              reply.ok(e, inodes_->open(e.ino));
             });
 }
 
@@ -630,7 +629,8 @@ void NfsBackend::open(const Context&, uint64_t ino, uint32_t flags, OpenReply re
   // it under the opener.
   const bool truncate = (flags & O_TRUNC) != 0;
   if (truncate) inodes_->truncate_unstable(ino, 0);
-  inodes_->open(ino);
+  const uint64_t handle = inodes_->open(ino);
+  if (handle == 0) return reply.error(ESTALE);
   connection_for(ino).submit(make_call(
       [fh, truncate](rpc_context* rpc, RpcCb cb, void* p) {
         if (truncate) {
@@ -644,21 +644,22 @@ void NfsBackend::open(const Context&, uint64_t ino, uint32_t flags, OpenReply re
         a.object = as_fh3(fh);
         return rpc_nfs3_getattr_async(rpc, cb, &a, p);
       },
-      [this, ino, reply = std::move(reply)](int rpc_status, void* r) mutable {
+      [this, ino, handle, reply = std::move(reply)](int rpc_status, void* r) mutable {
         // SETATTR3res and GETATTR3res both begin with their nfsstat3.
         const int err = status_of<GETATTR3res>(rpc_status, r);
         if (err != 0) {
-          close_handle(ino, [reply = std::move(reply), err]() mutable { reply.error(err); });
+          close_handle(ino, handle, [reply = std::move(reply), err]() mutable { reply.error(err); });
           return;
         }
-        reply.ok(next_fh_++);
+        reply.ok(handle);
       }));
 }
 
-void NfsBackend::read(const Context&, uint64_t ino, uint64_t, uint64_t offset, uint32_t size,
-                      std::span<const iovec> dst, ReadReply reply) {
+void NfsBackend::read(const Context&, uint64_t ino, uint64_t handle_id, uint64_t offset,
+                      uint32_t size, std::span<const iovec> dst, ReadReply reply) {
   std::string fh;
   if (!handle(ino, &fh, reply)) return;
+  if (!inodes_->has_handle(ino, handle_id)) return reply.error(EBADF);
   if (size == 0) return reply.ok(0);
   // The pieces of one READ, answered together. All their callbacks run on
   // the one loop thread of this inode's connection: no lock.
@@ -702,10 +703,11 @@ void NfsBackend::read(const Context&, uint64_t ino, uint64_t, uint64_t offset, u
   }
 }
 
-void NfsBackend::write(const Context&, uint64_t ino, uint64_t, uint64_t offset,
+void NfsBackend::write(const Context&, uint64_t ino, uint64_t handle_id, uint64_t offset,
                        std::span<const iovec> src, uint32_t, WriteReply reply) {
   std::string fh;
   if (!handle(ino, &fh, reply)) return;
+  if (!inodes_->has_handle(ino, handle_id)) return reply.error(EBADF);
   size_t size = 0;
   for (const iovec& v : src) size += v.iov_len;
   if (size == 0) return reply.ok(0);
@@ -854,18 +856,19 @@ void NfsBackend::flush(const Context&, uint64_t ino, uint64_t, uint64_t, StatusR
   });
 }
 
-void NfsBackend::release(const Context&, uint64_t ino, uint64_t, uint32_t, uint64_t, bool,
+void NfsBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t, bool,
                          StatusReply reply) {
-  commit(ino, [this, ino, reply = std::move(reply)](int err) mutable {
+  if (!inodes_->has_handle(ino, fh)) return reply.error(EBADF);
+  commit(ino, [this, ino, fh, reply = std::move(reply)](int err) mutable {
     if (err != 0) spdlog::warn("nfs: committing writes at the last close failed: {}", strerror(err));
-    close_handle(ino, [reply = std::move(reply)]() mutable { reply.ok(); });
+    close_handle(ino, fh, [reply = std::move(reply)]() mutable { reply.ok(); });
   });
 }
 
 template <typename Then>
-void NfsBackend::close_handle(uint64_t ino, Then then) {
-  std::optional<nfs::InodeTable::Hidden> hidden = inodes_->close(ino);
-  if (!hidden) return then();
+void NfsBackend::close_handle(uint64_t ino, uint64_t handle, Then then) {
+  std::optional<nfs::InodeTable::Hidden> hidden;
+  if (!inodes_->close(ino, handle, &hidden) || !hidden) return then();
   // The last close of a file removed while open: now it goes.
   connection_for(ino).submit(make_call(
       [hidden = *hidden](rpc_context* rpc, RpcCb cb, void* p) {

@@ -148,7 +148,7 @@ class NfsBackend final : public Backend {
   // Drops an open handle of `ino`; at the last one of a hidden file,
   // removes it from the server. Then then().
   template <typename Then>
-  void close_handle(uint64_t ino, Then then);
+  void close_handle(uint64_t ino, uint64_t handle, Then then);
   template <typename Then>
   void resend(uint64_t ino, const std::string& fh, std::vector<nfs::UnstableWrite> writes,
               Then then);
@@ -158,7 +158,7 @@ class NfsBackend final : public Backend {
   std::unique_ptr<nfs::InodeTable> inodes_;
   uint32_t rsize_ = 0;
   uint32_t wsize_ = 0;
-  std::atomic<uint64_t> next_fh_{1};
+  std::atomic<uint64_t> next_fh_{1};  // directory handles, suffixes of hidden names
 };
 
 }  // namespace dpfs
