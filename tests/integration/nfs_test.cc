@@ -32,7 +32,8 @@ class NfsTest : public ::testing::Test {
     mount_ = std::make_unique<Mount>();
     std::string started = mount_->start_dpfs(
         {"serve", "--backend", NfsServer::url(export_), "--fuse-mount", mount_->dir(),
-         "--nfs-timeout", std::to_string(kNfsTimeoutSeconds), "--entry-timeout", "0",
+         "--nfs-timeout", std::to_string(kNfsTimeoutSeconds), "--nfs-connections", "2",
+         "--entry-timeout", "0",
          "--attr-timeout", "0"});
     ASSERT_TRUE(started.empty()) << started;
     mnt_ = mount_->dir();

@@ -63,10 +63,14 @@ void InodeTable::forget(uint64_t ino, uint64_t n) {
   drop_if_unused(ino, it->second);
 }
 
-uint64_t InodeTable::open(uint64_t ino) {
+uint64_t InodeTable::open(uint64_t ino, std::function<void()> retry) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return 0;
+  if (auto d = doomed_.find(it->second.fh); d != doomed_.end() && retry) {
+    d->second.waiting.push_back(std::move(retry));
+    return kWaiting;
+  }
   ++it->second.opens;
   const uint64_t handle = next_handle_++;
   handles_.emplace(handle, ino);
@@ -96,6 +100,25 @@ uint64_t InodeTable::open_id(const std::string& fh) const {
   auto it = by_fh_.find(fh);
   if (it == by_fh_.end()) return 0;
   return nodes_.at(it->second).opens > 0 ? it->second : 0;
+}
+
+bool InodeTable::doom(const std::string& fh, uint64_t* open_ino) {
+  std::lock_guard lock(mu_);
+  if (auto it = by_fh_.find(fh); it != by_fh_.end() && nodes_.at(it->second).opens > 0) {
+    *open_ino = it->second;
+    return false;
+  }
+  ++doomed_[fh].count;
+  return true;
+}
+
+std::vector<std::function<void()>> InodeTable::undoom(const std::string& fh) {
+  std::lock_guard lock(mu_);
+  auto it = doomed_.find(fh);
+  if (it == doomed_.end() || --it->second.count > 0) return {};
+  std::vector<std::function<void()>> waiting = std::move(it->second.waiting);
+  doomed_.erase(it);
+  return waiting;
 }
 
 void InodeTable::hide(uint64_t ino, Hidden where) {

@@ -23,6 +23,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -60,7 +61,10 @@ class InodeTable {
   // Open handles (the id stays alive while a file is open): open() gives
   // out a handle number for `ino` (0 if `ino` is not live); only that number
   // with that id is accepted by has_handle() and close().
-  uint64_t open(uint64_t ino);
+  // While the name of the file is being removed or replaced (see doom()),
+  // open() keeps `retry` to be run when that is done and returns kWaiting.
+  static constexpr uint64_t kWaiting = UINT64_MAX;
+  uint64_t open(uint64_t ino, std::function<void()> retry = nullptr);
   bool has_handle(uint64_t ino, uint64_t handle) const;
   // Drops a handle; false if `handle` is not an open handle of `ino`. At the
   // last one of a file that was removed while open, *hidden is where it was
@@ -76,6 +80,16 @@ class InodeTable {
   // (the NFS client's silly-rename).
   void hide(uint64_t ino, Hidden where);
   bool hidden(uint64_t ino) const;
+
+  // A name is about to be removed or replaced and `fh` is the file it names.
+  // Unless the file is open (then false, with its id in *open_ino: hide it
+  // instead), opens of it wait until undoom(fh): an open racing the removal
+  // must not succeed on the server just before the file goes (its reads
+  // would then fail ESTALE); after it, its GETATTR answers ESTALE and the
+  // kernel looks the name up again.
+  bool doom(const std::string& fh, uint64_t* open_ino);
+  // The removal is done: the opens that waited, to run again.
+  std::vector<std::function<void()>> undoom(const std::string& fh);
 
   // UNSTABLE writes: recorded as acknowledged, taken out to commit, put
   // back when the commit failed, trimmed at a truncation. The total size
@@ -104,6 +118,11 @@ class InodeTable {
   std::unordered_map<uint64_t, Node> nodes_;
   std::unordered_map<std::string, uint64_t> by_fh_;
   std::unordered_map<uint64_t, uint64_t> handles_;  // open handle -> node id
+  struct Doomed {
+    unsigned count = 0;  // removals in flight
+    std::vector<std::function<void()>> waiting;
+  };
+  std::unordered_map<std::string, Doomed> doomed_;  // by file handle
   uint64_t next_ino_ = kRootIno + 1;
   uint64_t next_handle_ = 1;
   uint64_t unstable_bytes_ = 0;

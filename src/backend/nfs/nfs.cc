@@ -394,10 +394,10 @@ void NfsBackend::hide_if_open(uint64_t parent, const std::string& dir, std::stri
       [this, &conn, dir, name = std::string(name), then = std::move(then)](int rpc_status,
                                                                            void* r) mutable {
         const int err = status_of<LOOKUP3res>(rpc_status, r);
-        if (err != 0) return then(err, false);
-        const uint64_t ino =
-            inodes_->open_id(fh_string(static_cast<LOOKUP3res*>(r)->LOOKUP3res_u.resok.object));
-        if (ino == 0) return then(0, false);
+        if (err != 0) return then(err, false, std::string());
+        std::string target = fh_string(static_cast<LOOKUP3res*>(r)->LOOKUP3res_u.resok.object);
+        uint64_t ino = 0;
+        if (inodes_->doom(target, &ino)) return then(0, false, std::move(target));
         // Open: move it aside instead, and remove it at its last close.
         std::string hidden = fmt::format("{}{:x}-{}", kHiddenPrefix, ino, next_fh_++);
         conn.submit(make_call(
@@ -411,9 +411,9 @@ void NfsBackend::hide_if_open(uint64_t parent, const std::string& dir, std::stri
             },
             [this, ino, dir, hidden, then = std::move(then)](int rpc_status, void* r) mutable {
               const int err = status_of<RENAME3res>(rpc_status, r);
-              if (err != 0) return then(err, false);
+              if (err != 0) return then(err, false, std::string());
               inodes_->hide(ino, {dir, hidden});
-              then(0, true);
+              then(0, true, std::string());
             },
             /*idempotent=*/false));
       }));
@@ -425,15 +425,20 @@ void NfsBackend::unlink(const Context&, uint64_t parent, std::string_view name,
   if (!handle(parent, &dir, reply)) return;
   hide_if_open(parent, dir, name,
                [this, parent, dir, name = std::string(name), reply = std::move(reply)](
-                   int err, bool hidden) mutable {
+                   int err, bool hidden, std::string doomed) mutable {
                  if (err != 0) return reply.error(err);
                  if (hidden) return reply.ok();
-                 remove(parent, dir, name, false, std::move(reply));
+                 remove(parent, dir, name, false, std::move(reply), std::move(doomed));
                });
 }
 
+void NfsBackend::undoom(const std::string& fh) {
+  if (fh.empty()) return;
+  for (auto& retry : inodes_->undoom(fh)) retry();
+}
+
 void NfsBackend::remove(uint64_t parent, const std::string& dir, const std::string& name,
-                        bool directory, StatusReply reply) {
+                        bool directory, StatusReply reply, std::string doomed) {
   connection_for(parent).submit(make_call(
       [dir, name, directory](rpc_context* rpc, RpcCb cb, void* p) {
         if (directory) {
@@ -447,7 +452,9 @@ void NfsBackend::remove(uint64_t parent, const std::string& dir, const std::stri
         a.object.name = const_cast<char*>(name.c_str());
         return rpc_nfs3_remove_async(rpc, cb, &a, p);
       },
-      [reply = std::move(reply)](int rpc_status, void* r) mutable {
+      [this, doomed = std::move(doomed), reply = std::move(reply)](int rpc_status,
+                                                                   void* r) mutable {
+        undoom(doomed);
         // REMOVE3res and RMDIR3res are both {nfsstat3; wcc_data}.
         const int err = status_of<REMOVE3res>(rpc_status, r);
         if (err != 0) return reply.error(err);
@@ -460,7 +467,7 @@ void NfsBackend::rmdir(const Context&, uint64_t parent, std::string_view name,
                        StatusReply reply) {
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
-  remove(parent, dir, std::string(name), true, std::move(reply));
+  remove(parent, dir, std::string(name), true, std::move(reply), std::string());
 }
 
 void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
@@ -471,7 +478,7 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
   std::string from, to;
   if (!handle(parent, &from, reply) || !handle(new_parent, &to, reply)) return;
   auto rename_now = [this, parent, from, to, name = std::string(name),
-                     new_name = std::string(new_name)](StatusReply reply) {
+                     new_name = std::string(new_name)](StatusReply reply, std::string doomed) {
     connection_for(parent).submit(make_call(
         [from, to, name, new_name](rpc_context* rpc, RpcCb cb, void* p) {
           RENAME3args a{};
@@ -481,7 +488,9 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
           a.to.name = const_cast<char*>(new_name.c_str());
           return rpc_nfs3_rename_async(rpc, cb, &a, p);
         },
-        [reply = std::move(reply)](int rpc_status, void* r) mutable {
+        [this, doomed = std::move(doomed), reply = std::move(reply)](int rpc_status,
+                                                                     void* r) mutable {
+          undoom(doomed);
           const int err = status_of<RENAME3res>(rpc_status, r);
           if (err != 0) return reply.error(err);
           reply.ok();
@@ -490,9 +499,9 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
   };
   // A file replaced while open stays readable through its descriptors.
   hide_if_open(new_parent, to, new_name,
-               [rename_now, reply = std::move(reply)](int err, bool) mutable {
+               [rename_now, reply = std::move(reply)](int err, bool, std::string doomed) mutable {
                  if (err != 0 && err != ENOENT) return reply.error(err);
-                 rename_now(std::move(reply));
+                 rename_now(std::move(reply), std::move(doomed));
                });
 }
 
@@ -620,17 +629,24 @@ void NfsBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
 void NfsBackend::open(const Context&, uint64_t ino, uint32_t flags, OpenReply reply) {
   std::string fh;
   if (!handle(ino, &fh, reply)) return;
+  open_checked(ino, fh, flags, std::make_shared<OpenReply>(std::move(reply)));
+}
+
+void NfsBackend::open_checked(uint64_t ino, const std::string& fh, uint32_t flags,
+                              std::shared_ptr<OpenReply> reply) {
+  // Counted open before the server is asked: a concurrent unlink or rename
+  // over this name (hide_if_open) then hides the file instead of removing
+  // it under the opener; one already on its way makes this open wait.
+  const uint64_t handle =
+      inodes_->open(ino, [this, ino, fh, flags, reply] { open_checked(ino, fh, flags, reply); });
+  if (handle == nfs::InodeTable::kWaiting) return;
+  if (handle == 0) return reply->error(ESTALE);
   // Close-to-open consistency, as NFS clients keep it: an open asks the
   // server, and a file that was replaced or removed since the kernel looked
   // it up answers ESTALE, on which the kernel looks the name up again. With
   // FUSE_ATOMIC_O_TRUNC, the truncation is ours to do: a SETATTR.
-  // Counted open before the server is asked: a concurrent unlink or rename
-  // over this name (hide_if_open) then hides the file instead of removing
-  // it under the opener.
   const bool truncate = (flags & O_TRUNC) != 0;
   if (truncate) inodes_->truncate_unstable(ino, 0);
-  const uint64_t handle = inodes_->open(ino);
-  if (handle == 0) return reply.error(ESTALE);
   connection_for(ino).submit(make_call(
       [fh, truncate](rpc_context* rpc, RpcCb cb, void* p) {
         if (truncate) {
@@ -644,14 +660,14 @@ void NfsBackend::open(const Context&, uint64_t ino, uint32_t flags, OpenReply re
         a.object = as_fh3(fh);
         return rpc_nfs3_getattr_async(rpc, cb, &a, p);
       },
-      [this, ino, handle, reply = std::move(reply)](int rpc_status, void* r) mutable {
+      [this, ino, handle, reply](int rpc_status, void* r) {
         // SETATTR3res and GETATTR3res both begin with their nfsstat3.
         const int err = status_of<GETATTR3res>(rpc_status, r);
         if (err != 0) {
-          close_handle(ino, handle, [reply = std::move(reply), err]() mutable { reply.error(err); });
+          close_handle(ino, handle, [reply, err] { reply->error(err); });
           return;
         }
-        reply.ok(handle);
+        reply->ok(handle);
       }));
 }
 
@@ -661,8 +677,8 @@ void NfsBackend::read(const Context&, uint64_t ino, uint64_t handle_id, uint64_t
   if (!handle(ino, &fh, reply)) return;
   if (!inodes_->has_handle(ino, handle_id)) return reply.error(EBADF);
   if (size == 0) return reply.ok(0);
-  // The pieces of one READ, answered together. All their callbacks run on
-  // the one loop thread of this inode's connection: no lock.
+  // The pieces of one READ, answered together. All go to one connection, so
+  // their callbacks run on its one loop thread: no lock.
   struct Pieces {
     ReadReply reply;
     std::vector<iovec> dst;
@@ -675,7 +691,7 @@ void NfsBackend::read(const Context&, uint64_t ino, uint64_t handle_id, uint64_t
   state->dst.assign(dst.begin(), dst.end());
   state->end = size;
   state->pending = (size + rsize_ - 1) / rsize_;
-  Connection& conn = connection_for(ino);
+  Connection& conn = next_connection();
   for (uint64_t at = 0; at < size; at += rsize_) {
     const uint32_t count = uint32_t(std::min<uint64_t>(rsize_, size - at));
     conn.submit(make_call(
@@ -724,7 +740,7 @@ void NfsBackend::write(const Context&, uint64_t ino, uint64_t handle_id, uint64_
   // Past the bound on what is kept for a resend, the server must make the
   // data stable before it answers.
   const bool stable = inodes_->unstable_bytes() >= options_.max_unstable;
-  Connection& conn = connection_for(ino);
+  Connection& conn = next_connection();
   for (uint64_t at = 0; at < size; at += wsize_) {
     const size_t count = std::min<uint64_t>(wsize_, size - at);
     auto data = std::make_shared<std::string>(gather(src, at, count));

@@ -7,8 +7,8 @@
 // one RPC (READ and WRITE larger than the server's rtmax/wtmax are split and
 // the pieces sent together; a LOOKUP or creation whose answer lacks
 // attributes is followed by a GETATTR). Connections (Connection) each own a
-// libnfs context and an event-loop thread; the requests of one inode always
-// go to the same connection, so its writes and commits stay in order.
+// libnfs context and an event-loop thread; metadata requests and COMMITs go
+// to the first, READs and WRITEs to each in turn.
 //
 // Inodes: NFS file handles are mapped to dpfs node ids (InodeTable), stable
 // while the kernel holds a lookup and never reused; st_ino is the server's
@@ -117,8 +117,14 @@ class NfsBackend final : public Backend {
  private:
   struct NewNode;
 
-  nfs::Connection& connection_for(uint64_t ino) {
-    return *connections_[ino % connections_.size()];
+  // Metadata requests and COMMITs all go to the first connection, in the
+  // order they come: an OPEN's GETATTR cannot overtake an unlink or rename
+  // that hides the file it opens (hide_if_open). READs and WRITEs go to each
+  // connection in turn, so that parallel I/O, even to one file, uses them all.
+  nfs::Connection& connection_for(uint64_t) { return *connections_.front(); }
+  nfs::Connection& next_connection() {
+    return *connections_[next_connection_.fetch_add(1, std::memory_order_relaxed) %
+                         connections_.size()];
   }
   // The file handle of `ino`, or false after answering ESTALE on `reply`.
   bool handle(uint64_t ino, std::string* fh, Reply& reply);
@@ -139,11 +145,16 @@ class NfsBackend final : public Backend {
   void commit(uint64_t ino, Then then);
   // Before a name is removed or replaced: if it names a file that is open,
   // renames it to a hidden name instead, removed at its last close (as NFS
-  // clients do). then(error, hidden).
+  // clients do). then(error, hidden, doomed): `doomed` is the handle of the
+  // file about to go (opens of it wait), to be passed to undoom() once the
+  // removal or rename is answered.
   template <typename Then>
   void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name, Then then);
   void remove(uint64_t parent, const std::string& dir, const std::string& name, bool directory,
-              StatusReply reply);
+              StatusReply reply, std::string doomed);
+  void undoom(const std::string& fh);
+  void open_checked(uint64_t ino, const std::string& fh, uint32_t flags,
+                    std::shared_ptr<OpenReply> reply);
   void reply_attr(uint64_t ino, struct stat st, AttrReply reply);
   // Drops an open handle of `ino`; at the last one of a hidden file,
   // removes it from the server. Then then().
@@ -158,6 +169,7 @@ class NfsBackend final : public Backend {
   std::unique_ptr<nfs::InodeTable> inodes_;
   uint32_t rsize_ = 0;
   uint32_t wsize_ = 0;
+  std::atomic<uint64_t> next_connection_{0};
   std::atomic<uint64_t> next_fh_{1};  // directory handles, suffixes of hidden names
 };
 
