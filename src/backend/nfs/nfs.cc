@@ -944,7 +944,12 @@ void NfsBackend::readdir(const Context&, uint64_t ino, uint64_t, uint64_t offset
         if (err != 0) return reply.error(err);
         const READDIRPLUS3resok& ok = static_cast<READDIRPLUS3res*>(r)->READDIRPLUS3res_u.resok;
         const bool plus = reply.plus();
-        for (const entryplus3* e = ok.reply.entries; e != nullptr; e = e->nextentry) {
+        // libnfs 4.0 decodes the entries into 4-byte aligned memory: each
+        // is copied out before use (UBSan: misaligned member access).
+        entryplus3 copy;
+        for (const void* at = ok.reply.entries; at != nullptr; at = copy.nextentry) {
+          std::memcpy(&copy, at, sizeof copy);
+          const entryplus3* e = &copy;
           const std::string_view name = e->name != nullptr ? e->name : "";
           if (name.empty() || name.starts_with(kHiddenPrefix)) continue;
           if (!plus) {
