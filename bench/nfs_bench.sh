@@ -150,7 +150,8 @@ lines = ["# NFS backend benchmarks", "",
          "on 127.0.0.1; dpfs-nfs is a dpfs FUSE mount of it (NFSv3, one connection); "
          "dpfs-memfs the same FUSE path with no NFS; export is fio on the exported directory "
          "itself. The kernel's NFS client cannot mount here (no nfs module), so it is not in "
-         "the table.", "",
+         f"the table. Load average at the end: {os.getloadavg()[0]:.1f}.", "",
+         f"Reproduce: `RUNTIME={runtime} FILE_SIZE={size} bash bench/nfs_bench.sh` (as root).", "",
          "| target | job | IOPS | MiB/s | mean lat (us) | p99 (us) | NFS round trip (us) | dpfs own (us) | daemon CPU/IO (us) |",
          "|---|---|---|---|---|---|---|---|---|"]
 for t in targets:
