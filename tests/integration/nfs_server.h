@@ -14,6 +14,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -115,6 +116,9 @@ class NfsServer {
       sigset_t none;
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      // A test process that dies (a crash, a timeout's SIGKILL) takes its
+      // server along instead of leaving port 2049 taken for the next run.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       ::execv(argv[0], argv.data());
       ::_exit(127);
     }
