@@ -297,6 +297,25 @@ TEST_F(NfsTest, StoppedServerGivesTimeoutNotHang) {
   EXPECT_EQ(read_file(d("h")).value_or("<error>"), "after");
 }
 
+// SIGTERM while the server is gone (with a write not yet committed): the
+// daemon still unmounts and exits 0, within the NFS timeout.
+TEST_F(NfsTest, DaemonStopsCleanlyWhileTheServerIsGone) {
+  int fd = open(m("f").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_SYS(fd);
+  ASSERT_EQ(pwrite_all(fd, "unstable", 8, 0), 0);
+  ASSERT_EQ(server_->stop(SIGKILL), "");
+  // close() commits: with no server, it fails within the timeout.
+  const auto start = std::chrono::steady_clock::now();
+  const SysResult c = DPFS_CAPTURE(close(fd));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(c.rc, -1) << "close committed with no server";
+  EXPECT_TRUE(c.err == ETIMEDOUT || c.err == EIO) << errname(c.err);
+  EXPECT_LT(took, kNfsTimeoutSeconds + 2.0);
+  std::string stopped = mount_->stop(SIGTERM, 20s);
+  EXPECT_EQ(stopped, "");
+  mount_.reset();
+}
+
 // Start-up errors name what to fix, on one line.
 TEST(NfsCliTest, BadSpecsAndUnreachableServersAreOneLineErrors) {
   std::string problem = environment_problem();

@@ -76,30 +76,48 @@ Connection::Connection(const ConnectionOptions& options, int index)
 }
 
 Connection::~Connection() {
+  shutdown();
+  if (event_fd_ >= 0) ::close(event_fd_);
+}
+
+void Connection::shutdown() {
+  if (nfs_ == nullptr) return;
   stop_ = true;
-  if (event_fd_ >= 0) {
-    const uint64_t one = 1;
-    (void)!::write(event_fd_, &one, sizeof one);
-  }
+  const uint64_t one = 1;
+  (void)!::write(event_fd_, &one, sizeof one);
   if (thread_.joinable()) thread_.join();
   if (answered_ > 0) {
     spdlog::info("nfs connection {}: {} RPCs answered, mean round trip {:.1f} us", index_,
                  answered_,
                  std::chrono::duration<double, std::micro>(round_trips_).count() / double(answered_));
   }
-  // Calls never sent, or waiting for a retry: answered here. Those in
-  // flight are cancelled by libnfs (their callbacks run with an error).
-  for (auto& call : incoming_) call->complete(RPC_STATUS_CANCEL, nullptr);
-  for (auto& [when, call] : retries_) call->complete(RPC_STATUS_CANCEL, nullptr);
-  if (nfs_ != nullptr) nfs_destroy_context(nfs_);
-  if (event_fd_ >= 0) ::close(event_fd_);
+  // From here on the calling thread owns the context. Calls never sent, or
+  // waiting for a retry, are answered here; those in flight are cancelled
+  // by libnfs (their callbacks run with an error). What their completions
+  // submit is answered at once (closed_).
+  std::vector<std::unique_ptr<Call>> unsent;
+  {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    unsent.swap(incoming_);
+  }
+  for (auto& call : unsent) call->complete(RPC_STATUS_CANCEL, nullptr);
+  auto retries = std::move(retries_);
+  for (auto& [when, call] : retries) call->complete(RPC_STATUS_CANCEL, nullptr);
+  nfs_context* nfs = nfs_;
+  nfs_ = nullptr;
+  nfs_destroy_context(nfs);
 }
 
 void Connection::submit(std::unique_ptr<Call> call) {
   call->deadline = Clock::now() + options_.timeout;
   call->connection = this;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    if (closed_) {
+      lock.unlock();
+      return call->complete(RPC_STATUS_CANCEL, nullptr);
+    }
     incoming_.push_back(std::move(call));
   }
   const uint64_t one = 1;

@@ -92,7 +92,11 @@ class Connection {
   // Mounts the export (blocking: start-up only) and starts the loop thread.
   // Throws std::runtime_error with libnfs's reason.
   explicit Connection(const ConnectionOptions& options, int index);
-  ~Connection();  // stops the loop; Calls not yet answered complete with an error
+  ~Connection();  // shutdown()
+  // Stops the loop thread and completes every Call not yet answered with
+  // RPC_STATUS_CANCEL; Calls submitted after it complete so at once, on the
+  // submitting thread. Idempotent.
+  void shutdown();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -123,6 +127,7 @@ class Connection {
 
   std::mutex mu_;
   std::vector<std::unique_ptr<Call>> incoming_;  // guarded by mu_
+  bool closed_ = false;                          // guarded by mu_
   // Loop thread only: Calls waiting to be sent again, with when.
   std::vector<std::pair<Clock::time_point, std::unique_ptr<Call>>> retries_;
   // Loop thread only: answered RPCs and their summed round trips (send to

@@ -128,7 +128,11 @@ NfsBackend::NfsBackend(NfsOptions options) : options_(std::move(options)) {
                connections_.size() == 1 ? "" : "s", rsize_, wsize_, options_.timeout.count());
 }
 
-NfsBackend::~NfsBackend() = default;
+NfsBackend::~NfsBackend() {
+  // Before the inode table goes: completions run while connections shut
+  // down (cancelled RPCs) and use it.
+  for (auto& conn : connections_) conn->shutdown();
+}
 
 Capabilities NfsBackend::capabilities() const {
   Capabilities caps;
