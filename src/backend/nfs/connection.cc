@@ -62,7 +62,12 @@ Connection::Connection(const ConnectionOptions& options, int index)
   nfs_set_gid(nfs_, 0);
   nfs_set_autoreconnect(nfs_, -1);
   if (nfs_mount(nfs_, options_.url.server.c_str(), options_.url.export_path.c_str()) != 0) {
-    fail("mount");
+    fail(options_.url.port != 0
+             ? fmt::format("mount failed (is an NFS server answering on port {}, exporting "
+                           "this path to this host?)",
+                           options_.url.port)
+             : std::string("mount failed (is an NFS server with rpcbind answering there, "
+                           "exporting this path to this host?)"));
   }
   rpc_ = nfs_get_rpc_context(nfs_);
   const nfs_fh* root = nfs_get_rootfh(nfs_);
