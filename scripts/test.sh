@@ -16,6 +16,18 @@ bash scripts/build.sh build
 step "tests"
 ctest --test-dir build --output-on-failure --timeout 900
 
+# The POSIX suites through the NFS backend against a real ganesha (started by
+# the harness, about 35 s). Excluded: what NFSv3 or the server does not do,
+# each with its reason in docs/nfs.md.
+nfs_excluded="IoTest.Fallocate*:IoTest.SeekDataAndHole:IoTest.HugeSparseSizes"
+nfs_excluded+=":PosixTest.ForgetThenLookupAgain:PosixTest.OTmpfileThenLinkat"
+nfs_excluded+=":PosixTest.RenameNoreplace:PosixTest.RenameExchange:PosixTest.RmdirOpenDirectory"
+nfs_excluded+=":PosixTest.SymlinkTargetPreservedExactly:PosixTest.UtimensatExplicitNanoseconds"
+nfs_excluded+=":PosixTest.UtimensatNoFollowChangesTheLink:PosixTest.StatfsAndFreeSpace"
+step "POSIX suites on the NFS backend (ganesha on loopback)"
+DPFS_TEST_BACKEND='nfs://127.0.0.1{dir}?version=3' build/dpfs_integration_tests \
+  --gtest_filter="PosixTest.*:IoTest.*:ReaddirTest.*:LockTest.*-${nfs_excluded}"
+
 step "build (ASan+UBSan)"
 BUILD_TYPE=Debug bash scripts/build.sh build-asan -DDPFS_SANITIZE=ON
 step "tests under ASan+UBSan"

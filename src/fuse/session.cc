@@ -1118,8 +1118,11 @@ bool DirReply::add(std::string_view name, uint64_t ino, uint32_t type, uint64_t 
 bool DirReply::add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) {
   fuse_entry_out out;
   fuse::fill_entry(entry, &out);
-  return add_dirent(req_, &out, name, entry.ino, (entry.attr.st_mode & S_IFMT) >> 12,
-                    next_offset);
+  // d_ino is the inode number stat(2) shows (the kernel takes it from the
+  // dirent, not from the node id): they differ for a backend whose node ids
+  // are not the file's own inode numbers (nfs: the server's fileid).
+  const uint64_t d_ino = entry.attr.st_ino != 0 ? entry.attr.st_ino : entry.ino;
+  return add_dirent(req_, &out, name, d_ino, (entry.attr.st_mode & S_IFMT) >> 12, next_offset);
 }
 
 void DirReply::done() {

@@ -118,6 +118,14 @@ std::string as_socket_path(const Value& v) {
   return s;
 }
 
+uint64_t as_nfs_io_size(const Value& v) {
+  const uint64_t n = as_size(v);
+  if (n < 4096 || n > (uint64_t(1) << 20)) {
+    refuse(fmt::format("must be between 4K and 1M, got {}", format_size(n)));
+  }
+  return n;
+}
+
 struct Setting {
   SettingInfo info;
   void (*set)(Config& cfg, const Value& v);
@@ -177,6 +185,32 @@ const Setting kSettings[] = {
     {{"backend.null.direct_io", "--null-direct-io", "BOOL",
       "null: open \"zero\" with FOPEN_DIRECT_IO, bypassing the page cache (default false)"},
      [](Config& cfg, const Value& v) { cfg.backend.null.direct_io = as_bool(v); }},
+    {{"backend.nfs.connections", "--nfs-connections", "N",
+      "nfs: TCP connections to the server, each with its own event-loop thread (1..64; default "
+      "1)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < 1 || n > 64) refuse(fmt::format("must be between 1 and 64, got {}", n));
+       cfg.backend.nfs.connections = uint32_t(n);
+     }},
+    {{"backend.nfs.timeout", "--nfs-timeout", "SECONDS",
+      "nfs: how long a request may wait for the server, reconnects and retries included, before "
+      "the tenant gets ETIMEDOUT (1..3600; default 30)"},
+     [](Config& cfg, const Value& v) {
+       const double s = as_seconds(v);
+       if (s < 1 || s > 3600) refuse(fmt::format("must be between 1 and 3600 seconds, got {}", s));
+       cfg.backend.nfs.timeout = s;
+     }},
+    {{"backend.nfs.rsize", "--nfs-rsize", "SIZE",
+      "nfs: largest READ sent, capped by the server's (4K..1M; default 1M)"},
+     [](Config& cfg, const Value& v) { cfg.backend.nfs.rsize = as_nfs_io_size(v); }},
+    {{"backend.nfs.wsize", "--nfs-wsize", "SIZE",
+      "nfs: largest WRITE sent, capped by the server's (4K..1M; default 1M)"},
+     [](Config& cfg, const Value& v) { cfg.backend.nfs.wsize = as_nfs_io_size(v); }},
+    {{"backend.nfs.max_unstable", "--nfs-max-unstable", "SIZE",
+      "nfs: bytes of UNSTABLE writes kept until COMMIT to be sent again if the server restarts; "
+      "past it writes are FILE_SYNC (default 64M)"},
+     [](Config& cfg, const Value& v) { cfg.backend.nfs.max_unstable = as_size(v); }},
     {{"fuse.mount", "--fuse-mount", "DIR",
       "mount point of the FUSE file system (default /tmp/dpfs, created if missing)"},
      [](Config& cfg, const Value& v) {
