@@ -24,6 +24,7 @@ nfs_excluded+=":PosixTest.ForgetThenLookupAgain:PosixTest.OTmpfileThenLinkat"
 nfs_excluded+=":PosixTest.RenameNoreplace:PosixTest.RenameExchange:PosixTest.RmdirOpenDirectory"
 nfs_excluded+=":PosixTest.SymlinkTargetPreservedExactly:PosixTest.UtimensatExplicitNanoseconds"
 nfs_excluded+=":PosixTest.UtimensatNoFollowChangesTheLink:PosixTest.StatfsAndFreeSpace"
+nfs_excluded+=":PosixTest.WriteAndTruncateByNonRootDropPrivileges"
 step "POSIX suites on the NFS backend (ganesha on loopback)"
 DPFS_TEST_BACKEND='nfs://127.0.0.1{dir}?version=3' build/dpfs_integration_tests \
   --gtest_filter="PosixTest.*:IoTest.*:ReaddirTest.*:LockTest.*-${nfs_excluded}"
