@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "backend/memfs/memfs.h"
+#include "backend/nfs/nfs.h"
 #include "backend/null/null.h"
 #include "remote/wire.h"
 
@@ -14,6 +15,7 @@ namespace {
 constexpr BackendType kTypes[] = {
     {"memfs", false, "an in-memory file system, empty at start"},
     {"null", false, "a root and one file of zeros that discards writes; for benchmarks"},
+    {"nfs", true, "an NFSv3 export: nfs://SERVER[:PORT]/EXPORT[?version=3]"},
     {"remote", true,
      "remote://HOST:PORT: forward every request to a dpfs server (dpfs serve --listen)"},
 };
@@ -45,6 +47,8 @@ void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
       throw std::invalid_argument(
           fmt::format("backend {} takes no argument, got '{}'", type, spec));
     }
+    // The URL is checked now, so a typo is refused with the other settings.
+    if (type == "nfs") nfs::parse_nfs_url(spec);
     if (t.name == "remote") {
       // "remote://HOST:PORT": the argument is "//HOST:PORT".
       try {
@@ -75,6 +79,18 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     options.file_size = cfg.null.file_size;
     options.direct_io = cfg.null.direct_io;
     return std::make_unique<NullBackend>(options);
+  }
+  if (cfg.type == "nfs") {
+    NfsOptions options;
+    options.url = nfs::parse_nfs_url("nfs:" + cfg.arg);
+    options.connections = cfg.nfs.connections;
+    options.timeout = std::chrono::milliseconds(int64_t(cfg.nfs.timeout * 1000));
+    options.rsize = uint32_t(cfg.nfs.rsize);
+    options.wsize = uint32_t(cfg.nfs.wsize);
+    options.max_unstable = cfg.nfs.max_unstable;
+    options.entry_timeout = cfg.entry_timeout;
+    options.attr_timeout = cfg.attr_timeout;
+    return std::make_unique<NfsBackend>(options);
   }
   if (cfg.type == "remote") {
     // The remote backend forwards whole FUSE requests (remote::Forwarder):

@@ -1,7 +1,7 @@
 // Choosing and building a backend from configuration.
 //
 // A backend is named by a spec, "type" or "type:argument" (later
-// "passthrough:/srv/dir", "nfs://server/export"). This file is the one place
+// "passthrough:/srv/dir"); an NFS export by its URL, "nfs://server/export". This file is the one place
 // that knows which types exist, what each needs, and how to construct it.
 //
 // Start-up only; make_backend() and parse_backend_spec() throw
@@ -31,6 +31,15 @@ struct BackendConfig {
     uint64_t file_size = 1ull << 40;
     bool direct_io = false;
   } null;
+
+  // nfs: `arg` is the URL without its "nfs:" ("//server/export?version=3").
+  struct Nfs {
+    uint32_t connections = 1;
+    double timeout = 30.0;  // seconds an RPC may go unanswered, retries included
+    uint64_t rsize = 1ull << 20;
+    uint64_t wsize = 1ull << 20;
+    uint64_t max_unstable = 64ull << 20;
+  } nfs;
 
   // The timeouts a backend reports to the kernel for names and attributes
   // (the [fuse] settings of the same names).

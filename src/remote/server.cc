@@ -420,11 +420,15 @@ fuse::FuseSession* Server::session_for(uint64_t id, uint32_t max_write, std::str
   return raw;
 }
 
-void Server::log_stats(const char* title) const {
+std::vector<std::string> Server::stats() const {
+  std::vector<std::string> lines;
   std::lock_guard lock(sessions_mu_);
   for (const auto& [id, session] : sessions_) {
-    server::log_stats(*session, fmt::format("{} (session {:016x})", title, id).c_str());
+    for (const std::string& line : server::format_stats(*session)) {
+      lines.push_back(fmt::format("session {:016x}: {}", id, line));
+    }
   }
+  return lines;
 }
 
 }  // namespace dpfs::remote

@@ -72,8 +72,9 @@ class Server {
 
   // The address actually bound (the port chosen when asked for port 0).
   const Endpoint& bound() const { return bound_; }
-  // Statistics lines of every session, for SIGUSR1 and the exit.
-  void log_stats(const char* title) const;
+  // Request statistics of every session ("session ID: LOOKUP 120 requests,
+  // ..."), for SIGUSR1, the stats socket and the exit.
+  std::vector<std::string> stats() const;
 
   class Connection;
 

@@ -107,6 +107,27 @@ constexpr uint64_t kMinMemfsCapacity = uint64_t(1) << 20;
 constexpr uint64_t kMaxFileSize = uint64_t(INT64_MAX);  // loff_t
 constexpr size_t kMaxSocketPath = 107;
 
+// A unix socket's path: sockaddr_un::sun_path holds 108 bytes with the
+// terminating NUL.
+std::string as_socket_path(const Value& v) {
+  const std::string& s = as_string(v);
+  if (s.empty()) refuse("must not be empty");
+  if (s.find('\0') != std::string::npos) refuse("must not contain NUL");
+  if (s.size() > kMaxSocketPath) {
+    refuse(fmt::format("must be at most {} bytes (sockaddr_un), got {}", kMaxSocketPath,
+                       s.size()));
+  }
+  return s;
+}
+
+uint64_t as_nfs_io_size(const Value& v) {
+  const uint64_t n = as_size(v);
+  if (n < 4096 || n > (uint64_t(1) << 20)) {
+    refuse(fmt::format("must be between 4K and 1M, got {}", format_size(n)));
+  }
+  return n;
+}
+
 struct Setting {
   SettingInfo info;
   void (*set)(Config& cfg, const Value& v);
@@ -134,6 +155,9 @@ const Setting kSettings[] = {
        }
        refuse(fmt::format("must be one of trace, debug, info, warn, error; got '{}'", s));
      }},
+    {{"stats_socket", "--stats-socket", "PATH",
+      "answer `dpfs stats PATH` with live statistics on this unix socket (default: none)"},
+     [](Config& cfg, const Value& v) { cfg.stats_socket = as_socket_path(v); }},
     {{"backend.type", "--backend", "TYPE[:ARG]", "the file system to serve (default memfs)"},
      [](Config& cfg, const Value& v) { parse_backend_spec(as_string(v), &cfg.backend); }},
     {{"backend.memfs.capacity", "--memfs-capacity", "SIZE",
@@ -163,6 +187,32 @@ const Setting kSettings[] = {
     {{"backend.null.direct_io", "--null-direct-io", "BOOL",
       "null: open \"zero\" with FOPEN_DIRECT_IO, bypassing the page cache (default false)"},
      [](Config& cfg, const Value& v) { cfg.backend.null.direct_io = as_bool(v); }},
+    {{"backend.nfs.connections", "--nfs-connections", "N",
+      "nfs: TCP connections to the server, each with its own event-loop thread (1..64; default "
+      "1)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < 1 || n > 64) refuse(fmt::format("must be between 1 and 64, got {}", n));
+       cfg.backend.nfs.connections = uint32_t(n);
+     }},
+    {{"backend.nfs.timeout", "--nfs-timeout", "SECONDS",
+      "nfs: how long a request may wait for the server, reconnects and retries included, before "
+      "the tenant gets ETIMEDOUT (1..3600; default 30)"},
+     [](Config& cfg, const Value& v) {
+       const double s = as_seconds(v);
+       if (s < 1 || s > 3600) refuse(fmt::format("must be between 1 and 3600 seconds, got {}", s));
+       cfg.backend.nfs.timeout = s;
+     }},
+    {{"backend.nfs.rsize", "--nfs-rsize", "SIZE",
+      "nfs: largest READ sent, capped by the server's (4K..1M; default 1M)"},
+     [](Config& cfg, const Value& v) { cfg.backend.nfs.rsize = as_nfs_io_size(v); }},
+    {{"backend.nfs.wsize", "--nfs-wsize", "SIZE",
+      "nfs: largest WRITE sent, capped by the server's (4K..1M; default 1M)"},
+     [](Config& cfg, const Value& v) { cfg.backend.nfs.wsize = as_nfs_io_size(v); }},
+    {{"backend.nfs.max_unstable", "--nfs-max-unstable", "SIZE",
+      "nfs: bytes of UNSTABLE writes kept until COMMIT to be sent again if the server restarts; "
+      "past it writes are FILE_SYNC (default 64M)"},
+     [](Config& cfg, const Value& v) { cfg.backend.nfs.max_unstable = as_size(v); }},
     {{"fuse.mount", "--fuse-mount", "DIR",
       "mount point of the FUSE file system (default /tmp/dpfs, created if missing)"},
      [](Config& cfg, const Value& v) {
@@ -197,15 +247,7 @@ const Setting kSettings[] = {
     {{"vhost_user.socket", "--vhost-user", "SOCK",
       "serve a virtio-fs device on this vhost-user socket, created by dpfs (default: none)"},
      [](Config& cfg, const Value& v) {
-       const std::string& s = as_string(v);
-       if (s.empty()) refuse("must not be empty");
-       if (s.find('\0') != std::string::npos) refuse("must not contain NUL");
-       // sockaddr_un::sun_path holds 108 bytes with the terminating NUL.
-       if (s.size() > kMaxSocketPath) {
-         refuse(fmt::format("must be at most {} bytes (sockaddr_un), got {}", kMaxSocketPath,
-                            s.size()));
-       }
-       cfg.vhost_user.socket = s;
+       cfg.vhost_user.socket = as_socket_path(v);
      }},
     {{"vhost_user.tag", "--tag", "TAG",
       "the virtio-fs tag the guest mounts (QEMU's vhost-user-fs-pci tag=; default dpfs)"},

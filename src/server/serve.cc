@@ -21,6 +21,7 @@
 #include "remote/server.h"
 #include "server/signals.h"
 #include "server/stats.h"
+#include "server/stats_socket.h"
 #include "server/version.h"
 #include "server/vhost_user_server.h"
 #include "transport/fuse_dev.h"
@@ -54,16 +55,18 @@ std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   return std::make_unique<remote::Server>(std::move(options), make_backend(cfg.backend));
 }
 
-void log_forwarder_stats(const remote::Forwarder& f, const std::string& title) {
+std::vector<std::string> forwarder_stats(const remote::Forwarder& f) {
   const remote::Forwarder::Counters& c = f.counters();
-  spdlog::info("{}: {} requests forwarded, {} resent, {} failed, {} connections made", title,
-               c.forwarded.load(), c.resent.load(), c.failed.load(), c.connects.load());
+  return {fmt::format("{} requests forwarded, {} resent, {} failed, {} connections made",
+                      c.forwarded.load(), c.resent.load(), c.failed.load(), c.connects.load())};
 }
 
-void log_device_stats(const VhostUserServer& d, const char* what) {
-  const std::string title = d.name() + ": " + what;
-  if (d.session()) log_stats(*d.session(), title.c_str());
-  if (d.forwarder()) log_forwarder_stats(*d.forwarder(), title);
+// A device's request lines: its session's, or its forwarder's.
+std::vector<std::string> request_stats(const fuse::FuseSession* session,
+                                       const remote::Forwarder* forwarder) {
+  if (session) return format_stats(*session);
+  if (forwarder) return forwarder_stats(*forwarder);
+  return {};
 }
 
 // The objects that serve one mount. The backend is built first, so that
@@ -120,9 +123,8 @@ class Daemon {
     device_.reset();
   }
 
-  void log_stats(const char* title) const {
-    if (session_) server::log_stats(*session_, title);
-    if (forwarder_) log_forwarder_stats(*forwarder_, title);
+  std::vector<std::string> stats() const {
+    return request_stats(session_.get(), forwarder_.get());
   }
   bool failed() const { return device_ && device_->failed(); }
   const std::string& mount_point() const { return mount_->mount_point(); }
@@ -165,6 +167,11 @@ int serve(const Config& cfg) {
 
   // Every socket is bound and every backend built before anything is
   // mounted: a start-up failure leaves nothing behind.
+  std::unique_ptr<StatsSocket> stats_socket;
+  if (!cfg.stats_socket.empty()) {
+    stats_socket = std::make_unique<StatsSocket>(cfg.stats_socket);
+    spdlog::info("statistics: dpfs stats {}", stats_socket->path());
+  }
   std::vector<std::unique_ptr<VhostUserServer>> devices;
   for (const DeviceConfig& d : cfg.devices) {
     devices.push_back(std::make_unique<VhostUserServer>(d, cfg, notifier(device_done.get())));
@@ -180,6 +187,22 @@ int serve(const Config& cfg) {
     spdlog::info("{}: in the guest: mount -t virtiofs {} /mnt", d->name(), d->tag());
   }
 
+  // What SIGUSR1 logs and the stats socket answers: per transport, the
+  // requests by opcode, and for each device its queues.
+  auto current_stats = [&] {
+    std::vector<std::string> lines;
+    auto add = [&](const std::string& who, const std::vector<std::string>& more) {
+      for (const std::string& line : more) lines.push_back(who + ": " + line);
+    };
+    if (fuse) add(fuse->mount_point(), fuse->stats());
+    for (const auto& d : devices) {
+      add(d->name(), request_stats(d->session(), d->forwarder()));
+      add(d->name(), d->queue_stats());
+    }
+    if (listener) add("remote", listener->stats());
+    return lines;
+  };
+
   auto all_devices_done = [&] {
     return std::all_of(devices.begin(), devices.end(), [](const auto& d) { return d->done(); });
   };
@@ -190,9 +213,11 @@ int serve(const Config& cfg) {
       spdlog::info("every transport is done; stopping");
       break;
     }
-    pollfd fds[3] = {
-        {signals.fd(), POLLIN, 0}, {fuse_stopped.get(), POLLIN, 0}, {device_done.get(), POLLIN, 0}};
-    if (::poll(fds, 3, -1) < 0) {
+    pollfd fds[4] = {{signals.fd(), POLLIN, 0},
+                     {fuse_stopped.get(), POLLIN, 0},
+                     {device_done.get(), POLLIN, 0},
+                     {stats_socket ? stats_socket->fd() : -1, POLLIN, 0}};
+    if (::poll(fds, 4, -1) < 0) {
       if (errno == EINTR) continue;
       spdlog::error("waiting for signals: {}", std::strerror(errno));
       status = 1;
@@ -218,16 +243,12 @@ int serve(const Config& cfg) {
         if (d->done() && d->failed()) status = 1;
       }
     }
+    if (fds[3].revents & POLLIN) stats_socket->answer(current_stats());
     if (fds[0].revents & POLLIN) {
       const int sig = signals.take();
       if (sig == 0) continue;
       if (sig == SIGUSR1) {
-        if (fuse) fuse->log_stats("stats");
-        if (listener) listener->log_stats("stats");
-        for (const auto& d : devices) {
-          log_device_stats(*d, "stats");
-          for (const std::string& line : d->queue_stats()) spdlog::info("{}: {}", d->name(), line);
-        }
+        for (const std::string& line : current_stats()) spdlog::info("stats: {}", line);
         continue;
       }
       spdlog::info("SIG{}: shutting down", sigabbrev_np(sig));
@@ -240,9 +261,17 @@ int serve(const Config& cfg) {
     d->stop();
   }
   if (listener) listener->stop();
-  if (fuse) fuse->log_stats("totals");
-  if (listener) listener->log_stats("totals");
-  for (const auto& d : devices) log_device_stats(*d, "totals");
+  if (fuse) {
+    for (const std::string& line : fuse->stats()) spdlog::info("totals: {}", line);
+  }
+  for (const auto& d : devices) {
+    for (const std::string& line : request_stats(d->session(), d->forwarder())) {
+      spdlog::info("{}: totals: {}", d->name(), line);
+    }
+  }
+  if (listener) {
+    for (const std::string& line : listener->stats()) spdlog::info("remote: totals: {}", line);
+  }
   return status;
 }
 

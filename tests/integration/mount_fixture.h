@@ -6,6 +6,8 @@
 // SetUpTestSuite and stops it in TearDownTestSuite, checking that it exits 0
 // and that the mount is gone); each test works in a directory of its own.
 //
+// DPFS_TEST_BACKEND="nfs://127.0.0.1{dir}?version=3" runs them on the NFS
+// backend against a real nfs-ganesha this process starts (nfs_server.h).
 // DPFS_TEST_ON_TMPFS=1 runs the same tests on a tmpfs mount instead of dpfs:
 // a way to check the tests themselves against a file system the kernel owns.
 // DPFS_TEST_SERVE_ARGS="--writeback-cache true" adds options to the daemon
@@ -775,6 +777,9 @@ class ServerProcess {
   int port_ = 0;
 };
 
+// nfs_server.h: a fresh directory exported by the test NFS server.
+inline std::string nfs_test_export(const std::string& hint, std::string* problem);
+
 class Mount {
  public:
   // Creates a private directory with the mount point `dir()` and the daemon log in it.
@@ -872,7 +877,13 @@ class Mount {
     if (const char* b = std::getenv("DPFS_TEST_BACKEND"); b && *b) backend = b;
     if (!backend_.empty()) backend = backend_;
     if (size_t at = backend.find("{dir}"); at != std::string::npos) {
-      const std::string exported = base_ + "/export";
+      std::string exported = base_ + "/export";
+      if (backend.starts_with("nfs://")) {
+        // A directory of the test NFS server's export (nfs_server.h).
+        std::string problem;
+        exported = nfs_test_export("mount", &problem);
+        if (!problem.empty()) ADD_FAILURE() << "the test NFS server: " << problem;
+      }
       ::mkdir(exported.c_str(), 0755);
       backend.replace(at, 5, exported);
     }
@@ -1142,3 +1153,5 @@ class MountTest : public ::testing::Test {
 };
 
 }  // namespace dpfs::itest
+
+#include "nfs_server.h"

@@ -1,0 +1,176 @@
+// The NFS backend: dpfs is the NFS client, the tenant mounts virtio-fs (or a
+// FUSE mount) and needs no NFS client, no route to the storage network and
+// no configuration of its own.
+//
+// NFSv3 over TCP through libnfs's asynchronous raw RPC API, which hands over
+// file handles and post-operation attributes directly: one FUSE request is
+// one RPC (READ and WRITE larger than the server's rtmax/wtmax are split and
+// the pieces sent together; a LOOKUP or creation whose answer lacks
+// attributes is followed by a GETATTR). Connections (Connection) each own a
+// libnfs context and an event-loop thread; metadata requests and COMMITs go
+// to the first, READs and WRITEs to each in turn.
+//
+// Inodes: NFS file handles are mapped to dpfs node ids (InodeTable), stable
+// while the kernel holds a lookup and never reused; st_ino is the server's
+// fileid, so a file shows the inode number it has on the server.
+//
+// Credentials: RPCs go out as root (AUTH_SYS 0/0; the export must not
+// squash root); permissions are checked by the kernel (default_permissions)
+// and what a tenant creates is given its uid and gid (the directory's group
+// in a set-group-ID directory) explicitly.
+//
+// Durability: WRITEs are UNSTABLE; what the server acknowledged is kept
+// until a COMMIT (on fsync, flush and release) and sent again FILE_SYNC when
+// the COMMIT's write verifier differs from the WRITE's (the server restarted
+// and may have lost it: RFC 1813 §3.3.7). Past max_unstable bytes kept,
+// WRITEs go FILE_SYNC.
+//
+// Not supported (NFSv3 has no such operations, or they need NLM): extended
+// attributes (ENOSYS, the kernel stops asking), POSIX and flock locks (the
+// kernel keeps them locally: not shared with other NFS clients), fallocate,
+// SEEK_DATA/SEEK_HOLE, copy_file_range (the kernel falls back to copying),
+// RENAME_NOREPLACE/EXCHANGE (EINVAL, as Linux's NFS client answers), O_TMPFILE.
+// A file removed (or replaced by a rename) while open is renamed to a hidden
+// name and removed at its last close, as NFS clients do (silly-rename); a
+// directory removed while open answers ESTALE, as with any NFS client.
+//
+// Safe for concurrent use by any number of workers.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/nfs/connection.h"
+#include "backend/nfs/inode_table.h"
+#include "backend/nfs/nfs3.h"
+
+namespace dpfs {
+
+struct NfsOptions {
+  nfs::NfsUrl url;
+  unsigned connections = 1;
+  std::chrono::milliseconds timeout{30000};  // an RPC unanswered this long fails ETIMEDOUT
+  uint32_t rsize = 1u << 20;                 // caps on the server's rtmax and wtmax
+  uint32_t wsize = 1u << 20;
+  uint64_t max_unstable = 64ull << 20;  // bytes of uncommitted writes kept for a resend
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+};
+
+class NfsBackend final : public Backend {
+ public:
+  // Connects and mounts (blocking: start-up only). Throws std::runtime_error
+  // or std::invalid_argument with one line for the operator.
+  explicit NfsBackend(NfsOptions options);
+  ~NfsBackend() override;
+
+  Capabilities capabilities() const override;
+
+  void lookup(const Context& ctx, uint64_t parent, std::string_view name,
+              EntryReply reply) override;
+  void forget(uint64_t ino, uint64_t nlookup) override;
+  void getattr(const Context& ctx, uint64_t ino, std::optional<uint64_t> fh,
+               AttrReply reply) override;
+  void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply) override;
+  void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply) override;
+  void symlink(const Context& ctx, uint64_t parent, std::string_view name,
+               std::string_view target, EntryReply reply) override;
+  void mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+             uint32_t rdev, uint32_t umask, EntryReply reply) override;
+  void mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+             uint32_t umask, EntryReply reply) override;
+  void unlink(const Context& ctx, uint64_t parent, std::string_view name,
+              StatusReply reply) override;
+  void rmdir(const Context& ctx, uint64_t parent, std::string_view name,
+             StatusReply reply) override;
+  void rename(const Context& ctx, uint64_t parent, std::string_view name, uint64_t new_parent,
+              std::string_view new_name, uint32_t flags, StatusReply reply) override;
+  void link(const Context& ctx, uint64_t ino, uint64_t new_parent, std::string_view new_name,
+            EntryReply reply) override;
+  void open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) override;
+  void read(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t size,
+            std::span<const iovec> dst, ReadReply reply) override;
+  void write(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+             std::span<const iovec> src, uint32_t write_flags, WriteReply reply) override;
+  void statfs(const Context& ctx, uint64_t ino, StatfsReply reply) override;
+  void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags, uint64_t lock_owner,
+               bool flock_unlock, StatusReply reply) override;
+  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+             StatusReply reply) override;
+  void flush(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t lock_owner,
+             StatusReply reply) override;
+  void opendir(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) override;
+  void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+               DirReply reply) override;
+  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+                StatusReply reply) override;
+  void access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply) override;
+  void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+              uint32_t umask, uint32_t flags, CreateReply reply) override;
+  void syncfs(const Context& ctx, uint64_t ino, StatusReply reply) override;
+
+ private:
+  struct NewNode;
+
+  // Metadata requests and COMMITs all go to the first connection, in the
+  // order they come: an OPEN's GETATTR cannot overtake an unlink or rename
+  // that hides the file it opens (hide_if_open). READs and WRITEs go to each
+  // connection in turn, so that parallel I/O, even to one file, uses them all.
+  nfs::Connection& connection_for(uint64_t) { return *connections_.front(); }
+  nfs::Connection& next_connection() {
+    return *connections_[next_connection_.fetch_add(1, std::memory_order_relaxed) %
+                         connections_.size()];
+  }
+  // The file handle of `ino`, or false after answering ESTALE on `reply`.
+  bool handle(uint64_t ino, std::string* fh, Reply& reply);
+  // An Entry for a handle the server just named (one lookup counted).
+  Entry make_entry(const std::string& fh, const struct stat& st);
+  // Creates `name` in `parent` (CREATE, MKDIR, MKNOD or SYMLINK by spec)
+  // and answers `then(error, entry)` on the parent's connection.
+  template <typename Then>
+  void make_node(const Context& ctx, uint64_t parent, std::string_view name, const NewNode& spec,
+                 Then then);
+  // The attributes of `fh`: those that came with an answer, or a GETATTR's.
+  template <typename Then>
+  void attributes_then(nfs::Connection& conn, const std::string& fh, const void* post_op_attr,
+                       Then then);
+  // COMMITs what `ino` has written UNSTABLE and sends again what the server
+  // may have lost; then `then(error)`.
+  template <typename Then>
+  void commit(uint64_t ino, Then then);
+  // Before a name is removed or replaced: if it names a file that is open,
+  // renames it to a hidden name instead, removed at its last close (as NFS
+  // clients do). then(error, hidden, doomed): `doomed` is the handle of the
+  // file about to go (opens of it wait), to be passed to undoom() once the
+  // removal or rename is answered.
+  template <typename Then>
+  void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name, Then then);
+  void remove(uint64_t parent, const std::string& dir, const std::string& name, bool directory,
+              StatusReply reply, std::string doomed);
+  void undoom(const std::string& fh);
+  void open_checked(uint64_t ino, const std::string& fh, uint32_t flags,
+                    std::shared_ptr<OpenReply> reply);
+  void reply_attr(uint64_t ino, struct stat st, AttrReply reply);
+  // Drops an open handle of `ino`; at the last one of a hidden file,
+  // removes it from the server. Then then().
+  template <typename Then>
+  void close_handle(uint64_t ino, uint64_t handle, Then then);
+  template <typename Then>
+  void resend(uint64_t ino, const std::string& fh, std::vector<nfs::UnstableWrite> writes,
+              Then then);
+
+  const NfsOptions options_;
+  std::vector<std::unique_ptr<nfs::Connection>> connections_;
+  std::unique_ptr<nfs::InodeTable> inodes_;
+  uint32_t rsize_ = 0;
+  uint32_t wsize_ = 0;
+  std::atomic<uint64_t> next_connection_{0};
+  std::atomic<uint64_t> next_fh_{1};  // directory handles, suffixes of hidden names
+};
+
+}  // namespace dpfs

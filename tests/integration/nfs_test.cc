@@ -1,0 +1,347 @@
+// The NFS backend against a real server: nfs-ganesha (VFS) on 127.0.0.1,
+// started by the test (nfs_server.h). Files and directories made through the
+// dpfs mount are compared with the exported directory on disk; errors come
+// back as an NFS client's errno; the server is killed and restarted in the
+// middle of a write workload and every acknowledged byte is checked; a
+// stopped server gives the tenant ETIMEDOUT/EIO within the configured
+// timeout, never a hang.
+#include <sys/sysmacros.h>
+#include <sys/statvfs.h>
+
+#include <atomic>
+#include <map>
+
+#include "mount_fixture.h"
+#include "nfs_server.h"
+
+namespace dpfs::itest {
+namespace {
+
+constexpr int kNfsTimeoutSeconds = 3;
+
+class NfsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string problem = environment_problem();
+    ASSERT_TRUE(problem.empty()) << problem;
+    server_ = &NfsServer::shared(&problem);
+    ASSERT_TRUE(problem.empty()) << problem;
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    export_ = server_->fresh_dir(info->name());
+    ASSERT_FALSE(export_.empty()) << "cannot create a directory in " << server_->export_dir();
+    mount_ = std::make_unique<Mount>();
+    std::string started = mount_->start_dpfs(
+        {"serve", "--backend", NfsServer::url(export_), "--fuse-mount", mount_->dir(),
+         "--nfs-timeout", std::to_string(kNfsTimeoutSeconds), "--nfs-connections", "2",
+         "--entry-timeout", "0",
+         "--attr-timeout", "0"});
+    ASSERT_TRUE(started.empty()) << started;
+    mnt_ = mount_->dir();
+  }
+
+  void TearDown() override {
+    if (mount_) {
+      close_fds_under(mount_->dir());
+      std::string stopped = mount_->stop(SIGTERM, 20s);
+      EXPECT_TRUE(stopped.empty()) << stopped;
+    }
+    // A test that stopped the server leaves it running again for the next.
+    if (server_ != nullptr && !server_->running()) {
+      std::string e = server_->start();
+      EXPECT_TRUE(e.empty()) << e;
+    }
+  }
+
+  std::string m(const std::string& name) const { return mnt_ + "/" + name; }
+  // lstat that must succeed.
+  struct stat lst(const std::string& p) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0) ADD_FAILURE() << "lstat " << p << ": " << errname(errno);
+    return st;
+  }
+  std::string d(const std::string& name) const { return export_ + "/" + name; }
+
+  NfsServer* server_ = nullptr;
+  std::unique_ptr<Mount> mount_;
+  std::string export_, mnt_;
+};
+
+// Differences between the tree at `a` (through dpfs) and `b` (on disk):
+// names, types, modes, owners, sizes, link counts, inode numbers, content
+// and link targets. "" if none.
+std::string compare_trees(const std::string& a, const std::string& b) {
+  std::ostringstream diff;
+  auto names = [](const std::string& dir) {
+    auto v = list_dir(dir);
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  const auto na = names(a), nb = names(b);
+  if (na != nb) {
+    diff << a << " and " << b << " list different names (" << na.size() << " vs " << nb.size()
+         << ")\n";
+    return diff.str();
+  }
+  for (const std::string& n : na) {
+    const std::string pa = a + "/" + n, pb = b + "/" + n;
+    struct stat sa {}, sb {};
+    if (::lstat(pa.c_str(), &sa) != 0 || ::lstat(pb.c_str(), &sb) != 0) {
+      diff << "lstat " << pa << " or " << pb << ": " << errname(errno) << "\n";
+      continue;
+    }
+    if (sa.st_mode != sb.st_mode) diff << pa << ": mode " << std::oct << sa.st_mode << " vs " << sb.st_mode << std::dec << "\n";
+    if (sa.st_uid != sb.st_uid || sa.st_gid != sb.st_gid) diff << pa << ": owner differs\n";
+    if (sa.st_ino != sb.st_ino) diff << pa << ": st_ino " << sa.st_ino << " vs " << sb.st_ino << "\n";
+    if (sa.st_nlink != sb.st_nlink) diff << pa << ": nlink " << sa.st_nlink << " vs " << sb.st_nlink << "\n";
+    if (S_ISREG(sa.st_mode)) {
+      if (sa.st_size != sb.st_size) diff << pa << ": size " << sa.st_size << " vs " << sb.st_size << "\n";
+      auto ca = read_file(pa), cb = read_file(pb);
+      if (!ca || !cb || *ca != *cb) diff << pa << ": content differs from the export\n";
+    } else if (S_ISLNK(sa.st_mode)) {
+      char ta[PATH_MAX + 1] = {}, tb[PATH_MAX + 1] = {};
+      if (::readlink(pa.c_str(), ta, PATH_MAX) < 0 || ::readlink(pb.c_str(), tb, PATH_MAX) < 0 ||
+          std::string(ta) != tb) {
+        diff << pa << ": link target differs\n";
+      }
+    } else if (S_ISDIR(sa.st_mode)) {
+      diff << compare_trees(pa, pb);
+    } else if (sa.st_rdev != sb.st_rdev) {
+      diff << pa << ": rdev differs\n";
+    }
+  }
+  return diff.str();
+}
+
+TEST_F(NfsTest, TreeMadeThroughDpfsIsTheExportOnDisk) {
+  ASSERT_SYS(mkdir(m("dir").c_str(), 0750));
+  ASSERT_SYS(mkdir(m("dir/sub").c_str(), 0700));
+  // Sizes around the page, the FUSE and the NFS transfer sizes.
+  const std::vector<size_t> sizes = {0, 1, 4095, 4096, 65537, (1u << 20) + 3, 5u << 20};
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    ASSERT_EQ(write_file(m("dir/f" + std::to_string(i)), pattern(i, 0, sizes[i]), 0640), 0);
+  }
+  ASSERT_SYS(symlink("f1", m("dir/link").c_str()));
+  ASSERT_SYS(link(m("dir/f2").c_str(), m("dir/sub/hard").c_str()));
+  ASSERT_SYS(mknod(m("dir/fifo").c_str(), S_IFIFO | 0600, 0));
+  ASSERT_SYS(mknod(m("dir/chr").c_str(), S_IFCHR | 0600, makedev(1, 3)));
+  ASSERT_SYS(rename(m("dir/f3").c_str(), m("dir/sub/moved").c_str()));
+  ASSERT_SYS(unlink(m("dir/f4").c_str()));
+  ASSERT_SYS(chmod(m("dir/f5").c_str(), 0604));
+  ASSERT_SYS(chown(m("dir/f6").c_str(), kUser1.uid, kUser1.gid));
+  ASSERT_SYS(truncate(m("dir/f6").c_str(), 12345));
+  // Made by another user: the file is theirs on the server too.
+  ASSERT_SYS(chmod(m("dir").c_str(), 0777));
+  EXPECT_SYS(as_user(kUser2, [&] {
+    int fd = ::open(m("dir/theirs").c_str(), O_CREAT | O_WRONLY, 0644);
+    return fd < 0 ? -1 : ::close(fd);
+  }));
+  EXPECT_EQ(compare_trees(mnt_, export_), "");
+  struct stat st = lst(d("dir/theirs"));
+  EXPECT_EQ(st.st_uid, kUser2.uid);
+  EXPECT_EQ(st.st_gid, kUser2.gid);
+  EXPECT_EQ(lst(d("dir/sub/hard")).st_nlink, 2u);
+  EXPECT_EQ(lst(d("dir/f6")).st_size, 12345);
+}
+
+// Files changed on the server by someone else are seen through dpfs (no
+// stale cache with zero timeouts), and inode numbers stay those of the
+// server across lookups and forgets.
+TEST_F(NfsTest, InodeNumbersAreTheServersAndStable) {
+  ASSERT_EQ(write_file(m("a"), "one"), 0);
+  const ino_t first = lst(m("a")).st_ino;
+  EXPECT_EQ(first, lst(d("a")).st_ino);
+  sync();
+  ASSERT_EQ(write_file("/proc/sys/vm/drop_caches", "2"), 0);
+  std::this_thread::sleep_for(200ms);  // FORGETs are asynchronous
+  EXPECT_EQ(lst(m("a")).st_ino, first) << "a lookup after FORGET gives the same inode";
+  ASSERT_SYS(rename(m("a").c_str(), m("b").c_str()));
+  EXPECT_EQ(lst(m("b")).st_ino, first) << "rename keeps the inode";
+  // readdir's d_ino is st_ino.
+  DIR* dir = opendir(mnt_.c_str());
+  ASSERT_NE(dir, nullptr);
+  bool seen = false;
+  while (dirent* de = readdir(dir)) {
+    if (std::string(de->d_name) == "b") {
+      seen = true;
+      EXPECT_EQ(de->d_ino, first);
+    }
+  }
+  closedir(dir);
+  EXPECT_TRUE(seen);
+}
+
+TEST_F(NfsTest, ErrorsAreAnNfsClientsErrno) {
+  ASSERT_SYS(mkdir(m("full").c_str(), 0755));
+  ASSERT_EQ(write_file(m("full/x"), "x"), 0);
+  ASSERT_SYS(mkdir(m("empty").c_str(), 0755));
+  ASSERT_EQ(write_file(m("file"), "f"), 0);
+  struct stat st;
+  EXPECT_ERRNO(ENOENT, stat(m("missing").c_str(), &st));
+  EXPECT_ERRNO(ENOTEMPTY, rmdir(m("full").c_str()));                // NFS3ERR_NOTEMPTY
+  EXPECT_ERRNO(EEXIST, mkdir(m("full").c_str(), 0755));             // NFS3ERR_EXIST
+  EXPECT_ERRNO(ENOTDIR, mkdir(m("file/sub").c_str(), 0755));
+  EXPECT_ERRNO(ENOTEMPTY, rename(m("empty").c_str(), m("full").c_str()));
+  EXPECT_ERRNO(EINVAL, renameat2(AT_FDCWD, m("file").c_str(), AT_FDCWD, m("other").c_str(),
+                                 RENAME_NOREPLACE))
+      << "NFSv3 cannot refuse to replace atomically; Linux's NFS client says EINVAL";
+  EXPECT_ERRNO(ENAMETOOLONG, symlink(std::string(2000, 'x').c_str(), m("long").c_str()))
+      << "NFS3_MAXPATHLEN is 1024";
+  int fd = open(m("file").c_str(), O_WRONLY);
+  ASSERT_SYS(fd);
+  EXPECT_ERRNO(EFBIG, ftruncate(fd, INT64_MAX / 2)) << "the server's maxfilesize";
+  close(fd);
+  // A directory removed while open is gone on the server: ESTALE, as with
+  // any NFS client.
+  int dfd = open(m("empty").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_SYS(dfd);
+  ASSERT_SYS(rmdir(m("empty").c_str()));
+  EXPECT_ERRNO(ESTALE, fstat(dfd, &st));
+  close(dfd);
+  // Statfs is the exported file system's.
+  struct statvfs a {}, b {};
+  ASSERT_SYS(statvfs(mnt_.c_str(), &a));
+  ASSERT_SYS(statvfs(export_.c_str(), &b));
+  EXPECT_NEAR(double(a.f_blocks) * a.f_frsize, double(b.f_blocks) * b.f_frsize,
+              double(b.f_blocks) * b.f_frsize * 0.01);
+}
+
+// A file removed (or replaced) while open stays usable, as NFS clients keep
+// it (silly-rename), and disappears from the server at its last close.
+TEST_F(NfsTest, RemovedWhileOpenLivesUntilLastClose) {
+  ASSERT_EQ(write_file(m("f"), "still here"), 0);
+  int fd = open(m("f").c_str(), O_RDWR);
+  ASSERT_SYS(fd);
+  ASSERT_SYS(unlink(m("f").c_str()));
+  EXPECT_TRUE(list_dir(mnt_).empty()) << "the hidden name is not listed";
+  EXPECT_EQ(list_dir(export_).size(), 1u) << "but kept on the server while open";
+  char buf[16] = {};
+  EXPECT_EQ(pread(fd, buf, sizeof buf, 0), 10);
+  EXPECT_EQ(std::string(buf), "still here");
+  struct stat st;
+  ASSERT_SYS(fstat(fd, &st));
+  EXPECT_EQ(st.st_nlink, 0u);
+  ASSERT_SYS(close(fd));
+  // RELEASE is asynchronous: give it a moment.
+  for (int i = 0; i < 100 && !list_dir(export_).empty(); ++i) std::this_thread::sleep_for(20ms);
+  EXPECT_TRUE(list_dir(export_).empty()) << "removed on the server at the last close";
+}
+
+// The server is killed (a crash: no clean shutdown) and restarted while a
+// writer is writing; every write acknowledged to the tenant must be in the
+// file on the server afterwards. Writes acknowledged UNSTABLE before the
+// crash are sent again at fsync because the server's write verifier changed.
+TEST_F(NfsTest, ServerRestartDuringWritesLosesNoAcknowledgedByte) {
+  constexpr size_t kChunk = 64 << 10;
+  constexpr size_t kChunks = 160;  // 10 MiB
+  int fd = open(m("data").c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  ASSERT_SYS(fd);
+  std::vector<int> result(kChunks, -1);  // errno of each chunk's write; 0 acknowledged
+  std::atomic<size_t> written{0};
+  std::thread writer([&] {
+    for (size_t i = 0; i < kChunks; ++i) {
+      const std::string data = pattern(42, i * kChunk, kChunk);
+      result[i] = pwrite_all(fd, data.data(), data.size(), off_t(i * kChunk));
+      written = i + 1;
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  while (written < kChunks / 3) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(server_->stop(SIGKILL), "");
+  std::this_thread::sleep_for(500ms);
+  const std::string restarted = server_->start();
+  writer.join();
+  ASSERT_EQ(restarted, "");
+  const int fsync_rc = fsync(fd);
+  EXPECT_EQ(fsync_rc, 0) << errname(errno);
+  EXPECT_EQ(close(fd), 0) << errname(errno);
+  size_t acknowledged = 0;
+  for (size_t i = 0; i < kChunks; ++i) {
+    if (result[i] == 0) ++acknowledged;
+    else EXPECT_TRUE(result[i] == EIO || result[i] == ETIMEDOUT) << errname(result[i]);
+  }
+  // The outage is shorter than the timeout: nothing should have failed.
+  EXPECT_EQ(acknowledged, kChunks);
+  auto on_disk = read_file(d("data"));
+  ASSERT_TRUE(on_disk.has_value());
+  for (size_t i = 0; i < kChunks; ++i) {
+    if (result[i] != 0) continue;
+    ASSERT_GE(on_disk->size(), (i + 1) * kChunk) << "chunk " << i << " is missing";
+    ASSERT_EQ(check_pattern(std::string_view(*on_disk).substr(i * kChunk, kChunk), 42,
+                            i * kChunk),
+              "")
+        << "acknowledged chunk " << i;
+  }
+  EXPECT_NE(mount_->log().find("write verifier changed"), std::string::npos)
+      << "the writes acknowledged before the crash were not sent again; daemon log:\n"
+      << mount_->log();
+}
+
+// With the server gone, requests fail within the configured timeout
+// (ETIMEDOUT, or EIO) instead of hanging; once it is back, they succeed.
+TEST_F(NfsTest, StoppedServerGivesTimeoutNotHang) {
+  ASSERT_EQ(write_file(m("f"), "data"), 0);
+  ASSERT_EQ(server_->stop(SIGKILL), "");
+  const auto start = std::chrono::steady_clock::now();
+  struct stat st;
+  const SysResult r = DPFS_CAPTURE(stat(m("new-name").c_str(), &st));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(r.rc, -1);
+  EXPECT_TRUE(r.err == ETIMEDOUT || r.err == EIO) << errname(r.err);
+  EXPECT_LT(took, kNfsTimeoutSeconds + 2.0) << "the tenant waited longer than the timeout";
+  EXPECT_GT(took, kNfsTimeoutSeconds - 1.0) << "gave up before the timeout";
+  const SysResult w = DPFS_CAPTURE(write_file(m("g"), "x") == 0 ? 0 : -1);
+  EXPECT_EQ(w.rc, -1) << "a create with no server succeeded";
+  ASSERT_EQ(server_->start(), "");
+  EXPECT_EQ(read_file(m("f")).value_or("<error>"), "data") << "dpfs reconnected";
+  EXPECT_EQ(write_file(m("h"), "after"), 0);
+  EXPECT_EQ(read_file(d("h")).value_or("<error>"), "after");
+}
+
+// SIGTERM while the server is gone (with a write not yet committed): the
+// daemon still unmounts and exits 0, within the NFS timeout.
+TEST_F(NfsTest, DaemonStopsCleanlyWhileTheServerIsGone) {
+  int fd = open(m("f").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_SYS(fd);
+  ASSERT_EQ(pwrite_all(fd, "unstable", 8, 0), 0);
+  ASSERT_EQ(server_->stop(SIGKILL), "");
+  // close() commits: with no server, it fails within the timeout.
+  const auto start = std::chrono::steady_clock::now();
+  const SysResult c = DPFS_CAPTURE(close(fd));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(c.rc, -1) << "close committed with no server";
+  EXPECT_TRUE(c.err == ETIMEDOUT || c.err == EIO) << errname(c.err);
+  EXPECT_LT(took, kNfsTimeoutSeconds + 2.0);
+  std::string stopped = mount_->stop(SIGTERM, 20s);
+  EXPECT_EQ(stopped, "");
+  mount_.reset();
+}
+
+// Start-up errors name what to fix, on one line.
+TEST(NfsCliTest, BadSpecsAndUnreachableServersAreOneLineErrors) {
+  std::string problem = environment_problem();
+  ASSERT_TRUE(problem.empty()) << problem;
+  Mount mount;
+  struct Case {
+    std::string spec;
+    std::string mention;
+  };
+  const std::vector<Case> cases = {
+      {"nfs://", "no export path"},
+      {"nfs://host:99999/export", "bad port"},
+      {"nfs://127.0.0.1/x?version=2", "unknown option"},
+      {"nfs://127.0.0.1/x?version=4", "version 3"},
+      // Nothing listens on port 1: the mount fails, naming the server.
+      {"nfs://127.0.0.1:1/nowhere", "127.0.0.1"},
+  };
+  for (const Case& c : cases) {
+    RunResult r = run({dpfs_binary(), "serve", "--backend", c.spec, "--fuse-mount", mount.dir()},
+                      30s);
+    EXPECT_FALSE(r.timed_out) << c.spec;
+    EXPECT_NE(r.exit_code(), 0) << c.spec << ": " << r.describe();
+    EXPECT_EQ(lines_of(r.err).size(), 1u) << c.spec << ": " << r.describe();
+    EXPECT_NE(r.err.find(c.mention), std::string::npos) << c.spec << ": " << r.describe();
+  }
+}
+
+}  // namespace
+}  // namespace dpfs::itest

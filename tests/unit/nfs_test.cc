@@ -1,0 +1,204 @@
+// The NFS backend's pure parts: URL parsing, NFSv3 status and attribute
+// conversion, the node-id table (lookup counts, forget, open handles, the
+// UNSTABLE write log), and its settings. The backend against a real server
+// is tested in tests/integration/nfs_test.cc.
+#include <gtest/gtest.h>
+
+// clang-format off: libnfs's headers depend on this order.
+#include <nfsc/libnfs.h>
+#include <nfsc/libnfs-raw.h>
+#include <nfsc/libnfs-raw-nfs.h>
+// clang-format on
+
+#include <sys/sysmacros.h>
+
+#include <cerrno>
+#include <stdexcept>
+
+#include "backend/factory.h"
+#include "backend/nfs/inode_table.h"
+#include "backend/nfs/nfs3.h"
+#include "server/config.h"
+
+namespace dpfs::nfs {
+namespace {
+
+TEST(NfsUrl, Parses) {
+  NfsUrl u = parse_nfs_url("nfs://server.example/srv/export?version=3");
+  EXPECT_EQ(u.server, "server.example");
+  EXPECT_EQ(u.port, 0);
+  EXPECT_EQ(u.export_path, "/srv/export");
+  EXPECT_EQ(u.version, 3);
+  u = parse_nfs_url("nfs://10.0.0.1:2049/x");
+  EXPECT_EQ(u.server, "10.0.0.1");
+  EXPECT_EQ(u.port, 2049);
+  EXPECT_EQ(u.export_path, "/x");
+  EXPECT_EQ(parse_nfs_url("nfs://h/x?version=4").version, 4);
+}
+
+TEST(NfsUrl, RefusesWhatIsNotAnExport) {
+  for (const char* bad : {"nfs:/h/x", "http://h/x", "nfs://", "nfs://h", "nfs://h/", "nfs:///x",
+                          "nfs://h:0/x", "nfs://h:70000/x", "nfs://h:port/x", "nfs://h/x?v=3",
+                          "nfs://h/x?version=2"}) {
+    EXPECT_THROW(parse_nfs_url(bad), std::invalid_argument) << bad;
+  }
+}
+
+TEST(Nfs3, StatusToErrnoAsLinuxNfsClient) {
+  EXPECT_EQ(nfs3_errno(NFS3_OK), 0);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_NOENT), ENOENT);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_ACCES), EACCES);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_EXIST), EEXIST);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_NOTEMPTY), ENOTEMPTY);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_NAMETOOLONG), ENAMETOOLONG);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_STALE), ESTALE);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_BADHANDLE), ESTALE);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_NOTSUPP), EOPNOTSUPP);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_DQUOT), EDQUOT);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_FBIG), EFBIG);
+  EXPECT_EQ(nfs3_errno(NFS3ERR_SERVERFAULT), EREMOTEIO);
+  EXPECT_EQ(nfs3_errno(123456), EIO) << "an unknown status is an I/O error";
+  EXPECT_EQ(rpc_errno(RPC_STATUS_SUCCESS), 0);
+  EXPECT_EQ(rpc_errno(RPC_STATUS_TIMEOUT), ETIMEDOUT);
+  EXPECT_EQ(rpc_errno(RPC_STATUS_ERROR), EIO);
+  EXPECT_EQ(rpc_errno(RPC_STATUS_CANCEL), EIO);
+}
+
+TEST(Nfs3, AttributesToStat) {
+  fattr3 a{};
+  a.type = NF3CHR;
+  a.mode = 0104755;  // bits above 07777 are not the type: dropped
+  a.nlink = 3;
+  a.uid = 1000;
+  a.gid = 100;
+  a.size = 12345;
+  a.used = 8192;
+  a.rdev = {4, 64};
+  a.fileid = 987654321;
+  a.mtime = {1700000000, 123};
+  struct stat st = to_stat(a);
+  EXPECT_EQ(st.st_mode, S_IFCHR | 04755);
+  EXPECT_EQ(st.st_nlink, 3u);
+  EXPECT_EQ(st.st_uid, 1000u);
+  EXPECT_EQ(st.st_size, 12345);
+  EXPECT_EQ(st.st_blocks, 16);
+  EXPECT_EQ(st.st_rdev, makedev(4, 64));
+  EXPECT_EQ(st.st_ino, 987654321u);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1700000000);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 123);
+}
+
+TEST(Nfs3, SattrSetsOnlyWhatIsValid) {
+  SetAttr attr;
+  attr.valid = SetAttr::kMode | SetAttr::kMtime | SetAttr::kMtimeNow | SetAttr::kAtime;
+  attr.mode = S_IFREG | 0640;
+  attr.atime = {5, 6};
+  sattr3 s;
+  to_sattr3(attr, &s);
+  EXPECT_TRUE(s.mode.set_it);
+  EXPECT_EQ(s.mode.set_mode3_u.mode, 0640u);
+  EXPECT_FALSE(s.uid.set_it);
+  EXPECT_FALSE(s.gid.set_it);
+  EXPECT_FALSE(s.size.set_it);
+  EXPECT_EQ(s.mtime.set_it, SET_TO_SERVER_TIME);
+  EXPECT_EQ(s.atime.set_it, SET_TO_CLIENT_TIME);
+  EXPECT_EQ(s.atime.set_atime_u.atime.seconds, 5u);
+  EXPECT_EQ(s.atime.set_atime_u.atime.nseconds, 6u);
+}
+
+TEST(InodeTable, SameHandleSameIdUntilForgotten) {
+  InodeTable t("root");
+  std::string fh;
+  ASSERT_TRUE(t.find(kRootIno, &fh));
+  EXPECT_EQ(fh, "root");
+  const uint64_t a = t.remember("fh-a", S_IFREG | 0644, 0);
+  EXPECT_NE(a, kRootIno);
+  EXPECT_EQ(t.remember("fh-a", S_IFREG | 0644, 0), a) << "a second lookup, the same id";
+  EXPECT_EQ(t.remember("root", S_IFDIR | 0755, 0), kRootIno);
+  const uint64_t b = t.remember("fh-b", S_IFREG | 0644, 0);
+  EXPECT_NE(b, a);
+  t.forget(a, 1);
+  EXPECT_TRUE(t.find(a, &fh)) << "one lookup left";
+  t.forget(a, 1);
+  EXPECT_FALSE(t.find(a, &fh)) << "forgotten: ESTALE";
+  EXPECT_NE(t.remember("fh-a", S_IFREG | 0644, 0), a) << "ids are never reused";
+  t.forget(kRootIno, 100);
+  EXPECT_TRUE(t.find(kRootIno, &fh)) << "the root is never forgotten";
+  EXPECT_FALSE(t.find(0, &fh));
+  EXPECT_FALSE(t.find(999999, &fh)) << "an id never given out";
+}
+
+TEST(InodeTable, OpenFilesOutliveTheirLookupsAndHiddenOnesAreReturnedAtLastClose) {
+  InodeTable t("root");
+  const uint64_t a = t.remember("fh-a", S_IFREG | 0644, 0);
+  EXPECT_EQ(t.open_id("fh-a"), 0u);
+  const uint64_t h1 = t.open(a);
+  const uint64_t h2 = t.open(a);
+  ASSERT_NE(h1, 0u);
+  ASSERT_NE(h2, h1);
+  EXPECT_EQ(t.open(12345), 0u) << "not a live id";
+  EXPECT_TRUE(t.has_handle(a, h1));
+  EXPECT_FALSE(t.has_handle(a, h1 + h2)) << "a handle never given out";
+  EXPECT_FALSE(t.has_handle(kRootIno, h1)) << "another file's handle";
+  EXPECT_EQ(t.open_id("fh-a"), a);
+  t.hide(a, {"dir", ".dpfs-removed-1"});
+  EXPECT_TRUE(t.hidden(a));
+  t.forget(a, 1);
+  std::string fh;
+  EXPECT_TRUE(t.find(a, &fh)) << "still open";
+  std::optional<InodeTable::Hidden> hidden;
+  EXPECT_FALSE(t.close(kRootIno, h1, &hidden)) << "a handle closed through another id";
+  EXPECT_TRUE(t.close(a, h1, &hidden));
+  EXPECT_FALSE(hidden.has_value()) << "one handle left";
+  EXPECT_FALSE(t.close(a, h1, &hidden)) << "closed twice";
+  EXPECT_TRUE(t.close(a, h2, &hidden));
+  ASSERT_TRUE(hidden.has_value());
+  EXPECT_EQ(hidden->name, ".dpfs-removed-1");
+  EXPECT_FALSE(t.find(a, &fh)) << "no lookups, no handles: gone";
+}
+
+TEST(InodeTable, UnstableWritesAreKeptTrimmedAndCounted) {
+  InodeTable t("root");
+  const uint64_t a = t.remember("fh-a", S_IFREG | 0644, 0);
+  t.add_unstable(a, {0, std::string(100, 'x'), {}});
+  t.add_unstable(a, {100, std::string(100, 'y'), {}});
+  EXPECT_EQ(t.unstable_bytes(), 200u);
+  t.truncate_unstable(a, 150);
+  EXPECT_EQ(t.unstable_bytes(), 150u) << "nothing past a truncation is sent again";
+  t.forget(a, 1);
+  std::string fh;
+  EXPECT_TRUE(t.find(a, &fh)) << "kept while writes are uncommitted";
+  auto writes = t.take_unstable(a);
+  ASSERT_EQ(writes.size(), 2u);
+  EXPECT_EQ(writes[1].data.size(), 50u);
+  EXPECT_EQ(t.unstable_bytes(), 0u);
+  EXPECT_FALSE(t.find(a, &fh)) << "committed and forgotten: gone";
+}
+
+TEST(NfsConfig, SpecAndSettings) {
+  BackendConfig cfg;
+  parse_backend_spec("nfs://127.0.0.1/srv?version=3", &cfg);
+  EXPECT_EQ(cfg.type, "nfs");
+  EXPECT_EQ(cfg.arg, "//127.0.0.1/srv?version=3");
+  EXPECT_THROW(parse_backend_spec("nfs://127.0.0.1", &cfg), std::invalid_argument);
+  EXPECT_THROW(parse_backend_spec("nfs", &cfg), std::invalid_argument);
+  server::Config c;
+  server::apply_toml(c,
+                     "[backend]\ntype = \"nfs://h/x\"\n[backend.nfs]\nconnections = 4\n"
+                     "timeout = 2.5\nrsize = \"64K\"\nwsize = 32768\nmax_unstable = \"8M\"\n",
+                     "t");
+  EXPECT_EQ(c.backend.type, "nfs");
+  EXPECT_EQ(c.backend.nfs.connections, 4u);
+  EXPECT_DOUBLE_EQ(c.backend.nfs.timeout, 2.5);
+  EXPECT_EQ(c.backend.nfs.rsize, 65536u);
+  EXPECT_EQ(c.backend.nfs.wsize, 32768u);
+  EXPECT_EQ(c.backend.nfs.max_unstable, 8u << 20);
+  for (const char* bad : {"[backend.nfs]\nconnections = 0\n", "[backend.nfs]\ntimeout = 0\n",
+                          "[backend.nfs]\nrsize = \"2M\"\n", "[backend.nfs]\nwsize = 100\n"}) {
+    server::Config d;
+    EXPECT_THROW(server::apply_toml(d, bad, "t"), server::ConfigError) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace dpfs::nfs
