@@ -111,9 +111,9 @@ w("")
 w("### Results")
 w("")
 w("ops/s counts FUSE requests (open-read: OPEN, READ, RELEASE are three ops;")
-w("lookup: LOOKUP and GETATTR two; metadata: CREATE, SETATTR, RELEASE, UNLINK")
-w("four). Ratios are dpfs over virtiofsd for ops/s and virtiofsd over dpfs for")
-w("CPU per op (above 1: dpfs is better).")
+w("lookup: LOOKUP, GETATTR, FORGET three; metadata: CREATE, SETATTR, RELEASE,")
+w("UNLINK, FORGET five). Ratios are dpfs over virtiofsd for ops/s and virtiofsd")
+w("over dpfs for CPU per op (above 1: dpfs is better).")
 w("")
 w("| job | dpfs ops/s | virtiofsd ops/s | ops ratio | dpfs MB/s | virtiofsd MB/s "
   "| dpfs p50 / p99 µs | virtiofsd p50 / p99 µs | dpfs CPU µs/op | virtiofsd CPU µs/op "
