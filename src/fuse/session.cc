@@ -1110,8 +1110,10 @@ bool DirReply::add(std::string_view name, uint64_t ino, uint32_t type, uint64_t 
 bool DirReply::add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) {
   fuse_entry_out out;
   fuse::fill_entry(entry, &out);
-  return add_dirent(req_, &out, name, entry.ino, (entry.attr.st_mode & S_IFMT) >> 12,
-                    next_offset);
+  // d_ino is the inode number stat shows (attr.ino), which need not be the
+  // node id: a passthrough backend's node ids are its own.
+  return add_dirent(req_, &out, name, uint64_t(entry.attr.st_ino),
+                    (entry.attr.st_mode & S_IFMT) >> 12, next_offset);
 }
 
 void DirReply::done() {
