@@ -19,10 +19,15 @@ ctest --test-dir build --output-on-failure --timeout 900
 step "build (ASan+UBSan)"
 BUILD_TYPE=Debug bash scripts/build.sh build-asan -DDPFS_SANITIZE=ON
 step "tests under ASan+UBSan"
+# Every test, but of the guest tests (TCG guests, 20-40 s each, the same
+# device code as the RelWithDebInfo pass ran) only those where front-ends
+# misbehave or vanish; dpfs-bench's hostile cases drive the device directly.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  GTEST_FILTER="-$(printf 'GuestTest.%s:' BasicWorkloadThenLaterGuestsReadItBack TwoRequestQueues \
+    FileExerciserInGuest PackedVirtqueues DeviceSurvivesGuestReboot OnDisconnectExit)" \
   ctest --test-dir build-asan --output-on-failure --timeout 1200
 
-step "fuzz (libFuzzer, ${FUZZ_SECONDS:-45} s per target)"
+step "fuzz (libFuzzer, ${FUZZ_SECONDS:-30} s per target)"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
   -DDPFS_FUZZ=ON -DDPFS_SANITIZE=ON >/dev/null
 fuzzers=$(cd tests/fuzz && ls *_fuzz.cc | sed 's/\.cc$//')
@@ -31,7 +36,7 @@ cmake --build build-fuzz -j"$(nproc)" --target $fuzzers
 for name in $fuzzers; do
   f=build-fuzz/$name
   corpus=$(mktemp -d)
-  "$f" -max_total_time="${FUZZ_SECONDS:-45}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
+  "$f" -max_total_time="${FUZZ_SECONDS:-30}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
     2>&1 | tail -n 12
   rm -rf "$corpus"
 done

@@ -47,6 +47,10 @@ struct Context {
   uint32_t gid = 0;
   uint32_t pid = 0;
   uint64_t unique = 0;  // the request id, as INTERRUPT names it
+  // OPEN and CREATE with O_TRUNC by a caller without CAP_FSETID, when the
+  // backend declared Capabilities::killpriv_v2: the truncation must also
+  // clear set-user-ID (and set-group-ID on a group-executable file).
+  bool kill_suidgid = false;
 };
 
 // A name bound to an inode, as LOOKUP and the creating operations return it.
@@ -102,6 +106,14 @@ struct Capabilities {
   bool flock_locks = false;  // setlk with flock semantics implemented
   bool readdirplus = true;
   bool writeback_cache = false;
+  // The backend drops privileges itself, as the Linux VFS does, so the
+  // kernel need not ask for security.capability before every WRITE
+  // (FUSE_HANDLE_KILLPRIV_V2): set-user-ID and set-group-ID (the latter
+  // only with group execute) go on WRITE with FUSE_WRITE_KILL_SUIDGID, on
+  // SETATTR with SetAttr::kKillSuidgid, on OPEN/CREATE with
+  // Context::kill_suidgid, and on every chown of a non-directory;
+  // security.capability goes on every write, truncation and chown.
+  bool killpriv_v2 = false;
 };
 
 // ---------------------------------------------------------------------------

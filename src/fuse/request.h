@@ -45,6 +45,10 @@ class Request {
     uint64_t unique = 0;
     uint32_t opcode = 0;
     uint64_t started_ns = 0;
+    // Set when the reply is encoded, before complete(): for the transport's
+    // own per-queue statistics.
+    uint64_t latency_ns = 0;  // handle() to reply
+    int error = 0;            // the errno answered; 0 for success
     IovWriter writer;             // over `out`, positioned after the header
     std::vector<iovec> data_iov;  // READ destination / WRITE source
     std::string names[2];         // names split across buffers, gathered

@@ -352,6 +352,7 @@ int do_link(Call& c) {
 int do_open(Call& c) {
   fuse_open_in a;
   if (!c.arg(&a)) return c.short_args();
+  c.ctx.kill_suidgid = (a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
   c.backend.open(c.ctx, c.hdr.nodeid, a.flags, c.reply<OpenReply>());
   return 0;
 }
@@ -549,6 +550,7 @@ int do_create(Call& c) {
   if (!c.arg(&a)) return c.short_args();
   std::string_view name;
   if (int e = c.name(&name, 0)) return e;
+  c.ctx.kill_suidgid = (a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
   c.backend.create(c.ctx, c.hdr.nodeid, name, a.mode, a.umask, a.flags, c.reply<CreateReply>());
   return 0;
 }
@@ -734,11 +736,13 @@ void FuseSession::reset() {
 }
 
 void FuseSession::finish(Request& req, int error) {
-  const Request::SessionState& st = req.session_state;
+  Request::SessionState& st = req.session_state;
+  st.latency_ns = now_ns() - st.started_ns;
+  st.error = error < 0 ? -error : error;
   OpStats& s = stats_[st.opcode < kMaxOpcode ? st.opcode : 0];
   s.requests.fetch_add(1, std::memory_order_relaxed);
   if (error != 0) s.errors.fetch_add(1, std::memory_order_relaxed);
-  s.total_ns.fetch_add(now_ns() - st.started_ns, std::memory_order_relaxed);
+  s.total_ns.fetch_add(st.latency_ns, std::memory_order_relaxed);
 }
 
 void FuseSession::handle(Request& req) {
@@ -747,6 +751,8 @@ void FuseSession::handle(Request& req) {
   st.unique = 0;
   st.opcode = 0;
   st.started_ns = now_ns();
+  st.latency_ns = 0;
+  st.error = 0;
   st.data_iov.clear();
   st.limit = 0;
   st.plus = false;
@@ -868,6 +874,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   if (caps.posix_locks) want |= FUSE_POSIX_LOCKS;
   if (caps.flock_locks) want |= FUSE_FLOCK_LOCKS;
   if (options_.writeback_cache && caps.writeback_cache) want |= FUSE_WRITEBACK_CACHE;
+  if (caps.killpriv_v2) want |= FUSE_HANDLE_KILLPRIV_V2;
   const uint64_t flags = kernel_flags & want;
 
   uint32_t max_write = options_.max_write;
@@ -901,10 +908,11 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
 
   spdlog::info(
       "{}: FUSE {}.{} session up: max_write={} max_pages={} max_readahead={} flags={:#x} "
-      "(readdirplus={} posix_locks={} flock={} writeback_cache={})",
+      "(readdirplus={} posix_locks={} flock={} writeback_cache={} killpriv_v2={})",
       options_.name, a.major, out.minor, max_write, max_pages, out.max_readahead, flags,
       bool(flags & FUSE_DO_READDIRPLUS), bool(flags & FUSE_POSIX_LOCKS),
-      bool(flags & FUSE_FLOCK_LOCKS), bool(flags & FUSE_WRITEBACK_CACHE));
+      bool(flags & FUSE_FLOCK_LOCKS), bool(flags & FUSE_WRITEBACK_CACHE),
+      bool(flags & FUSE_HANDLE_KILLPRIV_V2));
   // Older minors take a shorter reply (FUSE_COMPAT_22_INIT_OUT_SIZE before 7.23).
   const size_t size = a.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof(out);
   send(&req, &out, size);

@@ -106,9 +106,18 @@ std::vector<std::string> VhostUserServer::queue_stats() const {
   if (!device_) return lines;
   for (uint32_t i = 0; i < device_->queue_num(); ++i) {
     const vhost_user::QueueStats& q = device_->queue_stats(i);
-    lines.push_back(fmt::format("queue {} ({}): {} requests, {} kicks, {} notifications{}", i,
-                                i == 0 ? "hiprio" : "requests", q.requests.load(),
-                                q.kicks.load(), q.notifications.load(),
+    const uint64_t requests = q.requests.load();
+    std::string latency;
+    if (const uint64_t timed = q.latency.count(); timed > 0) {
+      latency = fmt::format(", latency mean {:.1f} µs p50 {:.1f} µs p99 {:.1f} µs",
+                            double(q.latency.total_ns()) / double(timed) / 1e3,
+                            double(q.latency.quantile_ns(0.5)) / 1e3,
+                            double(q.latency.quantile_ns(0.99)) / 1e3);
+    }
+    lines.push_back(fmt::format("queue {} ({}): {} requests, {} errors{}, {} kicks, {} "
+                                "notifications{}",
+                                i, i == 0 ? "hiprio" : "requests", requests, q.errors.load(),
+                                latency, q.kicks.load(), q.notifications.load(),
                                 q.broken.load() ? ", BROKEN" : ""));
   }
   return lines;

@@ -199,7 +199,10 @@ void FsDevice::Worker::finish(FsRequest& r, size_t len) {
   // A request from before a queue restart has no used entry to fill.
   if (r.generation == q.generation && q.started && q.push(r.head, uint32_t(len))) {
     q.need_publish = true;
-    q.stats->requests.fetch_add(1, std::memory_order_relaxed);
+    QueueStats& stats = *q.stats;
+    fuse::single_writer_add(stats.requests);
+    if (r.session_state.error != 0) fuse::single_writer_add(stats.errors);
+    stats.latency.record(r.session_state.latency_ns);
   }
   q.free.push_back(&r);
   device_.pending_.fetch_sub(1, std::memory_order_acq_rel);
@@ -211,7 +214,7 @@ void FsDevice::Worker::publish(Queue& q) {
   q.publish();
   if (q.should_notify()) {
     signal_eventfd(q.call.get());
-    q.stats->notifications.fetch_add(1, std::memory_order_relaxed);
+    fuse::single_writer_add(q.stats->notifications);
   }
 }
 
@@ -324,7 +327,7 @@ void FsDevice::Worker::run() {
       }
       Queue& q = *static_cast<Queue*>(events[i].data.ptr);
       drain_eventfd(q.kick.get());
-      q.stats->kicks.fetch_add(1, std::memory_order_relaxed);
+      fuse::single_writer_add(q.stats->kicks);
       if (poll) {
         // Switch to polling: no kicks until idle again.
         for (Queue* each : queues_) {

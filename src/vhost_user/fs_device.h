@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "fuse/latency.h"
 #include "fuse/session.h"
 #include "transport/unique_fd.h"
 #include "vhost_user/connection.h"
@@ -43,12 +44,15 @@ struct FsDeviceOptions {
   uint32_t poll_idle_rounds = 1u << 16;
 };
 
-// Counters for one queue, readable while the device runs.
+// Counters for one queue, readable while the device runs; written only by
+// the worker that owns the queue (see fuse/latency.h).
 struct QueueStats {
-  std::atomic<uint64_t> requests{0};
-  std::atomic<uint64_t> notifications{0};
-  std::atomic<uint64_t> kicks{0};
-  std::atomic<bool> broken{false};
+  std::atomic<uint64_t> requests{0};       // replies placed in the used ring
+  std::atomic<uint64_t> errors{0};         // of which error replies
+  fuse::LatencyHistogram latency;          // from the session taking a request to its reply
+  std::atomic<uint64_t> notifications{0};  // interrupts sent to the guest
+  std::atomic<uint64_t> kicks{0};          // kicks the worker woke up for
+  std::atomic<bool> broken{false};      // the reason is in the log
 };
 
 class FsDevice final : public VhostUserDevice {

@@ -480,6 +480,55 @@ TEST_F(PosixTest, WriteByNonRootClearsSetuid) {
   EXPECT_EQ(read_file(path("f")).value_or("<error>"), "yy");
 }
 
+// A writer without CAP_FSETID: set-user-ID goes; set-group-ID goes only with
+// group execute. Truncation (truncate(2) and O_TRUNC) drops them alike, as
+// does any write or truncation the file's capabilities.
+TEST_F(PosixTest, WriteAndTruncateByNonRootDropPrivileges) {
+  ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
+  ASSERT_SYS(chown(cpath("f"), kUser1.uid, kUser1.gid));
+  // In the file's group: Linux also drops setgid for a writer outside it.
+  const Cred writer{kUser2.uid, kUser2.gid, {kUser2.gid, kUser1.gid}};
+  auto as_writer = [&](auto&& op) { return as_user(writer, op); };
+  auto mode = [&] { return lst(path("f")).st_mode & 07777; };
+
+  ASSERT_SYS(chmod(cpath("f"), 02767));
+  EXPECT_SYS(as_writer([&] {
+    int fd = open(cpath("f"), O_WRONLY);
+    if (fd < 0) return -1;
+    ssize_t n = write(fd, "y", 1);
+    close(fd);
+    return n == 1 ? 0 : -1;
+  }));
+  EXPECT_EQ(mode(), 02767u) << "setgid without group execute is not a privilege";
+
+  ASSERT_SYS(chmod(cpath("f"), 06777));
+  EXPECT_SYS(as_writer([&] { return truncate(cpath("f"), 1); }));
+  EXPECT_EQ(mode(), 0777u) << "truncate(2) drops setuid and setgid";
+
+  ASSERT_SYS(chmod(cpath("f"), 06777));
+  EXPECT_SYS(as_writer([&] {
+    int fd = open(cpath("f"), O_WRONLY | O_TRUNC);
+    return fd < 0 ? -1 : close(fd);
+  }));
+  EXPECT_EQ(mode(), 0777u) << "open with O_TRUNC drops setuid and setgid";
+
+  ASSERT_SYS(chmod(cpath("f"), 06777));
+  ASSERT_SYS(truncate(cpath("f"), 0));
+  EXPECT_EQ(mode(), 06777u) << "root (CAP_FSETID) keeps them";
+
+  // A file capability (VFS_CAP_REVISION_2: cap_net_raw permitted+effective).
+  const uint32_t cap[5] = {0x02000001, 1u << 13, 0, 0, 0};
+  ASSERT_SYS(setxattr(cpath("f"), "security.capability", cap, sizeof(cap), 0));
+  ASSERT_EQ(getxattr(cpath("f"), "security.capability", nullptr, 0), ssize_t(sizeof(cap)));
+  {
+    Fd fd(open(cpath("f"), O_WRONLY));
+    ASSERT_SYS(fd.get());
+    ASSERT_EQ(write(fd.get(), "z", 1), 1);
+  }
+  EXPECT_ERRNO(ENODATA, getxattr(cpath("f"), "security.capability", nullptr, 0))
+      << "any write drops file capabilities, even root's";
+}
+
 // ---------------------------------------------------------------------------
 // setattr: size
 

@@ -44,7 +44,9 @@ class MemfsTest : public ::testing::Test {
     TestRequest req(init_request());
     session.handle(req);
     EXPECT_EQ(req.error(), 0);
+    init_flags = req.payload<fuse_init_out>().flags;
   }
+  uint32_t init_flags = 0;
 
   // A request that must complete now.
   std::unique_ptr<TestRequest> run(const RequestBuilder& b) {
@@ -512,6 +514,70 @@ TEST_F(MemfsTest, ChownClearsSetuidAndSetattrUpdatesCtime) {
   sa = {};
   sa.valid = FATTR_SIZE;
   EXPECT_EQ(status(op(FUSE_SETATTR, kRootIno).arg(sa)), EISDIR);
+}
+
+// FUSE_HANDLE_KILLPRIV_V2: the kernel tells memfs when to drop set-id bits
+// instead of asking for security.capability before every write.
+TEST_F(MemfsTest, KillprivV2DropsSetIdBitsAndCapabilities) {
+  EXPECT_TRUE(init_flags & FUSE_HANDLE_KILLPRIV_V2);
+  Created f = create(kRootIno, "f", O_RDWR, S_IFREG | 06755);
+  auto mode = [&] { return getattr(f.ino).mode & 07777; };
+  auto set_cap = [&] {
+    fuse_setxattr_in in{};
+    in.size = 4;
+    return status(op(FUSE_SETXATTR, f.ino, 0, 0).arg(in).name("security.capability").raw("caps"));
+  };
+  auto has_cap = [&] {
+    fuse_getxattr_in in{};
+    in.size = 64;
+    return status(op(FUSE_GETXATTR, f.ino).arg(in).name("security.capability")) == 0;
+  };
+  ASSERT_EQ(set_cap(), 0);
+  // A write by a caller with CAP_FSETID: bits stay, the capability goes.
+  ASSERT_EQ(write(f.ino, f.fh, 0, "a"), 1);
+  EXPECT_EQ(mode(), 06755u);
+  EXPECT_FALSE(has_cap()) << "every write drops security.capability";
+  // A write flagged FUSE_WRITE_KILL_SUIDGID.
+  fuse_write_in w{};
+  w.fh = f.fh;
+  w.size = 1;
+  w.write_flags = FUSE_WRITE_KILL_SUIDGID;
+  ASSERT_EQ(run(op(FUSE_WRITE, f.ino).arg(w).raw("b"))->error(), 0);
+  EXPECT_EQ(mode(), 0755u);
+  // Set-group-ID without group execute marks mandatory locking and stays.
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_MODE;
+  sa.mode = 06745;
+  ASSERT_EQ(status(op(FUSE_SETATTR, f.ino).arg(sa)), 0);
+  ASSERT_EQ(run(op(FUSE_WRITE, f.ino).arg(w).raw("c"))->error(), 0);
+  EXPECT_EQ(mode(), 02745u);
+  // Truncation flagged FATTR_KILL_SUIDGID.
+  sa.mode = 06755;
+  ASSERT_EQ(status(op(FUSE_SETATTR, f.ino).arg(sa)), 0);
+  ASSERT_EQ(set_cap(), 0);
+  sa = {};
+  sa.valid = FATTR_SIZE | FATTR_KILL_SUIDGID;
+  ASSERT_EQ(status(op(FUSE_SETATTR, f.ino).arg(sa)), 0);
+  EXPECT_EQ(mode(), 0755u);
+  EXPECT_FALSE(has_cap()) << "truncation drops security.capability";
+  // OPEN with O_TRUNC: only when the kernel says so.
+  sa = {};
+  sa.valid = FATTR_MODE;
+  sa.mode = 06755;
+  ASSERT_EQ(status(op(FUSE_SETATTR, f.ino).arg(sa)), 0);
+  fuse_open_in in{uint32_t(O_WRONLY | O_TRUNC), 0};
+  auto req = run(op(FUSE_OPEN, f.ino).arg(in));
+  ASSERT_EQ(req->error(), 0);
+  EXPECT_EQ(mode(), 06755u) << "a caller with CAP_FSETID keeps the bits";
+  in.open_flags = FUSE_OPEN_KILL_SUIDGID;
+  req = run(op(FUSE_OPEN, f.ino).arg(in));
+  ASSERT_EQ(req->error(), 0);
+  EXPECT_EQ(mode(), 0755u);
+  // CREATE of an existing name with O_TRUNC, flagged.
+  ASSERT_EQ(status(op(FUSE_SETATTR, f.ino).arg(sa)), 0);
+  fuse_create_in c{uint32_t(O_WRONLY | O_TRUNC), S_IFREG | 0644, 0, FUSE_OPEN_KILL_SUIDGID};
+  ASSERT_EQ(run(op(FUSE_CREATE, kRootIno).arg(c).name("f"))->error(), 0);
+  EXPECT_EQ(mode(), 0755u);
 }
 
 TEST_F(MemfsTest, XattrFlagsAndNamespaces) {

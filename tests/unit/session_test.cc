@@ -167,6 +167,7 @@ TEST_F(SessionTest, InitNegotiatesVersionLimitsAndFeatures) {
   EXPECT_FALSE(out.flags & FUSE_FLOCK_LOCKS) << "backend did not offer flock";
   EXPECT_FALSE(out.flags & FUSE_WRITEBACK_CACHE) << "not asked for";
   EXPECT_FALSE(out.flags & FUSE_DONT_MASK) << "backends expect the kernel to apply umask";
+  EXPECT_FALSE(out.flags & FUSE_HANDLE_KILLPRIV_V2) << "backend did not declare killpriv_v2";
   EXPECT_TRUE(session.initialized());
 }
 

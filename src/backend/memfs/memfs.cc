@@ -42,6 +42,9 @@ bool before_or_at(const timespec& a, const timespec& b) {
 
 bool is_dot(std::string_view name) { return name == "." || name == ".."; }
 
+// File capabilities: dropped on write, truncation and chown, as the VFS does.
+constexpr char kCapabilityXattr[] = "security.capability";
+
 // Set-user-ID goes; set-group-ID only with group execute (without it, it
 // marks mandatory locking and stays), as Linux does on chown and write.
 uint32_t kill_suid(uint32_t perm) {
@@ -189,6 +192,7 @@ Capabilities Memfs::capabilities() const {
   caps.flock_locks = true;
   caps.readdirplus = true;
   caps.writeback_cache = false;
+  caps.killpriv_v2 = true;
   return caps;
 }
 
@@ -224,6 +228,23 @@ Entry Memfs::entry_of(Inode& node) const {
 Entry Memfs::take_entry(Inode& node) const {
   ++node.lookups;
   return entry_of(node);
+}
+
+void Memfs::drop_capability(Inode* node) {
+  if (node->xattrs.empty()) return;
+  auto it = node->xattrs.find(std::string_view(kCapabilityXattr));
+  if (it == node->xattrs.end()) return;
+  const uint64_t size = it->first.size() + it->second.size();
+  node->xattrs.erase(it);
+  node->xattr_bytes -= size;
+  space_.release(size);
+}
+
+void Memfs::truncate_on_open(const Context& ctx, Inode* node) {
+  node->data.truncate(0);
+  node->mtime = node->ctime = now();
+  if (ctx.kill_suidgid) node->perm = kill_suid(node->perm);
+  drop_capability(node);
 }
 
 void Memfs::free_if_unused(Inode* node) {
@@ -391,10 +412,7 @@ void Memfs::create(const Context& ctx, uint64_t parent, std::string_view name, u
     if (flags & O_EXCL) return EEXIST;
     if (node->is_dir()) return EISDIR;
     if (!node->is_reg()) return EEXIST;
-    if (flags & O_TRUNC) {
-      node->data.truncate(0);
-      node->mtime = node->ctime = now();
-    }
+    if (flags & O_TRUNC) truncate_on_open(ctx, node);
     fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
     node->handles.emplace(fh, flags);
     entry = take_entry(*node);
@@ -623,10 +641,10 @@ void Memfs::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrReply
     if (v & (SetAttr::kUid | SetAttr::kGid)) {
       if (v & SetAttr::kUid) node->uid = attr.uid;
       if (v & SetAttr::kGid) node->gid = attr.gid;
-      // chown(2) of a non-directory drops set-user-ID and set-group-ID. The
-      // kernel sends the new mode along when it knows the bits are set;
-      // this covers its view being stale.
+      // chown(2) of a non-directory drops set-user-ID and set-group-ID
+      // (FUSE_HANDLE_KILLPRIV_V2: the kernel leaves it to us).
       if (!(v & SetAttr::kMode) && !node->is_dir()) node->perm = kill_suid(node->perm);
+      drop_capability(node);
       changed = true;
     }
     if (v & SetAttr::kKillSuidgid) {
@@ -634,6 +652,7 @@ void Memfs::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrReply
       changed = true;
     }
     if (v & SetAttr::kSize) {
+      drop_capability(node);
       node->data.truncate(attr.size);
       node->mtime = t;
       changed = true;
@@ -810,7 +829,7 @@ void Memfs::removexattr(const Context&, uint64_t ino, std::string_view name, Sta
 
 // --- Open files -------------------------------------------------------------
 
-void Memfs::open(const Context&, uint64_t ino, uint32_t flags, OpenReply reply) {
+void Memfs::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) {
   uint64_t fh = 0;
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
@@ -820,10 +839,7 @@ void Memfs::open(const Context&, uint64_t ino, uint32_t flags, OpenReply reply) 
     std::lock_guard lock(node->mu);
     // O_TRUNC comes here with FUSE_ATOMIC_O_TRUNC. It updates mtime and
     // ctime even when the file was empty (POSIX open).
-    if ((flags & O_TRUNC) && node->is_reg()) {
-      node->data.truncate(0);
-      node->mtime = node->ctime = now();
-    }
+    if ((flags & O_TRUNC) && node->is_reg()) truncate_on_open(ctx, node);
     fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
     node->handles.emplace(fh, flags);
     return 0;
@@ -867,6 +883,7 @@ void Memfs::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
     if (n < 0) return int(-n);
     node->mtime = node->ctime = now();
     if (write_flags & FUSE_WRITE_KILL_SUIDGID) node->perm = kill_suid(node->perm);
+    drop_capability(node);
     return 0;
   }();
   if (error != 0) return reply.error(error);

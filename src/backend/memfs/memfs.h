@@ -138,6 +138,12 @@ class Memfs final : public Backend {
   // `fh` is given, opens it. REQUIRES: tree_mu_ exclusive.
   int make_node(const Context& ctx, uint64_t parent, std::string_view name, const NewNode& spec,
                 Entry* entry, uint64_t* fh);
+  // Removes security.capability (a write, truncation or chown happened).
+  // REQUIRES: node->mu, or tree_mu_ exclusive.
+  void drop_capability(Inode* node);
+  // O_TRUNC on an open file: empties it and drops its privileges.
+  // REQUIRES: node->mu, or tree_mu_ exclusive.
+  void truncate_on_open(const Context& ctx, Inode* node);
   // Frees `node` if it has no links, lookups or handles. REQUIRES: tree_mu_ exclusive.
   void free_if_unused(Inode* node);
   // Takes tree_mu_ exclusive and frees `ino` if it is unused (after a

@@ -1,0 +1,101 @@
+// The guest side shared by the virtqueue fuzz targets: fuzzer bytes read as
+// a stream of values, and guest memory made of three heap buffers of exactly
+// their size, registered as borrowed regions (two adjacent in guest physical
+// space, one after a gap), so AddressSanitizer reports any access past what
+// the tenant shared.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "virtio/guest_memory.h"
+
+namespace dpfs::fuzz {
+
+using dpfs::virtio::GuestMemory;
+
+constexpr uint64_t kUserOffset = 0x7f0000000000;  // uva = gpa + this
+
+struct RegionSpec {
+  uint64_t gpa;
+  size_t size;
+};
+// A (rings + data) and B adjacent; C after a hole.
+constexpr RegionSpec kRegions[] = {{0x1000, 4096}, {0x2000, 2048}, {0x8000, 512}};
+constexpr size_t kNumRegions = sizeof(kRegions) / sizeof(kRegions[0]);
+constexpr uint64_t kDescGpa = 0x1000;   // up to 32 * 16 = 512 bytes
+constexpr uint64_t kAvailGpa = 0x1200;  // up to 4 + 64 + 2 bytes
+constexpr uint64_t kUsedGpa = 0x1300;   // up to 4 + 256 + 2 bytes
+
+struct Input {
+  const uint8_t* p;
+  size_t n;
+  bool empty() const { return n == 0; }
+  uint8_t byte() {
+    if (n == 0) return 0;
+    --n;
+    return *p++;
+  }
+  uint16_t u16() { return uint16_t(byte() | byte() << 8); }
+  uint32_t u32() { return uint32_t(u16()) | uint32_t(u16()) << 16; }
+};
+
+class Guest {
+ public:
+  Guest() {
+    for (size_t i = 0; i < kNumRegions; ++i) {
+      buf_[i] = std::make_unique<uint8_t[]>(kRegions[i].size);
+      std::memset(buf_[i].get(), 0, kRegions[i].size);
+      if (mem.add_borrowed_region(buf_[i].get(), kRegions[i].gpa, kRegions[i].size,
+                                  kRegions[i].gpa + kUserOffset) != 0) {
+        std::abort();
+      }
+    }
+  }
+
+  // Host pointer for a GPA the harness itself writes (always in range).
+  uint8_t* at(uint64_t gpa, size_t len) {
+    for (size_t i = 0; i < kNumRegions; ++i) {
+      if (gpa < kRegions[i].gpa) continue;
+      const uint64_t off = gpa - kRegions[i].gpa;
+      if (off < kRegions[i].size && len <= kRegions[i].size - off) return buf_[i].get() + off;
+    }
+    return nullptr;
+  }
+
+  // Whether [p, p + len) lies inside one region's buffer.
+  bool contains(const void* p, size_t len) const {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < kNumRegions; ++i) {
+      const uint8_t* s = buf_[i].get();
+      if (b >= s && b <= s + kRegions[i].size && len <= size_t(s + kRegions[i].size - b)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // An address the fuzzer steers: usually inside a region, sometimes raw.
+  uint64_t address(Input& in) {
+    const uint8_t sel = in.byte();
+    if (sel >= 0xf0) return uint64_t(in.u32()) << 32 | in.u32();
+    return kRegions[sel % kNumRegions].gpa + in.u16() % 4608;
+  }
+
+  void write_desc(uint8_t* at, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next) {
+    if (at == nullptr) return;
+    std::memcpy(at, &addr, 8);
+    std::memcpy(at + 8, &len, 4);
+    std::memcpy(at + 12, &flags, 2);
+    std::memcpy(at + 14, &next, 2);
+  }
+
+  GuestMemory mem;
+
+ private:
+  std::unique_ptr<uint8_t[]> buf_[kNumRegions];
+};
+
+}  // namespace dpfs::fuzz
