@@ -100,6 +100,24 @@ class TenantCreds {
 
 bool is_dot(std::string_view name) { return name == "." || name == ".."; }
 
+// FUSE_HANDLE_KILLPRIV_V2: what a write or truncation by the tenant's
+// unprivileged process drops. The host kernel drops it for writers without
+// CAP_FSETID, but dpfs writes as root: done here. Set-user-ID goes;
+// set-group-ID only with group execute (without it, it is not a privilege).
+// File capabilities the host drops itself on every write, truncation and
+// chown, even root's. `fd` is an open descriptor of the file, or an O_PATH
+// one (`is_path`).
+int kill_setid(int fd, bool is_path) {
+  struct stat st {};
+  if (int e = stat_fd(fd, &st); e != 0) return e;
+  mode_t mode = st.st_mode & 07777;
+  mode &= ~mode_t(S_ISUID);
+  if (mode & S_IXGRP) mode &= ~mode_t(S_ISGID);
+  if (mode == (st.st_mode & 07777) || !S_ISREG(st.st_mode)) return 0;
+  const int rc = is_path ? ::chmod(proc_path(fd).c_str(), mode) : ::fchmod(fd, mode);
+  return rc == 0 ? 0 : errno;
+}
+
 // trusted.* is for CAP_SYS_ADMIN; the daemon has it, the tenant's process
 // may not. A tenant's root counts as privileged, as in the tenant's own kernel.
 bool hidden_xattr(const Context& ctx, std::string_view name) {
@@ -163,6 +181,7 @@ Capabilities Passthrough::capabilities() const {
   caps.flock_locks = true;
   caps.readdirplus = true;
   caps.writeback_cache = true;
+  caps.killpriv_v2 = true;
   return caps;
 }
 
@@ -317,6 +336,9 @@ void Passthrough::setattr(const Context&, uint64_t ino, const SetAttr& attr, Att
       if (::utimensat(path->get(), "", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
         return errno;
       }
+    }
+    if ((attr.valid & SetAttr::kKillSuidgid) && !(attr.valid & SetAttr::kMode)) {
+      return file ? kill_setid(file->fd.get(), false) : kill_setid(path->get(), true);
     }
     return 0;
   }();
@@ -505,7 +527,7 @@ std::shared_ptr<Passthrough::OpenFile> Passthrough::find_file(uint64_t fh, uint6
   return it->second;
 }
 
-void Passthrough::open(const Context&, uint64_t ino, uint32_t flags, OpenReply reply) {
+void Passthrough::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) {
   int error = 0;
   PathRef path = inodes_.get(ino, &error);
   if (!path) return reply.error(error);
@@ -518,6 +540,9 @@ void Passthrough::open(const Context&, uint64_t ino, uint32_t flags, OpenReply r
   }
   UniqueFd fd = inodes_.reopen(ino, *path, host_flags, &error);
   if (!fd) return reply.error(error);
+  if (ctx.kill_suidgid && (host_flags & O_TRUNC)) {
+    if (int e = kill_setid(fd.get(), false); e != 0) return reply.error(e);
+  }
   uint64_t fh = 0;
   if (int e = add_file(std::move(fd), ino, false, &fh); e != 0) return reply.error(e);
   reply.ok(fh, open_reply_flags());
@@ -552,6 +577,12 @@ void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view n
     if (!fd) {
       inodes_.forget(entry.ino, 1);
       return reply.error(type == S_IFDIR ? EISDIR : type != S_IFREG ? ENXIO : error);
+    }
+    if (ctx.kill_suidgid && (f & O_TRUNC)) {
+      if (int e = kill_setid(fd.get(), false); e != 0) {
+        inodes_.forget(entry.ino, 1);
+        return reply.error(e);
+      }
     }
   }
   uint64_t fh = 0;
@@ -600,13 +631,16 @@ void Passthrough::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offse
 }
 
 void Passthrough::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
-                        std::span<const iovec> src, uint32_t, WriteReply reply) {
+                        std::span<const iovec> src, uint32_t write_flags, WriteReply reply) {
   if (options_.read_only) return reply.error(EROFS);
   int error = 0;
   std::shared_ptr<OpenFile> file = find_file(fh, ino, &error);
   if (!file) return reply.error(error);
   if (offset > uint64_t(INT64_MAX)) return reply.error(EINVAL);
   const int fd = file->fd.get();
+  if (write_flags & FUSE_WRITE_KILL_SUIDGID) {
+    if (int e = kill_setid(fd, false); e != 0) return reply.error(e);
+  }
   data_.write(fd, src, offset, std::move(file), std::move(reply));
 }
 
