@@ -807,7 +807,6 @@ void Passthrough::statfs(const Context&, uint64_t ino, StatfsReply reply) {
   if (!path) return reply.error(error);
   struct statvfs st {};
   if (::fstatvfs(path->get(), &st) != 0) return reply.error(errno);
-  if (options_.read_only) st.f_flag |= ST_RDONLY;
   reply.ok(st);
 }
 
