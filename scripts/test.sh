@@ -15,6 +15,9 @@ step "build (RelWithDebInfo)"
 bash scripts/build.sh build
 step "tests"
 ctest --test-dir build --output-on-failure --timeout 900
+step "POSIX suites on passthrough (export on a tmpfs: tmpfs's limits; ~40 s)"
+DPFS_TEST_EXPORT_TMPFS=1 DPFS_TEST_BACKEND='passthrough:{dir}' build/dpfs_integration_tests \
+  --gtest_filter='PosixTest.*:IoTest.*:ReaddirTest.*:XattrTest.*:LockTest.*:ConcurrencyTest.*:ExerciserTest.HundredThousandOps'
 
 step "build (ASan+UBSan)"
 BUILD_TYPE=Debug bash scripts/build.sh build-asan -DDPFS_SANITIZE=ON
