@@ -31,7 +31,8 @@
 #   JOBS=all         or a comma list of job names (see the workload)
 #   TARGETS="dpfs virtiofsd dpfs-t0"  (dpfs-t0: dpfs with --entry-timeout 0
 #                    --attr-timeout 0, the guest caching as little as under
-#                    virtiofsd's cache=none)
+#                    virtiofsd's cache=none; dpfs-pt: dpfs's passthrough
+#                    backend over a fresh tmpfs, as virtiofsd serves)
 #   GUEST_MEM=512M   guest memory
 #   DPFS_ARGS=       extra arguments for dpfs serve (e.g. --threads 1, --poll)
 #   BUILD=build      dpfs build directory (built, Release, unless SKIP_BUILD=1)
@@ -183,6 +184,18 @@ for target in $TARGETS; do
       "$DPFS" serve --backend memfs --vhost-user "$sock" --tag "$TAG" "${args[@]}" >"$dlog" 2>&1 &
       DAEMON_PID=$!
       echo "$DPFS serve --backend memfs --vhost-user SOCK --tag $TAG ${args[*]}" >"$RESULTS/$target.cmd"
+      ;;
+    dpfs-pt)
+      # passthrough over the same kind of directory virtiofsd serves
+      TMPFS=$WORK/tmpfs
+      mkdir -p "$TMPFS"
+      mount -t tmpfs -o size=2g tmpfs "$TMPFS" || die "mounting a tmpfs"
+      mkdir -p "$TMPFS/src"
+      args=($DPFS_ARGS)
+      "$DPFS" serve --backend "passthrough:$TMPFS/src" --vhost-user "$sock" --tag "$TAG" \
+        "${args[@]}" >"$dlog" 2>&1 &
+      DAEMON_PID=$!
+      echo "$DPFS serve --backend passthrough:DIR --vhost-user SOCK --tag $TAG ${args[*]}  (DIR on a fresh tmpfs)" >"$RESULTS/$target.cmd"
       ;;
     virtiofsd)
       TMPFS=$WORK/tmpfs

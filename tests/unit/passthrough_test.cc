@@ -129,6 +129,22 @@ TEST_F(PassthroughTest, DotDotNeverClimbsAboveTheRoot) {
   EXPECT_EQ(beside, (std::vector<std::string>{"export", "outside"}));
 }
 
+// The host moves a directory the tenant holds out of the export: its ".."
+// is outside now, and the tenant must not get it.
+TEST_F(PassthroughTest, DotDotOfADirectoryMovedOutIsRefused) {
+  ASSERT_EQ(mkdir_error(kRootIno, "a"), 0);
+  const uint64_t a = lookup(kRootIno, "a");
+  ASSERT_EQ(mkdir_error(a, "b"), 0);
+  const uint64_t b = lookup(a, "b");
+  ASSERT_NE(b, 0u);
+  EXPECT_EQ(lookup(b, ".."), a);
+  ASSERT_EQ(::rename(host("a").c_str(), (scratch_.outside() + "/a").c_str()), 0);
+  EXPECT_EQ(lookup(b, ".."), a) << "still the directory the tenant knows";
+  int error = 0;
+  EXPECT_EQ(lookup(a, "..", &error), 0u);
+  EXPECT_EQ(error, EACCES);
+}
+
 TEST_F(PassthroughTest, SymlinksAreNeverFollowedOnTheHost) {
   ASSERT_EQ(::symlink("/", host("to-root").c_str()), 0);
   ASSERT_EQ(::symlink("../outside", host("to-outside").c_str()), 0);

@@ -161,6 +161,11 @@ UniqueFd InodeTable::reopen(uint64_t ino, const PathFd& path, int flags, int* er
   return fd;
 }
 
+bool InodeTable::holds(const struct stat& st) const {
+  std::lock_guard lock(mu_);
+  return by_host_.count({st.st_dev, st.st_ino}) != 0;
+}
+
 void InodeTable::forget(uint64_t ino, uint64_t n) {
   std::lock_guard lock(mu_);
   auto it = inodes_.find(ino);

@@ -72,6 +72,8 @@ class InodeTable {
   // handle where there are handles, else by the descriptor's /proc/self/fd
   // entry. REQUIRES: the caller checked the type (never a device or FIFO).
   UniqueFd reopen(uint64_t ino, const PathFd& path, int flags, int* error);
+  // Whether the host file `st` is an inode the table holds (the root included).
+  bool holds(const struct stat& st) const;
   // Drops `n` lookups; frees the inode at zero.
   void forget(uint64_t ino, uint64_t n);
   // Forgets every inode but the root (the session ended).

@@ -254,8 +254,12 @@ int Passthrough::lookup_name(uint64_t parent, const PathRef& dir, std::string_vi
     fd.reset(::openat(dir->get(), ".", O_PATH | O_DIRECTORY | O_CLOEXEC));
   } else if (name == "..") {
     // Beneath the root, the parent is inside the export too (directories
-    // have one name, and the tenant cannot move one out).
+    // have one name, and the tenant cannot move one out) -- unless the host
+    // moved the directory out. So only a parent the table holds (the kernel
+    // holds the parents of what it knows) is answered.
     fd.reset(::openat(dir->get(), "..", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    struct stat st {};
+    if (fd && (stat_fd(fd.get(), &st) != 0 || !inodes_.holds(st))) return EACCES;
   } else {
     fd = open_beneath(dir->get(), name, O_PATH, 0, &error);
     if (!fd) return error;
