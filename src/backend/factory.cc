@@ -78,7 +78,9 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     options.attr_timeout = cfg.attr_timeout;
     options.writeback = cfg.writeback_cache;
     options.max_fds = cfg.passthrough.max_fds;
-    options.io_uring = cfg.passthrough.io_uring;
+    options.io_uring = cfg.passthrough.io_uring == "on"    ? UringMode::kOn
+                       : cfg.passthrough.io_uring == "off" ? UringMode::kOff
+                                                           : UringMode::kAuto;
     if (cfg.passthrough.squash_uid >= 0) options.squash_uid = uint32_t(cfg.passthrough.squash_uid);
     if (cfg.passthrough.squash_gid >= 0) options.squash_gid = uint32_t(cfg.passthrough.squash_gid);
     return std::make_unique<Passthrough>(options);

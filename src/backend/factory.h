@@ -36,7 +36,7 @@ struct BackendConfig {
     bool read_only = false;
     std::string cache = "auto";  // none, auto, always
     uint64_t max_fds = 16384;
-    bool io_uring = true;
+    std::string io_uring = "auto";  // auto, on, off
     int64_t squash_uid = -1;  // -1: the tenant's
     int64_t squash_gid = -1;
   } passthrough;

@@ -190,10 +190,16 @@ const Setting kSettings[] = {
        }
        cfg.backend.passthrough.max_fds = uint64_t(n);
      }},
-    {{"backend.passthrough.io_uring", "--passthrough-io-uring", "BOOL",
-      "passthrough: READ/WRITE/FSYNC/FALLOCATE through io_uring; off: system calls (default "
-      "true)"},
-     [](Config& cfg, const Value& v) { cfg.backend.passthrough.io_uring = as_bool(v); }},
+    {{"backend.passthrough.io_uring", "--passthrough-io-uring", "auto|on|off",
+      "passthrough: READ/WRITE/FSYNC/FALLOCATE through io_uring (on), system calls (off), or "
+      "io_uring except on tmpfs, where it cannot complete reads inline (default auto)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s != "auto" && s != "on" && s != "off") {
+         refuse(fmt::format("must be auto, on or off, got '{}'", s));
+       }
+       cfg.backend.passthrough.io_uring = s;
+     }},
     {{"backend.passthrough.squash_uid", "--passthrough-squash-uid", "UID",
       "passthrough: create files and check access as this host uid, whoever the tenant is "
       "(default: the tenant's uid)"},

@@ -63,7 +63,7 @@ class PassthroughTest : public ::testing::Test {
   PassthroughOptions options() {
     PassthroughOptions o;
     o.root = scratch_.exported();
-    o.io_uring = false;  // replies complete inside handle(): no thread to wait for
+    o.io_uring = UringMode::kOff;  // replies complete inside handle(): no thread to wait for
     o.max_fds = 16;
     return o;
   }

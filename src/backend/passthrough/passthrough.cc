@@ -9,6 +9,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -124,6 +126,18 @@ bool hidden_xattr(const Context& ctx, std::string_view name) {
   return ctx.uid != 0 && name.starts_with("trusted.");
 }
 
+bool use_uring(const PassthroughOptions& options) {
+  if (options.io_uring != UringMode::kAuto) return options.io_uring == UringMode::kOn;
+  struct statfs st {};
+  if (::statfs(options.root.c_str(), &st) == 0 && st.f_type == TMPFS_MAGIC) {
+    spdlog::info("passthrough: {} is on tmpfs: reads and writes use system calls (io_uring = on "
+                 "forces io_uring)",
+                 options.root);
+    return false;
+  }
+  return true;
+}
+
 void raise_fd_limit(size_t want) {
   rlimit lim{};
   if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= want) return;
@@ -159,7 +173,7 @@ Passthrough::Passthrough(PassthroughOptions options)
             return root;
           }(),
           options_.max_fds),
-      data_(options_.io_uring) {
+      data_(use_uring(options_)) {
   if (!inodes_.has_handles()) {
     spdlog::warn(
         "passthrough: {} has no file handles (name_to_handle_at); every inode the tenant knows "
