@@ -35,7 +35,7 @@ struct BackendConfig {
   struct Passthrough {
     bool read_only = false;
     std::string cache = "auto";  // none, auto, always
-    uint64_t max_fds = 16384;
+    uint64_t max_fds = 8192;
     std::string io_uring = "auto";  // auto, on, off
     int64_t squash_uid = -1;  // -1: the tenant's
     int64_t squash_gid = -1;

@@ -182,7 +182,7 @@ const Setting kSettings[] = {
        cfg.backend.passthrough.cache = s;
      }},
     {{"backend.passthrough.max_fds", "--passthrough-max-fds", "N",
-      "passthrough: host descriptors cached for inodes, and files open at once (default 16384)"},
+      "passthrough: host descriptors cached for inodes, and files open at once (default 8192)"},
      [](Config& cfg, const Value& v) {
        const int64_t n = as_integer(v);
        if (n < 16 || n > (int64_t(1) << 24)) {

@@ -72,7 +72,7 @@ struct PassthroughOptions {
   double entry_timeout = 1.0;  // kAuto's timeouts
   double attr_timeout = 1.0;
   bool writeback = false;     // the kernel caches writes (fuse.writeback_cache)
-  size_t max_fds = 16384;     // O_PATH descriptors cached, and files open at once
+  size_t max_fds = 8192;     // O_PATH descriptors cached, and files open at once
   UringMode io_uring = UringMode::kAuto;
   // Tenant credentials replaced by these on the host (files created, access
   // checks) when set.
