@@ -9,6 +9,7 @@
 #include "server/cli.h"
 #include "server/log.h"
 #include "server/serve.h"
+#include "server/stats_socket.h"
 
 namespace {
 
@@ -41,6 +42,14 @@ int main(int argc, char** argv) {
     case Invocation::Command::kVersion:
       std::fputs(inv.text.c_str(), stdout);
       return 0;
+    case Invocation::Command::kStats:
+      try {
+        std::fputs(dpfs::server::query_stats(inv.text).c_str(), stdout);
+        return 0;
+      } catch (const std::exception& e) {
+        print_error(e.what());
+        return 1;
+      }
     case Invocation::Command::kServe:
       break;
   }

@@ -39,7 +39,7 @@ constexpr const char* kNotes =
     "  -chardev socket,id=vfs,path=SOCK -device vhost-user-fs-pci,chardev=vfs,tag=TAG\n"
     "and mount -t virtiofs TAG /mnt in the guest. More tenants: [[device]] tables.\n"
     "Signals: SIGINT, SIGTERM, SIGHUP unmount, close the sockets and exit;\n"
-    "SIGUSR1 logs statistics.";
+    "SIGUSR1 logs statistics; with --stats-socket PATH, `dpfs stats PATH` prints them.";
 
 }  // namespace
 
@@ -77,6 +77,13 @@ Invocation parse_command_line(const std::vector<std::string>& args) {
     }
   }
 
+  CLI::App* stats = app.add_subcommand(
+      "stats",
+      "Print the live statistics of a running dpfs serve --stats-socket SOCKET: requests, "
+      "errors and latency per operation, and per virtio queue.");
+  std::string stats_socket;
+  stats->add_option("SOCKET", stats_socket, "the daemon's stats socket")->required();
+
   app.add_subcommand("version", "Print the version and exit.");
 
   std::vector<std::string> reversed(args.rbegin(), args.rend());
@@ -97,8 +104,9 @@ Invocation parse_command_line(const std::vector<std::string>& args) {
   }
 
   if (app.got_subcommand("version")) return {Invocation::Command::kVersion, {}, version_text()};
+  if (app.got_subcommand(stats)) return {Invocation::Command::kStats, {}, stats_socket};
   if (!app.got_subcommand(serve)) {
-    throw UsageError("a command is required: serve or version (see dpfs --help)");
+    throw UsageError("a command is required: serve, stats or version (see dpfs --help)");
   }
 
   Invocation inv;

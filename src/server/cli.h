@@ -1,4 +1,5 @@
-// The command line: `dpfs serve [options]`, `dpfs version`, `--help`.
+// The command line: `dpfs serve [options]`, `dpfs stats SOCKET`,
+// `dpfs version`, `--help`.
 //
 // Parsing only; main() acts on the result. Start-up only, not thread-safe.
 #pragma once
@@ -23,6 +24,7 @@ struct Invocation {
     kServe,    // serve `config`
     kVersion,  // print `text`
     kHelp,     // print `text` (to stdout; exit 0)
+    kStats,    // print the statistics of the daemon at stats socket `text`
   };
   Command command = Command::kHelp;
   Config config;  // kServe: defaults, then --config FILE, then flags; finish()ed

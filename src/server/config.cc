@@ -112,6 +112,19 @@ constexpr uint64_t kMinMemfsCapacity = uint64_t(1) << 20;
 constexpr uint64_t kMaxFileSize = uint64_t(INT64_MAX);  // loff_t
 constexpr size_t kMaxSocketPath = 107;
 
+// A unix socket's path: sockaddr_un::sun_path holds 108 bytes with the
+// terminating NUL.
+std::string as_socket_path(const Value& v) {
+  const std::string& s = as_string(v);
+  if (s.empty()) refuse("must not be empty");
+  if (s.find('\0') != std::string::npos) refuse("must not contain NUL");
+  if (s.size() > kMaxSocketPath) {
+    refuse(fmt::format("must be at most {} bytes (sockaddr_un), got {}", kMaxSocketPath,
+                       s.size()));
+  }
+  return s;
+}
+
 struct Setting {
   SettingInfo info;
   void (*set)(Config& cfg, const Value& v);
@@ -139,6 +152,9 @@ const Setting kSettings[] = {
        }
        refuse(fmt::format("must be one of trace, debug, info, warn, error; got '{}'", s));
      }},
+    {{"stats_socket", "--stats-socket", "PATH",
+      "answer `dpfs stats PATH` with live statistics on this unix socket (default: none)"},
+     [](Config& cfg, const Value& v) { cfg.stats_socket = as_socket_path(v); }},
     {{"backend.type", "--backend", "TYPE[:ARG]", "the file system to serve (default memfs)"},
      [](Config& cfg, const Value& v) { parse_backend_spec(as_string(v), &cfg.backend); }},
     {{"backend.memfs.capacity", "--memfs-capacity", "SIZE",
@@ -241,15 +257,7 @@ const Setting kSettings[] = {
     {{"vhost_user.socket", "--vhost-user", "SOCK",
       "serve a virtio-fs device on this vhost-user socket, created by dpfs (default: none)"},
      [](Config& cfg, const Value& v) {
-       const std::string& s = as_string(v);
-       if (s.empty()) refuse("must not be empty");
-       if (s.find('\0') != std::string::npos) refuse("must not contain NUL");
-       // sockaddr_un::sun_path holds 108 bytes with the terminating NUL.
-       if (s.size() > kMaxSocketPath) {
-         refuse(fmt::format("must be at most {} bytes (sockaddr_un), got {}", kMaxSocketPath,
-                            s.size()));
-       }
-       cfg.vhost_user.socket = s;
+       cfg.vhost_user.socket = as_socket_path(v);
      }},
     {{"vhost_user.tag", "--tag", "TAG",
       "the virtio-fs tag the guest mounts (QEMU's vhost-user-fs-pci tag=; default dpfs)"},

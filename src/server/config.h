@@ -83,6 +83,7 @@ struct Config {
 
   unsigned threads = 2;
   spdlog::level::level_enum log_level = spdlog::level::info;
+  std::string stats_socket;  // empty: none
   BackendConfig backend;
   // fuse.mount is empty after finish() when only vhost-user devices are
   // configured: then there is no FUSE mount.

@@ -19,6 +19,7 @@
 #include "fuse/session.h"
 #include "server/signals.h"
 #include "server/stats.h"
+#include "server/stats_socket.h"
 #include "server/version.h"
 #include "server/vhost_user_server.h"
 #include "transport/fuse_dev.h"
@@ -114,6 +115,11 @@ int serve(const Config& cfg) {
 
   // Every socket is bound and every backend built before anything is
   // mounted: a start-up failure leaves nothing behind.
+  std::unique_ptr<StatsSocket> stats_socket;
+  if (!cfg.stats_socket.empty()) {
+    stats_socket = std::make_unique<StatsSocket>(cfg.stats_socket);
+    spdlog::info("statistics: dpfs stats {}", stats_socket->path());
+  }
   std::vector<std::unique_ptr<VhostUserServer>> devices;
   for (const DeviceConfig& d : cfg.devices) {
     devices.push_back(std::make_unique<VhostUserServer>(d, cfg, notifier(device_done.get())));
@@ -126,6 +132,21 @@ int serve(const Config& cfg) {
     spdlog::info("{}: in the guest: mount -t virtiofs {} /mnt", d->name(), d->tag());
   }
 
+  // What SIGUSR1 logs and the stats socket answers: per transport, the
+  // requests by opcode, and for each device its queues.
+  auto current_stats = [&] {
+    std::vector<std::string> lines;
+    auto add = [&](const std::string& who, const std::vector<std::string>& more) {
+      for (const std::string& line : more) lines.push_back(who + ": " + line);
+    };
+    if (fuse) add(fuse->mount_point(), format_stats(fuse->session()));
+    for (const auto& d : devices) {
+      add(d->name(), format_stats(d->session()));
+      add(d->name(), d->queue_stats());
+    }
+    return lines;
+  };
+
   auto all_devices_done = [&] {
     return std::all_of(devices.begin(), devices.end(), [](const auto& d) { return d->done(); });
   };
@@ -136,9 +157,11 @@ int serve(const Config& cfg) {
       spdlog::info("every transport is done; stopping");
       break;
     }
-    pollfd fds[3] = {
-        {signals.fd(), POLLIN, 0}, {fuse_stopped.get(), POLLIN, 0}, {device_done.get(), POLLIN, 0}};
-    if (::poll(fds, 3, -1) < 0) {
+    pollfd fds[4] = {{signals.fd(), POLLIN, 0},
+                     {fuse_stopped.get(), POLLIN, 0},
+                     {device_done.get(), POLLIN, 0},
+                     {stats_socket ? stats_socket->fd() : -1, POLLIN, 0}};
+    if (::poll(fds, 4, -1) < 0) {
       if (errno == EINTR) continue;
       spdlog::error("waiting for signals: {}", std::strerror(errno));
       status = 1;
@@ -164,15 +187,12 @@ int serve(const Config& cfg) {
         if (d->done() && d->failed()) status = 1;
       }
     }
+    if (fds[3].revents & POLLIN) stats_socket->answer(current_stats());
     if (fds[0].revents & POLLIN) {
       const int sig = signals.take();
       if (sig == 0) continue;
       if (sig == SIGUSR1) {
-        if (fuse) log_stats(fuse->session(), "stats");
-        for (const auto& d : devices) {
-          log_stats(d->session(), (d->name() + ": stats").c_str());
-          for (const std::string& line : d->queue_stats()) spdlog::info("{}: {}", d->name(), line);
-        }
+        for (const std::string& line : current_stats()) spdlog::info("stats: {}", line);
         continue;
       }
       spdlog::info("SIG{}: shutting down", sigabbrev_np(sig));

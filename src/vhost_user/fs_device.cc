@@ -286,7 +286,11 @@ void FsDevice::Worker::run() {
   while (!stop_.load(std::memory_order_acquire)) {
     if (device_.pause_requested_.load(std::memory_order_acquire)) {
       park();
-      sleeping = true;
+      // A polling worker may have been paused with its queues' notifications
+      // off: sleeping now would wait for kicks the driver no longer sends.
+      // Poll again instead; going idle switches them back on safely.
+      sleeping = !poll;
+      idle = 0;
       continue;
     }
     if (poll && !sleeping) {

@@ -44,13 +44,14 @@ std::string describe(const std::string& path, int err) {
 
 }  // namespace
 
-Listener::Listener(std::string path) : path_(std::move(path)) {
+Listener::Listener(std::string path, std::string what)
+    : path_(std::move(path)), what_(std::move(what)) {
   const auto error = [&](const std::string& why) {
-    return ListenError(fmt::format("vhost-user socket {}: {}", path_, why));
+    return ListenError(fmt::format("{} {}: {}", what_, path_, why));
   };
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path_.empty()) throw ListenError("vhost-user socket: empty path");
+  if (path_.empty()) throw ListenError(what_ + ": empty path");
   if (path_.size() >= sizeof(addr.sun_path)) {
     throw error(fmt::format("path is {} bytes, at most {} fit a unix socket address", path_.size(),
                             sizeof(addr.sun_path) - 1));
@@ -69,7 +70,7 @@ Listener::Listener(std::string path) : path_(std::move(path)) {
     }
     if (errno != ECONNREFUSED) throw error(describe(path_, errno));
     if (::unlink(path_.c_str()) != 0 && errno != ENOENT) throw error(describe(path_, errno));
-    spdlog::info("vhost-user socket {}: removed a stale socket", path_);
+    spdlog::info("{} {}: removed a stale socket", what_, path_);
   } else if (errno != ENOENT) {
     throw error(describe(path_, errno));
   }
@@ -111,7 +112,7 @@ UniqueFd Listener::try_accept() {
 #endif
         return UniqueFd();
       default:
-        spdlog::warn("vhost-user socket {}: accept: {}", path_, std::strerror(errno));
+        spdlog::warn("{} {}: accept: {}", what_, path_, std::strerror(errno));
         return UniqueFd();
     }
   }
@@ -122,7 +123,7 @@ UniqueFd Listener::accept() {
     pollfd pfd{fd_.get(), POLLIN, 0};
     if (::poll(&pfd, 1, -1) < 0) {
       if (errno != EINTR) {
-        spdlog::warn("vhost-user socket {}: poll: {}", path_, std::strerror(errno));
+        spdlog::warn("{} {}: poll: {}", what_, path_, std::strerror(errno));
       }
       return UniqueFd();
     }
@@ -130,7 +131,7 @@ UniqueFd Listener::accept() {
     if (conn) return conn;
     if (errno == EINTR) return UniqueFd();
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) continue;
-    spdlog::warn("vhost-user socket {}: accept: {}", path_, std::strerror(errno));
+    spdlog::warn("{} {}: accept: {}", what_, path_, std::strerror(errno));
     return UniqueFd();
   }
 }

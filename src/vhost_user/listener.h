@@ -1,5 +1,6 @@
 // The vhost-user socket a front-end (QEMU, -chardev socket,path=...)
-// connects to: a listening AF_UNIX stream socket at a path.
+// connects to: a listening AF_UNIX stream socket at a path. (The daemon's
+// stats socket is one too.)
 //
 // One front-end at a time: the backlog is 1, and the caller accepts the next
 // front-end only once the current Connection has ended. A front-end that
@@ -30,7 +31,8 @@ class Listener {
   // is gone (connect is refused) is unlinked first; a path that is served by
   // a live process, is not a socket, is too long for sockaddr_un or is in a
   // directory that does not exist or cannot be written throws ListenError.
-  explicit Listener(std::string path);
+  // `what` names the socket in messages ("vhost-user socket", "stats socket").
+  explicit Listener(std::string path, std::string what = "vhost-user socket");
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
   // Closes the socket and unlinks the path if it is still this socket.
@@ -51,6 +53,7 @@ class Listener {
 
  private:
   std::string path_;
+  std::string what_;
   transport::UniqueFd fd_;
   dev_t dev_ = 0;  // identity of the socket file we bound, for the unlink
   ino_t ino_ = 0;

@@ -149,6 +149,37 @@ TEST_F(CliTest, ConfigFileSelectsBackendAndMountPoint) {
   EXPECT_TRUE(stop.empty()) << stop;
 }
 
+// `dpfs stats SOCKET` prints what the running daemon counted.
+TEST_F(CliTest, StatsCommandShowsLiveCounts) {
+  const std::string socket = mount_->base() + "/stats.sock";
+  std::vector<std::string> args = mount_->memfs_args();
+  args.insert(args.end(), {"--stats-socket", socket});
+  std::string problem = mount_->start_dpfs(args);
+  ASSERT_TRUE(problem.empty()) << problem;
+  struct stat st;
+  ASSERT_SYS(::stat(socket.c_str(), &st));
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "operator-only";
+  ASSERT_EQ(write_file(mount_->dir() + "/f", "data"), 0);
+  EXPECT_ERRNO(ENOENT, ::stat((mount_->dir() + "/missing").c_str(), &st));
+
+  RunResult r = run({dpfs_binary(), "stats", socket}, 10s);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_NE(r.out.find(mount_->dir() + ": "), std::string::npos) << r.out;
+  const size_t lookup = r.out.find("LOOKUP ");
+  ASSERT_NE(lookup, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CREATE ") , std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("WRITE "), std::string::npos) << r.out;
+  // The failed lookup of "missing" is counted as an error.
+  const std::string line = r.out.substr(lookup, r.out.find('\n', lookup) - lookup);
+  EXPECT_EQ(line.find(" 0 errors"), std::string::npos) << line;
+
+  std::string stop = mount_->stop(SIGTERM);
+  EXPECT_TRUE(stop.empty()) << stop;
+  EXPECT_ERRNO(ENOENT, ::stat(socket.c_str(), &st)) << "removed on exit";
+  expect_one_line_failure(run({dpfs_binary(), "stats", socket}, 10s),
+                          {socket, "does not exist"});
+}
+
 TEST_F(CliTest, SigintUnmountsCleanly) {
   std::string problem = mount_->start_dpfs(mount_->memfs_args());
   ASSERT_TRUE(problem.empty()) << problem;

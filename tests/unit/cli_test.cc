@@ -157,7 +157,7 @@ TEST(Cli, ConfigFileErrors) {
 }
 
 TEST(Cli, UsageErrors) {
-  EXPECT_EQ(usage_error({}), "a command is required: serve or version (see dpfs --help)");
+  EXPECT_EQ(usage_error({}), "a command is required: serve, stats or version (see dpfs --help)");
   EXPECT_THAT(usage_error({"serve", "--bogus"}), HasSubstr("--bogus"));
   EXPECT_THAT(usage_error({"mount"}), HasSubstr("mount"));
   EXPECT_THAT(usage_error({"serve", "--threads"}), HasSubstr("--threads"));

@@ -29,31 +29,46 @@ bool Space::reserve(uint64_t bytes) {
 
 FileData::~FileData() { space_.release(chunks_.size() * kChunk); }
 
+std::byte* FileData::find(uint64_t index) const {
+  if (index < direct_.size() && direct_[index] != nullptr) return direct_[index];
+  auto it = chunks_.find(index);
+  if (it == chunks_.end()) return nullptr;
+  remember(index, it->second.get());
+  return it->second.get();
+}
+
+void FileData::remember(uint64_t index, std::byte* chunk) const {
+  if (index >= direct_.size()) {
+    const uint64_t bound = std::min<uint64_t>(kDirectChunks, 4 * chunks_.size() + 256);
+    if (index >= bound) return;
+    direct_.resize(size_t(std::min<uint64_t>(bound, std::max<uint64_t>(index + 1, 2 * direct_.size()))));
+  }
+  direct_[index] = chunk;
+}
+
 size_t FileData::read(uint64_t offset, size_t len, std::span<const iovec> dst) const {
   if (offset >= size_) return 0;
   len = size_t(std::min<uint64_t>({len, size_ - offset, iov_length(dst)}));
   IovWriter out(dst, len);
-  auto it = chunks_.lower_bound(offset / kChunk);
   size_t done = 0;
   while (done < len) {
     const uint64_t pos = offset + done;
-    const uint64_t index = pos / kChunk;
     const size_t at = size_t(pos % kChunk);
     const size_t n = std::min<size_t>(kChunk - at, len - done);
-    while (it != chunks_.end() && it->first < index) ++it;
-    if (it != chunks_.end() && it->first == index) {
-      out.write(it->second.get() + at, n);
-    } else {
-      out.write(kZeros, n);
-    }
+    const std::byte* chunk = find(pos / kChunk);
+    out.write(chunk != nullptr ? chunk + at : kZeros, n);
     done += n;
   }
   return len;
 }
 
 std::byte* FileData::chunk_for_write(uint64_t index, bool overwritten, int* error) {
+  if (index < direct_.size() && direct_[index] != nullptr) return direct_[index];
   auto it = chunks_.lower_bound(index);
-  if (it != chunks_.end() && it->first == index) return it->second.get();
+  if (it != chunks_.end() && it->first == index) {
+    remember(index, it->second.get());
+    return it->second.get();
+  }
   if (!space_.reserve(kChunk)) {
     *error = ENOSPC;
     return nullptr;
@@ -67,6 +82,7 @@ std::byte* FileData::chunk_for_write(uint64_t index, bool overwritten, int* erro
   }
   std::byte* p = chunk.get();
   chunks_.emplace_hint(it, index, std::move(chunk));
+  remember(index, p);
   return p;
 }
 
@@ -96,6 +112,7 @@ void FileData::free_from(uint64_t first_index) {
   const uint64_t n = uint64_t(std::distance(it, chunks_.end()));
   chunks_.erase(it, chunks_.end());
   space_.release(n * kChunk);
+  if (first_index < direct_.size()) direct_.resize(size_t(first_index));
 }
 
 void FileData::truncate(uint64_t size) {
@@ -151,6 +168,7 @@ void FileData::punch(uint64_t offset, uint64_t end) {
        it != chunks_.end() && it->first * kChunk < end;) {
     const uint64_t start = it->first * kChunk;
     if (offset <= start && start + kChunk <= end) {
+      if (it->first < direct_.size()) direct_[it->first] = nullptr;
       it = chunks_.erase(it);
       space_.release(kChunk);
       continue;
@@ -191,6 +209,7 @@ int FileData::fallocate(uint32_t mode, uint64_t offset, uint64_t len) {
         moved.insert(std::move(node));
       }
       chunks_.merge(moved);
+      direct_.clear();  // chunks moved to other indexes
       size_ -= len;
       return 0;
     }
@@ -207,6 +226,7 @@ int FileData::fallocate(uint32_t mode, uint64_t offset, uint64_t len) {
         moved.insert(std::move(node));
       }
       chunks_.merge(moved);
+      direct_.clear();  // chunks moved to other indexes
       size_ += len;
       return 0;
     }

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace dpfs::memfs {
 
@@ -95,10 +96,23 @@ class FileData {
   // Zeroes [offset, end) inside allocated chunks, freeing none.
   void zero(uint64_t offset, uint64_t end);
   void free_from(uint64_t first_index);
+  // The chunk at `index`, or nullptr for a hole.
+  std::byte* find(uint64_t index) const;
+  // Remembers where chunk `index` lives, if the direct table covers it.
+  void remember(uint64_t index, std::byte* chunk) const;
 
   Space& space_;
   uint64_t size_ = 0;
   std::map<uint64_t, Chunk> chunks_;
+  // A lookup cache in front of chunks_ for the first kDirectChunks chunks:
+  // random 4k I/O on a large file would otherwise walk the map's nodes,
+  // one cache miss per level. direct_[i], when not null, is chunks_[i];
+  // filled as chunks are found, emptied whenever chunks are freed or moved.
+  // Grown only in proportion to the chunks allocated, so a sparse file with
+  // one chunk far out costs no table. Mutable: filled by const reads, which
+  // run under the inode's lock like everything else here.
+  static constexpr uint64_t kDirectChunks = 1u << 20;  // the first 4 GiB
+  mutable std::vector<std::byte*> direct_;
 };
 
 }  // namespace dpfs::memfs
