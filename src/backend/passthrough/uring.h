@@ -1,5 +1,8 @@
 // The passthrough data path: READ, WRITE, FSYNC and FALLOCATE on io_uring.
 //
+// READs the page cache holds whole are answered first with preadv2
+// RWF_NOWAIT, which never blocks; the ring gets everything else.
+//
 // One ring per worker thread, made on the thread's first I/O. The worker
 // owns the submission side: it prepares an entry straight over the tenant's
 // iovecs and submits it. Completions are reaped in two places:
