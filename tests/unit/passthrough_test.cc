@@ -252,6 +252,44 @@ TEST_F(PassthroughTest, DescriptorCacheStaysBoundedAndReopensByHandle) {
   EXPECT_LE(fs_.cached_fds(), 16u);
 }
 
+// squash_uid/gid: files are created as the squashed ids, whoever asks; the
+// open-file bound answers ENFILE past max_fds.
+TEST(PassthroughOptionsTest, SquashAndOpenFileBound) {
+  Scratch scratch;
+  PassthroughOptions o;
+  o.root = scratch.exported();
+  o.io_uring = UringMode::kOff;
+  o.max_fds = 16;
+  o.squash_uid = 4242;
+  o.squash_gid = 4343;
+  Passthrough fs(o);
+  fuse::FuseSession session(fs, {});
+  TestRequest init(init_request());
+  session.handle(init);
+  ASSERT_EQ(init.error(), 0);
+  ::chmod(scratch.exported().c_str(), 0777);  // the squashed uid creates in it
+  uint64_t unique = 10;
+  auto create = [&](const std::string& name) {
+    RequestBuilder b(FUSE_CREATE, kRootIno, unique++);
+    b.header().uid = 1000;
+    b.header().gid = 1000;
+    fuse_create_in in{O_RDWR, S_IFREG | 0644, 0, 0};
+    TestRequest req(b.arg(in).name(name).bytes());
+    session.handle(req);
+    return -req.error();
+  };
+  ASSERT_EQ(create("f0"), 0);
+  struct stat st {};
+  ASSERT_EQ(::stat((scratch.exported() + "/f0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 4242u);
+  EXPECT_EQ(st.st_gid, 4343u);
+  // f0 is open; 15 more fill the bound.
+  for (int i = 1; i < 16; ++i) ASSERT_EQ(create("f" + std::to_string(i)), 0) << i;
+  EXPECT_EQ(create("f16"), ENFILE);
+  EXPECT_EQ(fs.open_files(), 16u);
+  EXPECT_FALSE(fs::exists(scratch.exported() + "/f16")) << "refused before creating";
+}
+
 TEST(PassthroughStart, MissingDirectoryIsOneLine) {
   PassthroughOptions o;
   o.root = "/nonexistent/dpfs-export";

@@ -556,6 +556,8 @@ void Passthrough::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenRep
   if (options_.read_only && ((host_flags & O_ACCMODE) != O_RDONLY || (host_flags & O_TRUNC))) {
     return reply.error(EROFS);
   }
+  // Checked before anything happens on the host (O_TRUNC); add_file checks again.
+  if (open_files() >= options_.max_fds) return reply.error(ENFILE);
   UniqueFd fd = inodes_.reopen(ino, *path, host_flags, &error);
   if (!fd) return reply.error(error);
   if (ctx.kill_suidgid && (host_flags & O_TRUNC)) {
@@ -571,6 +573,7 @@ void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view n
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
+  if (open_files() >= options_.max_fds) return reply.error(ENFILE);  // before creating
   const int f = host_open_flags(flags);
   // Always exclusive on the host: opening an existing name with O_CREAT
   // could open a FIFO or a device node. An existing name is then opened as
@@ -616,6 +619,7 @@ void Passthrough::tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, ui
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
+  if (open_files() >= options_.max_fds) return reply.error(ENFILE);
   UniqueFd fd;
   {
     TenantCreds creds(host_uid(ctx), host_gid(ctx));
