@@ -31,7 +31,10 @@
 #   JOBS=all         or a comma list of job names (see the workload)
 #   TARGETS="dpfs virtiofsd dpfs-t0"  (dpfs-t0: dpfs with --entry-timeout 0
 #                    --attr-timeout 0, the guest caching as little as under
-#                    virtiofsd's cache=none)
+#                    virtiofsd's cache=none; dpfs-pt: dpfs's passthrough
+#                    backend over a fresh tmpfs, as virtiofsd serves)
+#   SHARE=tmpfs      what virtiofsd and dpfs-pt serve: a fresh tmpfs, or
+#                    "disk": a fresh directory on /tmp's file system
 #   GUEST_MEM=512M   guest memory
 #   DPFS_ARGS=       extra arguments for dpfs serve (e.g. --threads 1, --poll)
 #   BUILD=build      dpfs build directory (built, Release, unless SKIP_BUILD=1)
@@ -171,6 +174,18 @@ LOADS=()
 RESULTS=$WORK/results
 mkdir -p "$RESULTS"
 
+# The directory virtiofsd and dpfs-pt serve, $TMPFS/src: a fresh tmpfs, or
+# with SHARE=disk a fresh directory on the disk file system of /tmp (its
+# page cache warm once the data file is written).
+make_share() {
+  TMPFS=$WORK/tmpfs
+  mkdir -p "$TMPFS"
+  if [[ ${SHARE:-tmpfs} = tmpfs ]]; then
+    mount -t tmpfs -o size=2g tmpfs "$TMPFS" || die "mounting a tmpfs"
+  fi
+  mkdir -p "$TMPFS/src"
+}
+
 for target in $TARGETS; do
   sock=$WORK/$target.sock
   dlog=$RESULTS/$target.daemon.log
@@ -184,14 +199,20 @@ for target in $TARGETS; do
       DAEMON_PID=$!
       echo "$DPFS serve --backend memfs --vhost-user SOCK --tag $TAG ${args[*]}" >"$RESULTS/$target.cmd"
       ;;
+    dpfs-pt)
+      # passthrough over the same kind of directory virtiofsd serves
+      make_share
+      args=($DPFS_ARGS)
+      "$DPFS" serve --backend "passthrough:$TMPFS/src" --vhost-user "$sock" --tag "$TAG" \
+        "${args[@]}" >"$dlog" 2>&1 &
+      DAEMON_PID=$!
+      echo "$DPFS serve --backend passthrough:DIR --vhost-user SOCK --tag $TAG ${args[*]}  (DIR: ${SHARE:-tmpfs})" >"$RESULTS/$target.cmd"
+      ;;
     virtiofsd)
-      TMPFS=$WORK/tmpfs
-      mkdir -p "$TMPFS"
-      mount -t tmpfs -o size=2g tmpfs "$TMPFS" || die "mounting a tmpfs"
-      mkdir -p "$TMPFS/src"
+      make_share
       "$VIRTIOFSD" --socket-path="$sock" -o source="$TMPFS/src" -o cache=none >"$dlog" 2>&1 &
       DAEMON_PID=$!
-      echo "$VIRTIOFSD --socket-path=SOCK -o source=DIR -o cache=none  (DIR on a fresh tmpfs)" >"$RESULTS/$target.cmd"
+      echo "$VIRTIOFSD --socket-path=SOCK -o source=DIR -o cache=none  (DIR: ${SHARE:-tmpfs})" >"$RESULTS/$target.cmd"
       ;;
     *) die "unknown target $target" ;;
   esac
@@ -226,7 +247,11 @@ for target in $TARGETS; do
   ((grc == 0)) || { tail -n 30 "$RESULTS/$target.run-guest.out" >&2; log "$target: guest failed ($grc); see above"; }
   stop_daemon
   if [[ -n $TMPFS ]]; then
-    umount "$TMPFS" 2>/dev/null || umount -l "$TMPFS" || true
+    if [[ ${SHARE:-tmpfs} = tmpfs ]]; then
+      umount "$TMPFS" 2>/dev/null || umount -l "$TMPFS" || true
+    else
+      rm -rf "$TMPFS/src"
+    fi
     TMPFS=""
   fi
 done

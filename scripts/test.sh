@@ -19,6 +19,13 @@ step "POSIX suites through the remote transport (server + device on loopback, ~1
 DPFS_TEST_REMOTE=memfs build/dpfs_integration_tests \
   --gtest_filter='PosixTest.*:IoTest.*:ReaddirTest.*:XattrTest.*:LockTest.*'
 
+# On tmpfs, io_uring = auto would choose system calls: forced on, so the
+# suites go through the ring.
+step "POSIX suites on passthrough (export on a tmpfs: tmpfs's limits; ~40 s)"
+DPFS_TEST_EXPORT_TMPFS=1 DPFS_TEST_BACKEND='passthrough:{dir}' \
+  DPFS_TEST_SERVE_ARGS='--passthrough-io-uring on' build/dpfs_integration_tests \
+  --gtest_filter='PosixTest.*:IoTest.*:ReaddirTest.*:XattrTest.*:LockTest.*:ConcurrencyTest.*:ExerciserTest.HundredThousandOps'
+
 # The POSIX suites through the NFS backend against a real ganesha (started by
 # the harness, about 35 s). Excluded: what NFSv3 or the server does not do,
 # each with its reason in docs/nfs.md.
@@ -41,7 +48,7 @@ step "tests under ASan+UBSan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   GTEST_FILTER="-$(printf 'GuestTest.%s:' BasicWorkloadThenLaterGuestsReadItBack TwoRequestQueues \
     FileExerciserInGuest PackedVirtqueues DeviceSurvivesGuestReboot OnDisconnectExit \
-    DeviceForwardsToARemoteServer)" \
+    BasicWorkloadOnPassthrough DeviceForwardsToARemoteServer)" \
   ctest --test-dir build-asan --output-on-failure --timeout 1200
 
 step "fuzz (libFuzzer, ${FUZZ_SECONDS:-30} s per target)"

@@ -7,6 +7,7 @@
 #include "backend/memfs/memfs.h"
 #include "backend/nfs/nfs.h"
 #include "backend/null/null.h"
+#include "backend/passthrough/passthrough.h"
 #include "remote/wire.h"
 
 namespace dpfs {
@@ -16,6 +17,7 @@ constexpr BackendType kTypes[] = {
     {"memfs", false, "an in-memory file system, empty at start"},
     {"null", false, "a root and one file of zeros that discards writes; for benchmarks"},
     {"nfs", true, "an NFSv3 export: nfs://SERVER[:PORT]/EXPORT[?version=3]"},
+    {"passthrough", true, "a directory of this host, passthrough:DIR"},
     {"remote", true,
      "remote://HOST:PORT: forward every request to a dpfs server (dpfs serve --listen)"},
 };
@@ -91,6 +93,24 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     options.entry_timeout = cfg.entry_timeout;
     options.attr_timeout = cfg.attr_timeout;
     return std::make_unique<NfsBackend>(options);
+  }
+  if (cfg.type == "passthrough") {
+    PassthroughOptions options;
+    options.root = cfg.arg;
+    options.read_only = cfg.passthrough.read_only;
+    options.cache = cfg.passthrough.cache == "none"     ? CachePolicy::kNone
+                    : cfg.passthrough.cache == "always" ? CachePolicy::kAlways
+                                                        : CachePolicy::kAuto;
+    options.entry_timeout = cfg.entry_timeout;
+    options.attr_timeout = cfg.attr_timeout;
+    options.writeback = cfg.writeback_cache;
+    options.max_fds = cfg.passthrough.max_fds;
+    options.io_uring = cfg.passthrough.io_uring == "on"    ? UringMode::kOn
+                       : cfg.passthrough.io_uring == "off" ? UringMode::kOff
+                                                           : UringMode::kAuto;
+    if (cfg.passthrough.squash_uid >= 0) options.squash_uid = uint32_t(cfg.passthrough.squash_uid);
+    if (cfg.passthrough.squash_gid >= 0) options.squash_gid = uint32_t(cfg.passthrough.squash_gid);
+    return std::make_unique<Passthrough>(options);
   }
   if (cfg.type == "remote") {
     // The remote backend forwards whole FUSE requests (remote::Forwarder):

@@ -40,11 +40,20 @@ struct BackendConfig {
     uint64_t wsize = 1ull << 20;
     uint64_t max_unstable = 64ull << 20;
   } nfs;
+  struct Passthrough {
+    bool read_only = false;
+    std::string cache = "auto";  // none, auto, always
+    uint64_t max_fds = 8192;
+    std::string io_uring = "auto";  // auto, on, off
+    int64_t squash_uid = -1;  // -1: the tenant's
+    int64_t squash_gid = -1;
+  } passthrough;
 
   // The timeouts a backend reports to the kernel for names and attributes
   // (the [fuse] settings of the same names).
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
+  bool writeback_cache = false;  // [fuse] writeback_cache
 };
 
 struct BackendType {

@@ -1120,7 +1120,7 @@ bool DirReply::add_plus(std::string_view name, const Entry& entry, uint64_t next
   fuse::fill_entry(entry, &out);
   // d_ino is the inode number stat(2) shows (the kernel takes it from the
   // dirent, not from the node id): they differ for a backend whose node ids
-  // are not the file's own inode numbers (nfs: the server's fileid).
+  // are not the file's own inode numbers (nfs: the server's fileid; passthrough: its node ids are its own).
   const uint64_t d_ino = entry.attr.st_ino != 0 ? entry.attr.st_ino : entry.ino;
   return add_dirent(req_, &out, name, d_ino, (entry.attr.st_mode & S_IFMT) >> 12, next_offset);
 }

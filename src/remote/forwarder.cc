@@ -32,8 +32,6 @@ constexpr size_t kMaxSavedInit = 4096;
 // Sent requests that timed out and whose late replies are dropped when they
 // come; past this many the link is assumed dead and reconnected.
 constexpr size_t kMaxExpired = 4096;
-// The frame id of the replayed INIT, never used for a tenant's request.
-constexpr uint64_t kInitReplayId = 0;
 
 // FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY take no reply.
 bool takes_reply(uint32_t opcode) {

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
+#include <linux/fuse.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
@@ -285,6 +286,15 @@ void Server::Connection::run() {
         release(r);
         refuse("a request cut short", false);
         break;
+      }
+      if (h.id == kInitReplayId && session_->initialized()) {
+        // A replayed INIT that lost the race with another connection's.
+        fuse_in_header in{};
+        std::memcpy(&in, r->in_buf(), std::min<size_t>(h.length, sizeof(in)));
+        const fuse_out_header out{sizeof(fuse_out_header), 0, in.unique};
+        send_reply(h.id, reinterpret_cast<const char*>(&out), sizeof(out));
+        release(r);
+        continue;
       }
       r->owner_ = shared_from_this();
       session_->handle(*r);

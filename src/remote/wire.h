@@ -81,6 +81,12 @@ struct WelcomePayload {
 };
 static_assert(sizeof(WelcomePayload) == 8);
 
+// The frame id of an INIT a device replays to a server that lost its
+// session; never the id of a tenant's request. A server whose session is up
+// already (another connection's INIT got there first) acknowledges it with
+// a header-only success instead of negotiating again.
+inline constexpr uint64_t kInitReplayId = 0;
+
 inline constexpr size_t kMaxErrorText = 256;
 // No reply or request may exceed this, whatever a peer says (a sanity bound
 // far above max_write = 1M plus headers).

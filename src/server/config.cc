@@ -87,6 +87,13 @@ bool as_bool(const Value& v) {
   refuse(fmt::format("must be true or false, got {}", kind_of(v)));
 }
 
+// A host uid or gid: 0..2^32-2 ((uid_t)-1 means "unchanged" to the kernel).
+int64_t as_id(const Value& v) {
+  const int64_t n = as_integer(v);
+  if (n < 0 || n >= int64_t(UINT32_MAX)) refuse(fmt::format("must be 0 to 4294967294, got {}", n));
+  return n;
+}
+
 const std::string& as_string(const Value& v) {
   if (const auto* s = std::get_if<std::string>(&v)) return *s;
   refuse(fmt::format("must be a string, got {}", kind_of(v)));
@@ -213,6 +220,45 @@ const Setting kSettings[] = {
       "nfs: bytes of UNSTABLE writes kept until COMMIT to be sent again if the server restarts; "
       "past it writes are FILE_SYNC (default 64M)"},
      [](Config& cfg, const Value& v) { cfg.backend.nfs.max_unstable = as_size(v); }},
+    {{"backend.passthrough.read_only", "--passthrough-read-only", "BOOL",
+      "passthrough: serve DIR read-only; changes answer EROFS (default false)"},
+     [](Config& cfg, const Value& v) { cfg.backend.passthrough.read_only = as_bool(v); }},
+    {{"backend.passthrough.cache", "--passthrough-cache", "none|auto|always",
+      "passthrough: none: no caching (direct I/O, timeouts 0); auto: the fuse timeouts; always: "
+      "keep the page cache, timeouts of a day (default auto)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s != "none" && s != "auto" && s != "always") {
+         refuse(fmt::format("must be none, auto or always, got '{}'", s));
+       }
+       cfg.backend.passthrough.cache = s;
+     }},
+    {{"backend.passthrough.max_fds", "--passthrough-max-fds", "N",
+      "passthrough: host descriptors cached for inodes, and files open at once (default 8192)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < 16 || n > (int64_t(1) << 24)) {
+         refuse(fmt::format("must be between 16 and 16777216, got {}", n));
+       }
+       cfg.backend.passthrough.max_fds = uint64_t(n);
+     }},
+    {{"backend.passthrough.io_uring", "--passthrough-io-uring", "auto|on|off",
+      "passthrough: READ/WRITE/FSYNC/FALLOCATE through io_uring (on), system calls (off), or "
+      "io_uring except on tmpfs, where it cannot complete reads inline (default auto)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s != "auto" && s != "on" && s != "off") {
+         refuse(fmt::format("must be auto, on or off, got '{}'", s));
+       }
+       cfg.backend.passthrough.io_uring = s;
+     }},
+    {{"backend.passthrough.squash_uid", "--passthrough-squash-uid", "UID",
+      "passthrough: create files and check access as this host uid, whoever the tenant is "
+      "(default: the tenant's uid)"},
+     [](Config& cfg, const Value& v) { cfg.backend.passthrough.squash_uid = as_id(v); }},
+    {{"backend.passthrough.squash_gid", "--passthrough-squash-gid", "GID",
+      "passthrough: likewise for the gid (default: the tenant's gid)"},
+     [](Config& cfg, const Value& v) { cfg.backend.passthrough.squash_gid = as_id(v); }},
     {{"fuse.mount", "--fuse-mount", "DIR",
       "mount point of the FUSE file system (default /tmp/dpfs, created if missing)"},
      [](Config& cfg, const Value& v) {
@@ -541,9 +587,11 @@ void finish(Config& cfg) {
   }
   cfg.backend.entry_timeout = cfg.fuse.entry_timeout;
   cfg.backend.attr_timeout = cfg.fuse.attr_timeout;
+  cfg.backend.writeback_cache = cfg.fuse.writeback_cache;
   for (DeviceConfig& device : cfg.devices) {
     device.backend.entry_timeout = cfg.fuse.entry_timeout;
     device.backend.attr_timeout = cfg.fuse.attr_timeout;
+    device.backend.writeback_cache = cfg.fuse.writeback_cache;
   }
 }
 

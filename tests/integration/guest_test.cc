@@ -601,6 +601,27 @@ TEST_F(GuestTest, TenantsAreIndependent) {
   EXPECT_FALSE(fs::exists(a));
 }
 
+// basic.sh on a passthrough backend: the guest's files land in the host
+// directory, where the host checks them against the guest's manifest.
+TEST_F(GuestTest, BasicWorkloadOnPassthrough) {
+  const fs::path exported = dir_.path() / "export";
+  fs::create_directories(exported);
+  const fs::path socket = dir_.path() / "pt.sock";
+  Daemon daemon(Daemon::kArgs, socket, dir_.path() / "pt.dpfs.log",
+                {"--backend", "passthrough:" + exported.string(), "--vhost-user", socket.string(),
+                 "--tag", "pt"});
+  daemon.start();
+  ASSERT_TRUE(daemon.ready());
+  const GuestRun run = run_guest(dir_.path(), daemon.socket(), "pt", "basic.sh", {}, "basic");
+  ASSERT_TRUE(run.ok()) << run.describe() << "\n----- dpfs log -----\n" << tail(daemon.log(), 40);
+  expect_basic_passed(run, 1);
+  const fs::path written = exported / "dpfs-basic";
+  ASSERT_TRUE(fs::exists(written / "MANIFEST.md5")) << "nothing of the guest's in " << exported;
+  const std::string check = "cd '" + written.string() + "' && md5sum --quiet -c MANIFEST.md5";
+  EXPECT_EQ(std::system(check.c_str()), 0) << "the host's copy differs from the guest's: " << check;
+  expect_clean_exit(daemon);
+}
+
 // A socket path that cannot be used: one line, nonzero exit, at once.
 TEST_F(GuestTest, UnusableSocketPathIsOneLine) {
   const fs::path log = dir_.path() / "bad.log";

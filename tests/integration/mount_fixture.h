@@ -10,6 +10,7 @@
 // backend against a real nfs-ganesha this process starts (nfs_server.h).
 // DPFS_TEST_ON_TMPFS=1 runs the same tests on a tmpfs mount instead of dpfs:
 // a way to check the tests themselves against a file system the kernel owns.
+// DPFS_TEST_EXPORT_TMPFS=1 puts that directory on a tmpfs of its own.
 // DPFS_TEST_SERVE_ARGS="--writeback-cache true" adds options to the daemon
 // of every MountTest suite. DPFS_TEST_BINARY=path runs another build of the daemon (say, with
 // sanitizers) instead of the one the tests were compiled against.
@@ -803,6 +804,7 @@ class Mount {
       ::unlink(log_.c_str());
       ::unlink((base_ + "/server.log").c_str());  // see ServerProcess
       std::error_code ignored;
+      if (find_mount(base_ + "/export")) ::umount2((base_ + "/export").c_str(), MNT_DETACH);
       std::filesystem::remove_all(base_ + "/export", ignored);  // see memfs_args()
       ::rmdir(base_.c_str());
     }
@@ -885,6 +887,13 @@ class Mount {
         if (!problem.empty()) ADD_FAILURE() << "the test NFS server: " << problem;
       }
       ::mkdir(exported.c_str(), 0755);
+      // DPFS_TEST_EXPORT_TMPFS=1: the directory is a fresh tmpfs, so a
+      // passthrough backend has tmpfs's limits (xattr sizes, file sizes)
+      // rather than those of the file system holding /tmp.
+      if (const char* t = std::getenv("DPFS_TEST_EXPORT_TMPFS"); t && std::string(t) == "1" &&
+          !find_mount(exported)) {
+        ::mount("tmpfs", exported.c_str(), "tmpfs", 0, "mode=0755");
+      }
       backend.replace(at, 5, exported);
     }
     std::vector<std::string> args{

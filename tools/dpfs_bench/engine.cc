@@ -50,7 +50,7 @@ class Driver {
  public:
   Driver(Device& d, Workload& w, const RunOptions& o, const std::atomic<Phase>& phase,
          unsigned index)
-      : workload_(w), options_(o), phase_(phase), index_(index) {
+      : workload_(w), options_(o), phase_(phase) {
     for (uint32_t q = index + 1; q <= d.options().request_queues; q += o.threads) {
       QueueRun qr{&d.queue(q), {}, std::vector<int32_t>(d.queue(q).size(), -1)};
       uint32_t k = 0;
@@ -197,7 +197,6 @@ class Driver {
   Workload& workload_;
   const RunOptions& options_;
   const std::atomic<Phase>& phase_;
-  [[maybe_unused]] unsigned index_;
   std::vector<QueueRun> queues_;
   uint64_t unique_ = 0;
   uint32_t outstanding_ = 0;

@@ -1,0 +1,248 @@
+// The passthrough backend through a real FUSE mount: what the tenant does
+// shows on the host and the other way round, escape attempts through the
+// mount fail, the descriptor bound holds with many files, read-only mode.
+//
+// Layout: base/deep/er/export is served; base/deep/er/outside holds a secret.
+// The mount is base/mnt, at another depth than the export: a relative symlink
+// that reaches `outside` on the host ("../../outside" from export/T/d) leads
+// nowhere on the tenant's side (mnt/T/../../outside is base/outside, which
+// does not exist). So the tenant finding the secret through it would mean
+// dpfs followed a symlink on the host.
+//
+// The hostile requests no kernel would send (lookups through symlink inodes,
+// ".." at the root, device opens) are in tests/unit/passthrough_test.cc.
+#include <sys/xattr.h>
+
+#include <atomic>
+
+#include "mount_fixture.h"
+
+namespace dpfs::itest {
+namespace {
+
+template <typename Mode>
+class PassthroughMountTest : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    umask(0);
+    problem_ = environment_problem();
+    if (!problem_.empty()) return;
+    mount_ = std::make_unique<Mount>();
+    top_ = mount_->base() + "/deep/er";
+    std::filesystem::create_directories(top_ + "/export");
+    std::filesystem::create_directories(top_ + "/outside");
+    if (int e = write_file(top_ + "/outside/secret", "secret"); e != 0) {
+      problem_ = "writing the secret: " + errname(e);
+      return;
+    }
+    std::vector<std::string> args{"serve",          "--backend",  "passthrough:" + exported(),
+                                  "--fuse-mount",   mount_->dir(), "--threads",
+                                  "2",              "--entry-timeout", "0",
+                                  "--attr-timeout", "0"};
+    for (const std::string& a : Mode::args()) args.push_back(a);
+    problem_ = mount_->start_dpfs(args);
+  }
+  static void TearDownTestSuite() {
+    if (mount_) {
+      close_fds_under(mount_->dir());
+      std::string p = mount_->stop(SIGTERM);
+      if (problem_.empty() && !p.empty()) ADD_FAILURE() << "stopping the daemon: " << p;
+      std::error_code ignored;
+      std::filesystem::remove_all(mount_->base() + "/deep", ignored);
+      mount_.reset();
+    }
+    problem_.clear();
+  }
+
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(problem_.empty()) << problem_;
+    std::string alive = mount_->check_alive();
+    ASSERT_TRUE(alive.empty()) << alive;
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    name_ = info->name();
+    umask(0);
+    // Made on the host: read-only mounts cannot make it.
+    ASSERT_SYS(::mkdir(host().c_str(), 0777));
+  }
+  void TearDown() override {
+    if (mount_) close_fds_under(mount_->dir());
+    std::string alive = mount_ ? mount_->check_alive() : "";
+    EXPECT_TRUE(alive.empty()) << alive;
+  }
+
+  static std::string exported() { return top_ + "/export"; }
+  static std::string outside(const std::string& name = "") {
+    return top_ + "/outside" + (name.empty() ? "" : "/" + name);
+  }
+  // This test's directory on the host and through the mount.
+  std::string host(const std::string& name = "") const {
+    return exported() + "/" + name_ + (name.empty() ? "" : "/" + name);
+  }
+  std::string mnt(const std::string& name = "") const {
+    return mount_->dir() + "/" + name_ + (name.empty() ? "" : "/" + name);
+  }
+  static Mount& mount() { return *mount_; }
+
+  // Descriptors the daemon holds now.
+  static size_t daemon_fds() {
+    int error = 0;
+    return list_dir("/proc/" + std::to_string(mount_->pid()) + "/fd", &error).size();
+  }
+
+ private:
+  std::string name_;
+  static inline std::unique_ptr<Mount> mount_;
+  static inline std::string top_;
+  static inline std::string problem_;
+};
+
+struct ReadWrite {
+  static constexpr size_t kMaxFds = 64;
+  static std::vector<std::string> args() {
+    return {"--passthrough-max-fds", std::to_string(kMaxFds)};
+  }
+};
+struct ReadOnly {
+  static std::vector<std::string> args() { return {"--passthrough-read-only"}; }
+};
+
+using PassthroughTest = PassthroughMountTest<ReadWrite>;
+using PassthroughReadOnlyTest = PassthroughMountTest<ReadOnly>;
+
+TEST_F(PassthroughTest, TenantChangesAreOnTheHostWithTheTenantsIds) {
+  EXPECT_SYS(as_user(kUser1, [&] {
+    return write_file(mnt("mine"), "tenant data", 0640) == 0 ? 0 : -1;
+  }));
+  struct stat st {};
+  ASSERT_SYS(::lstat(host("mine").c_str(), &st));
+  EXPECT_EQ(st.st_uid, kUser1.uid);
+  EXPECT_EQ(st.st_gid, kUser1.gid);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  EXPECT_EQ(read_file(host("mine")).value_or("<error>"), "tenant data");
+
+  ASSERT_SYS(::mkdir(mnt("dir").c_str(), 0750));
+  ASSERT_SYS(::symlink("mine", mnt("link").c_str()));
+  ASSERT_SYS(::rename(mnt("mine").c_str(), mnt("dir/moved").c_str()));
+  ASSERT_SYS(::lstat(host("dir").c_str(), &st));
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  EXPECT_EQ(read_file(host("dir/moved")).value_or("<error>"), "tenant data");
+  ASSERT_SYS(::lstat(host("link").c_str(), &st));
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  EXPECT_ERRNO(ENOENT, ::lstat(host("mine").c_str(), &st));
+
+  // And the host's changes show through the mount (timeouts 0).
+  ASSERT_EQ(write_file(host("from-host"), "host data"), 0);
+  EXPECT_EQ(read_file(mnt("from-host")).value_or("<error>"), "host data");
+}
+
+TEST_F(PassthroughTest, HostSymlinksAreNotFollowedByDpfs) {
+  ASSERT_SYS(::symlink("/", host("to-root").c_str()));
+  ASSERT_SYS(::symlink("../../outside", host("to-outside").c_str()));
+  struct stat st {};
+  ASSERT_SYS(::lstat(mnt("to-root").c_str(), &st));
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  char target[64] = {};
+  ASSERT_SYS(::readlink(mnt("to-outside").c_str(), target, sizeof target - 1));
+  EXPECT_STREQ(target, "../../outside");
+  // Resolved by the tenant's kernel, relative to the mount: nothing there.
+  EXPECT_ERRNO(ENOENT, ::stat(mnt("to-outside/secret").c_str(), &st));
+  EXPECT_ERRNO(ELOOP, ::open(mnt("to-outside").c_str(), O_RDONLY | O_NOFOLLOW));
+  EXPECT_ERRNO(ENOENT, ::open(mnt("to-outside/planted").c_str(), O_CREAT | O_WRONLY, 0644));
+  EXPECT_ERRNO(ENOENT, ::lstat(outside("planted").c_str(), &st));
+}
+
+TEST_F(PassthroughTest, HardLinksToOutsideFiles) {
+  // An operator's hard link to an outside file is that file: the tenant
+  // sees it, and removing the link leaves the file.
+  ASSERT_SYS(::link(outside("secret").c_str(), host("hl").c_str()));
+  EXPECT_EQ(read_file(mnt("hl")).value_or("<error>"), "secret");
+  ASSERT_SYS(::unlink(mnt("hl").c_str()));
+  EXPECT_EQ(read_file(outside("secret")).value_or("<error>"), "secret");
+  // The tenant cannot link an outside file in: another file system to it.
+  EXPECT_ERRNO(EXDEV, ::link(outside("secret").c_str(), mnt("in").c_str()));
+  // Nor rename one out.
+  ASSERT_EQ(write_file(mnt("f"), "x"), 0);
+  EXPECT_ERRNO(EXDEV, ::rename(mnt("f").c_str(), outside("f").c_str()));
+}
+
+// A host thread swaps "d" between a directory and a relative symlink that
+// leads to `outside` on the host, in a loop; the tenant keeps opening and
+// creating through "d". Nothing may reach `outside`.
+TEST_F(PassthroughTest, RenameRaceNeverLeadsOutside) {
+  ASSERT_SYS(::mkdir(host("d").c_str(), 0777));
+  ASSERT_SYS(::symlink("../../outside", host("s").c_str()));
+  std::atomic<bool> stop{false};
+  std::atomic<int> swaps{0};
+  std::thread swapper([&] {
+    while (!stop.load()) {
+      if (::renameat2(AT_FDCWD, host("d").c_str(), AT_FDCWD, host("s").c_str(),
+                      RENAME_EXCHANGE) == 0) {
+        ++swaps;
+      }
+    }
+  });
+  int reached = 0, created = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 3s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (auto secret = read_file(mnt("d/secret"))) ++reached;
+    Fd fd(::open(mnt("d/planted").c_str(), O_CREAT | O_WRONLY, 0644));
+    if (fd.valid()) ++created;
+  }
+  stop = true;
+  swapper.join();
+  EXPECT_GT(swaps.load(), 100) << "the race did not run";
+  EXPECT_EQ(reached, 0) << "read the secret through a swapped name";
+  struct stat st {};
+  EXPECT_ERRNO(ENOENT, ::lstat(outside("planted").c_str(), &st));
+  EXPECT_EQ(read_file(outside("secret")).value_or("<error>"), "secret");
+  // Whatever was created is in the export.
+  if (created > 0) {
+    const bool in_d = ::lstat(host("d/planted").c_str(), &st) == 0;
+    const bool in_s = ::lstat(host("s/planted").c_str(), &st) == 0 &&
+                      ::lstat(outside("planted").c_str(), &st) != 0;
+    EXPECT_TRUE(in_d || in_s);
+  }
+}
+
+// Thousands of files the kernel keeps inodes of: the daemon's descriptors
+// stay near max_fds, and every file still reads right (reopened by handle).
+TEST_F(PassthroughTest, DescriptorBoundHoldsWithManyFiles) {
+  constexpr int kFiles = 2000;
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_EQ(write_file(host("f" + std::to_string(i)), std::to_string(i)), 0);
+  }
+  const size_t before = daemon_fds();
+  struct stat st {};
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_SYS(::stat(mnt("f" + std::to_string(i)).c_str(), &st)) << i;
+  }
+  const size_t after = daemon_fds();
+  // Besides the cache: /dev/fuse clones, io_uring rings and eventfds, logs.
+  EXPECT_LE(after, ReadWrite::kMaxFds + 32) << "before the stats: " << before;
+  EXPECT_GE(after, ReadWrite::kMaxFds / 2) << "the cache was not used at all";
+  for (int i = 0; i < kFiles; i += 7) {
+    EXPECT_EQ(read_file(mnt("f" + std::to_string(i))).value_or("<error>"), std::to_string(i));
+  }
+  EXPECT_LE(daemon_fds(), ReadWrite::kMaxFds + 32);
+}
+
+TEST_F(PassthroughReadOnlyTest, ChangesAreEROFSAndReadsWork) {
+  ASSERT_EQ(write_file(host("f"), "content"), 0);
+  EXPECT_EQ(read_file(mnt("f")).value_or("<error>"), "content");
+  EXPECT_ERRNO(EROFS, ::open(mnt("f").c_str(), O_WRONLY));
+  EXPECT_ERRNO(EROFS, ::open(mnt("new").c_str(), O_CREAT | O_WRONLY, 0644));
+  EXPECT_ERRNO(EROFS, ::mkdir(mnt("d").c_str(), 0755));
+  EXPECT_ERRNO(EROFS, ::unlink(mnt("f").c_str()));
+  EXPECT_ERRNO(EROFS, ::rename(mnt("f").c_str(), mnt("g").c_str()));
+  EXPECT_ERRNO(EROFS, ::chmod(mnt("f").c_str(), 0600));
+  EXPECT_ERRNO(EROFS, ::truncate(mnt("f").c_str(), 0));
+  EXPECT_ERRNO(EROFS, ::setxattr(mnt("f").c_str(), "user.x", "1", 1, 0));
+  EXPECT_ERRNO(EROFS, ::symlink("f", mnt("l").c_str()));
+  EXPECT_EQ(read_file(host("f")).value_or("<error>"), "content");
+  EXPECT_EQ(list_dir(host()), std::vector<std::string>{"f"});
+}
+
+}  // namespace
+}  // namespace dpfs::itest
