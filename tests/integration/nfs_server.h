@@ -13,8 +13,11 @@
 // tests using it FAIL.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -166,12 +169,31 @@ class NfsServer {
   // rpcbind must run for ganesha to register; one already running (anyone's)
   // is used and never stopped.
   static std::string ensure_rpcbind() {
-    if (process_running("rpcbind")) return "";
-    RunResult r = run({kRpcbind, "-w"}, 10s);
-    if (r.timed_out || !WIFEXITED(r.status) || WEXITSTATUS(r.status) != 0) {
-      return "rpcbind -w failed: " + r.err;
+    if (!process_running("rpcbind")) {
+      RunResult r = run({kRpcbind, "-w"}, 10s);
+      if (r.timed_out || !WIFEXITED(r.status) || WEXITSTATUS(r.status) != 0) {
+        return "rpcbind -w failed: " + r.err;
+      }
     }
-    return "";
+    // Ganesha registers with it at start and exits if it cannot: wait until
+    // it answers on its port.
+    for (int i = 0; i < 100; ++i) {
+      if (port_answers(111)) return "";
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return "rpcbind runs but does not answer on 127.0.0.1:111 within 5 s";
+  }
+
+  static bool port_answers(uint16_t port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    return ok;
   }
 
   static bool process_running(const std::string& comm) {
@@ -181,7 +203,12 @@ class NfsServer {
       if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
       std::string c = read_text_file(entry.path() / "comm");
       if (!c.empty() && c.back() == '\n') c.pop_back();
-      if (c == comm) return true;
+      if (c != comm) continue;
+      // A zombie (state Z, after "pid (comm) ") serves nothing.
+      const std::string stat = read_text_file(entry.path() / "stat");
+      const size_t paren = stat.rfind(')');
+      if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
+      return true;
     }
     return false;
   }
