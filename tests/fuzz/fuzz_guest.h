@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "virtio/guest_memory.h"
+#include "virtio/virtqueue.h"
 
 namespace dpfs::fuzz {
 
@@ -75,6 +76,27 @@ class Guest {
       }
     }
     return false;
+  }
+
+  // Checks that every buffer of a popped chain lies inside one region and
+  // that its lengths add up (aborting otherwise), then reads the readable
+  // buffers and writes the writable ones, so the sanitizer sees any byte
+  // outside guest memory. Returns a sum of what was read.
+  uint64_t touch(const dpfs::virtio::DescriptorChain& chain) {
+    uint64_t sum = 0, rlen = 0, wlen = 0;
+    for (const iovec& v : chain.readable) {
+      if (!contains(v.iov_base, v.iov_len)) std::abort();
+      const auto* p = static_cast<const uint8_t*>(v.iov_base);
+      for (size_t i = 0; i < v.iov_len; ++i) sum += p[i];
+      rlen += v.iov_len;
+    }
+    for (const iovec& v : chain.writable) {
+      if (!contains(v.iov_base, v.iov_len)) std::abort();
+      std::memset(v.iov_base, 0x5a, v.iov_len);
+      wlen += v.iov_len;
+    }
+    if (rlen != chain.readable_len || wlen != chain.writable_len) std::abort();
+    return sum;
   }
 
   // An address the fuzzer steers: usually inside a region, sometimes raw.

@@ -230,14 +230,18 @@ Entry Memfs::take_entry(Inode& node) const {
   return entry_of(node);
 }
 
-void Memfs::drop_capability(Inode* node) {
-  if (node->xattrs.empty()) return;
-  auto it = node->xattrs.find(std::string_view(kCapabilityXattr));
-  if (it == node->xattrs.end()) return;
+bool Memfs::erase_xattr(Inode* node, std::string_view name) {
+  auto it = node->xattrs.find(name);
+  if (it == node->xattrs.end()) return false;
   const uint64_t size = it->first.size() + it->second.size();
   node->xattrs.erase(it);
   node->xattr_bytes -= size;
   space_.release(size);
+  return true;
+}
+
+void Memfs::drop_capability(Inode* node) {
+  if (!node->xattrs.empty()) erase_xattr(node, kCapabilityXattr);
 }
 
 void Memfs::truncate_on_open(const Context& ctx, Inode* node) {
@@ -814,12 +818,7 @@ void Memfs::removexattr(const Context&, uint64_t ino, std::string_view name, Sta
     Inode* node = find(ino);
     if (node == nullptr) return ESTALE;
     std::lock_guard lock(node->mu);
-    auto it = node->xattrs.find(name);
-    if (it == node->xattrs.end()) return ENODATA;
-    const uint64_t size = it->first.size() + it->second.size();
-    node->xattrs.erase(it);
-    node->xattr_bytes -= size;
-    space_.release(size);
+    if (!erase_xattr(node, name)) return ENODATA;
     node->ctime = now();
     return 0;
   }();

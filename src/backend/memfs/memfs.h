@@ -138,6 +138,9 @@ class Memfs final : public Backend {
   // `fh` is given, opens it. REQUIRES: tree_mu_ exclusive.
   int make_node(const Context& ctx, uint64_t parent, std::string_view name, const NewNode& spec,
                 Entry* entry, uint64_t* fh);
+  // Removes xattr `name` and returns its space; false if there is none.
+  // REQUIRES: node->mu, or tree_mu_ exclusive.
+  bool erase_xattr(Inode* node, std::string_view name);
   // Removes security.capability (a write, truncation or chown happened).
   // REQUIRES: node->mu, or tree_mu_ exclusive.
   void drop_capability(Inode* node);
