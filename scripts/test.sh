@@ -10,6 +10,8 @@ bash scripts/deps.sh
 [[ -c /dev/fuse ]] || { echo "test: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
 
 step() { printf '\n=== %s\n' "$*"; }
+# GoogleTest prints failures only: what went wrong is what the log shows.
+export GTEST_BRIEF=1
 
 step "build (RelWithDebInfo)"
 bash scripts/build.sh build
