@@ -33,6 +33,8 @@
 #include <utility>
 #include <vector>
 
+#include "util/size.h"
+
 namespace {
 
 constexpr uint64_t kDefaultOps = 10000;
@@ -818,33 +820,7 @@ void usage(const char* argv0) {
 
 // A number, optionally with a K, M or G suffix (powers of 1024).
 bool parse_u64(const char* s, uint64_t* out) {
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long v = std::strtoull(s, &end, 0);
-  if (errno != 0 || end == s || *s == '-') return false;
-  uint64_t shift = 0;
-  switch (*end) {
-    case '\0':
-      break;
-    case 'k':
-    case 'K':
-      shift = 10;
-      break;
-    case 'm':
-    case 'M':
-      shift = 20;
-      break;
-    case 'g':
-    case 'G':
-      shift = 30;
-      break;
-    default:
-      return false;
-  }
-  if (shift != 0 && *++end != '\0') return false;
-  if (v > (~0ull >> shift)) return false;
-  *out = v << shift;
-  return true;
+  return dpfs::util::parse_size(s, out) == dpfs::util::SizeParse::kOk;
 }
 
 }  // namespace

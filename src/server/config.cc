@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "remote/wire.h"
+#include "util/size.h"
 
 namespace dpfs::server {
 namespace {
@@ -596,41 +597,16 @@ void finish(Config& cfg) {
 }
 
 uint64_t parse_size(std::string_view text) {
-  auto bad = [&] { refuse(fmt::format("must be a size such as 4096, 64K or 1G, got '{}'", text)); };
-  uint64_t n = 0;
-  const char* begin = text.data();
-  const char* end = text.data() + text.size();
-  const auto [p, ec] = std::from_chars(begin, end, n);
-  if (p == begin) bad();
-  if (ec == std::errc::result_out_of_range) refuse(fmt::format("size '{}' is too large", text));
-  unsigned shift = 0;
-  if (p != end) {
-    if (end - p != 1) bad();
-    switch (*p) {
-      case 'k':
-      case 'K':
-        shift = 10;
-        break;
-      case 'm':
-      case 'M':
-        shift = 20;
-        break;
-      case 'g':
-      case 'G':
-        shift = 30;
-        break;
-      case 't':
-      case 'T':
-        shift = 40;
-        break;
-      default:
-        bad();
-    }
+  uint64_t bytes = 0;
+  switch (util::parse_size(text, &bytes)) {
+    case util::SizeParse::kOk:
+      break;
+    case util::SizeParse::kMalformed:
+      refuse(fmt::format("must be a size such as 4096, 64K or 1G, got '{}'", text));
+    case util::SizeParse::kTooLarge:
+      refuse(fmt::format("size '{}' is too large", text));
   }
-  if (shift != 0 && n > (UINT64_MAX >> shift)) {
-    refuse(fmt::format("size '{}' is too large", text));
-  }
-  return n << shift;
+  return bytes;
 }
 
 std::string format_size(uint64_t bytes) {

@@ -16,26 +16,18 @@
 #include "engine.h"
 #include "hostile.h"
 #include "report.h"
+#include "util/size.h"
 #include "workloads.h"
 
 namespace {
 
 // "4K", "128K", "1M", "64M", "2G" or plain bytes.
 uint64_t parse_size(const std::string& text) {
-  size_t used = 0;
-  unsigned long long v = 0;
-  try {
-    v = std::stoull(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
+  uint64_t bytes = 0;
+  if (dpfs::util::parse_size(text, &bytes) != dpfs::util::SizeParse::kOk) {
+    throw std::invalid_argument("size " + text + ": use a number with K, M or G");
   }
-  if (used == 0) throw std::invalid_argument("size " + text + ": use a number with K, M or G");
-  const std::string unit = text.substr(used);
-  if (unit.empty()) return v;
-  if (unit == "K" || unit == "k") return v << 10;
-  if (unit == "M" || unit == "m") return v << 20;
-  if (unit == "G" || unit == "g") return v << 30;
-  throw std::invalid_argument("size " + text + ": use a number with K, M or G");
+  return bytes;
 }
 
 }  // namespace
