@@ -62,7 +62,7 @@ cmake --build build-fuzz -j"$(nproc)" --target $fuzzers
 for name in $fuzzers; do
   f=build-fuzz/$name
   corpus=$(mktemp -d)
-  "$f" -max_total_time="${FUZZ_SECONDS:-30}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
+  TMPDIR=$corpus "$f" -max_total_time="${FUZZ_SECONDS:-30}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
     2>&1 | tail -n 12
   rm -rf "$corpus"
 done
