@@ -111,6 +111,15 @@ class Ring {
     return sqe;
   }
 
+  // An Op to fill: an attached ring reuses answered ones (steady state
+  // allocates nothing); the others' are freed by whichever thread reaps.
+  std::unique_ptr<Op> new_op() {
+    if (!attached_ || spare_ops_.empty()) return std::make_unique<Op>();
+    std::unique_ptr<Op> op = std::move(spare_ops_.back());
+    spare_ops_.pop_back();
+    return op;
+  }
+
   // Hands `op`, prepared in `sqe`, to the ring: an attached ring submits it
   // with the rest of the batch in flush(); otherwise it is submitted now and
   // answered now if it completed inline.
@@ -209,6 +218,9 @@ class Ring {
       for (size_t i = 0; i < n; ++i) {
         std::unique_ptr<Op> op(done[i]);
         answer(op->reply, res[i]);
+        if (!attached_) continue;
+        op->keep.reset();
+        spare_ops_.push_back(std::move(op));
       }
       inflight_.fetch_sub(n, std::memory_order_release);
       total += n;
@@ -239,6 +251,7 @@ class Ring {
   std::atomic<uint64_t> submits_{0};
   std::atomic<bool> retired_{false};
   std::atomic<bool> stop_{false};
+  std::vector<std::unique_ptr<Op>> spare_ops_;  // attached rings: answered, for reuse
   std::thread reaper_;
 };
 
@@ -270,7 +283,10 @@ bool queue(Ring* ring, Prep prep, R& reply, Keepalive& keep) {
   io_uring_sqe* sqe = ring->sqe();
   if (sqe == nullptr) return false;
   prep(sqe);
-  ring->add(sqe, std::unique_ptr<Op>(new Op{std::move(reply), std::move(keep)}));
+  std::unique_ptr<Op> op = ring->new_op();
+  op->reply = std::move(reply);
+  op->keep = std::move(keep);
+  ring->add(sqe, std::move(op));
   return true;
 }
 
