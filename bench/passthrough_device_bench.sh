@@ -7,15 +7,26 @@
 #
 #   BUILD=build bench/passthrough_device_bench.sh   (dpfs and dpfs-bench built there)
 #   DPFS_ARGS="--passthrough-io-uring off" ...      extra dpfs serve options
+#   DPFS_BEFORE=/path/to/older/dpfs ...            also that binary, as "dpfs-before"
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 B=${BUILD:-$ROOT/build}
 [[ $B = /* ]] || B=$ROOT/$B
 W=$(mktemp -d /tmp/pt-devb.XXXX); mkdir -p $W/share
+# The data file is written (by dpfs-bench, through dpfs) and synced before
+# any measured run: otherwise the first run shares the CPUs with ext4's
+# writeback of 64 MiB.
+$B/dpfs serve --backend passthrough:$W/share --vhost-user $W/s.sock --threads 1 > $W/prepare.log 2>&1 &
+P=$!
+for i in $(seq 100); do [ -S $W/s.sock ] && break; sleep 0.05; done; sleep 0.3
+$B/dpfs-bench --socket $W/s.sock --workload randread --duration 0.5 --warmup 0 --file-size 64M > /dev/null 2>&1
+kill $P 2>/dev/null; wait $P 2>/dev/null; sync
 for qd in 1 32; do
-  for dev in dpfs-pt virtiofsd; do
+  for dev in dpfs-pt ${DPFS_BEFORE:+dpfs-before} virtiofsd; do
     rm -f $W/s.sock
-    if [ $dev = dpfs-pt ]; then
+    if [ $dev = dpfs-before ]; then
+      $DPFS_BEFORE serve --backend passthrough:$W/share --vhost-user $W/s.sock --threads 1 ${DPFS_ARGS:-} > $W/$dev.log 2>&1 &
+    elif [ $dev = dpfs-pt ]; then
       $B/dpfs serve --backend passthrough:$W/share --vhost-user $W/s.sock --threads 1 ${DPFS_ARGS:-} > $W/$dev.log 2>&1 &
     else
       /usr/lib/qemu/virtiofsd --socket-path=$W/s.sock -o source=$W/share -o cache=none > $W/$dev.log 2>&1 &

@@ -29,9 +29,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
+
+#include "backend/worker_hook.h"
 
 namespace dpfs::fuse {
 class Request;
@@ -252,6 +257,15 @@ class Backend {
   // INIT and DESTROY of a session (a mount, a device reset).
   virtual void init() {}
   virtual void destroy() {}
+
+  // A transport's worker thread starting: what the backend keeps on it
+  // (worker_hook.h), or nullptr (the default) when operations need no help
+  // from the worker's loop. Called on that thread. The hook must not refer
+  // to the backend: a transport's workers may end after it is destroyed.
+  virtual std::unique_ptr<WorkerHook> attach_worker() { return nullptr; }
+  // Lines for the operator's statistics (`dpfs stats`, SIGUSR1), if the
+  // backend counts anything. Safe for concurrent use with operations.
+  virtual std::vector<std::string> stats() const { return {}; }
 
   // Every operation answers ENOSYS unless the backend overrides it.
   virtual void lookup(const Context& ctx, uint64_t parent, std::string_view name,

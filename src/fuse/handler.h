@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 
+#include "backend/worker_hook.h"
 #include "fuse/request.h"
 
 namespace dpfs::fuse {
@@ -23,6 +25,12 @@ class RequestHandler {
   virtual bool destroyed() const = 0;
   // The tenant went away without DESTROY: the next request must be INIT.
   virtual void reset() = 0;
+  // A transport's worker thread starting, on that thread: the backend's
+  // per-worker hook (backend/worker_hook.h), which the worker then drives
+  // and destroys before it ends; nullptr if there is none. A thread that
+  // calls handle() without a hook is served too (the backend falls back to
+  // what needs no help from the caller's loop).
+  virtual std::unique_ptr<WorkerHook> attach_worker() { return nullptr; }
 
  protected:
   ~RequestHandler() = default;

@@ -74,6 +74,7 @@ class FuseSession final : public RequestHandler {
   void reset() override;
   // True once DESTROY was handled (a transport may stop serving).
   bool destroyed() const override { return destroyed_.load(std::memory_order_acquire); }
+  std::unique_ptr<WorkerHook> attach_worker() override { return backend_.attach_worker(); }
   uint32_t proto_minor() const { return proto_minor_; }
   uint64_t negotiated_flags() const { return flags_; }
   uint32_t max_write() const { return max_write_; }

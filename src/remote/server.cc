@@ -297,6 +297,10 @@ void Server::Connection::run() {
         continue;
       }
       r->owner_ = shared_from_this();
+      // No WorkerHook here (RequestHandler::attach_worker): this thread
+      // sleeps in a blocking read of its socket, so a backend's I/O is
+      // started per request and reaped by the backend's own fallback (the
+      // passthrough backend's reaper thread), not batched.
       session_->handle(*r);
     }
   }

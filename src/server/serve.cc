@@ -117,6 +117,7 @@ class Daemon {
     // destructor answers them, into the device's request slots: so the
     // backend goes before the device. The session only keeps a dangling
     // reference to it, which nothing uses any more.
+    if (backend_) final_backend_stats_ = backend_->stats();
     backend_.reset();
     // Likewise the forwarder answers what is still in flight (EIO).
     if (forwarder_) forwarder_->stop();
@@ -124,13 +125,17 @@ class Daemon {
   }
 
   std::vector<std::string> stats() const {
-    return request_stats(session_.get(), forwarder_.get());
+    std::vector<std::string> lines = request_stats(session_.get(), forwarder_.get());
+    const std::vector<std::string> more = backend_ ? backend_->stats() : final_backend_stats_;
+    lines.insert(lines.end(), more.begin(), more.end());
+    return lines;
   }
   bool failed() const { return device_ && device_->failed(); }
   const std::string& mount_point() const { return mount_->mount_point(); }
 
  private:
   std::unique_ptr<Backend> backend_;
+  std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
   std::unique_ptr<fuse::FuseSession> session_;  // or, for a remote backend:
   std::unique_ptr<remote::Forwarder> forwarder_;
   std::unique_ptr<transport::FuseMount> mount_;
@@ -197,6 +202,7 @@ int serve(const Config& cfg) {
     if (fuse) add(fuse->mount_point(), fuse->stats());
     for (const auto& d : devices) {
       add(d->name(), request_stats(d->session(), d->forwarder()));
+      add(d->name(), d->backend_stats());
       add(d->name(), d->queue_stats());
     }
     if (listener) add("remote", listener->stats());
@@ -266,6 +272,9 @@ int serve(const Config& cfg) {
   }
   for (const auto& d : devices) {
     for (const std::string& line : request_stats(d->session(), d->forwarder())) {
+      spdlog::info("{}: totals: {}", d->name(), line);
+    }
+    for (const std::string& line : d->backend_stats()) {
       spdlog::info("{}: totals: {}", d->name(), line);
     }
   }

@@ -118,10 +118,15 @@ void VhostUserServer::stop() {
   // backend may still hold replies (a SETLKW waiter); its destructor answers
   // them through the device: so the backend goes first, then the device
   // (which joins its workers), then the socket.
+  if (backend_) final_backend_stats_ = backend_->stats();
   backend_.reset();
   if (forwarder_) forwarder_->stop();  // answers what is in flight (EIO)
   device_.reset();
   listener_.reset();
+}
+
+std::vector<std::string> VhostUserServer::backend_stats() const {
+  return backend_ ? backend_->stats() : final_backend_stats_;
 }
 
 std::vector<std::string> VhostUserServer::queue_stats() const {

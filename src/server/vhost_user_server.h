@@ -62,6 +62,8 @@ class VhostUserServer {
   // One line per queue of the device ("queue 1 (requests): 120 requests,
   // 30 kicks, 41 notifications"), or nothing once stopped.
   std::vector<std::string> queue_stats() const;
+  // The backend's own lines (Backend::stats), kept from the end once stopped.
+  std::vector<std::string> backend_stats() const;
   // "vhost-user dpfs (/tmp/dpfs.sock)", for logs.
   const std::string& name() const { return name_; }
   const std::string& tag() const { return config_.tag; }
@@ -79,6 +81,7 @@ class VhostUserServer {
   std::function<void()> on_done_;
   std::string name_;
   std::unique_ptr<Backend> backend_;
+  std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
   std::unique_ptr<fuse::FuseSession> session_;  // or, for a remote backend:
   std::unique_ptr<remote::Forwarder> forwarder_;
   std::unique_ptr<vhost_user::FsDevice> device_;

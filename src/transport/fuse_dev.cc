@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/fuse.h>
+#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
@@ -32,6 +33,9 @@ constexpr int kWakeSignal = SIGUSR2;
 // its lock, a backend answering later). Buffers are allocated untouched, so
 // a slot costs physical memory only for the pages a request really used.
 constexpr size_t kMaxSlots = 256;
+// Requests a worker takes from the kernel before the backend starts their
+// I/O (WorkerHook::flush): bounds latency while still batching.
+constexpr unsigned kBatch = 64;
 
 std::string errno_text(int e) { return std::strerror(e); }
 
@@ -287,6 +291,12 @@ class FuseDevice::Worker {
 
   void run();
   Slot* acquire();
+  // Takes up to kBatch requests and hands them to the session. Returns
+  // false when the worker must stop; *idle when the kernel had no more.
+  bool take_batch(bool* idle);
+  // Sleeps until the kernel has a request or the backend's hook has
+  // completions (which it then answers).
+  void wait();
 
   // Writes a reply (from any thread) and frees its slot.
   void reply(Slot& slot, size_t len) {
@@ -325,6 +335,9 @@ class FuseDevice::Worker {
   std::atomic<uint32_t> releases_{0};  // bumped on every reply, to wait for one
   std::atomic<bool> waiting_{false};
   std::atomic<bool> exited_{false};
+  // The backend's state on this worker (an io_uring ring), made and
+  // destroyed on the worker thread; nullptr if the backend has none.
+  std::unique_ptr<WorkerHook> hook_;
   std::thread thread_;
 };
 
@@ -351,6 +364,14 @@ FuseDevice::Worker::Slot* FuseDevice::Worker::acquire() {
       spdlog::warn("fuse worker {}: all {} request slots await a reply; waiting", index_, n);
       warned = true;
     }
+    if (hook_) {
+      // Some of those replies are this worker's to reap; the others
+      // (answered by other threads) are seen on the next round.
+      hook_->flush();
+      pollfd pfd{hook_->fd(), POLLIN, 0};
+      if (::poll(&pfd, 1, 10) > 0) hook_->on_readable();
+      continue;
+    }
     waiting_.store(true);
     releases_.wait(seen);
     waiting_.store(false);
@@ -364,34 +385,64 @@ void FuseDevice::Worker::run() {
   sigaddset(&wake, kWakeSignal);
   pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);
 
-  fuse::RequestHandler& session = device_.session_;
+  hook_ = device_.session_.attach_worker();
+  // With a hook, requests are read until the kernel has no more (EAGAIN)
+  // and the batch's I/O is then started at once; the worker sleeps in
+  // poll(2) on the device and the hook's descriptor. Without one, it sleeps
+  // in read(2).
+  if (hook_ && ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK) != 0) {
+    spdlog::error("fuse worker {}: fcntl O_NONBLOCK: {}", index_, errno_text(errno));
+  }
   while (!device_.stopping_.load(std::memory_order_acquire)) {
+    bool idle = false;
+    const bool go_on = take_batch(&idle);
+    if (hook_) hook_->flush();
+    if (!go_on) break;
+    if (idle) wait();
+  }
+  // Waits for the backend's I/O in flight (into this worker's slots).
+  hook_.reset();
+  exited_.store(true, std::memory_order_release);
+  device_.worker_stopped();
+}
+
+bool FuseDevice::Worker::take_batch(bool* idle) {
+  fuse::RequestHandler& session = device_.session_;
+  for (unsigned taken = 0; taken < kBatch; ++taken) {
     Slot* slot = acquire();
-    if (slot == nullptr) break;
+    if (slot == nullptr) return false;
     const ssize_t n = ::read(fd_, slot->in_buf(), in_size_);
     if (n < 0) {
       const int e = errno;
-      // EINTR: a signal (or stop()). ENOENT: the request we were about to
-      // get was interrupted. EAGAIN: another worker took it.
-      if (e == EINTR || e == ENOENT || e == EAGAIN) continue;
+      // EAGAIN: nothing queued (or another worker sharing the descriptor
+      // took it). EINTR: a signal (or stop()). ENOENT: the request we were
+      // about to get was interrupted.
+      if (e == EAGAIN) *idle = true;
+      if (e == EINTR || e == ENOENT || e == EAGAIN) return true;
       if (e == ENODEV) {
         spdlog::debug("fuse worker {}: connection closed", index_);
       } else {
         spdlog::error("fuse worker {}: reading {}: {}", index_, kFuseDevice, errno_text(e));
         device_.failed_.store(true, std::memory_order_release);
       }
-      break;
+      return false;
     }
     slot->set_in_len(size_t(n));
     slot->busy.store(true, std::memory_order_relaxed);
     session.handle(*slot);
     if (session.destroyed()) {
       spdlog::debug("fuse worker {}: session destroyed", index_);
-      break;
+      return false;
     }
   }
-  exited_.store(true, std::memory_order_release);
-  device_.worker_stopped();
+  return true;
+}
+
+void FuseDevice::Worker::wait() {
+  pollfd fds[2] = {{fd_, POLLIN, 0}, {hook_ ? hook_->fd() : -1, POLLIN, 0}};
+  // EINTR (stop() or a signal): the caller looks at stopping_ again.
+  if (::poll(fds, 2, -1) <= 0) return;
+  if (fds[1].revents & POLLIN) hook_->on_readable();
 }
 
 // --- FuseDevice --------------------------------------------------------------

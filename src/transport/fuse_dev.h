@@ -92,6 +92,11 @@ class FuseMount {
 // a backend may answer later, from any thread. Steady state allocates
 // nothing: the pool grows only while every slot is held by a pending reply.
 //
+// A backend with a per-worker hook (backend/worker_hook.h, an io_uring
+// ring): the worker then reads requests without blocking until the kernel
+// has no more (at most a batch), lets the hook start the batch's I/O at
+// once, and sleeps in poll(2) on its descriptor and the hook's.
+//
 // Stopping: a worker blocked in read(2) returns when the connection ends
 // (unmount); if it is still alive (a lazily detached mount), stop() wakes
 // the workers with SIGUSR2, for which the device installs a handler that

@@ -26,6 +26,9 @@ constexpr uint64_t kFRingPacked = 1ull << 34;  // VIRTIO_F_RING_PACKED
 constexpr unsigned kBatch = 64;
 // A polling worker drains its eventfds once in this many rounds.
 constexpr uint32_t kDrainEveryRounds = 256;
+// Marks the backend hook's descriptor among a worker's epoll events (the
+// queues' kicks and the wake eventfd are the others).
+char hook_event_tag;
 
 void signal_eventfd(int fd) {
   if (fd < 0) return;
@@ -164,6 +167,9 @@ class FsDevice::Worker {
   bool process(Queue& q, bool polling);
   void publish(Queue& q);
   void drain_completions();
+  // The backend's hook (if it has one) answered requests: publish them.
+  void hook_readable();
+  bool hook_poll();
   void finish(FsRequest& r, size_t len);
 
   FsDevice& device_;
@@ -178,6 +184,10 @@ class FsDevice::Worker {
   // Whether done_ may hold something: lets a polling worker skip the lock.
   std::atomic<bool> have_done_{false};
   std::vector<std::pair<FsRequest*, size_t>> draining_;
+
+  // The backend's state on this worker (an io_uring ring), made and
+  // destroyed on the worker thread; nullptr if the backend has none.
+  std::unique_ptr<WorkerHook> hook_;
 
   std::thread thread_;
 };
@@ -257,6 +267,9 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
       device_.session_.handle(*r);
     }
     any |= n > 0;
+    // The backend starts what the batch prepared; what completes at once
+    // is answered now and published with the rest of the batch.
+    if (hook_ && n > 0) hook_->flush();
     publish(q);
     if (result == virtio::PopResult::kBroken) {
       if (!q.broken_logged) {
@@ -276,6 +289,17 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
   }
 }
 
+void FsDevice::Worker::hook_readable() {
+  hook_->on_readable();
+  for (Queue* q : queues_) publish(*q);
+}
+
+bool FsDevice::Worker::hook_poll() {
+  if (!hook_ || !hook_->poll()) return false;
+  for (Queue* q : queues_) publish(*q);
+  return true;
+}
+
 void FsDevice::Worker::park() {
   std::unique_lock lock(device_.pause_mu_);
   ++device_.paused_workers_;
@@ -286,6 +310,16 @@ void FsDevice::Worker::park() {
 
 void FsDevice::Worker::run() {
   current = this;
+  hook_ = device_.session_.attach_worker();
+  if (hook_) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = &hook_event_tag;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, hook_->fd(), &ev) != 0) {
+      spdlog::error("{}: worker {}: epoll_ctl: {}", device_.options_.name, index_,
+                    std::strerror(errno));
+    }
+  }
   const bool poll = device_.options_.poll;
   uint32_t idle = 0;
   uint32_t rounds = 0;
@@ -306,6 +340,7 @@ void FsDevice::Worker::run() {
       bool any = false;
       for (Queue* q : queues_) any |= process(*q, /*polling=*/true);
       drain_completions();
+      any |= hook_poll();
       if (any) {
         idle = 0;
       } else if (++idle >= device_.options_.poll_idle_rounds) {
@@ -323,6 +358,7 @@ void FsDevice::Worker::run() {
         const int n = ::epoll_wait(epoll_.get(), events, 16, 0);
         for (int i = 0; i < n; ++i) {
           if (events[i].data.ptr == nullptr) drain_eventfd(wake_.get());
+          else if (events[i].data.ptr == &hook_event_tag) hook_readable();
           else drain_eventfd(static_cast<Queue*>(events[i].data.ptr)->kick.get());
         }
         continue;
@@ -333,11 +369,15 @@ void FsDevice::Worker::run() {
       if (errno == EINTR) continue;
       spdlog::error("{}: worker {}: epoll_wait: {}", device_.options_.name, index_,
                     std::strerror(errno));
-      return;
+      break;
     }
     for (int i = 0; i < n; ++i) {
       if (events[i].data.ptr == nullptr) {
         drain_eventfd(wake_.get());
+        continue;
+      }
+      if (events[i].data.ptr == &hook_event_tag) {
+        hook_readable();
         continue;
       }
       Queue& q = *static_cast<Queue*>(events[i].data.ptr);
@@ -355,6 +395,10 @@ void FsDevice::Worker::run() {
     }
     drain_completions();
   }
+  // Waits for the backend's I/O in flight (into guest memory): its replies
+  // come back to this worker.
+  hook_.reset();
+  drain_completions();
   current = nullptr;
 }
 

@@ -10,7 +10,10 @@
 // Threads: the vhost-user control thread calls the VhostUserDevice methods;
 // while it changes memory or rings it pauses the workers (a barrier), so
 // the hot path takes no lock. A reply a backend answers later, from another
-// thread, is handed to the owning worker through its completion list.
+// thread, is handed to the owning worker through its completion list. A
+// backend's per-worker hook (backend/worker_hook.h, an io_uring ring) is
+// made on each worker, flushed after each batch of chains, and its
+// descriptor watched with the kicks (or polled, with --poll).
 //
 // One device per tenant: a broken queue or a disconnect stops only this
 // device's queues; the daemon and other devices keep running.

@@ -43,6 +43,7 @@
 #include <climits>
 #include <filesystem>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -302,6 +303,25 @@ inline uint64_t fnv1a(std::string_view data) {
     h *= 1099511628211ull;
   }
   return h;
+}
+
+// The passthrough backend's io_uring counters, from the last "io_uring: N
+// operations, M submits" line of a daemon's statistics (its log after
+// SIGUSR1); {-1, -1} if there is none.
+struct UringCounters {
+  long long ops = -1;
+  long long submits = -1;
+};
+inline UringCounters last_uring_counters(const std::string& log) {
+  UringCounters c;
+  const std::string key = "io_uring: ";
+  const size_t at = log.rfind(key);
+  if (at == std::string::npos) return c;
+  if (std::sscanf(log.c_str() + at + key.size(), "%lld operations, %lld submits", &c.ops,
+                  &c.submits) != 2) {
+    return UringCounters{};
+  }
+  return c;
 }
 
 // ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/fuse.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -56,15 +57,17 @@ class Scratch {
 
 class PassthroughTest : public ::testing::Test {
  protected:
-  PassthroughTest() : fs_(options()), session_(fs_, {}) {
+  explicit PassthroughTest(UringMode io_uring = UringMode::kOff)
+      : fs_(options(io_uring)), session_(fs_, {}) {
     TestRequest req(init_request());
     session_.handle(req);
     EXPECT_EQ(req.error(), 0);
   }
-  PassthroughOptions options() {
+  PassthroughOptions options(UringMode io_uring) {
     PassthroughOptions o;
     o.root = scratch_.exported();
-    o.io_uring = UringMode::kOff;  // replies complete inside handle(): no thread to wait for
+    // Off: replies complete inside handle(), no thread to wait for.
+    o.io_uring = io_uring;
     o.max_fds = 16;
     return o;
   }
@@ -294,6 +297,94 @@ TEST(PassthroughOptionsTest, SquashAndOpenFileBound) {
   EXPECT_EQ(create("f16"), ENFILE);
   EXPECT_EQ(fs.open_files(), 16u);
   EXPECT_FALSE(fs::exists(scratch.exported() + "/f16")) << "refused before creating";
+}
+
+// The io_uring data path as a transport worker drives it (WorkerHook): READs
+// handled during a batch are prepared, not started, until flush() -- then
+// all of them go in one submit, and come back with the file's bytes; the
+// hook's destructor starts and finishes what is still prepared; a thread
+// without a hook is served on its own.
+class PassthroughUringTest : public PassthroughTest {
+ protected:
+  PassthroughUringTest() : PassthroughTest(UringMode::kOn) {}
+
+  static constexpr size_t kBlock = 4096;
+  static constexpr int kReads = 16;
+
+  void SetUp() override {
+    content_.resize(kReads * kBlock);
+    for (size_t i = 0; i < content_.size(); ++i) content_[i] = char('a' + (i * 7 + i / kBlock) % 26);
+    std::ofstream(host("f")) << content_;
+    ino_ = lookup(kRootIno, "f");
+    ASSERT_NE(ino_, 0u);
+    fuse_open_in in{O_RDONLY, 0};
+    auto req = run(op(FUSE_OPEN, ino_).arg(in));
+    ASSERT_EQ(req->error(), 0);
+    fh_ = req->payload<fuse_open_out>().fh;
+  }
+  std::unique_ptr<TestRequest> start_read(int block) {
+    fuse_read_in in{};
+    in.fh = fh_;
+    in.offset = uint64_t(block) * kBlock;
+    in.size = kBlock;
+    auto req = std::make_unique<TestRequest>(op(FUSE_READ, ino_).arg(in).bytes());
+    session_.handle(*req);
+    return req;
+  }
+  // "" if `req` was answered once with block `block` of the file.
+  std::string check_read(const TestRequest& req, int block) const {
+    if (req.completions != 1) return "answered " + std::to_string(req.completions) + " times";
+    if (req.error() != 0) return "error " + std::to_string(req.error());
+    if (req.reply_len != sizeof(fuse_out_header) + kBlock) {
+      return "reply of " + std::to_string(req.reply_len) + " bytes";
+    }
+    const std::string got(reinterpret_cast<const char*>(req.reply_data()), kBlock);
+    return got == content_.substr(size_t(block) * kBlock, kBlock) ? "" : "wrong bytes";
+  }
+  std::string stats() const { return fs_.stats().empty() ? "" : fs_.stats().front(); }
+
+  std::string content_;
+  uint64_t ino_ = 0;
+  uint64_t fh_ = 0;
+};
+
+TEST_F(PassthroughUringTest, WorkerBatchIsOneSubmitAndReadsTheFile) {
+  std::unique_ptr<WorkerHook> hook = session_.attach_worker();
+  ASSERT_NE(hook, nullptr) << "io_uring unavailable?";
+  ASSERT_GE(hook->fd(), 0);
+  std::vector<std::unique_ptr<TestRequest>> reads;
+  for (int b = 0; b < kReads; ++b) {
+    reads.push_back(start_read(b));
+    ASSERT_EQ(reads.back()->completions, 0) << "block " << b << " answered before flush()";
+  }
+  EXPECT_NE(stats().find("16 operations, 0 submits"), std::string::npos) << stats();
+  hook->flush();
+  // From the page cache they complete inline; anything later signals fd().
+  for (int i = 0; i < 500; ++i) {
+    if (std::all_of(reads.begin(), reads.end(), [](const auto& r) { return r->completions; })) break;
+    pollfd pfd{hook->fd(), POLLIN, 0};
+    if (::poll(&pfd, 1, 10) > 0) hook->on_readable();
+  }
+  for (int b = 0; b < kReads; ++b) EXPECT_EQ(check_read(*reads[size_t(b)], b), "") << b;
+  EXPECT_NE(stats().find("16 operations, 1 submits"), std::string::npos) << stats();
+  EXPECT_NE(stats().find("1 worker rings, 0 fallback rings"), std::string::npos) << stats();
+
+  // Prepared and never flushed: the hook's end starts it and waits for it.
+  auto last = start_read(3);
+  EXPECT_EQ(last->completions, 0);
+  hook.reset();
+  EXPECT_EQ(check_read(*last, 3), "");
+}
+
+TEST_F(PassthroughUringTest, ThreadWithoutHookIsServedByItself) {
+  std::unique_ptr<TestRequest> req;
+  std::thread([&] { req = start_read(5); }).join();
+  std::atomic_ref<int> completions(req->completions);
+  for (int i = 0; i < 500 && completions.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(check_read(*req, 5), "");
+  EXPECT_NE(stats().find("0 worker rings, 1 fallback rings"), std::string::npos) << stats();
 }
 
 TEST(PassthroughStart, MissingDirectoryIsOneLine) {

@@ -91,6 +91,9 @@ class Passthrough final : public Backend {
 
   Capabilities capabilities() const override;
   void destroy() override;
+  // The worker's io_uring ring, submitted once per batch (uring.h).
+  std::unique_ptr<WorkerHook> attach_worker() override { return data_.attach_worker(); }
+  std::vector<std::string> stats() const override { return data_.stats(); }
 
   void lookup(const Context& ctx, uint64_t parent, std::string_view name,
               EntryReply reply) override;

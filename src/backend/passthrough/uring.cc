@@ -1,13 +1,16 @@
 #include "backend/passthrough/uring.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <variant>
 
 #include "transport/unique_fd.h"
 
@@ -16,14 +19,22 @@ namespace {
 
 std::atomic<uint64_t> next_data_path_id{1};
 
+// The completion queue is this many times the submission queue: a worker
+// may have more in flight than one batch (each flush empties the SQ).
+constexpr unsigned kCqPerSq = 8;
+// CQEs answered per pass; the CQ slots are handed back before answering.
+constexpr size_t kReapBatch = 32;
+
+using AnyReply = std::variant<ReadReply, WriteReply, StatusReply>;
+
 // One operation in flight: its reply and what must outlive it.
 struct Op {
-  std::variant<ReadReply, WriteReply, StatusReply> reply;
+  AnyReply reply;
   Keepalive keep;
 };
 
 // Answers `reply` with the result of a system call or a CQE: -errno or a count.
-void answer(std::variant<ReadReply, WriteReply, StatusReply>& reply, int64_t res) {
+void answer(AnyReply& reply, int64_t res) {
   if (res < 0) return std::visit([&](Reply& r) { r.error(int(-res)); }, reply);
   if (auto* r = std::get_if<ReadReply>(&reply)) return r->ok(size_t(res));
   if (auto* w = std::get_if<WriteReply>(&reply)) return w->ok(size_t(res));
@@ -32,24 +43,31 @@ void answer(std::variant<ReadReply, WriteReply, StatusReply>& reply, int64_t res
 
 int64_t result(ssize_t rc) { return rc < 0 ? -int64_t(errno) : int64_t(rc); }
 
-size_t iov_bytes(std::span<const iovec> iov) {
-  size_t total = 0;
-  for (const iovec& v : iov) total += v.iov_len;
-  return total;
+// A counter only one thread writes and any thread reads.
+void bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
 }  // namespace
 
+// One io_uring, owned by one thread (which prepares and submits): either
+// driven by that thread's worker loop through a hook ("attached"), or with
+// a reaper thread for completions that do not arrive inline.
 class Ring {
  public:
-  static std::unique_ptr<Ring> create(unsigned entries, int* error) {
-    auto ring = std::unique_ptr<Ring>(new Ring());
-    if (int rc = io_uring_queue_init(entries, &ring->ring_, 0); rc < 0) {
+  static std::shared_ptr<Ring> create(unsigned entries, bool attached, int* error) {
+    auto ring = std::shared_ptr<Ring>(new Ring(attached));
+    io_uring_params params{};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = entries * kCqPerSq;
+    if (int rc = io_uring_queue_init_params(entries, &ring->ring_, &params); rc < 0) {
       *error = -rc;
       return nullptr;
     }
     ring->initialized_ = true;
-    ring->efd_.reset(::eventfd(0, EFD_CLOEXEC));
+    // The worker polls its eventfd with its other descriptors and reads it
+    // only when it is readable; the reaper sleeps in read(2).
+    ring->efd_.reset(::eventfd(0, EFD_CLOEXEC | (attached ? EFD_NONBLOCK : 0)));
     if (!ring->efd_) {
       *error = errno;
       return nullptr;
@@ -58,30 +76,102 @@ class Ring {
       *error = -rc;
       return nullptr;
     }
-    ring->reaper_ = std::thread([r = ring.get()] { r->reaper_loop(); });
+    if (!attached) ring->reaper_ = std::thread([r = ring.get()] { r->reaper_loop(); });
     return ring;
   }
 
   ~Ring() {
     if (reaper_.joinable()) {
       stop_.store(true);
-      wake();
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = ::write(efd_.get(), &one, sizeof one);
       reaper_.join();
     }
     if (initialized_) io_uring_queue_exit(&ring_);
   }
 
-  // A free submission entry, or nullptr when the ring is full (the caller
-  // falls back to a system call). Submission side: the owning thread only.
-  io_uring_sqe* sqe() { return io_uring_get_sqe(&ring_); }
+  bool attached() const { return attached_; }
+  int event_fd() const { return efd_.get(); }
+  uint64_t inflight() const { return inflight_.load(std::memory_order_acquire); }
+  // The hook is gone (its worker ended): the ring is idle for good.
+  void retire() { retired_.store(true, std::memory_order_release); }
+  bool retired() const { return retired_.load(std::memory_order_acquire); }
+  uint64_t ops() const { return ops_.load(std::memory_order_relaxed); }
+  uint64_t submits() const { return submits_.load(std::memory_order_relaxed); }
 
-  // Submits `sqe` (prepared by the caller) for `op`, then answers whatever
-  // completed inline.
-  void submit(io_uring_sqe* sqe, std::unique_ptr<Op> op) {
+  // A free submission entry, or nullptr (the caller falls back to a system
+  // call). An attached ring whose queue is full submits what it holds to
+  // make room. Owning thread only.
+  io_uring_sqe* sqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr && attached_) {
+      submit();
+      sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;
+  }
+
+  // An Op to fill: an attached ring reuses answered ones (steady state
+  // allocates nothing); the others' are freed by whichever thread reaps.
+  std::unique_ptr<Op> new_op() {
+    if (!attached_ || spare_ops_.empty()) return std::make_unique<Op>();
+    std::unique_ptr<Op> op = std::move(spare_ops_.back());
+    spare_ops_.pop_back();
+    return op;
+  }
+
+  // Hands `op`, prepared in `sqe`, to the ring: an attached ring submits it
+  // with the rest of the batch in flush(); otherwise it is submitted now and
+  // answered now if it completed inline.
+  void add(io_uring_sqe* sqe, std::unique_ptr<Op> op) {
     io_uring_sqe_set_data(sqe, op.release());
     inflight_.fetch_add(1, std::memory_order_relaxed);
-    // What completes inline, during the submit, this thread answers below:
-    // no eventfd signal for it, no reaper woken.
+    bump(ops_);
+    if (attached_) return;
+    submit();
+    reap();
+  }
+
+  // WorkerHook::flush: the batch's entries in one io_uring_enter.
+  void flush() {
+    submit();
+    reap();
+  }
+
+  // WorkerHook::on_readable.
+  void on_readable() {
+    uint64_t count = 0;
+    [[maybe_unused]] ssize_t n = ::read(efd_.get(), &count, sizeof count);
+    reap();
+  }
+
+  // WorkerHook::poll: peeks at the completion queue (shared memory).
+  bool poll() { return reap() > 0; }
+
+  // Submits what is prepared, then waits until everything in flight has
+  // been answered. Owning thread only; attached rings.
+  void drain() {
+    submit();
+    while (inflight() > 0) {
+      if (reap() > 0) continue;
+      io_uring_cqe* cqe = nullptr;
+      const int rc = io_uring_wait_cqe(&ring_, &cqe);
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
+        spdlog::error("passthrough: waiting for {} I/O operations at shutdown: {}", inflight(),
+                      std::strerror(-rc));
+        return;
+      }
+    }
+  }
+
+ private:
+  explicit Ring(bool attached) : attached_(attached) {}
+
+  // Submits every prepared entry with one io_uring_enter. The eventfd is
+  // off meanwhile: what completes inline, during the submit, the caller
+  // reaps right after; nobody needs waking for it.
+  void submit() {
+    if (io_uring_sq_ready(&ring_) == 0) return;
     io_uring_cq_eventfd_toggle(&ring_, false);
     int rc = 0;
     for (int attempt = 0; attempt < 3; ++attempt) {
@@ -90,46 +180,51 @@ class Ring {
       // EBUSY/EAGAIN: completions must be reaped first (CQ overflow).
       reap();
     }
-    // The entry stays in the submission queue and goes with the next
-    // submit; the kernel has it either way once the tail was published.
+    // The entries stay in the submission queue and go with the next
+    // submit; the kernel has them either way once the tail was published.
     if (rc < 0) spdlog::warn("passthrough: io_uring_submit: {}", std::strerror(-rc));
-    // Re-enabled before reaping: a completion posted after the reap signals
-    // the reaper; one posted before is reaped here.
+    else bump(submits_);
+    // Re-enabled before the caller reaps: a completion posted after that
+    // reap signals the eventfd; one posted before is reaped there.
     io_uring_cq_eventfd_toggle(&ring_, true);
-    reap();
   }
 
- private:
-  Ring() = default;
-
-  void wake() {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = ::write(efd_.get(), &one, sizeof one);
-  }
-
-  // Answers every completion posted so far. Completion side: any thread.
-  void reap() {
+  // Answers every completion posted so far; returns how many. Completion
+  // side: the owning thread, and the reaper of a ring that is not attached.
+  size_t reap() {
+    size_t total = 0;
     for (;;) {
-      std::array<Op*, 32> done{};
-      std::array<int64_t, 32> res{};
+      std::array<Op*, kReapBatch> done{};
+      std::array<int, kReapBatch> res{};
       size_t n = 0;
+      unsigned seen = 0;
       {
-        std::lock_guard lock(cq_mu_);
+        std::unique_lock lock(cq_mu_, std::defer_lock);
+        if (!attached_) lock.lock();  // an attached ring has no other reaper
+        unsigned head = 0;
         io_uring_cqe* cqe = nullptr;
-        while (n < done.size() && io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe != nullptr) {
-          done[n] = static_cast<Op*>(io_uring_cqe_get_data(cqe));
-          res[n] = cqe->res;
-          io_uring_cqe_seen(&ring_, cqe);
-          if (done[n] != nullptr) ++n;
+        io_uring_for_each_cqe(&ring_, head, cqe) {
+          if (seen == kReapBatch) break;
+          ++seen;
+          if (auto* op = static_cast<Op*>(io_uring_cqe_get_data(cqe))) {
+            done[n] = op;
+            res[n] = cqe->res;
+            ++n;
+          }
         }
+        io_uring_cq_advance(&ring_, seen);
       }
       // Answered outside the lock: a reply writes to /dev/fuse or a virtqueue.
       for (size_t i = 0; i < n; ++i) {
         std::unique_ptr<Op> op(done[i]);
         answer(op->reply, res[i]);
-        inflight_.fetch_sub(1, std::memory_order_release);
+        if (!attached_) continue;
+        op->keep.reset();
+        spare_ops_.push_back(std::move(op));
       }
-      if (n < done.size()) return;
+      inflight_.fetch_sub(n, std::memory_order_release);
+      total += n;
+      if (seen < kReapBatch) return total;
     }
   }
 
@@ -142,23 +237,111 @@ class Ring {
         return;
       }
       reap();
-      if (stop_.load() && inflight_.load(std::memory_order_acquire) == 0) return;
+      if (stop_.load() && inflight() == 0) return;
     }
   }
 
+  const bool attached_;
   io_uring ring_{};
   bool initialized_ = false;
   transport::UniqueFd efd_;
-  std::mutex cq_mu_;
+  std::mutex cq_mu_;  // rings with a reaper only
   std::atomic<uint64_t> inflight_{0};
+  std::atomic<uint64_t> ops_{0};
+  std::atomic<uint64_t> submits_{0};
+  std::atomic<bool> retired_{false};
   std::atomic<bool> stop_{false};
+  std::vector<std::unique_ptr<Op>> spare_ops_;  // attached rings: answered, for reuse
   std::thread reaper_;
 };
+
+namespace {
+
+// A worker's ring, driven by the worker's loop. Holds the ring, not the
+// DataPath: the worker may outlive the backend.
+class RingHook final : public WorkerHook {
+ public:
+  explicit RingHook(std::shared_ptr<Ring> ring) : ring_(std::move(ring)) {}
+  ~RingHook() override {
+    ring_->drain();
+    ring_->retire();
+  }
+  int fd() const override { return ring_->event_fd(); }
+  void on_readable() override { ring_->on_readable(); }
+  void flush() override { ring_->flush(); }
+  bool poll() override { return ring_->poll(); }
+
+ private:
+  std::shared_ptr<Ring> ring_;
+};
+
+// Queues the operation `prep` fills in on `ring`, with its reply and
+// keepalive; false (both untouched) when there is no ring or no room.
+template <typename Prep, typename R>
+bool queue(Ring* ring, Prep prep, R& reply, Keepalive& keep) {
+  if (ring == nullptr) return false;
+  io_uring_sqe* sqe = ring->sqe();
+  if (sqe == nullptr) return false;
+  prep(sqe);
+  std::unique_ptr<Op> op = ring->new_op();
+  op->reply = std::move(reply);
+  op->keep = std::move(keep);
+  ring->add(sqe, std::move(op));
+  return true;
+}
+
+}  // namespace
 
 DataPath::DataPath(bool use_uring, unsigned ring_entries)
     : use_uring_(use_uring), ring_entries_(ring_entries), id_(next_data_path_id.fetch_add(1)) {}
 
-DataPath::~DataPath() = default;
+DataPath::~DataPath() {
+  std::vector<std::shared_ptr<Ring>> workers;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [thread, ring] : rings_) {
+      if (ring && ring->attached()) workers.push_back(ring);
+    }
+  }
+  // A worker's ring is reaped by its worker, which runs until its transport
+  // stops (possibly after the backend): wait for it to answer everything.
+  // (Rings with a reaper wait for themselves when destroyed.)
+  for (const auto& ring : workers) {
+    auto start = std::chrono::steady_clock::now();
+    bool warned = false;
+    while (ring->inflight() > 0 && !ring->retired()) {
+      if (!warned && std::chrono::steady_clock::now() - start > std::chrono::seconds(5)) {
+        spdlog::warn("passthrough: waiting for {} I/O operations of a worker", ring->inflight());
+        warned = true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+}
+
+std::shared_ptr<Ring>& DataPath::ring_slot(bool attached, bool* created) {
+  *created = false;
+  std::shared_ptr<Ring>& slot = rings_[std::this_thread::get_id()];
+  // A ring whose worker ended: this is a new thread with a reused id.
+  if (slot && slot->retired()) {
+    retired_.uring_ops += slot->ops();
+    retired_.submits += slot->submits();
+    ++retired_.worker_rings;
+    slot.reset();
+  }
+  if (!slot && !failed_) {
+    int error = 0;
+    slot = Ring::create(ring_entries_, attached, &error);
+    if (slot) {
+      *created = true;
+    } else {
+      failed_ = true;
+      spdlog::warn("passthrough: io_uring unavailable ({}); reads and writes use system calls",
+                   std::strerror(error));
+    }
+  }
+  return slot;
+}
 
 Ring* DataPath::ring() {
   if (!use_uring_) return nullptr;
@@ -167,41 +350,57 @@ Ring* DataPath::ring() {
   thread_local Ring* cached_ring = nullptr;
   if (cached_id == id_) return cached_ring;
   std::lock_guard lock(mu_);
-  std::unique_ptr<Ring>& slot = rings_[std::this_thread::get_id()];
-  if (!slot && !failed_) {
-    int error = 0;
-    slot = Ring::create(ring_entries_, &error);
-    if (!slot) {
-      failed_ = true;
-      spdlog::warn("passthrough: io_uring unavailable ({}); reads and writes use system calls",
-                   std::strerror(error));
-    }
-  }
+  bool created = false;
+  cached_ring = ring_slot(/*attached=*/false, &created).get();
   cached_id = id_;
-  cached_ring = slot.get();
   return cached_ring;
+}
+
+std::unique_ptr<WorkerHook> DataPath::attach_worker() {
+  if (!use_uring_) return nullptr;
+  std::lock_guard lock(mu_);
+  bool created = false;
+  std::shared_ptr<Ring>& slot = ring_slot(/*attached=*/true, &created);
+  if (!created) return nullptr;
+  return std::make_unique<RingHook>(slot);
 }
 
 bool DataPath::uring_active() { return ring() != nullptr; }
 
+DataPath::Counters DataPath::counters() const {
+  std::lock_guard lock(mu_);
+  Counters c = retired_;
+  for (const auto& [thread, ring] : rings_) {
+    if (!ring) continue;
+    c.uring_ops += ring->ops();
+    c.submits += ring->submits();
+    if (ring->attached()) ++c.worker_rings;
+    else ++c.fallback_rings;
+  }
+  c.syscall_ops = syscall_ops_.load(std::memory_order_relaxed);
+  return c;
+}
+
+std::vector<std::string> DataPath::stats() const {
+  if (!use_uring_) {
+    return {fmt::format("io_uring: off; {} operations by system call",
+                        syscall_ops_.load(std::memory_order_relaxed))};
+  }
+  const Counters c = counters();
+  return {fmt::format("io_uring: {} operations, {} submits ({:.1f} per submit), {} worker rings, "
+                      "{} fallback rings; {} operations by system call",
+                      c.uring_ops, c.submits,
+                      c.submits ? double(c.uring_ops) / double(c.submits) : 0.0, c.worker_rings,
+                      c.fallback_rings, c.syscall_ops)};
+}
+
 void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep,
                     ReadReply reply) {
-  if (Ring* r = ring()) {
-    // A read the page cache holds whole is answered at once: preadv2 with
-    // RWF_NOWAIT copies it or fails with EAGAIN without ever blocking. That
-    // costs less than an io_uring round trip (measured with dpfs-bench: 4k
-    // random reads at depth 32 went from 2.4 to 1.7 µs of daemon CPU); what
-    // would block (a cache miss), a short read (EOF or partly cached) and any
-    // error go to the ring, and the worker never waits for the disk.
-    const size_t want = iov_bytes(dst);
-    const ssize_t n = ::preadv2(fd, dst.data(), int(dst.size()), off_t(offset), RWF_NOWAIT);
-    if (n >= 0 && size_t(n) == want) return reply.ok(size_t(n));
-    if (io_uring_sqe* sqe = r->sqe()) {
-      io_uring_prep_readv(sqe, fd, dst.data(), unsigned(dst.size()), offset);
-      r->submit(sqe, std::unique_ptr<Op>(new Op{std::move(reply), std::move(keep)}));
-      return;
-    }
-  }
+  auto prep = [&](io_uring_sqe* sqe) {
+    io_uring_prep_readv(sqe, fd, dst.data(), unsigned(dst.size()), offset);
+  };
+  if (queue(ring(), prep, reply, keep)) return;
+  syscall_ops_.fetch_add(1, std::memory_order_relaxed);
   const ssize_t n = ::preadv(fd, dst.data(), int(dst.size()), off_t(offset));
   if (n < 0) return reply.error(errno);
   reply.ok(size_t(n));
@@ -209,40 +408,34 @@ void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepali
 
 void DataPath::write(int fd, std::span<const iovec> src, uint64_t offset, Keepalive keep,
                      WriteReply reply) {
-  if (Ring* r = ring()) {
-    if (io_uring_sqe* sqe = r->sqe()) {
-      io_uring_prep_writev(sqe, fd, src.data(), unsigned(src.size()), offset);
-      r->submit(sqe, std::unique_ptr<Op>(new Op{std::move(reply), std::move(keep)}));
-      return;
-    }
-  }
+  auto prep = [&](io_uring_sqe* sqe) {
+    io_uring_prep_writev(sqe, fd, src.data(), unsigned(src.size()), offset);
+  };
+  if (queue(ring(), prep, reply, keep)) return;
+  syscall_ops_.fetch_add(1, std::memory_order_relaxed);
   const ssize_t n = ::pwritev(fd, src.data(), int(src.size()), off_t(offset));
   if (n < 0) return reply.error(errno);
   reply.ok(size_t(n));
 }
 
 void DataPath::fsync(int fd, bool datasync, Keepalive keep, StatusReply reply) {
-  if (Ring* r = ring()) {
-    if (io_uring_sqe* sqe = r->sqe()) {
-      io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
-      r->submit(sqe, std::unique_ptr<Op>(new Op{std::move(reply), std::move(keep)}));
-      return;
-    }
-  }
-  std::variant<ReadReply, WriteReply, StatusReply> v(std::move(reply));
+  auto prep = [&](io_uring_sqe* sqe) {
+    io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+  };
+  if (queue(ring(), prep, reply, keep)) return;
+  syscall_ops_.fetch_add(1, std::memory_order_relaxed);
+  AnyReply v(std::move(reply));
   answer(v, result(datasync ? ::fdatasync(fd) : ::fsync(fd)));
 }
 
 void DataPath::fallocate(int fd, uint32_t mode, uint64_t offset, uint64_t length, Keepalive keep,
                          StatusReply reply) {
-  if (Ring* r = ring()) {
-    if (io_uring_sqe* sqe = r->sqe()) {
-      io_uring_prep_fallocate(sqe, fd, int(mode), offset, length);
-      r->submit(sqe, std::unique_ptr<Op>(new Op{std::move(reply), std::move(keep)}));
-      return;
-    }
-  }
-  std::variant<ReadReply, WriteReply, StatusReply> v(std::move(reply));
+  auto prep = [&](io_uring_sqe* sqe) {
+    io_uring_prep_fallocate(sqe, fd, int(mode), offset, length);
+  };
+  if (queue(ring(), prep, reply, keep)) return;
+  syscall_ops_.fetch_add(1, std::memory_order_relaxed);
+  AnyReply v(std::move(reply));
   answer(v, result(::fallocate(fd, int(mode), off_t(offset), off_t(length))));
 }
 

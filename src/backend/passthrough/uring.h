@@ -1,33 +1,36 @@
 // The passthrough data path: READ, WRITE, FSYNC and FALLOCATE on io_uring.
 //
-// READs the page cache holds whole are answered first with preadv2
-// RWF_NOWAIT, which never blocks; the ring gets everything else.
+// One ring per worker thread; each operation is prepared as a submission
+// entry straight over the tenant's iovecs (no copy). How the ring is driven
+// depends on the thread:
 //
-// One ring per worker thread, made on the thread's first I/O. The worker
-// owns the submission side: it prepares an entry straight over the tenant's
-// iovecs and submits it. Completions are reaped in two places:
-//   - by the worker itself, right after io_uring_enter returns: a read from
-//     the page cache (the common case) completes inline, during the submit,
-//     and is answered without any other thread waking up;
-//   - by a reaper thread per ring for the rest (I/O that went to the disk or
-//     to io-wq). It sleeps on an eventfd registered with the ring. The worker
-//     turns the eventfd off (IORING_CQ_EVENTFD_DISABLED) around its submit
-//     and reaps after turning it back on, so inline completions never wake
-//     the reaper, and any later one does. (io_uring_register_eventfd_async
-//     is not enough: it ignores completions posted by task work, which is
-//     how a read that went to the disk completes.)
-// The two reap under one mutex; liburing allows the submission and
-// completion sides of a ring on different threads.
+//   - A transport worker (attach_worker()): the ring is driven by the
+//     worker's loop through a WorkerHook (backend/worker_hook.h). Entries
+//     prepared while the worker handles a batch of requests are submitted
+//     together in flush(), at the end of the batch: one io_uring_enter for
+//     the whole batch. A read from the page cache completes during that
+//     submit and is answered right after it, in the same batch (so the
+//     transport publishes it with the batch's other replies). What
+//     completes later (I/O that went to the disk or to io-wq) signals the
+//     ring's eventfd, which the worker waits on with its queues, and is
+//     answered there (or by poll() in a busy-polling worker). Only the
+//     worker touches the ring: no lock, no other thread.
+//   - Any other thread (the remote server's per-connection threads, tests):
+//     each operation is submitted at once, what completed inline is
+//     answered at once, and a reaper thread per ring answers the rest. It
+//     sleeps on the ring's eventfd, which the submitting thread turns off
+//     (IORING_CQ_EVENTFD_DISABLED) around its submit, so inline completions
+//     never wake it. (io_uring_register_eventfd_async would not do: it
+//     ignores completions posted by task work, which is how a read that
+//     went to the disk completes.) Both reap under one mutex.
 //
-// Why not a hook in the transports' worker loops (reap when the worker is
-// idle)? Today the loops know nothing of backend descriptors; the reaper
-// thread keeps the backend self-contained. Submissions are not deferred
-// to the end of a batch either (that needs the same hook): each request is
-// one io_uring_enter, which also reaps what completed meanwhile.
-//
-// Replies are answered from whichever thread reaps (Backend allows it).
+// Replies are answered on whichever thread reaps (Backend allows it).
 // Where io_uring is unavailable (kernel, seccomp, RLIMIT_MEMLOCK), or the
 // option is off, the same operations run as plain system calls.
+//
+// Counters (stats()): operations, io_uring_enter calls that submitted, and
+// operations done as system calls -- the operator's (and the tests') view of
+// how well submissions batch.
 #pragma once
 
 #include <liburing.h>
@@ -38,9 +41,10 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <thread>
 #include <unordered_map>
-#include <variant>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -56,9 +60,17 @@ class DataPath {
  public:
   // `use_uring` false: every operation is a plain system call.
   explicit DataPath(bool use_uring, unsigned ring_entries = 256);
-  ~DataPath();  // waits for operations in flight; stops the reapers
+  // Waits until every operation in flight has been answered (a worker's
+  // ring is reaped by its worker, which still runs), then closes the rings.
+  ~DataPath();
   DataPath(const DataPath&) = delete;
   DataPath& operator=(const DataPath&) = delete;
+
+  // The calling thread is a transport worker: its operations are submitted
+  // in batches by the returned hook (see above). nullptr when io_uring is off
+  // or unavailable, or the thread already has a ring; its operations then go
+  // the fallback way.
+  std::unique_ptr<WorkerHook> attach_worker();
 
   void read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep, ReadReply reply);
   void write(int fd, std::span<const iovec> src, uint64_t offset, Keepalive keep,
@@ -70,15 +82,32 @@ class DataPath {
   // Whether this thread's operations go through a ring (for logs and tests).
   bool uring_active();
 
+  struct Counters {
+    uint64_t uring_ops = 0;    // operations submitted to a ring
+    uint64_t submits = 0;      // io_uring_enter calls that submitted them
+    uint64_t syscall_ops = 0;  // operations done as plain system calls
+    uint64_t worker_rings = 0;    // rings driven by a worker's hook
+    uint64_t fallback_rings = 0;  // rings with a reaper thread
+  };
+  // Totals so far, over every ring this data path had. Any thread.
+  Counters counters() const;
+  // One line for the operator: "io_uring: 1200 operations, 40 submits
+  // (30.0 per submit), ...".
+  std::vector<std::string> stats() const;
+
  private:
   Ring* ring();  // this thread's ring, or nullptr (io_uring unavailable)
+  // This thread's ring, made if needed (attached: for a worker). REQUIRES: mu_.
+  std::shared_ptr<Ring>& ring_slot(bool attached, bool* created);
 
   const bool use_uring_;
   const unsigned ring_entries_;
   const uint64_t id_;  // tells this instance apart in threads' caches
-  std::mutex mu_;
-  std::unordered_map<std::thread::id, std::unique_ptr<Ring>> rings_;  // guarded by mu_
+  mutable std::mutex mu_;
+  std::unordered_map<std::thread::id, std::shared_ptr<Ring>> rings_;  // guarded by mu_
   bool failed_ = false;  // io_uring_queue_init failed once: don't retry; guarded by mu_
+  Counters retired_;     // counts of rings dropped from rings_; guarded by mu_
+  std::atomic<uint64_t> syscall_ops_{0};
 };
 
 }  // namespace dpfs::passthrough
