@@ -20,7 +20,6 @@ namespace {
 // Requests one connection may have in flight at once; a peer that sends
 // more is broken or hostile.
 constexpr size_t kMaxInFlight = 4096;
-constexpr uint32_t kMinMaxWrite = 4096;
 
 std::string peer_name(const sockaddr_storage& addr) {
   char host[INET6_ADDRSTRLEN] = "?";
@@ -57,10 +56,22 @@ uint16_t port_of(const sockaddr_storage& addr) {
   return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
 }
 
-bool send_frame(int fd, FrameType type, const void* payload, uint32_t length, uint64_t id = 0) {
+// Whether the peer's first bytes (waited for under the socket's receive
+// timeout, not consumed) are a dpfs frame's magic: a plain device.
+bool starts_with_magic(int fd) {
+  uint32_t magic = 0;
+  ssize_t n;
+  do {
+    n = ::recv(fd, &magic, sizeof(magic), MSG_PEEK | MSG_WAITALL);
+  } while (n < 0 && errno == EINTR);
+  return n == sizeof(magic) && magic == kMagic;
+}
+
+bool send_frame(Channel& ch, FrameType type, const void* payload, uint32_t length,
+                uint64_t id = 0) {
   FrameHeader h = make_header(type, length, id);
   iovec iov[2] = {{&h, sizeof(h)}, {const_cast<void*>(payload), length}};
-  return writev_full(fd, iov);
+  return ch.writev_full(iov);
 }
 
 }  // namespace
@@ -73,15 +84,15 @@ bool send_frame(int fd, FrameType type, const void* payload, uint32_t length, ui
 // send, harmlessly).
 class Server::Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Server& server, transport::UniqueFd fd, std::string peer)
-      : server_(server), fd_(std::move(fd)), peer_(std::move(peer)) {}
+  Connection(Server& server, std::unique_ptr<Channel> ch, std::string peer)
+      : server_(server), ch_(std::move(ch)), peer_(std::move(peer)) {}
 
   void start() {
     thread_ = std::thread([self = shared_from_this()] { self->run(); });
   }
   bool done() const { return done_.load(std::memory_order_acquire); }
   // Wakes the reader: it sees EOF and ends.
-  void shut() { ::shutdown(fd_.get(), SHUT_RDWR); }
+  void shut() { ch_->shutdown(); }
   void join() {
     if (thread_.joinable()) thread_.join();
   }
@@ -151,19 +162,19 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
     iovec iov[2] = {{&h, sizeof(h)}, {const_cast<char*>(data), len}};
     std::lock_guard lock(send_mu_);
     if (broken_) return;
-    if (!writev_full(fd_.get(), iov)) {
+    if (!ch_->writev_full(iov)) {
       // The peer went away or stopped reading: the reader ends too.
       broken_ = true;
       if (!server_.stopping_.load()) {
         spdlog::info("remote: peer {}: sending a reply: {}; closing the connection", peer_,
-                     errno == EAGAIN ? "timed out" : std::strerror(errno));
+                     ch_->error(errno));
       }
       shut();
     }
   }
 
   Server& server_;
-  transport::UniqueFd fd_;
+  const std::unique_ptr<Channel> ch_;
   const std::string peer_;
   fuse::FuseSession* session_ = nullptr;
   std::thread thread_;
@@ -182,23 +193,37 @@ void Server::Connection::refuse(const std::string& reason, bool tell_peer) {
   if (tell_peer) {
     const std::string text = reason.substr(0, kMaxErrorText);
     std::lock_guard lock(send_mu_);
-    send_frame(fd_.get(), FrameType::kError, text.data(), uint32_t(text.size()));
+    send_frame(*ch_, FrameType::kError, text.data(), uint32_t(text.size()));
   }
 }
 
 bool Server::Connection::handshake() {
   const ServerOptions& opt = server_.options_;
-  set_timeouts(fd_.get(), opt.handshake_timeout_s, opt.handshake_timeout_s);
-  auto read_message = [&](FrameType type, void* payload, uint32_t size) -> bool {
+  ch_->set_timeouts(opt.handshake_timeout_s, opt.handshake_timeout_s);
+  if (server_.tls_ && starts_with_magic(ch_->fd())) {
+    // A device without TLS: tell it, in the plain format it speaks, so
+    // that it stops at start-up with the reason instead of retrying.
+    const std::string why = "this server requires TLS (remote.tls_cert, remote.tls_key, remote.tls_ca)";
+    refuse("a device without TLS; " + why, false);
+    FrameHeader h = make_header(FrameType::kError, uint32_t(why.size()));
+    iovec iov[2] = {{&h, sizeof(h)}, {const_cast<char*>(why.data()), why.size()}};
+    writev_full(ch_->fd(), iov);
+    return false;
+  }
+  bool fatal = false;
+  if (std::string e = ch_->start(opt.handshake_timeout_s, &fatal); !e.empty()) {
+    refuse(e, false);
+    return false;
+  }
+  // Reads the frame expected at `stage` into `payload` (its exact size).
+  auto read_message = [&](Stage stage, void* payload, uint32_t size) -> bool {
+    const char* what = stage == Stage::kHello ? "HELLO" : "AUTH";
     FrameHeader h;
-    if (!read_full(fd_.get(), &h, sizeof(h))) {
+    if (!ch_->read_full(&h, sizeof(h))) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        refuse(fmt::format("no {} within {} s", frame_type_name(uint8_t(type)),
-                           opt.handshake_timeout_s),
-               false);
+        refuse(fmt::format("no {} within {} s", what, opt.handshake_timeout_s), false);
       } else if (errno != 0) {
-        refuse(fmt::format("reading {}: {}", frame_type_name(uint8_t(type)), std::strerror(errno)),
-               false);
+        refuse(fmt::format("reading {}: {}", what, ch_->error(errno)), false);
       } else {
         spdlog::info(
             "remote: peer {} left during the handshake (if it is a device: does it "
@@ -207,31 +232,29 @@ bool Server::Connection::handshake() {
       }
       return false;
     }
-    if (std::string bad = check_header(h, size); !bad.empty()) {
-      refuse(bad, h.magic == kMagic);
+    if (Refusal bad = check_frame(h, stage); bad.refused()) {
+      refuse(bad.reason, bad.tell_peer);
       return false;
     }
-    if (h.type != uint8_t(type) || h.length != size) {
-      refuse(fmt::format("expected {} ({} bytes), got {} ({} bytes)",
-                         frame_type_name(uint8_t(type)), size, frame_type_name(h.type), h.length),
-             true);
-      return false;
-    }
-    if (!read_full(fd_.get(), payload, size)) {
-      refuse(fmt::format("{} cut short", frame_type_name(uint8_t(type))), false);
+    if (!ch_->read_full(payload, size)) {
+      refuse(fmt::format("{} cut short", what), false);
       return false;
     }
     return true;
   };
 
   HelloPayload hello{};
-  if (!read_message(FrameType::kHello, &hello, sizeof(hello))) return false;
+  if (!read_message(Stage::kHello, &hello, sizeof(hello))) return false;
+  if (Refusal bad = check_hello(hello); bad.refused()) {
+    refuse(bad.reason, bad.tell_peer);
+    return false;
+  }
   ChallengePayload challenge{};
   random_bytes(challenge.server_nonce.data(), kNonceSize);
   challenge.server_proof = server_proof(opt.secret, hello, challenge.server_nonce);
-  if (!send_frame(fd_.get(), FrameType::kChallenge, &challenge, sizeof(challenge))) return false;
+  if (!send_frame(*ch_, FrameType::kChallenge, &challenge, sizeof(challenge))) return false;
   AuthPayload auth{};
-  if (!read_message(FrameType::kAuth, &auth, sizeof(auth))) return false;
+  if (!read_message(Stage::kAuth, &auth, sizeof(auth))) return false;
   if (!same_mac(auth.device_proof, device_proof(opt.secret, hello, challenge.server_nonce))) {
     refuse("authentication failed (wrong or missing shared secret)", true);
     return false;
@@ -245,11 +268,11 @@ bool Server::Connection::handshake() {
   WelcomePayload welcome{};
   welcome.flags = session_->initialized() ? 0 : kWelcomeNeedsInit;
   welcome.max_request = uint32_t(session_->max_request_size());
-  if (!send_frame(fd_.get(), FrameType::kWelcome, &welcome, sizeof(welcome))) return false;
+  if (!send_frame(*ch_, FrameType::kWelcome, &welcome, sizeof(welcome))) return false;
   // From here on the reader waits as long as the device stays quiet
   // (read_frame_start); a frame that stalls half-way, or a reply to a device
   // that does not read, may not wait forever.
-  set_timeouts(fd_.get(), opt.send_timeout_s, opt.send_timeout_s);
+  ch_->set_timeouts(opt.send_timeout_s, opt.send_timeout_s);
   spdlog::info("remote: peer {} connected (session {:016x})", peer_, hello.session_id);
   return true;
 }
@@ -260,20 +283,16 @@ void Server::Connection::run() {
     const uint32_t max_reply = uint32_t(session_->max_reply_size());
     for (;;) {
       FrameHeader h;
-      if (!read_frame_start(fd_.get(), &h, sizeof(h))) {
+      if (!ch_->read_frame_start(&h, sizeof(h))) {
         if (errno != 0 && !server_.stopping_.load()) {
-          spdlog::info("remote: peer {}: {}; closing the connection", peer_, std::strerror(errno));
+          spdlog::info("remote: peer {}: {}; closing the connection", peer_, ch_->error(errno));
         } else {
           spdlog::info("remote: peer {} disconnected", peer_);
         }
         break;
       }
-      if (std::string bad = check_header(h, max_request); !bad.empty()) {
-        refuse(bad, false);
-        break;
-      }
-      if (h.type != uint8_t(FrameType::kRequest)) {
-        refuse(fmt::format("unexpected {} frame", frame_type_name(h.type)), true);
+      if (Refusal bad = check_frame(h, Stage::kRequests, max_request); bad.refused()) {
+        refuse(bad.reason, bad.tell_peer);
         break;
       }
       ServerRequest* r = acquire();
@@ -282,7 +301,7 @@ void Server::Connection::run() {
         break;
       }
       r->prepare(h.id, h.length, std::min(h.reply_capacity, max_reply));
-      if (!read_full(fd_.get(), r->in_buf(), h.length)) {
+      if (!ch_->read_full(r->in_buf(), h.length)) {
         release(r);
         refuse("a request cut short", false);
         break;
@@ -326,11 +345,19 @@ Server::Server(ServerOptions options, std::unique_ptr<Backend> backend)
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
   sockaddr_storage addr{};
   std::memcpy(&addr, found->ai_addr, found->ai_addrlen);
-  if (!is_loopback(addr) && options_.secret.empty()) {
+  if (!is_loopback(addr) && options_.secret.empty() && !options_.tls.enabled()) {
     throw ListenError(fmt::format(
         "--listen tcp://{} is not a loopback address: set remote.secret_file "
-        "(--remote-secret-file FILE) so that only peers that know the secret are served",
+        "(--remote-secret-file FILE) or TLS (remote.tls_cert, remote.tls_key, remote.tls_ca) so "
+        "that only peers that prove who they are are served",
         format_endpoint(want)));
+  }
+  if (options_.tls.enabled()) {
+    try {
+      tls_ = std::make_unique<TlsContext>(options_.tls, TlsContext::Role::kServer);
+    } catch (const std::invalid_argument& e) {
+      throw ListenError(e.what());
+    }
   }
   listen_fd_.reset(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!listen_fd_) throw ListenError(fmt::format("socket: {}", std::strerror(errno)));
@@ -350,9 +377,11 @@ Server::~Server() { stop(); }
 
 void Server::start() {
   acceptor_ = std::thread([this] { accept_loop(); });
-  spdlog::info("remote: listening on tcp://{}{}", format_endpoint(bound_),
-               options_.secret.empty() ? " (no shared secret: loopback only)"
-                                       : " (peers must prove the shared secret)");
+  spdlog::info("remote: listening on tcp://{}{}{}", format_endpoint(bound_),
+               tls_ ? " (TLS: peers need a certificate from " + options_.tls.ca + ")" : "",
+               options_.secret.empty()
+                   ? (tls_ ? "" : " (no shared secret: loopback only)")
+                   : " (peers must prove the shared secret)");
 }
 
 void Server::stop() {
@@ -401,7 +430,9 @@ void Server::accept_loop() {
       }
     }
     tune_socket(fd.get(), unsigned(std::max(1.0, options_.send_timeout_s)));
-    auto conn = std::make_shared<Connection>(*this, std::move(fd), peer);
+    // The TLS handshake, if any, runs on the connection's own thread.
+    std::unique_ptr<Channel> ch = tls_ ? tls_->channel(std::move(fd)) : plain_channel(std::move(fd));
+    auto conn = std::make_shared<Connection>(*this, std::move(ch), peer);
     {
       std::lock_guard lock(connections_mu_);
       connections_.push_back(conn);
@@ -411,10 +442,6 @@ void Server::accept_loop() {
 }
 
 fuse::FuseSession* Server::session_for(uint64_t id, uint32_t max_write, std::string* why) {
-  if (max_write < kMinMaxWrite || max_write % kMinMaxWrite != 0) {
-    *why = fmt::format("device max_write {} is not a positive multiple of 4K", max_write);
-    return nullptr;
-  }
   std::lock_guard lock(sessions_mu_);
   if (auto it = sessions_.find(id); it != sessions_.end()) return it->second.get();
   if (sessions_.size() >= options_.max_sessions) {

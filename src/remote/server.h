@@ -31,6 +31,7 @@
 
 #include "backend/backend.h"
 #include "fuse/session.h"
+#include "remote/channel.h"
 #include "remote/wire.h"
 #include "transport/unique_fd.h"
 
@@ -44,8 +45,12 @@ class ListenError : public std::runtime_error {
 
 struct ServerOptions {
   Endpoint listen;
-  // Peers must prove it (HMAC); empty: no secret, allowed on loopback only.
+  // Peers must prove it (HMAC); empty: no secret, allowed on loopback only
+  // unless TLS is on.
   std::string secret;
+  // TLS with client certificates: only devices with a certificate from
+  // tls.ca are served. Empty: plain TCP.
+  TlsFiles tls;
   // For every session; max_write is lowered to a device's if it is smaller.
   fuse::SessionOptions session;
   unsigned max_connections = 256;
@@ -59,7 +64,7 @@ struct ServerOptions {
 class Server {
  public:
   // Binds and listens. Throws ListenError (an address in use, a
-  // non-loopback address without a secret).
+  // non-loopback address without a secret or TLS, unusable TLS files).
   Server(ServerOptions options, std::unique_ptr<Backend> backend);
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -81,12 +86,13 @@ class Server {
  private:
   void accept_loop();
   // The session named `id`, created on first use; nullptr (and *why) if
-  // the device's max_write is unusable or there are too many sessions.
+  // there are too many sessions. REQUIRES: check_hello() accepted max_write.
   fuse::FuseSession* session_for(uint64_t id, uint32_t max_write, std::string* why);
   void reap(bool all);
 
   ServerOptions options_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<TlsContext> tls_;  // null: plain TCP
   Endpoint bound_;
   transport::UniqueFd listen_fd_;
   std::thread acceptor_;

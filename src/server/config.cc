@@ -99,6 +99,13 @@ const std::string& as_string(const Value& v) {
   refuse(fmt::format("must be a string, got {}", kind_of(v)));
 }
 
+// A file name: a string, not empty.
+const std::string& non_empty_string(const Value& v) {
+  const std::string& s = as_string(v);
+  if (s.empty()) refuse("must not be empty");
+  return s;
+}
+
 constexpr std::array<std::pair<std::string_view, spdlog::level::level_enum>, 5> kLogLevels{{
     {"trace", spdlog::level::trace},
     {"debug", spdlog::level::debug},
@@ -349,11 +356,18 @@ const Setting kSettings[] = {
     {{"remote.secret_file", "--remote-secret-file", "FILE",
       "shared secret (>= 16 bytes, mode 0600) a remote device and its server both prove "
       "(default: none)"},
-     [](Config& cfg, const Value& v) {
-       const std::string& s = as_string(v);
-       if (s.empty()) refuse("must not be empty");
-       cfg.remote.secret_file = s;
-     }},
+     [](Config& cfg, const Value& v) { cfg.remote.secret_file = non_empty_string(v); }},
+    {{"remote.tls_cert", "--remote-tls-cert", "FILE",
+      "TLS for the remote transport: this end's certificate (PEM); needs remote.tls_key and "
+      "remote.tls_ca (default: none, plain TCP)"},
+     [](Config& cfg, const Value& v) { cfg.remote.tls_cert = non_empty_string(v); }},
+    {{"remote.tls_key", "--remote-tls-key", "FILE",
+      "TLS: the private key of remote.tls_cert (PEM, mode 0600) (default: none)"},
+     [](Config& cfg, const Value& v) { cfg.remote.tls_key = non_empty_string(v); }},
+    {{"remote.tls_ca", "--remote-tls-ca", "FILE",
+      "TLS: the CA (PEM) the peer's certificate must be signed by; a server serves only devices "
+      "with one (default: none)"},
+     [](Config& cfg, const Value& v) { cfg.remote.tls_ca = non_empty_string(v); }},
     {{"remote.connections", "--remote-connections", "N",
       "TCP connections of a remote device to its server, 1..64 (default 2)"},
      [](Config& cfg, const Value& v) {
@@ -576,6 +590,13 @@ void finish(Config& cfg) {
             fmt::format("two vhost-user devices on one socket: {}", cfg.devices[i].socket));
       }
     }
+  }
+  const int tls_files = !cfg.remote.tls_cert.empty() + !cfg.remote.tls_key.empty() +
+                        !cfg.remote.tls_ca.empty();
+  if (tls_files != 0 && tls_files != 3) {
+    throw ConfigError(
+        "TLS needs all of remote.tls_cert, remote.tls_key and remote.tls_ca "
+        "(--remote-tls-cert, --remote-tls-key, --remote-tls-ca)");
   }
   if (!cfg.remote.listen.empty() && cfg.backend.type == "remote") {
     throw ConfigError("--listen serves remote devices from a local backend, not from remote://");

@@ -57,6 +57,71 @@ TEST(RemoteWire, ChecksHeaders) {
   EXPECT_NE(check_header(h, 100).find("magic"), std::string::npos);
 }
 
+// Each stage takes its one frame type (and a device also ERROR), handshake
+// frames of their exact size, and nothing past its limit.
+TEST(RemoteWire, FramesAreJudgedByWhereTheConnectionIs) {
+  auto judge = [](FrameType type, uint32_t length, Stage stage, uint32_t max_request = 1000) {
+    return check_frame(make_header(type, length), stage, max_request);
+  };
+  EXPECT_FALSE(judge(FrameType::kHello, sizeof(HelloPayload), Stage::kHello).refused());
+  EXPECT_TRUE(judge(FrameType::kHello, sizeof(HelloPayload) + 1, Stage::kHello).refused());
+  EXPECT_TRUE(judge(FrameType::kRequest, 100, Stage::kHello).tell_peer);
+  EXPECT_TRUE(judge(FrameType::kError, 10, Stage::kHello).refused());  // devices do not send ERROR
+  EXPECT_FALSE(judge(FrameType::kAuth, sizeof(AuthPayload), Stage::kAuth).refused());
+  EXPECT_FALSE(judge(FrameType::kRequest, 1000, Stage::kRequests).refused());
+  const Refusal big = judge(FrameType::kRequest, 1001, Stage::kRequests);
+  EXPECT_TRUE(big.refused());
+  EXPECT_FALSE(big.tell_peer);
+  EXPECT_TRUE(judge(FrameType::kReply, 10, Stage::kRequests).refused());
+  EXPECT_FALSE(
+      judge(FrameType::kChallenge, sizeof(ChallengePayload), Stage::kChallenge).refused());
+  EXPECT_FALSE(judge(FrameType::kError, kMaxErrorText, Stage::kChallenge).refused());
+  EXPECT_TRUE(judge(FrameType::kError, kMaxErrorText + 1, Stage::kWelcome).refused());
+  EXPECT_FALSE(judge(FrameType::kReply, kMaxPayload, Stage::kReplies).refused());
+  EXPECT_TRUE(judge(FrameType::kReply, kMaxPayload + 1, Stage::kReplies).refused());
+  EXPECT_TRUE(judge(FrameType::kRequest, 10, Stage::kReplies).refused());
+  FrameHeader other = make_header(FrameType::kHello, sizeof(HelloPayload));
+  other.version = 2;
+  EXPECT_TRUE(check_frame(other, Stage::kHello).tell_peer);  // told in our format why
+  other.magic = 0x20544547;                                   // "GET "
+  EXPECT_FALSE(check_frame(other, Stage::kHello).tell_peer);
+}
+
+TEST(RemoteWire, HandshakeValuesAndErrorTextAreChecked) {
+  HelloPayload hello{};
+  for (uint32_t bad : {0u, 100u, 4097u}) {
+    hello.max_write = bad;
+    EXPECT_TRUE(check_hello(hello).refused()) << bad;
+  }
+  hello.max_write = 1 << 20;
+  EXPECT_FALSE(check_hello(hello).refused());
+  EXPECT_TRUE(check_welcome(WelcomePayload{0, 100}).refused());
+  EXPECT_FALSE(check_welcome(WelcomePayload{0, 1 << 20}).refused());
+  const std::string forged = "bad secret\nremote: all is well\x1b[2J";
+  const std::string text =
+      error_text({reinterpret_cast<const uint8_t*>(forged.data()), forged.size()});
+  EXPECT_EQ(text, "bad secret?remote: all is well?[2J");
+  const std::vector<uint8_t> long_text(1000, 'a');
+  EXPECT_EQ(error_text(long_text).size(), kMaxErrorText);
+}
+
+TEST(RemoteWire, RepliesMustMatchTheirRequest) {
+  fuse_out_header out{sizeof(fuse_out_header), 0, 77};
+  const iovec whole{&out, sizeof(out)};
+  EXPECT_EQ(check_reply({&whole, 1}, sizeof(out), 77, FUSE_GETATTR), ReplyCheck::kValid);
+  EXPECT_EQ(check_reply({&whole, 1}, sizeof(out), 78, FUSE_GETATTR), ReplyCheck::kMalformed);
+  EXPECT_EQ(check_reply({&whole, 1}, sizeof(out) + 8, 77, FUSE_GETATTR), ReplyCheck::kMalformed);
+  EXPECT_EQ(check_reply({&whole, 1}, 5, 77, FUSE_GETATTR), ReplyCheck::kMalformed);
+  EXPECT_EQ(check_reply({&whole, 1}, 0, 77, FUSE_GETATTR), ReplyCheck::kEmpty);
+  EXPECT_EQ(check_reply({&whole, 1}, 0, 77, FUSE_FORGET), ReplyCheck::kValid);
+  // The header may straddle the tenant's buffers.
+  auto* bytes = reinterpret_cast<char*>(&out);
+  const iovec split[3] = {{bytes, 3}, {bytes + 3, 0}, {bytes + 3, sizeof(out) - 3}};
+  EXPECT_EQ(check_reply(split, sizeof(out), 77, FUSE_READ), ReplyCheck::kValid);
+  EXPECT_TRUE(check_reply_fits(make_header(FrameType::kReply, 17), 16).refused());
+  EXPECT_FALSE(check_reply_fits(make_header(FrameType::kReply, 16), 16).refused());
+}
+
 TEST(RemoteWire, ProofsBindSecretRoleAndParameters) {
   HelloPayload hello{};
   hello.session_id = 1;
