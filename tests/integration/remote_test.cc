@@ -537,10 +537,10 @@ TEST_F(RemoteTest, ConnectionsCutAndRestoredKeepTheSession) {
 
 // --- TLS ---------------------------------------------------------------------
 
-// Throwaway certificates, made with the openssl CLI when a test starts (none
-// are committed, so none expire): a CA, a server certificate for 127.0.0.1
-// and a client certificate signed by it, and a rogue CA with a client and a
-// server certificate of its own.
+// Throwaway certificates, made by scripts/test-certs.sh (the openssl CLI)
+// when a test starts (none are committed, so none expire): a CA, a server
+// certificate for 127.0.0.1 and a client certificate signed by it, and a
+// rogue CA with a client and a server certificate of its own.
 struct Pki {
   std::string dir;
   std::string ca, server_cert, server_key, client_cert, client_key;
@@ -549,45 +549,27 @@ struct Pki {
 
 // "" or what failed.
 std::string make_pki(const std::string& dir, Pki* pki) {
-  if (::mkdir(dir.c_str(), 0700) != 0) return "mkdir " + dir + ": " + errname(errno);
   pki->dir = dir;
-  auto openssl = [](std::vector<std::string> args) {
-    args.insert(args.begin(), "/usr/bin/openssl");
+  const std::string script = std::string(DPFS_SOURCE_DIR) + "/scripts/test-certs.sh";
+  for (const std::vector<std::string>& names :
+       {std::vector<std::string>{"ca", "server", "client"},
+        std::vector<std::string>{"rogue-ca", "rogue-client", "rogue-server"}}) {
+    std::vector<std::string> args{"/bin/bash", script, dir};
+    args.insert(args.end(), names.begin(), names.end());
     const RunResult r = run(args);
-    return r.exit_code() == 0 ? std::string() : "openssl " + args[1] + ": " + r.describe() + r.err;
-  };
-  const std::string san = dir + "/san.cnf";
-  if (write_file(san, "subjectAltName=IP:127.0.0.1,DNS:localhost\n") != 0) return "writing " + san;
-  auto ca = [&](const std::string& name) {
-    return openssl({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", dir + "/" + name + ".key", "-out",
-                    dir + "/" + name + ".pem", "-days", "2", "-subj", "/CN=" + name});
-  };
-  // A key and a certificate `name` signed by `ca_name`.
-  auto cert = [&](const std::string& name, const std::string& ca_name) {
-    const std::string base = dir + "/" + name;
-    std::string e = openssl({"req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                             "-nodes", "-keyout", base + ".key", "-out", base + ".csr", "-subj",
-                             "/CN=" + name});
-    if (!e.empty()) return e;
-    return openssl({"x509", "-req", "-in", base + ".csr", "-CA", dir + "/" + ca_name + ".pem",
-                    "-CAkey", dir + "/" + ca_name + ".key", "-CAcreateserial", "-days", "2",
-                    "-extfile", san, "-out", base + ".pem"});
-  };
-  for (const std::string& e :
-       {ca("ca"), ca("rogue-ca"), cert("server", "ca"), cert("client", "ca"),
-        cert("rogue-client", "rogue-ca"), cert("rogue-server", "rogue-ca")}) {
-    if (!e.empty()) return e;
+    if (r.exit_code() != 0) return "test-certs.sh: " + r.describe() + r.err;
   }
-  pki->ca = dir + "/ca.pem";
-  pki->server_cert = dir + "/server.pem";
-  pki->server_key = dir + "/server.key";
-  pki->client_cert = dir + "/client.pem";
-  pki->client_key = dir + "/client.key";
-  pki->rogue_client_cert = dir + "/rogue-client.pem";
-  pki->rogue_client_key = dir + "/rogue-client.key";
-  pki->rogue_server_cert = dir + "/rogue-server.pem";
-  pki->rogue_server_key = dir + "/rogue-server.key";
+  auto file = [&](const char* name) { return dir + "/" + name; };
+  *pki = {dir,
+          file("ca.pem"),
+          file("server.pem"),
+          file("server.key"),
+          file("client.pem"),
+          file("client.key"),
+          file("rogue-client.pem"),
+          file("rogue-client.key"),
+          file("rogue-server.pem"),
+          file("rogue-server.key")};
   return "";
 }
 
