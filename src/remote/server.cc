@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -104,6 +105,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
    public:
     void prepare(uint64_t id, size_t in_len, size_t out_len) {
       id_ = id;
+      opcode_ = 0;
       grow(in_buf_, in_cap_, in_len);
       grow(out_buf_, out_cap_, out_len);
       in_iov_ = {in_buf_.get(), in_len};
@@ -112,9 +114,14 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
       out = std::span<const iovec>(&out_iov_, 1);
     }
     char* in_buf() { return in_buf_.get(); }
+    // The FUSE opcode, once the request is read (0 if it has no header).
+    uint32_t opcode() const { return opcode_; }
+    void set_opcode(uint32_t opcode) { opcode_ = opcode; }
 
     void complete(size_t reply_len) override {
       std::shared_ptr<Connection> conn = std::move(owner_);
+      conn->session_->ledger.on_reply(
+          opcode_, {reinterpret_cast<const uint8_t*>(out_buf_.get()), reply_len});
       conn->send_reply(id_, out_buf_.get(), reply_len);
       conn->release(this);
       // `conn` may be the last reference: the pool and this object go with
@@ -131,6 +138,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
     }
 
     uint64_t id_ = 0;
+    uint32_t opcode_ = 0;
     std::unique_ptr<char[]> in_buf_, out_buf_;
     size_t in_cap_ = 0, out_cap_ = 0;
     iovec in_iov_{}, out_iov_{};
@@ -138,6 +146,14 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
 
   void run();
   bool handshake();
+  // The device's DESTROY: this session's lookups go back to the backend
+  // (the shared backend's destroy() would end every session's), and the
+  // session awaits a new INIT.
+  void end_session() {
+    spdlog::info("remote: peer {}: session {:016x} ended by DESTROY", peer_, session_->id);
+    server_.release(*session_);
+    session_->fuse->reset();
+  }
   // Logs why the connection ends (one line) and tells the peer if it can.
   void refuse(const std::string& reason, bool tell_peer);
 
@@ -176,7 +192,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
   Server& server_;
   const std::unique_ptr<Channel> ch_;
   const std::string peer_;
-  fuse::FuseSession* session_ = nullptr;
+  std::shared_ptr<Session> session_;
   std::thread thread_;
   std::atomic<bool> done_{false};
 
@@ -266,8 +282,8 @@ bool Server::Connection::handshake() {
     return false;
   }
   WelcomePayload welcome{};
-  welcome.flags = session_->initialized() ? 0 : kWelcomeNeedsInit;
-  welcome.max_request = uint32_t(session_->max_request_size());
+  welcome.flags = session_->fuse->initialized() ? 0 : kWelcomeNeedsInit;
+  welcome.max_request = uint32_t(session_->fuse->max_request_size());
   if (!send_frame(*ch_, FrameType::kWelcome, &welcome, sizeof(welcome))) return false;
   // From here on the reader waits as long as the device stays quiet
   // (read_frame_start); a frame that stalls half-way, or a reply to a device
@@ -279,8 +295,9 @@ bool Server::Connection::handshake() {
 
 void Server::Connection::run() {
   if (handshake()) {
-    const uint32_t max_request = uint32_t(session_->max_request_size());
-    const uint32_t max_reply = uint32_t(session_->max_reply_size());
+    fuse::FuseSession& fuse = *session_->fuse;
+    const uint32_t max_request = uint32_t(fuse.max_request_size());
+    const uint32_t max_reply = uint32_t(fuse.max_reply_size());
     for (;;) {
       FrameHeader h;
       if (!ch_->read_frame_start(&h, sizeof(h))) {
@@ -306,17 +323,24 @@ void Server::Connection::run() {
         refuse("a request cut short", false);
         break;
       }
-      if (h.id == kInitReplayId && session_->initialized()) {
-        // A replayed INIT that lost the race with another connection's.
-        fuse_in_header in{};
-        std::memcpy(&in, r->in_buf(), std::min<size_t>(h.length, sizeof(in)));
+      fuse_in_header in{};
+      std::memcpy(&in, r->in_buf(), std::min<size_t>(h.length, sizeof(in)));
+      if (h.length >= sizeof(in)) r->set_opcode(in.opcode);
+      // A replayed INIT that lost the race with another connection's, or
+      // this session's end: answered here (header-only success).
+      const bool replayed_init = h.id == kInitReplayId && fuse.initialized();
+      if (replayed_init || r->opcode() == FUSE_DESTROY) {
+        if (!replayed_init) end_session();
         const fuse_out_header out{sizeof(fuse_out_header), 0, in.unique};
         send_reply(h.id, reinterpret_cast<const char*>(&out), sizeof(out));
         release(r);
         continue;
       }
+      if (r->opcode() == FUSE_FORGET || r->opcode() == FUSE_BATCH_FORGET) {
+        session_->ledger.on_forget({reinterpret_cast<uint8_t*>(r->in_buf()), h.length});
+      }
       r->owner_ = shared_from_this();
-      session_->handle(*r);
+      fuse.handle(*r);
     }
   }
   {
@@ -359,7 +383,9 @@ Server::Server(ServerOptions options, std::unique_ptr<Backend> backend)
       throw ListenError(e.what());
     }
   }
-  listen_fd_.reset(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // Non-blocking: accept_loop() polls it, and a connection reset between the
+  // poll and the accept must not block the loop.
+  listen_fd_.reset(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!listen_fd_) throw ListenError(fmt::format("socket: {}", std::strerror(errno)));
   const int one = 1;
   ::setsockopt(listen_fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -408,13 +434,19 @@ void Server::reap(bool all) {
 void Server::accept_loop() {
   pthread_setname_np(pthread_self(), "dpfs-remote-acc");
   while (!stopping_.load()) {
+    // Wakes at least once a second to end sessions past their grace.
+    pollfd pfd{listen_fd_.get(), POLLIN, 0};
+    const int ready = ::poll(&pfd, 1, 1000);
+    reap(false);  // connections that ended let go of their sessions
+    expire_sessions();
+    if (ready <= 0) continue;
     sockaddr_storage addr{};
     socklen_t len = sizeof(addr);
     transport::UniqueFd fd(
         ::accept4(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), &len, SOCK_CLOEXEC));
     if (!fd) {
       if (stopping_.load()) break;
-      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
       spdlog::error("remote: accept: {}", std::strerror(errno));
       if (errno == EMFILE || errno == ENFILE) std::this_thread::sleep_for(std::chrono::seconds(1));
       continue;
@@ -441,9 +473,10 @@ void Server::accept_loop() {
   }
 }
 
-fuse::FuseSession* Server::session_for(uint64_t id, uint32_t max_write, std::string* why) {
+std::shared_ptr<Server::Session> Server::session_for(uint64_t id, uint32_t max_write,
+                                                     std::string* why) {
   std::lock_guard lock(sessions_mu_);
-  if (auto it = sessions_.find(id); it != sessions_.end()) return it->second.get();
+  if (auto it = sessions_.find(id); it != sessions_.end()) return it->second;
   if (sessions_.size() >= options_.max_sessions) {
     *why = fmt::format("already {} device sessions on this server", sessions_.size());
     return nullptr;
@@ -451,17 +484,58 @@ fuse::FuseSession* Server::session_for(uint64_t id, uint32_t max_write, std::str
   fuse::SessionOptions opt = options_.session;
   opt.max_write = std::min(opt.max_write, max_write);
   opt.name = fmt::format("remote session {:016x}", id);
-  auto session = std::make_unique<fuse::FuseSession>(*backend_, opt);
-  fuse::FuseSession* raw = session.get();
-  sessions_.emplace(id, std::move(session));
-  return raw;
+  auto session = std::make_shared<Session>();
+  session->fuse = std::make_unique<fuse::FuseSession>(*backend_, opt);
+  session->id = id;
+  sessions_.emplace(id, session);
+  return session;
+}
+
+void Server::release(Session& session) {
+  for (const auto& [ino, n] : session.ledger.take_all()) backend_->forget(ino, n);
+}
+
+void Server::expire_sessions() {
+  std::vector<std::shared_ptr<Session>> ended;
+  const auto now = std::chrono::steady_clock::now();
+  const auto grace = std::chrono::duration<double>(options_.session_grace_s);
+  {
+    std::lock_guard lock(sessions_mu_);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      Session& s = *it->second;
+      // Users only come through session_for(), under sessions_mu_: a count of
+      // one (the map's) stays one while we hold the lock.
+      if (it->second.use_count() > 1) {
+        s.idle_since.reset();
+      } else if (!s.idle_since) {
+        s.idle_since = now;
+      } else if (now - *s.idle_since >= grace) {
+        ended.push_back(std::move(it->second));
+        it = sessions_.erase(it);
+        continue;
+      }
+      ++it;
+    }
+  }
+  for (const auto& s : ended) {
+    spdlog::info(
+        "remote: session {:016x}: its device has been gone for {} s; ended, lookups on {} "
+        "inode{} given back",
+        s->id, options_.session_grace_s, s->ledger.inodes(), s->ledger.inodes() == 1 ? "" : "s");
+    release(*s);
+  }
+}
+
+size_t Server::sessions() const {
+  std::lock_guard lock(sessions_mu_);
+  return sessions_.size();
 }
 
 std::vector<std::string> Server::stats() const {
   std::vector<std::string> lines;
   std::lock_guard lock(sessions_mu_);
   for (const auto& [id, session] : sessions_) {
-    for (const std::string& line : server::format_stats(*session)) {
+    for (const std::string& line : server::format_stats(*session->fuse)) {
       lines.push_back(fmt::format("session {:016x}: {}", id, line));
     }
   }

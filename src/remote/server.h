@@ -8,7 +8,12 @@
 // Sessions: a device names its FUSE session (a random id) on every
 // connection, so its several connections share one FuseSession -- one INIT,
 // one set of lookup counts -- and a connection that drops and comes back
-// finds its session where it left it. Every session serves the same backend.
+// finds its session where it left it. Every session serves the same backend;
+// each keeps a LookupLedger of the lookups it holds there, so that it can
+// end alone: a DESTROY from its device, or the device gone (no connection,
+// no request in flight) for longer than `session_grace_s`, gives back that
+// session's lookups (forget) and nobody else's -- the backend's destroy()
+// is never called for one session.
 //
 // Threads: one acceptor, and one reader per connection that decodes frames
 // and hands requests to the session; replies are written by whichever
@@ -20,10 +25,12 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -32,6 +39,7 @@
 #include "backend/backend.h"
 #include "fuse/session.h"
 #include "remote/channel.h"
+#include "remote/ledger.h"
 #include "remote/wire.h"
 #include "transport/unique_fd.h"
 
@@ -59,6 +67,8 @@ struct ServerOptions {
   // a device that does not read.
   double handshake_timeout_s = 5.0;
   double send_timeout_s = 30.0;
+  // A session whose device has had no connection for this long ends.
+  double session_grace_s = 60.0;
 };
 
 class Server {
@@ -81,13 +91,29 @@ class Server {
   // ..."), for SIGUSR1, the stats socket and the exit.
   std::vector<std::string> stats() const;
 
+  // Sessions alive (a device connected, or gone for less than the grace).
+  size_t sessions() const;
+
   class Connection;
+  // One device's FUSE session here, and the lookups it holds. Kept alive by
+  // the connections (and so the requests in flight) that use it.
+  struct Session {
+    std::unique_ptr<fuse::FuseSession> fuse;
+    LookupLedger ledger;
+    uint64_t id = 0;
+    // When the last user went (under sessions_mu_, by expire_sessions()).
+    std::optional<std::chrono::steady_clock::time_point> idle_since;
+  };
 
  private:
   void accept_loop();
   // The session named `id`, created on first use; nullptr (and *why) if
   // there are too many sessions. REQUIRES: check_hello() accepted max_write.
-  fuse::FuseSession* session_for(uint64_t id, uint32_t max_write, std::string* why);
+  std::shared_ptr<Session> session_for(uint64_t id, uint32_t max_write, std::string* why);
+  // Gives the backend back the lookups `session` holds.
+  void release(Session& session);
+  // Ends the sessions whose device has been gone past the grace period.
+  void expire_sessions();
   void reap(bool all);
 
   ServerOptions options_;
@@ -99,7 +125,7 @@ class Server {
   std::atomic<bool> stopping_{false};
 
   mutable std::mutex sessions_mu_;
-  std::map<uint64_t, std::unique_ptr<fuse::FuseSession>> sessions_;
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_;
 
   std::mutex connections_mu_;
   std::vector<std::shared_ptr<Connection>> connections_;

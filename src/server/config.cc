@@ -377,6 +377,14 @@ const Setting kSettings[] = {
        }
        cfg.remote.connections = unsigned(n);
      }},
+    {{"remote.session_grace", "--remote-session-grace", "SECONDS",
+      "a server ends the session of a device gone (no connection) this long, giving back its "
+      "lookups (default 60)"},
+     [](Config& cfg, const Value& v) {
+       const double d = as_seconds(v);
+       if (d < 0.1 || d > 86400) refuse(fmt::format("must be between 0.1 and 86400 seconds, got {}", d));
+       cfg.remote.session_grace = d;
+     }},
     {{"remote.timeout", "--remote-timeout", "SECONDS",
       "a remote device answers a request ETIMEDOUT after this long without a reply (default 30)"},
      [](Config& cfg, const Value& v) {

@@ -85,6 +85,7 @@ struct RemoteConfig {
   std::string tls_cert, tls_key, tls_ca;
   unsigned connections = 2;  // per remote device
   double timeout = 30.0;     // seconds a request may wait for its reply
+  double session_grace = 60.0;  // a server ends a session whose device is gone this long
 };
 
 struct Config {

@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 
 #include <array>
 #include <atomic>
@@ -502,6 +503,50 @@ TEST_F(RemoteTest, ADeviceThatDiesLeavesTheOthersServed) {
 // sockets, as a middlebox reset would): the device reconnects to the same
 // session, which the server kept -- no INIT again, and the files, names and
 // open handles of before still work.
+// Inodes in use on the file system at `dir` (statvfs: files - free).
+uint64_t inodes_used(const std::string& dir) {
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) != 0) return ~0ull;
+  return st.f_files - st.f_ffree;
+}
+
+// A device that vanishes (SIGKILL: no FORGET, no DESTROY) held lookups on
+// files the other device then deletes: the server keeps them only for the
+// grace period, then ends its session and the backend frees them -- no
+// inode leaks, and the other device is served throughout.
+TEST_F(RemoteTest, AVanishedDevicesLookupsAreGivenBackAfterTheGracePeriod) {
+  ASSERT_EQ(start_server({"--remote-session-grace", "0.5"}), "");
+  ASSERT_EQ(start_device(), "");
+  const uint64_t base = inodes_used(mount_->dir());
+  Mount other;
+  ASSERT_EQ(other.start_dpfs({"serve", "--backend",
+                              "remote://127.0.0.1:" + std::to_string(server_->port()),
+                              "--fuse-mount", other.dir()}),
+            "");
+  constexpr int kFiles = 20;
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_EQ(write_file(other.dir() + "/f" + std::to_string(i), "held by the other"), 0);
+  }
+  EXPECT_EQ(inodes_used(mount_->dir()), base + kFiles);
+  ASSERT_EQ(::kill(other.pid(), SIGKILL), 0);
+  for (int i = 0; i < 100 && other.check_alive().empty(); ++i) std::this_thread::sleep_for(20ms);
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_EQ(::unlink((mount_->dir() + "/f" + std::to_string(i)).c_str()), 0) << errname(errno);
+  }
+  // Deleted, but still looked up by the vanished device's kernel, until its
+  // session ends (0.5 s after its connections, checked once a second).
+  uint64_t used = inodes_used(mount_->dir());
+  for (int i = 0; i < 100 && used != base; ++i) {
+    std::this_thread::sleep_for(50ms);
+    used = inodes_used(mount_->dir());
+  }
+  EXPECT_EQ(used, base) << server_->log();
+  EXPECT_EQ(count(server_->log(), "its device has been gone for 0.5 s; ended"), 1u)
+      << server_->log();
+  EXPECT_EQ(write_file(mount_->dir() + "/after", "still here"), 0);
+  EXPECT_EQ(read_file(mount_->dir() + "/after").value_or(""), "still here");
+}
+
 TEST_F(RemoteTest, ConnectionsCutAndRestoredKeepTheSession) {
   ASSERT_EQ(start_server(), "");
   ASSERT_EQ(start_device({"--remote-connections", "2"}), "");
