@@ -216,6 +216,9 @@ void Server::Connection::refuse(const std::string& reason, bool tell_peer) {
 bool Server::Connection::handshake() {
   const ServerOptions& opt = server_.options_;
   ch_->set_timeouts(opt.handshake_timeout_s, opt.handshake_timeout_s);
+  // The peek below waits under SO_RCVTIMEO (a TLS channel keeps its
+  // timeouts to itself): a peer that sends nothing cannot hold this thread.
+  if (server_.tls_) set_timeouts(ch_->fd(), opt.handshake_timeout_s, opt.handshake_timeout_s);
   if (server_.tls_ && starts_with_magic(ch_->fd())) {
     // A device without TLS: tell it, in the plain format it speaks, so
     // that it stops at start-up with the reason instead of retrying.

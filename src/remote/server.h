@@ -15,9 +15,11 @@
 // session's lookups (forget) and nobody else's -- the backend's destroy()
 // is never called for one session.
 //
-// Threads: one acceptor, and one reader per connection that decodes frames
-// and hands requests to the session; replies are written by whichever
-// thread completes them, under the connection's send lock. A peer that
+// Threads: one acceptor (which also ends idle sessions, once a second), and
+// one reader per connection that decodes frames and hands requests to the
+// session; replies are written by whichever thread completes them, under
+// the connection's send lock. (Not yet a fixed pool of epoll workers:
+// --threads does not apply here; max_connections bounds the readers.) A peer that
 // sends anything malformed loses that connection only, with one log line.
 //
 // Not thread-safe itself: constructed, started, stopped and destroyed by

@@ -5,7 +5,8 @@
 //  - to a server: HELLO, AUTH, then REQUEST frames, judged as
 //    remote::Server's reader judges them; the requests it accepts go, as it
 //    sends them, to a FuseSession over memfs with reply buffers of the
-//    frame's reply_capacity (capped at the session's largest reply);
+//    frame's reply_capacity (capped at the session's largest reply), with
+//    the session's LookupLedger cutting FORGETs and counting replies;
 //  - to a device: requests in flight (ids, FUSE uniques, opcodes, reply
 //    buffers split into several iovecs) made from the input, then
 //    CHALLENGE, WELCOME and REPLY frames, judged as remote::Forwarder judges
@@ -36,6 +37,7 @@
 #include "fuse/iov.h"
 #include "fuse/request.h"
 #include "fuse/session.h"
+#include "remote/ledger.h"
 #include "remote/wire.h"
 
 namespace {
@@ -126,11 +128,13 @@ void require_printable(const std::string& text) {
 
 class ServerRequest final : public dpfs::fuse::Request {
  public:
-  void complete(size_t reply_len) override {
+  void complete(size_t len) override {
     ++completions;
-    require(reply_len <= dpfs::iov_length(out));
+    reply_len = len;
+    require(len <= dpfs::iov_length(out));
   }
   int completions = 0;
+  size_t reply_len = 0;
 };
 
 void init_session(dpfs::fuse::FuseSession& session) {
@@ -178,20 +182,30 @@ void to_server(Input& in, bool initialized) {
   const uint32_t max_request = uint32_t(session.max_request_size());
   const uint32_t max_reply = uint32_t(session.max_reply_size());
   std::vector<uint8_t> reply(max_reply);
+  dpfs::remote::LookupLedger ledger;
   for (uint64_t n = 0; n < 64; ++n) {
     h = next_header(in, Stage::kRequests);
-    if (!h) return;
+    if (!h) break;
     if (Refusal bad = check_frame(*h, Stage::kRequests, max_request); bad.refused()) {
       require_printable(bad.reason.substr(0, kMaxErrorText));
-      return;
+      break;
     }
     check_accepted(*h, Stage::kRequests, max_request);
     const auto payload = in.take(h->length);
-    if (!payload) return;
+    if (!payload) break;
     if (h->id == kInitReplayId && session.initialized()) continue;  // answered by the server
     // The request as the server hands it over: its payload, and reply
     // space of what the device can take.
     std::vector<uint8_t> bytes(payload->begin(), payload->end());
+    fuse_in_header fh{};
+    if (!bytes.empty()) std::memcpy(&fh, bytes.data(), std::min(bytes.size(), sizeof(fh)));
+    const uint32_t opcode = bytes.size() >= sizeof(fh) ? fh.opcode : 0;
+    if (opcode == FUSE_DESTROY) continue;  // answered by the server
+    if (opcode == FUSE_FORGET || opcode == FUSE_BATCH_FORGET) {
+      const size_t held = ledger.inodes();
+      ledger.on_forget(bytes);
+      require(ledger.inodes() <= held);  // a FORGET never adds
+    }
     iovec in_iov{bytes.data(), bytes.size()};
     iovec out_iov{reply.data(), std::min(h->reply_capacity, max_reply)};
     ServerRequest req;
@@ -200,13 +214,14 @@ void to_server(Input& in, bool initialized) {
     session.handle(req);
     if (req.completions == 0) {
       // Only a SETLKW waiting for a lock may stay pending.
-      fuse_in_header fh{};
-      std::memcpy(&fh, bytes.data(), std::min(bytes.size(), sizeof(fh)));
       require(fh.opcode == FUSE_SETLKW);
       memfs.interrupt(fh.unique);
     }
     require(req.completions == 1);
+    ledger.on_reply(opcode, {reply.data(), req.reply_len});
   }
+  // The session's end, as the server ends it: what it holds goes back.
+  for (const auto& [ino, n] : ledger.take_all()) memfs.forget(ino, n);
 }
 
 // --- Frames to a device -------------------------------------------------------
