@@ -287,6 +287,9 @@ std::unique_ptr<Channel> plain_channel(transport::UniqueFd fd) {
 // --- TlsContext --------------------------------------------------------------
 
 struct TlsContext::Impl {
+  // Freed here, not in ~TlsContext: a constructor that throws half-way runs
+  // no destructor of its own, but its members' do.
+  ~Impl() { SSL_CTX_free(ctx); }
   SSL_CTX* ctx = nullptr;
   Role role;
 };
@@ -334,7 +337,7 @@ TlsContext::TlsContext(const TlsFiles& files, Role role) : impl_(std::make_uniqu
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
-TlsContext::~TlsContext() { SSL_CTX_free(impl_->ctx); }
+TlsContext::~TlsContext() = default;
 
 std::unique_ptr<Channel> TlsContext::channel(transport::UniqueFd fd,
                                              const std::string& peer_host) {
