@@ -136,6 +136,9 @@ run_remote() {
     device_flags=$(tls_flags device)
   fi
   log "$name: $BACKEND behind a server on loopback"
+  # Not the last path's log: the grep below could read its port before the
+  # new server's shell truncates the file.
+  rm -f "$WORK/server.log"
   # shellcheck disable=SC2086
   "$DPFS" serve --listen tcp://127.0.0.1:0 --backend "$BACKEND" $DPFS_ARGS $server_flags \
     >"$WORK/server.log" 2>&1 &
