@@ -17,6 +17,8 @@
 #   REPEAT=3           rounds
 #   THREADS=2          device --threads
 #   CONNECTIONS=2      --remote-connections
+#   TLS=0              1: also the remote path with TLS (remote.tls_*, throwaway
+#                      certificates made here with the openssl CLI)
 #   DPFS_ARGS="--no-xattr --null-direct-io"   more flags for every dpfs
 set -euo pipefail
 
@@ -29,6 +31,7 @@ RUNTIME=${RUNTIME:-10}
 REPEAT=${REPEAT:-3}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-2}
+TLS=${TLS:-0}
 DPFS_ARGS=${DPFS_ARGS---no-xattr --null-direct-io}
 
 log() { printf '[remote_bench] %s\n' "$*" >&2; }
@@ -120,10 +123,24 @@ run_local() {
   wait "$daemon" || die "the local daemon failed; see $WORK/local.log"
 }
 
+tls_flags() {
+  echo "--remote-tls-cert $WORK/pki/$1.pem --remote-tls-key $WORK/pki/$1.key" \
+    "--remote-tls-ca $WORK/pki/ca.pem"
+}
+
+# run_remote NAME [tls]
 run_remote() {
-  log "remote: $BACKEND behind a server on loopback"
+  local name=$1 server_flags="" device_flags=""
+  if [[ ${2:-} == tls ]]; then
+    server_flags=$(tls_flags server)
+    device_flags=$(tls_flags device)
+  fi
+  log "$name: $BACKEND behind a server on loopback"
+  # Not the last path's log: the grep below could read its port before the
+  # new server's shell truncates the file.
+  rm -f "$WORK/server.log"
   # shellcheck disable=SC2086
-  "$DPFS" serve --listen tcp://127.0.0.1:0 --backend "$BACKEND" $DPFS_ARGS \
+  "$DPFS" serve --listen tcp://127.0.0.1:0 --backend "$BACKEND" $DPFS_ARGS $server_flags \
     >"$WORK/server.log" 2>&1 &
   local server=$!
   PIDS+=("$server")
@@ -136,23 +153,25 @@ run_remote() {
   [[ -n $port ]] || die "the server did not listen; see $WORK/server.log"
   # shellcheck disable=SC2086
   "$DPFS" serve --backend "remote://127.0.0.1:$port" --fuse-mount "$MNT" --threads "$THREADS" \
-    --remote-connections "$CONNECTIONS" $DPFS_ARGS >"$WORK/device.log" 2>&1 &
+    --remote-connections "$CONNECTIONS" $DPFS_ARGS $device_flags >"$WORK/device.log" 2>&1 &
   local device=$!
   PIDS+=("$device")
   wait_mounted
   prepare_file
-  run_jobs remote "$device" "$server"
+  run_jobs "$name" "$device" "$server"
   kill "$device"
   wait "$device" || die "the device failed; see $WORK/device.log"
   kill "$server"
   wait "$server" || die "the server failed; see $WORK/server.log"
 }
 
+if [[ $TLS == 1 ]]; then bash "$ROOT/scripts/test-certs.sh" "$WORK/pki" ca server device; fi
 log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$REPEAT"); do
   log "round $round of $REPEAT"
   run_local
-  run_remote
+  run_remote remote
+  if [[ $TLS == 1 ]]; then run_remote remote-tls tls; fi
 done
 log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -162,10 +181,12 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("| path | depth | IOPS (median round) | IOPS range | mean µs | p50 µs | p99 µs "
       "| dpfs CPU µs per read: device + server |")
 print("|---|---|---|---|---|---|---|---|")
-for path in ("local", "remote"):
+for path in ("local", "remote", "remote-tls"):
     for depth in (1, 32):
         runs = sorted((r for r in rows if r["path"] == path and r["depth"] == depth),
                       key=lambda r: r["iops"])
+        if not runs:
+            continue
         m = runs[len(runs) // 2]
         cpu = " + ".join(f"{c:.1f}" for c in m["cpu"])
         if len(m["cpu"]) > 1:

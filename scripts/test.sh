@@ -21,6 +21,14 @@ step "POSIX suites through the remote transport (server + device on loopback, ~1
 DPFS_TEST_REMOTE=memfs build/dpfs_integration_tests \
   --gtest_filter='PosixTest.*:IoTest.*:ReaddirTest.*:XattrTest.*:LockTest.*'
 
+tls=$(mktemp -d)
+bash scripts/test-certs.sh "$tls" ca server device
+tls_flags() { echo "--remote-tls-cert $tls/$1.pem --remote-tls-key $tls/$1.key --remote-tls-ca $tls/ca.pem"; }
+step "POSIX suite through the remote transport with TLS (~5 s)"
+DPFS_TEST_REMOTE=memfs DPFS_TEST_REMOTE_ARGS="$(tls_flags server)" \
+  DPFS_TEST_SERVE_ARGS="$(tls_flags device)" build/dpfs_integration_tests --gtest_filter='PosixTest.*:IoTest.*'
+rm -rf "$tls"
+
 # On tmpfs, io_uring = auto would choose system calls: forced on, so the
 # suites go through the ring.
 step "POSIX suites on passthrough (export on a tmpfs: tmpfs's limits; ~40 s)"

@@ -33,12 +33,6 @@ constexpr size_t kMaxSavedInit = 4096;
 // come; past this many the link is assumed dead and reconnected.
 constexpr size_t kMaxExpired = 4096;
 
-// FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY take no reply.
-bool takes_reply(uint32_t opcode) {
-  return opcode != FUSE_FORGET && opcode != FUSE_BATCH_FORGET && opcode != FUSE_INTERRUPT &&
-         opcode != FUSE_NOTIFY_REPLY;
-}
-
 // Requests that change nothing on the server: sending one twice is the same
 // as once, so they survive a broken link. (LOOKUP is not here: each answer
 // adds to the inode's lookup count.)
@@ -60,12 +54,6 @@ bool idempotent(uint32_t opcode) {
       return false;
   }
 }
-
-// A connected socket, shared by the threads using it so that its number is
-// not reused while one of them still reads or writes it.
-struct Socket {
-  transport::UniqueFd fd;
-};
 
 }  // namespace
 
@@ -94,7 +82,7 @@ class Forwarder::Link {
     {
       std::lock_guard lock(mu_);
       stopping_ = true;
-      if (sock_) ::shutdown(sock_->fd.get(), SHUT_RDWR);
+      if (sock_) sock_->shutdown();
     }
     cv_.notify_all();
     if (receiver_.joinable()) receiver_.join();
@@ -136,14 +124,14 @@ class Forwarder::Link {
     bool requeue = false;
   };
 
-  void send(uint64_t id, fuse::Request& req, const std::shared_ptr<Socket>& sock, uint64_t gen);
+  void send(uint64_t id, fuse::Request& req, const std::shared_ptr<Channel>& sock, uint64_t gen);
   void break_link(uint64_t gen, const std::string& why);
-  void publish(transport::UniqueFd fd);
+  void publish(std::unique_ptr<Channel> channel);
   void resend_queued();
   void expire();
   void receive_loop();
   // Reads one reply on `sock`; false when the link must end.
-  bool receive_one(const std::shared_ptr<Socket>& sock, uint64_t gen);
+  bool receive_one(const std::shared_ptr<Channel>& sock, uint64_t gen);
   void supervise_loop();
   void fail(Pending& p, int error);
 
@@ -152,7 +140,9 @@ class Forwarder::Link {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::shared_ptr<Socket> sock_;  // null while down
+  // The connection, shared by the threads using it so that its socket is
+  // not closed while one of them still reads or writes it; null while down.
+  std::shared_ptr<Channel> sock_;
   uint64_t generation_ = 0;       // bumped by every connect and break
   std::unordered_map<uint64_t, Pending> pending_;
   std::unordered_set<uint64_t> expired_;
@@ -171,7 +161,7 @@ void Forwarder::Link::fail(Pending& p, int error) {
   fw_.counters_.failed.fetch_add(1, std::memory_order_relaxed);
   if (p.opcode == FUSE_INIT) fw_.init_in_flight_.store(false);
   size_t len = 0;
-  if (takes_reply(p.opcode)) len = fuse::encode_error(p.req->out, p.unique, error);
+  if (opcode_takes_reply(p.opcode)) len = fuse::encode_error(p.req->out, p.unique, error);
   p.req->complete(len);
 }
 
@@ -191,7 +181,7 @@ void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcod
     fail(p, EIO);
     return;
   }
-  std::shared_ptr<Socket> sock = sock_;
+  std::shared_ptr<Channel> sock = sock_;
   const uint64_t gen = generation_;
   p.state = sock ? State::kSending : State::kQueued;
   pending_.emplace(id, p);
@@ -199,7 +189,7 @@ void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcod
   if (sock) send(id, req, sock, gen);
 }
 
-void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_ptr<Socket>& sock,
+void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_ptr<Channel>& sock,
                            uint64_t gen) {
   const size_t len = iov_length(req.in);
   const size_t capacity = std::min<size_t>(iov_length(req.out), kMaxPayload);
@@ -210,7 +200,7 @@ void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_pt
     send_iov_.clear();
     send_iov_.push_back({&h, sizeof(h)});
     send_iov_.insert(send_iov_.end(), req.in.begin(), req.in.end());
-    ok = writev_full(sock->fd.get(), send_iov_);
+    ok = sock->writev_full(send_iov_);
   }
   const int send_errno = errno;
   fw_.counters_.forwarded.fetch_add(1, std::memory_order_relaxed);
@@ -244,8 +234,7 @@ void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_pt
   }
   if (failed) fail(*failed, failed->abandon_error);
   if (!ok) {
-    break_link(gen, fmt::format("sending: {}",
-                                send_errno == EAGAIN ? "timed out" : std::strerror(send_errno)));
+    break_link(gen, "sending: " + sock->error(send_errno));
   }
   if (resend) resend_queued();
 }
@@ -259,7 +248,7 @@ void Forwarder::Link::break_link(uint64_t gen, const std::string& why) {
       spdlog::warn("remote: link {} to {}: {}; reconnecting", index_,
                    format_endpoint(fw_.options_.server), why);
     }
-    ::shutdown(sock_->fd.get(), SHUT_RDWR);
+    sock_->shutdown();
     sock_.reset();
     ++generation_;
     expired_.clear();
@@ -312,41 +301,40 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
     return fmt::format("connect: {}", errno == EINPROGRESS ? "timed out" : std::strerror(errno));
   }
   tune_socket(fd.get(), unsigned(std::max(1.0, opt.timeout_s)));
+  std::unique_ptr<Channel> ch = fw_.tls_ ? fw_.tls_->channel(std::move(fd), opt.server.host)
+                                         : plain_channel(std::move(fd));
+  ch->set_timeouts(hs, hs);
+  if (std::string e = ch->start(hs, fatal); !e.empty()) return e;
 
-  auto io_error = [](const char* what) {
-    return fmt::format("{}: {}", what,
-                       errno == 0        ? "the server closed the connection"
-                       : errno == EAGAIN ? "timed out"
-                                         : std::strerror(errno));
+  // A TLS error (the server refused our certificate) will not go away.
+  auto io_error = [&](const char* what) {
+    const int err = errno;
+    if (err == EPROTO) *fatal = true;
+    return fmt::format("{}: {}", what, ch->error(err));
   };
-  // Reads a frame of `type` with exactly `size` payload bytes; an ERROR
-  // frame's text becomes the failure.
-  auto read_message = [&](FrameType type, void* payload, uint32_t size) -> std::string {
+  // Reads the frame expected at `stage` into `payload` (its exact size);
+  // an ERROR frame's text becomes the failure.
+  auto read_message = [&](Stage stage, void* payload, uint32_t size) -> std::string {
     FrameHeader h;
-    if (!read_full(fd.get(), &h, sizeof(h))) return io_error("handshake");
-    if (std::string bad = check_header(h, std::max<uint32_t>(size, kMaxErrorText)); !bad.empty()) {
+    if (!ch->read_full(&h, sizeof(h))) return io_error("handshake");
+    if (Refusal bad = check_frame(h, stage); bad.refused()) {
       *fatal = true;
-      return bad;
+      return bad.reason;
     }
     if (h.type == uint8_t(FrameType::kError)) {
-      std::string text(h.length, '\0');
-      read_full(fd.get(), text.data(), h.length);
+      uint8_t text[kMaxErrorText];
+      ch->read_full(text, h.length);
       *fatal = true;
-      return "the server refused: " + text;
+      return "the server refused: " + error_text({text, h.length});
     }
-    if (h.type != uint8_t(type) || h.length != size) {
-      *fatal = true;
-      return fmt::format("expected {}, got {} of {} bytes", frame_type_name(uint8_t(type)),
-                         frame_type_name(h.type), h.length);
-    }
-    if (!read_full(fd.get(), payload, size)) return io_error("handshake");
+    if (!ch->read_full(payload, size)) return io_error("handshake");
     return "";
   };
   auto send_message = [&](FrameType type, void* payload, uint32_t size, uint64_t id = 0,
                           uint32_t capacity = 0) {
     FrameHeader h = make_header(type, size, id, capacity);
     iovec iov[2] = {{&h, sizeof(h)}, {payload, size}};
-    return writev_full(fd.get(), iov);
+    return ch->writev_full(iov);
   };
 
   HelloPayload hello{};
@@ -355,7 +343,7 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
   hello.max_write = opt.max_write;
   if (!send_message(FrameType::kHello, &hello, sizeof(hello))) return io_error("handshake");
   ChallengePayload challenge{};
-  if (std::string e = read_message(FrameType::kChallenge, &challenge, sizeof(challenge));
+  if (std::string e = read_message(Stage::kChallenge, &challenge, sizeof(challenge));
       !e.empty()) {
     return e;
   }
@@ -366,8 +354,12 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
   AuthPayload auth{device_proof(opt.secret, hello, challenge.server_nonce)};
   if (!send_message(FrameType::kAuth, &auth, sizeof(auth))) return io_error("handshake");
   WelcomePayload welcome{};
-  if (std::string e = read_message(FrameType::kWelcome, &welcome, sizeof(welcome)); !e.empty()) {
+  if (std::string e = read_message(Stage::kWelcome, &welcome, sizeof(welcome)); !e.empty()) {
     return e;
+  }
+  if (Refusal bad = check_welcome(welcome); bad.refused()) {
+    *fatal = true;
+    return bad.reason;
   }
 
   // Not while the tenant's own INIT is on its way on another link (at
@@ -383,13 +375,17 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
         return io_error("replaying INIT");
       }
       FrameHeader h;
-      if (!read_full(fd.get(), &h, sizeof(h))) return io_error("replaying INIT");
-      fuse_out_header out{};
-      if (!check_header(h, sizeof(reply)).empty() || h.type != uint8_t(FrameType::kReply) ||
-          h.id != kInitReplayId || h.length < sizeof(out) ||
-          !read_full(fd.get(), reply, h.length)) {
+      if (!ch->read_full(&h, sizeof(h))) return io_error("replaying INIT");
+      const iovec reply_iov{reply, sizeof(reply)};
+      fuse_in_header in{};
+      std::memcpy(&in, init.data(), std::min(init.size(), sizeof(in)));
+      if (check_frame(h, Stage::kReplies).refused() || h.type != uint8_t(FrameType::kReply) ||
+          h.id != kInitReplayId || check_reply_fits(h, sizeof(reply)).refused() ||
+          !ch->read_full(reply, h.length) ||
+          check_reply({&reply_iov, 1}, h.length, in.unique, FUSE_INIT) != ReplyCheck::kValid) {
         return "replaying INIT: no valid reply";
       }
+      fuse_out_header out{};
       std::memcpy(&out, reply, sizeof(out));
       if (out.error != 0) return fmt::format("replaying INIT: the server answered {}", out.error);
       spdlog::info("remote: link {}: the server had lost the session; INIT replayed", index_);
@@ -398,19 +394,19 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
   // Replies may take as long as the server needs to start sending them
   // (receive_one waits without a timeout for a frame to begin); a frame
   // that stalls half-way, or a send that cannot proceed, may not.
-  set_timeouts(fd.get(), opt.timeout_s, opt.timeout_s);
+  ch->set_timeouts(opt.timeout_s, opt.timeout_s);
   {
     std::lock_guard lock(mu_);
     max_request_ = welcome.max_request;
   }
-  publish(std::move(fd));
+  publish(std::move(ch));
   return "";
 }
 
-void Forwarder::Link::publish(transport::UniqueFd fd) {
+void Forwarder::Link::publish(std::unique_ptr<Channel> channel) {
   {
     std::lock_guard lock(mu_);
-    sock_ = std::make_shared<Socket>(Socket{std::move(fd)});
+    sock_ = std::move(channel);
     ++generation_;
   }
   fw_.counters_.connects.fetch_add(1, std::memory_order_relaxed);
@@ -420,7 +416,7 @@ void Forwarder::Link::publish(transport::UniqueFd fd) {
 
 void Forwarder::Link::resend_queued() {
   std::vector<std::pair<uint64_t, fuse::Request*>> batch;
-  std::shared_ptr<Socket> sock;
+  std::shared_ptr<Channel> sock;
   uint64_t gen;
   {
     std::lock_guard lock(mu_);
@@ -515,7 +511,7 @@ void Forwarder::Link::supervise_loop() {
 void Forwarder::Link::receive_loop() {
   pthread_setname_np(pthread_self(), fmt::format("dpfs-recv-{}", index_).substr(0, 15).c_str());
   for (;;) {
-    std::shared_ptr<Socket> sock;
+    std::shared_ptr<Channel> sock;
     uint64_t gen;
     {
       std::unique_lock lock(mu_);
@@ -529,27 +525,22 @@ void Forwarder::Link::receive_loop() {
   }
 }
 
-bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t gen) {
-  const int fd = sock->fd.get();
+bool Forwarder::Link::receive_one(const std::shared_ptr<Channel>& sock, uint64_t gen) {
+  Channel& ch = *sock;
+  auto io_error = [&] { return errno == EAGAIN ? std::string("a reply stalled") : ch.error(errno); };
   FrameHeader h;
-  if (!read_frame_start(fd, &h, sizeof(h))) {
-    break_link(gen, errno == 0        ? "the server closed the connection"
-                    : errno == EAGAIN ? "a reply stalled"
-                                      : std::strerror(errno));
+  if (!ch.read_frame_start(&h, sizeof(h))) {
+    break_link(gen, io_error());
     return false;
   }
-  if (std::string bad = check_header(h, kMaxPayload); !bad.empty()) {
-    break_link(gen, bad);
+  if (Refusal bad = check_frame(h, Stage::kReplies); bad.refused()) {
+    break_link(gen, bad.reason);
     return false;
   }
   if (h.type == uint8_t(FrameType::kError)) {
-    std::string text(std::min<size_t>(h.length, kMaxErrorText), '\0');
-    read_full(fd, text.data(), text.size());
-    break_link(gen, "the server closed the connection: " + text);
-    return false;
-  }
-  if (h.type != uint8_t(FrameType::kReply)) {
-    break_link(gen, fmt::format("unexpected {} frame", frame_type_name(h.type)));
+    uint8_t text[kMaxErrorText];
+    ch.read_full(text, h.length);
+    break_link(gen, "the server closed the connection: " + error_text({text, h.length}));
     return false;
   }
   Pending p;
@@ -568,43 +559,39 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t 
       }
       // A reply that came after its request timed out: drop it.
       std::vector<char> sink(h.length);
-      if (!read_full(fd, sink.data(), sink.size())) {
+      if (!ch.read_full(sink.data(), sink.size())) {
         break_link(gen, "a reply cut short");
         return false;
       }
       return true;
     }
-    const size_t capacity = iov_length(it->second.req->out);
-    if (h.length > capacity) {
+    if (Refusal bad = check_reply_fits(h, iov_length(it->second.req->out)); bad.refused()) {
       lock.unlock();
-      break_link(gen, fmt::format("a {}-byte reply for a {}-byte buffer", h.length, capacity));
+      break_link(gen, bad.reason);
       return false;
     }
     p = it->second;
     pending_.erase(it);
   }
   // The reply is ours now: read it straight into the tenant's buffers.
-  if (!readv_full(fd, p.req->out, h.length)) {
-    const std::string why = errno == 0        ? "the server closed the connection"
-                            : errno == EAGAIN ? "a reply stalled"
-                                              : std::strerror(errno);
+  if (!ch.readv_full(p.req->out, h.length)) {
+    const std::string why = io_error();
     fail(p, EIO);
     break_link(gen, why);
     return false;
   }
   // The tenant checks the reply too; these checks keep a confused server
   // from answering one request with another's reply, or with nothing.
-  fuse_out_header out{};
-  if (h.length == 0) {
-    if (takes_reply(p.opcode)) {
+  switch (check_reply(p.req->out, h.length, p.unique, p.opcode)) {
+    case ReplyCheck::kValid:
+      break;
+    case ReplyCheck::kEmpty:
       fail(p, EIO);
       return true;
-    }
-  } else if (iov_copy_out(p.req->out, &out, sizeof(out)) != sizeof(out) || out.len != h.length ||
-             out.unique != p.unique) {
-    fail(p, EIO);
-    break_link(gen, fmt::format("a malformed reply to {}", fuse::opcode_name(p.opcode)));
-    return false;
+    case ReplyCheck::kMalformed:
+      fail(p, EIO);
+      break_link(gen, fmt::format("a malformed reply to {}", fuse::opcode_name(p.opcode)));
+      return false;
   }
   if (p.opcode == FUSE_INIT) fw_.init_in_flight_.store(false);
   p.req->complete(h.length);
@@ -614,6 +601,13 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Socket>& sock, uint64_t 
 // --- Forwarder ---------------------------------------------------------------
 
 Forwarder::Forwarder(ForwarderOptions options) : options_(std::move(options)) {
+  if (options_.tls.enabled()) {
+    try {
+      tls_ = std::make_unique<TlsContext>(options_.tls, TlsContext::Role::kDevice);
+    } catch (const std::invalid_argument& e) {
+      throw RemoteError(e.what());
+    }
+  }
   uint64_t id = 0;
   random_bytes(&id, sizeof(id));
   session_id_.store(id);
@@ -695,9 +689,9 @@ void Forwarder::reset() {
 }
 
 std::string Forwarder::describe() const {
-  return fmt::format("remote://{} ({} connection{}, timeout {} s, {})",
+  return fmt::format("remote://{} ({} connection{}, timeout {} s, {}{})",
                      format_endpoint(options_.server), links_.size(), links_.size() == 1 ? "" : "s",
-                     options_.timeout_s,
+                     options_.timeout_s, tls_ ? "TLS, " : "",
                      options_.secret.empty() ? "no shared secret" : "shared secret");
 }
 

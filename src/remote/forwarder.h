@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "fuse/handler.h"
+#include "remote/channel.h"
 #include "remote/wire.h"
 
 namespace dpfs::remote {
@@ -38,6 +39,7 @@ namespace dpfs::remote {
 struct ForwarderOptions {
   Endpoint server;
   std::string secret;  // empty: none (the server must have none either)
+  TlsFiles tls;        // empty: plain TCP
   unsigned connections = 2;
   double timeout_s = 30.0;
   uint32_t max_write = 1u << 20;  // the transport's, for its buffer sizes
@@ -53,8 +55,9 @@ class RemoteError : public std::runtime_error {
 class Forwarder final : public fuse::RequestHandler {
  public:
   // Starts the links. Connects once before returning: throws RemoteError if
-  // the server refuses us (authentication, version); an unreachable server
-  // is only logged -- the links keep trying.
+  // the server refuses us (authentication, TLS, version) or the TLS files
+  // are unusable; an unreachable server is only logged -- the links keep
+  // trying.
   explicit Forwarder(ForwarderOptions options);
   Forwarder(const Forwarder&) = delete;
   Forwarder& operator=(const Forwarder&) = delete;
@@ -87,6 +90,7 @@ class Forwarder final : public fuse::RequestHandler {
   uint64_t session_id() const { return session_id_.load(); }
 
   ForwarderOptions options_;
+  std::unique_ptr<TlsContext> tls_;  // null: plain TCP
   std::atomic<uint64_t> session_id_{0};
   std::atomic<bool> destroyed_{false};
   mutable std::mutex init_mu_;

@@ -8,11 +8,18 @@
 // Sessions: a device names its FUSE session (a random id) on every
 // connection, so its several connections share one FuseSession -- one INIT,
 // one set of lookup counts -- and a connection that drops and comes back
-// finds its session where it left it. Every session serves the same backend.
+// finds its session where it left it. Every session serves the same backend;
+// each keeps a LookupLedger of the lookups it holds there, so that it can
+// end alone: a DESTROY from its device, or the device gone (no connection,
+// no request in flight) for longer than `session_grace_s`, gives back that
+// session's lookups (forget) and nobody else's -- the backend's destroy()
+// is never called for one session.
 //
-// Threads: one acceptor, and one reader per connection that decodes frames
-// and hands requests to the session; replies are written by whichever
-// thread completes them, under the connection's send lock. A peer that
+// Threads: one acceptor (which also ends idle sessions, once a second), and
+// one reader per connection that decodes frames and hands requests to the
+// session; replies are written by whichever thread completes them, under
+// the connection's send lock. (Not yet a fixed pool of epoll workers:
+// --threads does not apply here; max_connections bounds the readers.) A peer that
 // sends anything malformed loses that connection only, with one log line.
 //
 // Not thread-safe itself: constructed, started, stopped and destroyed by
@@ -20,10 +27,12 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -31,6 +40,8 @@
 
 #include "backend/backend.h"
 #include "fuse/session.h"
+#include "remote/channel.h"
+#include "remote/ledger.h"
 #include "remote/wire.h"
 #include "transport/unique_fd.h"
 
@@ -44,8 +55,12 @@ class ListenError : public std::runtime_error {
 
 struct ServerOptions {
   Endpoint listen;
-  // Peers must prove it (HMAC); empty: no secret, allowed on loopback only.
+  // Peers must prove it (HMAC); empty: no secret, allowed on loopback only
+  // unless TLS is on.
   std::string secret;
+  // TLS with client certificates: only devices with a certificate from
+  // tls.ca are served. Empty: plain TCP.
+  TlsFiles tls;
   // For every session; max_write is lowered to a device's if it is smaller.
   fuse::SessionOptions session;
   unsigned max_connections = 256;
@@ -54,12 +69,14 @@ struct ServerOptions {
   // a device that does not read.
   double handshake_timeout_s = 5.0;
   double send_timeout_s = 30.0;
+  // A session whose device has had no connection for this long ends.
+  double session_grace_s = 60.0;
 };
 
 class Server {
  public:
   // Binds and listens. Throws ListenError (an address in use, a
-  // non-loopback address without a secret).
+  // non-loopback address without a secret or TLS, unusable TLS files).
   Server(ServerOptions options, std::unique_ptr<Backend> backend);
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -76,24 +93,41 @@ class Server {
   // ..."), for SIGUSR1, the stats socket and the exit.
   std::vector<std::string> stats() const;
 
+  // Sessions alive (a device connected, or gone for less than the grace).
+  size_t sessions() const;
+
   class Connection;
+  // One device's FUSE session here, and the lookups it holds. Kept alive by
+  // the connections (and so the requests in flight) that use it.
+  struct Session {
+    std::unique_ptr<fuse::FuseSession> fuse;
+    LookupLedger ledger;
+    uint64_t id = 0;
+    // When the last user went (under sessions_mu_, by expire_sessions()).
+    std::optional<std::chrono::steady_clock::time_point> idle_since;
+  };
 
  private:
   void accept_loop();
   // The session named `id`, created on first use; nullptr (and *why) if
-  // the device's max_write is unusable or there are too many sessions.
-  fuse::FuseSession* session_for(uint64_t id, uint32_t max_write, std::string* why);
+  // there are too many sessions. REQUIRES: check_hello() accepted max_write.
+  std::shared_ptr<Session> session_for(uint64_t id, uint32_t max_write, std::string* why);
+  // Gives the backend back the lookups `session` holds.
+  void release(Session& session);
+  // Ends the sessions whose device has been gone past the grace period.
+  void expire_sessions();
   void reap(bool all);
 
   ServerOptions options_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<TlsContext> tls_;  // null: plain TCP
   Endpoint bound_;
   transport::UniqueFd listen_fd_;
   std::thread acceptor_;
   std::atomic<bool> stopping_{false};
 
   mutable std::mutex sessions_mu_;
-  std::map<uint64_t, std::unique_ptr<fuse::FuseSession>> sessions_;
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_;
 
   std::mutex connections_mu_;
   std::vector<std::shared_ptr<Connection>> connections_;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/fuse.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/crypto.h>
@@ -19,6 +20,8 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+
+#include "fuse/iov.h"
 
 namespace dpfs::remote {
 namespace {
@@ -82,7 +85,12 @@ const char* frame_type_name(uint8_t type) {
 }
 
 std::string check_header(const FrameHeader& h, uint32_t max_length) {
-  if (h.magic != kMagic) return fmt::format("not a dpfs remote frame (magic {:#010x})", h.magic);
+  if (h.magic != kMagic) {
+    // 0x16: a TLS handshake record (RFC 8446 §5.1), a device with TLS on.
+    return fmt::format("not a dpfs remote frame (magic {:#010x}){}", h.magic,
+                       (h.magic & 0xff) == 0x16 ? "; a TLS client? (this server has no remote.tls_*)"
+                                                : "");
+  }
   if (h.version != kVersion) {
     return fmt::format("wire format version {}, this dpfs speaks {}", h.version, kVersion);
   }
@@ -91,6 +99,127 @@ std::string check_header(const FrameHeader& h, uint32_t max_length) {
                        h.length, max_length);
   }
   return "";
+}
+
+FrameHeader decode_header(std::span<const uint8_t> bytes) {
+  FrameHeader h;
+  std::memcpy(&h, bytes.data(), sizeof(h));
+  return h;
+}
+
+namespace {
+
+// The frame a reader at `stage` expects, with its exact payload size (0:
+// any, up to a limit of its own).
+struct Expected {
+  FrameType type;
+  uint32_t size;
+};
+
+Expected expected_at(Stage stage) {
+  switch (stage) {
+    case Stage::kHello:
+      return {FrameType::kHello, sizeof(HelloPayload)};
+    case Stage::kAuth:
+      return {FrameType::kAuth, sizeof(AuthPayload)};
+    case Stage::kRequests:
+      return {FrameType::kRequest, 0};
+    case Stage::kChallenge:
+      return {FrameType::kChallenge, sizeof(ChallengePayload)};
+    case Stage::kWelcome:
+      return {FrameType::kWelcome, sizeof(WelcomePayload)};
+    case Stage::kReplies:
+      break;
+  }
+  return {FrameType::kReply, 0};
+}
+
+bool device_reads(Stage stage) {
+  return stage == Stage::kChallenge || stage == Stage::kWelcome || stage == Stage::kReplies;
+}
+
+}  // namespace
+
+Refusal check_frame(const FrameHeader& h, Stage stage, uint32_t max_request) {
+  // Another version of this format is told why; anything else is not ours.
+  if (h.magic != kMagic || h.version != kVersion) {
+    return {check_header(h, kMaxPayload), h.magic == kMagic};
+  }
+  const Expected want = expected_at(stage);
+  if (h.type == uint8_t(FrameType::kError) && device_reads(stage)) {
+    if (h.length > kMaxErrorText) {
+      return {fmt::format("an ERROR frame of {} bytes (at most {})", h.length, kMaxErrorText),
+              false};
+    }
+    return {};
+  }
+  if (h.type != uint8_t(want.type)) {
+    return {fmt::format("expected {}, got a {} frame", frame_type_name(uint8_t(want.type)),
+                        frame_type_name(h.type)),
+            true};
+  }
+  if (want.size != 0 && h.length != want.size) {
+    return {fmt::format("a {} of {} bytes (it has {})", frame_type_name(h.type), h.length,
+                        want.size),
+            true};
+  }
+  const uint32_t limit = want.type == FrameType::kRequest ? std::min(max_request, kMaxPayload)
+                                                          : kMaxPayload;
+  if (h.length > limit) {
+    // Where the frame ends is still known, but a peer this far off the
+    // format is not one to keep talking to.
+    return {check_header(h, limit), false};
+  }
+  return {};
+}
+
+Refusal check_hello(const HelloPayload& hello) {
+  if (hello.max_write < kMinMaxWrite || hello.max_write % kMinMaxWrite != 0) {
+    return {fmt::format("device max_write {} is not a positive multiple of 4K", hello.max_write),
+            true};
+  }
+  return {};
+}
+
+Refusal check_welcome(const WelcomePayload& welcome) {
+  // The server's limit must at least take a request with a page of data.
+  if (welcome.max_request < kMinMaxWrite) {
+    return {fmt::format("the server takes requests of at most {} bytes (too few to work)",
+                        welcome.max_request),
+            false};
+  }
+  return {};
+}
+
+std::string error_text(std::span<const uint8_t> payload) {
+  std::string text;
+  for (const uint8_t c : payload.first(std::min(payload.size(), kMaxErrorText))) {
+    text.push_back(c >= 0x20 && c < 0x7f ? char(c) : '?');
+  }
+  return text;
+}
+
+bool opcode_takes_reply(uint32_t opcode) {
+  return opcode != FUSE_FORGET && opcode != FUSE_BATCH_FORGET && opcode != FUSE_INTERRUPT &&
+         opcode != FUSE_NOTIFY_REPLY;
+}
+
+Refusal check_reply_fits(const FrameHeader& h, size_t capacity) {
+  if (h.length > capacity) {
+    return {fmt::format("a {}-byte reply for a {}-byte buffer", h.length, capacity), false};
+  }
+  return {};
+}
+
+ReplyCheck check_reply(std::span<const iovec> out, uint32_t length, uint64_t unique,
+                       uint32_t opcode) {
+  if (length == 0) return opcode_takes_reply(opcode) ? ReplyCheck::kEmpty : ReplyCheck::kValid;
+  fuse_out_header header{};
+  if (length < sizeof(header) || iov_copy_out(out, &header, sizeof(header)) != sizeof(header) ||
+      header.len != length || header.unique != unique) {
+    return ReplyCheck::kMalformed;
+  }
+  return ReplyCheck::kValid;
 }
 
 Mac server_proof(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce) {

@@ -100,6 +100,68 @@ FrameHeader make_header(FrameType type, uint32_t length, uint64_t id = 0,
 std::string check_header(const FrameHeader& h, uint32_t max_length);
 const char* frame_type_name(uint8_t type);
 
+// --- Decoding what a peer sends ----------------------------------------------
+//
+// Pure functions from a peer's bytes to a decision. Both ends judge every
+// frame they read with them, and decide nothing about a peer's bytes
+// elsewhere, so tests/fuzz/remote_wire_fuzz.cc, which feeds them arbitrary
+// bytes in both directions, covers the parsing a peer can reach. (Handshake
+// payloads are plain integers and byte arrays: any bytes are a value, and
+// check_hello()/check_welcome() judge the values.)
+
+// What the reader of a connection expects next.
+enum class Stage : uint8_t {
+  kHello,      // server: the first frame
+  kAuth,       // server: after CHALLENGE
+  kRequests,   // server: after WELCOME
+  kChallenge,  // device: after HELLO
+  kWelcome,    // device: after AUTH
+  kReplies,    // device: after WELCOME
+};
+
+// Why a peer's frame or payload is refused; empty `reason` = accepted.
+// `tell_peer`: the peer speaks this format and deserves an ERROR frame.
+struct Refusal {
+  std::string reason;
+  bool tell_peer = false;
+  bool refused() const { return !reason.empty(); }
+};
+
+// The header at the start of `bytes`. REQUIRES bytes.size() >= sizeof(FrameHeader).
+FrameHeader decode_header(std::span<const uint8_t> bytes);
+// Whether `h` may come next at `stage`: the magic and version, a type
+// expected there (ERROR wherever a device reads), and a payload of the
+// handshake message's exact size, at most `max_request` for a REQUEST,
+// kMaxPayload for a REPLY and kMaxErrorText for an ERROR.
+Refusal check_frame(const FrameHeader& h, Stage stage, uint32_t max_request = kMaxPayload);
+
+// The smallest max_write a device may announce; its max_write must be a
+// multiple of it (the server's session works in pages).
+inline constexpr uint32_t kMinMaxWrite = 4096;
+Refusal check_hello(const HelloPayload& hello);
+Refusal check_welcome(const WelcomePayload& welcome);
+// An ERROR frame's payload as text for a log line: printable ASCII only
+// (a peer must not be able to forge log lines), at most kMaxErrorText.
+std::string error_text(std::span<const uint8_t> payload);
+
+// FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY take no reply in FUSE
+// (their REPLY frame is empty).
+bool opcode_takes_reply(uint32_t opcode);
+
+// How a device treats a REPLY (check_frame accepted it) for a request whose
+// `out` buffers hold `capacity` bytes, before reading its payload.
+Refusal check_reply_fits(const FrameHeader& h, size_t capacity);
+enum class ReplyCheck {
+  kValid,      // complete the request with it
+  kEmpty,      // an empty reply to a request that takes one: EIO, link stays
+  kMalformed,  // a header that does not match the request: EIO, link breaks
+};
+// The reply of `length` bytes read into `out`, for the request with FUSE
+// `unique` and `opcode`: fuse_out_header.len must equal `length` and its
+// unique the request's.
+ReplyCheck check_reply(std::span<const iovec> out, uint32_t length, uint64_t unique,
+                       uint32_t opcode);
+
 // The proofs of the handshake: HMAC-SHA256 keyed with the shared secret
 // (empty when none is configured) over a label, both nonces and the
 // device's parameters, so neither side's message can be replayed as the

@@ -100,6 +100,13 @@ const std::string& as_string(const Value& v) {
   refuse(fmt::format("must be a string, got {}", kind_of(v)));
 }
 
+// A file name: a string, not empty.
+const std::string& non_empty_string(const Value& v) {
+  const std::string& s = as_string(v);
+  if (s.empty()) refuse("must not be empty");
+  return s;
+}
+
 constexpr std::array<std::pair<std::string_view, spdlog::level::level_enum>, 5> kLogLevels{{
     {"trace", spdlog::level::trace},
     {"debug", spdlog::level::debug},
@@ -350,11 +357,18 @@ const Setting kSettings[] = {
     {{"remote.secret_file", "--remote-secret-file", "FILE",
       "shared secret (>= 16 bytes, mode 0600) a remote device and its server both prove "
       "(default: none)"},
-     [](Config& cfg, const Value& v) {
-       const std::string& s = as_string(v);
-       if (s.empty()) refuse("must not be empty");
-       cfg.remote.secret_file = s;
-     }},
+     [](Config& cfg, const Value& v) { cfg.remote.secret_file = non_empty_string(v); }},
+    {{"remote.tls_cert", "--remote-tls-cert", "FILE",
+      "TLS for the remote transport: this end's certificate (PEM); needs remote.tls_key and "
+      "remote.tls_ca (default: none, plain TCP)"},
+     [](Config& cfg, const Value& v) { cfg.remote.tls_cert = non_empty_string(v); }},
+    {{"remote.tls_key", "--remote-tls-key", "FILE",
+      "TLS: the private key of remote.tls_cert (PEM, mode 0600) (default: none)"},
+     [](Config& cfg, const Value& v) { cfg.remote.tls_key = non_empty_string(v); }},
+    {{"remote.tls_ca", "--remote-tls-ca", "FILE",
+      "TLS: the CA (PEM) the peer's certificate must be signed by; a server serves only devices "
+      "with one (default: none)"},
+     [](Config& cfg, const Value& v) { cfg.remote.tls_ca = non_empty_string(v); }},
     {{"remote.connections", "--remote-connections", "N",
       "TCP connections of a remote device to its server, 1..64 (default 2)"},
      [](Config& cfg, const Value& v) {
@@ -363,6 +377,14 @@ const Setting kSettings[] = {
          refuse(fmt::format("must be between 1 and {}, got {}", RemoteConfig::kMaxConnections, n));
        }
        cfg.remote.connections = unsigned(n);
+     }},
+    {{"remote.session_grace", "--remote-session-grace", "SECONDS",
+      "a server ends the session of a device gone (no connection) this long, giving back its "
+      "lookups (default 60)"},
+     [](Config& cfg, const Value& v) {
+       const double d = as_seconds(v);
+       if (d < 0.1 || d > 86400) refuse(fmt::format("must be between 0.1 and 86400 seconds, got {}", d));
+       cfg.remote.session_grace = d;
      }},
     {{"remote.timeout", "--remote-timeout", "SECONDS",
       "a remote device answers a request ETIMEDOUT after this long without a reply (default 30)"},
@@ -577,6 +599,13 @@ void finish(Config& cfg) {
             fmt::format("two vhost-user devices on one socket: {}", cfg.devices[i].socket));
       }
     }
+  }
+  const int tls_files = !cfg.remote.tls_cert.empty() + !cfg.remote.tls_key.empty() +
+                        !cfg.remote.tls_ca.empty();
+  if (tls_files != 0 && tls_files != 3) {
+    throw ConfigError(
+        "TLS needs all of remote.tls_cert, remote.tls_key and remote.tls_ca "
+        "(--remote-tls-cert, --remote-tls-key, --remote-tls-ca)");
   }
   if (!cfg.remote.listen.empty() && cfg.backend.type == "remote") {
     throw ConfigError("--listen serves remote devices from a local backend, not from remote://");

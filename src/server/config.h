@@ -81,8 +81,11 @@ struct RemoteConfig {
   static constexpr unsigned kMaxConnections = 64;
   std::string listen;       // "tcp://ADDR:PORT"; empty: no listener
   std::string secret_file;  // empty: no shared secret (loopback only)
+  // TLS with certificates on both ends (PEM files): all three or none.
+  std::string tls_cert, tls_key, tls_ca;
   unsigned connections = 2;  // per remote device
   double timeout = 30.0;     // seconds a request may wait for its reply
+  double session_grace = 60.0;  // a server ends a session whose device is gone this long
 };
 
 struct Config {

@@ -50,6 +50,8 @@ std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   remote::ServerOptions options;
   options.listen = remote::parse_endpoint(cfg.remote.listen, "tcp://", true);
   options.secret = read_secret(cfg);
+  options.tls = {cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
+  options.session_grace_s = cfg.remote.session_grace;
   options.session = session_options(cfg);
   options.session.name = "remote";
   return std::make_unique<remote::Server>(std::move(options), make_backend(cfg.backend));

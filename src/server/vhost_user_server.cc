@@ -34,6 +34,7 @@ remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config&
   options.server = remote::parse_endpoint(b.type + ":" + b.arg, "remote://", false);
   options.secret =
       cfg.remote.secret_file.empty() ? "" : remote::read_secret_file(cfg.remote.secret_file);
+  options.tls = {cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
   options.connections = cfg.remote.connections;
   options.timeout_s = cfg.remote.timeout;
   options.max_write = cfg.fuse.max_write;

@@ -726,7 +726,7 @@ inline pid_t spawn_logged(const std::vector<std::string>& args, const std::strin
 
 // A `dpfs serve --listen` daemon: the server end of the remote transport.
 // $DPFS_TEST_REMOTE=SPEC runs every MountTest suite through one (serving
-// SPEC, e.g. memfs, on loopback).
+// SPEC, e.g. memfs, on loopback; $DPFS_TEST_REMOTE_ARGS adds options).
 class ServerProcess {
  public:
   explicit ServerProcess(std::string log_path) : log_(std::move(log_path)) {}
@@ -1101,7 +1101,14 @@ class MountTest : public ::testing::Test {
     mount_ = std::make_unique<Mount>();
     if (const char* spec = std::getenv("DPFS_TEST_REMOTE"); spec && *spec && !on_tmpfs()) {
       server_ = std::make_unique<ServerProcess>(mount_->base() + "/server.log");
-      problem_ = server_->start({"serve", "--listen", "tcp://127.0.0.1:0", "--backend", spec});
+      std::vector<std::string> args{"serve", "--listen", "tcp://127.0.0.1:0", "--backend", spec};
+      // $DPFS_TEST_REMOTE_ARGS: more options for the server (the device's
+      // go in $DPFS_TEST_SERVE_ARGS), e.g. its TLS files.
+      if (const char* extra = std::getenv("DPFS_TEST_REMOTE_ARGS")) {
+        std::istringstream words(extra);
+        for (std::string w; words >> w;) args.push_back(w);
+      }
+      problem_ = server_->start(args);
       if (!problem_.empty()) return;
       mount_->set_backend("remote://127.0.0.1:" + std::to_string(server_->port()));
     }

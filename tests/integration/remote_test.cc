@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 
 #include <array>
 #include <atomic>
@@ -502,6 +503,50 @@ TEST_F(RemoteTest, ADeviceThatDiesLeavesTheOthersServed) {
 // sockets, as a middlebox reset would): the device reconnects to the same
 // session, which the server kept -- no INIT again, and the files, names and
 // open handles of before still work.
+// Inodes in use on the file system at `dir` (statvfs: files - free).
+uint64_t inodes_used(const std::string& dir) {
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) != 0) return ~0ull;
+  return st.f_files - st.f_ffree;
+}
+
+// A device that vanishes (SIGKILL: no FORGET, no DESTROY) held lookups on
+// files the other device then deletes: the server keeps them only for the
+// grace period, then ends its session and the backend frees them -- no
+// inode leaks, and the other device is served throughout.
+TEST_F(RemoteTest, AVanishedDevicesLookupsAreGivenBackAfterTheGracePeriod) {
+  ASSERT_EQ(start_server({"--remote-session-grace", "0.5"}), "");
+  ASSERT_EQ(start_device(), "");
+  const uint64_t base = inodes_used(mount_->dir());
+  Mount other;
+  ASSERT_EQ(other.start_dpfs({"serve", "--backend",
+                              "remote://127.0.0.1:" + std::to_string(server_->port()),
+                              "--fuse-mount", other.dir()}),
+            "");
+  constexpr int kFiles = 20;
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_EQ(write_file(other.dir() + "/f" + std::to_string(i), "held by the other"), 0);
+  }
+  EXPECT_EQ(inodes_used(mount_->dir()), base + kFiles);
+  ASSERT_EQ(::kill(other.pid(), SIGKILL), 0);
+  for (int i = 0; i < 100 && other.check_alive().empty(); ++i) std::this_thread::sleep_for(20ms);
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_EQ(::unlink((mount_->dir() + "/f" + std::to_string(i)).c_str()), 0) << errname(errno);
+  }
+  // Deleted, but still looked up by the vanished device's kernel, until its
+  // session ends (0.5 s after its connections, checked once a second).
+  uint64_t used = inodes_used(mount_->dir());
+  for (int i = 0; i < 100 && used != base; ++i) {
+    std::this_thread::sleep_for(50ms);
+    used = inodes_used(mount_->dir());
+  }
+  EXPECT_EQ(used, base) << server_->log();
+  EXPECT_EQ(count(server_->log(), "its device has been gone for 0.5 s; ended"), 1u)
+      << server_->log();
+  EXPECT_EQ(write_file(mount_->dir() + "/after", "still here"), 0);
+  EXPECT_EQ(read_file(mount_->dir() + "/after").value_or(""), "still here");
+}
+
 TEST_F(RemoteTest, ConnectionsCutAndRestoredKeepTheSession) {
   ASSERT_EQ(start_server(), "");
   ASSERT_EQ(start_device({"--remote-connections", "2"}), "");
@@ -534,6 +579,167 @@ TEST_F(RemoteTest, ConnectionsCutAndRestoredKeepTheSession) {
 }
 
 // --- Two network namespaces ---------------------------------------------------
+
+// --- TLS ---------------------------------------------------------------------
+
+// Throwaway certificates, made by scripts/test-certs.sh (the openssl CLI)
+// when a test starts (none are committed, so none expire): a CA, a server
+// certificate for 127.0.0.1 and a client certificate signed by it, and a
+// rogue CA with a client and a server certificate of its own.
+struct Pki {
+  std::string dir;
+  std::string ca, server_cert, server_key, client_cert, client_key;
+  std::string rogue_client_cert, rogue_client_key, rogue_server_cert, rogue_server_key;
+};
+
+// "" or what failed.
+std::string make_pki(const std::string& dir, Pki* pki) {
+  pki->dir = dir;
+  const std::string script = std::string(DPFS_SOURCE_DIR) + "/scripts/test-certs.sh";
+  for (const std::vector<std::string>& names :
+       {std::vector<std::string>{"ca", "server", "client"},
+        std::vector<std::string>{"rogue-ca", "rogue-client", "rogue-server"}}) {
+    std::vector<std::string> args{"/bin/bash", script, dir};
+    args.insert(args.end(), names.begin(), names.end());
+    const RunResult r = run(args);
+    if (r.exit_code() != 0) return "test-certs.sh: " + r.describe() + r.err;
+  }
+  auto file = [&](const char* name) { return dir + "/" + name; };
+  *pki = {dir,
+          file("ca.pem"),
+          file("server.pem"),
+          file("server.key"),
+          file("client.pem"),
+          file("client.key"),
+          file("rogue-client.pem"),
+          file("rogue-client.key"),
+          file("rogue-server.pem"),
+          file("rogue-server.key")};
+  return "";
+}
+
+std::vector<std::string> tls_args(const std::string& cert, const std::string& key,
+                                  const std::string& ca) {
+  return {"--remote-tls-cert", cert, "--remote-tls-key", key, "--remote-tls-ca", ca};
+}
+
+class RemoteTlsTest : public RemoteTest {
+ protected:
+  void SetUp() override {
+    RemoteTest::SetUp();
+    ASSERT_EQ(make_pki(mount_->base() + "/pki", &pki_), "");
+  }
+  void TearDown() override {
+    RemoteTest::TearDown();
+    if (!pki_.dir.empty()) run({"/bin/rm", "-rf", pki_.dir});
+  }
+  std::vector<std::string> server_tls() const {
+    return tls_args(pki_.server_cert, pki_.server_key, pki_.ca);
+  }
+  std::vector<std::string> client_tls() const {
+    return tls_args(pki_.client_cert, pki_.client_key, pki_.ca);
+  }
+  // Runs a device that is expected to be refused at start-up.
+  RunResult refused_device(const std::vector<std::string>& extra) {
+    std::vector<std::string> a{dpfs_binary()};
+    auto args = device_args("127.0.0.1", extra);
+    a.insert(a.end(), args.begin(), args.end());
+    return run(a);
+  }
+
+  Pki pki_;
+};
+
+// A device with a certificate from the server's CA is served, over TLS
+// only (no shared secret), with the server's certificate checked too.
+TEST_F(RemoteTlsTest, ADeviceWithACertificateFromTheCaIsServed) {
+  ASSERT_EQ(start_server(server_tls()), "");
+  EXPECT_NE(server_->log().find("TLS: peers need a certificate from"), std::string::npos)
+      << server_->log();
+  ASSERT_EQ(start_device(client_tls()), "");
+  const std::string d = mount_->dir();
+  ASSERT_EQ(::mkdir((d + "/dir").c_str(), 0755), 0) << errname(errno);
+  EXPECT_EQ(write_file(d + "/dir/a", "over TLS"), 0);
+  ASSERT_EQ(::rename((d + "/dir/a").c_str(), (d + "/dir/b").c_str()), 0) << errname(errno);
+  EXPECT_EQ(read_file(d + "/dir/b").value_or(""), "over TLS");
+  EXPECT_EQ(list_dir(d + "/dir"), std::vector<std::string>{"b"});
+  // Large and small writes and reads from 8 threads at once: many frames in
+  // flight, larger than a TLS record and smaller.
+  EXPECT_EQ(parallel_io(d, 16, 300 << 10), "");
+  EXPECT_EQ(::unlink((d + "/dir/b").c_str()), 0) << errname(errno);
+  EXPECT_EQ(::rmdir((d + "/dir").c_str()), 0) << errname(errno);
+}
+
+// A device with a certificate from another CA, and a device or raw peer
+// without TLS, are refused with a log line that says why; a device that
+// has a good certificate is served after them.
+TEST_F(RemoteTlsTest, PeersWithoutAGoodCertificateAreRefused) {
+  ASSERT_EQ(start_server(server_tls()), "");
+  RunResult r = refused_device(tls_args(pki_.rogue_client_cert, pki_.rogue_client_key, pki_.ca));
+  EXPECT_EQ(r.exit_code(), 1) << r.describe();
+  EXPECT_NE(r.err.find("TLS"), std::string::npos) << r.err;
+  EXPECT_FALSE(find_mount(mount_->dir())) << "a refused device must not stay mounted";
+  EXPECT_NE(server_->log().find("TLS handshake failed: certificate verify failed"),
+            std::string::npos)
+      << server_->log();
+
+  r = refused_device({});
+  EXPECT_EQ(r.exit_code(), 1) << r.describe();
+  EXPECT_NE(r.err.find("this server requires TLS"), std::string::npos) << r.err;
+  EXPECT_NE(server_->log().find("a device without TLS"), std::string::npos) << server_->log();
+  {
+    // Not a dpfs frame and not TLS either.
+    RawPeer peer(server_->port());
+    ASSERT_TRUE(peer.connected());
+    ASSERT_TRUE(peer.send("GET / HTTP/1.0\r\n\r\n", 18));
+    EXPECT_TRUE(peer.closed_by_server());
+  }
+  EXPECT_NE(server_->log().find("(is the peer speaking TLS?)"), std::string::npos)
+      << server_->log();
+  {
+    RawPeer peer(server_->port());
+    ASSERT_TRUE(peer.connected());
+    EXPECT_NE(peer.handshake(""), "");
+    EXPECT_TRUE(peer.closed_by_server());
+  }
+  ASSERT_EQ(start_device(client_tls()), "");
+  EXPECT_EQ(write_file(mount_->dir() + "/ok", "fine"), 0);
+  EXPECT_EQ(read_file(mount_->dir() + "/ok").value_or(""), "fine");
+}
+
+// The device checks the server too: a server whose certificate is not from
+// the device's CA is refused at start-up.
+TEST_F(RemoteTlsTest, ADeviceRefusesAServerFromAnotherCa) {
+  ASSERT_EQ(start_server(tls_args(pki_.rogue_server_cert, pki_.rogue_server_key, pki_.ca)), "");
+  const RunResult r = refused_device(client_tls());
+  EXPECT_EQ(r.exit_code(), 1) << r.describe();
+  EXPECT_NE(r.err.find("certificate verify failed"), std::string::npos) << r.err;
+}
+
+// Operator errors: a missing file, a key that is not the certificate's, a
+// TLS option without the others.
+TEST_F(RemoteTlsTest, StartUpChecks) {
+  auto dpfs = [](std::vector<std::string> args) {
+    args.insert(args.begin(), dpfs_binary());
+    return run(args);
+  };
+  auto server = [&](const std::vector<std::string>& tls) {
+    std::vector<std::string> a{"serve", "--listen", "tcp://127.0.0.1:0", "--backend", "memfs"};
+    a.insert(a.end(), tls.begin(), tls.end());
+    return dpfs(a);
+  };
+  RunResult r = server(tls_args(pki_.dir + "/missing.pem", pki_.server_key, pki_.ca));
+  EXPECT_EQ(r.exit_code(), 1) << r.describe();
+  EXPECT_NE(r.err.find("remote.tls_cert " + pki_.dir + "/missing.pem"), std::string::npos)
+      << r.err;
+  r = server(tls_args(pki_.server_cert, pki_.client_key, pki_.ca));
+  EXPECT_EQ(r.exit_code(), 1) << r.describe();
+  EXPECT_NE(r.err.find("is not the key of"), std::string::npos) << r.err;
+  r = server({"--remote-tls-cert", pki_.server_cert});
+  EXPECT_EQ(r.exit_code(), 2) << r.describe();
+  EXPECT_NE(r.err.find("TLS needs all of"), std::string::npos) << r.err;
+}
+
 
 // Runs `ip` with `args`; "" or its output.
 std::string ip(std::vector<std::string> args) {

@@ -18,6 +18,7 @@
 
 #include "backend/memfs/memfs.h"
 #include "remote/forwarder.h"
+#include "remote/ledger.h"
 #include "remote/server.h"
 #include "remote/wire.h"
 #include "server/config.h"
@@ -55,6 +56,71 @@ TEST(RemoteWire, ChecksHeaders) {
   h = make_header(FrameType::kRequest, 1);
   h.magic = 0x12345678;
   EXPECT_NE(check_header(h, 100).find("magic"), std::string::npos);
+}
+
+// Each stage takes its one frame type (and a device also ERROR), handshake
+// frames of their exact size, and nothing past its limit.
+TEST(RemoteWire, FramesAreJudgedByWhereTheConnectionIs) {
+  auto judge = [](FrameType type, uint32_t length, Stage stage, uint32_t max_request = 1000) {
+    return check_frame(make_header(type, length), stage, max_request);
+  };
+  EXPECT_FALSE(judge(FrameType::kHello, sizeof(HelloPayload), Stage::kHello).refused());
+  EXPECT_TRUE(judge(FrameType::kHello, sizeof(HelloPayload) + 1, Stage::kHello).refused());
+  EXPECT_TRUE(judge(FrameType::kRequest, 100, Stage::kHello).tell_peer);
+  EXPECT_TRUE(judge(FrameType::kError, 10, Stage::kHello).refused());  // devices do not send ERROR
+  EXPECT_FALSE(judge(FrameType::kAuth, sizeof(AuthPayload), Stage::kAuth).refused());
+  EXPECT_FALSE(judge(FrameType::kRequest, 1000, Stage::kRequests).refused());
+  const Refusal big = judge(FrameType::kRequest, 1001, Stage::kRequests);
+  EXPECT_TRUE(big.refused());
+  EXPECT_FALSE(big.tell_peer);
+  EXPECT_TRUE(judge(FrameType::kReply, 10, Stage::kRequests).refused());
+  EXPECT_FALSE(
+      judge(FrameType::kChallenge, sizeof(ChallengePayload), Stage::kChallenge).refused());
+  EXPECT_FALSE(judge(FrameType::kError, kMaxErrorText, Stage::kChallenge).refused());
+  EXPECT_TRUE(judge(FrameType::kError, kMaxErrorText + 1, Stage::kWelcome).refused());
+  EXPECT_FALSE(judge(FrameType::kReply, kMaxPayload, Stage::kReplies).refused());
+  EXPECT_TRUE(judge(FrameType::kReply, kMaxPayload + 1, Stage::kReplies).refused());
+  EXPECT_TRUE(judge(FrameType::kRequest, 10, Stage::kReplies).refused());
+  FrameHeader other = make_header(FrameType::kHello, sizeof(HelloPayload));
+  other.version = 2;
+  EXPECT_TRUE(check_frame(other, Stage::kHello).tell_peer);  // told in our format why
+  other.magic = 0x20544547;                                   // "GET "
+  EXPECT_FALSE(check_frame(other, Stage::kHello).tell_peer);
+}
+
+TEST(RemoteWire, HandshakeValuesAndErrorTextAreChecked) {
+  HelloPayload hello{};
+  for (uint32_t bad : {0u, 100u, 4097u}) {
+    hello.max_write = bad;
+    EXPECT_TRUE(check_hello(hello).refused()) << bad;
+  }
+  hello.max_write = 1 << 20;
+  EXPECT_FALSE(check_hello(hello).refused());
+  EXPECT_TRUE(check_welcome(WelcomePayload{0, 100}).refused());
+  EXPECT_FALSE(check_welcome(WelcomePayload{0, 1 << 20}).refused());
+  const std::string forged = "bad secret\nremote: all is well\x1b[2J";
+  const std::string text =
+      error_text({reinterpret_cast<const uint8_t*>(forged.data()), forged.size()});
+  EXPECT_EQ(text, "bad secret?remote: all is well?[2J");
+  const std::vector<uint8_t> long_text(1000, 'a');
+  EXPECT_EQ(error_text(long_text).size(), kMaxErrorText);
+}
+
+TEST(RemoteWire, RepliesMustMatchTheirRequest) {
+  fuse_out_header out{sizeof(fuse_out_header), 0, 77};
+  const iovec whole{&out, sizeof(out)};
+  EXPECT_EQ(check_reply({&whole, 1}, sizeof(out), 77, FUSE_GETATTR), ReplyCheck::kValid);
+  EXPECT_EQ(check_reply({&whole, 1}, sizeof(out), 78, FUSE_GETATTR), ReplyCheck::kMalformed);
+  EXPECT_EQ(check_reply({&whole, 1}, sizeof(out) + 8, 77, FUSE_GETATTR), ReplyCheck::kMalformed);
+  EXPECT_EQ(check_reply({&whole, 1}, 5, 77, FUSE_GETATTR), ReplyCheck::kMalformed);
+  EXPECT_EQ(check_reply({&whole, 1}, 0, 77, FUSE_GETATTR), ReplyCheck::kEmpty);
+  EXPECT_EQ(check_reply({&whole, 1}, 0, 77, FUSE_FORGET), ReplyCheck::kValid);
+  // The header may straddle the tenant's buffers.
+  auto* bytes = reinterpret_cast<char*>(&out);
+  const iovec split[3] = {{bytes, 3}, {bytes + 3, 0}, {bytes + 3, sizeof(out) - 3}};
+  EXPECT_EQ(check_reply(split, sizeof(out), 77, FUSE_READ), ReplyCheck::kValid);
+  EXPECT_TRUE(check_reply_fits(make_header(FrameType::kReply, 17), 16).refused());
+  EXPECT_FALSE(check_reply_fits(make_header(FrameType::kReply, 16), 16).refused());
 }
 
 TEST(RemoteWire, ProofsBindSecretRoleAndParameters) {
@@ -446,6 +512,227 @@ TEST(RemoteForwarder, AReplyThatStallsHalfWayIsAnsweredWithinTheTimeout) {
   }
   cv.notify_all();
   script.join();
+}
+
+// --- Sessions on a shared backend --------------------------------------------
+
+std::vector<uint8_t> entry_reply(uint64_t unique, uint64_t nodeid, int32_t error = 0) {
+  fuse_out_header out{uint32_t(sizeof(fuse_out_header) + sizeof(fuse_entry_out)), error, unique};
+  fuse_entry_out entry{};
+  entry.nodeid = nodeid;
+  std::vector<uint8_t> bytes(sizeof(out) + sizeof(entry));
+  std::memcpy(bytes.data(), &out, sizeof(out));
+  std::memcpy(bytes.data() + sizeof(out), &entry, sizeof(entry));
+  return bytes;
+}
+
+// A READDIRPLUS reply with one record per (name, nodeid).
+std::vector<uint8_t> direntplus_reply(const std::vector<std::pair<std::string, uint64_t>>& ents) {
+  std::vector<uint8_t> bytes(sizeof(fuse_out_header));
+  for (const auto& [name, nodeid] : ents) {
+    fuse_direntplus d{};
+    d.entry_out.nodeid = nodeid;
+    d.dirent.namelen = uint32_t(name.size());
+    const size_t at = bytes.size();
+    bytes.resize(at + FUSE_DIRENTPLUS_SIZE(&d));
+    std::memcpy(bytes.data() + at, &d, FUSE_NAME_OFFSET_DIRENTPLUS);
+    std::memcpy(bytes.data() + at + FUSE_NAME_OFFSET_DIRENTPLUS, name.data(), name.size());
+  }
+  fuse_out_header out{uint32_t(bytes.size()), 0, 9};
+  std::memcpy(bytes.data(), &out, sizeof(out));
+  return bytes;
+}
+
+TEST(RemoteLedger, CountsTheLookupsRepliesGiveOut) {
+  LookupLedger ledger;
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(1, 10));
+  ledger.on_reply(FUSE_MKDIR, entry_reply(2, 10));
+  ledger.on_reply(FUSE_CREATE, entry_reply(3, 11));
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(4, 12, -ENOENT));  // an error gives nothing
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(5, 0));            // nor a negative entry
+  ledger.on_reply(FUSE_GETATTR, entry_reply(6, 13));          // nor another opcode
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(7, kRootIno));     // the root is never forgotten
+  auto short_reply = entry_reply(8, 14);
+  short_reply.resize(sizeof(fuse_out_header) + 8);
+  ledger.on_reply(FUSE_LOOKUP, short_reply);
+  ledger.on_reply(FUSE_READDIRPLUS, direntplus_reply({{".", 1}, {"..", 1}, {"x", 10}, {"y", 15}}));
+  EXPECT_EQ(ledger.held(10), 3u);
+  EXPECT_EQ(ledger.held(11), 1u);
+  EXPECT_EQ(ledger.held(15), 1u);
+  EXPECT_EQ(ledger.held(12) + ledger.held(13) + ledger.held(14) + ledger.held(kRootIno), 0u);
+  // A record cut off at the end of the reply is not counted.
+  auto cut = direntplus_reply({{"z", 16}, {"w", 17}});
+  cut.resize(cut.size() - 1);
+  ledger.on_reply(FUSE_READDIRPLUS, cut);
+  EXPECT_EQ(ledger.held(16), 1u);
+  EXPECT_EQ(ledger.held(17), 0u);
+  EXPECT_EQ(ledger.inodes(), 4u);
+  auto all = ledger.take_all();
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, (std::vector<std::pair<uint64_t, uint64_t>>{{10, 3}, {11, 1}, {15, 1}, {16, 1}}));
+  EXPECT_EQ(ledger.inodes(), 0u);
+}
+
+TEST(RemoteLedger, ForgetsAreCutToWhatTheSessionHolds) {
+  LookupLedger ledger;
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(1, 10));
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(2, 10));
+  fuse_forget_in f{1000};
+  std::vector<uint8_t> forget = RequestBuilder(FUSE_FORGET, 10, 3).arg(f).bytes();
+  ledger.on_forget(forget);
+  std::memcpy(&f, forget.data() + sizeof(fuse_in_header), sizeof(f));
+  EXPECT_EQ(f.nlookup, 2u);
+  EXPECT_EQ(ledger.held(10), 0u);
+
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(4, 11));
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(5, 12));
+  ledger.on_reply(FUSE_LOOKUP, entry_reply(6, 12));
+  // Three entries claimed, two carried: 1 of 11 (held 1), 5 of 12 (held 2).
+  fuse_batch_forget_in b{3, 0};
+  const fuse_forget_one ones[2] = {{11, 1}, {12, 5}};
+  std::vector<uint8_t> batch = RequestBuilder(FUSE_BATCH_FORGET, 0, 7).arg(b).arg(ones).bytes();
+  ledger.on_forget(batch);
+  fuse_forget_one back[2];
+  std::memcpy(back, batch.data() + sizeof(fuse_in_header) + sizeof(b), sizeof(back));
+  EXPECT_EQ(back[0].nlookup, 1u);
+  EXPECT_EQ(back[1].nlookup, 2u);
+  EXPECT_EQ(ledger.inodes(), 0u);
+  // Not held at all (another session's inode, or the root): forgets nothing.
+  f.nlookup = 7;
+  forget = RequestBuilder(FUSE_FORGET, kRootIno, 8).arg(f).bytes();
+  ledger.on_forget(forget);
+  std::memcpy(&f, forget.data() + sizeof(fuse_in_header), sizeof(f));
+  EXPECT_EQ(f.nlookup, 0u);
+  // Too short to carry its argument: left alone for the session to refuse.
+  std::vector<uint8_t> stub = RequestBuilder(FUSE_FORGET, 10, 9).bytes();
+  ledger.on_forget(stub);
+  EXPECT_EQ(stub, RequestBuilder(FUSE_FORGET, 10, 9).bytes());
+}
+
+// One device of a server: a forwarder with its own session, and requests
+// sent through it as root.
+class Device {
+ public:
+  explicit Device(uint16_t port) : fw_(forwarder_options(port)) {
+    AsyncRequest init(testing::init_request());
+    fw_.handle(init);
+    EXPECT_TRUE(init.wait());
+    EXPECT_EQ(init.header().error, 0);
+  }
+  // Sends `builder`'s request as root; the reply's error and its bytes.
+  std::pair<int32_t, std::vector<uint8_t>> call(RequestBuilder builder) {
+    builder.header().uid = 0;
+    builder.header().gid = 0;
+    builder.header().unique = next_unique_++;
+    auto req = std::make_unique<AsyncRequest>(builder.bytes());
+    fw_.handle(*req);
+    if (!req->wait()) return {-ETIMEDOUT, {}};
+    std::vector<uint8_t> reply(req->reply_len());
+    const iovec& out = req->out[0];
+    std::memcpy(reply.data(), out.iov_base, reply.size());
+    return {req->header().error, reply};
+  }
+  void send(RequestBuilder builder) {  // a request without a reply (FORGET)
+    builder.header().unique = next_unique_++;
+    forgets_.push_back(std::make_unique<AsyncRequest>(builder.bytes()));
+    fw_.handle(*forgets_.back());
+    forgets_.back()->wait();
+  }
+  // MKNOD of a regular file `name` in the root: its inode, or 0.
+  uint64_t mknod(const std::string& name) {
+    fuse_mknod_in in{};
+    in.mode = S_IFREG | 0644;
+    auto [error, reply] = call(std::move(RequestBuilder(FUSE_MKNOD, kRootIno).arg(in).name(name)));
+    return error == 0 ? entry_of(reply) : 0;
+  }
+  uint64_t lookup(const std::string& name) {
+    auto [error, reply] = call(std::move(RequestBuilder(FUSE_LOOKUP, kRootIno).name(name)));
+    return error == 0 ? entry_of(reply) : 0;
+  }
+  int32_t unlink(const std::string& name) {
+    return call(std::move(RequestBuilder(FUSE_UNLINK, kRootIno).name(name))).first;
+  }
+  int32_t getattr(uint64_t ino) {
+    fuse_getattr_in in{};
+    return call(std::move(RequestBuilder(FUSE_GETATTR, ino).arg(in))).first;
+  }
+  // Inodes in use on the backend (statfs: files - free).
+  uint64_t inodes_used() {
+    auto [error, reply] = call(RequestBuilder(FUSE_STATFS, kRootIno));
+    fuse_statfs_out st{};
+    if (error != 0 || reply.size() < sizeof(fuse_out_header) + sizeof(st)) return ~0ull;
+    std::memcpy(&st, reply.data() + sizeof(fuse_out_header), sizeof(st));
+    return st.st.files - st.st.ffree;
+  }
+  void stop() { fw_.stop(); }
+
+ private:
+  static uint64_t entry_of(const std::vector<uint8_t>& reply) {
+    fuse_entry_out e{};
+    if (reply.size() < sizeof(fuse_out_header) + sizeof(e)) return 0;
+    std::memcpy(&e, reply.data() + sizeof(fuse_out_header), sizeof(e));
+    return e.nodeid;
+  }
+  Forwarder fw_;
+  uint64_t next_unique_ = 100;
+  std::vector<std::unique_ptr<AsyncRequest>> forgets_;
+};
+
+// Two devices on one server: one's DESTROY gives back its own lookups only;
+// a FORGET cannot take another session's; a device gone past the grace
+// period loses its session, and the backend frees what only it held.
+TEST(RemoteSessions, EachSessionEndsAloneAndGivesBackItsLookups) {
+  ServerOptions o;
+  o.listen = Endpoint{"127.0.0.1", 0};
+  o.session_grace_s = 0.2;
+  Server server(std::move(o), std::make_unique<Memfs>(MemfsOptions{}));
+  server.start();
+  Device a(server.bound().port), b(server.bound().port);
+  const uint64_t base = b.inodes_used();
+  const uint64_t ino_a = a.mknod("a"), ino_b = b.mknod("b");
+  ASSERT_NE(ino_a, 0u);
+  ASSERT_NE(ino_b, 0u);
+  ASSERT_EQ(b.lookup("a"), ino_a);  // b holds a lookup on "a" too
+  ASSERT_EQ(b.unlink("a"), 0);
+  ASSERT_EQ(b.unlink("b"), 0);
+  EXPECT_EQ(b.inodes_used(), base + 2) << "unlinked, but held by lookups";
+
+  // a's DESTROY: b's lookups (on "a" and "b") stay; the backend-wide
+  // destroy() would have freed both.
+  EXPECT_EQ(a.call(RequestBuilder(FUSE_DESTROY, 0)).first, 0);
+  EXPECT_EQ(b.inodes_used(), base + 2);
+  EXPECT_EQ(b.getattr(ino_a), 0);
+  EXPECT_EQ(b.getattr(ino_b), 0);
+  // a's session awaits INIT again; a FORGET from it takes nothing of b's.
+  EXPECT_NE(a.getattr(kRootIno), 0);
+  EXPECT_EQ(a.call(RequestBuilder(FUSE_INIT, 0).arg([] {
+                  fuse_init_in in{};
+                  in.major = 7;
+                  in.minor = FUSE_KERNEL_MINOR_VERSION;
+                  return in;
+                }()))
+                .first,
+            0);
+  fuse_forget_in many{1000};
+  a.send(std::move(RequestBuilder(FUSE_FORGET, ino_b).arg(many)));
+  a.send(std::move(RequestBuilder(FUSE_FORGET, ino_a).arg(many)));
+  EXPECT_EQ(b.getattr(ino_b), 0);
+  EXPECT_EQ(b.inodes_used(), base + 2);
+  // b forgets "a" (more than it holds: cut to its one lookup): freed.
+  b.send(std::move(RequestBuilder(FUSE_FORGET, ino_a).arg(many)));
+  EXPECT_EQ(b.inodes_used(), base + 1);
+
+  // b vanishes: past the grace period its session ends and "b" is freed.
+  EXPECT_EQ(server.sessions(), 2u);
+  b.stop();
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (server.sessions() > 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(server.sessions(), 1u);
+  EXPECT_EQ(a.inodes_used(), base);
+  a.stop();
+  server.stop();
 }
 
 }  // namespace

@@ -1,0 +1,57 @@
+// The lookups one remote session holds on the server's shared backend.
+//
+// Every device connected to a server has a FUSE session of its own there,
+// and all of them share one backend, whose lookup counts (backend.h) sum
+// what every session's kernel holds. A session that ends -- its device
+// sends DESTROY, or vanishes for longer than the grace period -- must give
+// back exactly its own lookups, and a device must never forget another
+// session's. The ledger counts, per inode, the lookups the session's
+// replies gave out (from the FUSE reply bytes the server sends), trims each
+// FORGET the device sends to what the session holds, and hands the rest
+// back when the session ends.
+//
+// Safe for concurrent use.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace dpfs::remote {
+
+class LookupLedger {
+ public:
+  // A reply the session sent to a request of `opcode`: LOOKUP, MKNOD,
+  // MKDIR, SYMLINK, LINK, CREATE, TMPFILE and READDIRPLUS give out lookups
+  // (backend.h); others nothing. `reply` is the whole FUSE reply
+  // (fuse_out_header first), as the server's session encoded it.
+  void on_reply(uint32_t opcode, std::span<const uint8_t> reply);
+
+  // A FORGET or BATCH_FORGET request from the device (fuse_in_header
+  // first), rewritten in place: each count is cut to what the session holds
+  // (and taken from the ledger), so the backend never loses another
+  // session's lookups. A request too short for what it claims is left to the
+  // session to refuse, with its counts cut to what it does carry.
+  void on_forget(std::span<uint8_t> request);
+
+  // Empties the ledger: (inode, lookups) for the backend's forget().
+  std::vector<std::pair<uint64_t, uint64_t>> take_all();
+
+  // Lookups held on `ino`; inodes with lookups.
+  uint64_t held(uint64_t ino) const;
+  size_t inodes() const;
+
+ private:
+  void add(uint64_t ino);
+  // Removes up to `n` lookups of `ino`; returns how many it removed.
+  uint64_t remove(uint64_t ino, uint64_t n);
+
+  mutable std::mutex mu_;
+  std::unordered_map<uint64_t, uint64_t> held_;  // under mu_
+};
+
+}  // namespace dpfs::remote
