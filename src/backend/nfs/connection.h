@@ -133,6 +133,7 @@ class Connection {
   // Loop thread only: answered RPCs and their summed round trips (send to
   // callback: libnfs, the network and the server), logged at the end.
   uint64_t answered_ = 0;
+  Clock::time_point last_error_log_{};  // loop thread only
   Clock::duration round_trips_{};
   std::atomic<bool> stop_{false};
   std::thread thread_;
