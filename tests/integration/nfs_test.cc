@@ -323,6 +323,41 @@ TEST_P(NfsTest, DaemonStopsCleanlyWhileTheServerIsGone) {
   mount_.reset();
 }
 
+// FUSE_HANDLE_KILLPRIV_V2: a writer without CAP_FSETID loses the set-id
+// bits, as on a local file system, although the server writes as root and
+// would keep them. (PosixTest.WriteAndTruncateByNonRootDropPrivileges checks
+// the same, then file capabilities, an xattr NFS does not have.)
+TEST_P(NfsTest, SetIdBitsDroppedForNonRootWriters) {
+  ASSERT_EQ(write_file(m("f"), "x", 0644), 0);
+  ASSERT_SYS(chown(m("f").c_str(), kUser1.uid, kUser1.gid));
+  const Cred writer{kUser2.uid, kUser2.gid, {kUser2.gid, kUser1.gid}};
+  auto mode = [&] { return lst(d("f")).st_mode & 07777; };  // on the server
+  ASSERT_SYS(chmod(m("f").c_str(), 06777));
+  EXPECT_SYS(as_user(writer, [&] {
+    int fd = open(m("f").c_str(), O_WRONLY);
+    if (fd < 0) return -1;
+    const ssize_t n = write(fd, "y", 1);
+    close(fd);
+    return n == 1 ? 0 : -1;
+  }));
+  EXPECT_EQ(mode(), 0777u) << "write(2) drops setuid and setgid";
+  ASSERT_SYS(chmod(m("f").c_str(), 06777));
+  EXPECT_SYS(as_user(writer, [&] { return truncate(m("f").c_str(), 1); }));
+  EXPECT_EQ(mode(), 0777u) << "truncate(2)";
+  ASSERT_SYS(chmod(m("f").c_str(), 06777));
+  EXPECT_SYS(as_user(writer, [&] {
+    int fd = open(m("f").c_str(), O_WRONLY | O_TRUNC);
+    return fd < 0 ? -1 : close(fd);
+  }));
+  EXPECT_EQ(mode(), 0777u) << "open(O_TRUNC)";
+  ASSERT_SYS(chmod(m("f").c_str(), 02767));
+  EXPECT_SYS(as_user(writer, [&] { return truncate(m("f").c_str(), 0); }));
+  EXPECT_EQ(mode(), 02767u) << "setgid without group execute is not a privilege";
+  ASSERT_SYS(chmod(m("f").c_str(), 06777));
+  ASSERT_SYS(truncate(m("f").c_str(), 0));
+  EXPECT_EQ(mode(), 06777u) << "root (CAP_FSETID) keeps them";
+}
+
 // A COMMIT that fails at close(2) is reported to the closer; at the last
 // close nobody is left to tell, so the writes are dropped (as the kernel's
 // NFS client drops pages whose writeback failed), the operator is told,

@@ -588,6 +588,7 @@ void Nfs4::create(Connection& conn, const std::string& dir, const std::string& n
           case S_IFLNK:
             a.objtype.type = NF4LNK;
             c.utf8(a.objtype.createtype4_u.linkdata, spec.target);
+            c.reserve(spec.target.size());
             break;
           case S_IFCHR:
           case S_IFBLK:
