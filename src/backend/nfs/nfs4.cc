@@ -663,17 +663,16 @@ void Nfs4::open_create(Connection& conn, const std::string& dir, const std::stri
           if (node.fh.empty() || !stat_at(res, 3, &node.attr)) return then(EIO, {});
           // The file exists now: the OPEN state is only closed (it held no
           // lock, and I/O uses the anonymous stateid).
-          confirm_open(conn, node.fh, ok.stateid.other, (ok.rflags & OPEN4_RESULT_CONFIRM) != 0);
+          confirm_open(conn, node.fh, ok.stateid, (ok.rflags & OPEN4_RESULT_CONFIRM) != 0);
           then(0, std::move(node));
         },
         /*idempotent=*/false);
   });
 }
 
-void Nfs4::confirm_open(Connection& conn, const std::string& fh, const char* stateid_other,
+void Nfs4::confirm_open(Connection& conn, const std::string& fh, const stateid4& stateid,
                         bool confirm) {
-  stateid4 stateid{};
-  std::memcpy(stateid.other, stateid_other, sizeof stateid.other);
+  // The open-owner's seqids: 0 was the OPEN's, then OPEN_CONFIRM's, CLOSE's.
   auto close = [&conn, fh](stateid4 sid, uint32_t seqid) {
     call(
         conn,
@@ -687,11 +686,7 @@ void Nfs4::confirm_open(Connection& conn, const std::string& fh, const char* sta
           if (err != 0) spdlog::debug("nfs: CLOSE after a creation failed: {}", strerror(err));
         });
   };
-  if (!confirm) {
-    stateid.seqid = 1;
-    return close(stateid, 1);
-  }
-  stateid.seqid = 1;
+  if (!confirm) return close(stateid, 1);
   call(
       conn,
       [fh, stateid](Compound& c) {

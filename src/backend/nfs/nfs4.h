@@ -30,6 +30,8 @@
 
 #include "backend/nfs/protocol.h"
 
+struct stateid4;
+
 namespace dpfs::nfs {
 
 // The errno the Linux NFS client gives for an nfsstat4 (values below 10000
@@ -90,7 +92,10 @@ class Nfs4 final : public Protocol {
   // then(error, client id): the confirmed client id, set up if need be.
   void with_client_id(Connection& conn, Then<int, uint64_t> then);
   void forget_client_id(uint64_t id);
-  void confirm_open(Connection& conn, const std::string& fh, const char* stateid, bool confirm);
+  // After a creating OPEN: OPEN_CONFIRM if the server asked, then CLOSE
+  // (in the background; a failure only leaves state the lease expires).
+  void confirm_open(Connection& conn, const std::string& fh, const stateid4& stateid,
+                    bool confirm);
   Verifier cookie_verifier(const std::string& dir) const;
   void keep_cookie_verifier(const std::string& dir, const Verifier& v);
 
