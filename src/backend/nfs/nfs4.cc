@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <optional>
 
 #include "backend/nfs/connection.h"
 #include "backend/nfs/nfs3.h"
@@ -335,12 +336,17 @@ void call(Connection& conn, Build build, Done done, bool idempotent = true) {
       idempotent));
 }
 
-// The result of operation `i` of an answer, or null if the server sent
-// fewer (or another operation there).
-const nfs_resop4* result(const COMPOUND4res* res, size_t i, nfs_opnum4 op) {
-  if (res == nullptr || i >= res->resarray.resarray_len) return nullptr;
-  const nfs_resop4* r = &res->resarray.resarray_val[i];
-  return r->resop == op ? r : nullptr;
+// The result of operation `i` of an answer, or none if the server sent
+// fewer (or another operation there). A copy: libnfs 4.0 decodes the
+// results into 4-byte aligned memory, and they hold 64-bit members (UBSan:
+// misaligned member access).
+std::optional<nfs_resop4> result(const COMPOUND4res* res, size_t i, nfs_opnum4 op) {
+  if (res == nullptr || i >= res->resarray.resarray_len) return std::nullopt;
+  nfs_resop4 r;
+  std::memcpy(&r, reinterpret_cast<const char*>(res->resarray.resarray_val) + i * sizeof r,
+              sizeof r);
+  if (r.resop != op) return std::nullopt;
+  return r;
 }
 
 bool stat_of(const fattr4& f, struct stat* st) {
@@ -356,8 +362,8 @@ bool stat_of(const fattr4& f, struct stat* st) {
 
 // The attributes of a GETATTR at `i`; false (logged) if missing or malformed.
 bool stat_at(const COMPOUND4res* res, size_t i, struct stat* st) {
-  const nfs_resop4* r = result(res, i, OP_GETATTR);
-  if (r != nullptr && stat_of(r->nfs_resop4_u.opgetattr.GETATTR4res_u.resok4.obj_attributes, st)) {
+  const std::optional<nfs_resop4> r = result(res, i, OP_GETATTR);
+  if (r && stat_of(r->nfs_resop4_u.opgetattr.GETATTR4res_u.resok4.obj_attributes, st)) {
     return true;
   }
   spdlog::warn("nfs: the server sent malformed attributes");
@@ -365,8 +371,8 @@ bool stat_at(const COMPOUND4res* res, size_t i, struct stat* st) {
 }
 
 std::string fh_at(const COMPOUND4res* res, size_t i) {
-  const nfs_resop4* r = result(res, i, OP_GETFH);
-  if (r == nullptr) return {};
+  const std::optional<nfs_resop4> r = result(res, i, OP_GETFH);
+  if (!r) return {};
   const nfs_fh4& fh = r->nfs_resop4_u.opgetfh.GETFH4res_u.resok4.object;
   if (fh.nfs_fh4_len == 0 || fh.nfs_fh4_len > NFS4_FHSIZE) return {};
   return std::string(fh.nfs_fh4_val, fh.nfs_fh4_len);
@@ -655,8 +661,8 @@ void Nfs4::open_create(Connection& conn, const std::string& dir, const std::stri
             return open_create(conn, dir, name, spec, true, std::move(then));
           }
           if (err != 0) return then(err, {});
-          const nfs_resop4* open = result(res, 1, OP_OPEN);
-          if (open == nullptr) return then(EIO, {});
+          const std::optional<nfs_resop4> open = result(res, 1, OP_OPEN);
+          if (!open) return then(EIO, {});
           const OPEN4resok& ok = open->nfs_resop4_u.opopen.OPEN4res_u.resok4;
           Node node;
           node.fh = fh_at(res, 2);
@@ -696,8 +702,8 @@ void Nfs4::confirm_open(Connection& conn, const std::string& fh, const stateid4&
         a.seqid = 1;
       },
       [close](int err, COMPOUND4res* res) {
-        const nfs_resop4* r = err == 0 ? result(res, 1, OP_OPEN_CONFIRM) : nullptr;
-        if (r == nullptr) {
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_OPEN_CONFIRM) : std::nullopt;
+        if (!r) {
           spdlog::debug("nfs: OPEN_CONFIRM after a creation failed: {}", strerror(err));
           return;
         }
@@ -749,8 +755,8 @@ void Nfs4::with_client_id(Connection& conn, Then<int, uint64_t> then) {
         a.callback_ident = 1;
       },
       [&conn, finish](int err, COMPOUND4res* res) mutable {
-        const nfs_resop4* r = err == 0 ? result(res, 0, OP_SETCLIENTID) : nullptr;
-        if (r == nullptr) return finish(err != 0 ? err : EIO, 0);
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 0, OP_SETCLIENTID) : std::nullopt;
+        if (!r) return finish(err != 0 ? err : EIO, 0);
         const SETCLIENTID4resok ok = r->nfs_resop4_u.opsetclientid.SETCLIENTID4res_u.resok4;
         call(
             conn,
@@ -828,8 +834,8 @@ void Nfs4::readlink(Connection& conn, const std::string& fh, Then<int, std::stri
         c.add(OP_READLINK);
       },
       [then = std::move(then)](int err, COMPOUND4res* res) mutable {
-        const nfs_resop4* r = err == 0 ? result(res, 1, OP_READLINK) : nullptr;
-        if (r == nullptr) return then(err != 0 ? err : EIO, {});
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_READLINK) : std::nullopt;
+        if (!r) return then(err != 0 ? err : EIO, {});
         const linktext4& link = r->nfs_resop4_u.opreadlink.READLINK4res_u.resok4.link;
         then(0, std::string(link.utf8string_val, link.utf8string_len));
       });
@@ -844,8 +850,8 @@ void Nfs4::access(Connection& conn, const std::string& fh, uint32_t mask, Then<i
         c.add(OP_ACCESS).nfs_argop4_u.opaccess.access = want;
       },
       [want, then = std::move(then)](int err, COMPOUND4res* res) mutable {
-        const nfs_resop4* r = err == 0 ? result(res, 1, OP_ACCESS) : nullptr;
-        if (r == nullptr) return then(err != 0 ? err : EIO);
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_ACCESS) : std::nullopt;
+        if (!r) return then(err != 0 ? err : EIO);
         then(access_errno(want, r->nfs_resop4_u.opaccess.ACCESS4res_u.resok4.access));
       });
 }
@@ -858,8 +864,8 @@ void Nfs4::statfs(Connection& conn, const std::string& fh, Then<int, struct stat
         c.getattr(kStatfsAttrs);
       },
       [then = std::move(then)](int err, COMPOUND4res* res) mutable {
-        const nfs_resop4* r = err == 0 ? result(res, 1, OP_GETATTR) : nullptr;
-        if (r == nullptr) return then(err != 0 ? err : EIO, {});
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_GETATTR) : std::nullopt;
+        if (!r) return then(err != 0 ? err : EIO, {});
         const fattr4& f = r->nfs_resop4_u.opgetattr.GETATTR4res_u.resok4.obj_attributes;
         Attributes4 a;
         if (!decode_attributes(
@@ -884,8 +890,8 @@ void Nfs4::read(Connection& conn, const std::string& fh, uint64_t offset, uint32
         a.count = count;
       },
       [count, then = std::move(then)](int err, COMPOUND4res* res) mutable {
-        const nfs_resop4* r = err == 0 ? result(res, 1, OP_READ) : nullptr;
-        if (r == nullptr) return then(err != 0 ? err : EIO, nullptr, 0);
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_READ) : std::nullopt;
+        if (!r) return then(err != 0 ? err : EIO, nullptr, 0);
         const READ4resok& ok = r->nfs_resop4_u.opread.READ4res_u.resok4;
         then(0, ok.data.data_val, std::min<size_t>(ok.data.data_len, count));
       });
@@ -907,8 +913,8 @@ void Nfs4::write(Connection& conn, const std::string& fh, uint64_t offset,
         c.reserve(data->size());
       },
       [size = data->size(), then = std::move(then)](int err, COMPOUND4res* res) mutable {
-        const nfs_resop4* r = err == 0 ? result(res, 1, OP_WRITE) : nullptr;
-        if (r == nullptr) return then(err != 0 ? err : EIO, {});
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_WRITE) : std::nullopt;
+        if (!r) return then(err != 0 ? err : EIO, {});
         const WRITE4resok& ok = r->nfs_resop4_u.opwrite.WRITE4res_u.resok4;
         WriteResult out;
         out.count = std::min<size_t>(ok.count, size);
@@ -927,8 +933,8 @@ void Nfs4::commit(Connection& conn, const std::string& fh, Then<int, WriteVerifi
       },
       [then = std::move(then)](int err, COMPOUND4res* res) mutable {
         WriteVerifier verifier{};
-        const nfs_resop4* r = err == 0 ? result(res, 1, OP_COMMIT) : nullptr;
-        if (r == nullptr) return then(err != 0 ? err : EIO, verifier);
+        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_COMMIT) : std::nullopt;
+        if (!r) return then(err != 0 ? err : EIO, verifier);
         std::memcpy(verifier.data(), r->nfs_resop4_u.opcommit.COMMIT4res_u.resok4.writeverf,
                     verifier.size());
         then(0, verifier);
@@ -980,8 +986,8 @@ void Nfs4::readdir(Connection& conn, const std::string& fh, uint64_t cookie,
         if (rpc_status != RPC_STATUS_SUCCESS) return then(rpc_errno(rpc_status), {});
         auto* res = static_cast<COMPOUND4res*>(r);
         // With the dots, a failed LOOKUPP (op 3) still leaves the listing.
-        const nfs_resop4* list = result(res, 1, OP_READDIR);
-        if (list == nullptr || list->nfs_resop4_u.opreaddir.status != NFS4_OK) {
+        const std::optional<nfs_resop4> list = result(res, 1, OP_READDIR);
+        if (!list || list->nfs_resop4_u.opreaddir.status != NFS4_OK) {
           return then(res->status != NFS4_OK ? nfs4_errno(res->status) : EIO, {});
         }
         const READDIR4resok& ok = list->nfs_resop4_u.opreaddir.READDIR4res_u.resok4;
@@ -989,8 +995,8 @@ void Nfs4::readdir(Connection& conn, const std::string& fh, uint64_t cookie,
         if (dots) {
           struct stat self {}, parent {};
           if (!stat_at(res, 2, &self)) return then(EIO, {});
-          const nfs_resop4* up = result(res, 3, OP_LOOKUPP);
-          if (up == nullptr || up->nfs_resop4_u.oplookupp.status != NFS4_OK ||
+          const std::optional<nfs_resop4> up = result(res, 3, OP_LOOKUPP);
+          if (!up || up->nfs_resop4_u.oplookupp.status != NFS4_OK ||
               !stat_at(res, 4, &parent)) {
             parent = self;
           }
