@@ -16,7 +16,7 @@ namespace {
 constexpr BackendType kTypes[] = {
     {"memfs", false, "an in-memory file system, empty at start"},
     {"null", false, "a root and one file of zeros that discards writes; for benchmarks"},
-    {"nfs", true, "an NFSv3 export: nfs://SERVER[:PORT]/EXPORT[?version=3]"},
+    {"nfs", true, "an NFS export: nfs://SERVER[:PORT]/EXPORT[?version=3|4]"},
     {"passthrough", true, "a directory of this host, passthrough:DIR"},
     {"remote", true,
      "remote://HOST:PORT: forward every request to a dpfs server (dpfs serve --listen)"},

@@ -7,6 +7,8 @@
 // so tests that stop or restart it run one at a time (gtest runs tests
 // sequentially). Clients mount sub-directories of the export
 // (nfs://127.0.0.1/<export>/<dir>), one per mount, so tests stay apart.
+// The export's NFSv4 pseudo path is its path, so that the same URL names
+// a directory in both versions (?version=3 or ?version=4).
 //
 // Needs ganesha.nfsd (nfs-ganesha, nfs-ganesha-vfs), rpcbind and nfs-ls
 // (libnfs-utils): without them start() returns what is missing, and the
@@ -79,8 +81,10 @@ class NfsServer {
       if (errno != EEXIST || i > 1000) return "";
     }
   }
-  // nfs://127.0.0.1/<dir>?version=3 for a directory in the export.
-  static std::string url(const std::string& dir) { return "nfs://127.0.0.1" + dir + "?version=3"; }
+  // nfs://127.0.0.1/<dir>?version=N for a directory in the export.
+  static std::string url(const std::string& dir, int version = 3) {
+    return "nfs://127.0.0.1" + dir + "?version=" + std::to_string(version);
+  }
 
   // Writes the configuration, starts ganesha and waits until it answers.
   // Returns "" or what went wrong.
@@ -98,10 +102,13 @@ class NfsServer {
       std::ofstream conf(base_ + "/ganesha.conf");
       conf << "NFS_CORE_PARAM { Bind_addr = 127.0.0.1; Protocols = 3, 4; Enable_NLM = false;"
               " Enable_RQUOTA = false; }\n"
-              "NFSV4 { Graceless = true; }\n"
+              // Owners as numbers both ways: there is no idmapper here,
+              // and dpfs reads and sends numeric ids (docs/nfs.md).
+              "NFSV4 { Graceless = true; Allow_Numeric_Owners = true;"
+              " Only_Numeric_Owners = true; }\n"
               "EXPORT { Export_Id = 1; Path = "
-           << export_
-           << "; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash;"
+           << export_ << "; Pseudo = " << export_
+           << "; Access_Type = RW; Squash = No_Root_Squash;"
               " SecType = sys; Protocols = 3, 4; Transports = TCP; FSAL { Name = VFS; } }\n";
       if (!conf) return "cannot write " + base_ + "/ganesha.conf";
     }

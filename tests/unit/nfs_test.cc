@@ -18,6 +18,7 @@
 #include "backend/factory.h"
 #include "backend/nfs/inode_table.h"
 #include "backend/nfs/nfs3.h"
+#include "backend/nfs/nfs4.h"
 #include "server/config.h"
 
 namespace dpfs::nfs {
@@ -62,6 +63,78 @@ TEST(Nfs3, StatusToErrnoAsLinuxNfsClient) {
   EXPECT_EQ(rpc_errno(RPC_STATUS_TIMEOUT), ETIMEDOUT);
   EXPECT_EQ(rpc_errno(RPC_STATUS_ERROR), EIO);
   EXPECT_EQ(rpc_errno(RPC_STATUS_CANCEL), EIO);
+}
+
+TEST(Nfs4, StatusToErrnoAsLinuxNfsClient) {
+  EXPECT_EQ(nfs4_errno(0), 0);
+  EXPECT_EQ(nfs4_errno(2), ENOENT) << "below 10000 the values are v3's";
+  EXPECT_EQ(nfs4_errno(70), ESTALE);
+  EXPECT_EQ(nfs4_errno(10001), ESTALE);   // BADHANDLE
+  EXPECT_EQ(nfs4_errno(10004), EOPNOTSUPP);  // NOTSUPP
+  EXPECT_EQ(nfs4_errno(10041), EINVAL);   // BADNAME
+  EXPECT_EQ(nfs4_errno(10029), ELOOP);    // SYMLINK
+  EXPECT_EQ(nfs4_errno(10022), EIO);      // STALE_CLIENTID
+  EXPECT_EQ(nfs4_errno(99999), EIO);
+}
+
+// Big-endian XDR words, as a server sends them.
+std::string xdr(std::initializer_list<uint32_t> words) {
+  std::string out;
+  for (uint32_t w : words) {
+    out += char(w >> 24);
+    out += char(w >> 16);
+    out += char(w >> 8);
+    out += char(w);
+  }
+  return out;
+}
+
+TEST(Nfs4, AttributesDecodeToStat) {
+  // TYPE(1) SIZE(4) FILEID(20) | MODE(33) NUMLINKS(35) OWNER(36) OWNER_GROUP(37)
+  // RAWDEV(41) TIME_MODIFY(53)
+  const uint32_t mask[2] = {(1u << 1) | (1u << 4) | (1u << 20),
+                            (1u << 1) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 9) | (1u << 21)};
+  std::string v = xdr({4 /*NF4CHR*/, 0, 12345, 0, 987654321, 04755, 3});
+  v += xdr({4}) + "1000";
+  v += xdr({6}) + std::string("nobody") + std::string(2, '\0');  // not a number: 65534
+  v += xdr({4, 64, 0xffffffffu, 0xfffffff0u /* -16 s */, 5});
+  Attributes4 a;
+  ASSERT_TRUE(decode_attributes(mask, 2, v, &a));
+  EXPECT_EQ(a.st.st_mode, S_IFCHR | 04755);
+  EXPECT_EQ(a.st.st_size, 12345);
+  EXPECT_EQ(a.st.st_ino, 987654321u);
+  EXPECT_EQ(a.st.st_nlink, 3u);
+  EXPECT_EQ(a.st.st_uid, 1000u);
+  EXPECT_EQ(a.st.st_gid, 65534u);
+  EXPECT_EQ(a.st.st_rdev, makedev(4, 64));
+  EXPECT_EQ(a.st.st_mtim.tv_sec, -16) << "nfstime4 seconds are signed";
+  EXPECT_EQ(a.st.st_mtim.tv_nsec, 5);
+  // A server's malformed values are refused, not read past their end.
+  EXPECT_FALSE(decode_attributes(mask, 2, v.substr(0, v.size() - 2), &a));
+  const uint32_t unasked[2] = {1u << 2, 0};  // FH_EXPIRE_TYPE: size unknown to dpfs
+  EXPECT_FALSE(decode_attributes(unasked, 2, xdr({0}), &a));
+  const uint32_t owner[2] = {0, 1u << 4};
+  EXPECT_FALSE(decode_attributes(owner, 2, xdr({1000}), &a)) << "a string longer than the data";
+}
+
+TEST(Nfs4, SetAttrEncodesInAttributeOrder) {
+  SetAttr attr;
+  attr.valid = SetAttr::kMode | SetAttr::kUid | SetAttr::kSize | SetAttr::kMtime |
+               SetAttr::kAtime | SetAttr::kAtimeNow;
+  attr.mode = 0100644;
+  attr.uid = 42;
+  attr.size = 7;
+  attr.mtime = {-1, 2};
+  std::array<uint32_t, 2> mask;
+  std::string values;
+  encode_attributes(attr, &mask, &values);
+  EXPECT_EQ(mask[0], 1u << 4);                                           // SIZE
+  EXPECT_EQ(mask[1], (1u << 1) | (1u << 4) | (1u << 16) | (1u << 22));  // MODE OWNER A/MTIME_SET
+  EXPECT_EQ(values, xdr({0, 7, 0644, 2}) + "42" + std::string(2, '\0') +
+                        xdr({0 /*server time*/, 1, 0xffffffffu, 0xffffffffu, 2}));
+  EXPECT_EQ(numeric_id("4294967295"), 4294967295u);
+  EXPECT_EQ(numeric_id("root@localdomain"), 65534u);
+  EXPECT_EQ(numeric_id(""), 65534u);
 }
 
 TEST(Nfs3, AttributesToStat) {

@@ -4,6 +4,7 @@
 #include <nfsc/libnfs.h>
 #include <nfsc/libnfs-raw.h>
 #include <nfsc/libnfs-raw-nfs.h>
+#include <nfsc/libnfs-raw-nfs4.h>
 // clang-format on
 
 #include <fmt/format.h>
@@ -24,6 +25,9 @@ struct nfs_fh {
   char* val;
 };
 struct nfs_fh* nfs_get_rootfh(struct nfs_context* nfs);
+// Also exported but private: libnfs 4.0 turns reconnecting on after an
+// NFSv3 mount only; an NFSv4 context needs it set by hand.
+void rpc_set_autoreconnect(struct rpc_context* rpc, int num_retries);
 }
 
 namespace dpfs::nfs {
@@ -33,6 +37,12 @@ namespace {
 // again, and how often the loop wakes to let libnfs expire RPCs.
 constexpr auto kRetryPause = std::chrono::milliseconds(200);
 constexpr int kPollMs = 100;
+
+// libnfs's last error, which may be none.
+const char* error_text(rpc_context* rpc) {
+  const char* e = rpc_get_error(rpc);
+  return e != nullptr ? e : "connection failed";
+}
 
 }  // namespace
 
@@ -55,7 +65,7 @@ Connection::Connection(const ConnectionOptions& options, int index)
     if (parsed == nullptr) fail("bad URL");
     nfs_destroy_url(parsed);
   }
-  nfs_set_version(nfs_, NFS_V3);
+  nfs_set_version(nfs_, options_.url.version == 4 ? NFS_V4 : NFS_V3);
   // Requests go out as root; the tenant's uid and gid are set explicitly on
   // what it creates, and the kernel checks permissions (default_permissions).
   nfs_set_uid(nfs_, 0);
@@ -70,8 +80,10 @@ Connection::Connection(const ConnectionOptions& options, int index)
                            "exporting this path to this host?)"));
   }
   rpc_ = nfs_get_rpc_context(nfs_);
+  rpc_set_autoreconnect(rpc_, -1);
   const nfs_fh* root = nfs_get_rootfh(nfs_);
-  if (root == nullptr || root->len <= 0 || root->len > NFS3_FHSIZE) fail("no root file handle");
+  const int max_fh = options_.url.version == 4 ? NFS4_FHSIZE : NFS3_FHSIZE;
+  if (root == nullptr || root->len <= 0 || root->len > max_fh) fail("no root file handle");
   root_fh_.assign(root->val, size_t(root->len));
   readmax_ = nfs_get_readmax(nfs_);
   writemax_ = nfs_get_writemax(nfs_);
@@ -149,7 +161,7 @@ void Connection::send(std::unique_ptr<Call> call) {
     retry_later(std::move(call));
     return;
   }
-  spdlog::warn("nfs connection {}: cannot send an RPC: {}", index_, rpc_get_error(rpc_));
+  spdlog::warn("nfs connection {}: cannot send an RPC: {}", index_, error_text(rpc_));
   call->complete(RPC_STATUS_ERROR, nullptr);
 }
 
@@ -159,9 +171,11 @@ void Connection::finish(Call* raw, int status, void* res) {
     ++answered_;
     round_trips_ += Clock::now() - call->sent;
   }
-  // Every NFSv3 *3res begins with its nfsstat3.
-  const bool jukebox =
-      status == RPC_STATUS_SUCCESS && res != nullptr && *static_cast<int*>(res) == NFS3ERR_JUKEBOX;
+  // Every NFSv3 *3res and the v4 COMPOUND4res begin with their status.
+  // "Try again later": NFS3ERR_JUKEBOX is NFS4ERR_DELAY; NFS4ERR_GRACE while
+  // a restarted server waits for its clients to reclaim state.
+  const int nfs_status = status == RPC_STATUS_SUCCESS && res != nullptr ? *static_cast<int*>(res) : 0;
+  const bool jukebox = nfs_status == NFS3ERR_JUKEBOX || nfs_status == NFS4ERR_GRACE;
   const bool lost = status == RPC_STATUS_ERROR;
   if ((jukebox || lost) && !stop_ && call->idempotent &&
       Clock::now() + kRetryPause < call->deadline) {
@@ -169,7 +183,7 @@ void Connection::finish(Call* raw, int status, void* res) {
     return;
   }
   if (lost && !stop_) {
-    spdlog::warn("nfs connection {}: an RPC failed: {}", index_, rpc_get_error(rpc_));
+    spdlog::warn("nfs connection {}: an RPC failed: {}", index_, error_text(rpc_));
   }
   call->complete(status, res);
 }
@@ -200,7 +214,12 @@ void Connection::loop() {
     }
     // Also with no events: libnfs expires timed-out RPCs in rpc_service().
     if (rpc_service(rpc_, fds[0].fd >= 0 ? fds[0].revents : 0) < 0) {
-      spdlog::warn("nfs connection {}: {}", index_, rpc_get_error(rpc_));
+      // Once a second at most: a broken socket fails every poll.
+      const auto now = Clock::now();
+      if (now - last_error_log_ >= std::chrono::seconds(1)) {
+        last_error_log_ = now;
+        spdlog::warn("nfs connection {}: {}", index_, error_text(rpc_));
+      }
     }
     if (!retries_.empty()) {
       const auto now = Clock::now();

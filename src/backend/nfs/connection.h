@@ -3,8 +3,9 @@
 //
 // A libnfs context is not thread-safe, so nothing but the loop thread ever
 // touches it: workers hand it Calls through submit() (a queue and an
-// eventfd), the loop thread sends them with libnfs's asynchronous raw NFSv3
-// API, polls the socket, and completes each Call from the reply callback.
+// eventfd), the loop thread sends them with libnfs's asynchronous raw API
+// (NFSv3 calls, NFSv4 COMPOUNDs), polls the socket, and completes each Call
+// from the reply callback.
 // No thread ever blocks on the network: the loop thread sleeps in poll(2)
 // only, and workers only queue.
 //
@@ -15,9 +16,9 @@
 //
 // Faults: libnfs reconnects a dropped TCP connection by itself (to the same
 // server and port, resending what was in flight). On top of that a Call that
-// failed without an answer (the connection broke, the server said JUKEBOX)
-// is sent again after a short pause if it is idempotent (`Call::idempotent`)
-// and its deadline has not passed; a Call not answered by its deadline
+// failed without an answer (the connection broke, the server said JUKEBOX,
+// NFS4ERR_DELAY or NFS4ERR_GRACE) is sent again after a short pause if it is
+// idempotent (`Call::idempotent`) and its deadline has not passed; a Call not answered by its deadline
 // completes with RPC_STATUS_TIMEOUT. Nothing waits longer than the
 // configured timeout (plus one poll period).
 #pragma once
@@ -45,12 +46,13 @@ using Clock = std::chrono::steady_clock;
 class Call {
  public:
   virtual ~Call() = default;
-  // Sends the RPC: rpc_nfs3_*_async(rpc, cb, &args, data). Returns libnfs's
-  // result (0: sent; the callback will run).
+  // Sends the RPC: rpc_nfs3_*_async(rpc, cb, &args, data), or a COMPOUND.
+  // Returns libnfs's result (0: sent; the callback will run).
   virtual int send(rpc_context* rpc, void (*cb)(rpc_context*, int, void*, void*),
                    void* data) = 0;
   // The outcome, exactly once: rpc_status is RPC_STATUS_SUCCESS with the
-  // decoded *3res in `res`, or another RPC_STATUS_* with `res` null.
+  // decoded *3res or COMPOUND4res in `res`, or another RPC_STATUS_* with
+  // `res` null.
   virtual void complete(int rpc_status, void* res) = 0;
 
   bool idempotent = true;  // safe to send again when no answer came
@@ -133,6 +135,7 @@ class Connection {
   // Loop thread only: answered RPCs and their summed round trips (send to
   // callback: libnfs, the network and the server), logged at the end.
   uint64_t answered_ = 0;
+  Clock::time_point last_error_log_{};  // loop thread only
   Clock::duration round_trips_{};
   std::atomic<bool> stop_{false};
   std::thread thread_;

@@ -31,10 +31,9 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/nfs/protocol.h"
 
 namespace dpfs::nfs {
-
-using WriteVerifier = std::array<char, 8>;
 
 // A write the server holds only in memory until COMMIT.
 struct UnstableWrite {

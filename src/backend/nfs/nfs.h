@@ -2,13 +2,14 @@
 // FUSE mount) and needs no NFS client, no route to the storage network and
 // no configuration of its own.
 //
-// NFSv3 over TCP through libnfs's asynchronous raw RPC API, which hands over
-// file handles and post-operation attributes directly: one FUSE request is
-// one RPC (READ and WRITE larger than the server's rtmax/wtmax are split and
-// the pieces sent together; a LOOKUP or creation whose answer lacks
-// attributes is followed by a GETATTR). Connections (Connection) each own a
-// libnfs context and an event-loop thread; metadata requests and COMMITs go
-// to the first, READs and WRITEs to each in turn.
+// NFSv3 (RFC 1813) or NFSv4.0 (RFC 7530) over TCP through libnfs's
+// asynchronous raw RPC API, which hands over file handles and attributes
+// directly. What is said on the wire is a Protocol's (Nfs3, Nfs4); this
+// class keeps what does not depend on the version. One FUSE request is one
+// RPC or COMPOUND (READ and WRITE larger than the server's limits are split
+// and the pieces sent together). Connections (Connection) each own a libnfs
+// context and an event-loop thread; metadata requests and COMMITs go to
+// the first, READs and WRITEs to each in turn.
 //
 // Inodes: NFS file handles are mapped to dpfs node ids (InodeTable), stable
 // while the kernel holds a lookup and never reused; st_ino is the server's
@@ -24,6 +25,10 @@
 // the COMMIT's write verifier differs from the WRITE's (the server restarted
 // and may have lost it: RFC 1813 §3.3.7). Past max_unstable bytes kept,
 // WRITEs go FILE_SYNC.
+//
+// Set-id bits: FUSE_HANDLE_KILLPRIV_V2 is negotiated and the bits dropped
+// here (a SETATTR of the mode) on a WRITE or O_TRUNC open by a caller
+// without CAP_FSETID: the server, writing as root, would keep them.
 //
 // Not supported (NFSv3 has no such operations, or they need NLM): extended
 // attributes (ENOSYS, the kernel stops asking), POSIX and flock locks (the
@@ -48,6 +53,7 @@
 #include "backend/nfs/connection.h"
 #include "backend/nfs/inode_table.h"
 #include "backend/nfs/nfs3.h"
+#include "backend/nfs/protocol.h"
 
 namespace dpfs {
 
@@ -115,8 +121,6 @@ class NfsBackend final : public Backend {
   void syncfs(const Context& ctx, uint64_t ino, StatusReply reply) override;
 
  private:
-  struct NewNode;
-
   // Metadata requests and COMMITs all go to the first connection, in the
   // order they come: an OPEN's GETATTR cannot overtake an unlink or rename
   // that hides the file it opens (hide_if_open). READs and WRITEs go to each
@@ -128,44 +132,45 @@ class NfsBackend final : public Backend {
   }
   // The file handle of `ino`, or false after answering ESTALE on `reply`.
   bool handle(uint64_t ino, std::string* fh, Reply& reply);
-  // An Entry for a handle the server just named (one lookup counted).
-  Entry make_entry(const std::string& fh, const struct stat& st);
-  // Creates `name` in `parent` (CREATE, MKDIR, MKNOD or SYMLINK by spec)
-  // and answers `then(error, entry)` on the parent's connection.
-  template <typename Then>
-  void make_node(const Context& ctx, uint64_t parent, std::string_view name, const NewNode& spec,
-                 Then then);
-  // The attributes of `fh`: those that came with an answer, or a GETATTR's.
-  template <typename Then>
-  void attributes_then(nfs::Connection& conn, const std::string& fh, const void* post_op_attr,
-                       Then then);
+  // An Entry for a file the server just named (one lookup counted).
+  Entry make_entry(const nfs::Node& node);
+  // Creates `name` in `parent` as `spec` says, owned by the caller; then
+  // then(error, entry).
+  void make_node(const Context& ctx, uint64_t parent, std::string_view name, nfs::NewNode spec,
+                 nfs::Then<int, Entry> then);
+  // Adds to `attr` the mode change that drops `ino`'s set-id bits
+  // (FUSE_HANDLE_KILLPRIV_V2); false if there are none to drop.
+  bool kill_suid_attr(uint64_t ino, SetAttr* attr);
+  void write_pieces(uint64_t ino, const std::string& fh, uint64_t offset,
+                    std::vector<std::shared_ptr<const std::string>> pieces, WriteReply reply);
   // COMMITs what `ino` has written UNSTABLE and sends again what the server
   // may have lost; then `then(error)`.
-  template <typename Then>
-  void commit(uint64_t ino, Then then);
+  void commit(uint64_t ino, nfs::Then<int> then);
+  void resend(uint64_t ino, const std::string& fh, std::vector<nfs::UnstableWrite> writes,
+              nfs::Then<int> then);
+  // After a COMMIT failed at the last close: the writes are dropped, and
+  // the operator told (see release()).
+  void drop_uncommitted(uint64_t ino, int err);
   // Before a name is removed or replaced: if it names a file that is open,
   // renames it to a hidden name instead, removed at its last close (as NFS
   // clients do). then(error, hidden, doomed): `doomed` is the handle of the
   // file about to go (opens of it wait), to be passed to undoom() once the
   // removal or rename is answered.
-  template <typename Then>
-  void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name, Then then);
+  void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name,
+                    nfs::Then<int, bool, std::string> then);
   void remove(uint64_t parent, const std::string& dir, const std::string& name, bool directory,
               StatusReply reply, std::string doomed);
   void undoom(const std::string& fh);
-  void open_checked(uint64_t ino, const std::string& fh, uint32_t flags,
+  void open_checked(uint64_t ino, const std::string& fh, uint32_t flags, bool kill_suidgid,
                     std::shared_ptr<OpenReply> reply);
   void reply_attr(uint64_t ino, struct stat st, AttrReply reply);
   // Drops an open handle of `ino`; at the last one of a hidden file,
   // removes it from the server. Then then().
-  template <typename Then>
-  void close_handle(uint64_t ino, uint64_t handle, Then then);
-  template <typename Then>
-  void resend(uint64_t ino, const std::string& fh, std::vector<nfs::UnstableWrite> writes,
-              Then then);
+  void close_handle(uint64_t ino, uint64_t handle, nfs::Then<> then);
 
   const NfsOptions options_;
   std::vector<std::unique_ptr<nfs::Connection>> connections_;
+  std::unique_ptr<nfs::Protocol> protocol_;
   std::unique_ptr<nfs::InodeTable> inodes_;
   uint32_t rsize_ = 0;
   uint32_t wsize_ = 0;
