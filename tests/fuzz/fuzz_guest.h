@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 
+#include "fuzz_input.h"
 #include "virtio/guest_memory.h"
 #include "virtio/virtqueue.h"
 
@@ -29,19 +30,6 @@ constexpr size_t kNumRegions = sizeof(kRegions) / sizeof(kRegions[0]);
 constexpr uint64_t kDescGpa = 0x1000;   // up to 32 * 16 = 512 bytes
 constexpr uint64_t kAvailGpa = 0x1200;  // up to 4 + 64 + 2 bytes
 constexpr uint64_t kUsedGpa = 0x1300;   // up to 4 + 256 + 2 bytes
-
-struct Input {
-  const uint8_t* p;
-  size_t n;
-  bool empty() const { return n == 0; }
-  uint8_t byte() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-  uint16_t u16() { return uint16_t(byte() | byte() << 8); }
-  uint32_t u32() { return uint32_t(u16()) | uint32_t(u16()) << 16; }
-};
 
 class Guest {
  public:

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "fuzz_input.h"
 #include "fuse/request.h"
 #include "fuse/session.h"
 
@@ -36,18 +37,6 @@ inline std::vector<uint8_t>& reply_buffer() {
   static std::vector<uint8_t> buf((1 << 20) + 64);
   return buf;
 }
-
-// Consumes bytes from the input.
-struct Input {
-  const uint8_t* p;
-  size_t n;
-  uint8_t byte() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-  uint16_t u16() { return uint16_t(byte() | byte() << 8); }
-};
 
 // Builds one request from the input and hands it to the session.
 // `backend` is what the session serves (to answer a waiting SETLKW).
@@ -103,7 +92,6 @@ inline void run_one(dpfs::fuse::FuseSession& session, dpfs::Backend& backend, In
     if (req.completions != 1) std::abort();
   }
 }
-
 
 // Runs one input: a well-formed INIT, then up to 64 requests.
 inline void run_input(dpfs::fuse::FuseSession& session, dpfs::Backend& backend,

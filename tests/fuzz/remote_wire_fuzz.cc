@@ -35,6 +35,7 @@
 
 #include "backend/memfs/memfs.h"
 #include "fuse/iov.h"
+#include "fuzz_input.h"
 #include "fuse/request.h"
 #include "fuse/session.h"
 #include "remote/ledger.h"
@@ -42,31 +43,8 @@
 
 namespace {
 
+using dpfs::fuzz::Input;
 using namespace dpfs::remote;
-
-// Consumes bytes from the input.
-struct Input {
-  const uint8_t* p;
-  size_t n;
-  uint8_t byte() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-  uint64_t u64() {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= uint64_t(byte()) << (8 * i);
-    return v;
-  }
-  // The next `len` bytes, or nothing if fewer are left (a frame cut short).
-  std::optional<std::span<const uint8_t>> take(size_t len) {
-    if (len > n) return std::nullopt;
-    std::span<const uint8_t> s(p, len);
-    p += len;
-    n -= len;
-    return s;
-  }
-};
 
 void require(bool ok) {
   if (!ok) std::abort();
@@ -292,6 +270,7 @@ void to_device(Input& in) {
     size_t at = 0;
     for (const iovec& v : r.out) {
       const size_t take = std::min(v.iov_len, payload->size() - at);
+      if (take == 0) continue;  // an empty piece may have no address at all
       std::memcpy(v.iov_base, payload->data() + at, take);
       at += take;
     }

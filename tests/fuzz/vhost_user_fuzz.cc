@@ -24,11 +24,13 @@
 #include <cstring>
 #include <vector>
 
+#include "fuzz_input.h"
 #include "vhost_user/connection.h"
 #include "vhost_user/message.h"
 
 namespace {
 
+using dpfs::fuzz::Input;
 using dpfs::transport::UniqueFd;
 using namespace dpfs::vhost_user;
 
@@ -153,23 +155,6 @@ class FuzzDevice : public VhostUserDevice {
   std::vector<Ring> rings_;
   std::vector<MemoryRegionFd> regions_;
   UniqueFd backend_;
-};
-
-struct Input {
-  const uint8_t* p;
-  size_t n;
-  uint8_t byte() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-  std::vector<uint8_t> bytes(size_t len) {
-    len = std::min(len, n);
-    std::vector<uint8_t> out(p, p + len);
-    p += len;
-    n -= len;
-    return out;
-  }
 };
 
 UniqueFd make_fd(uint8_t kind) {
