@@ -63,7 +63,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
     BasicWorkloadOnPassthrough DeviceForwardsToARemoteServer)" \
   ctest --test-dir build-asan --output-on-failure --timeout 1200
 
-step "fuzz (libFuzzer, ${FUZZ_SECONDS:-20} s per target)"
+step "fuzz (libFuzzer, ${FUZZ_SECONDS:-15} s per target)"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
   -DDPFS_FUZZ=ON -DDPFS_SANITIZE=ON >/dev/null
 fuzzers=$(cd tests/fuzz && ls *_fuzz.cc | sed 's/\.cc$//')
@@ -72,7 +72,7 @@ cmake --build build-fuzz -j"$(nproc)" --target $fuzzers
 for name in $fuzzers; do
   f=build-fuzz/$name
   corpus=$(mktemp -d)
-  TMPDIR=$corpus "$f" -max_total_time="${FUZZ_SECONDS:-20}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
+  TMPDIR=$corpus "$f" -max_total_time="${FUZZ_SECONDS:-15}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
     2>&1 | tail -n 12
   rm -rf "$corpus"
 done
