@@ -431,11 +431,18 @@ void Server::stop() {
 
 void Server::reap(bool all) {
   std::lock_guard lock(connections_mu_);
-  for (auto& c : connections_) {
-    if (all) c->shut();
-    if (all || c->done()) c->join();
-  }
-  std::erase_if(connections_, [all](const auto& c) { return all || c->done(); });
+  // One look at done() per connection: a connection that ends between a
+  // join pass and an erase pass would be dropped unjoined (std::terminate,
+  // in whichever thread let go of it last).
+  std::erase_if(connections_, [all](const auto& c) {
+    if (all) {
+      c->shut();
+    } else if (!c->done()) {
+      return false;
+    }
+    c->join();
+    return true;
+  });
 }
 
 void Server::accept_loop() {
