@@ -364,8 +364,8 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
 
   // Not while the tenant's own INIT is on its way on another link (at
   // start-up): that one negotiates the session.
-  if ((welcome.flags & kWelcomeNeedsInit) && !fw_.init_in_flight_.load()) {
-    std::vector<char> init = fw_.saved_init();
+  if (welcome.flags & kWelcomeNeedsInit) {
+    std::vector<char> init = fw_.init_to_replay();
     if (!init.empty()) {
       // The server lost our session (it restarted): negotiate it again with
       // the tenant's own INIT before anything else goes out on this link.
@@ -643,8 +643,9 @@ size_t Forwarder::max_reply_size() const {
   return fuse::FuseSession::reply_size_for(options_.max_write);
 }
 
-std::vector<char> Forwarder::saved_init() const {
+std::vector<char> Forwarder::init_to_replay() const {
   std::lock_guard lock(init_mu_);
+  if (init_in_flight_.load()) return {};
   return init_;
 }
 

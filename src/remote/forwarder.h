@@ -85,8 +85,11 @@ class Forwarder final : public fuse::RequestHandler {
 
  private:
   friend class Link;
-  // The saved INIT request, replayed on a server that lost the session.
-  std::vector<char> saved_init() const;
+  // The tenant's INIT, to replay on a server that lost the session; empty
+  // before it came and while it is on its way (it negotiates the session
+  // itself). One look under init_mu_: the INIT arriving between a check of
+  // init_in_flight_ and a read of init_ would be sent twice.
+  std::vector<char> init_to_replay() const;
   uint64_t session_id() const { return session_id_.load(); }
 
   ForwarderOptions options_;
