@@ -10,7 +10,8 @@
 # machine: "mount -t nfs" fails with "No such device".)
 #
 # dpfs is started afresh for every job, so the mean NFS round trip it logs at
-# exit ("nfs connection 0: N RPCs answered, mean round trip X us": from the
+# exit ("nfs connection I: N RPCs answered, mean round trip X us", one line per
+# connection, weighted by RPCs here: from the
 # RPC's send to its answer's callback, i.e. libnfs, loopback TCP and ganesha)
 # belongs to that job. At depth 1 one 4k I/O is one RPC, so
 #   dpfs's own time = fio's mean completion latency - the mean round trip
@@ -124,7 +125,9 @@ for target in $TARGETS; do
     if [[ -n $DPFS_PID ]]; then
       echo $(($(cpu_ticks "$DPFS_PID") - before)) >"$RESULTS/$target.$name.ticks"
       stop_dpfs
-      grep -o "mean round trip [0-9.]* us" "$WORK/dpfs.log" | awk '{print $4}' \
+      # One line per connection: the mean over all of them, by RPCs.
+      grep -o "[0-9]* RPCs answered, mean round trip [0-9.]* us" "$WORK/dpfs.log" |
+        awk '{n += $1; t += $1 * $6} END {if (n) printf "%.2f\n", t / n}' \
         >"$RESULTS/$target.$name.rtt" || true
     fi
   done

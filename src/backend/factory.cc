@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "backend/memfs/memfs.h"
@@ -85,7 +86,7 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
   if (cfg.type == "nfs") {
     NfsOptions options;
     options.url = nfs::parse_nfs_url("nfs:" + cfg.arg);
-    options.connections = cfg.nfs.connections;
+    options.connections = std::max<uint32_t>(cfg.nfs.connections, 1);  // 0: not from a Config
     options.timeout = std::chrono::milliseconds(int64_t(cfg.nfs.timeout * 1000));
     options.rsize = uint32_t(cfg.nfs.rsize);
     options.wsize = uint32_t(cfg.nfs.wsize);

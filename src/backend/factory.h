@@ -34,7 +34,7 @@ struct BackendConfig {
 
   // nfs: `arg` is the URL without its "nfs:" ("//server/export?version=3").
   struct Nfs {
-    uint32_t connections = 1;
+    uint32_t connections = 0;  // 0: one per transport worker (the daemon's threads)
     double timeout = 30.0;  // seconds an RPC may go unanswered, retries included
     uint64_t rsize = 1ull << 20;
     uint64_t wsize = 1ull << 20;

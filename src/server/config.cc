@@ -121,6 +121,7 @@ constexpr uint64_t kMaxMaxWrite = uint64_t(1) << 20;  // 256 pages: the kernel's
 constexpr uint64_t kMinMemfsCapacity = uint64_t(1) << 20;
 constexpr uint64_t kMaxFileSize = uint64_t(INT64_MAX);  // loff_t
 constexpr size_t kMaxSocketPath = 107;
+constexpr uint32_t kMaxNfsConnections = 64;
 
 // A unix socket's path: sockaddr_un::sun_path holds 108 bytes with the
 // terminating NUL.
@@ -203,11 +204,13 @@ const Setting kSettings[] = {
       "null: open \"zero\" with FOPEN_DIRECT_IO, bypassing the page cache (default false)"},
      [](Config& cfg, const Value& v) { cfg.backend.null.direct_io = as_bool(v); }},
     {{"backend.nfs.connections", "--nfs-connections", "N",
-      "nfs: TCP connections to the server, each with its own event-loop thread (1..64; default "
-      "1)"},
+      "nfs: TCP connections to the server (1..64; default: one per worker thread). Each worker "
+      "drives one from its own event loop; connections no worker takes get a loop thread"},
      [](Config& cfg, const Value& v) {
        const int64_t n = as_integer(v);
-       if (n < 1 || n > 64) refuse(fmt::format("must be between 1 and 64, got {}", n));
+       if (n < 1 || n > kMaxNfsConnections) {
+         refuse(fmt::format("must be between 1 and {}, got {}", kMaxNfsConnections, n));
+       }
        cfg.backend.nfs.connections = uint32_t(n);
      }},
     {{"backend.nfs.timeout", "--nfs-timeout", "SECONDS",
@@ -615,14 +618,17 @@ void finish(Config& cfg) {
     cfg.fuse.mount = Config::kDefaultMount;
     cfg.fuse.mount_is_default = true;
   }
-  cfg.backend.entry_timeout = cfg.fuse.entry_timeout;
-  cfg.backend.attr_timeout = cfg.fuse.attr_timeout;
-  cfg.backend.writeback_cache = cfg.fuse.writeback_cache;
-  for (DeviceConfig& device : cfg.devices) {
-    device.backend.entry_timeout = cfg.fuse.entry_timeout;
-    device.backend.attr_timeout = cfg.fuse.attr_timeout;
-    device.backend.writeback_cache = cfg.fuse.writeback_cache;
-  }
+  // Settings every backend takes from the rest of the configuration.
+  auto complete = [&](BackendConfig& backend) {
+    backend.entry_timeout = cfg.fuse.entry_timeout;
+    backend.attr_timeout = cfg.fuse.attr_timeout;
+    backend.writeback_cache = cfg.fuse.writeback_cache;
+    if (backend.nfs.connections == 0) {
+      backend.nfs.connections = std::min<uint32_t>(cfg.threads, kMaxNfsConnections);
+    }
+  };
+  complete(cfg.backend);
+  for (DeviceConfig& device : cfg.devices) complete(device.backend);
 }
 
 uint64_t parse_size(std::string_view text) {

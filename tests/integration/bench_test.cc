@@ -220,6 +220,45 @@ TEST_P(BenchPassthroughTest, DepthThirtyTwoBatchesIoUringSubmissions) {
 INSTANTIATE_TEST_SUITE_P(Workers, BenchPassthroughTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Polling" : "EventDriven"; });
 
+// The NFS backend behind a vhost-user device with one worker, at depth 32:
+// the worker drives its NFS connection from its own event loop (no loop
+// thread: the RPCs of a batch go out at its end, the answers are read and
+// the tenant's buffers filled on the worker), event-driven and busy-polling.
+// Writes are read back and verified, reads checked page by page.
+class BenchNfsTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(BenchNfsTest, WorkerDrivesItsConnection) {
+  const bool poll = GetParam();
+  std::string problem = environment_problem();
+  ASSERT_TRUE(problem.empty()) << problem;
+  NfsServer& server = NfsServer::shared(&problem);
+  ASSERT_TRUE(problem.empty()) << problem;
+  const std::string dir = server.fresh_dir(poll ? "bench-poll" : "bench-event");
+  ASSERT_FALSE(dir.empty());
+  DeviceProcess dev;
+  std::vector<std::string> args{dpfs_binary(), "serve",      "--backend", NfsServer::url(dir, 3),
+                                "--vhost-user", dev.socket(), "--threads", "1"};
+  if (poll) args.push_back("--poll");
+  ASSERT_EQ(dev.start(args), "");
+  const std::string wrote = run_ok(dev, "randwrite", {"--depth", "32"});
+  EXPECT_NE(json_field(wrote, "verified").find("read back and verified"), std::string::npos)
+      << wrote;
+  const std::string read = run_ok(dev, "randread", {"--depth", "32"});
+  EXPECT_EQ(threads_named(dev.pid(), "dpfs-nfs-"), std::vector<std::string>{})
+      << "a loop thread between the worker and its connection";
+  ::kill(dev.pid(), SIGUSR1);
+  std::this_thread::sleep_for(300ms);
+  const std::string log = dev.log();
+  const size_t at = log.rfind("nfs connection 0: driven by a worker, ");
+  ASSERT_NE(at, std::string::npos) << log;
+  const double rpcs = std::stod(log.substr(at + std::string("nfs connection 0: driven by a worker, ").size()));
+  EXPECT_GE(rpcs, json_number(wrote, "ops") + json_number(read, "ops")) << log;
+  EXPECT_EQ(dev.check_alive(), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Workers, BenchNfsTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Polling" : "EventDriven"; });
+
 TEST_F(BenchTest, TableAndUsageErrors) {
   ASSERT_NO_FATAL_FAILURE(start_dpfs());
   RunResult r = run(bench_args(dev_, {"--duration", "0.1", "--warmup", "0", "--label", "dpfs"}));

@@ -1188,6 +1188,19 @@ class MountTest : public ::testing::Test {
   static inline std::string problem_;
 };
 
+// The names of `pid`'s threads that start with `prefix`, sorted.
+inline std::vector<std::string> threads_named(pid_t pid, const std::string& prefix) {
+  std::vector<std::string> names;
+  const std::string task = "/proc/" + std::to_string(pid) + "/task";
+  for (const std::string& tid : list_dir(task)) {
+    std::string comm = read_file(task + "/" + tid + "/comm").value_or("");
+    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    if (comm.rfind(prefix, 0) == 0) names.push_back(comm);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 }  // namespace dpfs::itest
 
 #include "nfs_server.h"

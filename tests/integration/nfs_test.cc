@@ -385,6 +385,60 @@ TEST_P(NfsTest, FailedCommitAtCloseIsReportedThenDropped) {
   EXPECT_EQ(read_file(d("f")).value_or("<error>").substr(0, 5), "again");
 }
 
+// Each FUSE worker drives one connection from its own event loop: its
+// requests' RPCs go out and their answers come back on it, with no loop
+// thread in between. A connection left over (3 connections, 2 workers) has
+// a loop thread of its own and serves no worker.
+TEST_P(NfsTest, ConnectionsAreDrivenByTheWorkers) {
+  ASSERT_TRUE(mount_->stop(SIGTERM, 20s).empty());
+  mount_ = std::make_unique<Mount>();
+  const std::string socket = mount_->base() + "/stats.sock";
+  std::string started = mount_->start_dpfs(
+      {"serve", "--backend", NfsServer::url(export_, version()), "--fuse-mount", mount_->dir(),
+       "--threads", "2", "--nfs-connections", "3", "--stats-socket", socket});
+  ASSERT_TRUE(started.empty()) << started;
+  mnt_ = mount_->dir();
+  EXPECT_EQ(threads_named(mount_->pid(), "dpfs-nfs-"), std::vector<std::string>{"dpfs-nfs-2"});
+
+  // Work from several processes, so that both workers take requests.
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      const std::string data(64 << 10, char('a' + t));
+      for (int i = 0; i < 10; ++i) {
+        const std::string name = m("f" + std::to_string(t) + "-" + std::to_string(i));
+        if (write_file(name, data) != 0 || read_file(name).value_or("") != data) ++failures;
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  EXPECT_EQ(failures.load(), 0);
+
+  RunResult r = run({dpfs_binary(), "stats", socket}, 10s);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  auto answered = [&](int index) -> std::pair<std::string, uint64_t> {
+    const std::string head = "nfs connection " + std::to_string(index) + ": ";
+    const size_t at = r.out.find(head);
+    if (at == std::string::npos) return {"", 0};
+    const std::string line = r.out.substr(at + head.size(), r.out.find('\n', at) - at - head.size());
+    const size_t comma = line.find(", ");
+    return {line.substr(0, comma), std::stoull(line.substr(comma + 2))};
+  };
+  const auto [driver0, rpcs0] = answered(0);
+  const auto [driver1, rpcs1] = answered(1);
+  const auto [driver2, rpcs2] = answered(2);
+  EXPECT_EQ(driver0, "driven by a worker") << r.out;
+  EXPECT_EQ(driver1, "driven by a worker") << r.out;
+  EXPECT_EQ(driver2, "own loop thread") << r.out;
+  EXPECT_GT(rpcs0 + rpcs1, 80u) << r.out;
+  EXPECT_EQ(rpcs2, 0u) << "no worker hands its RPCs to a loop thread\n" << r.out;
+
+  // Workers give their connections back as they end; the daemon stops cleanly.
+  ASSERT_TRUE(mount_->stop(SIGTERM, 20s).empty());
+  mount_.reset();
+}
+
 INSTANTIATE_TEST_SUITE_P(Versions, NfsTest, ::testing::Values(3, 4),
                          [](const ::testing::TestParamInfo<int>& info) {
                            return "v" + std::to_string(info.param);

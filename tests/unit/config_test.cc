@@ -283,6 +283,34 @@ std::string finish_error(const std::string& toml) {
   return "";
 }
 
+// NFS connections default to one per worker thread, for every backend
+// (each worker drives its own); an explicit number stays.
+TEST(Config, NfsConnectionsDefaultToOnePerWorker) {
+  Config cfg;
+  apply_toml(cfg, R"(
+threads = 5
+[backend]
+type = "nfs://server/export"
+[[device]]
+socket = "/run/a.sock"
+backend.type = "nfs://server/export"
+[[device]]
+socket = "/run/b.sock"
+backend.type = "nfs://server/export"
+backend.nfs.connections = 3
+)",
+             "test.toml");
+  finish(cfg);
+  EXPECT_EQ(cfg.backend.nfs.connections, 5u);
+  ASSERT_EQ(cfg.devices.size(), 2u);
+  EXPECT_EQ(cfg.devices[0].backend.nfs.connections, 5u);
+  EXPECT_EQ(cfg.devices[1].backend.nfs.connections, 3u);
+  Config many;
+  apply_toml(many, "threads = 100\n", "test.toml");
+  finish(many);
+  EXPECT_EQ(many.backend.nfs.connections, 64u) << "capped at the most connections allowed";
+}
+
 TEST(Config, VhostUserDefaultsToNone) {
   Config cfg;
   finish(cfg);

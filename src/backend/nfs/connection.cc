@@ -9,8 +9,11 @@
 
 #include <fmt/format.h>
 #include <poll.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,9 +37,29 @@ namespace dpfs::nfs {
 namespace {
 
 // How long a Call that failed without an answer waits before it is sent
-// again, and how often the loop wakes to let libnfs expire RPCs.
+// again, and how often the driver wakes, while anything is outstanding, to
+// let libnfs expire RPCs and to send retries.
 constexpr auto kRetryPause = std::chrono::milliseconds(200);
 constexpr int kPollMs = 100;
+
+// What epoll_fd_'s entries carry.
+enum Tag : uint32_t { kSocket, kSubmitted, kTimer };
+
+thread_local Connection* t_driving = nullptr;
+
+uint32_t to_epoll(int poll_events) {
+  return ((poll_events & POLLIN) ? EPOLLIN : 0u) | ((poll_events & POLLOUT) ? EPOLLOUT : 0u);
+}
+
+int to_poll(uint32_t epoll_events) {
+  return ((epoll_events & EPOLLIN) ? POLLIN : 0) | ((epoll_events & EPOLLOUT) ? POLLOUT : 0) |
+         ((epoll_events & EPOLLERR) ? POLLERR : 0) | ((epoll_events & EPOLLHUP) ? POLLHUP : 0);
+}
+
+void drain(int fd) {
+  uint64_t count;
+  (void)!::read(fd, &count, sizeof count);
+}
 
 // libnfs's last error, which may be none.
 const char* error_text(rpc_context* rpc) {
@@ -88,26 +111,76 @@ Connection::Connection(const ConnectionOptions& options, int index)
   readmax_ = nfs_get_readmax(nfs_);
   writemax_ = nfs_get_writemax(nfs_);
   event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (event_fd_ < 0) fail("eventfd");
-  thread_ = std::thread([this] { loop(); });
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  if (event_fd_ < 0 || epoll_fd_ < 0 || timer_fd_ < 0) {
+    fail(fmt::format("cannot make its event descriptors: {}", strerror(errno)));
+  }
+  for (auto [fd, tag] : {std::pair{event_fd_, kSubmitted}, std::pair{timer_fd_, kTimer}}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = tag;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) fail("epoll_ctl");
+  }
+  start_loop();
 }
 
 Connection::~Connection() {
   shutdown();
-  if (event_fd_ >= 0) ::close(event_fd_);
+  for (int fd : {event_fd_, epoll_fd_, timer_fd_}) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+Connection* Connection::driven_here() { return t_driving; }
+
+std::string Connection::stats() const {
+  bool adopted;
+  {
+    std::lock_guard lock(mu_);
+    adopted = adopted_;
+  }
+  return fmt::format("{}, {}", adopted ? "driven by a worker" : "own loop thread", counts());
+}
+
+std::string Connection::counts() const {
+  const uint64_t answered = answered_.load(std::memory_order_relaxed);
+  const double rtt_us =
+      answered ? double(round_trip_ns_.load(std::memory_order_relaxed)) / 1e3 / double(answered)
+               : 0.0;
+  return fmt::format("{} RPCs answered, mean round trip {:.1f} us", answered, rtt_us);
+}
+
+void Connection::start_loop() {
+  loop_stop_ = false;
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), fmt::format("dpfs-nfs-{}", index_).substr(0, 15).c_str());
+    t_driving = this;
+    loop();
+    t_driving = nullptr;
+  });
+}
+
+void Connection::stop_loop() {
+  if (!thread_.joinable()) return;
+  loop_stop_ = true;
+  const uint64_t one = 1;
+  (void)!::write(event_fd_, &one, sizeof one);
+  thread_.join();
 }
 
 void Connection::shutdown() {
   if (nfs_ == nullptr) return;
-  stop_ = true;
-  const uint64_t one = 1;
-  (void)!::write(event_fd_, &one, sizeof one);
-  if (thread_.joinable()) thread_.join();
-  if (answered_ > 0) {
-    spdlog::info("nfs connection {}: {} RPCs answered, mean round trip {:.1f} us", index_,
-                 answered_,
-                 std::chrono::duration<double, std::micro>(round_trips_).count() / double(answered_));
+  {
+    std::lock_guard lock(mu_);
+    if (adopted_) {
+      // A worker's hook outlived the backend: the context is that worker's.
+      spdlog::error("nfs connection {}: shut down while a worker still drives it", index_);
+    }
   }
+  stop_ = true;
+  stop_loop();
+  if (answered_ > 0) spdlog::info("nfs connection {}: {}", index_, counts());
   // From here on the calling thread owns the context. Calls never sent, or
   // waiting for a retry, are answered here; those in flight are cancelled
   // by libnfs (their callbacks run with an error). What their completions
@@ -129,6 +202,7 @@ void Connection::shutdown() {
 void Connection::submit(std::unique_ptr<Call> call) {
   call->deadline = Clock::now() + options_.timeout;
   call->connection = this;
+  if (t_driving == this) return send(std::move(call));
   {
     std::unique_lock lock(mu_);
     if (closed_) {
@@ -136,6 +210,7 @@ void Connection::submit(std::unique_ptr<Call> call) {
       return call->complete(RPC_STATUS_CANCEL, nullptr);
     }
     incoming_.push_back(std::move(call));
+    have_incoming_.store(true, std::memory_order_release);
   }
   const uint64_t one = 1;
   (void)!::write(event_fd_, &one, sizeof one);
@@ -155,7 +230,10 @@ void Connection::send(std::unique_ptr<Call> call) {
   nfs_set_timeout(nfs_, int(std::max<int64_t>(1, (left.count() + 999) / 1000) * 1000));
   call->sent = Clock::now();
   Call* raw = call.release();  // libnfs holds it until on_reply
-  if (raw->send(rpc_, &Connection::on_reply, raw) == 0) return;
+  if (raw->send(rpc_, &Connection::on_reply, raw) == 0) {
+    ++in_libnfs_;
+    return;
+  }
   call.reset(raw);
   if (call->idempotent && Clock::now() + kRetryPause < call->deadline) {
     retry_later(std::move(call));
@@ -167,9 +245,13 @@ void Connection::send(std::unique_ptr<Call> call) {
 
 void Connection::finish(Call* raw, int status, void* res) {
   std::unique_ptr<Call> call(raw);
+  --in_libnfs_;
   if (status == RPC_STATUS_SUCCESS) {
-    ++answered_;
-    round_trips_ += Clock::now() - call->sent;
+    // Single writer (the driver): no read-modify-write needed.
+    answered_.store(answered_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - call->sent);
+    round_trip_ns_.store(round_trip_ns_.load(std::memory_order_relaxed) + uint64_t(ns.count()),
+                         std::memory_order_relaxed);
   }
   // Every NFSv3 *3res and the v4 COMPOUND4res begin with their status.
   // "Try again later": NFS3ERR_JUKEBOX is NFS4ERR_DELAY; NFS4ERR_GRACE while
@@ -192,45 +274,173 @@ void Connection::retry_later(std::unique_ptr<Call> call) {
   retries_.emplace_back(Clock::now() + kRetryPause, std::move(call));
 }
 
-void Connection::loop() {
+void Connection::take_incoming() {
   std::vector<std::unique_ptr<Call>> batch;
-  while (!stop_) {
-    pollfd fds[2] = {{rpc_get_fd(rpc_), short(rpc_which_events(rpc_)), 0},
-                     {event_fd_, POLLIN, 0}};
-    const int n = ::poll(fds, 2, kPollMs);
-    if (n < 0 && errno != EINTR) {
-      spdlog::error("nfs connection {}: poll: {}", index_, strerror(errno));
-      break;
-    }
-    if (fds[1].revents & POLLIN) {
-      uint64_t count;
-      (void)!::read(event_fd_, &count, sizeof count);
-      {
-        std::lock_guard lock(mu_);
-        batch.swap(incoming_);
+  {
+    std::lock_guard lock(mu_);
+    batch.swap(incoming_);
+    have_incoming_.store(false, std::memory_order_relaxed);
+  }
+  for (auto& call : batch) send(std::move(call));
+}
+
+void Connection::service(int revents) {
+  if (rpc_service(rpc_, revents) >= 0) return;
+  // Once a second at most: a broken socket fails every round.
+  const auto now = Clock::now();
+  if (now - last_error_log_ >= std::chrono::seconds(1)) {
+    last_error_log_ = now;
+    spdlog::warn("nfs connection {}: {}", index_, error_text(rpc_));
+  }
+}
+
+void Connection::tick() {
+  // libnfs expires timed-out RPCs in rpc_service(), also with no events.
+  service(0);
+  if (retries_.empty()) return;
+  const auto now = Clock::now();
+  std::vector<std::unique_ptr<Call>> due;
+  std::erase_if(retries_, [&](auto& entry) {
+    if (entry.first > now) return false;
+    due.push_back(std::move(entry.second));
+    return true;
+  });
+  for (auto& call : due) send(std::move(call));
+}
+
+void Connection::drive(int timeout_ms, bool take) {
+  pollfd fds[2] = {{rpc_get_fd(rpc_), short(rpc_which_events(rpc_)), 0},
+                   {take ? event_fd_ : -1, POLLIN, 0}};
+  const int n = ::poll(fds, 2, timeout_ms);
+  if (n < 0 && errno != EINTR) {
+    spdlog::error("nfs connection {}: poll: {}", index_, strerror(errno));
+    return;
+  }
+  if (fds[1].revents & POLLIN) {
+    drain(event_fd_);
+    take_incoming();
+  }
+  if (fds[0].fd >= 0 && fds[0].revents != 0) service(fds[0].revents);
+  tick();
+}
+
+void Connection::loop() {
+  while (!loop_stop_) drive(kPollMs, /*take=*/true);
+}
+
+// --- driven by a transport worker --------------------------------------------
+
+bool Connection::adopt() {
+  {
+    std::lock_guard lock(mu_);
+    if (adopted_ || closed_) return false;
+    adopted_ = true;
+  }
+  stop_loop();  // what it had in libnfs and its retries are the worker's now
+  t_driving = this;
+  watched_fd_ = -1;
+  watched_events_ = 0;
+  if (have_incoming_.load(std::memory_order_acquire)) take_incoming();
+  flush();
+  return true;
+}
+
+void Connection::give_back() {
+  // The tenant's buffers of what this worker started stay valid until their
+  // answers are in: wait for them (each has a deadline), but leave Calls
+  // from other threads to the loop thread.
+  flush();
+  while (busy()) {
+    drive(kPollMs, /*take=*/false);
+  }
+  t_driving = nullptr;
+  if (watched_fd_ >= 0) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, watched_fd_, nullptr);
+  watched_fd_ = -1;
+  if (timer_on_) {
+    const itimerspec off{};
+    timerfd_settime(timer_fd_, 0, &off, nullptr);
+    timer_on_ = false;
+  }
+  {
+    std::lock_guard lock(mu_);
+    adopted_ = false;
+  }
+  start_loop();
+}
+
+void Connection::on_readable() {
+  epoll_event events[4];
+  const int n = epoll_wait(epoll_fd_, events, 4, 0);
+  for (int i = 0; i < n; ++i) {
+    switch (events[i].data.u32) {
+      case kSubmitted:
+        drain(event_fd_);
+        take_incoming();
+        break;
+      case kTimer: {
+        drain(timer_fd_);
+        tick();
+        // A look at the socket, whatever epoll says: the descriptor under
+        // the same number may be a new socket after a reconnect.
+        pollfd p{rpc_get_fd(rpc_), short(rpc_which_events(rpc_)), 0};
+        if (p.fd >= 0 && ::poll(&p, 1, 0) > 0) service(p.revents);
+        if (!busy()) {
+          const itimerspec off{};
+          timerfd_settime(timer_fd_, 0, &off, nullptr);
+          timer_on_ = false;
+        }
+        break;
       }
-      for (auto& call : batch) send(std::move(call));
-      batch.clear();
+      default:
+        service(to_poll(events[i].events));
+        break;
     }
-    // Also with no events: libnfs expires timed-out RPCs in rpc_service().
-    if (rpc_service(rpc_, fds[0].fd >= 0 ? fds[0].revents : 0) < 0) {
-      // Once a second at most: a broken socket fails every poll.
-      const auto now = Clock::now();
-      if (now - last_error_log_ >= std::chrono::seconds(1)) {
-        last_error_log_ = now;
-        spdlog::warn("nfs connection {}: {}", index_, error_text(rpc_));
+  }
+  flush();
+}
+
+void Connection::flush() {
+  // Only once connected: a POLLOUT while connecting would be taken for the
+  // connection's completion.
+  const int want = rpc_which_events(rpc_);
+  if ((want & POLLIN) && (want & POLLOUT)) service(POLLOUT);
+  watch();
+}
+
+bool Connection::poll() {
+  if (!busy() && !have_incoming_.load(std::memory_order_acquire)) return false;
+  const uint64_t answered = answered_.load(std::memory_order_relaxed);
+  const size_t waiting = retries_.size();
+  on_readable();
+  return answered_.load(std::memory_order_relaxed) != answered || retries_.size() != waiting;
+}
+
+void Connection::watch() {
+  const int fd = rpc_get_fd(rpc_);
+  const uint32_t events = to_epoll(rpc_which_events(rpc_));
+  if (fd != watched_fd_ || events != watched_events_) {
+    if (watched_fd_ >= 0 && watched_fd_ != fd) {
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, watched_fd_, nullptr);
+    }
+    watched_fd_ = -1;
+    if (fd >= 0) {
+      epoll_event ev{};
+      ev.events = events;
+      ev.data.u32 = kSocket;
+      // After a reconnect the number may be the same and the socket new:
+      // the old one's entry went with it (ENOENT).
+      if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) == 0 ||
+          (errno == ENOENT && epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) == 0)) {
+        watched_fd_ = fd;
+        watched_events_ = events;
       }
     }
-    if (!retries_.empty()) {
-      const auto now = Clock::now();
-      std::vector<std::unique_ptr<Call>> due;
-      std::erase_if(retries_, [&](auto& entry) {
-        if (entry.first > now) return false;
-        due.push_back(std::move(entry.second));
-        return true;
-      });
-      for (auto& call : due) send(std::move(call));
-    }
+  }
+  if (busy() && !timer_on_) {
+    itimerspec every{};
+    every.it_interval.tv_nsec = every.it_value.tv_nsec = kPollMs * 1000000L;
+    timerfd_settime(timer_fd_, 0, &every, nullptr);
+    timer_on_ = true;
   }
 }
 

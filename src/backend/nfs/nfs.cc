@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "backend/nfs/nfs4.h"
+#include "backend/worker_hook.h"
 
 namespace dpfs {
 
@@ -89,6 +90,7 @@ NfsBackend::NfsBackend(NfsOptions options) : options_(std::move(options)) {
   nfs::ConnectionOptions copts;
   copts.url = options_.url;
   copts.timeout = options_.timeout;
+  copts.owner = this;
   for (unsigned i = 0; i < options_.connections; ++i) {
     connections_.push_back(std::make_unique<Connection>(copts, int(i)));
   }
@@ -123,6 +125,39 @@ Capabilities NfsBackend::capabilities() const {
   // writes as root and would keep them.
   caps.killpriv_v2 = true;
   return caps;
+}
+
+namespace {
+
+// A transport worker driving one connection from its event loop.
+class ConnectionHook final : public WorkerHook {
+ public:
+  explicit ConnectionHook(Connection& conn) : conn_(conn) {}
+  ~ConnectionHook() override { conn_.give_back(); }
+  int fd() const override { return conn_.wait_fd(); }
+  void on_readable() override { conn_.on_readable(); }
+  void flush() override { conn_.flush(); }
+  bool poll() override { return conn_.poll(); }
+
+ private:
+  Connection& conn_;
+};
+
+}  // namespace
+
+std::unique_ptr<WorkerHook> NfsBackend::attach_worker() {
+  for (auto& conn : connections_) {
+    if (conn->adopt()) return std::make_unique<ConnectionHook>(*conn);
+  }
+  return nullptr;
+}
+
+std::vector<std::string> NfsBackend::stats() const {
+  std::vector<std::string> lines;
+  for (size_t i = 0; i < connections_.size(); ++i) {
+    lines.push_back(fmt::format("nfs connection {}: {}", i, connections_[i]->stats()));
+  }
+  return lines;
 }
 
 bool NfsBackend::handle(uint64_t ino, std::string* fh, Reply& reply) {
@@ -445,7 +480,7 @@ void NfsBackend::read(const Context&, uint64_t ino, uint64_t handle_id, uint64_t
   if (!inodes_->has_handle(ino, handle_id)) return reply.error(EBADF);
   if (size == 0) return reply.ok(0);
   // The pieces of one READ, answered together. All go to one connection, so
-  // their callbacks run on its one loop thread: no lock.
+  // their callbacks run on its one driver thread: no lock.
   struct Pieces {
     ReadReply reply;
     std::vector<iovec> dst;

@@ -8,8 +8,11 @@
 // class keeps what does not depend on the version. One FUSE request is one
 // RPC or COMPOUND (READ and WRITE larger than the server's limits are split
 // and the pieces sent together). Connections (Connection) each own a libnfs
-// context and an event-loop thread; metadata requests and COMMITs go to
-// the first, READs and WRITEs to each in turn.
+// context. Each transport worker adopts one and drives it from its own
+// event loop (attach_worker): a request, its RPCs and its reply stay on that
+// worker. Connections no worker took run a loop thread of their own and
+// serve threads without one (metadata to the first, READs and WRITEs to
+// each in turn).
 //
 // Inodes: NFS file handles are mapped to dpfs node ids (InodeTable), stable
 // while the kernel holds a lookup and never reused; st_ino is the server's
@@ -76,6 +79,10 @@ class NfsBackend final : public Backend {
   ~NfsBackend() override;
 
   Capabilities capabilities() const override;
+  // A connection for this worker to drive on its own event loop, while one
+  // is free; null (the worker's Calls go to the others) when all are taken.
+  std::unique_ptr<WorkerHook> attach_worker() override;
+  std::vector<std::string> stats() const override;
 
   void lookup(const Context& ctx, uint64_t parent, std::string_view name,
               EntryReply reply) override;
@@ -121,14 +128,23 @@ class NfsBackend final : public Backend {
   void syncfs(const Context& ctx, uint64_t ino, StatusReply reply) override;
 
  private:
-  // Metadata requests and COMMITs all go to the first connection, in the
-  // order they come: an OPEN's GETATTR cannot overtake an unlink or rename
-  // that hides the file it opens (hide_if_open). READs and WRITEs go to each
-  // connection in turn, so that parallel I/O, even to one file, uses them all.
-  nfs::Connection& connection_for(uint64_t) { return *connections_.front(); }
+  // The connection a request goes to: the one the calling thread drives
+  // (a worker that adopted one, and every completion, which runs on the
+  // connection's driver: a request's RPCs stay on one connection, with no
+  // hand-off between threads). Other threads send metadata to the first
+  // connection and READs and WRITEs to each in turn.
+  nfs::Connection& connection_for(uint64_t) {
+    nfs::Connection* mine = driven_here();
+    return mine != nullptr ? *mine : *connections_.front();
+  }
   nfs::Connection& next_connection() {
+    if (nfs::Connection* mine = driven_here()) return *mine;
     return *connections_[next_connection_.fetch_add(1, std::memory_order_relaxed) %
                          connections_.size()];
+  }
+  nfs::Connection* driven_here() const {
+    nfs::Connection* conn = nfs::Connection::driven_here();
+    return conn != nullptr && conn->owner() == this ? conn : nullptr;
   }
   // The file handle of `ino`, or false after answering ESTALE on `reply`.
   bool handle(uint64_t ino, std::string* fh, Reply& reply);

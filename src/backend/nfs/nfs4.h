@@ -15,7 +15,7 @@
 // send and accept numeric ids (ganesha: NFSV4 { Allow_Numeric_Owners = true;
 // Only_Numeric_Owners = true; }); a name dpfs cannot read as a number
 // becomes 65534 (nobody), and names are never looked up (no blocking NSS
-// call on a loop thread).
+// call on a worker or loop thread).
 #pragma once
 
 #include <sys/stat.h>

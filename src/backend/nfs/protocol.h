@@ -6,8 +6,8 @@
 // WRITEs); a Protocol only encodes a request, sends it on the connection it
 // is given and decodes the answer.
 //
-// Every method completes `then` exactly once, on the connection's loop
-// thread (or at once on the calling thread when the connection is shut
+// Every method completes `then` exactly once, on the connection's driver
+// (its worker or loop thread; or at once on the calling thread when the connection is shut
 // down), with 0 or the errno the Linux NFS client would give. Methods that
 // create, remove or rename are sent once (a lost answer is an error, not a
 // second creation); the others are retried by the Connection until its
