@@ -233,6 +233,30 @@ TEST_P(NfsTest, RemovedWhileOpenLivesUntilLastClose) {
   EXPECT_TRUE(list_dir(export_).empty()) << "removed on the server at the last close";
 }
 
+// A file replaced by a rename stays openable while the kernel holds it, as
+// on a local file system: an O_PATH descriptor holds the inode without
+// opening it (the kernel resolved the path just before the rename), and
+// reopening it through /proc must find the old file -- on the server it is
+// gone from its name, so dpfs keeps it under a hidden second name until
+// the kernel forgets it. The name itself is never missing on the way.
+TEST_P(NfsTest, RenamedOverFileStaysOpenableWhileHeld) {
+  ASSERT_EQ(write_file(m("f"), "old version"), 0);
+  ASSERT_EQ(write_file(m("new"), "new version"), 0);
+  const int path_fd = open(m("f").c_str(), O_PATH);
+  ASSERT_SYS(path_fd);
+  ASSERT_SYS(rename(m("new").c_str(), m("f").c_str()));
+  EXPECT_EQ(read_file(m("f")).value_or("<error>"), "new version");
+  const std::string again = "/proc/self/fd/" + std::to_string(path_fd);
+  EXPECT_EQ(read_file(again).value_or(std::string("<error: ") + errname(errno) + ">"),
+            "old version");
+  EXPECT_EQ(list_dir(mnt_), std::vector<std::string>{"f"}) << "the second name is hidden";
+  ASSERT_SYS(close(path_fd));
+  // FORGET comes when the kernel drops the inode: give it a moment.
+  for (int i = 0; i < 100 && list_dir(export_).size() != 1; ++i) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(list_dir(export_), std::vector<std::string>{"f"}) << "removed once forgotten";
+  EXPECT_EQ(read_file(d("f")).value_or("<error>"), "new version");
+}
+
 // The server is killed (a crash: no clean shutdown) and restarted while a
 // writer is writing; every write acknowledged to the tenant must be in the
 // file on the server afterwards. Writes acknowledged UNSTABLE before the

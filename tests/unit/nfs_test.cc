@@ -230,6 +230,46 @@ TEST(InodeTable, OpenFilesOutliveTheirLookupsAndHiddenOnesAreReturnedAtLastClose
   EXPECT_FALSE(t.find(a, &fh)) << "no lookups, no handles: gone";
 }
 
+// What becomes of a file whose name goes: open files and (for a rename)
+// files the kernel still holds live on hidden until both let go; the rest
+// are doomed, and opens of them wait for the removal.
+TEST(InodeTable, RemovedNamesKeepHeldFilesUntilForgotten) {
+  InodeTable t("root");
+  const uint64_t a = t.remember("fh-a", S_IFREG | 0644, 0);
+  uint64_t ino = 0;
+  EXPECT_EQ(t.doom("fh-a", /*keep_if_held=*/true, &ino), InodeTable::Fate::kHeld);
+  EXPECT_EQ(ino, a);
+  ASSERT_TRUE(t.hide(a, {"dir", ".dpfs-removed-a"}));
+  const uint64_t h = t.open(a, [] { ADD_FAILURE() << "a kept file is not doomed"; });
+  ASSERT_NE(h, 0u);
+  ASSERT_NE(h, InodeTable::kWaiting);
+  EXPECT_EQ(t.doom("fh-a", false, &ino), InodeTable::Fate::kOpen);
+  EXPECT_FALSE(t.forget(a, 1).has_value()) << "still open";
+  std::optional<InodeTable::Hidden> hidden;
+  ASSERT_TRUE(t.close(a, h, &hidden));
+  ASSERT_TRUE(hidden.has_value()) << "neither open nor held";
+  EXPECT_EQ(hidden->name, ".dpfs-removed-a");
+
+  // Held, not open: the last FORGET hands the hidden name out.
+  const uint64_t b = t.remember("fh-b", S_IFREG | 0644, 0);
+  t.remember("fh-b", S_IFREG | 0644, 0);
+  ASSERT_TRUE(t.hide(b, {"dir", ".dpfs-removed-b"}));
+  EXPECT_FALSE(t.forget(b, 1).has_value()) << "one lookup left";
+  auto gone = t.forget(b, 1);
+  ASSERT_TRUE(gone.has_value());
+  EXPECT_EQ(gone->name, ".dpfs-removed-b");
+  EXPECT_FALSE(t.hide(b, {"dir", "late"})) << "forgotten before the hiding was answered";
+
+  // Not held or not asked to keep: doomed; opens wait for undoom().
+  const uint64_t c = t.remember("fh-c", S_IFREG | 0644, 0);
+  EXPECT_EQ(t.doom("fh-c", /*keep_if_held=*/false, &ino), InodeTable::Fate::kGoes);
+  bool retried = false;
+  EXPECT_EQ(t.open(c, [&] { retried = true; }), InodeTable::kWaiting);
+  for (auto& retry : t.undoom("fh-c")) retry();
+  EXPECT_TRUE(retried);
+  EXPECT_EQ(t.doom("fh-unknown", true, &ino), InodeTable::Fate::kGoes) << "never looked up";
+}
+
 TEST(InodeTable, UnstableWritesAreKeptTrimmedAndCounted) {
   InodeTable t("root");
   const uint64_t a = t.remember("fh-a", S_IFREG | 0644, 0);

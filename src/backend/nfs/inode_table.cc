@@ -54,13 +54,17 @@ void InodeTable::update(uint64_t ino, mode_t mode, gid_t gid) {
   it->second.gid = gid;
 }
 
-void InodeTable::forget(uint64_t ino, uint64_t n) {
-  if (ino == kRootIno) return;
+std::optional<InodeTable::Hidden> InodeTable::forget(uint64_t ino, uint64_t n) {
+  if (ino == kRootIno) return std::nullopt;
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end()) return;
-  it->second.lookups = n >= it->second.lookups ? 0 : it->second.lookups - n;
-  drop_if_unused(ino, it->second);
+  if (it == nodes_.end()) return std::nullopt;
+  Node& node = it->second;
+  node.lookups = n >= node.lookups ? 0 : node.lookups - n;
+  std::optional<Hidden> hidden;
+  if (node.lookups == 0 && node.opens == 0) hidden.swap(node.hidden);
+  drop_if_unused(ino, node);
+  return hidden;
 }
 
 uint64_t InodeTable::open(uint64_t ino, std::function<void()> retry) {
@@ -90,7 +94,7 @@ bool InodeTable::close(uint64_t ino, uint64_t handle, std::optional<Hidden>* hid
   handles_.erase(h);
   auto it = nodes_.find(ino);
   if (it == nodes_.end() || it->second.opens == 0) return true;
-  if (--it->second.opens == 0) hidden->swap(it->second.hidden);
+  if (--it->second.opens == 0 && it->second.lookups == 0) hidden->swap(it->second.hidden);
   drop_if_unused(ino, it->second);
   return true;
 }
@@ -102,14 +106,16 @@ uint64_t InodeTable::open_id(const std::string& fh) const {
   return nodes_.at(it->second).opens > 0 ? it->second : 0;
 }
 
-bool InodeTable::doom(const std::string& fh, uint64_t* open_ino) {
+InodeTable::Fate InodeTable::doom(const std::string& fh, bool keep_if_held, uint64_t* ino) {
   std::lock_guard lock(mu_);
-  if (auto it = by_fh_.find(fh); it != by_fh_.end() && nodes_.at(it->second).opens > 0) {
-    *open_ino = it->second;
-    return false;
+  if (auto it = by_fh_.find(fh); it != by_fh_.end()) {
+    const Node& node = nodes_.at(it->second);
+    *ino = it->second;
+    if (node.opens > 0) return Fate::kOpen;
+    if (keep_if_held && node.lookups > 0) return Fate::kHeld;
   }
   ++doomed_[fh].count;
-  return true;
+  return Fate::kGoes;
 }
 
 std::vector<std::function<void()>> InodeTable::undoom(const std::string& fh) {
@@ -121,10 +127,12 @@ std::vector<std::function<void()>> InodeTable::undoom(const std::string& fh) {
   return waiting;
 }
 
-void InodeTable::hide(uint64_t ino, Hidden where) {
+bool InodeTable::hide(uint64_t ino, Hidden where) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
-  if (it != nodes_.end()) it->second.hidden = std::move(where);
+  if (it == nodes_.end() || (it->second.opens == 0 && it->second.lookups == 0)) return false;
+  it->second.hidden = std::move(where);
+  return true;
 }
 
 bool InodeTable::hidden(uint64_t ino) const {

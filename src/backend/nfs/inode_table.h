@@ -54,8 +54,14 @@ class InodeTable {
   // The last mode and gid seen for `ino`; false if unknown.
   bool attributes(uint64_t ino, mode_t* mode, gid_t* gid) const;
   void update(uint64_t ino, mode_t mode, gid_t gid);
-  // Drops `n` lookups; the id dies at zero unless the file is open.
-  void forget(uint64_t ino, uint64_t n);
+  // Drops `n` lookups; the id dies at zero unless the file is open. At the
+  // last lookup of a hidden file that is not open, returns where it was
+  // hidden (see hide()) for the caller to remove.
+  struct Hidden {
+    std::string dir_fh;
+    std::string name;
+  };
+  std::optional<Hidden> forget(uint64_t ino, uint64_t n);
 
   // Open handles (the id stays alive while a file is open): open() gives
   // out a handle number for `ino` (0 if `ino` is not live); only that number
@@ -66,27 +72,28 @@ class InodeTable {
   uint64_t open(uint64_t ino, std::function<void()> retry = nullptr);
   bool has_handle(uint64_t ino, uint64_t handle) const;
   // Drops a handle; false if `handle` is not an open handle of `ino`. At the
-  // last one of a file that was removed while open, *hidden is where it was
-  // hidden (see hide()) for the caller to remove.
-  struct Hidden {
-    std::string dir_fh;
-    std::string name;
-  };
+  // last one of a hidden file the kernel no longer holds a lookup on,
+  // *hidden is where it was hidden for the caller to remove.
   bool close(uint64_t ino, uint64_t handle, std::optional<Hidden>* hidden);
   // The id of `fh` if it is open; 0 otherwise.
   uint64_t open_id(const std::string& fh) const;
-  // `ino` was removed while open and lives on as `name` in `dir_fh`
-  // (the NFS client's silly-rename).
-  void hide(uint64_t ino, Hidden where);
+  // `ino` lost its name but lives on as `name` in `dir_fh` (the NFS
+  // client's silly-rename) while it is open or the kernel holds a lookup on
+  // it. False if neither is true any more: the caller removes `where` now.
+  bool hide(uint64_t ino, Hidden where);
   bool hidden(uint64_t ino) const;
 
   // A name is about to be removed or replaced and `fh` is the file it names.
-  // Unless the file is open (then false, with its id in *open_ino: hide it
-  // instead), opens of it wait until undoom(fh): an open racing the removal
+  // kOpen: the file is open (its id in *ino): it must live on, hidden.
+  // kHeld (only asked with `keep_if_held`): the kernel holds a lookup on it,
+  // so an open of it may still come (the kernel resolved a path to it just
+  // before a rename replaced it): it should live on, hidden, too.
+  // kGoes: opens of it wait until undoom(fh): an open racing the removal
   // must not succeed on the server just before the file goes (its reads
   // would then fail ESTALE); after it, its GETATTR answers ESTALE and the
   // kernel looks the name up again.
-  bool doom(const std::string& fh, uint64_t* open_ino);
+  enum class Fate { kGoes, kOpen, kHeld };
+  Fate doom(const std::string& fh, bool keep_if_held, uint64_t* ino);
   // The removal is done: the opens that waited, to run again.
   std::vector<std::function<void()>> undoom(const std::string& fh);
 

@@ -188,7 +188,18 @@ void NfsBackend::lookup(const Context&, uint64_t parent, std::string_view name,
                     });
 }
 
-void NfsBackend::forget(uint64_t ino, uint64_t nlookup) { inodes_->forget(ino, nlookup); }
+void NfsBackend::forget(uint64_t ino, uint64_t nlookup) {
+  std::optional<nfs::InodeTable::Hidden> hidden = inodes_->forget(ino, nlookup);
+  if (!hidden) return;
+  // The kernel let go of a hidden file that is not open: now it goes.
+  protocol_->remove(connection_for(ino), hidden->dir_fh, hidden->name, false,
+                    [name = hidden->name](int err) {
+                      if (err != 0) {
+                        spdlog::warn("nfs: cannot remove {} once forgotten: {}", name,
+                                     strerror(err));
+                      }
+                    });
+}
 
 void NfsBackend::make_node(const Context& ctx, uint64_t parent, std::string_view name,
                            NewNode spec, nfs::Then<int, Entry> then) {
@@ -280,23 +291,49 @@ void NfsBackend::link(const Context&, uint64_t ino, uint64_t new_parent,
 }
 
 void NfsBackend::hide_if_open(uint64_t parent, const std::string& dir, std::string_view name,
-                              nfs::Then<int, bool, std::string> then) {
+                              bool replacing, nfs::Then<int, bool, std::string> then) {
   Connection& conn = connection_for(parent);
   protocol_->lookup(
       conn, dir, std::string(name),
-      [this, &conn, dir, name = std::string(name), then = std::move(then)](int err,
-                                                                           Node node) mutable {
+      [this, &conn, dir, name = std::string(name), replacing, then = std::move(then)](
+          int err, Node node) mutable {
         if (err != 0) return then(err, false, std::string());
+        // Only a rename keeps a file the kernel merely holds: after an unlink
+        // an open of it may as well fail (ESTALE, then ENOENT on the kernel's
+        // second look), but after a rename it must find the old file or the
+        // new one. A file with other names lives on anyway.
+        const bool keep_if_held =
+            replacing && !S_ISDIR(node.attr.st_mode) && node.attr.st_nlink <= 1;
         uint64_t ino = 0;
-        if (inodes_->doom(node.fh, &ino)) return then(0, false, std::move(node.fh));
-        // Open: move it aside instead, and remove it at its last close.
+        const auto fate = inodes_->doom(node.fh, keep_if_held, &ino);
+        if (fate == nfs::InodeTable::Fate::kGoes) return then(0, false, std::move(node.fh));
         std::string hidden = fmt::format("{}{:x}-{}", kHiddenPrefix, ino, next_fh_++);
-        protocol_->rename(conn, dir, name, dir, hidden,
-                          [this, ino, dir, hidden, then = std::move(then)](int e) mutable {
-                            if (e != 0) return then(e, false, std::string());
-                            inodes_->hide(ino, {dir, hidden});
-                            then(0, true, std::string());
-                          });
+        auto hide = [this, ino, dir, hidden](int e) {
+          if (e != 0 || inodes_->hide(ino, {dir, hidden})) return;
+          // Closed and forgotten meanwhile: nothing will remove it later.
+          protocol_->remove(connection_for(ino), dir, hidden, false, [](int) {});
+        };
+        if (!replacing) {
+          // Unlinked while open: moved aside, removed at its last close.
+          protocol_->rename(conn, dir, name, dir, hidden,
+                            [hide, then = std::move(then)](int e) mutable {
+                              hide(e);
+                              if (e != 0) return then(e, false, std::string());
+                              then(0, true, std::string());
+                            });
+          return;
+        }
+        // Replaced by a rename: a second name keeps the file, and the rename
+        // then replaces the first atomically (the name never goes missing).
+        protocol_->link(conn, node.fh, dir, hidden,
+                        [hide, ino, then = std::move(then)](int e, struct stat) mutable {
+                          hide(e);
+                          if (e != 0) {
+                            spdlog::debug("nfs: cannot keep inode {} under a second name: {}", ino,
+                                          strerror(e));
+                          }
+                          then(0, false, std::string());
+                        });
       });
 }
 
@@ -304,7 +341,7 @@ void NfsBackend::unlink(const Context&, uint64_t parent, std::string_view name,
                         StatusReply reply) {
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
-  hide_if_open(parent, dir, name,
+  hide_if_open(parent, dir, name, /*replacing=*/false,
                [this, parent, dir, name = std::string(name), reply = std::move(reply)](
                    int err, bool hidden, std::string doomed) mutable {
                  if (err != 0) return reply.error(err);
@@ -342,8 +379,9 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
   if (flags != 0) return reply.error(EINVAL);
   std::string from, to;
   if (!handle(parent, &from, reply) || !handle(new_parent, &to, reply)) return;
-  // A file replaced while open stays readable through its descriptors.
-  hide_if_open(new_parent, to, new_name,
+  // A file replaced while open stays readable through its descriptors, and
+  // openable while the kernel may still open it (hide_if_open).
+  hide_if_open(new_parent, to, new_name, /*replacing=*/true,
                [this, parent, from, to, name = std::string(name), new_name = std::string(new_name),
                 reply = std::move(reply)](int err, bool, std::string doomed) mutable {
                  if (err != 0 && err != ENOENT) return reply.error(err);

@@ -167,13 +167,16 @@ class NfsBackend final : public Backend {
   // After a COMMIT failed at the last close: the writes are dropped, and
   // the operator told (see release()).
   void drop_uncommitted(uint64_t ino, int err);
-  // Before a name is removed or replaced: if it names a file that is open,
-  // renames it to a hidden name instead, removed at its last close (as NFS
-  // clients do). then(error, hidden, doomed): `doomed` is the handle of the
-  // file about to go (opens of it wait), to be passed to undoom() once the
-  // removal or rename is answered.
+  // Before a name is removed (unlink) or replaced (rename, `replacing`):
+  // if it names a file that is open, or, for a rename, one the kernel still
+  // holds a lookup on, the file lives on under a hidden name (unlink: moved
+  // there; rename: linked there first, so the rename stays atomic), removed
+  // once it is neither open nor held (as NFS clients' silly-rename).
+  // then(error, hidden, doomed): `hidden`: an unlink's name is gone already;
+  // `doomed` is the handle of the file about to go (opens of it wait), to be
+  // passed to undoom() once the removal or rename is answered.
   void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name,
-                    nfs::Then<int, bool, std::string> then);
+                    bool replacing, nfs::Then<int, bool, std::string> then);
   void remove(uint64_t parent, const std::string& dir, const std::string& name, bool directory,
               StatusReply reply, std::string doomed);
   void undoom(const std::string& fh);
