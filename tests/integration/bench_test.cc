@@ -184,6 +184,30 @@ TEST_F(BenchTest, SeveralQueuesAndThreadsPolling) {
   EXPECT_NE(log.find("queue 2 (requests): "), std::string::npos) << log;
 }
 
+// `backend` behind a vhost-user device with one worker, busy-polling or not.
+void start_one_worker(DeviceProcess& dev, const std::string& backend, bool poll) {
+  std::vector<std::string> args{dpfs_binary(), "serve",      "--backend", backend,
+                                "--vhost-user", dev.socket(), "--threads", "1"};
+  if (poll) args.push_back("--poll");
+  ASSERT_EQ(dev.start(args), "");
+}
+
+// Random 4k writes at depth 32, read back and verified, then random reads:
+// the two runs' JSON.
+std::pair<std::string, std::string> write_then_read_at_depth_32(const DeviceProcess& dev) {
+  std::string wrote = run_ok(dev, "randwrite", {"--depth", "32"});
+  EXPECT_NE(json_field(wrote, "verified").find("read back and verified"), std::string::npos)
+      << wrote;
+  return {std::move(wrote), run_ok(dev, "randread", {"--depth", "32"})};
+}
+
+// The device's log after it printed its stats (SIGUSR1).
+std::string stats_in_log(const DeviceProcess& dev) {
+  ::kill(dev.pid(), SIGUSR1);
+  std::this_thread::sleep_for(300ms);
+  return dev.log();
+}
+
 // The passthrough backend on one worker, at depth 32: random writes (read
 // back and verified) and random reads (every page's stamp checked) through
 // io_uring, whose submissions must batch -- one io_uring_enter per request
@@ -196,17 +220,9 @@ TEST_P(BenchPassthroughTest, DepthThirtyTwoBatchesIoUringSubmissions) {
   DeviceProcess dev;
   const std::string share = dev.dir() + "/share";
   ASSERT_EQ(::mkdir(share.c_str(), 0755), 0) << errname(errno);
-  std::vector<std::string> args{dpfs_binary(), "serve",   "--backend",          "passthrough:" + share,
-                                "--vhost-user", dev.socket(), "--threads", "1"};
-  if (poll) args.push_back("--poll");
-  ASSERT_EQ(dev.start(args), "");
-  const std::string wrote = run_ok(dev, "randwrite", {"--depth", "32"});
-  EXPECT_NE(json_field(wrote, "verified").find("read back and verified"), std::string::npos)
-      << wrote;
-  const std::string read = run_ok(dev, "randread", {"--depth", "32"});
-  ::kill(dev.pid(), SIGUSR1);
-  std::this_thread::sleep_for(300ms);
-  const std::string log = dev.log();
+  ASSERT_NO_FATAL_FAILURE(start_one_worker(dev, "passthrough:" + share, poll));
+  const auto [wrote, read] = write_then_read_at_depth_32(dev);
+  const std::string log = stats_in_log(dev);
   const UringCounters c = last_uring_counters(log);
   // Every READ and WRITE went through the ring (warm-up ops included).
   EXPECT_GE(double(c.ops), json_number(wrote, "ops") + json_number(read, "ops")) << log;
@@ -236,19 +252,11 @@ TEST_P(BenchNfsTest, WorkerDrivesItsConnection) {
   const std::string dir = server.fresh_dir(poll ? "bench-poll" : "bench-event");
   ASSERT_FALSE(dir.empty());
   DeviceProcess dev;
-  std::vector<std::string> args{dpfs_binary(), "serve",      "--backend", NfsServer::url(dir, 3),
-                                "--vhost-user", dev.socket(), "--threads", "1"};
-  if (poll) args.push_back("--poll");
-  ASSERT_EQ(dev.start(args), "");
-  const std::string wrote = run_ok(dev, "randwrite", {"--depth", "32"});
-  EXPECT_NE(json_field(wrote, "verified").find("read back and verified"), std::string::npos)
-      << wrote;
-  const std::string read = run_ok(dev, "randread", {"--depth", "32"});
+  ASSERT_NO_FATAL_FAILURE(start_one_worker(dev, NfsServer::url(dir, 3), poll));
+  const auto [wrote, read] = write_then_read_at_depth_32(dev);
   EXPECT_EQ(threads_named(dev.pid(), "dpfs-nfs-"), std::vector<std::string>{})
       << "a loop thread between the worker and its connection";
-  ::kill(dev.pid(), SIGUSR1);
-  std::this_thread::sleep_for(300ms);
-  const std::string log = dev.log();
+  const std::string log = stats_in_log(dev);
   const size_t at = log.rfind("nfs connection 0: driven by a worker, ");
   ASSERT_NE(at, std::string::npos) << log;
   const double rpcs = std::stod(log.substr(at + std::string("nfs connection 0: driven by a worker, ").size()));
