@@ -78,6 +78,9 @@ Connection::Connection(const ConnectionOptions& options, int index)
                                   options_.url.export_path, what, nfs_get_error(nfs_));
     nfs_destroy_context(nfs_);
     nfs_ = nullptr;
+    for (int fd : {event_fd_, epoll_fd_, timer_fd_}) {
+      if (fd >= 0) ::close(fd);
+    }
     throw std::runtime_error(msg);
   };
   if (options_.url.port != 0) {
