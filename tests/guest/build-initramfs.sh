@@ -304,7 +304,7 @@ else
 fi
 echo "$kver" >"$tmp/kernel-version"
 touch "$tmp/.complete"
-rm -rf "$tmp/root" "$tmp/fio-root" "$tmp/nfs-root"
+rm -rf "$tmp/root" "$tmp/fio-root" "$tmp/nfs-root" "$tmp/gcc.err"
 trap - EXIT
 mv "$tmp" "$out"
 # Older builds for this kernel (other script versions) are dead weight.
