@@ -102,8 +102,8 @@ class GuestNfsTest : public GuestTest, public ::testing::WithParamInterface<int>
     const fs::path socket = dir_.path() / (tag + ".sock");
     auto daemon = std::make_unique<Daemon>(
         Daemon::kArgs, socket, dir_.path() / (tag + ".dpfs.log"),
-        std::vector<std::string>{"--backend", NfsServer::url(exported, version()),
-                                 "--vhost-user", socket.string(), "--tag", tag});
+        std::vector<std::string>{"--backend", NfsServer::url(exported, version()), "--vhost-user",
+                                 socket.string(), "--tag", tag});
     daemon->start();
     return daemon;
   }
@@ -125,7 +125,8 @@ TEST_P(GuestNfsTest, BasicWorkloadLandsOnTheExport) {
   const fs::path written = fs::path(exported) / "dpfs-basic";
   ASSERT_TRUE(fs::exists(written / "MANIFEST.md5")) << "nothing of the guest's in " << exported;
   const std::string check = "cd '" + written.string() + "' && md5sum --quiet -c MANIFEST.md5";
-  EXPECT_EQ(std::system(check.c_str()), 0) << "the export's copy differs from the guest's: " << check;
+  EXPECT_EQ(std::system(check.c_str()), 0)
+      << "the export's copy differs from the guest's: " << check;
   expect_clean_exit(*daemon);
 }
 
@@ -134,16 +135,16 @@ TEST_P(GuestNfsTest, BasicWorkloadLandsOnTheExport) {
 TEST_P(GuestNfsTest, PosixSuiteAgreesWithTheKernelClient) {
   const std::string binary = dpfs_integration_tests();
   ASSERT_NE(binary, "") << "readlink /proc/self/exe";
-  const std::vector<std::string> extra = {"--bin", binary, "--append",
-                                          "gtest.filter=PosixTest.*", "--timeout", "200"};
+  const std::vector<std::string> extra = {
+      "--bin", binary, "--append", "gtest.filter=PosixTest.*", "--timeout", "200"};
 
   const std::string kernel_dir = server_->fresh_dir("kernel-client");
   ASSERT_NE(kernel_dir, "");
   const std::string options = version() == 3 ? "vers=3,proto=tcp,mountproto=tcp,nolock,port=2049"
                                              : "vers=4.0,proto=tcp,port=2049";
-  const GuestRun kernel = run_guest(
-      dir_.path(), {"--nfs", "10.0.2.2:" + kernel_dir, "--nfs-opts", options}, "gtest.sh", extra,
-      "kernel-client");
+  const GuestRun kernel =
+      run_guest(dir_.path(), {"--nfs", "10.0.2.2:" + kernel_dir, "--nfs-opts", options}, "gtest.sh",
+                extra, "kernel-client");
   const auto reference = gtest_results(kernel.console);
   ASSERT_GT(reference.size(), 50u) << "the kernel client's run\n" << kernel.describe();
 
@@ -154,9 +155,9 @@ TEST_P(GuestNfsTest, PosixSuiteAgreesWithTheKernelClient) {
   ASSERT_TRUE(daemon->ready());
   const GuestRun ours = run_guest(dir_.path(), daemon->socket(), tag, "gtest.sh", extra, "dpfs");
   const auto results = gtest_results(ours.console);
-  ASSERT_EQ(results.size(), reference.size())
-      << "dpfs's run did not run the same tests\n" << ours.describe() << "\n----- dpfs log -----\n"
-      << tail(daemon->log(), 40);
+  ASSERT_EQ(results.size(), reference.size()) << "dpfs's run did not run the same tests\n"
+                                              << ours.describe() << "\n----- dpfs log -----\n"
+                                              << tail(daemon->log(), 40);
 
   const std::set<std::string> known = known_differences();
   ASSERT_FALSE(known.empty()) << "no known differences parsed from docs/nfs.md";
@@ -164,12 +165,13 @@ TEST_P(GuestNfsTest, PosixSuiteAgreesWithTheKernelClient) {
     const auto it = results.find(name);
     ASSERT_NE(it, results.end()) << name << " did not run on dpfs";
     if (it->second.result == theirs.result) continue;
-    const std::string key = name + " v" + std::to_string(version()) + " " + theirs.result + " " +
-                            it->second.result;
+    const std::string key =
+        name + " v" + std::to_string(version()) + " " + theirs.result + " " + it->second.result;
     EXPECT_TRUE(known.contains(key))
         << name << " on NFSv" << version() << ": " << theirs.result << " on the kernel client, "
         << it->second.result << " on dpfs, and docs/nfs.md lists no such difference\n"
-        << "----- kernel client -----\n" << theirs.text << "----- dpfs -----\n"
+        << "----- kernel client -----\n"
+        << theirs.text << "----- dpfs -----\n"
         << it->second.text;
   }
   expect_clean_exit(*daemon);
