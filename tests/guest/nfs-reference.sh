@@ -125,7 +125,8 @@ guest() {  # guest NAME RUN-GUEST-ARGS...: runs the suites; 0 if gtest finished
 results() {
   tr -d '\r' <"$1" | awk '
     $1 == "[" && $2 == "RUN" && $3 == "]" { cur = $4; text = ""; next }
-    $1 == "[" && ($2 == "OK" || $2 == "FAILED" || $2 == "SKIPPED") && $3 == "]" && $4 == cur {
+    $1 == "[" && ($2 == "OK" || $2 == "FAILED" || $2 == "SKIPPED") && $3 == "]" &&
+      ($4 == cur || $4 == cur ",") {  # "NAME, where GetParam() = ..." for parameterized tests
       gsub(/\t/, " ", text)
       print cur "\t" $2 "\t" text
       cur = ""; next

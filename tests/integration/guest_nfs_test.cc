@@ -38,7 +38,7 @@ struct TestResult {
 // The results in a gtest console output, by test name.
 std::map<std::string, TestResult> gtest_results(const std::string& console) {
   static const std::regex run(R"(^\[ RUN      \] (\S+)$)");
-  static const std::regex end(R"(^\[ +(OK|FAILED|SKIPPED) +\] (\S+) \(\d+ ms\)$)");
+  static const std::regex end(R"(^\[ +(OK|FAILED|SKIPPED) +\] ([^ ,]+)(, where .*)? \(\d+ ms\)$)");
   std::map<std::string, TestResult> results;
   std::istringstream lines(console);
   std::string current, text;
