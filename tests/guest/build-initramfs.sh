@@ -14,10 +14,10 @@
 #                (mount-nfs.c, static; only if gcc can build it)
 #   modules.txt  the insmod order baked into /init
 #
-# Cache key: kernel version + hash of this script (which contains /init) and
-# of mount-nfs.c + hashes of the busybox and fio binaries. Location: $DPFS_GUEST_CACHE, else
-# <repo>/build/guest. Kernel: $DPFS_GUEST_KERNEL (a /boot/vmlinuz-* path), else
-# the newest /boot/vmlinuz-*.
+# Cache key: kernel version + hashes of this script (which contains /init),
+# of mount-nfs.c and of the busybox and fio binaries. Location:
+# $DPFS_GUEST_CACHE, else <repo>/build/guest. Kernel: $DPFS_GUEST_KERNEL (a
+# /boot/vmlinuz-* path), else the newest /boot/vmlinuz-*.
 #
 # Archives are left uncompressed on purpose: under TCG the guest decompresses
 # slowly, while QEMU loads an uncompressed archive at host speed.

@@ -138,7 +138,7 @@ bin_cpio() {  # bin_cpio PATH: prints the cpio's path
     cp "$(readlink -f "$b")" "$tmp/root/usr/local/bin/$name"
     chmod 755 "$tmp/root/usr/local/bin/$name"
     # Debug info is of no use in the guest and fills its memory (the
-    # integration tests: 38 MB, 4 MB without).
+    # integration tests: 38 MB, 3 MB without).
     if command -v strip >/dev/null; then strip --strip-debug "$tmp/root/usr/local/bin/$name"; fi
     if libs=$(ldd "$b" 2>&1); then
       if grep -q 'not found' <<<"$libs"; then
