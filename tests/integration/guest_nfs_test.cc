@@ -135,8 +135,11 @@ TEST_P(GuestNfsTest, BasicWorkloadLandsOnTheExport) {
 TEST_P(GuestNfsTest, PosixSuiteAgreesWithTheKernelClient) {
   const std::string binary = dpfs_integration_tests();
   ASSERT_NE(binary, "") << "readlink /proc/self/exe";
+  // Not StatfsAndFreeSpace: it measures the free space of the host's shared
+  // disk, which others write to meanwhile (scripts/test.sh leaves it out too).
   const std::vector<std::string> extra = {
-      "--bin", binary, "--append", "gtest.filter=PosixTest.*", "--timeout", "200"};
+      "--bin",     binary, "--append", "gtest.filter=PosixTest.*-PosixTest.StatfsAndFreeSpace",
+      "--timeout", "200"};
 
   const std::string kernel_dir = server_->fresh_dir("kernel-client");
   ASSERT_NE(kernel_dir, "");
