@@ -58,7 +58,7 @@ step "tests under ASan+UBSan"
 # device code as the RelWithDebInfo pass ran) only those where front-ends
 # misbehave or vanish; dpfs-bench's hostile cases drive the device directly.
 # Nor the comparison with the guest kernel's NFS client (half of it runs no
-# dpfs code; 55 s under ASan): GuestNfsTest.BasicWorkload* (40 s) stays.
+# dpfs code; 55 s under ASan): GuestNfsTest.BasicWorkload* (35-40 s) stays.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   GTEST_FILTER="-$(printf 'GuestTest.%s:' BasicWorkloadThenLaterGuestsReadItBack TwoRequestQueues \
     FileExerciserInGuest PackedVirtqueues DeviceSurvivesGuestReboot OnDisconnectExit \

@@ -10,7 +10,7 @@
 // but for the differences docs/nfs.md lists as known.
 //
 // Needs what guest_test.cc and nfs_test.cc need, and gcc (the guest's NFS
-// mount helper is built with it): without them the tests FAIL. About 70 s
+// mount helper is built with it): without them the tests FAIL. About 60 s
 // under TCG on 2 cores. ganesha listens on 127.0.0.1:2049: run alone, or in
 // a network namespace of your own (tests/guest/netns.sh).
 #include <gtest/gtest.h>
