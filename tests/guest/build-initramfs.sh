@@ -9,12 +9,15 @@
 #   kernel       symlink to what QEMU should boot: vmlinux, else vmlinuz
 #   base.cpio    busybox + modules + /init           (newc, uncompressed)
 #   fio.cpio     fio and its shared libraries        (only if fio is installed)
+#   nfs.cpio     the guest's NIC and the kernel's NFS client: their modules
+#                (order in /etc/dpfs-nfs-modules) and /bin/mount-nfs
+#                (mount-nfs.c, static; only if gcc can build it)
 #   modules.txt  the insmod order baked into /init
 #
-# Cache key: kernel version + hash of this script (which contains /init) +
-# hashes of the busybox and fio binaries. Location: $DPFS_GUEST_CACHE, else
-# <repo>/build/guest. Kernel: $DPFS_GUEST_KERNEL (a /boot/vmlinuz-* path), else
-# the newest /boot/vmlinuz-*.
+# Cache key: kernel version + hashes of this script (which contains /init),
+# of mount-nfs.c and of the busybox and fio binaries. Location:
+# $DPFS_GUEST_CACHE, else <repo>/build/guest. Kernel: $DPFS_GUEST_KERNEL (a
+# /boot/vmlinuz-* path), else the newest /boot/vmlinuz-*.
 #
 # Archives are left uncompressed on purpose: under TCG the guest decompresses
 # slowly, while QEMU loads an uncompressed archive at host speed.
@@ -30,6 +33,10 @@ repo=$(cd "$here/../.." && pwd)
 # The modules /init loads, in this order (NOTES.md); dependencies found with
 # modinfo are inserted before the module that needs them.
 wanted_modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs)
+# For run-guest.sh --net/--nfs (nfs.cpio): a virtio NIC and the kernel's NFS
+# client, v3 and v4 (sunrpc, lockd, grace, nfs_acl, fscache, ... come from
+# modinfo). Loaded after the base modules.
+wanted_nfs_modules=(virtio_net nfsv3 nfsv4)
 
 # ---- inputs ---------------------------------------------------------------
 kernel=${DPFS_GUEST_KERNEL:-}
@@ -50,7 +57,7 @@ fi
 fio=$(command -v fio || true)
 
 hash_of() { sha256sum "$1" | cut -c1-12; }
-key="$kver-$(hash_of "$self")-$(hash_of "$busybox")-$( [[ -n $fio ]] && hash_of "$fio" || echo nofio)"
+key="$kver-$(hash_of "$self")-$(hash_of "$here/mount-nfs.c")-$(hash_of "$busybox")-$( [[ -n $fio ]] && hash_of "$fio" || echo nofio)"
 cache_root=${DPFS_GUEST_CACHE:-$repo/build/guest}
 out=$cache_root/$key
 
@@ -97,29 +104,37 @@ add_module() {  # add_module NAME: dependencies first, each once
 }
 for m in "${wanted_modules[@]}"; do add_module "$m"; done
 
-: >"$tmp/modules.txt"
-for m in "${order[@]}"; do
-  f=$(modinfo -k "$kver" -F filename "$m" | head -n1)
-  case $f in
-    "(builtin)"|"") log "$m is built in"; continue ;;
-  esac
-  dst=$root/lib/modules/$m.ko
-  case $f in
-    *.ko)     cp "$f" "$dst" ;;
-    *.ko.xz)  xz -dc "$f" >"$dst" ;;
-    *.ko.zst) zstd -qdc "$f" >"$dst" ;;
-    *.ko.gz)  gzip -dc "$f" >"$dst" ;;
-    *) die "unknown module format: $f" ;;
-  esac
-  echo "$m" >>"$tmp/modules.txt"
-done
+copy_modules() {  # copy_modules ROOT LIST: the modules in order[] into ROOT, names into LIST
+  local m f dst
+  : >"$2"
+  mkdir -p "$1/lib/modules"
+  for m in "${order[@]}"; do
+    f=$(modinfo -k "$kver" -F filename "$m" | head -n1)
+    case $f in
+      "(builtin)"|"") log "$m is built in"; continue ;;
+    esac
+    dst=$1/lib/modules/$m.ko
+    case $f in
+      *.ko)     cp "$f" "$dst" ;;
+      *.ko.xz)  xz -dc "$f" >"$dst" ;;
+      *.ko.zst) zstd -qdc "$f" >"$dst" ;;
+      *.ko.gz)  gzip -dc "$f" >"$dst" ;;
+      *) die "unknown module format: $f" ;;
+    esac
+    echo "$m" >>"$2"
+  done
+}
+copy_modules "$root" "$tmp/modules.txt"
 cp "$tmp/modules.txt" "$root/etc/dpfs-modules"
 
 # ---- /init -------------------------------------------------------------------
 cat >"$root/init" <<'INIT'
 #!/bin/sh
 # dpfs guest init: load virtio-fs, mount the tag, run /workload.sh, report,
-# power off (or reboot once, with dpfs.reboot=1).
+# power off (or reboot once, with dpfs.reboot=1). With dpfs.net=1 (from
+# nfs.cpio) the guest has a NIC on QEMU's user network (10.0.2.15, the host
+# is 10.0.2.2); with dpfs.nfs=SERVER:/PATH /mnt is that NFS export, mounted
+# by the kernel's NFS client with dpfs.nfs_opts=, instead of the tag.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root
 mount -t proc proc /proc
@@ -129,13 +144,16 @@ mkdir -p /dev/pts /dev/shm
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /dev/shm
 
-tag=; run=none; reboot=0; mopts=
+tag=; run=none; reboot=0; mopts=; net=0; nfs=; nfs_opts=
 for arg in $(cat /proc/cmdline); do
   case $arg in
     dpfs.tag=*)    tag=${arg#dpfs.tag=} ;;
     dpfs.run=*)    run=${arg#dpfs.run=} ;;
     dpfs.reboot=*) reboot=${arg#dpfs.reboot=} ;;
     dpfs.mount_opts=*) mopts=${arg#dpfs.mount_opts=} ;;
+    dpfs.net=*)    net=${arg#dpfs.net=} ;;
+    dpfs.nfs=*)    nfs=${arg#dpfs.nfs=}; net=1 ;;
+    dpfs.nfs_opts=*) nfs_opts=${arg#dpfs.nfs_opts=} ;;
   esac
 done
 
@@ -151,24 +169,41 @@ finish() {  # finish STATUS: report, sync, power off or reboot
   sleep 5; echo o >/proc/sysrq-trigger  # last resort
 }
 
-for m in $(cat /etc/dpfs-modules); do
-  if ! insmod /lib/modules/$m.ko 2>/tmp/insmod.err; then
-    [ -d /sys/module/$m ] || { echo "DPFS-GUEST-ERROR insmod $m: $(cat /tmp/insmod.err)"; finish 123; }
-  fi
-done
+load_modules() {  # load_modules LIST: insmod each module named in LIST
+  for m in $(cat "$1"); do
+    if ! insmod /lib/modules/$m.ko 2>/tmp/insmod.err; then
+      [ -d /sys/module/$m ] || { echo "DPFS-GUEST-ERROR insmod $m: $(cat /tmp/insmod.err)"; finish 123; }
+    fi
+  done
+}
+load_modules /etc/dpfs-modules
 
-[ -n "$tag" ] || { echo "DPFS-GUEST-ERROR no dpfs.tag= on the kernel command line"; finish 123; }
-mounted=0
-i=0
-while [ $i -lt 20 ]; do  # the device probes at insmod; retry briefly anyway
-  if mount -t virtiofs ${mopts:+-o "$mopts"} "$tag" /mnt 2>/tmp/mount.err; then
-    mounted=1; break
+if [ "$net" = 1 ]; then
+  [ -f /etc/dpfs-nfs-modules ] || { echo "DPFS-GUEST-ERROR dpfs.net=1 but no nfs.cpio in the initramfs"; finish 123; }
+  load_modules /etc/dpfs-nfs-modules
+  # QEMU's user network: the guest is 10.0.2.15, the host's loopback 10.0.2.2.
+  ip link set lo up
+  if ! { ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up &&
+         ip route add default via 10.0.2.2; } 2>/tmp/net.err; then
+    echo "DPFS-GUEST-ERROR network setup: $(cat /tmp/net.err)"; finish 123
   fi
-  i=$((i + 1)); usleep 100000
-done
-if [ $mounted != 1 ]; then
-  echo "DPFS-GUEST-ERROR mount -t virtiofs $tag /mnt: $(cat /tmp/mount.err)"
+fi
+
+retry_mount() {  # retry_mount WHAT COMMAND...: the device probes at insmod; retry briefly anyway
+  what=$1; shift
+  i=0
+  while [ $i -lt 20 ]; do
+    "$@" 2>/tmp/mount.err && return 0
+    i=$((i + 1)); usleep 100000
+  done
+  echo "DPFS-GUEST-ERROR $what: $(cat /tmp/mount.err)"
   finish 123
+}
+if [ -n "$nfs" ]; then
+  retry_mount "mount-nfs $nfs /mnt $nfs_opts" mount-nfs "$nfs" /mnt "$nfs_opts"
+else
+  [ -n "$tag" ] || { echo "DPFS-GUEST-ERROR no dpfs.tag= on the kernel command line"; finish 123; }
+  retry_mount "mount -t virtiofs $tag /mnt" mount -t virtiofs ${mopts:+-o "$mopts"} "$tag" /mnt
 fi
 
 # Which boot is this? Boot 1 of a --reboot run leaves a marker with the run id
@@ -205,6 +240,22 @@ INIT
 chmod 755 "$root/init"
 
 (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) >"$tmp/base.cpio"
+
+# ---- nfs ---------------------------------------------------------------------
+# The NIC and NFS client modules not in base.cpio, in dependency order, and
+# the mount helper (busybox's mount cannot mount NFS).
+order=()
+for m in "${wanted_nfs_modules[@]}"; do add_module "$m"; done
+nroot=$tmp/nfs-root
+mkdir -p "$nroot/etc" "$nroot/bin"
+if ! command -v gcc >/dev/null; then
+  log "no gcc: no nfs.cpio, run-guest.sh --net/--nfs will not work (apt-get install gcc libc6-dev)"
+elif ! gcc -static -O2 -Wall -Wextra -Werror -o "$nroot/bin/mount-nfs" "$here/mount-nfs.c" 2>"$tmp/gcc.err"; then
+  log "cannot build mount-nfs (no nfs.cpio): $(head -n 3 "$tmp/gcc.err")"
+else
+  copy_modules "$nroot" "$nroot/etc/dpfs-nfs-modules"
+  (cd "$nroot" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) >"$tmp/nfs.cpio"
+fi
 
 # ---- fio -------------------------------------------------------------------
 if [[ -n $fio ]]; then
@@ -253,7 +304,7 @@ else
 fi
 echo "$kver" >"$tmp/kernel-version"
 touch "$tmp/.complete"
-rm -rf "$tmp/root" "$tmp/fio-root"
+rm -rf "$tmp/root" "$tmp/fio-root" "$tmp/nfs-root" "$tmp/gcc.err"
 trap - EXIT
 mv "$tmp" "$out"
 # Older builds for this kernel (other script versions) are dead weight.

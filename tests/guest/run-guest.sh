@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Boots a Linux guest under QEMU with a vhost-user-fs device on SOCK, mounts
-# TAG at /mnt, runs a workload script there, and exits with its status.
+# TAG at /mnt (or, with --nfs, an NFS export with the guest kernel's own NFS
+# client), runs a workload script there, and exits with its status.
 # See README.md in this directory.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 usage: run-guest.sh --socket SOCK --tag TAG [options]
+       run-guest.sh --nfs SERVER:/PATH [--nfs-opts OPTS] [options]
   --socket SOCK      vhost-user socket of the file system daemon (must exist or appear)
   --tag TAG          virtio-fs tag (the daemon's; at most 36 bytes)
+  --net              give the guest a NIC on QEMU's user network (virtio-net):
+                     it is 10.0.2.15, the host's 127.0.0.1 is 10.0.2.2 from it
+  --nfs SRV:/PATH    mount this NFS export at /mnt with the guest kernel's NFS
+                     client instead of a virtio-fs tag (implies --net; no
+                     --socket/--tag); e.g. 10.0.2.2:/srv/export
+  --nfs-opts OPTS    the kernel's NFS mount options (nfs(5)), default
+                     vers=3,proto=tcp,mountproto=tcp,nolock,port=2049;
+                     e.g. vers=4.0,proto=tcp,port=2049 (addr= is added)
   --workload FILE    shell script run in the guest (busybox sh, cwd /mnt);
                      without it the guest mounts, unmounts and powers off
   --mem SIZE         guest memory, shared memfd (default 512M)
@@ -40,12 +50,16 @@ usage_err() { echo "run-guest: $*" >&2; usage >&2; exit 2; }
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 sock= tag= workload= mem=512M smp=1 queues= qsize= packed=0 kvm=0 timeout=300 reboot=0
-fio=auto append= keep_log= quiet=0 sock_wait=10
+fio=auto append= keep_log= quiet=0 sock_wait=10 net=0 nfs=
+nfs_opts=vers=3,proto=tcp,mountproto=tcp,nolock,port=2049
 bins=()
 while (($#)); do
   case $1 in
     --socket) sock=${2:?}; shift 2 ;;
     --tag) tag=${2:?}; shift 2 ;;
+    --net) net=1; shift ;;
+    --nfs) nfs=${2:?}; net=1; shift 2 ;;
+    --nfs-opts) nfs_opts=${2:?}; shift 2 ;;
     --workload) workload=${2:?}; shift 2 ;;
     --mem) mem=${2:?}; shift 2 ;;
     --smp) smp=${2:?}; shift 2 ;;
@@ -66,10 +80,17 @@ while (($#)); do
     *) usage_err "unknown argument: $1" ;;
   esac
 done
-[[ -n $sock ]] || usage_err "--socket is required"
-[[ -n $tag ]] || usage_err "--tag is required"
-((${#tag} <= 36)) || usage_err "tag longer than 36 bytes: $tag"
-[[ $tag =~ ^[A-Za-z0-9._:-]+$ ]] || usage_err "tag must be [A-Za-z0-9._:-]+ (it goes on the kernel command line): $tag"
+if [[ -n $nfs ]]; then
+  [[ -z $sock && -z $tag ]] || usage_err "--nfs mounts an NFS export instead of a virtio-fs tag: no --socket/--tag"
+  # Both go on the kernel command line: no spaces.
+  [[ $nfs =~ ^[0-9.]+:/[^[:space:]]*$ ]] || usage_err "--nfs wants IPv4-ADDRESS:/PATH without spaces: $nfs"
+  [[ $nfs_opts =~ ^[^[:space:]]+$ ]] || usage_err "--nfs-opts wants OPTION,OPTION,... without spaces"
+else
+  [[ -n $sock ]] || usage_err "--socket is required"
+  [[ -n $tag ]] || usage_err "--tag is required"
+  ((${#tag} <= 36)) || usage_err "tag longer than 36 bytes: $tag"
+  [[ $tag =~ ^[A-Za-z0-9._:-]+$ ]] || usage_err "tag must be [A-Za-z0-9._:-]+ (it goes on the kernel command line): $tag"
+fi
 [[ $timeout =~ ^[0-9]+$ ]] || usage_err "--timeout wants seconds"
 [[ -z $queues || $queues =~ ^[1-9][0-9]*$ ]] || usage_err "--queues wants a positive number"
 [[ -z $qsize || $qsize =~ ^[1-9][0-9]*$ ]] || usage_err "--queue-size wants a positive number"
@@ -96,6 +117,9 @@ fi
 if [[ $fio == 1 && ! -f $cache/fio.cpio ]]; then
   die "fio wanted in the guest but not installed on the host: apt-get install fio"
 fi
+if ((net)) && [[ ! -f $cache/nfs.cpio ]]; then
+  die "--net/--nfs need $cache/nfs.cpio, which build-initramfs.sh makes only with gcc and a static libc: apt-get install gcc libc6-dev"
+fi
 
 # ---- --bin: one cached cpio per binary ----------------------------------------
 # $cache/bin/<sha256>-<name>.cpio holds the binary at /usr/local/bin/<name> and
@@ -113,6 +137,9 @@ bin_cpio() {  # bin_cpio PATH: prints the cpio's path
     mkdir -p "$tmp/root/usr/local/bin"
     cp "$(readlink -f "$b")" "$tmp/root/usr/local/bin/$name"
     chmod 755 "$tmp/root/usr/local/bin/$name"
+    # Debug info is of no use in the guest and fills its memory (the
+    # integration tests: 38 MB, 3 MB without).
+    if command -v strip >/dev/null; then strip --strip-debug "$tmp/root/usr/local/bin/$name"; fi
     if libs=$(ldd "$b" 2>&1); then
       if grep -q 'not found' <<<"$libs"; then
         rm -rf "$tmp"; die "--bin $b: ldd cannot resolve: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
@@ -165,20 +192,29 @@ fi
 (cd "$work/extra" && find . -print0 | cpio --null -o -H newc --quiet -R 0:0) >"$work/extra.cpio"
 parts=("$cache/base.cpio")
 ((fio)) && parts+=("$cache/fio.cpio")
+((net)) && parts+=("$cache/nfs.cpio")
 parts+=(${bin_parts[@]+"${bin_parts[@]}"})
 parts+=("$work/extra.cpio")
 cat "${parts[@]}" >"$work/initrd"
 
 # ---- the socket ------------------------------------------------------------------
-for ((i = 0; i < sock_wait * 10; i++)); do
-  [[ -S $sock ]] && break
-  sleep 0.1
-done
-[[ -S $sock ]] || die "no vhost-user socket at $sock (is the daemon running?)"
+if [[ -z $nfs ]]; then
+  for ((i = 0; i < sock_wait * 10; i++)); do
+    [[ -S $sock ]] && break
+    sleep 0.1
+  done
+  [[ -S $sock ]] || die "no vhost-user socket at $sock (is the daemon running?)"
+fi
 
 # ---- QEMU --------------------------------------------------------------------------
 run_id=$(printf '%08x%04x' "$(date +%s)" "$$")
-cmdline="console=ttyS0 quiet loglevel=4 panic=-1 edd=off dpfs.tag=$tag dpfs.run=$run_id"
+cmdline="console=ttyS0 quiet loglevel=4 panic=-1 edd=off dpfs.run=$run_id"
+if [[ -n $nfs ]]; then
+  cmdline+=" dpfs.nfs=$nfs dpfs.nfs_opts=$nfs_opts"
+else
+  cmdline+=" dpfs.tag=$tag"
+fi
+((net)) && cmdline+=" dpfs.net=1"
 ((reboot)) && cmdline+=" dpfs.reboot=1"
 [[ -n $append ]] && cmdline+=" $append"
 
@@ -200,8 +236,9 @@ qargs=(
   "${accel[@]}" -smp "$smp" -m "$mem"
   -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem
   -kernel "$kernel" -initrd "$work/initrd" -append "$cmdline"
-  -chardev "socket,id=vfs,path=$sock" -device "$dev"
 )
+[[ -z $nfs ]] && qargs+=(-chardev "socket,id=vfs,path=$sock" -device "$dev")
+((net)) && qargs+=(-nic user,model=virtio-net-pci)
 ((reboot)) || qargs+=(-no-reboot)
 
 : >"$work/console.log"

@@ -11,6 +11,10 @@
 // DPFS_TEST_ON_TMPFS=1 runs the same tests on a tmpfs mount instead of dpfs:
 // a way to check the tests themselves against a file system the kernel owns.
 // DPFS_TEST_EXPORT_TMPFS=1 puts that directory on a tmpfs of its own.
+// DPFS_TEST_ON_DIR=/path runs them, as on tmpfs, on a file system this
+// process did not mount (the kernel's NFS client in a guest,
+// tests/guest/nfs-reference.sh): wherever a tmpfs would be mounted, a fresh
+// subdirectory of /path is bind-mounted instead (and left there).
 // DPFS_TEST_SERVE_ARGS="--writeback-cache true" adds options to the daemon
 // of every MountTest suite. DPFS_TEST_BINARY=path runs another build of the daemon (say, with
 // sanitizers) instead of the one the tests were compiled against.
@@ -671,9 +675,15 @@ inline std::string dpfs_binary() {
   return v && *v ? v : DPFS_BINARY;
 }
 
+// $DPFS_TEST_ON_DIR, or nullptr.
+inline const char* on_dir() {
+  const char* v = std::getenv("DPFS_TEST_ON_DIR");
+  return v && *v ? v : nullptr;
+}
+
 inline bool on_tmpfs() {
   const char* v = std::getenv("DPFS_TEST_ON_TMPFS");
-  return v && *v && std::string(v) != "0";
+  return (v && *v && std::string(v) != "0") || on_dir();
 }
 
 // "" if this process can mount FUSE file systems; otherwise why not.
@@ -926,11 +936,25 @@ class Mount {
     return args;
   }
 
-  // Mounts a tmpfs on dir() instead (for checking the tests themselves).
+  // Mounts a tmpfs on dir() instead (for checking the tests themselves),
+  // or binds a fresh directory of $DPFS_TEST_ON_DIR there.
   std::string start_tmpfs(const std::string& options = "mode=0755") {
     if (base_.empty()) return "mkdtemp failed";
+    if (const char* root = on_dir()) return start_bind(root);
     if (::mount("tmpfs", dir_.c_str(), "tmpfs", 0, options.c_str()) != 0) {
       return "mount tmpfs on " + dir_ + ": " + errname(errno);
+    }
+    tmpfs_ = true;
+    return "";
+  }
+
+  // Bind-mounts a fresh directory of `root` on dir().
+  std::string start_bind(const std::string& root) {
+    std::string fresh = root + "/dpfs-itest.XXXXXX";
+    if (::mkdtemp(fresh.data()) == nullptr) return "mkdtemp in " + root + ": " + errname(errno);
+    ::chmod(fresh.c_str(), 0755);
+    if (::mount(fresh.c_str(), dir_.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+      return "bind-mount " + fresh + " on " + dir_ + ": " + errname(errno);
     }
     tmpfs_ = true;
     return "";
