@@ -47,7 +47,7 @@ nfs_excluded+=":PosixTest.UtimensatNoFollowChangesTheLink:PosixTest.StatfsAndFre
 nfs_excluded+=":PosixTest.WriteAndTruncateByNonRootDropPrivileges"
 step "POSIX suites on the NFS backend, NFSv3 (ganesha on loopback)"
 DPFS_TEST_BACKEND='nfs://127.0.0.1{dir}?version=3' build/dpfs_integration_tests \
-  --gtest_filter="PosixTest.*:IoTest.*:ReaddirTest.*:LockTest.*:ConcurrencyTest.*-${nfs_excluded}:PosixTest.SymlinkTargetPreservedExactly:PosixTest.UtimensatExplicitNanoseconds"
+  --gtest_filter="PosixTest.*:IoTest.*:ReaddirTest.*:LockTest.*:ConcurrencyTest.*-${nfs_excluded}:PosixTest.UtimensatExplicitNanoseconds"
 step "POSIX suites on the NFS backend, NFSv4"
 DPFS_TEST_BACKEND='nfs://127.0.0.1{dir}?version=4' build/dpfs_integration_tests \
   --gtest_filter="PosixTest.*:IoTest.*:ReaddirTest.*:LockTest.*:ConcurrencyTest.*-${nfs_excluded}"

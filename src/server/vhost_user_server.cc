@@ -115,10 +115,12 @@ void VhostUserServer::stop() {
     [[maybe_unused]] const ssize_t n = ::write(stop_fd_.get(), &one, sizeof(one));
   }
   if (thread_.joinable()) thread_.join();
-  // The connection is closed (device.disconnect() stopped its queues). A
-  // backend may still hold replies (a SETLKW waiter); its destructor answers
-  // them through the device: so the backend goes first, then the device
-  // (which joins its workers), then the socket.
+  // The connection is closed (device.disconnect() stopped its queues). The
+  // workers end first, each giving up the state the backend keeps on it (an
+  // NFS connection it drives). A backend may still hold replies (a SETLKW
+  // waiter); its destructor answers them through the device: so the backend
+  // goes next, then the device, then the socket.
+  if (device_) device_->stop_workers();
   if (backend_) final_backend_stats_ = backend_->stats();
   backend_.reset();
   if (forwarder_) forwarder_->stop();  // answers what is in flight (EIO)

@@ -130,7 +130,10 @@ class FsDevice::Worker {
     thread_ = std::thread([this] { run(); });
   }
 
-  ~Worker() {
+  ~Worker() { join(); }
+
+  // Ends the thread (which first drops its backend hook). Idempotent.
+  void join() {
     stop_.store(true);
     wake();
     if (thread_.joinable()) thread_.join();
@@ -456,8 +459,14 @@ int FsDevice::set_features(uint64_t features) {
   return 0;
 }
 
+void FsDevice::stop_workers() {
+  for (auto& w : workers_) w->join();
+  workers_stopped_ = true;
+}
+
 void FsDevice::pause() {
-  if (pause_depth_++ > 0) return;
+  // Workers that ended are paused for good.
+  if (pause_depth_++ > 0 || workers_stopped_) return;
   std::unique_lock lock(pause_mu_);
   pause_requested_.store(true);
   for (auto& w : workers_) w->wake();

@@ -65,6 +65,13 @@ class FsDevice final : public VhostUserDevice {
   FsDevice& operator=(const FsDevice&) = delete;
   ~FsDevice() override;
 
+  // Ends the worker threads, each after dropping its backend hook (the
+  // backend's state on that worker: an NFS connection it drives, an
+  // io_uring ring) on its own thread. Call before the backend goes, with
+  // the front-end gone; the device itself stays, to take replies the
+  // backend answers as it goes (they are no longer published).
+  void stop_workers();
+
   // VhostUserDevice: called by the Connection on the control thread;
   // 0 or a negative errno.
   uint64_t features() const override;
@@ -120,6 +127,7 @@ class FsDevice final : public VhostUserDevice {
   std::atomic<bool> pause_requested_{false};  // set under pause_mu_
   unsigned paused_workers_ = 0;   // guarded by pause_mu_
   unsigned pause_depth_ = 0;      // control thread only
+  bool workers_stopped_ = false;  // control thread only: stop_workers() ran
 };
 
 }  // namespace dpfs::vhost_user

@@ -67,9 +67,10 @@ std::string gather(std::span<const iovec> src, size_t at, size_t len) {
 constexpr std::string_view kHiddenPrefix = ".dpfs-removed-";
 
 // RFC 1813 has no limit, but Linux's NFS client refuses longer symlink
-// targets than NFS3_MAXPATHLEN with ENAMETOOLONG, and servers do too.
-// NFSv4 has none (linktext4): the server's file system has its own.
-constexpr size_t kMaxSymlinkV3 = 1024;
+// targets than NFS3_MAXPATHLEN (PATH_MAX, 4096) with ENAMETOOLONG, and
+// servers do too. NFSv4 has none (linktext4): the server's file system has
+// its own.
+constexpr size_t kMaxSymlinkV3 = 4096;
 
 // What a write or truncation by a caller without CAP_FSETID leaves of a
 // mode, as the Linux VFS does: set-user-ID goes, and set-group-ID on a

@@ -20,6 +20,7 @@
 #include <stdexcept>
 
 #include "backend/nfs/connection.h"
+#include "backend/nfs/large_call.h"
 
 namespace dpfs::nfs {
 
@@ -379,6 +380,13 @@ void Nfs3::create(Connection& conn, const std::string& dir, const std::string& n
         a.where = where;
         a.symlink.symlink_attributes = sattr;
         a.symlink.symlink_data = const_cast<char*>(spec.target.c_str());
+        // A long target does not fit libnfs's 4 KiB encode buffer.
+        if (spec.target.size() > 1024) {
+          return send_large_call(rpc, NFS_PROGRAM, NFS_V3, NFS3_SYMLINK, cb, p,
+                                 reinterpret_cast<zdrproc_t>(&zdr_SYMLINK3args), &a,
+                                 reinterpret_cast<zdrproc_t>(&zdr_SYMLINK3res),
+                                 int(sizeof(SYMLINK3res)), spec.target.size());
+        }
         return rpc_nfs3_symlink_async(rpc, cb, &a, p);
       }
       case S_IFREG: {

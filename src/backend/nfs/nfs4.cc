@@ -21,46 +21,20 @@
 #include <optional>
 
 #include "backend/nfs/connection.h"
+#include "backend/nfs/large_call.h"
 #include "backend/nfs/nfs3.h"
-
-// libnfs 4.0 encodes a COMPOUND into a buffer of ZDR_ENCODEBUF_MINSIZE (4
-// KiB) unless told to make it larger, and rpc_nfs4_compound_async() cannot
-// be told: a WRITE's data does not fit. What libnfs's own
-// rpc_nfs4_compound_async2 (not exported in 4.0) does is done here, with the
-// functions it does export and the head of its struct rpc_pdu
-// (libnfs-private.h of libnfs 4.0, built without Kerberos as Debian 12's is:
-// {next, xid, ZDR zdr, ...}).
-extern "C" {
-struct rpc_pdu;
-struct rpc_pdu* rpc_allocate_pdu2(struct rpc_context* rpc, int program, int version, int procedure,
-                                  rpc_cb cb, void* private_data, zdrproc_t zdr_decode_fn,
-                                  int zdr_decode_bufsize, size_t alloc_hint);
-int rpc_queue_pdu(struct rpc_context* rpc, struct rpc_pdu* pdu);
-void rpc_free_pdu(struct rpc_context* rpc, struct rpc_pdu* pdu);
-}
 
 namespace dpfs::nfs {
 namespace {
-
-struct PduHead {
-  struct rpc_pdu* next;
-  uint32_t xid;
-  ZDR zdr;
-};
 
 // rpc_nfs4_compound_async with room for `extra` bytes of arguments.
 int send_compound(rpc_context* rpc, rpc_cb cb, COMPOUND4args* args, void* private_data,
                   size_t extra) {
   if (extra == 0) return rpc_nfs4_compound_async(rpc, cb, args, private_data);
-  rpc_pdu* pdu = rpc_allocate_pdu2(rpc, NFS4_PROGRAM, NFS_V4, NFSPROC4_COMPOUND, cb, private_data,
-                                   reinterpret_cast<zdrproc_t>(&zdr_COMPOUND4res),
-                                   int(sizeof(COMPOUND4res)), extra);
-  if (pdu == nullptr) return -1;
-  if (zdr_COMPOUND4args(&reinterpret_cast<PduHead*>(pdu)->zdr, args) == 0) {
-    rpc_free_pdu(rpc, pdu);
-    return -1;
-  }
-  return rpc_queue_pdu(rpc, pdu) == 0 ? 0 : -1;
+  return send_large_call(rpc, NFS4_PROGRAM, NFS_V4, NFSPROC4_COMPOUND, cb, private_data,
+                         reinterpret_cast<zdrproc_t>(&zdr_COMPOUND4args), args,
+                         reinterpret_cast<zdrproc_t>(&zdr_COMPOUND4res),
+                         int(sizeof(COMPOUND4res)), extra);
 }
 
 }  // namespace
