@@ -35,11 +35,29 @@ bool gives_entry(uint32_t opcode) {
 
 }  // namespace
 
-void LookupLedger::on_reply(uint32_t opcode, std::span<const uint8_t> reply) {
-  if (!gives_entry(opcode) && opcode != FUSE_READDIRPLUS) return;
+void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply) {
+  const bool opens = opcode == FUSE_OPEN || opcode == FUSE_OPENDIR || opcode == FUSE_CREATE;
+  if (!gives_entry(opcode) && opcode != FUSE_READDIRPLUS && !opens) return;
   fuse_out_header out;
   if (!read_at(reply, 0, &out) || out.error != 0) return;
   size_t at = sizeof(out);
+  if (opens) {
+    // CREATE: fuse_entry_out, then fuse_open_out (the new file's handle).
+    fuse_entry_out entry{};
+    if (opcode == FUSE_CREATE) {
+      if (!read_at(reply, at, &entry)) return;
+      nodeid = entry.nodeid;
+      at += sizeof(entry);
+    }
+    fuse_open_out open;
+    if (read_at(reply, at, &open)) {
+      std::lock_guard lock(mu_);
+      open_[open.fh] = {nodeid, open.fh, opcode == FUSE_OPENDIR};
+    }
+    if (opcode != FUSE_CREATE) return;
+    if (entry.nodeid != 0) add(entry.nodeid);
+    return;
+  }
   if (gives_entry(opcode)) {
     fuse_entry_out entry;
     // nodeid 0: a negative entry, no lookup.
@@ -80,6 +98,31 @@ void LookupLedger::on_forget(std::span<uint8_t> request) {
     std::memcpy(request.data() + entry, &one, sizeof(one));
     entry += sizeof(one);
   }
+}
+
+void LookupLedger::on_release(std::span<const uint8_t> request) {
+  fuse_in_header h;
+  fuse_release_in a;
+  if (!read_at(request, 0, &h) || (h.opcode != FUSE_RELEASE && h.opcode != FUSE_RELEASEDIR) ||
+      !read_at(request, sizeof(h), &a)) {
+    return;
+  }
+  std::lock_guard lock(mu_);
+  open_.erase(a.fh);
+}
+
+std::vector<LookupLedger::OpenHandle> LookupLedger::take_handles() {
+  std::lock_guard lock(mu_);
+  std::vector<OpenHandle> all;
+  all.reserve(open_.size());
+  for (const auto& [fh, handle] : open_) all.push_back(handle);
+  open_.clear();
+  return all;
+}
+
+size_t LookupLedger::handles() const {
+  std::lock_guard lock(mu_);
+  return open_.size();
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> LookupLedger::take_all() {

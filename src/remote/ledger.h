@@ -1,4 +1,5 @@
-// The lookups one remote session holds on the server's shared backend.
+// The lookups and open handles one remote session holds on the server's
+// shared backend.
 //
 // Every device connected to a server has a FUSE session of its own there,
 // and all of them share one backend, whose lookup counts (backend.h) sum
@@ -8,7 +9,11 @@
 // session's. The ledger counts, per inode, the lookups the session's
 // replies gave out (from the FUSE reply bytes the server sends), trims each
 // FORGET the device sends to what the session holds, and hands the rest
-// back when the session ends.
+// back when the session ends. Open handles likewise: those its OPEN,
+// OPENDIR and CREATE replies gave out, less those the device RELEASEd, are
+// closed on the backend when the session ends (else a device that vanishes
+// with files open would keep them -- descriptors, storage of unlinked
+// files -- for the server's lifetime).
 //
 // Safe for concurrent use.
 #pragma once
@@ -25,11 +30,25 @@ namespace dpfs::remote {
 
 class LookupLedger {
  public:
-  // A reply the session sent to a request of `opcode`: LOOKUP, MKNOD,
-  // MKDIR, SYMLINK, LINK, CREATE, TMPFILE and READDIRPLUS give out lookups
-  // (backend.h); others nothing. `reply` is the whole FUSE reply
-  // (fuse_out_header first), as the server's session encoded it.
-  void on_reply(uint32_t opcode, std::span<const uint8_t> reply);
+  // A reply the session sent to a request of `opcode` on `nodeid`: LOOKUP,
+  // MKNOD, MKDIR, SYMLINK, LINK, CREATE, TMPFILE and READDIRPLUS give out
+  // lookups (backend.h); OPEN, OPENDIR and CREATE an open handle. `reply` is
+  // the whole FUSE reply (fuse_out_header first), as the server's session
+  // encoded it.
+  void on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply);
+
+  // A RELEASE or RELEASEDIR request from the device (fuse_in_header first):
+  // its handle is no longer the session's to close.
+  void on_release(std::span<const uint8_t> request);
+
+  struct OpenHandle {
+    uint64_t ino = 0;
+    uint64_t fh = 0;
+    bool directory = false;
+  };
+  // Empties the open handles: what the session's end must release.
+  std::vector<OpenHandle> take_handles();
+  size_t handles() const;
 
   // A FORGET or BATCH_FORGET request from the device (fuse_in_header
   // first), rewritten in place: each count is cut to what the session holds
@@ -51,7 +70,8 @@ class LookupLedger {
   uint64_t remove(uint64_t ino, uint64_t n);
 
   mutable std::mutex mu_;
-  std::unordered_map<uint64_t, uint64_t> held_;  // under mu_
+  std::unordered_map<uint64_t, uint64_t> held_;      // under mu_
+  std::unordered_map<uint64_t, OpenHandle> open_;    // by fh, under mu_
 };
 
 }  // namespace dpfs::remote

@@ -116,12 +116,15 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
     char* in_buf() { return in_buf_.get(); }
     // The FUSE opcode, once the request is read (0 if it has no header).
     uint32_t opcode() const { return opcode_; }
-    void set_opcode(uint32_t opcode) { opcode_ = opcode; }
+    void set_header(uint32_t opcode, uint64_t nodeid) {
+      opcode_ = opcode;
+      nodeid_ = nodeid;
+    }
 
     void complete(size_t reply_len) override {
       std::shared_ptr<Connection> conn = std::move(owner_);
       conn->session_->ledger.on_reply(
-          opcode_, {reinterpret_cast<const uint8_t*>(out_buf_.get()), reply_len});
+          opcode_, nodeid_, {reinterpret_cast<const uint8_t*>(out_buf_.get()), reply_len});
       conn->send_reply(id_, out_buf_.get(), reply_len);
       conn->release(this);
       // `conn` may be the last reference: the pool and this object go with
@@ -139,6 +142,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
 
     uint64_t id_ = 0;
     uint32_t opcode_ = 0;
+    uint64_t nodeid_ = 0;
     std::unique_ptr<char[]> in_buf_, out_buf_;
     size_t in_cap_ = 0, out_cap_ = 0;
     iovec in_iov_{}, out_iov_{};
@@ -151,7 +155,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
   // session awaits a new INIT.
   void end_session() {
     spdlog::info("remote: peer {}: session {:016x} ended by DESTROY", peer_, session_->id);
-    server_.release(*session_);
+    server_.release(session_);
     session_->fuse->reset();
   }
   // Logs why the connection ends (one line) and tells the peer if it can.
@@ -328,7 +332,7 @@ void Server::Connection::run() {
       }
       fuse_in_header in{};
       std::memcpy(&in, r->in_buf(), std::min<size_t>(h.length, sizeof(in)));
-      if (h.length >= sizeof(in)) r->set_opcode(in.opcode);
+      if (h.length >= sizeof(in)) r->set_header(in.opcode, in.nodeid);
       // A replayed INIT that lost the race with another connection's, or
       // this session's end: answered here (header-only success).
       const bool replayed_init = h.id == kInitReplayId && fuse.initialized();
@@ -341,6 +345,9 @@ void Server::Connection::run() {
       }
       if (r->opcode() == FUSE_FORGET || r->opcode() == FUSE_BATCH_FORGET) {
         session_->ledger.on_forget({reinterpret_cast<uint8_t*>(r->in_buf()), h.length});
+      }
+      if (r->opcode() == FUSE_RELEASE || r->opcode() == FUSE_RELEASEDIR) {
+        session_->ledger.on_release({reinterpret_cast<const uint8_t*>(r->in_buf()), h.length});
       }
       r->owner_ = shared_from_this();
       // No WorkerHook here (RequestHandler::attach_worker): this thread
@@ -505,8 +512,52 @@ std::shared_ptr<Server::Session> Server::session_for(uint64_t id, uint32_t max_w
   return session;
 }
 
-void Server::release(Session& session) {
-  for (const auto& [ino, n] : session.ledger.take_all()) backend_->forget(ino, n);
+namespace {
+
+// A RELEASE (or RELEASEDIR) the server makes up for a session that ended
+// with a handle open, handled by that session like the device's own. Its
+// reply goes nowhere; it frees itself, and keeps the session until then.
+class LeftOpenRelease final : public fuse::Request {
+ public:
+  LeftOpenRelease(std::shared_ptr<Server::Session> session, const LookupLedger::OpenHandle& open,
+                  uint64_t unique)
+      : session_(std::move(session)) {
+    fuse_in_header h{};
+    h.len = sizeof(in_);
+    h.opcode = open.directory ? FUSE_RELEASEDIR : FUSE_RELEASE;
+    h.unique = unique;
+    h.nodeid = open.ino;
+    fuse_release_in a{};
+    a.fh = open.fh;
+    std::memcpy(in_, &h, sizeof(h));
+    std::memcpy(in_ + sizeof(h), &a, sizeof(a));
+    in_iov_ = {in_, sizeof(in_)};
+    out_iov_ = {out_, sizeof(out_)};
+    in = std::span<const iovec>(&in_iov_, 1);
+    out = std::span<const iovec>(&out_iov_, 1);
+  }
+  void start() { session_->fuse->handle(*this); }
+  void complete(size_t) override { delete this; }
+
+ private:
+  std::shared_ptr<Server::Session> session_;
+  alignas(8) char in_[sizeof(fuse_in_header) + sizeof(fuse_release_in)];
+  alignas(8) char out_[sizeof(fuse_out_header)];
+  iovec in_iov_{}, out_iov_{};
+};
+
+}  // namespace
+
+void Server::release(const std::shared_ptr<Session>& session) {
+  // Handles first, as a kernel releases before it forgets.
+  const auto open = session->ledger.take_handles();
+  if (!open.empty()) {
+    spdlog::info("remote: session {:016x}: closing {} handle{} its device left open", session->id,
+                 open.size(), open.size() == 1 ? "" : "s");
+  }
+  uint64_t unique = uint64_t(1) << 63;  // not the device's: its requests carry its kernel's
+  for (const auto& handle : open) (new LeftOpenRelease(session, handle, ++unique))->start();
+  for (const auto& [ino, n] : session->ledger.take_all()) backend_->forget(ino, n);
 }
 
 void Server::expire_sessions() {
@@ -536,7 +587,7 @@ void Server::expire_sessions() {
         "remote: session {:016x}: its device has been gone for {} s; ended, lookups on {} "
         "inode{} given back",
         s->id, options_.session_grace_s, s->ledger.inodes(), s->ledger.inodes() == 1 ? "" : "s");
-    release(*s);
+    release(s);
   }
 }
 

@@ -112,8 +112,9 @@ class Server {
   // The session named `id`, created on first use; nullptr (and *why) if
   // there are too many sessions. REQUIRES: check_hello() accepted max_write.
   std::shared_ptr<Session> session_for(uint64_t id, uint32_t max_write, std::string* why);
-  // Gives the backend back the lookups `session` holds.
-  void release(Session& session);
+  // Closes the handles `session` left open and gives the backend back the
+  // lookups it holds.
+  void release(const std::shared_ptr<Session>& session);
   // Ends the sessions whose device has been gone past the grace period.
   void expire_sessions();
   void reap(bool all);

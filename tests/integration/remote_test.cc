@@ -547,6 +547,44 @@ TEST_F(RemoteTest, AVanishedDevicesLookupsAreGivenBackAfterTheGracePeriod) {
   EXPECT_EQ(read_file(mount_->dir() + "/after").value_or(""), "still here");
 }
 
+// A device that vanishes with files open (no RELEASE ever comes): when its
+// session ends, the server closes what it left open, so files deleted
+// meanwhile are freed and the backend keeps no handle of a gone device.
+TEST_F(RemoteTest, AVanishedDevicesOpenFilesAreClosedAfterTheGracePeriod) {
+  ASSERT_EQ(start_server({"--remote-session-grace", "0.5"}), "");
+  ASSERT_EQ(start_device(), "");
+  const uint64_t base = inodes_used(mount_->dir());
+  Mount other;
+  ASSERT_EQ(other.start_dpfs({"serve", "--backend",
+                              "remote://127.0.0.1:" + std::to_string(server_->port()),
+                              "--fuse-mount", other.dir()}),
+            "");
+  constexpr int kFiles = 8;
+  std::vector<Fd> open_files;
+  for (int i = 0; i < kFiles; ++i) {
+    const std::string name = other.dir() + "/open" + std::to_string(i);
+    ASSERT_EQ(write_file(name, "kept open"), 0);
+    open_files.emplace_back(::open(name.c_str(), O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(open_files.back().valid()) << errname(errno);
+  }
+  Fd open_dir(::open(other.dir().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(open_dir.valid()) << errname(errno);
+  ASSERT_EQ(::kill(other.pid(), SIGKILL), 0);
+  for (int i = 0; i < 100 && other.check_alive().empty(); ++i) std::this_thread::sleep_for(20ms);
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_EQ(::unlink((mount_->dir() + "/open" + std::to_string(i)).c_str()), 0)
+        << errname(errno);
+  }
+  uint64_t used = inodes_used(mount_->dir());
+  for (int i = 0; i < 100 && used != base; ++i) {
+    std::this_thread::sleep_for(50ms);
+    used = inodes_used(mount_->dir());
+  }
+  EXPECT_EQ(used, base) << "the vanished device's open files were not closed\n" << server_->log();
+  EXPECT_EQ(count(server_->log(), "closing 9 handles its device left open"), 1u)
+      << server_->log();
+}
+
 TEST_F(RemoteTest, ConnectionsCutAndRestoredKeepTheSession) {
   ASSERT_EQ(start_server(), "");
   ASSERT_EQ(start_device({"--remote-connections", "2"}), "");

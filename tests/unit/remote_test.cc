@@ -545,17 +545,17 @@ std::vector<uint8_t> direntplus_reply(const std::vector<std::pair<std::string, u
 
 TEST(RemoteLedger, CountsTheLookupsRepliesGiveOut) {
   LookupLedger ledger;
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(1, 10));
-  ledger.on_reply(FUSE_MKDIR, entry_reply(2, 10));
-  ledger.on_reply(FUSE_CREATE, entry_reply(3, 11));
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(4, 12, -ENOENT));  // an error gives nothing
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(5, 0));            // nor a negative entry
-  ledger.on_reply(FUSE_GETATTR, entry_reply(6, 13));          // nor another opcode
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(7, kRootIno));     // the root is never forgotten
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(1, 10));
+  ledger.on_reply(FUSE_MKDIR, 1, entry_reply(2, 10));
+  ledger.on_reply(FUSE_CREATE, 1, entry_reply(3, 11));
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(4, 12, -ENOENT));  // an error gives nothing
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(5, 0));            // nor a negative entry
+  ledger.on_reply(FUSE_GETATTR, 1, entry_reply(6, 13));          // nor another opcode
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(7, kRootIno));     // the root is never forgotten
   auto short_reply = entry_reply(8, 14);
   short_reply.resize(sizeof(fuse_out_header) + 8);
-  ledger.on_reply(FUSE_LOOKUP, short_reply);
-  ledger.on_reply(FUSE_READDIRPLUS, direntplus_reply({{".", 1}, {"..", 1}, {"x", 10}, {"y", 15}}));
+  ledger.on_reply(FUSE_LOOKUP, 1, short_reply);
+  ledger.on_reply(FUSE_READDIRPLUS, 1, direntplus_reply({{".", 1}, {"..", 1}, {"x", 10}, {"y", 15}}));
   EXPECT_EQ(ledger.held(10), 3u);
   EXPECT_EQ(ledger.held(11), 1u);
   EXPECT_EQ(ledger.held(15), 1u);
@@ -563,7 +563,7 @@ TEST(RemoteLedger, CountsTheLookupsRepliesGiveOut) {
   // A record cut off at the end of the reply is not counted.
   auto cut = direntplus_reply({{"z", 16}, {"w", 17}});
   cut.resize(cut.size() - 1);
-  ledger.on_reply(FUSE_READDIRPLUS, cut);
+  ledger.on_reply(FUSE_READDIRPLUS, 1, cut);
   EXPECT_EQ(ledger.held(16), 1u);
   EXPECT_EQ(ledger.held(17), 0u);
   EXPECT_EQ(ledger.inodes(), 4u);
@@ -573,10 +573,63 @@ TEST(RemoteLedger, CountsTheLookupsRepliesGiveOut) {
   EXPECT_EQ(ledger.inodes(), 0u);
 }
 
+// An OPEN, OPENDIR or CREATE reply: header, [fuse_entry_out,] fuse_open_out.
+std::vector<uint8_t> open_reply(uint32_t opcode, uint64_t fh, uint64_t created = 0,
+                                int32_t error = 0) {
+  std::vector<uint8_t> bytes(sizeof(fuse_out_header));
+  if (opcode == FUSE_CREATE) {
+    fuse_entry_out entry{};
+    entry.nodeid = created;
+    bytes.resize(bytes.size() + sizeof(entry));
+    std::memcpy(bytes.data() + sizeof(fuse_out_header), &entry, sizeof(entry));
+  }
+  fuse_open_out open{};
+  open.fh = fh;
+  const size_t at = bytes.size();
+  bytes.resize(at + sizeof(open));
+  std::memcpy(bytes.data() + at, &open, sizeof(open));
+  fuse_out_header out{uint32_t(bytes.size()), error, 3};
+  std::memcpy(bytes.data(), &out, sizeof(out));
+  return bytes;
+}
+
+// The handles a session's replies gave out, less those its device released,
+// are what its end must close.
+TEST(RemoteLedger, KeepsTheHandlesLeftOpen) {
+  LookupLedger ledger;
+  ledger.on_reply(FUSE_OPEN, 20, open_reply(FUSE_OPEN, 100));
+  ledger.on_reply(FUSE_OPENDIR, 21, open_reply(FUSE_OPENDIR, 101));
+  ledger.on_reply(FUSE_CREATE, 1, open_reply(FUSE_CREATE, 102, 22));
+  ledger.on_reply(FUSE_OPEN, 23, open_reply(FUSE_OPEN, 103, 0, -EACCES));  // refused: none
+  auto cut = open_reply(FUSE_OPEN, 104);
+  cut.resize(cut.size() - 1);
+  ledger.on_reply(FUSE_OPEN, 24, cut);  // too short: none
+  EXPECT_EQ(ledger.handles(), 3u);
+  EXPECT_EQ(ledger.held(22), 1u) << "CREATE also gives out a lookup";
+
+  fuse_release_in rel{};
+  rel.fh = 100;
+  ledger.on_release(RequestBuilder(FUSE_RELEASE, 20, 5).arg(rel).bytes());
+  rel.fh = 999;  // not this session's: nothing
+  ledger.on_release(RequestBuilder(FUSE_RELEASE, 20, 6).arg(rel).bytes());
+  EXPECT_EQ(ledger.handles(), 2u);
+
+  auto left = ledger.take_handles();
+  std::sort(left.begin(), left.end(), [](const auto& a, const auto& b) { return a.fh < b.fh; });
+  ASSERT_EQ(left.size(), 2u);
+  EXPECT_EQ(left[0].fh, 101u);
+  EXPECT_EQ(left[0].ino, 21u);
+  EXPECT_TRUE(left[0].directory);
+  EXPECT_EQ(left[1].fh, 102u);
+  EXPECT_EQ(left[1].ino, 22u) << "a created file's handle is on the new inode";
+  EXPECT_FALSE(left[1].directory);
+  EXPECT_EQ(ledger.handles(), 0u);
+}
+
 TEST(RemoteLedger, ForgetsAreCutToWhatTheSessionHolds) {
   LookupLedger ledger;
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(1, 10));
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(2, 10));
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(1, 10));
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(2, 10));
   fuse_forget_in f{1000};
   std::vector<uint8_t> forget = RequestBuilder(FUSE_FORGET, 10, 3).arg(f).bytes();
   ledger.on_forget(forget);
@@ -584,9 +637,9 @@ TEST(RemoteLedger, ForgetsAreCutToWhatTheSessionHolds) {
   EXPECT_EQ(f.nlookup, 2u);
   EXPECT_EQ(ledger.held(10), 0u);
 
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(4, 11));
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(5, 12));
-  ledger.on_reply(FUSE_LOOKUP, entry_reply(6, 12));
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(4, 11));
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(5, 12));
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(6, 12));
   // Three entries claimed, two carried: 1 of 11 (held 1), 5 of 12 (held 2).
   fuse_batch_forget_in b{3, 0};
   const fuse_forget_one ones[2] = {{11, 1}, {12, 5}};
