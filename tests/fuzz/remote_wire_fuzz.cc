@@ -184,6 +184,11 @@ void to_server(Input& in, bool initialized) {
       ledger.on_forget(bytes);
       require(ledger.inodes() <= held);  // a FORGET never adds
     }
+    if (opcode == FUSE_RELEASE || opcode == FUSE_RELEASEDIR) {
+      const size_t open = ledger.handles();
+      ledger.on_release(bytes);
+      require(ledger.handles() <= open);  // a RELEASE never adds
+    }
     iovec in_iov{bytes.data(), bytes.size()};
     iovec out_iov{reply.data(), std::min(h->reply_capacity, max_reply)};
     ServerRequest req;
@@ -196,7 +201,8 @@ void to_server(Input& in, bool initialized) {
       memfs.interrupt(fh.unique);
     }
     require(req.completions == 1);
-    ledger.on_reply(opcode, {reply.data(), req.reply_len});
+    ledger.on_reply(opcode, bytes.size() >= sizeof(fh) ? fh.nodeid : 0,
+                    {reply.data(), req.reply_len});
   }
   // The session's end, as the server ends it: what it holds goes back.
   for (const auto& [ino, n] : ledger.take_all()) memfs.forget(ino, n);
