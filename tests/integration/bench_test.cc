@@ -335,12 +335,21 @@ INSTANTIATE_TEST_SUITE_P(
       return n;
     });
 
-// Every case the tool knows is in the list above.
+// The race cases (tools/dpfs_bench/race.h).
+constexpr const char* kRaceCases[] = {
+    "race-mkdir",  "race-create", "race-mknod",  "race-symlink", "race-link",       "race-unlink",
+    "race-rename", "race-xattr",  "race-header", "race-sizes",   "race-descriptors"};
+
+// Every case the tool knows is in one of the lists above.
 TEST(BenchHostileList, AllCasesCovered) {
   const RunResult r = run({DPFS_BENCH, "--list-hostile"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   const auto lines = lines_of(r.out);
-  EXPECT_EQ(lines.size(), 17u) << r.out;
+  EXPECT_EQ(lines.size(), 17u + std::size(kRaceCases)) << r.out;
+  for (const char* c : kRaceCases) {
+    EXPECT_NE(r.out.find(std::string(c) + " "), std::string::npos) << c << " not listed:\n"
+                                                                   << r.out;
+  }
 }
 
 // The same driver against QEMU's virtiofsd: set-up, INIT, reads and writes
