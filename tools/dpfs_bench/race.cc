@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string_view>
 #include <system_error>
@@ -924,18 +925,27 @@ std::unique_ptr<Prep> prepare(Device& d, const HostileOptions& o) {
   return p;
 }
 
-// The names the device serves at its root must be names: no '/'. "" or
-// the first few bad ones (each once) and how many there are.
-std::string names_with_slash(Sync& sync) {
+// The names the device serves at its root must be names (no '/') and each
+// listed once. "" or the first few bad ones and how many there are.
+std::string bad_names(Sync& sync) {
   std::vector<std::string> bad;
-  size_t count = 0;
-  for (const std::string& n : sync.list(FUSE_ROOT_ID)) {
-    if (n.find('/') == std::string::npos && !n.empty()) continue;
-    ++count;
+  size_t slashes = 0, twice = 0;
+  std::set<std::string> seen;
+  auto note = [&](const std::string& n) {
     if (bad.size() < 4 && std::find(bad.begin(), bad.end(), n) == bad.end()) bad.push_back(n);
+  };
+  for (const std::string& n : sync.list(FUSE_ROOT_ID)) {
+    if (n.find('/') != std::string::npos || n.empty()) {
+      ++slashes;
+      note(n);
+    } else if (!seen.insert(n).second) {
+      ++twice;
+      note(n);
+    }
   }
-  if (count == 0) return "";
-  std::string text = fmt::format("{} entries, among them", count);
+  if (slashes == 0 && twice == 0) return "";
+  std::string text = fmt::format(
+      "the root now lists {} names with a '/' and {} names twice, among them", slashes, twice);
   for (const std::string& n : bad) text += " '" + n + "'";
   return text;
 }
@@ -989,11 +999,11 @@ RaceResult run_names(Device& d, const HostileOptions& o,
     return r;
   }
   try {
-    if (std::string bad = names_with_slash(p->sync); !bad.empty()) {
+    if (std::string bad = bad_names(p->sync); !bad.empty()) {
       r.failed = true;
-      r.what += "; the root now holds names with a '/': " + bad;
+      r.what += "; " + bad;
     } else {
-      r.what += "; no name with a '/'";
+      r.what += "; no name with a '/', none listed twice";
     }
     if (after) {
       if (std::string e = after(*p); !e.empty()) {
