@@ -38,7 +38,9 @@ bool gives_entry(uint32_t opcode) {
 }  // namespace
 
 void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply) {
-  const bool opens = opcode == FUSE_OPEN || opcode == FUSE_OPENDIR || opcode == FUSE_CREATE;
+  // CREATE and TMPFILE reply with an entry and an open handle.
+  const bool creates = opcode == FUSE_CREATE || opcode == FUSE_TMPFILE;
+  const bool opens = opcode == FUSE_OPEN || opcode == FUSE_OPENDIR || creates;
   if (!gives_entry(opcode) && opcode != FUSE_READDIRPLUS && !opens) return;
   fuse_out_header out;
   if (!read_at(reply, 0, &out)) return;
@@ -50,9 +52,9 @@ void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const ui
   if (out.error != 0) return;
   size_t at = sizeof(out);
   if (opens) {
-    // CREATE: fuse_entry_out, then fuse_open_out (the new file's handle).
+    // CREATE, TMPFILE: fuse_entry_out, then fuse_open_out (the new file's handle).
     fuse_entry_out entry{};
-    if (opcode == FUSE_CREATE) {
+    if (creates) {
       if (!read_at(reply, at, &entry)) return;
       nodeid = entry.nodeid;
       at += sizeof(entry);
@@ -64,7 +66,7 @@ void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const ui
       o.handle = {nodeid, open.fh, opcode == FUSE_OPENDIR};
       ++o.count;
     }
-    if (opcode != FUSE_CREATE) return;
+    if (!creates) return;
     if (entry.nodeid != 0) add(entry.nodeid);
     return;
   }

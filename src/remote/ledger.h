@@ -10,7 +10,7 @@
 // replies gave out (from the FUSE reply bytes the server sends), trims each
 // FORGET the device sends to what the session holds, and hands the rest
 // back when the session ends. Open handles likewise: those its OPEN,
-// OPENDIR and CREATE replies gave out, less those the device RELEASEd, are
+// OPENDIR, CREATE and TMPFILE replies gave out, less those the device RELEASEd, are
 // closed on the backend when the session ends (else a device that vanishes
 // with files open would keep them -- descriptors, storage of unlinked
 // files -- for the server's lifetime).
@@ -37,7 +37,7 @@ class LookupLedger {
  public:
   // A reply the session sent to a request of `opcode` on `nodeid`: LOOKUP,
   // MKNOD, MKDIR, SYMLINK, LINK, CREATE, TMPFILE and READDIRPLUS give out
-  // lookups (backend.h); OPEN, OPENDIR and CREATE an open handle. `reply` is
+  // lookups (backend.h); OPEN, OPENDIR, CREATE and TMPFILE an open handle. `reply` is
   // the whole FUSE reply (fuse_out_header first), as the server's session
   // encoded it.
   void on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply);

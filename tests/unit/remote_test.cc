@@ -777,6 +777,11 @@ TEST(RemoteLedger, ChecksNodeIdsAndHandlesAgainstWhatTheSessionHolds) {
   EXPECT_EQ(check(std::move(RequestBuilder(FUSE_COPY_FILE_RANGE, 10).arg(cp))), 0);
   cp.fh_out = 5;
   EXPECT_EQ(check(std::move(RequestBuilder(FUSE_COPY_FILE_RANGE, 10).arg(cp))), EBADF);
+  // TMPFILE, like CREATE, gives out a lookup and a handle.
+  ledger.on_reply(FUSE_TMPFILE, kRootIno, open_reply(FUSE_CREATE, 102, 13));
+  EXPECT_EQ(ledger.held(13), 1u);
+  wr.fh = 102;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_WRITE, 13).arg(wr))), 0);
   // Released: gone. A handle given out twice (a backend without handles
   // gives out 0 each time) stays until both are released.
   fuse_release_in rel{};
