@@ -168,6 +168,8 @@ class FsDevice::Worker {
   // Pops, handles, publishes and notifies until the queue is empty.
   // Returns whether any chain was taken.
   bool process(Queue& q, bool polling);
+  // True (logged once) when this device's guest memory faulted: stop serving.
+  bool memory_lost(Queue& q);
   void publish(Queue& q);
   void drain_completions();
   // The backend's hook (if it has one) answered requests: publish them.
@@ -249,25 +251,26 @@ void FsDevice::Worker::drain_completions() {
   for (Queue* q : queues_) publish(*q);
 }
 
-bool FsDevice::Worker::process(Queue& q, bool polling) {
-  bool any = false;
+bool FsDevice::Worker::memory_lost(Queue& q) {
   // The front-end shrank a memory file under us; the SIGBUS handler put
   // zero pages in its place (GuestMemory::add_region). Nothing read from
   // this memory means anything any more: stop serving it until the
   // front-end sets a new table.
-  if (q.started && device_.memory_ && device_.memory_->faulted()) {
-    if (!q.broken_logged) {
-      q.broken_logged = true;
-      q.stats->broken.store(true);
-      spdlog::error(
-          "{}: queue {}: guest memory faulted (its file shrank under the mapping); "
-          "the queue is no longer served until the front-end sets a new memory table",
-          device_.options_.name, q.index);
-    }
-    return any;
+  if (!device_.memory_ || !device_.memory_->faulted()) return false;
+  if (!q.broken_logged) {
+    q.broken_logged = true;
+    q.stats->broken.store(true);
+    spdlog::error("{}: queue {}: guest memory faulted (its file shrank under the mapping); "
+                  "the queue is no longer served until the front-end sets a new memory table",
+                  device_.options_.name, q.index);
   }
+  return true;
+}
+
+bool FsDevice::Worker::process(Queue& q, bool polling) {
+  bool any = false;
   for (;;) {
-    if (!q.started) return any;
+    if (!q.started || memory_lost(q)) return any;
     unsigned n = 0;
     virtio::PopResult result = virtio::PopResult::kEmpty;
     while (n < kBatch && (result = q.pop(&q.chain)) == virtio::PopResult::kChain) {
@@ -289,6 +292,7 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
     // is answered now and published with the rest of the batch.
     if (hook_ && n > 0) hook_->flush();
     publish(q);
+    if (memory_lost(q)) return any;
     if (result == virtio::PopResult::kBroken) {
       if (!q.broken_logged) {
         q.broken_logged = true;

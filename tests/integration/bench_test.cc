@@ -327,6 +327,7 @@ INSTANTIATE_TEST_SUITE_P(
                       HostileExpectation{"readable-after-writable", "queue 2 is broken"},
                       HostileExpectation{"indirect", "queue 2 is broken"},
                       HostileExpectation{"duplicate-head", ""},
+                      HostileExpectation{"shrink-memory", "guest memory faulted"},
                       HostileExpectation{"truncated-header", "cannot hold a request header"},
                       HostileExpectation{"oversized-header", "header says 1048576 bytes"},
                       HostileExpectation{"short-length", "malformed FUSE request"},
@@ -447,7 +448,7 @@ TEST(BenchHostileList, AllCasesCovered) {
   const RunResult r = run({DPFS_BENCH, "--list-hostile"});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   const auto lines = lines_of(r.out);
-  EXPECT_EQ(lines.size(), 17u + std::size(kRaceCases)) << r.out;
+  EXPECT_EQ(lines.size(), 18u + std::size(kRaceCases)) << r.out;
   for (const char* c : kRaceCases) {
     EXPECT_NE(r.out.find(std::string(c) + " "), std::string::npos) << c << " not listed:\n"
                                                                    << r.out;

@@ -2,7 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <functional>
 #include <stdexcept>
@@ -117,6 +121,36 @@ Observed fuse_attack(Device& d, const std::function<void(Slot&)>& build, bool ex
     return {what + "; then the same queue failed a GETATTR: " + e, true};
   }
   return {what + fmt::format("; queue {} goes on", v)};
+}
+
+// The front-end shrinks its memory file under the device's mapping, then
+// hands it a request in the part that is gone. The device's access faults
+// (SIGBUS); the daemon must contain it: this device stops serving (its
+// memory means nothing now), the daemon and its other devices go on, and
+// the next front-end on this socket is served.
+Observed shrink_memory(Device& d) {
+  SharedMemory& mem = d.memory();
+  // A request at the very end of the memory, past everything else (rings
+  // and slots), so that shrinking the file takes only this.
+  Slot s;
+  s.in_cap = s.out_cap = 4096;
+  s.in = mem.allocate(4096, 4096);
+  s.out = mem.allocate(4096, 4096);
+  build_getattr(s, 31337, FUSE_ROOT_ID);
+  const off_t cut = off_t(s.in - mem.base());
+  if (::ftruncate(mem.fd(), cut) != 0) {
+    return {fmt::format("ftruncate: {}", std::strerror(errno)), true};
+  }
+  DriverQueue& q = d.queue(victim(d));
+  if (s.submit(q) < 0) return {"no descriptors", true};
+  q.publish();
+  q.kick_always();
+  // No answer can come: once the device faults, its view of this memory
+  // (rings included) is zero pages. The connection stays up for a second
+  // so that the device takes the chain before the front-end goes; the
+  // test then looks for the device's log line.
+  std::this_thread::sleep_for(1s);
+  return {fmt::format("memory file cut to {} KiB under a queued GETATTR", cut >> 10)};
 }
 
 Observed kick_storm(Device& d) {
@@ -255,6 +289,10 @@ const std::vector<Case>& cases() {
     c.push_back({{"kick-storm", "100000 kicks with nothing available, then kicks around requests"},
                  false,
                  [](Device& d, const HostileOptions&) { return kick_storm(d); }});
+    c.push_back({{"shrink-memory",
+                  "the memory file shrunk under the device, then a request in the lost part"},
+                 true,
+                 [](Device& d, const HostileOptions&) { return shrink_memory(d); }});
     c.push_back({{"vanish", "the front-end disappears with requests in flight"},
                  true,
                  [](Device& d, const HostileOptions&) { return vanish(d); }});
