@@ -50,7 +50,7 @@ void Connection::close() {
 }
 
 void Connection::fail(const std::string& what) {
-  spdlog::warn("vhost-user {}: {}; closing the connection", name_, what);
+  device_.log().warn("vhost-user {}: {}; closing the connection", name_, what);
   close();
 }
 
@@ -131,7 +131,7 @@ Connection::ReadStatus Connection::read_message(bool block) {
       if (have_ > 0) {
         fail(fmt::format("end of stream inside a message ({} bytes of it read)", have_));
       } else {
-        spdlog::info("vhost-user {}: front-end disconnected", name_);
+        device_.log().info("vhost-user {}: front-end disconnected", name_);
         close();
       }
       return ReadStatus::kClosed;
@@ -176,8 +176,8 @@ bool Connection::process_one(bool block) {
   if (outcome == Outcome::kRefused) {
     ++refusals_;
     if (refusals_ <= kMaxRefusalsLogged) {
-      spdlog::warn("vhost-user {}: {} ({}) refused: {}{}", name_, name, header.request, error,
-                   refusals_ == kMaxRefusalsLogged ? " (further refusals not logged)" : "");
+      device_.log().warn("vhost-user {}: {} ({}) refused: {}{}", name_, name, header.request, error,
+                         refusals_ == kMaxRefusalsLogged ? " (further refusals not logged)" : "");
     }
   }
   if (!connected()) return false;  // a reply could not be sent
@@ -205,8 +205,8 @@ void Connection::apply_initial_enable(uint64_t previous, bool first) {
   for (uint32_t i = 0; i < queue_num_; ++i) {
     const int r = device_.set_vring_enable(i, !with_protocol);
     if (r < 0) {
-      spdlog::warn("vhost-user {}: the device could not {} ring {}: {}", name_,
-                   with_protocol ? "disable" : "enable", i, std::strerror(-r));
+      device_.log().warn("vhost-user {}: the device could not {} ring {}: {}", name_,
+                         with_protocol ? "disable" : "enable", i, std::strerror(-r));
     }
   }
 }
