@@ -1,5 +1,6 @@
 #include "vhost_user/connection.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -215,6 +216,20 @@ Connection::Outcome Connection::handle_vring_file(const Message& message, Unique
                                                   std::string* error) {
   const auto& file = std::get<VringFilePayload>(message.payload);
   if (!check_index(file.index, error)) return Outcome::kFatal;
+  // The back-end writes the call and err eventfds and reads the kick one. A
+  // front-end may hand them blocking; a blocking eventfd whose counter it let
+  // reach 0xfffffffffffffffe would block the worker on write() for good
+  // (eventfd(2)). Non-blocking, a full counter is EAGAIN: already signalled.
+  // The flag is on the open file description, shared with the front-end's
+  // copy, which only reads or writes it through poll-driven event loops.
+  if (fd) {
+    const int flags = ::fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) < 0) {
+      *error = fmt::format("ring {}: cannot make its eventfd non-blocking: {}", file.index,
+                           std::strerror(errno));
+      return Outcome::kRefused;
+    }
+  }
   int r = 0;
   switch (static_cast<Request>(message.request)) {
     case Request::kSetVringKick:

@@ -115,6 +115,7 @@ class VhostUserDevice {
   // available index it would have processed (same encoding as
   // set_vring_base). libvhost-user also drops the kick and call fds here.
   virtual uint32_t get_vring_base(uint32_t index) = 0;
+  // Every ring fd below arrives non-blocking (the connection sets O_NONBLOCK).
   // SET_VRING_KICK: the eventfd the driver kicks; an empty fd (no-fd bit)
   // means poll the ring. Starts the ring.
   virtual int set_vring_kick(uint32_t index, transport::UniqueFd fd) = 0;

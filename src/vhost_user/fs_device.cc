@@ -30,6 +30,9 @@ constexpr uint32_t kDrainEveryRounds = 256;
 // queues' kicks and the wake eventfd are the others).
 char hook_event_tag;
 
+// The eventfds are non-blocking (Connection makes every ring fd so): a
+// counter at its maximum answers EAGAIN, which means the other side has a
+// signal pending already, so nothing is lost by ignoring it.
 void signal_eventfd(int fd) {
   if (fd < 0) return;
   const uint64_t one = 1;
@@ -611,7 +614,6 @@ uint32_t FsDevice::get_vring_base(uint32_t index) {
 
 int FsDevice::set_vring_kick(uint32_t index, transport::UniqueFd fd) {
   Queue& q = *queues_[index];
-  if (fd) ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
   pause();
   stop_queue(q);
   q.kick = std::move(fd);
