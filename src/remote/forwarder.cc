@@ -29,6 +29,14 @@ constexpr auto kMaxBackoff = std::chrono::seconds(5);
 constexpr auto kTick = std::chrono::milliseconds(100);
 // The INIT kept for replay: fuse_in_header + fuse_init_in is well below this.
 constexpr size_t kMaxSavedInit = 4096;
+
+// The bytes a request's frame carries: its private copy and, for a WRITE,
+// the payload.
+size_t forwarded_length(const fuse::Request& req) {
+  const fuse::CapturedRequest& cap = req.captured;
+  return sizeof(fuse_in_header) + cap.args().size() + cap.payload_length();
+}
+
 // Sent requests that timed out and whose late replies are dropped when they
 // come; past this many the link is assumed dead and reconnected.
 constexpr size_t kMaxExpired = 4096;
@@ -174,10 +182,10 @@ void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcod
                                   std::chrono::duration<double>(fw_.options_.timeout_s));
   std::unique_lock lock(mu_);
   const uint64_t id = next_id_++;
-  if (max_request_ != 0 && iov_length(req.in) > max_request_) {
+  if (max_request_ != 0 && forwarded_length(req) > max_request_) {
     lock.unlock();
     spdlog::warn("remote: a {}-byte {} request exceeds the server's limit of {} bytes",
-                 iov_length(req.in), fuse::opcode_name(opcode), max_request_);
+                 forwarded_length(req), fuse::opcode_name(opcode), max_request_);
     fail(p, EIO);
     return;
   }
@@ -191,15 +199,24 @@ void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcod
 
 void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_ptr<Channel>& sock,
                            uint64_t gen) {
-  const size_t len = iov_length(req.in);
+  // What goes out is the private copy the forwarder decided from (header
+  // and arguments), and a WRITE's payload in place: the server sees the very
+  // bytes this side looked at, whatever the tenant rewrites meanwhile.
+  const fuse::CapturedRequest& cap = req.captured;
+  const size_t len = forwarded_length(req);
   const size_t capacity = std::min<size_t>(iov_length(req.out), kMaxPayload);
   FrameHeader h = make_header(FrameType::kRequest, uint32_t(len), id, uint32_t(capacity));
+  fuse_in_header in_header = cap.header();
   bool ok;
   {
     std::lock_guard lock(send_mu_);
     send_iov_.clear();
     send_iov_.push_back({&h, sizeof(h)});
-    send_iov_.insert(send_iov_.end(), req.in.begin(), req.in.end());
+    send_iov_.push_back({&in_header, sizeof(in_header)});
+    if (!cap.args().empty()) {
+      send_iov_.push_back({const_cast<char*>(cap.args().data()), cap.args().size()});
+    }
+    send_iov_.insert(send_iov_.end(), cap.payload().begin(), cap.payload().end());
     ok = sock->writev_full(send_iov_);
   }
   const int send_errno = errno;
@@ -650,15 +667,18 @@ std::vector<char> Forwarder::init_to_replay() const {
 }
 
 void Forwarder::handle(fuse::Request& req) {
-  fuse_in_header hdr{};
-  if (iov_copy_out(req.in, &hdr, sizeof(hdr)) != sizeof(hdr)) {
-    hdr = {};  // the server answers it as malformed
-  }
+  // Read once: what is decided here (INIT, DESTROY) and what is forwarded
+  // are the same bytes.
+  fuse::CapturedRequest& cap = req.captured;
+  cap.capture(req.in, req.in_is_private);  // no header: a zero one, which the server refuses
+  const fuse_in_header& hdr = cap.header();
   if (hdr.opcode == FUSE_INIT) {
-    const size_t len = std::min({iov_length(req.in), size_t(hdr.len), kMaxSavedInit});
+    const size_t len = std::min({sizeof(hdr) + cap.args().size(), size_t(hdr.len), kMaxSavedInit});
     std::lock_guard lock(init_mu_);
     init_.resize(len);
-    iov_copy_out(req.in, init_.data(), len);
+    std::memcpy(init_.data(), &hdr, std::min(len, sizeof(hdr)));
+    if (len > sizeof(hdr))
+      std::memcpy(init_.data() + sizeof(hdr), cap.args().data(), len - sizeof(hdr));
     init_in_flight_.store(true);
   } else if (hdr.opcode == FUSE_DESTROY) {
     destroyed_.store(true, std::memory_order_release);

@@ -112,6 +112,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
       out_iov_ = {out_buf_.get(), out_len};
       in = std::span<const iovec>(&in_iov_, 1);
       out = std::span<const iovec>(&out_iov_, 1);
+      in_is_private = true;  // a frame read from the socket into our buffer
     }
     char* in_buf() { return in_buf_.get(); }
     // The FUSE opcode, once the request is read (0 if it has no header).
