@@ -33,6 +33,7 @@
 #include "fuse/handler.h"
 #include "remote/channel.h"
 #include "remote/wire.h"
+#include "util/rate_limited_log.h"
 
 namespace dpfs::remote {
 
@@ -93,6 +94,8 @@ class Forwarder final : public fuse::RequestHandler {
   uint64_t session_id() const { return session_id_.load(); }
 
   ForwarderOptions options_;
+  // The lines this device's tenant can cause (oversized requests).
+  util::RateLimitedLog tenant_log_{"remote device"};
   std::unique_ptr<TlsContext> tls_;  // null: plain TCP
   std::atomic<uint64_t> session_id_{0};
   std::atomic<bool> destroyed_{false};

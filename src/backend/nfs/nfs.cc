@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
-#include <linux/limits.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -61,22 +60,6 @@ std::string gather(std::span<const iovec> src, size_t at, size_t len) {
     at = 0;
   }
   return out;
-}
-
-// The second wall (the session checks names first): a name sent to the
-// server is one path component. '/' and NUL would make it more than one (or
-// cut it short) on a server that takes paths; NAME_MAX is the limit the
-// kernel's NFS client applies. "." and ".." name other directories than the
-// one given: only LOOKUP takes them (NfsBackend::lookup keeps ".." of the
-// export's root at the root); to create, remove or rename them is EINVAL.
-int check_name(std::string_view name, bool dots_allowed) {
-  if (name.empty() || name.find('/') != std::string_view::npos ||
-      name.find('\0') != std::string_view::npos) {
-    return EINVAL;
-  }
-  if (name.size() > NAME_MAX) return ENAMETOOLONG;
-  if (!dots_allowed && (name == "." || name == "..")) return EINVAL;
-  return 0;
 }
 
 // The names under which files removed while open live on until their last
@@ -197,7 +180,8 @@ Entry NfsBackend::make_entry(const Node& node) {
 
 void NfsBackend::lookup(const Context&, uint64_t parent, std::string_view name,
                         EntryReply reply) {
-  if (int e = check_name(name, /*dots_allowed=*/true)) return reply.error(e);
+  // The second wall (backend.h): one path component, '.' and '..' included.
+  if (int e = check_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
   // ".." of the export's root is the root, as for a local mount's root
@@ -238,7 +222,7 @@ void NfsBackend::forget(uint64_t ino, uint64_t nlookup) {
 
 void NfsBackend::make_node(const Context& ctx, uint64_t parent, std::string_view name,
                            NewNode spec, nfs::Then<int, Entry> then) {
-  if (int e = check_name(name, /*dots_allowed=*/false)) return then(e, Entry{});
+  if (int e = check_new_component(name)) return then(e, Entry{});
   std::string dir;
   if (!inodes_->find(parent, &dir)) return then(ESTALE, Entry{});
   // Owner: the tenant; group: the directory's in a set-group-ID directory
@@ -317,7 +301,7 @@ void NfsBackend::create(const Context& ctx, uint64_t parent, std::string_view na
 
 void NfsBackend::link(const Context&, uint64_t ino, uint64_t new_parent,
                       std::string_view new_name, EntryReply reply) {
-  if (int e = check_name(new_name, /*dots_allowed=*/false)) return reply.error(e);
+  if (int e = check_new_component(new_name)) return reply.error(e);
   std::string file, dir;
   if (!handle(ino, &file, reply) || !handle(new_parent, &dir, reply)) return;
   protocol_->link(connection_for(new_parent), file, dir, std::string(new_name),
@@ -376,7 +360,7 @@ void NfsBackend::hide_if_open(uint64_t parent, const std::string& dir, std::stri
 
 void NfsBackend::unlink(const Context&, uint64_t parent, std::string_view name,
                         StatusReply reply) {
-  if (int e = check_name(name, /*dots_allowed=*/false)) return reply.error(e);
+  if (int e = check_new_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
   hide_if_open(parent, dir, name, /*replacing=*/false,
@@ -405,7 +389,7 @@ void NfsBackend::remove(uint64_t parent, const std::string& dir, const std::stri
 
 void NfsBackend::rmdir(const Context&, uint64_t parent, std::string_view name,
                        StatusReply reply) {
-  if (int e = check_name(name, /*dots_allowed=*/false)) return reply.error(e);
+  if (int e = check_new_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
   remove(parent, dir, std::string(name), true, std::move(reply), std::string());
@@ -416,8 +400,8 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
                         StatusReply reply) {
   // NFS RENAME always replaces; Linux's NFS client refuses flags the same way.
   if (flags != 0) return reply.error(EINVAL);
-  if (int e = check_name(name, /*dots_allowed=*/false)) return reply.error(e);
-  if (int e = check_name(new_name, /*dots_allowed=*/false)) return reply.error(e);
+  if (int e = check_new_component(name)) return reply.error(e);
+  if (int e = check_new_component(new_name)) return reply.error(e);
   std::string from, to;
   if (!handle(parent, &from, reply) || !handle(new_parent, &to, reply)) return;
   // A file replaced while open stays readable through its descriptors, and
