@@ -106,6 +106,7 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     options.attr_timeout = cfg.attr_timeout;
     options.writeback = cfg.writeback_cache;
     options.max_fds = cfg.passthrough.max_fds;
+    options.fd_budget = cfg.fd_budget;
     options.io_uring = cfg.passthrough.io_uring == "on"    ? UringMode::kOn
                        : cfg.passthrough.io_uring == "off" ? UringMode::kOff
                                                            : UringMode::kAuto;

@@ -28,16 +28,37 @@ uint64_t now_ns() {
   return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
 }
 
-// Malformed requests come from the tenant: log them, but never let a tenant
-// flood the operator's log. The first few are logged, then one in 10,000.
+// The session whose request or reply this thread is working on. Malformed
+// requests are found deep in decoding, where only the request is at hand;
+// log_malformed charges their lines to this session's limiter, so that one
+// tenant's flood neither floods the operator's log nor silences the others.
+thread_local FuseSession* t_logging_session = nullptr;
+
+class LoggingSessionScope {
+ public:
+  explicit LoggingSessionScope(FuseSession* session) : previous_(t_logging_session) {
+    t_logging_session = session;
+  }
+  LoggingSessionScope(const LoggingSessionScope&) = delete;
+  LoggingSessionScope& operator=(const LoggingSessionScope&) = delete;
+  ~LoggingSessionScope() { t_logging_session = previous_; }
+
+ private:
+  FuseSession* previous_;
+};
+
 template <typename... Args>
 void log_malformed(fmt::format_string<Args...> format, Args&&... args) {
-  static std::atomic<uint64_t> count{0};
-  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed);
-  if (n < 20 || n % 10000 == 0) {
-    spdlog::warn("malformed FUSE request ({} so far): {}", n + 1,
-                 fmt::format(format, std::forward<Args>(args)...));
-  }
+  // Every caller runs under a LoggingSessionScope; a line from anywhere else
+  // still gets a (process-wide) limit.
+  static util::RateLimitedLog unattributed("FUSE sessions");
+  FuseSession* session = t_logging_session;
+  util::RateLimitedLog& log = session != nullptr ? session->log() : unattributed;
+  log.log_with(spdlog::level::warn, [&] {
+    return fmt::format("{}: malformed FUSE request: {}",
+                       session != nullptr ? session->options().name : log.name(),
+                       fmt::format(format, std::forward<Args>(args)...));
+  });
 }
 
 void split_timeout(double seconds, uint64_t* sec, uint32_t* nsec) {
@@ -103,6 +124,7 @@ void send_written(Request* req, int error) {
 // EIO instead (a well-behaved kernel always gives room for its own replies).
 void send(Request* req, const void* payload, size_t len) {
   Request::SessionState& st = req->session_state;
+  const LoggingSessionScope logging(st.session);  // a reply may come from outside handle()
   if (!st.writer.write(payload, len)) {
     log_malformed("{} reply of {} bytes does not fit the reply buffer", opcode_name(st.opcode),
                   len);
@@ -712,7 +734,7 @@ size_t encode_error(std::span<const iovec> out, uint64_t unique, int errno_value
 }
 
 FuseSession::FuseSession(Backend& backend, SessionOptions options)
-    : backend_(backend), options_(std::move(options)) {
+    : backend_(backend), options_(std::move(options)), log_(options_.name) {
   // max_write: whole pages, from one page up to what the kernel can take.
   uint32_t mw = std::clamp(options_.max_write, kPageSize, kMaxPagesLimit * kPageSize);
   mw -= mw % kPageSize;
@@ -756,6 +778,7 @@ void FuseSession::finish(Request& req, int error) {
 }
 
 void FuseSession::handle(Request& req) {
+  const LoggingSessionScope logging(this);
   Request::SessionState& st = req.session_state;
   st.session = this;
   st.unique = 0;
@@ -879,14 +902,14 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   out.minor = kMinor;
   if (a.major > kMajor) {
     // A newer kernel: answer with our version only; it retries with ours.
-    spdlog::info("{}: kernel speaks FUSE {}.{}, offering {}.{}", options_.name, a.major, a.minor,
-                 kMajor, kMinor);
+    log_.info("{}: kernel speaks FUSE {}.{}, offering {}.{}", options_.name, a.major, a.minor,
+              kMajor, kMinor);
     send(&req, &out, sizeof(out));
     return;
   }
   if (a.major < kMajor || a.minor < kMinMinor) {
-    spdlog::error("{}: kernel speaks FUSE {}.{}; dpfs needs at least {}.{}", options_.name, a.major,
-                  a.minor, kMajor, kMinMinor);
+    log_.error("{}: kernel speaks FUSE {}.{}; dpfs needs at least {}.{}", options_.name, a.major,
+               a.minor, kMajor, kMinMinor);
     answer_error(req, unique, EPROTO);
     return;
   }
@@ -912,7 +935,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
 
   {
     std::lock_guard lock(init_mutex);
-    if (initialized()) spdlog::warn("{}: INIT again; renegotiating", options_.name);
+    if (initialized()) log_.warn("{}: INIT again; renegotiating", options_.name);
     proto_minor_ = a.minor;
     flags_ = flags;
     max_write_ = max_write;
@@ -931,7 +954,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   out.time_gran = 1;  // nanosecond timestamps
   out.max_pages = uint16_t(max_pages);
 
-  spdlog::info(
+  log_.info(
       "{}: FUSE {}.{} session up: max_write={} max_pages={} max_readahead={} flags={:#x} "
       "(readdirplus={} posix_locks={} flock={} writeback_cache={} killpriv_v2={})",
       options_.name, a.major, out.minor, max_write, max_pages, out.max_readahead, flags,

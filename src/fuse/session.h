@@ -20,6 +20,7 @@
 #include "backend/backend.h"
 #include "fuse/handler.h"
 #include "fuse/request.h"
+#include "util/rate_limited_log.h"
 
 namespace dpfs::fuse {
 
@@ -81,6 +82,10 @@ class FuseSession final : public RequestHandler {
   const SessionOptions& options() const { return options_; }
   const OpStats& stats(uint32_t opcode) const { return stats_[opcode < kMaxOpcode ? opcode : 0]; }
   Backend& backend() { return backend_; }
+  // This session's log lines that its tenant can cause (malformed requests,
+  // INIT): rate-limited per session, so one tenant's flood neither floods
+  // the operator's log nor silences the other tenants.
+  util::RateLimitedLog& log() { return log_; }
 
   // Called by replies when they are encoded; records statistics.
   void finish(Request& req, int error);
@@ -99,6 +104,7 @@ class FuseSession final : public RequestHandler {
   uint64_t flags_ = 0;  // negotiated FUSE_* init flags (both words)
   uint32_t max_write_ = 0;
   std::array<OpStats, kMaxOpcode> stats_;
+  util::RateLimitedLog log_;
 };
 
 // Encodes a header-only error reply for `unique` into `out`; returns its

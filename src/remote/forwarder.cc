@@ -197,8 +197,8 @@ void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcod
   const uint64_t id = next_id_++;
   if (max_request_ != 0 && forwarded_length(req) > max_request_) {
     lock.unlock();
-    spdlog::warn("remote: a {}-byte {} request exceeds the server's limit of {} bytes",
-                 forwarded_length(req), fuse::opcode_name(opcode), max_request_);
+    fw_.tenant_log_.warn("remote: a {}-byte {} request exceeds the server's limit of {} bytes",
+                         forwarded_length(req), fuse::opcode_name(opcode), max_request_);
     fail(p, EIO);
     return;
   }

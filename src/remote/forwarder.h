@@ -36,6 +36,7 @@
 #include "fuse/handler.h"
 #include "remote/channel.h"
 #include "remote/wire.h"
+#include "util/rate_limited_log.h"
 
 namespace dpfs::remote {
 
@@ -107,6 +108,8 @@ class Forwarder final : public fuse::RequestHandler {
   bool set_credentials(uint64_t epoch, uint64_t id, const Mac& token);
 
   ForwarderOptions options_;
+  // The lines this device's tenant can cause (oversized requests).
+  util::RateLimitedLog tenant_log_{"remote device"};
   std::unique_ptr<TlsContext> tls_;  // null: plain TCP
   // One handshake at a time (see above).
   std::mutex handshake_mu_;

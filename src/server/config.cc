@@ -174,6 +174,17 @@ const Setting kSettings[] = {
     {{"stats_socket", "--stats-socket", "PATH",
       "answer `dpfs stats PATH` with live statistics on this unix socket (default: none)"},
      [](Config& cfg, const Value& v) { cfg.stats_socket = as_socket_path(v); }},
+    {{"max_fds_per_device", "--max-fds-per-device", "N",
+      "descriptors one device's backend may hold for its tenant (passthrough: open files and "
+      "cached inodes); past it the tenant gets EMFILE, its neighbours do not (default 0: the "
+      "process limit, raised to its hard limit, less a reserve, divided between the devices)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n != 0 && (n < 16 || n > (int64_t(1) << 24))) {
+         refuse(fmt::format("must be 0 or between 16 and 16777216, got {}", n));
+       }
+       cfg.max_fds_per_device = uint64_t(n);
+     }},
     {{"backend.type", "--backend", "TYPE[:ARG]", "the file system to serve (default memfs)"},
      [](Config& cfg, const Value& v) { parse_backend_spec(as_string(v), &cfg.backend); }},
     {{"backend.memfs.capacity", "--memfs-capacity", "SIZE",

@@ -101,6 +101,9 @@ struct Config {
   unsigned threads = 2;
   spdlog::level::level_enum log_level = spdlog::level::info;
   std::string stats_socket;  // empty: none
+  // Each device's share of the process's descriptor limit (server/fd_limits.h);
+  // 0: the limit, less a reserve, divided equally.
+  uint64_t max_fds_per_device = 0;
   BackendConfig backend;
   // fuse.mount is empty after finish() when only vhost-user devices are
   // configured: then there is no FUSE mount.

@@ -19,6 +19,7 @@
 #include "fuse/session.h"
 #include "remote/forwarder.h"
 #include "remote/server.h"
+#include "server/fd_limits.h"
 #include "server/signals.h"
 #include "server/stats.h"
 #include "server/stats_socket.h"
@@ -166,9 +167,37 @@ void drain(int fd) {
   [[maybe_unused]] const ssize_t n = ::read(fd, &value, sizeof(value));
 }
 
+// Whether a backend holds descriptors for its tenant (and so gets a budget).
+bool holds_tenant_fds(const BackendConfig& backend) { return backend.type == "passthrough"; }
+
+// `configured` with each backend's share of the descriptor limit
+// (server/fd_limits.h): the FUSE mount, every vhost-user device, and the
+// remote listener (whose sessions share its one backend) are endpoints; those
+// whose backend holds descriptors for the tenant get a budget each.
+Config with_fd_budgets(const Config& configured) {
+  Config cfg = configured;
+  std::vector<BackendConfig*> budgeted;
+  size_t endpoints = 0;
+  auto add = [&](BackendConfig& backend) {
+    ++endpoints;
+    if (holds_tenant_fds(backend)) budgeted.push_back(&backend);
+  };
+  if (!cfg.fuse.mount.empty()) add(cfg.backend);
+  if (!cfg.remote.listen.empty()) add(cfg.backend);
+  for (DeviceConfig& d : cfg.devices) add(d.backend);
+  const FdPlan plan = plan_fd_limit(cfg.max_fds_per_device, endpoints, budgeted.size());
+  for (BackendConfig* b : budgeted) b->fd_budget = plan.per_device;
+  if (!budgeted.empty()) {
+    spdlog::info("descriptors: limit {}, {} kept for dpfs, {} for each of {} device{}", plan.limit,
+                 plan.reserve, plan.per_device, budgeted.size(), budgeted.size() == 1 ? "" : "s");
+  }
+  return cfg;
+}
+
 }  // namespace
 
-int serve(const Config& cfg) {
+int serve(const Config& configured) {
+  const Config cfg = with_fd_budgets(configured);
   SignalFd signals({SIGINT, SIGTERM, SIGHUP, SIGUSR1});
   // Written by a FUSE worker that stops by itself (unmounted from outside).
   const transport::UniqueFd fuse_stopped = make_eventfd();

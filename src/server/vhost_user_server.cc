@@ -188,10 +188,10 @@ void VhostUserServer::run() {
     serve_connection(std::move(socket), ++connections);
     if (stopping_.load(std::memory_order_acquire)) break;
     if (on_disconnect_ == OnDisconnect::kExit) {
-      spdlog::info("{}: done (on_disconnect = exit)", name_);
+      device_->log().info("{}: done (on_disconnect = exit)", name_);
       break;
     }
-    spdlog::info("{}: waiting for the next front-end", name_);
+    device_->log().info("{}: waiting for the next front-end", name_);
   }
   if (!stopping_.load(std::memory_order_acquire)) {
     done_.store(true, std::memory_order_release);
@@ -200,7 +200,7 @@ void VhostUserServer::run() {
 }
 
 void VhostUserServer::serve_connection(transport::UniqueFd socket, unsigned number) {
-  spdlog::info("{}: front-end connected (connection {})", name_, number);
+  device_->log().info("{}: front-end connected (connection {})", name_, number);
   const auto t0 = std::chrono::steady_clock::now();
   bool by_us = false;
   {
@@ -216,8 +216,8 @@ void VhostUserServer::serve_connection(transport::UniqueFd socket, unsigned numb
     }
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  spdlog::info("{}: front-end {} (connection {}, {:.1f}s)", name_,
-               by_us ? "disconnected by shutdown" : "disconnected", number, secs);
+  device_->log().info("{}: front-end {} (connection {}, {:.1f}s)", name_,
+                      by_us ? "disconnected by shutdown" : "disconnected", number, secs);
   // A guest that went away without unmounting never sent DESTROY: its
   // kernel's lookups and open files die with it. Forget them, as a DESTROY
   // would, so the next guest starts clean (memfs keeps the files). The

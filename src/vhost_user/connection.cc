@@ -1,5 +1,6 @@
 #include "vhost_user/connection.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -50,7 +51,7 @@ void Connection::close() {
 }
 
 void Connection::fail(const std::string& what) {
-  spdlog::warn("vhost-user {}: {}; closing the connection", name_, what);
+  device_.log().warn("vhost-user {}: {}; closing the connection", name_, what);
   close();
 }
 
@@ -131,7 +132,7 @@ Connection::ReadStatus Connection::read_message(bool block) {
       if (have_ > 0) {
         fail(fmt::format("end of stream inside a message ({} bytes of it read)", have_));
       } else {
-        spdlog::info("vhost-user {}: front-end disconnected", name_);
+        device_.log().info("vhost-user {}: front-end disconnected", name_);
         close();
       }
       return ReadStatus::kClosed;
@@ -176,8 +177,8 @@ bool Connection::process_one(bool block) {
   if (outcome == Outcome::kRefused) {
     ++refusals_;
     if (refusals_ <= kMaxRefusalsLogged) {
-      spdlog::warn("vhost-user {}: {} ({}) refused: {}{}", name_, name, header.request, error,
-                   refusals_ == kMaxRefusalsLogged ? " (further refusals not logged)" : "");
+      device_.log().warn("vhost-user {}: {} ({}) refused: {}{}", name_, name, header.request, error,
+                         refusals_ == kMaxRefusalsLogged ? " (further refusals not logged)" : "");
     }
   }
   if (!connected()) return false;  // a reply could not be sent
@@ -205,8 +206,8 @@ void Connection::apply_initial_enable(uint64_t previous, bool first) {
   for (uint32_t i = 0; i < queue_num_; ++i) {
     const int r = device_.set_vring_enable(i, !with_protocol);
     if (r < 0) {
-      spdlog::warn("vhost-user {}: the device could not {} ring {}: {}", name_,
-                   with_protocol ? "disable" : "enable", i, std::strerror(-r));
+      device_.log().warn("vhost-user {}: the device could not {} ring {}: {}", name_,
+                         with_protocol ? "disable" : "enable", i, std::strerror(-r));
     }
   }
 }
@@ -215,6 +216,20 @@ Connection::Outcome Connection::handle_vring_file(const Message& message, Unique
                                                   std::string* error) {
   const auto& file = std::get<VringFilePayload>(message.payload);
   if (!check_index(file.index, error)) return Outcome::kFatal;
+  // The back-end writes the call and err eventfds and reads the kick one. A
+  // front-end may hand them blocking; a blocking eventfd whose counter it let
+  // reach 0xfffffffffffffffe would block the worker on write() for good
+  // (eventfd(2)). Non-blocking, a full counter is EAGAIN: already signalled.
+  // The flag is on the open file description, shared with the front-end's
+  // copy, which only reads or writes it through poll-driven event loops.
+  if (fd) {
+    const int flags = ::fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) < 0) {
+      *error = fmt::format("ring {}: cannot make its eventfd non-blocking: {}", file.index,
+                           std::strerror(errno));
+      return Outcome::kRefused;
+    }
+  }
   int r = 0;
   switch (static_cast<Request>(message.request)) {
     case Request::kSetVringKick:

@@ -29,9 +29,11 @@
 #include <cerrno>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "transport/unique_fd.h"
+#include "util/rate_limited_log.h"
 #include "vhost_user/message.h"
 
 namespace dpfs::vhost_user {
@@ -55,7 +57,15 @@ namespace dpfs::vhost_user {
 // is negotiated (and on the first SET_FEATURES), not on every SET_FEATURES.
 class VhostUserDevice {
  public:
+  explicit VhostUserDevice(std::string log_name = "vhost-user device",
+                           util::RateLimitedLog::Limits log_limits = {})
+      : log_(std::move(log_name), log_limits) {}
   virtual ~VhostUserDevice() = default;
+
+  // The channel for every line a front-end can cause on this device. It
+  // outlives connections, so that a front-end that reconnects in a loop
+  // meets the same limit; Connection writes its lines through it too.
+  util::RateLimitedLog& log() { return log_; }
 
   // The virtio feature bits offered (GET_FEATURES), e.g. VIRTIO_F_VERSION_1,
   // VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX. The connection adds
@@ -105,6 +115,7 @@ class VhostUserDevice {
   // available index it would have processed (same encoding as
   // set_vring_base). libvhost-user also drops the kick and call fds here.
   virtual uint32_t get_vring_base(uint32_t index) = 0;
+  // Every ring fd below arrives non-blocking (the connection sets O_NONBLOCK).
   // SET_VRING_KICK: the eventfd the driver kicks; an empty fd (no-fd bit)
   // means poll the ring. Starts the ring.
   virtual int set_vring_kick(uint32_t index, transport::UniqueFd fd) = 0;
@@ -132,6 +143,9 @@ class VhostUserDevice {
   // same as reset_device(), and drop every fd the connection handed over.
   // Called exactly once per Connection (also from its destructor).
   virtual void disconnect() = 0;
+
+ private:
+  util::RateLimitedLog log_;
 };
 
 // One front-end connection. Not thread-safe: one thread calls on_readable()

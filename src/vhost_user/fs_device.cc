@@ -30,6 +30,9 @@ constexpr uint32_t kDrainEveryRounds = 256;
 // queues' kicks and the wake eventfd are the others).
 char hook_event_tag;
 
+// The eventfds are non-blocking (Connection makes every ring fd so): a
+// counter at its maximum answers EAGAIN, which means the other side has a
+// signal pending already, so nothing is lost by ignoring it.
 void signal_eventfd(int fd) {
   if (fd < 0) return;
   const uint64_t one = 1;
@@ -297,9 +300,10 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
       if (!q.broken_logged) {
         q.broken_logged = true;
         q.stats->broken.store(true);
-        spdlog::error("{}: queue {} is broken; it is no longer served (other queues and devices "
-                      "go on) until the front-end resets it",
-                      device_.options_.name, q.index);
+        device_.log().error(
+            "{}: queue {} is broken; it is no longer served (other queues and devices "
+            "go on) until the front-end resets it",
+            device_.options_.name, q.index);
       }
       return any;
     }
@@ -426,8 +430,22 @@ void FsDevice::Worker::run() {
 
 // ---------------------------------------------------------------------------
 
+namespace {
+
+// A front-end's set-up and tear-down write a few lines per queue; the burst
+// lets one whole cycle through, then the limit holds.
+util::RateLimitedLog::Limits device_log_limits(const FsDeviceOptions& options) {
+  util::RateLimitedLog::Limits limits;
+  limits.burst += 2 * (1 + std::clamp<uint32_t>(options.request_queues, 1, 64));
+  return limits;
+}
+
+}  // namespace
+
 FsDevice::FsDevice(fuse::RequestHandler& session, FsDeviceOptions options)
-    : session_(session), options_(std::move(options)) {
+    : VhostUserDevice(options.name, device_log_limits(options)),
+      session_(session),
+      options_(std::move(options)) {
   options_.request_queues = std::clamp<uint32_t>(options_.request_queues, 1, 64);
   const uint32_t nqueues = 1 + options_.request_queues;  // hiprio + requests
   // The hiprio queue shares the first worker: more workers than request
@@ -471,10 +489,10 @@ int FsDevice::set_features(uint64_t features) {
   pause();
   acked_features_ = features;
   resume();
-  spdlog::info("{}: features {:#x} (version_1={} indirect_desc={} event_idx={} ring_packed={})",
-               options_.name, features, bool(features & kFVersion1),
-               bool(features & kFRingIndirectDesc), bool(features & kFRingEventIdx),
-               bool(features & kFRingPacked));
+  log().info("{}: features {:#x} (version_1={} indirect_desc={} event_idx={} ring_packed={})",
+             options_.name, features, bool(features & kFVersion1),
+             bool(features & kFRingIndirectDesc), bool(features & kFRingEventIdx),
+             bool(features & kFRingPacked));
   return 0;
 }
 
@@ -513,17 +531,16 @@ int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
     const int e = mem->add_region(r.fd.release(), r.region.guest_phys_addr, r.region.memory_size,
                                   r.region.userspace_addr, r.region.mmap_offset);
     if (e != 0) {
-      spdlog::warn("{}: memory region at guest address {:#x} ({} bytes) refused: {}",
-                   options_.name, r.region.guest_phys_addr, r.region.memory_size,
-                   std::strerror(e));
+      log().warn("{}: memory region at guest address {:#x} ({} bytes) refused: {}", options_.name,
+                 r.region.guest_phys_addr, r.region.memory_size, std::strerror(e));
       return -e;
     }
   }
   pause();
   for (auto& q : queues_) {
     if (q->started && (q->packed ? q->pvq.remap(*mem) : q->vq.remap(*mem)) != 0) {
-      spdlog::warn("{}: queue {} rings are not in the new memory table; stopped", options_.name,
-                   q->index);
+      log().warn("{}: queue {} rings are not in the new memory table; stopped", options_.name,
+                 q->index);
       stop_queue(*q);
     }
   }
@@ -531,7 +548,7 @@ int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
   memory_ = std::move(mem);
   release_retired_memory();
   resume();
-  spdlog::info("{}: memory table of {} regions", options_.name, memory_->num_regions());
+  log().info("{}: memory table of {} regions", options_.name, memory_->num_regions());
   for (auto& q : queues_) maybe_start(*q);
   return 0;
 }
@@ -544,8 +561,8 @@ int FsDevice::add_mem_reg(MemoryRegionFd region) {
                                     region.region.mmap_offset);
   resume();
   if (e != 0) {
-    spdlog::warn("{}: memory region at guest address {:#x} refused: {}", options_.name,
-                 region.region.guest_phys_addr, std::strerror(e));
+    log().warn("{}: memory region at guest address {:#x} refused: {}", options_.name,
+               region.region.guest_phys_addr, std::strerror(e));
     return -e;
   }
   for (auto& q : queues_) maybe_start(*q);
@@ -619,17 +636,16 @@ uint32_t FsDevice::get_vring_base(uint32_t index) {
   q.kick.reset();  // the ring is stopped until the next SET_VRING_KICK
   resume();
   if (q.packed) {
-    spdlog::info("{}: queue {} (packed) stopped at avail index {:#x}, used index {:#x}",
-                 options_.name, index, base & 0xffff, base >> 16);
+    log().info("{}: queue {} (packed) stopped at avail index {:#x}, used index {:#x}",
+               options_.name, index, base & 0xffff, base >> 16);
   } else {
-    spdlog::info("{}: queue {} stopped at avail index {}", options_.name, index, base);
+    log().info("{}: queue {} stopped at avail index {}", options_.name, index, base);
   }
   return base;
 }
 
 int FsDevice::set_vring_kick(uint32_t index, transport::UniqueFd fd) {
   Queue& q = *queues_[index];
-  if (fd) ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
   pause();
   stop_queue(q);
   q.kick = std::move(fd);
@@ -671,9 +687,9 @@ void FsDevice::maybe_start(Queue& q) {
   const int e = q.packed ? q.pvq.start(*memory_, q.config) : q.vq.start(*memory_, q.config);
   if (e != 0) {
     resume();
-    spdlog::warn("{}: queue {} cannot start: {} (size {}, rings at {:#x}/{:#x}/{:#x})",
-                 options_.name, q.index, e == EFAULT ? "rings outside guest memory" : "bad ring",
-                 q.config.size, q.config.desc_uva, q.config.avail_uva, q.config.used_uva);
+    log().warn("{}: queue {} cannot start: {} (size {}, rings at {:#x}/{:#x}/{:#x})", options_.name,
+               q.index, e == EFAULT ? "rings outside guest memory" : "bad ring", q.config.size,
+               q.config.desc_uva, q.config.avail_uva, q.config.used_uva);
     return;
   }
   q.started = true;
@@ -684,10 +700,10 @@ void FsDevice::maybe_start(Queue& q) {
   resume();
   // Requests may have been made available before the kick fd was watched.
   signal_eventfd(q.kick.get());
-  spdlog::info("{}: queue {} ({}) started: size {}, avail index {}, event_idx={}{}, worker {}",
-               options_.name, q.index, q.index == 0 ? "hiprio" : "requests", q.config.size,
-               q.config.last_avail_idx, q.config.event_idx, q.packed ? ", packed" : "",
-               q.worker_index);
+  log().info("{}: queue {} ({}) started: size {}, avail index {}, event_idx={}{}, worker {}",
+             options_.name, q.index, q.index == 0 ? "hiprio" : "requests", q.config.size,
+             q.config.last_avail_idx, q.config.event_idx, q.packed ? ", packed" : "",
+             q.worker_index);
 }
 
 // REQUIRES: workers paused.
@@ -723,8 +739,8 @@ void FsDevice::disconnect() {
   session_.reset();
   uint64_t requests = 0;
   for (auto& q : queues_) requests += q->stats->requests.load();
-  spdlog::info("{}: front-end gone ({} requests served); waiting for the next", options_.name,
-               requests);
+  log().info("{}: front-end gone ({} requests served); waiting for the next", options_.name,
+             requests);
 }
 
 }  // namespace dpfs::vhost_user

@@ -50,7 +50,7 @@ PackedDesc read_desc(const uint8_t* at) {
 }  // namespace
 
 bool PackedVirtqueue::fail(std::string_view reason) {
-  spdlog::warn("virtio queue {}: broken: {}", index_, reason);
+  log_.warn("virtio queue {}: broken: {}", index_, reason);
   state_ = State::kBroken;
   return false;
 }
@@ -60,14 +60,14 @@ int PackedVirtqueue::map_rings(const GuestMemory& mem) {
   void* driver = mem.translate_uva(config_.avail_uva, kPackedEventBytes);
   void* device = mem.translate_uva(config_.used_uva, kPackedEventBytes);
   if (desc == nullptr || driver == nullptr || device == nullptr) {
-    spdlog::warn(
+    log_.warn(
         "virtio queue {}: packed ring not in guest memory (desc {:#x} driver {:#x} device {:#x})",
         index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
     return EFAULT;
   }
   if (!aligned(desc, 16) || !aligned(driver, 4) || !aligned(device, 4)) {
-    spdlog::warn("virtio queue {}: misaligned packed ring (desc {:#x} driver {:#x} device {:#x})",
-                 index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
+    log_.warn("virtio queue {}: misaligned packed ring (desc {:#x} driver {:#x} device {:#x})",
+              index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
     return EINVAL;
   }
   mem_ = &mem;
@@ -86,8 +86,8 @@ int PackedVirtqueue::start(const GuestMemory& mem, const VringConfig& config) {
   const uint16_t used = config.last_used_idx & 0x7fff;
   if (config.size == 0 || config.size > kMaxQueueSize || avail >= config.size ||
       used >= config.size) {
-    spdlog::warn("virtio queue {}: invalid packed size {} or base {:#x}/{:#x}", index_, config.size,
-                 config.last_avail_idx, config.last_used_idx);
+    log_.warn("virtio queue {}: invalid packed size {} or base {:#x}/{:#x}", index_, config.size,
+              config.last_avail_idx, config.last_used_idx);
     return EINVAL;
   }
   size_ = config.size;
@@ -239,7 +239,7 @@ bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, ui
 bool PackedVirtqueue::push(uint16_t id, uint32_t len) {
   if (state_ != State::kRunning) return false;
   if (id >= size_ || in_flight_[id] == 0) {
-    spdlog::error("virtio queue {}: push of buffer id {}, which is not in flight", index_, id);
+    log_.error("virtio queue {}: push of buffer id {}, which is not in flight", index_, id);
     return false;
   }
   const uint16_t ndesc = in_flight_[id];

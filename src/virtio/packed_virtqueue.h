@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "util/rate_limited_log.h"
 #include "virtio/guest_memory.h"
 #include "virtio/virtqueue.h"
 
@@ -111,6 +112,9 @@ class PackedVirtqueue {
                   DescriptorChain* chain);
   bool fail(std::string_view reason);
 
+  // The front-end can restart a queue it broke, and break it again: its
+  // lines are limited per queue.
+  util::RateLimitedLog log_{"virtio queue"};
   State state_ = State::kStopped;
   const GuestMemory* mem_ = nullptr;
   VringConfig config_;

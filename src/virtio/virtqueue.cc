@@ -39,7 +39,7 @@ bool aligned(const void* p, uintptr_t alignment) {
 }  // namespace
 
 bool SplitVirtqueue::fail(std::string_view reason) {
-  spdlog::warn("virtio queue {}: broken: {}", index_, reason);
+  log_.warn("virtio queue {}: broken: {}", index_, reason);
   state_ = State::kBroken;
   return false;
 }
@@ -49,14 +49,14 @@ int SplitVirtqueue::map_rings(const GuestMemory& mem) {
   void* avail = mem.translate_uva(config_.avail_uva, avail_ring_bytes(size_, event_idx_));
   void* used = mem.translate_uva(config_.used_uva, used_ring_bytes(size_, event_idx_));
   if (desc == nullptr || avail == nullptr || used == nullptr) {
-    spdlog::warn("virtio queue {}: ring not in guest memory (desc {:#x} avail {:#x} used {:#x})",
-                 index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
+    log_.warn("virtio queue {}: ring not in guest memory (desc {:#x} avail {:#x} used {:#x})",
+              index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
     return EFAULT;
   }
   // §2.7 alignment requirements; our atomic accesses rely on them.
   if (!aligned(desc, 16) || !aligned(avail, 2) || !aligned(used, 4)) {
-    spdlog::warn("virtio queue {}: misaligned ring (desc {:#x} avail {:#x} used {:#x})", index_,
-                 config_.desc_uva, config_.avail_uva, config_.used_uva);
+    log_.warn("virtio queue {}: misaligned ring (desc {:#x} avail {:#x} used {:#x})", index_,
+              config_.desc_uva, config_.avail_uva, config_.used_uva);
     return EINVAL;
   }
   mem_ = &mem;
@@ -71,7 +71,7 @@ int SplitVirtqueue::start(const GuestMemory& mem, const VringConfig& config) {
   config_ = config;
   index_ = config.queue_index;
   if (config.size == 0 || config.size > kMaxQueueSize || (config.size & (config.size - 1)) != 0) {
-    spdlog::warn("virtio queue {}: invalid size {}", index_, config.size);
+    log_.warn("virtio queue {}: invalid size {}", index_, config.size);
     return EINVAL;
   }
   size_ = config.size;
@@ -236,7 +236,7 @@ bool SplitVirtqueue::read_chain(uint16_t head, DescriptorChain* chain) {
 bool SplitVirtqueue::push(uint16_t head, uint32_t len) {
   if (state_ != State::kRunning) return false;
   if (head >= size_ || !in_flight_[head]) {
-    spdlog::error("virtio queue {}: push of head {}, which is not in flight", index_, head);
+    log_.error("virtio queue {}: push of head {}, which is not in flight", index_, head);
     return false;
   }
   in_flight_[head] = 0;

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "util/rate_limited_log.h"
 #include "virtio/guest_memory.h"
 
 namespace dpfs::virtio {
@@ -166,6 +167,9 @@ class SplitVirtqueue {
 
   uint16_t load_avail_idx() const;
 
+  // The front-end can restart a queue it broke, and break it again: its
+  // lines are limited per queue.
+  util::RateLimitedLog log_{"virtio queue"};
   State state_ = State::kStopped;
   const GuestMemory* mem_ = nullptr;
   VringConfig config_;

@@ -482,6 +482,35 @@ TEST_F(ConnectionTest, KickFdIsTheFrontEndsEventfd) {
   EXPECT_EQ(got, 1u);
 }
 
+// eventfd(2): a write that would take the counter past 0xfffffffffffffffe
+// blocks on a blocking eventfd. A front-end that hands such an fd must not
+// be able to stop the worker that signals it: every ring fd is made
+// non-blocking on receipt, and a full counter then answers EAGAIN.
+TEST_F(ConnectionTest, RingEventfdsAreMadeNonBlocking) {
+  negotiate();
+  UniqueFd call = make_eventfd();
+  UniqueFd err = make_eventfd();
+  UniqueFd kick = make_eventfd();
+  const uint64_t almost_full = 0xfffffffffffffffeull;
+  ASSERT_EQ(::write(call.get(), &almost_full, 8), 8);
+  ASSERT_EQ(::fcntl(call.get(), F_GETFL) & O_NONBLOCK, 0) << "the front-end's fd starts blocking";
+  front.send(Request::kSetVringCall, u64(0), {call.get()});
+  front.send(Request::kSetVringErr, u64(1), {err.get()});
+  front.send(Request::kSetVringKick, u64(1), {kick.get()});
+  ASSERT_TRUE(conn->on_readable());
+  ASSERT_TRUE(device.call[0]);
+  ASSERT_TRUE(device.err[1]);
+  ASSERT_TRUE(device.kick[1]);
+  for (const UniqueFd* fd : {&device.call[0], &device.err[1], &device.kick[1]}) {
+    // Checked before writing so that a regression fails here instead of hanging.
+    ASSERT_NE(::fcntl(fd->get(), F_GETFL) & O_NONBLOCK, 0) << "a ring fd was left blocking";
+  }
+  const uint64_t one = 1;
+  errno = 0;
+  EXPECT_EQ(::write(device.call[0].get(), &one, 8), -1);
+  EXPECT_EQ(errno, EAGAIN) << "a full counter means already signalled";
+}
+
 TEST_F(ConnectionTest, RingsEnabledAtOnceWithoutProtocolFeatures) {
   front.send(Request::kSetFeatures, u64(kFeatureVersion1));
   ASSERT_TRUE(conn->on_readable());

@@ -180,8 +180,26 @@ Entry NfsBackend::make_entry(const Node& node) {
 
 void NfsBackend::lookup(const Context&, uint64_t parent, std::string_view name,
                         EntryReply reply) {
+  // The second wall (backend.h): one path component, '.' and '..' included.
+  if (int e = check_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
+  // ".." of the export's root is the root, as for a local mount's root
+  // (path_resolution(7)). The server would not stop there: NFSv4's LOOKUPP
+  // and NFSv3's LOOKUP ".." of a directory below the server's export root
+  // (a sub-directory URL) answer its parent. "." is the directory itself
+  // (NFSv4 has no LOOKUP "." at all: RFC 7530 §16.13.5, NFS4ERR_BADNAME).
+  // Either way only a GETATTR goes out, of a handle we already serve.
+  std::string root;
+  inodes_->find(kRootIno, &root);
+  if (name == "." || (name == ".." && dir == root)) {
+    protocol_->getattr(connection_for(parent), dir,
+                       [this, dir, reply = std::move(reply)](int err, struct stat st) mutable {
+                         if (err != 0) return reply.error(err);
+                         reply.ok(make_entry(Node{dir, st}));
+                       });
+    return;
+  }
   protocol_->lookup(connection_for(parent), dir, std::string(name),
                     [this, reply = std::move(reply)](int err, Node node) mutable {
                       if (err != 0) return reply.error(err);
@@ -204,6 +222,7 @@ void NfsBackend::forget(uint64_t ino, uint64_t nlookup) {
 
 void NfsBackend::make_node(const Context& ctx, uint64_t parent, std::string_view name,
                            NewNode spec, nfs::Then<int, Entry> then) {
+  if (int e = check_new_component(name)) return then(e, Entry{});
   std::string dir;
   if (!inodes_->find(parent, &dir)) return then(ESTALE, Entry{});
   // Owner: the tenant; group: the directory's in a set-group-ID directory
@@ -282,6 +301,7 @@ void NfsBackend::create(const Context& ctx, uint64_t parent, std::string_view na
 
 void NfsBackend::link(const Context&, uint64_t ino, uint64_t new_parent,
                       std::string_view new_name, EntryReply reply) {
+  if (int e = check_new_component(new_name)) return reply.error(e);
   std::string file, dir;
   if (!handle(ino, &file, reply) || !handle(new_parent, &dir, reply)) return;
   protocol_->link(connection_for(new_parent), file, dir, std::string(new_name),
@@ -340,6 +360,7 @@ void NfsBackend::hide_if_open(uint64_t parent, const std::string& dir, std::stri
 
 void NfsBackend::unlink(const Context&, uint64_t parent, std::string_view name,
                         StatusReply reply) {
+  if (int e = check_new_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
   hide_if_open(parent, dir, name, /*replacing=*/false,
@@ -368,6 +389,7 @@ void NfsBackend::remove(uint64_t parent, const std::string& dir, const std::stri
 
 void NfsBackend::rmdir(const Context&, uint64_t parent, std::string_view name,
                        StatusReply reply) {
+  if (int e = check_new_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
   remove(parent, dir, std::string(name), true, std::move(reply), std::string());
@@ -378,6 +400,8 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
                         StatusReply reply) {
   // NFS RENAME always replaces; Linux's NFS client refuses flags the same way.
   if (flags != 0) return reply.error(EINVAL);
+  if (int e = check_new_component(name)) return reply.error(e);
+  if (int e = check_new_component(new_name)) return reply.error(e);
   std::string from, to;
   if (!handle(parent, &from, reply) || !handle(new_parent, &to, reply)) return;
   // A file replaced while open stays readable through its descriptors, and
@@ -758,14 +782,26 @@ void NfsBackend::readdir(const Context&, uint64_t ino, uint64_t, uint64_t offset
                          DirReply reply) {
   std::string fh;
   if (!handle(ino, &fh, reply)) return;
+  const bool root = ino == kRootIno;
   // The FUSE offset is the NFS cookie of the last entry returned (0: start).
   protocol_->readdir(
       connection_for(ino), fh, offset,
-      [this, reply = std::move(reply)](int err, std::vector<DirEntry> entries) mutable {
+      [this, root, reply = std::move(reply)](int err, std::vector<DirEntry> entries) mutable {
         if (err != 0) return reply.error(err);
         const bool plus = reply.plus();
+        const DirEntry* self = nullptr;
         for (DirEntry& e : entries) {
           if (e.name.empty() || e.name.starts_with(kHiddenPrefix)) continue;
+          // The root's ".." is the root (see lookup), not the directory
+          // above, whose number and attributes the server reports. "."
+          // comes first in the same answer (v4: made so; v3: the server's
+          // order); without it ".." is left out.
+          if (root && e.name == ".") self = &e;
+          if (root && e.name == "..") {
+            if (self == nullptr) continue;
+            e.fileid = self->fileid;
+            e.node = self->node;
+          }
           if (!plus) {
             if (!reply.add(e.name, e.fileid, e.type, e.cookie)) break;
             continue;

@@ -16,8 +16,10 @@ constexpr int kPathFlags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
 
 }  // namespace
 
-InodeTable::InodeTable(UniqueFd root, size_t max_fds)
-    : max_fds_(max_fds), root_(std::make_shared<PathFd>(std::move(root), S_IFDIR)) {
+InodeTable::InodeTable(UniqueFd root, size_t max_fds, util::FdBudget* budget)
+    : max_fds_(max_fds),
+      budget_(budget),
+      root_(std::make_shared<PathFd>(std::move(root), S_IFDIR)) {
   // "." of an O_PATH directory descriptor: the directory itself, opened for
   // real (open_by_handle_at refuses O_PATH descriptors as its mount).
   mount_fd_.reset(::openat(root_->get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -69,8 +71,11 @@ uint64_t InodeTable::add_lookup(UniqueFd fd, bool fd_is_path, const struct stat&
     // used), the name now leads to a new one.
     if (node.handle == handle && node.type == type) {
       ++node.lookups;
-      if (!node.fd) {
-        if (fd_is_path) cache(node, std::make_shared<PathFd>(std::move(fd), type));
+      // Evicted (so it has a handle): cached again if the budget allows,
+      // else reopened when next needed.
+      util::FdCharge charge;
+      if (!node.fd && fd_is_path && take_fd_locked(&charge)) {
+        cache(node, std::make_shared<PathFd>(std::move(fd), type, std::move(charge)));
         trim();
       }
       return node.ino;
@@ -88,6 +93,14 @@ uint64_t InodeTable::add_lookup(UniqueFd fd, bool fd_is_path, const struct stat&
     }
     if (!fd) return 0;
   }
+  // With a handle the inode may start out evicted when the budget is spent
+  // (reopened when used); without one its descriptor is the inode.
+  util::FdCharge charge;
+  const bool paid = take_fd_locked(&charge);
+  if (!paid && !handles_) {
+    *error = EMFILE;
+    return 0;
+  }
   const uint64_t ino = next_ino_++;
   Inode& node = inodes_[ino];
   node.ino = ino;
@@ -95,7 +108,7 @@ uint64_t InodeTable::add_lookup(UniqueFd fd, bool fd_is_path, const struct stat&
   node.lookups = 1;
   node.handle = std::move(handle);
   node.host = id;
-  cache(node, std::make_shared<PathFd>(std::move(fd), type));
+  if (paid) cache(node, std::make_shared<PathFd>(std::move(fd), type, std::move(charge)));
   by_host_[id] = ino;
   trim();
   return ino;
@@ -124,11 +137,16 @@ PathRef InodeTable::get(uint64_t ino, int* error) {
   // the second one's descriptor is simply dropped.
   UniqueFd fd = open_handle(handle, kPathFlags, error);
   if (!fd) return nullptr;
-  auto ref = std::make_shared<PathFd>(std::move(fd), type);
   std::lock_guard lock(mu_);
   auto it = inodes_.find(ino);
+  if (it != inodes_.end() && it->second.fd) return it->second.fd;
+  util::FdCharge charge;
+  if (!take_fd_locked(&charge)) {
+    *error = EMFILE;
+    return nullptr;
+  }
+  auto ref = std::make_shared<PathFd>(std::move(fd), type, std::move(charge));
   if (it == inodes_.end()) return ref;  // forgotten meanwhile: this use still may go on
-  if (it->second.fd) return it->second.fd;
   cache(it->second, ref);
   trim();
   return ref;
@@ -201,6 +219,27 @@ void InodeTable::cache(Inode& node, PathRef fd) {
 void InodeTable::trim() {
   // Only inodes with a handle can be evicted: their descriptor can come back.
   while (!lru_.empty() && cached_fds_locked() > max_fds_) {
+    Inode& victim = inodes_.at(lru_.back());
+    lru_.pop_back();
+    victim.fd.reset();
+  }
+}
+
+bool InodeTable::take_fd(util::FdCharge* charge) {
+  std::lock_guard lock(mu_);
+  return take_fd_locked(charge);
+}
+
+bool InodeTable::take_fd_locked(util::FdCharge* charge) {
+  if (budget_ == nullptr) return true;
+  for (;;) {
+    if (budget_->try_take()) {
+      *charge = util::FdCharge(budget_);
+      return true;
+    }
+    // A victim still in use elsewhere pays until its last user is done, so
+    // one eviction may not be enough.
+    if (lru_.empty()) return false;
     Inode& victim = inodes_.at(lru_.back());
     lru_.pop_back();
     victim.fd.reset();

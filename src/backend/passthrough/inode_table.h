@@ -8,6 +8,11 @@
 // has no file handles, every inode keeps its descriptor and the bound cannot
 // hold (the backend warns once at start).
 //
+// Every descriptor the table caches is paid from the device's FdBudget (when
+// it has one): to make room, cached descriptors that can come back are
+// evicted first; when none can, the operation that needed one answers
+// EMFILE (the tenant's share of the process's descriptors is spent).
+//
 // Node ids are never reused (a 64-bit counter): an id the kernel still names
 // is either alive or answers ESTALE. Two names of one host file (hard links)
 // are one node id, found by the host's (st_dev, st_ino) and confirmed by the
@@ -30,6 +35,7 @@
 #include <utility>
 
 #include "transport/unique_fd.h"
+#include "util/fd_budget.h"
 
 namespace dpfs::passthrough {
 
@@ -39,21 +45,24 @@ using transport::UniqueFd;
 // moment; closed when the table evicts it and the last user is done.
 class PathFd {
  public:
-  explicit PathFd(UniqueFd fd, uint32_t type) : fd_(std::move(fd)), type_(type) {}
+  explicit PathFd(UniqueFd fd, uint32_t type, util::FdCharge charge = {})
+      : fd_(std::move(fd)), type_(type), charge_(std::move(charge)) {}
   int get() const { return fd_.get(); }
   uint32_t type() const { return type_; }  // S_IFMT bits
 
  private:
   UniqueFd fd_;
   uint32_t type_;
+  util::FdCharge charge_;  // returned to the budget when the descriptor closes
 };
 using PathRef = std::shared_ptr<const PathFd>;
 
 class InodeTable {
  public:
   // `root` is an O_PATH descriptor of the export's root, which becomes
-  // kRootIno and is never evicted or forgotten.
-  InodeTable(UniqueFd root, size_t max_fds);
+  // kRootIno and is never evicted or forgotten. Cached descriptors are paid
+  // from `budget` (null: no budget), which must outlive the table.
+  InodeTable(UniqueFd root, size_t max_fds, util::FdBudget* budget = nullptr);
   InodeTable(const InodeTable&) = delete;
   InodeTable& operator=(const InodeTable&) = delete;
 
@@ -79,6 +88,11 @@ class InodeTable {
   // Forgets every inode but the root (the session ended).
   void forget_all();
 
+  // Takes one descriptor from the budget for someone else's use (an open
+  // file), evicting cached descriptors to make room. False when the budget
+  // is spent (EMFILE). Always true without a budget.
+  bool take_fd(util::FdCharge* charge);
+
   // O_PATH descriptors held now (the root included); for tests and stats.
   size_t cached_fds() const;
   size_t size() const;
@@ -100,12 +114,16 @@ class InodeTable {
   UniqueFd open_handle(const std::string& handle, int flags, int* error) const;
   // REQUIRES: mu_. Closes cached descriptors past the bound.
   void trim();
+  // REQUIRES: mu_. take_fd's work: evicts from the LRU end until the budget
+  // grants one descriptor.
+  bool take_fd_locked(util::FdCharge* charge);
   size_t cached_fds_locked() const;
   // REQUIRES: mu_.
   void cache(Inode& node, PathRef fd);
   void drop(std::unordered_map<uint64_t, Inode>::iterator it);
 
   const size_t max_fds_;
+  util::FdBudget* const budget_;
   const PathRef root_;
   UniqueFd mount_fd_;  // open_by_handle_at wants a real (not O_PATH) descriptor of the mount
   bool handles_ = false;

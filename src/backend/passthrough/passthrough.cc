@@ -154,15 +154,18 @@ void raise_fd_limit(size_t want) {
 
 // An open file or directory of the tenant.
 struct Passthrough::OpenFile {
-  OpenFile(UniqueFd fd, uint64_t ino, bool dir) : fd(std::move(fd)), ino(ino), dir(dir) {}
+  OpenFile(UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge)
+      : fd(std::move(fd)), ino(ino), dir(dir), charge(std::move(charge)) {}
   const UniqueFd fd;
   const uint64_t ino;
   const bool dir;
+  util::FdCharge charge;  // returned to the device's budget when the descriptor closes
   std::mutex mu;  // directories: one listing at a time (lseek + getdents)
 };
 
 Passthrough::Passthrough(PassthroughOptions options)
     : options_(std::move(options)),
+      fd_budget_(options_.fd_budget),
       inodes_(
           [&] {
             UniqueFd root(::open(options_.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -172,7 +175,7 @@ Passthrough::Passthrough(PassthroughOptions options)
             }
             return root;
           }(),
-          options_.max_fds),
+          options_.max_fds, &fd_budget_),
       data_(use_uring(options_)) {
   if (!inodes_.has_handles()) {
     spdlog::warn(
@@ -534,12 +537,13 @@ uint32_t Passthrough::open_reply_flags() const {
   }
 }
 
-int Passthrough::add_file(UniqueFd fd, uint64_t ino, bool dir, uint64_t* fh) {
+int Passthrough::add_file(UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge,
+                          uint64_t* fh) {
   std::lock_guard lock(files_mu_);
   // Each open file is a host descriptor: bounded like the inode cache.
   if (files_.size() >= options_.max_fds) return ENFILE;
   *fh = next_fh_.fetch_add(1);
-  files_.emplace(*fh, std::make_shared<OpenFile>(std::move(fd), ino, dir));
+  files_.emplace(*fh, std::make_shared<OpenFile>(std::move(fd), ino, dir, std::move(charge)));
   return 0;
 }
 
@@ -567,13 +571,17 @@ void Passthrough::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenRep
   }
   // Checked before anything happens on the host (O_TRUNC); add_file checks again.
   if (open_files() >= options_.max_fds) return reply.error(ENFILE);
+  util::FdCharge charge;
+  if (!inodes_.take_fd(&charge)) return reply.error(EMFILE);
   UniqueFd fd = inodes_.reopen(ino, *path, host_flags, &error);
   if (!fd) return reply.error(error);
   if (ctx.kill_suidgid && (host_flags & O_TRUNC)) {
     if (int e = kill_setid(fd.get(), false); e != 0) return reply.error(e);
   }
   uint64_t fh = 0;
-  if (int e = add_file(std::move(fd), ino, false, &fh); e != 0) return reply.error(e);
+  if (int e = add_file(std::move(fd), ino, false, std::move(charge), &fh); e != 0) {
+    return reply.error(e);
+  }
   reply.ok(fh, open_reply_flags());
 }
 
@@ -584,6 +592,8 @@ void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view n
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
   if (open_files() >= options_.max_fds) return reply.error(ENFILE);  // before creating
+  util::FdCharge charge;
+  if (!inodes_.take_fd(&charge)) return reply.error(EMFILE);
   const int f = host_open_flags(flags);
   // Always exclusive on the host: opening an existing name with O_CREAT
   // could open a FIFO or a device node. An existing name is then opened as
@@ -617,7 +627,7 @@ void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view n
     }
   }
   uint64_t fh = 0;
-  if (int e = add_file(std::move(fd), entry.ino, false, &fh); e != 0) {
+  if (int e = add_file(std::move(fd), entry.ino, false, std::move(charge), &fh); e != 0) {
     inodes_.forget(entry.ino, 1);
     return reply.error(e);
   }
@@ -630,6 +640,8 @@ void Passthrough::tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, ui
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
   if (open_files() >= options_.max_fds) return reply.error(ENFILE);
+  util::FdCharge charge;
+  if (!inodes_.take_fd(&charge)) return reply.error(EMFILE);
   UniqueFd fd;
   {
     TenantCreds creds(host_uid(ctx), host_gid(ctx));
@@ -645,7 +657,7 @@ void Passthrough::tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, ui
   if (!twin) return reply.error(errno);
   if (int e = make_entry(std::move(twin), false, &entry); e != 0) return reply.error(e);
   uint64_t fh = 0;
-  if (int e = add_file(std::move(fd), entry.ino, false, &fh); e != 0) {
+  if (int e = add_file(std::move(fd), entry.ino, false, std::move(charge), &fh); e != 0) {
     inodes_.forget(entry.ino, 1);
     return reply.error(e);
   }
@@ -760,10 +772,14 @@ void Passthrough::opendir(const Context&, uint64_t ino, uint32_t, OpenReply repl
   PathRef path = inodes_.get(ino, &error);
   if (!path) return reply.error(error);
   if (path->type() != S_IFDIR) return reply.error(ENOTDIR);
+  util::FdCharge charge;
+  if (!inodes_.take_fd(&charge)) return reply.error(EMFILE);
   UniqueFd fd = inodes_.reopen(ino, *path, O_RDONLY | O_DIRECTORY, &error);
   if (!fd) return reply.error(error);
   uint64_t fh = 0;
-  if (int e = add_file(std::move(fd), ino, true, &fh); e != 0) return reply.error(e);
+  if (int e = add_file(std::move(fd), ino, true, std::move(charge), &fh); e != 0) {
+    return reply.error(e);
+  }
   reply.ok(fh, options_.cache == CachePolicy::kAlways ? FOPEN_CACHE_DIR : 0);
 }
 

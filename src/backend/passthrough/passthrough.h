@@ -73,6 +73,10 @@ struct PassthroughOptions {
   double attr_timeout = 1.0;
   bool writeback = false;     // the kernel caches writes (fuse.writeback_cache)
   size_t max_fds = 8192;     // O_PATH descriptors cached, and files open at once
+  // This device's share of the process's descriptors: open files and cached
+  // O_PATH descriptors together (util/fd_budget.h). Spent: cached ones are
+  // evicted, then EMFILE. 0: no budget.
+  size_t fd_budget = 0;
   UringMode io_uring = UringMode::kAuto;
   // Tenant credentials replaced by these on the host (files created, access
   // checks) when set.
@@ -175,7 +179,8 @@ class Passthrough final : public Backend {
                   Entry* entry);
   // Opens an existing regular file (or directory, for opendir) of inode `ino`.
   std::shared_ptr<OpenFile> find_file(uint64_t fh, uint64_t ino, int* error) const;
-  int add_file(transport::UniqueFd fd, uint64_t ino, bool dir, uint64_t* fh);
+  // Keeps `fd` as an open file, paid by `charge` (InodeTable::take_fd).
+  int add_file(transport::UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge, uint64_t* fh);
   // open(2) flags as the host gets them: the tenant's, minus what must not
   // reach the host (O_CREAT, O_NOCTTY, O_DIRECT...), plus O_CLOEXEC|O_NOFOLLOW.
   int host_open_flags(uint32_t flags) const;
@@ -191,6 +196,7 @@ class Passthrough final : public Backend {
   void reply_created(int error, Entry* entry, EntryReply& reply);
 
   const PassthroughOptions options_;
+  util::FdBudget fd_budget_;  // before inodes_, which pays from it
   passthrough::InodeTable inodes_;
   passthrough::DataPath data_;
   memfs::LockTable locks_;
