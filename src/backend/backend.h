@@ -23,10 +23,12 @@
 // backend that keeps shared state synchronizes it itself.
 #pragma once
 
+#include <linux/limits.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -45,6 +47,30 @@ class Request;
 namespace dpfs {
 
 constexpr uint64_t kRootIno = 1;  // FUSE_ROOT_ID
+
+// The backends' own wall; the session's is the first. A name a backend is
+// handed must be one path component: non-empty, at most NAME_MAX bytes, no
+// '/' and no NUL. Backends check again where a name meets the host or the
+// store, so that neither check alone stands between a tenant and the host.
+// Return 0 or the errno to answer.
+inline int check_component(std::string_view name) {
+  if (name.empty() || name.find('/') != std::string_view::npos ||
+      name.find('\0') != std::string_view::npos) {
+    return EINVAL;
+  }
+  return name.size() > NAME_MAX ? ENAMETOOLONG : 0;
+}
+// A name to create, remove or rename: a component, and neither "." nor
+// "..", which the tenant's kernel resolves itself and never sends.
+inline int check_new_component(std::string_view name) {
+  if (name == "." || name == "..") return EINVAL;
+  return check_component(name);
+}
+// An xattr name: non-empty, at most XATTR_NAME_MAX bytes, no NUL.
+inline int check_xattr_key(std::string_view name) {
+  if (name.empty() || name.size() > XATTR_NAME_MAX) return ERANGE;
+  return name.find('\0') != std::string_view::npos ? EINVAL : 0;
+}
 
 // Who asks: the credentials of the tenant process behind a request.
 struct Context {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "fuse/captured_request.h"
 #include "fuse/iov.h"
 
 namespace dpfs::fuse {
@@ -37,6 +38,15 @@ class Request {
   // transport that needs completions on its own thread must marshal them.
   virtual void complete(size_t reply_len) = 0;
 
+  // Set by a transport whose `in` buffers the tenant cannot write once
+  // received (a /dev/fuse read, a TCP frame): they are then parsed in place.
+  // Left false for buffers in guest memory.
+  bool in_is_private = false;
+
+  // --- Handler-owned state (the session's, or a forwarder's). ------------
+  // The header and arguments, read once out of `in` (see CapturedRequest).
+  CapturedRequest captured;
+
   // --- Session-owned state; transports leave it alone. -------------------
   // Kept in the request so that steady state allocates nothing: the vectors
   // keep their capacity from one request to the next.
@@ -50,8 +60,7 @@ class Request {
     uint64_t latency_ns = 0;  // handle() to reply
     int error = 0;            // the errno answered; 0 for success
     IovWriter writer;             // over `out`, positioned after the header
-    std::vector<iovec> data_iov;  // READ destination / WRITE source
-    std::string names[2];         // names split across buffers, gathered
+    std::vector<iovec> data_iov;  // READ destination
     uint32_t limit = 0;           // reply payload limit (READ/READDIR size, xattr size)
     bool plus = false;            // READDIRPLUS
   } session_state;

@@ -134,18 +134,22 @@ struct Call {
   Backend& backend;
   Request& req;
   const fuse_in_header& hdr;
-  IovReader& in;
+  IovReader& in;  // over the private copy of the arguments
   Context ctx;
+  // For IovReader::cstring, which gathers strings split across buffers;
+  // the private copy is one buffer, so this stays empty.
+  std::string scratch;
 
   template <typename T>
   bool arg(T* out) {
     return in.read(out);
   }
 
-  // A path component: non-empty, at most NAME_MAX, no '/'.
-  int name(std::string_view* out, int slot) {
+  // A path component: non-empty, at most NAME_MAX, no '/'. A view into
+  // the request's private copy (CapturedRequest), never into tenant memory.
+  int name(std::string_view* out) {
     bool too_long = false;
-    if (!in.cstring(kNameMax, &req.session_state.names[slot], out, &too_long)) {
+    if (!in.cstring(kNameMax, &scratch, out, &too_long)) {
       if (too_long) return ENAMETOOLONG;
       log_malformed("{}: name not NUL-terminated", opcode_name(hdr.opcode));
       return EINVAL;
@@ -159,7 +163,7 @@ struct Call {
 
   int xattr_name(std::string_view* out) {
     bool too_long = false;
-    if (!in.cstring(kXattrNameMax, &req.session_state.names[0], out, &too_long)) {
+    if (!in.cstring(kXattrNameMax, &scratch, out, &too_long)) {
       if (too_long) return ERANGE;
       log_malformed("{}: xattr name not NUL-terminated", opcode_name(hdr.opcode));
       return EINVAL;
@@ -183,7 +187,7 @@ using Handler = int (*)(Call&);
 
 int do_lookup(Call& c) {
   std::string_view name;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   c.backend.lookup(c.ctx, c.hdr.nodeid, name, c.reply<EntryReply>());
   return 0;
 }
@@ -277,9 +281,9 @@ int do_readlink(Call& c) {
 
 int do_symlink(Call& c) {
   std::string_view name, target;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   bool too_long = false;
-  if (!c.in.cstring(kSymlinkMax, &c.req.session_state.names[1], &target, &too_long)) {
+  if (!c.in.cstring(kSymlinkMax, &c.scratch, &target, &too_long)) {
     if (too_long) return ENAMETOOLONG;
     log_malformed("SYMLINK: target not NUL-terminated");
     return EINVAL;
@@ -293,7 +297,7 @@ int do_mknod(Call& c) {
   fuse_mknod_in a;
   if (!c.arg(&a)) return c.short_args();
   std::string_view name;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   c.backend.mknod(c.ctx, c.hdr.nodeid, name, a.mode, a.rdev, a.umask, c.reply<EntryReply>());
   return 0;
 }
@@ -302,29 +306,29 @@ int do_mkdir(Call& c) {
   fuse_mkdir_in a;
   if (!c.arg(&a)) return c.short_args();
   std::string_view name;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   c.backend.mkdir(c.ctx, c.hdr.nodeid, name, a.mode, a.umask, c.reply<EntryReply>());
   return 0;
 }
 
 int do_unlink(Call& c) {
   std::string_view name;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   c.backend.unlink(c.ctx, c.hdr.nodeid, name, c.reply<StatusReply>());
   return 0;
 }
 
 int do_rmdir(Call& c) {
   std::string_view name;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   c.backend.rmdir(c.ctx, c.hdr.nodeid, name, c.reply<StatusReply>());
   return 0;
 }
 
 int rename_common(Call& c, uint64_t new_parent, uint32_t flags) {
   std::string_view name, new_name;
-  if (int e = c.name(&name, 0)) return e;
-  if (int e = c.name(&new_name, 1)) return e;
+  if (int e = c.name(&name)) return e;
+  if (int e = c.name(&new_name)) return e;
   c.backend.rename(c.ctx, c.hdr.nodeid, name, new_parent, new_name, flags,
                    c.reply<StatusReply>());
   return 0;
@@ -351,7 +355,7 @@ int do_link(Call& c) {
   fuse_link_in a;
   if (!c.arg(&a)) return c.short_args();
   std::string_view name;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   // The header names the new parent; the argument the inode to link.
   c.backend.link(c.ctx, a.oldnodeid, c.hdr.nodeid, name, c.reply<EntryReply>());
   return 0;
@@ -408,10 +412,21 @@ int do_write(Call& c) {
     return EINVAL;
   }
   if (a.offset > kMaxOffset || a.size > kMaxOffset - a.offset) return EFBIG;
-  Request::SessionState& st = c.req.session_state;
-  if (!c.in.take_iovecs(a.size, &st.data_iov)) {
-    log_malformed("WRITE claims {} bytes but carries {}", a.size, c.in.remaining());
+  // The payload stays in the tenant's buffers (zero-copy): no decision
+  // depends on it. Its length is what the private header said.
+  const CapturedRequest& cap = c.req.captured;
+  const size_t carried = cap.payload_length() - size_t(c.hdr.total_extlen) * 8;  // checked
+  if (carried < a.size) {
+    log_malformed("WRITE claims {} bytes but carries {}", a.size, carried);
     return EINVAL;
+  }
+  Request::SessionState& st = c.req.session_state;
+  size_t left = a.size;
+  for (const iovec& v : cap.payload()) {
+    if (left == 0) break;
+    const size_t n = std::min(left, v.iov_len);
+    st.data_iov.push_back({v.iov_base, n});
+    left -= n;
   }
   c.backend.write(c.ctx, c.hdr.nodeid, a.fh, a.offset, st.data_iov, a.write_flags,
                   c.reply<WriteReply>());
@@ -462,14 +477,9 @@ int do_setxattr(Call& c) {
     log_malformed("SETXATTR claims {} bytes of value but carries {}", a.size, c.in.remaining());
     return EINVAL;
   }
-  // Values are small (64 KiB at most): gather one split across buffers.
-  std::string& scratch = c.req.session_state.names[1];
+  // The value is in the private copy, which is one buffer.
   const char* p = c.in.contiguous(a.size);
-  if (p == nullptr) {
-    scratch.resize(a.size);
-    c.in.read(scratch.data(), a.size);
-    p = scratch.data();
-  }
+  if (p == nullptr) return EINVAL;
   const auto value = std::as_bytes(std::span<const char>(p, a.size));
   c.backend.setxattr(c.ctx, c.hdr.nodeid, name, value, a.flags, c.reply<StatusReply>());
   return 0;
@@ -557,7 +567,7 @@ int do_create(Call& c) {
   fuse_create_in a;
   if (!c.arg(&a)) return c.short_args();
   std::string_view name;
-  if (int e = c.name(&name, 0)) return e;
+  if (int e = c.name(&name)) return e;
   c.ctx.kill_suidgid = (a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
   c.backend.create(c.ctx, c.hdr.nodeid, name, a.mode, a.umask, a.flags, c.reply<CreateReply>());
   return 0;
@@ -765,9 +775,10 @@ void FuseSession::handle(Request& req) {
   st.limit = 0;
   st.plus = false;
 
-  IovReader in(req.in, iov_length(req.in));
-  fuse_in_header hdr;
-  const bool have_header = in.read(&hdr);
+  // Everything below decides from the private copy only.
+  CapturedRequest& cap = req.captured;
+  const bool have_header = cap.capture(req.in, req.in_is_private);
+  const fuse_in_header& hdr = cap.header();
   if (have_header) {
     st.unique = hdr.unique;
     st.opcode = hdr.opcode;
@@ -789,24 +800,38 @@ void FuseSession::handle(Request& req) {
     answer_error(req, st.unique, error);
   };
   if (!have_header) {
-    log_malformed("{} bytes cannot hold a request header", iov_length(req.in));
+    log_malformed("{} bytes cannot hold a request header", cap.sent());
     return fail(EINVAL);
   }
   // The header's length must cover itself and lie within what was sent.
-  const size_t sent = sizeof(hdr) + in.remaining();
-  if (hdr.len < sizeof(hdr) || hdr.len > sent) {
+  if (hdr.len < sizeof(hdr) || hdr.len > cap.sent()) {
     log_malformed("{}: header says {} bytes but {} were sent", opcode_name(hdr.opcode), hdr.len,
-                  sent);
+                  cap.sent());
     return fail(EINVAL);
   }
-  size_t args = hdr.len - sizeof(hdr);
-  // Extensions (security context, supplementary groups) trail the arguments.
+  if (cap.too_large()) {
+    log_malformed("{}: {} bytes is more than any such request needs", opcode_name(hdr.opcode),
+                  hdr.len);
+    return fail(EINVAL);
+  }
+  // Extensions (security context, supplementary groups) trail the
+  // arguments; a WRITE's trail its payload, which is not copied.
+  const size_t args = hdr.len - sizeof(hdr);
   const size_t ext = size_t(hdr.total_extlen) * 8;
   if (ext > args) {
     log_malformed("{}: extensions of {} bytes exceed the request", opcode_name(hdr.opcode), ext);
     return fail(EINVAL);
   }
-  in.truncate(args - ext);
+  const std::span<const char> copy = cap.args();
+  size_t usable = copy.size();
+  if (hdr.opcode != FUSE_WRITE) {
+    usable = args - ext;  // the copy holds all of args here
+  } else if (cap.payload_length() < ext) {
+    log_malformed("WRITE: extensions of {} bytes exceed the request", ext);
+    return fail(EINVAL);
+  }
+  const iovec args_iov{const_cast<char*>(copy.data()), copy.size()};
+  IovReader in(std::span<const iovec>(&args_iov, 1), usable);
 
   if (hdr.opcode == FUSE_INIT) {
     handle_init(req, in, hdr.unique);

@@ -49,6 +49,27 @@ class PlainChannel final : public Channel {
   void set_timeouts(double receive_s, double send_s) override {
     remote::set_timeouts(fd(), receive_s, send_s);
   }
+  Io start_some(std::string*) override { return Io::kDone; }
+  // MSG_DONTWAIT: the socket itself stays blocking for the reader that
+  // takes it over after the handshake.
+  Io read_some(void* dst, size_t len, size_t* n) override {
+    return result(::recv(fd(), dst, len, MSG_DONTWAIT), Io::kWantRead, n);
+  }
+  Io write_some(const void* src, size_t len, size_t* n) override {
+    return result(::send(fd(), src, len, MSG_DONTWAIT | MSG_NOSIGNAL), Io::kWantWrite, n);
+  }
+
+ private:
+  static Io result(ssize_t rc, Io want, size_t* n) {
+    *n = 0;
+    if (rc > 0) {
+      *n = size_t(rc);
+      return Io::kDone;
+    }
+    if (rc == 0) return Io::kEof;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return want;
+    return Io::kFailed;
+  }
 };
 
 // --- TLS ---------------------------------------------------------------------
@@ -86,6 +107,11 @@ class TlsChannel final : public Channel {
   ~TlsChannel() override { SSL_free(ssl_); }
 
   std::string start(double timeout_s, bool* fatal) override;
+  Io start_some(std::string* why) override;
+  Io read_some(void* dst, size_t len, size_t* n) override { return some(Op::kRead, dst, len, n); }
+  Io write_some(const void* src, size_t len, size_t* n) override {
+    return some(Op::kWrite, const_cast<void*>(src), len, n);
+  }
   bool read_full(void* dst, size_t len) override { return read(dst, len, receive_s_); }
   bool readv_full(std::span<const iovec> iov, size_t len) override {
     for (const iovec& v : iov) {
@@ -145,6 +171,9 @@ class TlsChannel final : public Channel {
   // Waits until the socket is ready for `events`; false (errno EAGAIN) on
   // timeout.
   bool wait(short events, double timeout_s);
+  // One SSL_read_ex/SSL_write_ex without waiting.
+  Io some(Op op, void* buf, size_t len, size_t* n);
+  bool make_nonblocking();
 
   SSL* const ssl_;
   // Guards ssl_ (OpenSSL objects are not for two threads at once) and
@@ -174,8 +203,8 @@ bool TlsChannel::transfer(Op op, void* buf, size_t len, double timeout_s, size_t
     std::unique_lock lock(mu_);
     ERR_clear_error();
     errno = 0;
-    const int ok = op == Op::kRead ? SSL_read_ex(ssl_, buf, len, done)
-                                   : SSL_write_ex(ssl_, buf, len, done);
+    const int ok =
+        op == Op::kRead ? SSL_read_ex(ssl_, buf, len, done) : SSL_write_ex(ssl_, buf, len, done);
     if (ok == 1) return true;
     const int err = SSL_get_error(ssl_, ok);
     const int saved_errno = errno;
@@ -233,45 +262,82 @@ bool TlsChannel::writev_full(std::span<iovec> iov) {
   return gather_.empty() || write(gather_.data(), gather_.size());
 }
 
+bool TlsChannel::make_nonblocking() {
+  const int flags = ::fcntl(fd(), F_GETFL);
+  return flags >= 0 && ((flags & O_NONBLOCK) || ::fcntl(fd(), F_SETFL, flags | O_NONBLOCK) == 0);
+}
+
+Channel::Io TlsChannel::start_some(std::string* why) {
+  if (!make_nonblocking()) {
+    *why = fmt::format("fcntl: {}", std::strerror(errno));
+    return Io::kFailed;
+  }
+  std::lock_guard lock(mu_);
+  ERR_clear_error();
+  errno = 0;
+  const int rc = SSL_do_handshake(ssl_);
+  if (rc == 1) return Io::kDone;
+  const int err = SSL_get_error(ssl_, rc);
+  const int saved_errno = errno;
+  if (err == SSL_ERROR_WANT_READ) return Io::kWantRead;
+  if (err == SSL_ERROR_WANT_WRITE) return Io::kWantWrite;
+  std::string text = ssl_error_text();
+  const long verify = SSL_get_verify_result(ssl_);
+  if (verify != X509_V_OK) text += fmt::format(" ({})", X509_verify_cert_error_string(verify));
+  if (text.empty()) {
+    *why = fmt::format("TLS handshake: {}", saved_errno != 0 ? std::strerror(saved_errno)
+                                                             : "the peer closed the connection");
+    errno = saved_errno;
+    return saved_errno != 0 ? Io::kFailed : Io::kEof;
+  }
+  if (not_tls(text)) text += " (is the peer speaking TLS?)";
+  *why = "TLS handshake failed: " + text;
+  errno = EPROTO;
+  return Io::kFailed;
+}
+
+Channel::Io TlsChannel::some(Op op, void* buf, size_t len, size_t* n) {
+  *n = 0;
+  std::lock_guard lock(mu_);
+  ERR_clear_error();
+  errno = 0;
+  const int ok = op == Op::kRead ? SSL_read_ex(ssl_, buf, len, n) : SSL_write_ex(ssl_, buf, len, n);
+  if (ok == 1) return Io::kDone;
+  const int err = SSL_get_error(ssl_, ok);
+  const int saved_errno = errno;
+  switch (err) {
+    case SSL_ERROR_WANT_READ:
+      return Io::kWantRead;
+    case SSL_ERROR_WANT_WRITE:
+      return Io::kWantWrite;
+    case SSL_ERROR_ZERO_RETURN:
+      return Io::kEof;
+    default:
+      ssl_error_ = ssl_error_text();
+      if ((ssl_error_.empty() && saved_errno == 0) ||
+          ssl_error_.find("unexpected eof") != std::string::npos) {
+        return Io::kEof;
+      }
+      errno = saved_errno != 0 ? saved_errno : EPROTO;
+      return Io::kFailed;
+  }
+}
+
 std::string TlsChannel::start(double timeout_s, bool* fatal) {
   *fatal = false;
-  const int flags = ::fcntl(fd(), F_GETFL);
-  if (flags < 0 || ::fcntl(fd(), F_SETFL, flags | O_NONBLOCK) != 0) {
-    return fmt::format("fcntl: {}", std::strerror(errno));
-  }
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   for (;;) {
-    std::unique_lock lock(mu_);
-    ERR_clear_error();
-    errno = 0;
-    const int rc = SSL_do_handshake(ssl_);
-    if (rc == 1) return "";
-    const int err = SSL_get_error(ssl_, rc);
-    const int saved_errno = errno;
-    short events = 0;
-    if (err == SSL_ERROR_WANT_READ) {
-      events = POLLIN;
-    } else if (err == SSL_ERROR_WANT_WRITE) {
-      events = POLLOUT;
-    } else {
-      std::string why = ssl_error_text();
-      const long verify = SSL_get_verify_result(ssl_);
-      if (verify != X509_V_OK) {
-        why += fmt::format(" ({})", X509_verify_cert_error_string(verify));
-      }
-      if (why.empty()) {
-        return fmt::format("TLS handshake: {}", saved_errno != 0 ? std::strerror(saved_errno)
-                                                                 : "the peer closed the connection");
-      }
-      *fatal = true;
-      if (not_tls(why)) why += " (is the peer speaking TLS?)";
-      return "TLS handshake failed: " + why;
+    std::string why;
+    const Io io = start_some(&why);
+    if (io == Io::kDone) return "";
+    if (io == Io::kEof || io == Io::kFailed) {
+      // A refused certificate or a peer that does not speak TLS will not change.
+      *fatal = errno == EPROTO;
+      return why;
     }
-    lock.unlock();
     const double left =
         std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
-    if (left <= 0 || !wait(events, left)) {
+    if (left <= 0 || !wait(io == Io::kWantRead ? POLLIN : POLLOUT, left)) {
       return errno == EAGAIN || left <= 0 ? "TLS handshake: timed out"
                                           : fmt::format("TLS handshake: {}", std::strerror(errno));
     }
@@ -314,8 +380,8 @@ TlsContext::TlsContext(const TlsFiles& files, Role role) : impl_(std::make_uniqu
       SSL_CTX_check_private_key(ctx) != 1) {
     const std::string why = ssl_error_text();
     if (why.find("mismatch") != std::string::npos) {
-      throw std::invalid_argument(fmt::format("remote.tls_key {} is not the key of remote.tls_cert {}",
-                                              files.key, files.cert));
+      throw std::invalid_argument(fmt::format(
+          "remote.tls_key {} is not the key of remote.tls_cert {}", files.key, files.cert));
     }
     throw std::invalid_argument(
         fmt::format("remote.tls_key {}: not a PEM private key: {}", files.key, why));
@@ -325,10 +391,10 @@ TlsContext::TlsContext(const TlsFiles& files, Role role) : impl_(std::make_uniqu
   }
   // A server accepts only devices with a certificate from the CA; a device
   // only a server with one.
-  SSL_CTX_set_verify(ctx,
-                     role == Role::kServer ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
-                                           : SSL_VERIFY_PEER,
-                     nullptr);
+  SSL_CTX_set_verify(
+      ctx,
+      role == Role::kServer ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
+      nullptr);
   // Partial writes, retried from where they stopped (transfer()).
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   // Connections are long-lived and reconnects cheap: no session tickets
@@ -339,8 +405,7 @@ TlsContext::TlsContext(const TlsFiles& files, Role role) : impl_(std::make_uniqu
 
 TlsContext::~TlsContext() = default;
 
-std::unique_ptr<Channel> TlsContext::channel(transport::UniqueFd fd,
-                                             const std::string& peer_host) {
+std::unique_ptr<Channel> TlsContext::channel(transport::UniqueFd fd, const std::string& peer_host) {
   SSL* ssl = SSL_new(impl_->ctx);
   if (ssl == nullptr) throw std::runtime_error("SSL_new: " + ssl_error_text());
   SSL_set_fd(ssl, fd.get());

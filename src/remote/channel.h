@@ -23,6 +23,7 @@
 #include <span>
 #include <string>
 
+#include "remote/wire.h"
 #include "transport/unique_fd.h"
 
 namespace dpfs::remote {
@@ -57,6 +58,26 @@ class Channel {
   virtual void set_timeouts(double receive_s, double send_s) = 0;
   // What the last failure with errno `err` was, for a log line.
   virtual std::string error(int err) const;
+
+  // --- Without waiting (the server's handshake loop) ---
+  //
+  // Each call does what it can at once and says what it waits for; the
+  // caller polls the socket (edge-triggered: a kWant* comes only after the
+  // socket said EAGAIN). kEof: the peer closed. kFailed: errno set (EPROTO:
+  // a TLS error, error() has it).
+  enum class Io { kDone, kWantRead, kWantWrite, kEof, kFailed };
+  // A step of start() (the TLS handshake; kDone at once for plain TCP).
+  // On kFailed, *why says why for one log line.
+  virtual Io start_some(std::string* why) = 0;
+  // Reads or writes up to `len` bytes (at least one on kDone): *n of them.
+  virtual Io read_some(void* dst, size_t len, size_t* n) = 0;
+  virtual Io write_some(const void* src, size_t len, size_t* n) = 0;
+
+  // Shared-secret mode without TLS: the MACs of the frames each way
+  // (wire.h, FrameMac); null otherwise. Set by the handshake before the
+  // connection is shared; send_mac is used under the writer's lock,
+  // receive_mac by the reader.
+  std::unique_ptr<FrameMac> send_mac, receive_mac;
 
   // Ends both directions: blocked reads and writes return. Safe from any thread.
   void shutdown();

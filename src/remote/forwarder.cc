@@ -29,6 +29,14 @@ constexpr auto kMaxBackoff = std::chrono::seconds(5);
 constexpr auto kTick = std::chrono::milliseconds(100);
 // The INIT kept for replay: fuse_in_header + fuse_init_in is well below this.
 constexpr size_t kMaxSavedInit = 4096;
+
+// The bytes a request's frame carries: its private copy and, for a WRITE,
+// the payload.
+size_t forwarded_length(const fuse::Request& req) {
+  const fuse::CapturedRequest& cap = req.captured;
+  return sizeof(fuse_in_header) + cap.args().size() + cap.payload_length();
+}
+
 // Sent requests that timed out and whose late replies are dropped when they
 // come; past this many the link is assumed dead and reconnected.
 constexpr size_t kMaxExpired = 4096;
@@ -53,6 +61,19 @@ bool idempotent(uint32_t opcode) {
     default:
       return false;
   }
+}
+
+// Reads a frame's MAC trailer and checks it against `h` and the payload
+// just read into `payload`, if `ch`'s frames carry one.
+bool authentic(Channel& ch, const FrameHeader& h, std::span<const iovec> payload) {
+  if (!ch.receive_mac) return true;
+  Mac trailer;
+  return ch.read_full(trailer.data(), trailer.size()) &&
+         same_mac(trailer, ch.receive_mac->next(h, payload));
+}
+bool authentic(Channel& ch, const FrameHeader& h, std::span<char> payload) {
+  const iovec v{payload.data(), payload.size()};
+  return authentic(ch, h, std::span<const iovec>(&v, 1));
 }
 
 }  // namespace
@@ -143,7 +164,7 @@ class Forwarder::Link {
   // The connection, shared by the threads using it so that its socket is
   // not closed while one of them still reads or writes it; null while down.
   std::shared_ptr<Channel> sock_;
-  uint64_t generation_ = 0;       // bumped by every connect and break
+  uint64_t generation_ = 0;  // bumped by every connect and break
   std::unordered_map<uint64_t, Pending> pending_;
   std::unordered_set<uint64_t> expired_;
   uint64_t next_id_ = kInitReplayId + 1;
@@ -174,10 +195,10 @@ void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcod
                                   std::chrono::duration<double>(fw_.options_.timeout_s));
   std::unique_lock lock(mu_);
   const uint64_t id = next_id_++;
-  if (max_request_ != 0 && iov_length(req.in) > max_request_) {
+  if (max_request_ != 0 && forwarded_length(req) > max_request_) {
     lock.unlock();
     spdlog::warn("remote: a {}-byte {} request exceeds the server's limit of {} bytes",
-                 iov_length(req.in), fuse::opcode_name(opcode), max_request_);
+                 forwarded_length(req), fuse::opcode_name(opcode), max_request_);
     fail(p, EIO);
     return;
   }
@@ -191,15 +212,32 @@ void Forwarder::Link::submit(fuse::Request& req, uint64_t unique, uint32_t opcod
 
 void Forwarder::Link::send(uint64_t id, fuse::Request& req, const std::shared_ptr<Channel>& sock,
                            uint64_t gen) {
-  const size_t len = iov_length(req.in);
+  // What goes out is the private copy the forwarder decided from (header
+  // and arguments), and a WRITE's payload in place: the server sees the very
+  // bytes this side looked at, whatever the tenant rewrites meanwhile.
+  const fuse::CapturedRequest& cap = req.captured;
+  const size_t len = forwarded_length(req);
   const size_t capacity = std::min<size_t>(iov_length(req.out), kMaxPayload);
   FrameHeader h = make_header(FrameType::kRequest, uint32_t(len), id, uint32_t(capacity));
+  fuse_in_header in_header = cap.header();
   bool ok;
   {
     std::lock_guard lock(send_mu_);
     send_iov_.clear();
     send_iov_.push_back({&h, sizeof(h)});
-    send_iov_.insert(send_iov_.end(), req.in.begin(), req.in.end());
+    send_iov_.push_back({&in_header, sizeof(in_header)});
+    if (!cap.args().empty()) {
+      send_iov_.push_back({const_cast<char*>(cap.args().data()), cap.args().size()});
+    }
+    send_iov_.insert(send_iov_.end(), cap.payload().begin(), cap.payload().end());
+    // The sequence is the order on the wire: taken under the send lock. (A
+    // WRITE payload is still the tenant's memory: a tenant that rewrites it
+    // while it goes out only gets its own link broken by the server's check.)
+    Mac mac;
+    if (sock->send_mac) {
+      mac = sock->send_mac->next(h, std::span<const iovec>(send_iov_).subspan(1));
+      send_iov_.push_back({mac.data(), mac.size()});
+    }
     ok = sock->writev_full(send_iov_);
   }
   const int send_errno = errno;
@@ -301,8 +339,8 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
     return fmt::format("connect: {}", errno == EINPROGRESS ? "timed out" : std::strerror(errno));
   }
   tune_socket(fd.get(), unsigned(std::max(1.0, opt.timeout_s)));
-  std::unique_ptr<Channel> ch = fw_.tls_ ? fw_.tls_->channel(std::move(fd), opt.server.host)
-                                         : plain_channel(std::move(fd));
+  std::unique_ptr<Channel> ch =
+      fw_.tls_ ? fw_.tls_->channel(std::move(fd), opt.server.host) : plain_channel(std::move(fd));
   ch->set_timeouts(hs, hs);
   if (std::string e = ch->start(hs, fatal); !e.empty()) return e;
 
@@ -330,36 +368,69 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
     if (!ch->read_full(payload, size)) return io_error("handshake");
     return "";
   };
+  // After AUTH, in shared-secret mode, with the frame's MAC.
   auto send_message = [&](FrameType type, void* payload, uint32_t size, uint64_t id = 0,
                           uint32_t capacity = 0) {
     FrameHeader h = make_header(type, size, id, capacity);
-    iovec iov[2] = {{&h, sizeof(h)}, {payload, size}};
+    Mac mac;
+    iovec iov[3] = {{&h, sizeof(h)}, {payload, size}, {mac.data(), 0}};
+    if (ch->send_mac) {
+      mac = ch->send_mac->next(h, payload);
+      iov[2].iov_len = mac.size();
+    }
     return ch->writev_full(iov);
   };
 
+  // One handshake at a time: a link that finds no session makes one, and
+  // the next joins it.
+  std::unique_lock handshake_lock(fw_.handshake_mu_);
+  const SessionCredentials creds = fw_.credentials();
   HelloPayload hello{};
   random_bytes(hello.device_nonce.data(), kNonceSize);
-  hello.session_id = fw_.session_id();
+  hello.session_id = creds.joined ? creds.id : 0;
+  hello.flags = creds.joined ? kHelloJoin : 0;
   hello.max_write = opt.max_write;
   if (!send_message(FrameType::kHello, &hello, sizeof(hello))) return io_error("handshake");
   ChallengePayload challenge{};
-  if (std::string e = read_message(Stage::kChallenge, &challenge, sizeof(challenge));
-      !e.empty()) {
+  if (std::string e = read_message(Stage::kChallenge, &challenge, sizeof(challenge)); !e.empty()) {
     return e;
   }
   if (!same_mac(challenge.server_proof, server_proof(opt.secret, hello, challenge.server_nonce))) {
     *fatal = true;
     return "the server did not prove the shared secret (a different secret, or none)";
   }
-  AuthPayload auth{device_proof(opt.secret, hello, challenge.server_nonce)};
+  AuthPayload auth{device_proof(opt.secret, hello, challenge.server_nonce), Mac{}};
+  if (creds.joined) auth.session_proof = session_proof(creds.token, hello, challenge.server_nonce);
   if (!send_message(FrameType::kAuth, &auth, sizeof(auth))) return io_error("handshake");
+  if (frames_authenticated(!opt.secret.empty(), fw_.tls_ != nullptr)) {
+    const FrameKeys keys = frame_keys(opt.secret, hello, challenge.server_nonce);
+    ch->send_mac = std::make_unique<FrameMac>(keys.device_to_server);
+    ch->receive_mac = std::make_unique<FrameMac>(keys.server_to_device);
+  }
   WelcomePayload welcome{};
   if (std::string e = read_message(Stage::kWelcome, &welcome, sizeof(welcome)); !e.empty()) {
     return e;
   }
+  if (ch->receive_mac) {
+    Mac trailer;
+    if (!ch->read_full(trailer.data(), trailer.size())) return io_error("handshake");
+    if (!same_mac(trailer, ch->receive_mac->next(make_header(FrameType::kWelcome, sizeof(welcome)),
+                                                 &welcome))) {
+      return "a WELCOME that fails its MAC check (altered in transit?)";
+    }
+  }
   if (Refusal bad = check_welcome(welcome); bad.refused()) {
     *fatal = true;
     return bad.reason;
+  }
+  if (!fw_.set_credentials(
+          creds.epoch, welcome.session_id,
+          seal_token(opt.secret, hello, challenge.server_nonce, welcome.sealed_token))) {
+    return "the tenant reset the device during the handshake";
+  }
+  if (creds.joined && (welcome.flags & kWelcomeNewSession)) {
+    spdlog::info("remote: link {}: the server no longer has session {:016x}; now {:016x}", index_,
+                 creds.id, welcome.session_id);
   }
 
   // Not while the tenant's own INIT is on its way on another link (at
@@ -379,9 +450,12 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
       const iovec reply_iov{reply, sizeof(reply)};
       fuse_in_header in{};
       std::memcpy(&in, init.data(), std::min(init.size(), sizeof(in)));
+      Mac trailer;
       if (check_frame(h, Stage::kReplies).refused() || h.type != uint8_t(FrameType::kReply) ||
           h.id != kInitReplayId || check_reply_fits(h, sizeof(reply)).refused() ||
           !ch->read_full(reply, h.length) ||
+          (ch->receive_mac && (!ch->read_full(trailer.data(), trailer.size()) ||
+                               !same_mac(trailer, ch->receive_mac->next(h, reply)))) ||
           check_reply({&reply_iov, 1}, h.length, in.unique, FUSE_INIT) != ReplyCheck::kValid) {
         return "replaying INIT: no valid reply";
       }
@@ -399,6 +473,7 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
     std::lock_guard lock(mu_);
     max_request_ = welcome.max_request;
   }
+  handshake_lock.unlock();
   publish(std::move(ch));
   return "";
 }
@@ -527,7 +602,9 @@ void Forwarder::Link::receive_loop() {
 
 bool Forwarder::Link::receive_one(const std::shared_ptr<Channel>& sock, uint64_t gen) {
   Channel& ch = *sock;
-  auto io_error = [&] { return errno == EAGAIN ? std::string("a reply stalled") : ch.error(errno); };
+  auto io_error = [&] {
+    return errno == EAGAIN ? std::string("a reply stalled") : ch.error(errno);
+  };
   FrameHeader h;
   if (!ch.read_frame_start(&h, sizeof(h))) {
     break_link(gen, io_error());
@@ -563,6 +640,10 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Channel>& sock, uint64_t
         break_link(gen, "a reply cut short");
         return false;
       }
+      if (!authentic(ch, h, {sink.data(), sink.size()})) {
+        break_link(gen, "a reply that fails its MAC check (altered in transit?)");
+        return false;
+      }
       return true;
     }
     if (Refusal bad = check_reply_fits(h, iov_length(it->second.req->out)); bad.refused()) {
@@ -578,6 +659,11 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Channel>& sock, uint64_t
     const std::string why = io_error();
     fail(p, EIO);
     break_link(gen, why);
+    return false;
+  }
+  if (!authentic(ch, h, p.req->out)) {
+    fail(p, EIO);
+    break_link(gen, "a reply that fails its MAC check (altered in transit?)");
     return false;
   }
   // The tenant checks the reply too; these checks keep a confused server
@@ -608,9 +694,6 @@ Forwarder::Forwarder(ForwarderOptions options) : options_(std::move(options)) {
       throw RemoteError(e.what());
     }
   }
-  uint64_t id = 0;
-  random_bytes(&id, sizeof(id));
-  session_id_.store(id);
   const unsigned n = std::max(1u, options_.connections);
   for (unsigned i = 0; i < n; ++i) links_.push_back(std::make_unique<Link>(*this, i));
   bool fatal = false;
@@ -650,15 +733,18 @@ std::vector<char> Forwarder::init_to_replay() const {
 }
 
 void Forwarder::handle(fuse::Request& req) {
-  fuse_in_header hdr{};
-  if (iov_copy_out(req.in, &hdr, sizeof(hdr)) != sizeof(hdr)) {
-    hdr = {};  // the server answers it as malformed
-  }
+  // Read once: what is decided here (INIT, DESTROY) and what is forwarded
+  // are the same bytes.
+  fuse::CapturedRequest& cap = req.captured;
+  cap.capture(req.in, req.in_is_private);  // no header: a zero one, which the server refuses
+  const fuse_in_header& hdr = cap.header();
   if (hdr.opcode == FUSE_INIT) {
-    const size_t len = std::min({iov_length(req.in), size_t(hdr.len), kMaxSavedInit});
+    const size_t len = std::min({sizeof(hdr) + cap.args().size(), size_t(hdr.len), kMaxSavedInit});
     std::lock_guard lock(init_mu_);
     init_.resize(len);
-    iov_copy_out(req.in, init_.data(), len);
+    std::memcpy(init_.data(), &hdr, std::min(len, sizeof(hdr)));
+    if (len > sizeof(hdr))
+      std::memcpy(init_.data() + sizeof(hdr), cap.args().data(), len - sizeof(hdr));
     init_in_flight_.store(true);
   } else if (hdr.opcode == FUSE_DESTROY) {
     destroyed_.store(true, std::memory_order_release);
@@ -677,10 +763,26 @@ void Forwarder::handle(fuse::Request& req) {
   chosen->submit(req, hdr.unique, hdr.opcode);
 }
 
+Forwarder::SessionCredentials Forwarder::credentials() const {
+  std::lock_guard lock(session_mu_);
+  return session_;
+}
+
+bool Forwarder::set_credentials(uint64_t epoch, uint64_t id, const Mac& token) {
+  std::lock_guard lock(session_mu_);
+  if (epoch != session_.epoch) return false;
+  session_.joined = true;
+  session_.id = id;
+  session_.token = token;
+  return true;
+}
+
 void Forwarder::reset() {
-  uint64_t id = 0;
-  random_bytes(&id, sizeof(id));
-  session_id_.store(id);
+  {
+    // The next connection asks for a new session.
+    std::lock_guard lock(session_mu_);
+    session_ = SessionCredentials{.epoch = session_.epoch + 1};
+  }
   {
     std::lock_guard lock(init_mu_);
     init_.clear();
@@ -690,10 +792,11 @@ void Forwarder::reset() {
 }
 
 std::string Forwarder::describe() const {
-  return fmt::format("remote://{} ({} connection{}, timeout {} s, {}{})",
-                     format_endpoint(options_.server), links_.size(), links_.size() == 1 ? "" : "s",
-                     options_.timeout_s, tls_ ? "TLS, " : "",
-                     options_.secret.empty() ? "no shared secret" : "shared secret");
+  return fmt::format(
+      "remote://{} ({} connection{}, timeout {} s, {}{})", format_endpoint(options_.server),
+      links_.size(), links_.size() == 1 ? "" : "s", options_.timeout_s, tls_ ? "TLS, " : "",
+      options_.secret.empty() ? "no shared secret"
+                              : (tls_ ? "shared secret" : "shared secret, frames authenticated"));
 }
 
 }  // namespace dpfs::remote

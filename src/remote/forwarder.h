@@ -10,7 +10,10 @@
 // Several connections (links) to the server, each with many requests in
 // flight, matched to their replies by an id of our own (the FUSE unique is
 // the tenant's choice, so it is never trusted to be unique). The links
-// share the device's FUSE session on the server (a random session id).
+// share the device's FUSE session on the server: the first handshake gets
+// a session id and its token from the server, the others join with them
+// (handshakes are one at a time, so that two links never make two
+// sessions). With a shared secret and no TLS every frame carries a MAC.
 //
 // Faults: a link that breaks reconnects with backoff (100 ms doubling to
 // 5 s). Requests in flight on it are sent again if they are idempotent
@@ -90,11 +93,25 @@ class Forwarder final : public fuse::RequestHandler {
   // itself). One look under init_mu_: the INIT arriving between a check of
   // init_in_flight_ and a read of init_ would be sent twice.
   std::vector<char> init_to_replay() const;
-  uint64_t session_id() const { return session_id_.load(); }
+
+  // The session the server gave us (wire.h, "Sessions"); none at first and
+  // after a reset().
+  struct SessionCredentials {
+    bool joined = false;
+    uint64_t id = 0;
+    Mac token{};
+    uint64_t epoch = 0;  // bumped by reset(): credentials from before are void
+  };
+  SessionCredentials credentials() const;
+  // Records what a WELCOME gave; false if a reset() came since `epoch`.
+  bool set_credentials(uint64_t epoch, uint64_t id, const Mac& token);
 
   ForwarderOptions options_;
   std::unique_ptr<TlsContext> tls_;  // null: plain TCP
-  std::atomic<uint64_t> session_id_{0};
+  // One handshake at a time (see above).
+  std::mutex handshake_mu_;
+  mutable std::mutex session_mu_;
+  SessionCredentials session_;  // under session_mu_
   std::atomic<bool> destroyed_{false};
   mutable std::mutex init_mu_;
   std::vector<char> init_;                   // under init_mu_

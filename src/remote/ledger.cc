@@ -3,6 +3,8 @@
 #include <linux/fuse.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <string_view>
 
@@ -36,15 +38,23 @@ bool gives_entry(uint32_t opcode) {
 }  // namespace
 
 void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply) {
-  const bool opens = opcode == FUSE_OPEN || opcode == FUSE_OPENDIR || opcode == FUSE_CREATE;
+  // CREATE and TMPFILE reply with an entry and an open handle.
+  const bool creates = opcode == FUSE_CREATE || opcode == FUSE_TMPFILE;
+  const bool opens = opcode == FUSE_OPEN || opcode == FUSE_OPENDIR || creates;
   if (!gives_entry(opcode) && opcode != FUSE_READDIRPLUS && !opens) return;
   fuse_out_header out;
-  if (!read_at(reply, 0, &out) || out.error != 0) return;
+  if (!read_at(reply, 0, &out)) return;
+  if (out.error == -ENOSYS && (opcode == FUSE_OPEN || opcode == FUSE_OPENDIR)) {
+    std::lock_guard lock(mu_);
+    no_open_ = true;
+    return;
+  }
+  if (out.error != 0) return;
   size_t at = sizeof(out);
   if (opens) {
-    // CREATE: fuse_entry_out, then fuse_open_out (the new file's handle).
+    // CREATE, TMPFILE: fuse_entry_out, then fuse_open_out (the new file's handle).
     fuse_entry_out entry{};
-    if (opcode == FUSE_CREATE) {
+    if (creates) {
       if (!read_at(reply, at, &entry)) return;
       nodeid = entry.nodeid;
       at += sizeof(entry);
@@ -52,9 +62,11 @@ void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const ui
     fuse_open_out open;
     if (read_at(reply, at, &open)) {
       std::lock_guard lock(mu_);
-      open_[open.fh] = {nodeid, open.fh, opcode == FUSE_OPENDIR};
+      Open& o = open_[open.fh];
+      o.handle = {nodeid, open.fh, opcode == FUSE_OPENDIR};
+      ++o.count;
     }
-    if (opcode != FUSE_CREATE) return;
+    if (!creates) return;
     if (entry.nodeid != 0) add(entry.nodeid);
     return;
   }
@@ -69,9 +81,9 @@ void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const ui
   while (read_at(reply, at, &d)) {
     const size_t record = FUSE_DIRENTPLUS_SIZE(&d);
     if (record > reply.size() - at) break;
-    const std::string_view name(reinterpret_cast<const char*>(reply.data()) + at +
-                                    FUSE_NAME_OFFSET_DIRENTPLUS,
-                                d.dirent.namelen);
+    const std::string_view name(
+        reinterpret_cast<const char*>(reply.data()) + at + FUSE_NAME_OFFSET_DIRENTPLUS,
+        d.dirent.namelen);
     if (name != "." && name != ".." && d.entry_out.nodeid != 0) add(d.entry_out.nodeid);
     at += record;
   }
@@ -108,21 +120,114 @@ void LookupLedger::on_release(std::span<const uint8_t> request) {
     return;
   }
   std::lock_guard lock(mu_);
-  open_.erase(a.fh);
+  const auto it = open_.find(a.fh);
+  if (it != open_.end() && --it->second.count == 0) open_.erase(it);
 }
 
 std::vector<LookupLedger::OpenHandle> LookupLedger::take_handles() {
   std::lock_guard lock(mu_);
   std::vector<OpenHandle> all;
-  all.reserve(open_.size());
-  for (const auto& [fh, handle] : open_) all.push_back(handle);
+  for (const auto& [fh, o] : open_) all.insert(all.end(), o.count, o.handle);
   open_.clear();
   return all;
 }
 
 size_t LookupLedger::handles() const {
   std::lock_guard lock(mu_);
-  return open_.size();
+  size_t n = 0;
+  for (const auto& [fh, o] : open_) n += o.count;
+  return n;
+}
+
+bool LookupLedger::holds(uint64_t ino) const {
+  // The root is every session's (backend.h: it is never looked up).
+  return ino == kRootIno || held_.contains(ino);
+}
+
+bool LookupLedger::opened(uint64_t fh) const { return open_.contains(fh) || (fh == 0 && no_open_); }
+
+int LookupLedger::check(std::span<const uint8_t> request) const {
+  fuse_in_header h;
+  if (!read_at(request, 0, &h)) return 0;
+  switch (h.opcode) {
+    case FUSE_INIT:
+    case FUSE_DESTROY:
+    case FUSE_INTERRUPT:
+    case FUSE_NOTIFY_REPLY:
+    case FUSE_FORGET:
+    case FUSE_BATCH_FORGET:
+      return 0;
+    default:
+      break;
+  }
+  // The arguments as far as the header says: the session reads no further.
+  if (h.len < sizeof(h)) return 0;
+  const std::span<const uint8_t> args =
+      request.subspan(sizeof(h), std::min<size_t>(request.size(), h.len) - sizeof(h));
+  std::lock_guard lock(mu_);
+  if (!holds(h.nodeid)) return ESTALE;
+  // The fh at `offset` in the arguments; a missing one is the session's.
+  auto fh_at = [&](size_t offset) {
+    uint64_t fh = 0;
+    return !read_at(args, offset, &fh) || opened(fh) ? 0 : EBADF;
+  };
+  auto node_at = [&](size_t offset) {
+    uint64_t ino = 0;
+    return !read_at(args, offset, &ino) || holds(ino) ? 0 : ESTALE;
+  };
+  switch (h.opcode) {
+    case FUSE_READ:
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS:
+      return fh_at(offsetof(fuse_read_in, fh));
+    case FUSE_WRITE:
+      return fh_at(offsetof(fuse_write_in, fh));
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR:
+      return fh_at(offsetof(fuse_release_in, fh));
+    case FUSE_FLUSH:
+      return fh_at(offsetof(fuse_flush_in, fh));
+    case FUSE_FSYNC:
+    case FUSE_FSYNCDIR:
+      return fh_at(offsetof(fuse_fsync_in, fh));
+    case FUSE_GETLK:
+    case FUSE_SETLK:
+    case FUSE_SETLKW:
+      return fh_at(offsetof(fuse_lk_in, fh));
+    case FUSE_LSEEK:
+      return fh_at(offsetof(fuse_lseek_in, fh));
+    case FUSE_FALLOCATE:
+      return fh_at(offsetof(fuse_fallocate_in, fh));
+    case FUSE_IOCTL:
+      return fh_at(offsetof(fuse_ioctl_in, fh));
+    case FUSE_POLL:
+      return fh_at(offsetof(fuse_poll_in, fh));
+    case FUSE_SETUPMAPPING:
+      return fh_at(offsetof(fuse_setupmapping_in, fh));
+    case FUSE_GETATTR: {
+      fuse_getattr_in a;
+      if (!read_at(args, 0, &a) || !(a.getattr_flags & FUSE_GETATTR_FH)) return 0;
+      return fh_at(offsetof(fuse_getattr_in, fh));
+    }
+    case FUSE_SETATTR: {
+      fuse_setattr_in a;
+      if (!read_at(args, 0, &a) || !(a.valid & FATTR_FH)) return 0;
+      return fh_at(offsetof(fuse_setattr_in, fh));
+    }
+    case FUSE_LINK:
+      return node_at(offsetof(fuse_link_in, oldnodeid));
+    case FUSE_RENAME:
+      return node_at(offsetof(fuse_rename_in, newdir));
+    case FUSE_RENAME2:
+      return node_at(offsetof(fuse_rename2_in, newdir));
+    case FUSE_COPY_FILE_RANGE: {
+      if (int e = node_at(offsetof(fuse_copy_file_range_in, nodeid_out))) return e;
+      if (int e = fh_at(offsetof(fuse_copy_file_range_in, fh_in))) return e;
+      return fh_at(offsetof(fuse_copy_file_range_in, fh_out));
+    }
+    default:
+      return 0;
+  }
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> LookupLedger::take_all() {

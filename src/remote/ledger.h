@@ -10,10 +10,15 @@
 // replies gave out (from the FUSE reply bytes the server sends), trims each
 // FORGET the device sends to what the session holds, and hands the rest
 // back when the session ends. Open handles likewise: those its OPEN,
-// OPENDIR and CREATE replies gave out, less those the device RELEASEd, are
+// OPENDIR, CREATE and TMPFILE replies gave out, less those the device RELEASEd, are
 // closed on the backend when the session ends (else a device that vanishes
 // with files open would keep them -- descriptors, storage of unlinked
 // files -- for the server's lifetime).
+//
+// The same records fence the sessions off from each other: check() lets a
+// request name only node ids this session holds (and the root) and file
+// handles it opened, so a device that guesses another session's node id or
+// handle gets ESTALE or EBADF instead of its files.
 //
 // Safe for concurrent use.
 #pragma once
@@ -32,7 +37,7 @@ class LookupLedger {
  public:
   // A reply the session sent to a request of `opcode` on `nodeid`: LOOKUP,
   // MKNOD, MKDIR, SYMLINK, LINK, CREATE, TMPFILE and READDIRPLUS give out
-  // lookups (backend.h); OPEN, OPENDIR and CREATE an open handle. `reply` is
+  // lookups (backend.h); OPEN, OPENDIR, CREATE and TMPFILE an open handle. `reply` is
   // the whole FUSE reply (fuse_out_header first), as the server's session
   // encoded it.
   void on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply);
@@ -46,7 +51,9 @@ class LookupLedger {
     uint64_t fh = 0;
     bool directory = false;
   };
-  // Empties the open handles: what the session's end must release.
+  // Empties the open handles: what the session's end must release (a
+  // handle given out n times, as a backend without handles gives out 0,
+  // n times).
   std::vector<OpenHandle> take_handles();
   size_t handles() const;
 
@@ -56,6 +63,18 @@ class LookupLedger {
   // session's lookups. A request too short for what it claims is left to the
   // session to refuse, with its counts cut to what it does carry.
   void on_forget(std::span<uint8_t> request);
+
+  // Whether the session may send `request` (fuse_in_header first; the very
+  // bytes the session will parse): 0, ESTALE if it names a node id the
+  // session does not hold (the header's nodeid; LINK's oldnodeid,
+  // RENAME/RENAME2's newdir, COPY_FILE_RANGE's nodeid_out), EBADF if it
+  // names a file handle the session did not open (the fh of READ, WRITE,
+  // RELEASE[DIR], FLUSH, FSYNC[DIR], READDIR[PLUS], GETLK, SETLK[W], LSEEK,
+  // FALLOCATE, IOCTL, POLL, SETUPMAPPING, COPY_FILE_RANGE's both, GETATTR
+  // with FUSE_GETATTR_FH, SETATTR with FATTR_FH). INIT, DESTROY, INTERRUPT,
+  // NOTIFY_REPLY and the FORGETs (cut by on_forget) name nothing to check;
+  // a request too short for its arguments is the session's to refuse.
+  int check(std::span<const uint8_t> request) const;
 
   // Empties the ledger: (inode, lookups) for the backend's forget().
   std::vector<std::pair<uint64_t, uint64_t>> take_all();
@@ -69,9 +88,19 @@ class LookupLedger {
   // Removes up to `n` lookups of `ino`; returns how many it removed.
   uint64_t remove(uint64_t ino, uint64_t n);
 
+  struct Open {
+    OpenHandle handle;
+    uint64_t count = 0;  // times given out, less RELEASEs
+  };
+  bool holds(uint64_t ino) const;  // REQUIRES: mu_ held
+  bool opened(uint64_t fh) const;  // REQUIRES: mu_ held
+
   mutable std::mutex mu_;
-  std::unordered_map<uint64_t, uint64_t> held_;      // under mu_
-  std::unordered_map<uint64_t, OpenHandle> open_;    // by fh, under mu_
+  std::unordered_map<uint64_t, uint64_t> held_;  // under mu_
+  std::unordered_map<uint64_t, Open> open_;      // by fh, under mu_
+  // The backend answered OPEN/OPENDIR with ENOSYS: the kernel then sends
+  // fh 0 without opening (FUSE's no_open/no_opendir), under mu_.
+  bool no_open_ = false;
 };
 
 }  // namespace dpfs::remote

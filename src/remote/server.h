@@ -5,26 +5,38 @@
 // with a real FuseSession over this daemon's backend. See
 // docs/remote-wire-format.md.
 //
-// Sessions: a device names its FUSE session (a random id) on every
-// connection, so its several connections share one FuseSession -- one INIT,
-// one set of lookup counts -- and a connection that drops and comes back
-// finds its session where it left it. Every session serves the same backend;
-// each keeps a LookupLedger of the lookups it holds there, so that it can
-// end alone: a DESTROY from its device, or the device gone (no connection,
-// no request in flight) for longer than `session_grace_s`, gives back that
-// session's lookups (forget) and nobody else's -- the backend's destroy()
-// is never called for one session.
+// Sessions: a device's first connection gets a new FUSE session (an id and
+// a token only the server can make, wire.h session_token); its other
+// connections join it by proving the token, so they share one FuseSession
+// -- one INIT, one set of lookup counts -- and a connection that drops and
+// comes back finds its session where it left it. Nobody else can join it.
+// Every session serves the same backend; each keeps a LookupLedger of the
+// lookups and handles it holds there, which fences it off from the others
+// (a request naming a node id or handle the session was not given is
+// answered ESTALE/EBADF) and lets it end alone: a DESTROY from its device,
+// or the device gone (no connection, no request in flight) for longer than
+// `session_grace_s`, gives back that session's lookups (forget) and
+// handles and nobody else's -- the backend's destroy() is never called for
+// one session.
 //
-// Threads: one acceptor (which also ends idle sessions, once a second), and
-// one reader per connection that decodes frames and hands requests to the
-// session; replies are written by whichever thread completes them, under
-// the connection's send lock. (Not yet a fixed pool of epoll workers:
-// --threads does not apply here; max_connections bounds the readers.) A peer that
-// sends anything malformed loses that connection only, with one log line.
+// Threads: one event loop (epoll) accepts connections and runs every
+// handshake -- TLS included (non-blocking SSL_do_handshake) -- on
+// non-blocking sockets with a deadline each, at most `max_handshakes` at
+// once and `max_handshakes_per_address` from one source address (an IPv6
+// /64), so connections that never authenticate hold no thread and cannot
+// crowd out a device from elsewhere; it also ends idle sessions, once a
+// second. Only an authenticated connection gets a thread: its reader,
+// which decodes frames and hands requests to the session; replies are
+// written by whichever thread completes them, under the connection's send
+// lock. (--threads does not apply here; max_connections bounds the
+// readers.) A peer that sends anything malformed loses that connection
+// only, with one (rate-limited) log line.
 //
 // Not thread-safe itself: constructed, started, stopped and destroyed by
 // one thread.
 #pragma once
+
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -63,11 +75,17 @@ struct ServerOptions {
   TlsFiles tls;
   // For every session; max_write is lowered to a device's if it is smaller.
   fuse::SessionOptions session;
-  unsigned max_connections = 256;
+  unsigned max_connections = 256;  // authenticated
   unsigned max_sessions = 64;
-  // How long a peer may take over the handshake, and a reply may wait for
-  // a device that does not read.
-  double handshake_timeout_s = 5.0;
+  // Connections not authenticated yet, in all and from one source address
+  // (an IPv4 address, an IPv6 /64). A new connection past the total takes
+  // the place of the oldest one from the address with the most, if that
+  // address has more than the newcomer's.
+  unsigned max_handshakes = 64;
+  unsigned max_handshakes_per_address = 8;
+  // How long a peer may take over the handshake (TLS included), and a
+  // reply may wait for a device that does not read.
+  double handshake_timeout_s = 2.0;
   double send_timeout_s = 30.0;
   // A session whose device has had no connection for this long ends.
   double session_grace_s = 60.0;
@@ -95,6 +113,8 @@ class Server {
 
   // Sessions alive (a device connected, or gone for less than the grace).
   size_t sessions() const;
+  // Connections in the handshake now.
+  size_t handshakes() const { return handshakes_count_.load(); }
 
   class Connection;
   // One device's FUSE session here, and the lookups it holds. Kept alive by
@@ -108,10 +128,24 @@ class Server {
   };
 
  private:
-  void accept_loop();
-  // The session named `id`, created on first use; nullptr (and *why) if
-  // there are too many sessions. REQUIRES: check_hello() accepted max_write.
-  std::shared_ptr<Session> session_for(uint64_t id, uint32_t max_write, std::string* why);
+  struct Handshake;
+  struct LogBudgets;
+  // The event loop: accepts, runs the handshakes, ends idle sessions.
+  void loop();
+  void accept_all();
+  // Takes `fd` (from `addr`) into the handshake, or refuses it (the caps).
+  void admit(transport::UniqueFd fd, const sockaddr_storage& addr);
+  // Runs `hs` as far as its socket allows; false once it is over (handed
+  // to a Connection, or closed).
+  bool advance(Handshake& hs);
+  // After AUTH: the session, the WELCOME; false (and an ERROR) if refused.
+  bool welcome(Handshake& hs, const AuthPayload& auth);
+  void drop_handshake(int fd);
+  // The session a device joins (with kHelloJoin, the proof of its token) or
+  // a new one; nullptr (and *why) for a wrong token or too many sessions.
+  // REQUIRES: check_hello() accepted the hello.
+  std::shared_ptr<Session> session_for(const HelloPayload& hello, const Mac& proof,
+                                       const Nonce& server_nonce, bool* created, std::string* why);
   // Closes the handles `session` left open and gives the backend back the
   // lookups it holds.
   void release(const std::shared_ptr<Session>& session);
@@ -124,8 +158,18 @@ class Server {
   std::unique_ptr<TlsContext> tls_;  // null: plain TCP
   Endpoint bound_;
   transport::UniqueFd listen_fd_;
-  std::thread acceptor_;
+  transport::UniqueFd epoll_fd_, wake_fd_;
+  std::thread loop_;
   std::atomic<bool> stopping_{false};
+  // Keys the session tokens (wire.h session_token); never leaves the server.
+  Mac session_key_{};
+
+  // The loop's own: handshakes by fd, how many from each source address.
+  std::map<int, std::unique_ptr<Handshake>> handshakes_;
+  std::map<std::string, unsigned> handshakes_by_source_;
+  std::unique_ptr<LogBudgets> budgets_;
+  uint64_t accepted_ = 0;
+  std::atomic<size_t> handshakes_count_{0};
 
   mutable std::mutex sessions_mu_;
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;

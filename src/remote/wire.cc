@@ -5,15 +5,18 @@
 #include <linux/fuse.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <poll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -27,14 +30,36 @@ namespace dpfs::remote {
 namespace {
 
 constexpr size_t kMinSecret = 16;
-constexpr std::string_view kServerLabel = "dpfs-remote-v1 server";
-constexpr std::string_view kDeviceLabel = "dpfs-remote-v1 device";
+// Labels end in the version: a proof of one version never verifies in another.
+constexpr std::string_view kServerLabel = "dpfs-remote-v2 server";
+constexpr std::string_view kDeviceLabel = "dpfs-remote-v2 device";
+constexpr std::string_view kSessionLabel = "dpfs-remote-v2 session";
+constexpr std::string_view kSealLabel = "dpfs-remote-v2 seal";
+constexpr std::string_view kJoinLabel = "dpfs-remote-v2 join";
+constexpr std::string_view kDeviceFramesLabel = "dpfs-remote-v2 device frames";
+constexpr std::string_view kServerFramesLabel = "dpfs-remote-v2 server frames";
 
-Mac proof(std::string_view secret, std::string_view label, const HelloPayload& hello,
-          const Nonce& server_nonce) {
+Mac hmac(std::string_view key, const void* message, size_t len) {
   Mac out{};
-  unsigned len = 0;
-  // HMAC over label || hello (nonce, session, max_write) || server nonce.
+  unsigned out_len = 0;
+  // An empty key is a zero-length key: HMAC needs a non-null pointer.
+  static const unsigned char kNoKey = 0;
+  const void* k = key.empty() ? static_cast<const void*>(&kNoKey) : key.data();
+  if (HMAC(EVP_sha256(), k, int(key.size()), static_cast<const unsigned char*>(message), len,
+           out.data(), &out_len) == nullptr ||
+      out_len != kMacSize) {
+    throw std::runtime_error("HMAC-SHA256 failed (libcrypto)");
+  }
+  return out;
+}
+
+std::string_view as_key(const Mac& key) {
+  return {reinterpret_cast<const char*>(key.data()), key.size()};
+}
+
+// HMAC(key, label || hello || server nonce).
+Mac proof(std::string_view key, std::string_view label, const HelloPayload& hello,
+          const Nonce& server_nonce) {
   unsigned char message[64 + sizeof(HelloPayload) + kNonceSize];
   size_t at = 0;
   std::memcpy(message + at, label.data(), label.size());
@@ -43,14 +68,7 @@ Mac proof(std::string_view secret, std::string_view label, const HelloPayload& h
   at += sizeof(hello);
   std::memcpy(message + at, server_nonce.data(), kNonceSize);
   at += kNonceSize;
-  // An empty secret is a zero-length key: HMAC needs a non-null pointer.
-  static const unsigned char kNoKey = 0;
-  const void* key = secret.empty() ? static_cast<const void*>(&kNoKey) : secret.data();
-  if (HMAC(EVP_sha256(), key, int(secret.size()), message, at, out.data(), &len) == nullptr ||
-      len != kMacSize) {
-    throw std::runtime_error("HMAC-SHA256 failed (libcrypto)");
-  }
-  return out;
+  return hmac(key, message, at);
 }
 
 }  // namespace
@@ -87,9 +105,9 @@ const char* frame_type_name(uint8_t type) {
 std::string check_header(const FrameHeader& h, uint32_t max_length) {
   if (h.magic != kMagic) {
     // 0x16: a TLS handshake record (RFC 8446 §5.1), a device with TLS on.
-    return fmt::format("not a dpfs remote frame (magic {:#010x}){}", h.magic,
-                       (h.magic & 0xff) == 0x16 ? "; a TLS client? (this server has no remote.tls_*)"
-                                                : "");
+    return fmt::format(
+        "not a dpfs remote frame (magic {:#010x}){}", h.magic,
+        (h.magic & 0xff) == 0x16 ? "; a TLS client? (this server has no remote.tls_*)" : "");
   }
   if (h.version != kVersion) {
     return fmt::format("wire format version {}, this dpfs speaks {}", h.version, kVersion);
@@ -159,12 +177,12 @@ Refusal check_frame(const FrameHeader& h, Stage stage, uint32_t max_request) {
             true};
   }
   if (want.size != 0 && h.length != want.size) {
-    return {fmt::format("a {} of {} bytes (it has {})", frame_type_name(h.type), h.length,
-                        want.size),
-            true};
+    return {
+        fmt::format("a {} of {} bytes (it has {})", frame_type_name(h.type), h.length, want.size),
+        true};
   }
-  const uint32_t limit = want.type == FrameType::kRequest ? std::min(max_request, kMaxPayload)
-                                                          : kMaxPayload;
+  const uint32_t limit =
+      want.type == FrameType::kRequest ? std::min(max_request, kMaxPayload) : kMaxPayload;
   if (h.length > limit) {
     // Where the frame ends is still known, but a peer this far off the
     // format is not one to keep talking to.
@@ -228,6 +246,83 @@ Mac server_proof(std::string_view secret, const HelloPayload& hello, const Nonce
 
 Mac device_proof(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce) {
   return proof(secret, kDeviceLabel, hello, server_nonce);
+}
+
+Mac session_token(const Mac& server_key, uint64_t session_id) {
+  unsigned char message[64 + sizeof(session_id)];
+  std::memcpy(message, kSessionLabel.data(), kSessionLabel.size());
+  std::memcpy(message + kSessionLabel.size(), &session_id, sizeof(session_id));
+  return hmac(as_key(server_key), message, kSessionLabel.size() + sizeof(session_id));
+}
+
+Mac seal_token(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce,
+               const Mac& token) {
+  Mac sealed = proof(secret, kSealLabel, hello, server_nonce);
+  for (size_t i = 0; i < kMacSize; ++i) sealed[i] ^= token[i];
+  return sealed;
+}
+
+Mac session_proof(const Mac& token, const HelloPayload& hello, const Nonce& server_nonce) {
+  return proof(as_key(token), kJoinLabel, hello, server_nonce);
+}
+
+bool frames_authenticated(bool have_secret, bool tls) { return have_secret && !tls; }
+
+FrameKeys frame_keys(std::string_view secret, const HelloPayload& hello,
+                     const Nonce& server_nonce) {
+  return {proof(secret, kDeviceFramesLabel, hello, server_nonce),
+          proof(secret, kServerFramesLabel, hello, server_nonce)};
+}
+
+// A keyed HMAC-SHA256 context; each frame re-initialises it with the same
+// key (EVP_MAC_init with a null key keeps the key set before).
+struct FrameMac::Ctx {
+  ~Ctx() {
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+  }
+  EVP_MAC* mac = nullptr;
+  EVP_MAC_CTX* ctx = nullptr;
+};
+
+FrameMac::FrameMac(const Mac& key) : ctx_(std::make_unique<Ctx>()) {
+  ctx_->mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  if (ctx_->mac != nullptr) ctx_->ctx = EVP_MAC_CTX_new(ctx_->mac);
+  char digest[] = "SHA256";
+  const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
+                               OSSL_PARAM_construct_end()};
+  if (ctx_->ctx == nullptr || EVP_MAC_init(ctx_->ctx, key.data(), key.size(), params) != 1) {
+    throw std::runtime_error("HMAC-SHA256 failed (libcrypto)");
+  }
+}
+
+FrameMac::~FrameMac() = default;
+
+Mac FrameMac::next(const FrameHeader& h, std::span<const iovec> payload) {
+  EVP_MAC_CTX* c = ctx_->ctx;
+  bool ok = EVP_MAC_init(c, nullptr, 0, nullptr) == 1;
+  const uint64_t seq = sequence_++;
+  ok = ok && EVP_MAC_update(c, reinterpret_cast<const unsigned char*>(&seq), sizeof(seq)) == 1;
+  ok = ok && EVP_MAC_update(c, reinterpret_cast<const unsigned char*>(&h), sizeof(h)) == 1;
+  size_t left = h.length;
+  for (const iovec& v : payload) {
+    if (left == 0) break;
+    const size_t take = std::min(left, v.iov_len);
+    ok = ok && EVP_MAC_update(c, static_cast<const unsigned char*>(v.iov_base), take) == 1;
+    left -= take;
+  }
+  Mac out{};
+  size_t len = 0;
+  ok = ok && left == 0 && EVP_MAC_final(c, out.data(), &len, out.size()) == 1 && len == kMacSize;
+  // A payload shorter than the header says (a caller's bug) or a failing
+  // libcrypto: a MAC that matches nothing, so the frame is refused.
+  if (!ok) random_bytes(out.data(), out.size());
+  return out;
+}
+
+Mac FrameMac::next(const FrameHeader& h, const void* payload) {
+  const iovec v{const_cast<void*>(payload), h.length};
+  return next(h, std::span<const iovec>(&v, 1));
 }
 
 bool same_mac(const Mac& a, const Mac& b) {

@@ -16,6 +16,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -25,7 +26,9 @@ namespace dpfs::remote {
 static_assert(std::endian::native == std::endian::little, "the wire format is little-endian");
 
 inline constexpr uint32_t kMagic = 0x52465044;  // "DPFR"
-inline constexpr uint8_t kVersion = 1;
+// 2: sessions joined with a token the server issued (not a guessable id),
+// and frames authenticated in shared-secret mode.
+inline constexpr uint8_t kVersion = 2;
 
 enum class FrameType : uint8_t {
   kHello = 1,      // device -> server: nonce, session id, max_write
@@ -56,11 +59,14 @@ inline constexpr size_t kMacSize = 32;  // HMAC-SHA256
 using Nonce = std::array<uint8_t, kNonceSize>;
 using Mac = std::array<uint8_t, kMacSize>;
 
+// HELLO flags bit 0: the device joins the session `session_id` the server
+// gave it (proved in AUTH); without it the server makes a new session.
+inline constexpr uint32_t kHelloJoin = 1;
 struct HelloPayload {
   Nonce device_nonce;
-  uint64_t session_id;  // the device's FUSE session: the same on all its connections
+  uint64_t session_id;  // with kHelloJoin: the session the server gave this device
   uint32_t max_write;   // the device's buffers hold a WRITE/READ of this many bytes
-  uint32_t reserved;
+  uint32_t flags;
 };
 static_assert(sizeof(HelloPayload) == 48);
 
@@ -71,15 +77,21 @@ struct ChallengePayload {
 static_assert(sizeof(ChallengePayload) == 64);
 
 struct AuthPayload {
-  Mac device_proof;  // device_proof(secret, hello, server_nonce)
+  Mac device_proof;   // device_proof(secret, hello, server_nonce)
+  Mac session_proof;  // with kHelloJoin: session_proof(token, hello, server_nonce); else zeros
 };
+static_assert(sizeof(AuthPayload) == 64);
 
-inline constexpr uint32_t kWelcomeNeedsInit = 1;  // the server's session awaits INIT
+inline constexpr uint32_t kWelcomeNeedsInit = 1;   // the server's session awaits INIT
+inline constexpr uint32_t kWelcomeNewSession = 2;  // not the session the device asked to join
 struct WelcomePayload {
   uint32_t flags;
   uint32_t max_request;  // the largest kRequest payload the server accepts
+  uint64_t session_id;   // the device's session: to join on its next connections
+  // The session's token, sealed: seal_token(secret, hello, server_nonce, token).
+  Mac sealed_token;
 };
-static_assert(sizeof(WelcomePayload) == 8);
+static_assert(sizeof(WelcomePayload) == 48);
 
 // The frame id of an INIT a device replays to a server that lost its
 // session; never the id of a tenant's request. A server whose session is up
@@ -168,6 +180,56 @@ ReplyCheck check_reply(std::span<const iovec> out, uint32_t length, uint64_t uni
 // other's and the parameters cannot be changed in transit.
 Mac server_proof(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce);
 Mac device_proof(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce);
+
+// --- Sessions (docs/remote-wire-format.md, "Sessions") --------------------------
+//
+// A session's token is HMAC-SHA256(server key, label || session id): the
+// server key is random and never leaves the server, so only the device the
+// server issued a session to can join it. The token travels once, in the
+// WELCOME that creates the session, sealed with a pad only the two ends of
+// that handshake can compute (from the secret and both nonces); later
+// connections prove it (session_proof) without sending it.
+Mac session_token(const Mac& server_key, uint64_t session_id);
+// token XOR HMAC(secret, label || hello || server_nonce); its own inverse.
+Mac seal_token(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce,
+               const Mac& token);
+Mac session_proof(const Mac& token, const HelloPayload& hello, const Nonce& server_nonce);
+
+// --- Frame authentication (shared-secret mode without TLS) ---------------------
+//
+// Every frame after AUTH but ERROR carries a 32-byte trailer after its
+// payload (not counted in `length`): HMAC-SHA256(key of its direction,
+// sequence || header || payload), the sequence numbering that direction's
+// authenticated frames from 0. A frame altered, dropped, replayed or
+// reordered in transit fails its check and ends the connection. TLS
+// protects its frames itself; without a secret (loopback) there is no key
+// an attacker does not know.
+bool frames_authenticated(bool have_secret, bool tls);
+struct FrameKeys {
+  Mac device_to_server, server_to_device;
+};
+// HMAC(secret, label || hello || server_nonce), one label per direction.
+FrameKeys frame_keys(std::string_view secret, const HelloPayload& hello, const Nonce& server_nonce);
+
+// The MACs of one direction of one connection. Not thread-safe: its user
+// (the writer under its send lock, or the reader) keeps the sequence.
+class FrameMac {
+ public:
+  explicit FrameMac(const Mac& key);
+  ~FrameMac();
+  FrameMac(const FrameMac&) = delete;
+  FrameMac& operator=(const FrameMac&) = delete;
+  // The trailer of the next frame: `h` and the first h.length bytes of
+  // `payload`. Advances the sequence.
+  Mac next(const FrameHeader& h, std::span<const iovec> payload);
+  Mac next(const FrameHeader& h, const void* payload);
+  uint64_t sequence() const { return sequence_; }
+
+ private:
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
+  uint64_t sequence_ = 0;
+};
 // Constant-time comparison.
 bool same_mac(const Mac& a, const Mac& b);
 // Random bytes for nonces and session ids; throws std::runtime_error if the

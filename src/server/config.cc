@@ -451,6 +451,27 @@ const Setting kSettings[] = {
          refuse(fmt::format("must be between 0.1 and 86400 seconds, got {}", d));
        cfg.remote.session_grace = d;
      }},
+    {{"remote.handshake_timeout", "--remote-handshake-timeout", "SECONDS",
+      "a server closes a connection that has not authenticated within this long (default 2)"},
+     [](Config& cfg, const Value& v) {
+       const double d = as_seconds(v);
+       if (d < 0.1 || d > 60) refuse(fmt::format("must be between 0.1 and 60 seconds, got {}", d));
+       cfg.remote.handshake_timeout = d;
+     }},
+    {{"remote.max_handshakes", "--remote-max-handshakes", "N",
+      "a server's connections not authenticated yet, 1..4096 (default 64)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < 1 || n > 4096) refuse(fmt::format("must be between 1 and 4096, got {}", n));
+       cfg.remote.max_handshakes = unsigned(n);
+     }},
+    {{"remote.max_handshakes_per_address", "--remote-max-handshakes-per-address", "N",
+      "of those, from one source address (IPv6: one /64), 1..4096 (default 8)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < 1 || n > 4096) refuse(fmt::format("must be between 1 and 4096, got {}", n));
+       cfg.remote.max_handshakes_per_address = unsigned(n);
+     }},
     {{"remote.timeout", "--remote-timeout", "SECONDS",
       "a remote device answers a request ETIMEDOUT after this long without a reply (default 30)"},
      [](Config& cfg, const Value& v) {

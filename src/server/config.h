@@ -99,6 +99,10 @@ struct RemoteConfig {
   unsigned connections = 2;  // per remote device
   double timeout = 30.0;     // seconds a request may wait for its reply
   double session_grace = 60.0;  // a server ends a session whose device is gone this long
+  // A server: how long a handshake may take, how many at once, from one address.
+  double handshake_timeout = 2.0;
+  unsigned max_handshakes = 64;
+  unsigned max_handshakes_per_address = 8;
 };
 
 struct Config {

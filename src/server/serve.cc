@@ -59,6 +59,9 @@ std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   options.secret = read_secret(cfg);
   options.tls = {cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
   options.session_grace_s = cfg.remote.session_grace;
+  options.handshake_timeout_s = cfg.remote.handshake_timeout;
+  options.max_handshakes = cfg.remote.max_handshakes;
+  options.max_handshakes_per_address = cfg.remote.max_handshakes_per_address;
   options.session = session_options(cfg);
   options.session.name = "remote";
   std::unique_ptr<Backend> backend = make_policed_backend(cfg.backend, options.session);

@@ -274,6 +274,7 @@ class FuseDevice::Worker {
       out_iov_ = {out_buf_.get(), worker.out_size_};
       in = std::span<const iovec>(&in_iov_, 1);
       out = std::span<const iovec>(&out_iov_, 1);
+      in_is_private = true;  // read from /dev/fuse into our buffer
     }
 
     char* in_buf() { return in_buf_.get(); }

@@ -251,6 +251,21 @@ void FsDevice::Worker::drain_completions() {
 
 bool FsDevice::Worker::process(Queue& q, bool polling) {
   bool any = false;
+  // The front-end shrank a memory file under us; the SIGBUS handler put
+  // zero pages in its place (GuestMemory::add_region). Nothing read from
+  // this memory means anything any more: stop serving it until the
+  // front-end sets a new table.
+  if (q.started && device_.memory_ && device_.memory_->faulted()) {
+    if (!q.broken_logged) {
+      q.broken_logged = true;
+      q.stats->broken.store(true);
+      spdlog::error(
+          "{}: queue {}: guest memory faulted (its file shrank under the mapping); "
+          "the queue is no longer served until the front-end sets a new memory table",
+          device_.options_.name, q.index);
+    }
+    return any;
+  }
   for (;;) {
     if (!q.started) return any;
     unsigned n = 0;
@@ -483,7 +498,9 @@ void FsDevice::resume() {
 }
 
 void FsDevice::release_retired_memory() {
-  if (pending_.load() == 0) retired_.clear();
+  if (pending_.load() != 0) return;
+  retired_.clear();
+  if (memory_) memory_->release_removed();
 }
 
 int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
@@ -536,6 +553,17 @@ int FsDevice::rem_mem_reg(const MemoryRegion& region) {
   pause();
   const int e = memory_->remove_region(region.guest_phys_addr, region.memory_size,
                                        region.userspace_addr);
+  if (e == 0) {
+    // A queue whose rings were in the removed region cannot go on.
+    for (auto& q : queues_) {
+      if (q->started && (q->packed ? q->pvq.remap(*memory_) : q->vq.remap(*memory_)) != 0) {
+        spdlog::warn("{}: queue {} rings were in the removed memory region; stopped", options_.name,
+                     q->index);
+        stop_queue(*q);
+      }
+    }
+    release_retired_memory();
+  }
   resume();
   return -e;
 }

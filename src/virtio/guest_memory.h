@@ -19,8 +19,10 @@
 
 #include <sys/uio.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace dpfs::virtio {
@@ -54,8 +56,15 @@ class GuestMemory {
   // read-write) as guest physical [gpa, gpa + size), known to the front-end
   // at `user_addr`. Takes ownership of `fd` whatever the outcome (it is
   // closed once mapped: the mapping keeps the memory). Returns 0 or an errno:
-  // EINVAL for size 0, an address range that wraps, or a GPA range that
-  // overlaps an existing region; ENOSPC past kMaxRegions; mmap's errno.
+  // EINVAL for size 0, an address range that wraps, a GPA range that
+  // overlaps an existing region, or a range past the end of the file (or a
+  // descriptor that is not a file); ENOSPC past kMaxRegions; mmap's errno.
+  //
+  // A file shrunk after it was mapped makes its pages fault (SIGBUS). Every
+  // mapping made here is registered with a process-wide SIGBUS handler that
+  // replaces the mapping with zero pages and sets faulted(): the fault costs
+  // the tenant its device, not the daemon. Faults elsewhere keep their
+  // previous handling.
   int add_region(int fd, uint64_t gpa, uint64_t size, uint64_t user_addr, uint64_t mmap_offset);
 
   // Adds memory this object does not own (tests, fuzzing): `host` must stay
@@ -69,6 +78,16 @@ class GuestMemory {
   // so a request still in flight into it writes into a void instead of
   // crashing the daemon or reaching the tenant's memory.
   int remove_region(uint64_t gpa, uint64_t size, uint64_t user_addr);
+  // Unmaps the ranges remove_region kept reserved. REQUIRES: no request
+  // still holds iovecs into a removed region (none in flight).
+  void release_removed();
+  size_t num_removed() const { return retired_.size(); }
+
+  // True once a fault was taken in this memory: the front-end shrank a
+  // region's file under the mapping (SIGBUS). The faulting range now reads
+  // zeros and takes writes into a void; the device must stop serving it.
+  // Safe from any thread.
+  bool faulted() const { return fault_->load(std::memory_order_acquire); }
 
   // Host pointer for [gpa, gpa + len) when the range lies inside one region;
   // nullptr otherwise (unmapped, spans regions, or wraps). len 0 is treated
@@ -96,6 +115,9 @@ class GuestMemory {
 
   std::vector<Region> regions_;  // sorted by guest_phys_addr, disjoint
   std::vector<Region> retired_;  // removed, kept reserved (see remove_region)
+  // Set by the SIGBUS handler (see guest_memory.cc); on the heap so that a
+  // moved GuestMemory keeps the address the handler knows.
+  std::unique_ptr<std::atomic<bool>> fault_ = std::make_unique<std::atomic<bool>>(false);
 };
 
 }  // namespace dpfs::virtio

@@ -6,7 +6,8 @@
 //    remote::Server's reader judges them; the requests it accepts go, as it
 //    sends them, to a FuseSession over memfs with reply buffers of the
 //    frame's reply_capacity (capped at the session's largest reply), with
-//    the session's LookupLedger cutting FORGETs and counting replies;
+//    the session's LookupLedger fencing off node ids and handles the
+//    session was not given, cutting FORGETs and counting replies;
 //  - to a device: requests in flight (ids, FUSE uniques, opcodes, reply
 //    buffers split into several iovecs) made from the input, then
 //    CHALLENGE, WELCOME and REPLY frames, judged as remote::Forwarder judges
@@ -22,7 +23,8 @@
 // format's rules (the wrong type for the stage, a payload past its limit);
 // a reply to the tenant longer than reply_capacity; a reply taken as valid
 // whose FUSE header disagrees with its frame or request; log text with a
-// byte that is not printable.
+// byte that is not printable; a request let through that names a node id
+// the session does not hold.
 #include <linux/fuse.h>
 #include <spdlog/spdlog.h>
 
@@ -35,9 +37,9 @@
 
 #include "backend/memfs/memfs.h"
 #include "fuse/iov.h"
-#include "fuzz_input.h"
 #include "fuse/request.h"
 #include "fuse/session.h"
+#include "fuzz_input.h"
 #include "remote/ledger.h"
 #include "remote/wire.h"
 
@@ -87,8 +89,8 @@ std::optional<FrameHeader> next_header(Input& in, Stage stage) {
 // Whatever check_frame() accepts keeps the format's rules.
 void check_accepted(const FrameHeader& h, Stage stage, uint32_t max_request) {
   require(h.magic == kMagic && h.version == kVersion && h.length <= kMaxPayload);
-  const bool device = stage == Stage::kChallenge || stage == Stage::kWelcome ||
-                      stage == Stage::kReplies;
+  const bool device =
+      stage == Stage::kChallenge || stage == Stage::kWelcome || stage == Stage::kReplies;
   if (h.type == uint8_t(FrameType::kError)) {
     require(device && h.length <= kMaxErrorText);
     return;
@@ -179,6 +181,20 @@ void to_server(Input& in, bool initialized) {
     if (!bytes.empty()) std::memcpy(&fh, bytes.data(), std::min(bytes.size(), sizeof(fh)));
     const uint32_t opcode = bytes.size() >= sizeof(fh) ? fh.opcode : 0;
     if (opcode == FUSE_DESTROY) continue;  // answered by the server
+    // The fences, as the server puts them up: a request naming a node id or
+    // handle this session was not given is answered without reaching it.
+    if (const int error = ledger.check(bytes); error != 0) {
+      require(error == ESTALE || error == EBADF);
+      require(opcode_takes_reply(opcode));  // what takes no reply names nothing checked
+      continue;
+    }
+    // What passes names only the root or a node id the session holds.
+    const bool exempt = opcode == FUSE_INIT || opcode == FUSE_INTERRUPT ||
+                        opcode == FUSE_NOTIFY_REPLY || opcode == FUSE_FORGET ||
+                        opcode == FUSE_BATCH_FORGET;
+    if (bytes.size() >= sizeof(fh) && fh.len >= sizeof(fh) && !exempt) {
+      require(fh.nodeid == dpfs::kRootIno || ledger.held(fh.nodeid) > 0);
+    }
     if (opcode == FUSE_FORGET || opcode == FUSE_BATCH_FORGET) {
       const size_t held = ledger.inodes();
       ledger.on_forget(bytes);

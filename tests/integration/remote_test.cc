@@ -28,7 +28,7 @@ namespace {
 // --- The wire format, from the document --------------------------------------
 
 constexpr uint32_t kMagic = 0x52465044;  // "DPFR"
-constexpr uint8_t kVersion = 1;
+constexpr uint8_t kVersion = 2;
 enum : uint8_t { kHello = 1, kChallenge = 2, kAuth = 3, kWelcome = 4, kRequest = 5, kReply = 6 };
 
 struct FrameHeader {
@@ -46,7 +46,7 @@ struct Hello {
   uint8_t nonce[32];
   uint64_t session_id;
   uint32_t max_write;
-  uint32_t reserved;
+  uint32_t flags;
 };
 static_assert(sizeof(Hello) == 48);
 
@@ -68,13 +68,16 @@ std::array<uint8_t, 32> proof(const std::string& secret, const std::string& labe
 // A raw TCP peer for sending what a device would not.
 class RawPeer {
  public:
-  explicit RawPeer(int port) {
+  // From `source` (all of 127/8 is loopback) to 127.0.0.1.
+  explicit RawPeer(int port, const char* source = "127.0.0.1") {
     fd_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_in a{};
     a.sin_family = AF_INET;
+    ::inet_pton(AF_INET, source, &a.sin_addr);
+    const bool bound = ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
     a.sin_port = htons(uint16_t(port));
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    connected_ = bound && ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
     timeval tv{5, 0};
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   }
@@ -97,6 +100,12 @@ class RawPeer {
     if (h->length > (1u << 22)) return false;
     payload->resize(h->length);
     return read_exact(payload->data(), h->length);
+  }
+  // Whether the server has closed the connection already (EOF or reset).
+  bool closed_now() {
+    char c;
+    const ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
   }
   // True if the server closes the connection (EOF or reset) within 5 s,
   // whatever it sends before.
@@ -123,13 +132,16 @@ class RawPeer {
     std::string p;
     if (!read_frame(&h, &p) || h.type != kChallenge || p.size() != 64) return "no CHALLENGE";
     const auto* nonce = reinterpret_cast<const uint8_t*>(p.data());
-    if (check_server && proof(secret, "dpfs-remote-v1 server", hello, nonce) !=
+    if (check_server && proof(secret, "dpfs-remote-v2 server", hello, nonce) !=
                             *reinterpret_cast<const std::array<uint8_t, 32>*>(p.data() + 32)) {
       return "the server's proof does not verify";
     }
-    const auto mine = proof(secret, "dpfs-remote-v1 device", hello, nonce);
-    if (!send_frame(kAuth, mine.data(), 32)) return "sending AUTH";
-    if (!read_frame(&h, &p) || h.type != kWelcome || p.size() != 8) return "no WELCOME";
+    // AUTH: the device's proof, and no session to join (zeros).
+    std::array<uint8_t, 64> auth{};
+    const auto mine = proof(secret, "dpfs-remote-v2 device", hello, nonce);
+    std::copy(mine.begin(), mine.end(), auth.begin());
+    if (!send_frame(kAuth, auth.data(), 64)) return "sending AUTH";
+    if (!read_frame(&h, &p) || h.type != kWelcome || p.size() != 48) return "no WELCOME";
     return "";
   }
 
@@ -407,6 +419,49 @@ TEST_F(RemoteTest, BadFramesCloseThatConnectionOnly) {
   EXPECT_EQ(write_file(mount_->dir() + "/after", "more"), 0);
 }
 
+// The attack of issue 12: connections that never authenticate, opened
+// from 127.0.0.2 without pause and held, while a device from 127.0.0.1
+// mounts and works. The flood holds at most its address's share of the
+// handshakes (remote.max_handshakes_per_address, 8) and no thread; its
+// extras are refused with one log line per 10 s.
+TEST_F(RemoteTest, AFloodOfIdleConnectionsFromOneAddressKeepsNoDeviceOut) {
+  ASSERT_EQ(start_server(), "");
+  const auto t_start = std::chrono::steady_clock::now();
+  std::atomic<bool> stop{false};
+  std::atomic<int> opened{0};
+  std::thread flood([&] {
+    // The attacker keeps every connection the server keeps, and re-opens
+    // those it closes.
+    std::vector<std::unique_ptr<RawPeer>> held;
+    while (!stop) {
+      auto peer = std::make_unique<RawPeer>(server_->port(), "127.0.0.2");
+      if (peer->connected()) ++opened;
+      held.push_back(std::move(peer));
+      if (held.size() > 400) std::erase_if(held, [](const auto& p) { return p->closed_now(); });
+    }
+  });
+  for (int i = 0; i < 500 && opened < 300; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_GE(opened.load(), 300) << "the flood did not get going";
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string started = start_device();
+  const bool works = started.empty() && write_file(mount_->dir() + "/f", "served") == 0 &&
+                     read_file(mount_->dir() + "/f").value_or("") == "served";
+  const auto took = std::chrono::steady_clock::now() - t0;
+  stop = true;
+  flood.join();
+  EXPECT_EQ(started, "");
+  EXPECT_TRUE(works);
+  EXPECT_LT(took, 5s) << "the device waited behind the flood";
+  const std::string log = server_->log();
+  const auto seconds =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - t_start)
+          .count();
+  const size_t refusals = count(log, "refusing a connection from 127.0.0.2");
+  EXPECT_GE(refusals, 1u) << log.substr(0, 4000);
+  EXPECT_LE(refusals, size_t(1 + seconds / 10)) << "not rate-limited:\n" << log.substr(0, 4000);
+  EXPECT_EQ(kill(server_->pid(), 0), 0) << "the server died";
+}
+
 // A server killed in the middle of a workload: requests fail (EIO, or
 // ETIMEDOUT after --remote-timeout) instead of hanging; once a server is
 // back on the same port the device reconnects, replays INIT, and serves.
@@ -462,7 +517,8 @@ TEST_F(RemoteTest, ServerKilledAndRestartedMidWorkload) {
   // Each step is two requests at most waiting 2 s each, plus slack.
   EXPECT_LT(slowest_ms.load(), 7000) << "a request hung past the timeout";
   for (int e : errors) {
-    EXPECT_TRUE(e == EIO || e == ETIMEDOUT || e == ENOENT || e == EBADF) << errname(e);
+    EXPECT_TRUE(e == EIO || e == ETIMEDOUT || e == ENOENT || e == ESTALE || e == EBADF)
+        << errname(e);
   }
   EXPECT_NE(mount_->log().find("INIT replayed"), std::string::npos) << mount_->log();
   EXPECT_EQ(mount_->check_alive(), "");
@@ -572,8 +628,7 @@ TEST_F(RemoteTest, AVanishedDevicesOpenFilesAreClosedAfterTheGracePeriod) {
   ASSERT_EQ(::kill(other.pid(), SIGKILL), 0);
   for (int i = 0; i < 100 && other.check_alive().empty(); ++i) std::this_thread::sleep_for(20ms);
   for (int i = 0; i < kFiles; ++i) {
-    ASSERT_EQ(::unlink((mount_->dir() + "/open" + std::to_string(i)).c_str()), 0)
-        << errname(errno);
+    ASSERT_EQ(::unlink((mount_->dir() + "/open" + std::to_string(i)).c_str()), 0) << errname(errno);
   }
   uint64_t used = inodes_used(mount_->dir());
   for (int i = 0; i < 100 && used != base; ++i) {
@@ -581,8 +636,7 @@ TEST_F(RemoteTest, AVanishedDevicesOpenFilesAreClosedAfterTheGracePeriod) {
     used = inodes_used(mount_->dir());
   }
   EXPECT_EQ(used, base) << "the vanished device's open files were not closed\n" << server_->log();
-  EXPECT_EQ(count(server_->log(), "closing 9 handles its device left open"), 1u)
-      << server_->log();
+  EXPECT_EQ(count(server_->log(), "closing 9 handles its device left open"), 1u) << server_->log();
 }
 
 TEST_F(RemoteTest, ConnectionsCutAndRestoredKeepTheSession) {
@@ -770,8 +824,7 @@ TEST_F(RemoteTlsTest, StartUpChecks) {
   };
   RunResult r = server(tls_args(pki_.dir + "/missing.pem", pki_.server_key, pki_.ca));
   EXPECT_EQ(r.exit_code(), 1) << r.describe();
-  EXPECT_NE(r.err.find("remote.tls_cert " + pki_.dir + "/missing.pem"), std::string::npos)
-      << r.err;
+  EXPECT_NE(r.err.find("remote.tls_cert " + pki_.dir + "/missing.pem"), std::string::npos) << r.err;
   r = server(tls_args(pki_.server_cert, pki_.client_key, pki_.ca));
   EXPECT_EQ(r.exit_code(), 1) << r.describe();
   EXPECT_NE(r.err.find("is not the key of"), std::string::npos) << r.err;
@@ -779,7 +832,6 @@ TEST_F(RemoteTlsTest, StartUpChecks) {
   EXPECT_EQ(r.exit_code(), 2) << r.describe();
   EXPECT_NE(r.err.find("TLS needs all of"), std::string::npos) << r.err;
 }
-
 
 // Runs `ip` with `args`; "" or its output.
 std::string ip(std::vector<std::string> args) {

@@ -31,6 +31,7 @@ class Memfd {
     EXPECT_EQ(::pread(fd_, &b, 1, off_t(offset)), 1);
     return b;
   }
+  void truncate(uint64_t size) const { EXPECT_EQ(::ftruncate(fd_, off_t(size)), 0); }
   void write_at(uint64_t offset, uint8_t b) const {
     EXPECT_EQ(::pwrite(fd_, &b, 1, off_t(offset)), 1);
   }
@@ -50,6 +51,59 @@ TEST(GuestMemoryTest, TranslatesIntoTheSharedFile) {
   f.write_at(101, 0xcd);
   EXPECT_EQ(p[1], 0xcd) << "and we see what the tenant writes";
   EXPECT_EQ(mem.translate_uva(0x7f0000000000 + 100, 8), p);
+}
+
+TEST(GuestMemoryTest, RegionPastTheEndOfItsFileIsRefused) {
+  Memfd f(2 * kPage);
+  GuestMemory mem;
+  EXPECT_EQ(mem.add_region(f.dup(), 0, 3 * kPage, 0x1000000, 0), EINVAL);
+  EXPECT_EQ(mem.add_region(f.dup(), 0, 2 * kPage, 0x1000000, kPage), EINVAL)
+      << "the offset counts: the region would end past the file";
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  ::close(pipe_fds[1]);
+  EXPECT_EQ(mem.add_region(pipe_fds[0], 0, kPage, 0x1000000, 0), EINVAL) << "not a file";
+  EXPECT_EQ(mem.num_regions(), 0u);
+  EXPECT_EQ(mem.add_region(f.dup(), 0, kPage, 0x1000000, kPage), 0);
+}
+
+// A front-end that shrinks a memory file after we mapped it makes the pages
+// past the new end fault. That must cost its memory (the device stops
+// serving it), not the daemon: the access reads zeros, faulted() is set,
+// and another tenant's memory is untouched.
+TEST(GuestMemoryTest, FileShrunkUnderTheMappingFaultsOnlyThatMemory) {
+  Memfd f(4 * kPage), other_file(kPage);
+  GuestMemory mem, other;
+  ASSERT_EQ(mem.add_region(f.dup(), 0x100000, 4 * kPage, 0x1000000, 0), 0);
+  ASSERT_EQ(other.add_region(other_file.dup(), 0, kPage, 0x2000000, 0), 0);
+  auto* p = static_cast<volatile uint8_t*>(mem.translate_gpa(0x100000, 4 * kPage));
+  ASSERT_NE(p, nullptr);
+  p[3 * kPage] = 7;
+  EXPECT_FALSE(mem.faulted());
+  f.truncate(kPage);
+  EXPECT_EQ(p[3 * kPage], 0) << "the faulting page is now a zero page";
+  p[3 * kPage + 1] = 9;  // writes go into a void, without a fault
+  EXPECT_TRUE(mem.faulted());
+  EXPECT_FALSE(other.faulted());
+  auto* q = static_cast<volatile uint8_t*>(other.translate_gpa(0, 1));
+  q[0] = 5;
+  EXPECT_EQ(other_file.byte_at(0), 5) << "the other memory is still shared with its tenant";
+}
+
+// The handler contains faults in guest memory only: any other SIGBUS still
+// ends the process, as it would without dpfs's handler.
+TEST(GuestMemoryDeathTest, FaultOutsideGuestMemoryStillKills) {
+  Memfd guest(kPage);
+  GuestMemory mem;
+  ASSERT_EQ(mem.add_region(guest.dup(), 0, kPage, 0x1000000, 0), 0);  // installs the handler
+  EXPECT_DEATH(
+      {
+        Memfd f(2 * kPage);
+        void* m = ::mmap(nullptr, 2 * kPage, PROT_READ, MAP_SHARED, f.dup(), 0);
+        f.truncate(0);
+        (void)*static_cast<volatile uint8_t*>(m);
+      },
+      "");
 }
 
 TEST(GuestMemoryTest, MmapOffsetSelectsWhereTheRegionStartsInTheFile) {
@@ -103,7 +157,7 @@ TEST(GuestMemoryTest, RejectsBadRegions) {
   EXPECT_EQ(mem.add_region(f.dup(), 0x0, kPage, UINT64_MAX - 10, 0), EINVAL) << "uva wraps";
   EXPECT_EQ(mem.add_region(f.dup(), 0x0, kPage, 0x0, UINT64_MAX - 10), EINVAL)
       << "offset + size wraps";
-  EXPECT_EQ(mem.add_region(-1, 0x0, kPage, 0x0, 0), EBADF) << "mmap's errno";
+  EXPECT_EQ(mem.add_region(-1, 0x0, kPage, 0x0, 0), EBADF) << "not a descriptor";
   ASSERT_EQ(mem.add_region(f.dup(), 0x10000, 2 * kPage, 0x0, 0), 0);
   EXPECT_EQ(mem.add_region(f.dup(), 0x11000, kPage, 0x100000, 0), EINVAL) << "inside";
   EXPECT_EQ(mem.add_region(f.dup(), 0xf000, 2 * kPage, 0x100000, 0), EINVAL) << "overlaps start";
@@ -176,6 +230,23 @@ TEST(GuestMemoryTest, RemovedRegionIsGoneButOldPointersStaySafe) {
   EXPECT_EQ(mem.remove_region(0x1000, kPage, 0x900000), ENOENT);
   // The GPA range can be reused.
   EXPECT_EQ(mem.add_region(f.dup(), 0x1000, kPage, 0x900000, 0), 0);
+}
+
+// Removed regions stay reserved for requests in flight, but a front-end
+// that adds and removes regions in a loop cannot make that grow for ever.
+TEST(GuestMemoryTest, ReservedAddressSpaceForRemovedRegionsIsBounded) {
+  Memfd f(kPage);
+  GuestMemory mem;
+  for (size_t i = 0; i < GuestMemory::kMaxRegions; ++i) {
+    ASSERT_EQ(mem.add_region(f.dup(), 0x1000, kPage, 0x900000, 0), 0);
+    ASSERT_EQ(mem.remove_region(0x1000, kPage, 0x900000), 0) << i;
+  }
+  ASSERT_EQ(mem.add_region(f.dup(), 0x1000, kPage, 0x900000, 0), 0);
+  EXPECT_EQ(mem.remove_region(0x1000, kPage, 0x900000), EBUSY);
+  EXPECT_EQ(mem.num_removed(), GuestMemory::kMaxRegions);
+  mem.release_removed();  // nothing in flight any more
+  EXPECT_EQ(mem.num_removed(), 0u);
+  EXPECT_EQ(mem.remove_region(0x1000, kPage, 0x900000), 0);
 }
 
 TEST(GuestMemoryTest, MovesOwnership) {

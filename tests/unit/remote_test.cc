@@ -4,6 +4,9 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -51,8 +54,8 @@ TEST(RemoteWire, ChecksHeaders) {
   FrameHeader h = make_header(FrameType::kRequest, 100, 5, 4096);
   EXPECT_EQ(check_header(h, 100), "");
   EXPECT_NE(check_header(h, 99), "");
-  h.version = 2;
-  EXPECT_NE(check_header(h, 100).find("version 2"), std::string::npos);
+  h.version = 1;
+  EXPECT_NE(check_header(h, 100).find("version 1"), std::string::npos);
   h = make_header(FrameType::kRequest, 1);
   h.magic = 0x12345678;
   EXPECT_NE(check_header(h, 100).find("magic"), std::string::npos);
@@ -74,17 +77,16 @@ TEST(RemoteWire, FramesAreJudgedByWhereTheConnectionIs) {
   EXPECT_TRUE(big.refused());
   EXPECT_FALSE(big.tell_peer);
   EXPECT_TRUE(judge(FrameType::kReply, 10, Stage::kRequests).refused());
-  EXPECT_FALSE(
-      judge(FrameType::kChallenge, sizeof(ChallengePayload), Stage::kChallenge).refused());
+  EXPECT_FALSE(judge(FrameType::kChallenge, sizeof(ChallengePayload), Stage::kChallenge).refused());
   EXPECT_FALSE(judge(FrameType::kError, kMaxErrorText, Stage::kChallenge).refused());
   EXPECT_TRUE(judge(FrameType::kError, kMaxErrorText + 1, Stage::kWelcome).refused());
   EXPECT_FALSE(judge(FrameType::kReply, kMaxPayload, Stage::kReplies).refused());
   EXPECT_TRUE(judge(FrameType::kReply, kMaxPayload + 1, Stage::kReplies).refused());
   EXPECT_TRUE(judge(FrameType::kRequest, 10, Stage::kReplies).refused());
   FrameHeader other = make_header(FrameType::kHello, sizeof(HelloPayload));
-  other.version = 2;
+  other.version = 1;
   EXPECT_TRUE(check_frame(other, Stage::kHello).tell_peer);  // told in our format why
-  other.magic = 0x20544547;                                   // "GET "
+  other.magic = 0x20544547;                                  // "GET "
   EXPECT_FALSE(check_frame(other, Stage::kHello).tell_peer);
 }
 
@@ -138,6 +140,64 @@ TEST(RemoteWire, ProofsBindSecretRoleAndParameters) {
   EXPECT_FALSE(same_mac(base, device_proof("secret", other, n)));
   n[31] = 1;
   EXPECT_FALSE(same_mac(base, device_proof("secret", hello, n)));
+}
+
+// A frame's MAC is HMAC-SHA256(key, sequence || header || payload), the
+// sequence counting the frames of its direction.
+TEST(RemoteWire, FrameMacsCoverSequenceHeaderAndPayload) {
+  Mac key{};
+  key[0] = 7;
+  FrameMac mac(key);
+  const std::string payload = "a FUSE request";
+  const FrameHeader h = make_header(FrameType::kRequest, uint32_t(payload.size()), 9, 4096);
+  auto expected = [&](uint64_t seq, const std::string& body) {
+    std::string msg(reinterpret_cast<const char*>(&seq), 8);
+    msg.append(reinterpret_cast<const char*>(&h), sizeof(h));
+    msg += body;
+    Mac out{};
+    unsigned len = 0;
+    HMAC(EVP_sha256(), key.data(), int(key.size()),
+         reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out.data(), &len);
+    return out;
+  };
+  EXPECT_TRUE(same_mac(mac.next(h, payload.data()), expected(0, payload)));
+  // Split over buffers, the same bytes: the same MAC, at the next sequence.
+  std::string copy = payload;
+  const iovec split[2] = {{copy.data(), 3}, {copy.data() + 3, copy.size() - 3}};
+  EXPECT_TRUE(same_mac(mac.next(h, std::span<const iovec>(split)), expected(1, payload)));
+  EXPECT_EQ(mac.sequence(), 2u);
+  copy[0] ^= 1;
+  EXPECT_FALSE(same_mac(mac.next(h, copy.data()), expected(2, payload)));
+  // The directions' keys differ, and depend on the secret and both nonces.
+  HelloPayload hello{};
+  Nonce n{};
+  const FrameKeys k = frame_keys("secret", hello, n);
+  EXPECT_FALSE(same_mac(k.device_to_server, k.server_to_device));
+  n[0] = 1;
+  EXPECT_FALSE(same_mac(k.device_to_server, frame_keys("secret", hello, n).device_to_server));
+  EXPECT_FALSE(same_mac(k.device_to_server, frame_keys("other", hello, {}).device_to_server));
+  EXPECT_TRUE(frames_authenticated(true, false));
+  EXPECT_FALSE(frames_authenticated(true, true));
+  EXPECT_FALSE(frames_authenticated(false, false));
+}
+
+// A session token is the server key's; sealing is its own inverse and
+// binds the handshake; a proof needs the token.
+TEST(RemoteWire, SessionTokensAreTheServersAndTravelSealed) {
+  Mac key{}, other_key{};
+  other_key[5] = 1;
+  const Mac token = session_token(key, 42);
+  EXPECT_FALSE(same_mac(token, session_token(key, 43)));
+  EXPECT_FALSE(same_mac(token, session_token(other_key, 42)));
+  HelloPayload hello{};
+  Nonce n{};
+  const Mac sealed = seal_token("secret", hello, n, token);
+  EXPECT_FALSE(same_mac(sealed, token));
+  EXPECT_TRUE(same_mac(seal_token("secret", hello, n, sealed), token));
+  EXPECT_FALSE(same_mac(seal_token("wrong", hello, n, sealed), token));
+  n[3] = 1;
+  EXPECT_FALSE(same_mac(seal_token("secret", hello, n, sealed), token));
+  EXPECT_FALSE(same_mac(session_proof(token, hello, n), session_proof(Mac{}, hello, n)));
 }
 
 TEST(RemoteWire, SecretFilesMustBePrivateAndLongEnough) {
@@ -555,7 +615,8 @@ TEST(RemoteLedger, CountsTheLookupsRepliesGiveOut) {
   auto short_reply = entry_reply(8, 14);
   short_reply.resize(sizeof(fuse_out_header) + 8);
   ledger.on_reply(FUSE_LOOKUP, 1, short_reply);
-  ledger.on_reply(FUSE_READDIRPLUS, 1, direntplus_reply({{".", 1}, {"..", 1}, {"x", 10}, {"y", 15}}));
+  ledger.on_reply(FUSE_READDIRPLUS, 1,
+                  direntplus_reply({{".", 1}, {"..", 1}, {"x", 10}, {"y", 15}}));
   EXPECT_EQ(ledger.held(10), 3u);
   EXPECT_EQ(ledger.held(11), 1u);
   EXPECT_EQ(ledger.held(15), 1u);
@@ -662,6 +723,95 @@ TEST(RemoteLedger, ForgetsAreCutToWhatTheSessionHolds) {
   EXPECT_EQ(stub, RequestBuilder(FUSE_FORGET, 10, 9).bytes());
 }
 
+// A session may name only the node ids it holds (and the root) and the
+// handles it opened: ESTALE and EBADF otherwise.
+TEST(RemoteLedger, ChecksNodeIdsAndHandlesAgainstWhatTheSessionHolds) {
+  LookupLedger ledger;
+  auto check = [&](RequestBuilder b) { return ledger.check(b.bytes()); };
+  fuse_getattr_in ga{};
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_GETATTR, kRootIno).arg(ga))), 0);
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_GETATTR, 10).arg(ga))), ESTALE);
+  ledger.on_reply(FUSE_LOOKUP, 1, entry_reply(1, 10));
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_GETATTR, 10).arg(ga))), 0);
+  EXPECT_EQ(check(RequestBuilder(FUSE_STATFS, 11)), ESTALE);
+
+  fuse_read_in rd{};
+  rd.fh = 100;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 10).arg(rd))), EBADF);
+  ledger.on_reply(FUSE_OPEN, 10, open_reply(FUSE_OPEN, 100));
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 10).arg(rd))), 0);
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 11).arg(rd))), ESTALE);
+  fuse_write_in wr{};
+  wr.fh = 101;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_WRITE, 10).arg(wr))), EBADF);
+  // GETATTR and SETATTR name a handle only when their flags say so.
+  ga.fh = 101;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_GETATTR, 10).arg(ga))), 0);
+  ga.getattr_flags = FUSE_GETATTR_FH;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_GETATTR, 10).arg(ga))), EBADF);
+  fuse_setattr_in sa{};
+  sa.fh = 101;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_SETATTR, 10).arg(sa))), 0);
+  sa.valid = FATTR_FH;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_SETATTR, 10).arg(sa))), EBADF);
+  fuse_lk_in lk{};
+  lk.fh = 101;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_SETLKW, 10).arg(lk))), EBADF);
+  fuse_lseek_in ls{};
+  ls.fh = 100;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_LSEEK, 10).arg(ls))), 0);
+  // Node ids inside the arguments.
+  fuse_link_in ln{11};
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_LINK, 10).arg(ln).name("x"))), ESTALE);
+  fuse_rename2_in rn{};
+  rn.newdir = 11;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_RENAME2, 10).arg(rn).name("a").name("b"))), ESTALE);
+  rn.newdir = kRootIno;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_RENAME2, 10).arg(rn).name("a").name("b"))), 0);
+  fuse_copy_file_range_in cp{};
+  cp.fh_in = 100;
+  cp.nodeid_out = 11;
+  cp.fh_out = 100;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_COPY_FILE_RANGE, 10).arg(cp))), ESTALE);
+  cp.nodeid_out = 10;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_COPY_FILE_RANGE, 10).arg(cp))), 0);
+  cp.fh_out = 5;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_COPY_FILE_RANGE, 10).arg(cp))), EBADF);
+  // TMPFILE, like CREATE, gives out a lookup and a handle.
+  ledger.on_reply(FUSE_TMPFILE, kRootIno, open_reply(FUSE_CREATE, 102, 13));
+  EXPECT_EQ(ledger.held(13), 1u);
+  wr.fh = 102;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_WRITE, 13).arg(wr))), 0);
+  // Released: gone. A handle given out twice (a backend without handles
+  // gives out 0 each time) stays until both are released.
+  fuse_release_in rel{};
+  rel.fh = 100;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_RELEASE, 10).arg(rel))), 0);
+  ledger.on_release(RequestBuilder(FUSE_RELEASE, 10).arg(rel).bytes());
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 10).arg(rd))), EBADF);
+  ledger.on_reply(FUSE_OPEN, 10, open_reply(FUSE_OPEN, 0));
+  ledger.on_reply(FUSE_OPEN, 10, open_reply(FUSE_OPEN, 0));
+  rel.fh = 0;
+  ledger.on_release(RequestBuilder(FUSE_RELEASE, 10).arg(rel).bytes());
+  rd.fh = 0;
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 10).arg(rd))), 0);
+  ledger.on_release(RequestBuilder(FUSE_RELEASE, 10).arg(rel).bytes());
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 10).arg(rd))), EBADF);
+  // A backend that does not open (ENOSYS): the kernel then reads with fh 0.
+  ledger.on_reply(FUSE_OPEN, 10, open_reply(FUSE_OPEN, 0, 0, -ENOSYS));
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 10).arg(rd))), 0);
+  // Forgotten: no longer this session's.
+  fuse_forget_in f{1};
+  std::vector<uint8_t> forget = RequestBuilder(FUSE_FORGET, 10).arg(f).bytes();
+  ledger.on_forget(forget);
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_READ, 10).arg(rd))), ESTALE);
+  // Nothing to check: INIT, FORGET of another's node (cut to nothing);
+  // arguments missing: the session refuses them itself.
+  EXPECT_EQ(check(RequestBuilder(FUSE_INIT, 0)), 0);
+  EXPECT_EQ(check(std::move(RequestBuilder(FUSE_FORGET, 12).arg(f))), 0);
+  EXPECT_EQ(check(RequestBuilder(FUSE_READ, kRootIno)), 0);
+}
+
 // One device of a server: a forwarder with its own session, and requests
 // sent through it as root.
 class Device {
@@ -708,6 +858,21 @@ class Device {
   int32_t getattr(uint64_t ino) {
     fuse_getattr_in in{};
     return call(std::move(RequestBuilder(FUSE_GETATTR, ino).arg(in))).first;
+  }
+  // OPEN of `ino` for reading: its handle (the error if negative).
+  int64_t open(uint64_t ino) {
+    fuse_open_in in{};
+    auto [error, reply] = call(std::move(RequestBuilder(FUSE_OPEN, ino).arg(in)));
+    fuse_open_out o{};
+    if (error != 0 || reply.size() < sizeof(fuse_out_header) + sizeof(o)) return error;
+    std::memcpy(&o, reply.data() + sizeof(fuse_out_header), sizeof(o));
+    return int64_t(o.fh);
+  }
+  int32_t read(uint64_t ino, uint64_t fh) {
+    fuse_read_in in{};
+    in.fh = fh;
+    in.size = 4096;
+    return call(std::move(RequestBuilder(FUSE_READ, ino).arg(in))).first;
   }
   // Inodes in use on the backend (statfs: files - free).
   uint64_t inodes_used() {
@@ -759,11 +924,11 @@ TEST(RemoteSessions, EachSessionEndsAloneAndGivesBackItsLookups) {
   // a's session awaits INIT again; a FORGET from it takes nothing of b's.
   EXPECT_NE(a.getattr(kRootIno), 0);
   EXPECT_EQ(a.call(RequestBuilder(FUSE_INIT, 0).arg([] {
-                  fuse_init_in in{};
-                  in.major = 7;
-                  in.minor = FUSE_KERNEL_MINOR_VERSION;
-                  return in;
-                }()))
+               fuse_init_in in{};
+               in.major = 7;
+               in.minor = FUSE_KERNEL_MINOR_VERSION;
+               return in;
+             }()))
                 .first,
             0);
   fuse_forget_in many{1000};
@@ -786,6 +951,369 @@ TEST(RemoteSessions, EachSessionEndsAloneAndGivesBackItsLookups) {
   EXPECT_EQ(a.inodes_used(), base);
   a.stop();
   server.stop();
+}
+
+// A device that names another session's node id or handle gets ESTALE or
+// EBADF, not its files; once it looked the file up itself, the node id is
+// its own too, but the other's handle never is.
+TEST(RemoteSessions, ADeviceCannotUseAnotherSessionsNodeIdsOrHandles) {
+  auto server = memfs_server();
+  Device a(server->bound().port), b(server->bound().port);
+  const uint64_t ino = a.mknod("a-file");
+  ASSERT_NE(ino, 0u);
+  const int64_t fh = a.open(ino);
+  ASSERT_GT(fh, 0);
+  ASSERT_EQ(a.read(ino, uint64_t(fh)), 0);
+  EXPECT_EQ(b.getattr(ino), -ESTALE);
+  EXPECT_EQ(b.read(ino, uint64_t(fh)), -ESTALE);
+  fuse_link_in ln{ino};
+  EXPECT_EQ(b.call(std::move(RequestBuilder(FUSE_LINK, kRootIno).arg(ln).name("stolen"))).first,
+            -ESTALE);
+  EXPECT_EQ(b.lookup("stolen"), 0u) << "the LINK reached the backend";
+  ASSERT_EQ(b.lookup("a-file"), ino);
+  EXPECT_EQ(b.getattr(ino), 0);
+  EXPECT_EQ(b.read(ino, uint64_t(fh)), -EBADF);
+  const int64_t own = b.open(ino);
+  ASSERT_GT(own, 0);
+  EXPECT_EQ(b.read(ino, uint64_t(own)), 0);
+  EXPECT_EQ(a.read(ino, uint64_t(own)), -EBADF);
+  a.stop();
+  b.stop();
+  server->stop();
+}
+
+// A device spoken by hand from wire.h, for what a Forwarder would not send.
+class RawDevice {
+ public:
+  explicit RawDevice(uint16_t port, const char* source = "127.0.0.1") {
+    fd_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    ::inet_pton(AF_INET, source, &a.sin_addr);
+    bound_ = ::bind(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    a.sin_port = htons(port);
+    ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    connected_ = bound_ && ::connect(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    set_timeouts(fd_.get(), 5, 5);
+  }
+  bool connected() const { return connected_; }
+  int fd() const { return fd_.get(); }
+
+  // Completes the handshake with `secret`, joining session `join` with
+  // `token` if given; "" or what went wrong.
+  std::string handshake(const std::string& secret, std::optional<uint64_t> join = {},
+                        const Mac& token = {}) {
+    random_bytes(hello_.device_nonce.data(), kNonceSize);
+    hello_.max_write = 1 << 20;
+    if (join) {
+      hello_.flags = kHelloJoin;
+      hello_.session_id = *join;
+    }
+    if (!send_raw(FrameType::kHello, &hello_, sizeof(hello_))) return "sending HELLO";
+    FrameHeader h;
+    ChallengePayload c{};
+    if (!read_full(fd(), &h, sizeof(h)) || h.type != uint8_t(FrameType::kChallenge) ||
+        !read_full(fd(), &c, sizeof(c))) {
+      return "no CHALLENGE";
+    }
+    AuthPayload auth{device_proof(secret, hello_, c.server_nonce), Mac{}};
+    if (join) auth.session_proof = session_proof(token, hello_, c.server_nonce);
+    if (!send_raw(FrameType::kAuth, &auth, sizeof(auth))) return "sending AUTH";
+    if (!read_full(fd(), &h, sizeof(h))) return "no WELCOME";
+    if (h.type == uint8_t(FrameType::kError)) {
+      std::vector<uint8_t> text(h.length);
+      read_full(fd(), text.data(), text.size());
+      return "refused: " + error_text(text);
+    }
+    if (h.type != uint8_t(FrameType::kWelcome) || !read_full(fd(), &welcome_, sizeof(welcome_))) {
+      return "no WELCOME";
+    }
+    if (frames_authenticated(!secret.empty(), false)) {
+      const FrameKeys keys = frame_keys(secret, hello_, c.server_nonce);
+      send_mac_ = std::make_unique<FrameMac>(keys.device_to_server);
+      receive_mac_ = std::make_unique<FrameMac>(keys.server_to_device);
+      Mac trailer;
+      if (!read_full(fd(), trailer.data(), trailer.size()) ||
+          !same_mac(trailer, receive_mac_->next(h, &welcome_))) {
+        return "WELCOME fails its MAC check";
+      }
+    }
+    token_ = seal_token(secret, hello_, c.server_nonce, welcome_.sealed_token);
+    return "";
+  }
+  const WelcomePayload& welcome() const { return welcome_; }
+  const Mac& token() const { return token_; }
+
+  // A REQUEST frame with its MAC (when the frames carry one), computed
+  // before `corrupt` flips a byte of the payload; `replay` sends it again.
+  bool request(const std::vector<uint8_t>& fuse, uint64_t id, bool corrupt = false,
+               bool replay = false) {
+    std::vector<uint8_t> payload = fuse;
+    const FrameHeader h = make_header(FrameType::kRequest, uint32_t(payload.size()), id, 1 << 16);
+    Mac mac{};
+    if (send_mac_) mac = send_mac_->next(h, payload.data());
+    if (corrupt) payload[payload.size() / 2] ^= 0x20;
+    iovec iov[3] = {{const_cast<FrameHeader*>(&h), sizeof(h)},
+                    {payload.data(), payload.size()},
+                    {mac.data(), send_mac_ ? mac.size() : 0}};
+    if (!writev_full(fd(), iov)) return false;
+    if (!replay) return true;
+    iovec again[3] = {{const_cast<FrameHeader*>(&h), sizeof(h)},
+                      {payload.data(), payload.size()},
+                      {mac.data(), send_mac_ ? mac.size() : 0}};
+    return writev_full(fd(), again);
+  }
+  // Reads a REPLY (and checks its MAC): the FUSE error, or 1 if none came.
+  int32_t reply(uint64_t* id = nullptr) {
+    FrameHeader h;
+    if (!read_full(fd(), &h, sizeof(h)) || h.type != uint8_t(FrameType::kReply)) return 1;
+    std::vector<uint8_t> payload(h.length);
+    if (!read_full(fd(), payload.data(), payload.size())) return 1;
+    if (receive_mac_) {
+      Mac trailer;
+      if (!read_full(fd(), trailer.data(), trailer.size()) ||
+          !same_mac(trailer, receive_mac_->next(h, payload.data()))) {
+        return 1;
+      }
+    }
+    if (id) *id = h.id;
+    fuse_out_header out{};
+    if (payload.size() < sizeof(out)) return 1;
+    std::memcpy(&out, payload.data(), sizeof(out));
+    return out.error;
+  }
+  // Whether the server closes the connection within 5 s (what it sends
+  // before does not matter).
+  bool closed_by_server() {
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::recv(fd(), buf, sizeof(buf), 0);
+      if (n == 0) return true;
+      if (n < 0) return errno == ECONNRESET;
+    }
+  }
+
+ private:
+  bool send_raw(FrameType type, const void* payload, uint32_t len) {
+    FrameHeader h = make_header(type, len);
+    iovec iov[2] = {{&h, sizeof(h)}, {const_cast<void*>(payload), len}};
+    return writev_full(fd(), iov);
+  }
+  transport::UniqueFd fd_;
+  bool bound_ = false, connected_ = false;
+  HelloPayload hello_{};
+  WelcomePayload welcome_{};
+  Mac token_{};
+  std::unique_ptr<FrameMac> send_mac_, receive_mac_;
+};
+
+// A session is joined only with the token the server issued for it (sealed
+// in the WELCOME that made it): without it, or with a wrong one, the
+// connection is refused; an id the server does not know gets a new session.
+TEST(RemoteSessions, JoiningASessionTakesItsToken) {
+  auto server = memfs_server();
+  const uint16_t port = server->bound().port;
+  RawDevice first(port);
+  ASSERT_EQ(first.handshake(""), "");
+  EXPECT_TRUE(first.welcome().flags & kWelcomeNewSession);
+  EXPECT_TRUE(first.welcome().flags & kWelcomeNeedsInit);
+  const uint64_t id = first.welcome().session_id;
+  ASSERT_NE(id, 0u);
+
+  RawDevice second(port);
+  ASSERT_EQ(second.handshake("", id, first.token()), "");
+  EXPECT_EQ(second.welcome().session_id, id);
+  EXPECT_FALSE(second.welcome().flags & kWelcomeNewSession);
+
+  Mac wrong = first.token();
+  wrong[0] ^= 1;
+  RawDevice thief(port);
+  EXPECT_NE(thief.handshake("", id, wrong).find("wrong token"), std::string::npos);
+  EXPECT_TRUE(thief.closed_by_server());
+  RawDevice guesser(port);  // the id alone (a zero proof)
+  EXPECT_NE(guesser.handshake("", id).find("wrong token"), std::string::npos);
+  EXPECT_TRUE(guesser.closed_by_server());
+
+  RawDevice stranger(port);
+  ASSERT_EQ(stranger.handshake("", id + 1, first.token()), "");
+  EXPECT_NE(stranger.welcome().session_id, id);
+  EXPECT_TRUE(stranger.welcome().flags & kWelcomeNewSession);
+  EXPECT_EQ(server->sessions(), 2u);
+  server->stop();
+}
+
+// With a shared secret, frames carry a MAC with a sequence number: a frame
+// altered in transit, or sent twice, ends the connection before it reaches
+// the session.
+TEST(RemoteFrames, ATamperedOrReplayedFrameEndsTheConnection) {
+  const std::string secret = "the shared secret, 32 bytes long";
+  auto server = memfs_server(secret);
+  const uint16_t port = server->bound().port;
+  std::vector<uint8_t> init = testing::init_request();
+  {
+    RawDevice d(port);
+    ASSERT_EQ(d.handshake(secret), "");
+    ASSERT_TRUE(d.request(init, 1));
+    EXPECT_EQ(d.reply(), 0);
+    ASSERT_TRUE(d.request(getattr(2), 2));
+    EXPECT_EQ(d.reply(), 0);
+    ASSERT_TRUE(d.request(getattr(3), 3, /*corrupt=*/true));
+    EXPECT_TRUE(d.closed_by_server());
+  }
+  {
+    RawDevice d(port);
+    ASSERT_EQ(d.handshake(secret), "");
+    ASSERT_TRUE(d.request(init, 1));
+    EXPECT_EQ(d.reply(), 0);
+    ASSERT_TRUE(d.request(getattr(2), 2, false, /*replay=*/true));
+    EXPECT_EQ(d.reply(), 0);  // the first
+    EXPECT_TRUE(d.closed_by_server());
+  }
+  // A Forwarder with the secret speaks it.
+  ForwarderOptions o = forwarder_options(port);
+  o.secret = secret;
+  Forwarder fw(o);
+  AsyncRequest req(init), get(getattr(5));
+  fw.handle(req);
+  ASSERT_TRUE(req.wait());
+  EXPECT_EQ(req.header().error, 0);
+  fw.handle(get);
+  ASSERT_TRUE(get.wait());
+  EXPECT_EQ(get.header().error, 0);
+  fw.stop();
+  server->stop();
+}
+
+// Connections from `sources`, opened without pause until destroyed, each
+// left idle (or, every other one, with one byte of a header): a flood that
+// never authenticates.
+class Flood {
+ public:
+  Flood(uint16_t port, std::vector<const char*> sources, size_t per_round)
+      : thread_([this, port, sources, per_round] {
+          while (!stop_.load()) {
+            for (const char* source : sources) {
+              for (size_t i = 0; i < per_round && !stop_.load(); ++i) {
+                auto d = std::make_unique<RawDevice>(port, source);
+                if (d->connected() && i % 2 == 1) ::send(d->fd(), "D", 1, MSG_NOSIGNAL);
+                if (d->connected()) ++connections_;
+                std::lock_guard lock(mu_);
+                held_.push_back(std::move(d));
+              }
+            }
+            // The attacker keeps what the server keeps, and re-opens what
+            // it closes.
+            std::lock_guard lock(mu_);
+            if (held_.size() > 600) {
+              std::erase_if(held_, [](const auto& d) {
+                char c;
+                const ssize_t n = ::recv(d->fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+                return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+              });
+            }
+          }
+        }) {}
+  ~Flood() {
+    stop_ = true;
+    thread_.join();
+  }
+  uint64_t connections() const { return connections_.load(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> connections_{0};
+  std::mutex mu_;
+  std::vector<std::unique_ptr<RawDevice>> held_;
+  std::thread thread_;
+};
+
+std::unique_ptr<Server> capped_server(unsigned total, unsigned per_address, double timeout_s) {
+  ServerOptions o;
+  o.listen = Endpoint{"127.0.0.1", 0};
+  o.max_handshakes = total;
+  o.max_handshakes_per_address = per_address;
+  o.handshake_timeout_s = timeout_s;
+  auto server = std::make_unique<Server>(std::move(o), std::make_unique<Memfs>(MemfsOptions{}));
+  server->start();
+  return server;
+}
+
+// Idle and slow connections from 127.0.0.2 and 127.0.0.3, opened without
+// pause, never keep a device from 127.0.0.1 out: each address holds at
+// most its share of the pending handshakes, a newcomer takes the place of
+// the oldest of the biggest crowd, and none of them holds a thread.
+TEST(RemoteHandshakes, AFloodOfIdleConnectionsKeepsNoDeviceOut) {
+  auto server = capped_server(8, 4, 2.0);
+  const uint16_t port = server->bound().port;
+  Flood flood(port, {"127.0.0.2", "127.0.0.3"}, 50);
+  const auto flood_start = std::chrono::steady_clock::now();
+  while (flood.connections() < 400 && std::chrono::steady_clock::now() - flood_start < 10s) {
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_GE(flood.connections(), 400u) << "the flood did not get going";
+  EXPECT_LE(server->handshakes(), 8u);
+  for (int round = 0; round < 3; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+    AsyncRequest init(testing::init_request()), get(getattr(9));
+    {
+      Forwarder fw(forwarder_options(port, 5.0, 2));
+      fw.handle(init);
+      ASSERT_TRUE(init.wait(5s));
+      EXPECT_EQ(init.header().error, 0);
+      fw.handle(get);
+      ASSERT_TRUE(get.wait(5s));
+      EXPECT_EQ(get.header().error, 0);
+      fw.stop();
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms)
+        << "round " << round << ": the device waited behind the flood";
+  }
+  EXPECT_LE(server->handshakes(), 8u);
+  server->stop();
+}
+
+// The per-address cap: of 10 idle connections from one address, 4 wait in
+// the handshake and the other 6 are closed at once; the 4 are closed at the
+// handshake timeout.
+TEST(RemoteHandshakes, ThePerAddressCapClosesTheExtras) {
+  auto server = capped_server(64, 4, 1.0);
+  const uint16_t port = server->bound().port;
+  std::vector<std::unique_ptr<RawDevice>> idle;
+  for (int i = 0; i < 10; ++i) {
+    idle.push_back(std::make_unique<RawDevice>(port, "127.0.0.2"));
+    ASSERT_TRUE(idle.back()->connected());
+  }
+  // Closed ones read EOF within the poll; pending ones stay silent.
+  auto closed = [&](int timeout_ms) {
+    std::vector<pollfd> fds;
+    for (auto& d : idle) fds.push_back({d->fd(), POLLIN, 0});
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    size_t n = 0;
+    while (std::chrono::steady_clock::now() < until) {
+      ::poll(fds.data(), fds.size(), 50);
+      n = 0;
+      for (const pollfd& p : fds) n += (p.revents & (POLLIN | POLLHUP)) != 0;
+      if (n == 6) break;
+    }
+    return n;
+  };
+  EXPECT_EQ(closed(800), 6u);
+  EXPECT_EQ(server->handshakes(), 4u);
+  // From another address, a device is still served.
+  {
+    AsyncRequest init(testing::init_request());
+    Forwarder fw(forwarder_options(port));
+    fw.handle(init);
+    ASSERT_TRUE(init.wait());
+    EXPECT_EQ(init.header().error, 0);
+    fw.stop();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 3s;
+  while (server->handshakes() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(server->handshakes(), 0u) << "the handshake timeout did not close the idle ones";
+  server->stop();
 }
 
 }  // namespace

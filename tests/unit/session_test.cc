@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
+#include <functional>
 #include <optional>
 
 #include "session_harness.h"
@@ -31,6 +32,7 @@ class RecordingBackend : public Backend {
   }
   void lookup(const Context& ctx, uint64_t parent, std::string_view name,
               EntryReply reply) override {
+    if (on_call) on_call();
     last_ctx = ctx;
     last_ino = parent;
     last_name = std::string(name);
@@ -74,6 +76,7 @@ class RecordingBackend : public Backend {
   }
   void setxattr(const Context&, uint64_t, std::string_view name, std::span<const std::byte> value,
                 uint32_t flags, StatusReply reply) override {
+    if (on_call) on_call();
     last_name = std::string(name);
     last_value.assign(reinterpret_cast<const char*>(value.data()), value.size());
     last_flags = flags;
@@ -90,6 +93,7 @@ class RecordingBackend : public Backend {
   }
   void rename(const Context&, uint64_t parent, std::string_view name, uint64_t new_parent,
               std::string_view new_name, uint32_t flags, StatusReply reply) override {
+    if (on_call) on_call();
     last_ino = parent;
     last_name = std::string(name) + "->" + std::to_string(new_parent) + "/" + std::string(new_name);
     last_flags = flags;
@@ -114,6 +118,9 @@ class RecordingBackend : public Backend {
   AttrReply held_attr;
   int added = 0;
   uint64_t interrupted = 0;
+  // Runs first in lookup, rename and setxattr: a tenant rewriting its
+  // request while the backend works on it.
+  std::function<void()> on_call;
 };
 
 class SessionTest : public ::testing::Test {
@@ -352,6 +359,55 @@ TEST_F(SessionTest, NamesAreValidated) {
                 .error(),
             -ENAMETOOLONG);
   EXPECT_EQ(run(RequestBuilder(FUSE_SYMLINK).name("l").name("").bytes()).error(), -ENOENT);
+}
+
+// A guest may rewrite its request while dpfs works on it: what the backend
+// is handed must be the bytes the session checked, in memory the tenant
+// cannot reach, however the tenant's copy changes meanwhile.
+TEST_F(SessionTest, BackendSeesThePrivateCopyNotTheTenantsBuffer) {
+  init();
+  auto rewrite = [](TestRequest& req, std::string_view from, std::string_view to) {
+    ASSERT_EQ(from.size(), to.size());
+    for (const iovec& v : req.in) {
+      auto* p = static_cast<char*>(v.iov_base);
+      for (size_t i = 0; i + from.size() <= v.iov_len; ++i) {
+        if (std::string_view(p + i, from.size()) == from) std::memcpy(p + i, to.data(), to.size());
+      }
+    }
+  };
+  {
+    TestRequest req(RequestBuilder(FUSE_LOOKUP).name("abcd").bytes());
+    backend.on_call = [&] { rewrite(req, "abcd", "../E"); };
+    session.handle(req);
+    EXPECT_EQ(req.error(), 0);
+    EXPECT_EQ(backend.last_name, "abcd") << "the name was read again from the tenant's buffer";
+  }
+  {
+    fuse_rename_in in{};
+    in.newdir = 9;
+    TestRequest req(RequestBuilder(FUSE_RENAME, 5).arg(in).name("src1").name("dst1").bytes(),
+                    1 << 21, {sizeof(fuse_in_header) + sizeof(in) + 2});
+    backend.on_call = [&] {
+      rewrite(req, "c1", "/x");
+      rewrite(req, "dst1", "../d");
+    };
+    session.handle(req);
+    EXPECT_EQ(req.error(), 0);
+    EXPECT_EQ(backend.last_name, "src1->9/dst1");
+  }
+  {
+    fuse_setxattr_in in{};
+    in.size = 3;
+    TestRequest req(RequestBuilder(FUSE_SETXATTR, 5).arg(in).name("user.abc").raw("v12").bytes());
+    backend.on_call = [&] {
+      rewrite(req, "user.abc", "trusted.");
+      rewrite(req, "v12", "XYZ");
+    };
+    session.handle(req);
+    EXPECT_EQ(req.error(), 0);
+    EXPECT_EQ(backend.last_name, "user.abc");
+    EXPECT_EQ(backend.last_value, "v12");
+  }
 }
 
 TEST_F(SessionTest, NameSplitAcrossBuffersIsGathered) {

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "device.h"
+#include "race.h"
 
 namespace dpfs::bench {
 namespace {
@@ -147,14 +148,15 @@ Observed vanish(Device& d) {
 struct Case {
   HostileCase info;
   bool needs_new_connection_only;  // the attack ends the connection
-  std::function<Observed(Device&)> run;
+  std::function<Observed(Device&, const HostileOptions&)> run;
+  uint32_t depth = 8;  // slots per request queue
 };
 
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = [] {
     std::vector<Case> c;
     auto ring = [&](const char* name, const char* text, std::function<Observed(Device&)> f) {
-      c.push_back({{name, text}, false, std::move(f)});
+      c.push_back({{name, text}, false, [f](Device& d, const HostileOptions&) { return f(d); }});
     };
     ring("loop", "a descriptor chain that loops back on itself", [](Device& d) {
       DriverQueue& q = d.queue(victim(d));
@@ -222,7 +224,7 @@ const std::vector<Case>& cases() {
     });
     auto fuse = [&](const char* name, const char* text, std::function<void(Slot&)> build,
                     bool expect_reply = true) {
-      c.push_back({{name, text}, false, [build, expect_reply](Device& d) {
+      c.push_back({{name, text}, false, [build, expect_reply](Device& d, const HostileOptions&) {
                      return fuse_attack(d, build, expect_reply);
                    }});
     };
@@ -252,18 +254,28 @@ const std::vector<Case>& cases() {
     });
     c.push_back({{"kick-storm", "100000 kicks with nothing available, then kicks around requests"},
                  false,
-                 kick_storm});
-    c.push_back({{"vanish", "the front-end disappears with requests in flight"}, true, vanish});
+                 [](Device& d, const HostileOptions&) { return kick_storm(d); }});
+    c.push_back({{"vanish", "the front-end disappears with requests in flight"},
+                 true,
+                 [](Device& d, const HostileOptions&) { return vanish(d); }});
+    for (const RaceCase& r : race_cases()) {
+      c.push_back({r.info, r.ends_connection,
+                   [run = r.run](Device& d, const HostileOptions& o) {
+                     const RaceResult res = run(d, o);
+                     return Observed{res.what, res.failed};
+                   },
+                   kRaceDepth});
+    }
     return c;
   }();
   return all;
 }
 
 // Runs one case; prints its line; returns whether it passed.
-bool run_case(const std::string& socket, const Case& c) {
+bool run_case(const std::string& socket, const Case& c, const HostileOptions& options) {
   DeviceOptions o;
   o.socket = socket;
-  o.depth = 8;
+  o.depth = c.depth;
   // Two request queues when the device has them: one to attack, one to
   // show the others go on.
   o.request_queues = 2;
@@ -274,7 +286,7 @@ bool run_case(const std::string& socket, const Case& c) {
     o.request_queues = 1;
     d = std::make_unique<Device>(o);
   }
-  Observed seen = c.run(*d);
+  Observed seen = c.run(*d, options);
   std::string verdict = seen.what;
   bool ok = !seen.failed;
   if (!c.needs_new_connection_only && o.request_queues > 1) {
@@ -315,14 +327,15 @@ const std::vector<HostileCase>& hostile_cases() {
   return list;
 }
 
-int run_hostile(const std::string& socket, const std::string& name) {
+int run_hostile(const std::string& socket, const std::string& name, const HostileOptions& options) {
   int failed = 0;
   bool found = false;
   for (const Case& c : cases()) {
-    if (name != "all" && c.info.name != name) continue;
+    const bool in_group = name == "all" || (name == "race" && c.info.name.starts_with("race-"));
+    if (!in_group && c.info.name != name) continue;
     found = true;
     try {
-      failed += !run_case(socket, c);
+      failed += !run_case(socket, c, options);
     } catch (const std::exception& e) {
       std::printf("hostile %s: FAILED: %s\n", c.info.name.c_str(), e.what());
       ++failed;

@@ -4,6 +4,7 @@
 //
 //   dpfs-bench --socket SOCK --workload getattr --depth 32 --duration 5 --json
 //   dpfs-bench --socket SOCK --hostile all
+//   dpfs-bench --socket SOCK --hostile race --export-dir DIR/export --outside DIR
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   double duration = 5, warmup = 1;
   bool poll = false, json = false, no_verify = false, list = false;
   pid_t device_pid = 0;
+  dpfs::bench::HostileOptions hostile_options;
 
   std::string names;
   for (const auto& n : workload_names()) names += (names.empty() ? "" : ", ") + n;
@@ -81,8 +83,20 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "one JSON object on stdout instead of the table");
   app.add_flag("--no-verify", no_verify, "write workloads: do not read back what was written");
   app.add_option("--hostile", hostile,
-                 "instead of a workload, run a hostile case (or \"all\") and check that the "
-                 "device survives it; --list-hostile names them");
+                 "instead of a workload, run a hostile case (or \"all\", or \"race\": the "
+                 "race-* cases, where a second thread rewrites names, header fields, sizes and "
+                 "descriptors of requests in flight) and check that the device survives it; "
+                 "--list-hostile names them");
+  app.add_option("--export-dir", hostile_options.export_dir,
+                 "race cases: the directory a passthrough device exports; names like ../x are "
+                 "aimed from its root at --outside");
+  app.add_option("--outside", hostile_options.outside,
+                 "race cases: a directory outside the export (its parent, say) that must not "
+                 "change; dpfs-bench plants canary files in it, records the tree (types, modes, "
+                 "owners, sizes, times, contents, xattrs) and fails a case that changes it");
+  app.add_option("--race-seconds", hostile_options.race_seconds,
+                 "race cases: how long each races at most (default 1)")
+      ->check(CLI::Range(0.01, 600.0));
   app.add_flag("--list-hostile", list, "list the hostile cases and exit");
   app.footer(
       "Output: a table (with a progress line on a terminal) or, with --json, the fields ops, "
@@ -99,7 +113,7 @@ int main(int argc, char** argv) {
 
   try {
     if (!hostile.empty()) {
-      const int failed = run_hostile(socket, hostile);
+      const int failed = run_hostile(socket, hostile, hostile_options);
       return failed == 0 ? 0 : 1;
     }
     WorkloadOptions wo;

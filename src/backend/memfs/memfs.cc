@@ -319,6 +319,7 @@ int Memfs::make_node(const Context& ctx, uint64_t parent, std::string_view name,
 // and answers once the lambda has returned and the locks are released.
 
 void Memfs::lookup(const Context&, uint64_t parent, std::string_view name, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
@@ -357,6 +358,7 @@ void Memfs::forget(uint64_t ino, uint64_t nlookup) {
 
 void Memfs::mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
                   uint32_t rdev, uint32_t umask, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   uint32_t type = mode & S_IFMT;
   if (type == 0) type = S_IFREG;  // mknod(2): no type is a regular file
   if (type != S_IFREG && type != S_IFCHR && type != S_IFBLK && type != S_IFIFO &&
@@ -375,6 +377,7 @@ void Memfs::mknod(const Context& ctx, uint64_t parent, std::string_view name, ui
 
 void Memfs::mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
                   uint32_t umask, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
     std::unique_lock tree(tree_mu_);
@@ -388,6 +391,7 @@ void Memfs::mkdir(const Context& ctx, uint64_t parent, std::string_view name, ui
 
 void Memfs::symlink(const Context& ctx, uint64_t parent, std::string_view name,
                     std::string_view target, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
     std::unique_lock tree(tree_mu_);
@@ -399,6 +403,7 @@ void Memfs::symlink(const Context& ctx, uint64_t parent, std::string_view name,
 
 void Memfs::create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
                    uint32_t umask, uint32_t flags, CreateReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   Entry entry;
   uint64_t fh = 0;
   const int error = [&] {
@@ -441,6 +446,7 @@ void Memfs::tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t
 
 void Memfs::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_view new_name,
                  EntryReply reply) {
+  if (int e = check_component(new_name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
     std::unique_lock tree(tree_mu_);
@@ -469,6 +475,7 @@ void Memfs::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_
 }
 
 void Memfs::unlink(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   const int error = [&] {
     std::unique_lock tree(tree_mu_);
     int err = 0;
@@ -492,6 +499,7 @@ void Memfs::unlink(const Context&, uint64_t parent, std::string_view name, Statu
 }
 
 void Memfs::rmdir(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   const int error = [&] {
     std::unique_lock tree(tree_mu_);
     int err = 0;
@@ -520,6 +528,8 @@ void Memfs::rmdir(const Context&, uint64_t parent, std::string_view name, Status
 
 void Memfs::rename(const Context&, uint64_t parent, std::string_view name, uint64_t new_parent,
                    std::string_view new_name, uint32_t flags, StatusReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  if (int e = check_component(new_name); e != 0) return reply.error(e);
   if (flags & ~uint32_t(RENAME_NOREPLACE | RENAME_EXCHANGE)) return reply.error(EINVAL);
   if ((flags & RENAME_NOREPLACE) && (flags & RENAME_EXCHANGE)) return reply.error(EINVAL);
   if (is_dot(name) || is_dot(new_name)) return reply.error(EBUSY);
@@ -746,6 +756,7 @@ void Memfs::statfs(const Context&, uint64_t, StatfsReply reply) {
 
 void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
                      std::span<const std::byte> value, uint32_t flags, StatusReply reply) {
+  if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (flags & ~uint32_t(XATTR_CREATE | XATTR_REPLACE)) return reply.error(EINVAL);
   if (int e = check_xattr_name(name)) return reply.error(e);
   if (value.size() > kXattrSizeMax) return reply.error(E2BIG);
@@ -776,6 +787,7 @@ void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
 }
 
 void Memfs::getxattr(const Context&, uint64_t ino, std::string_view name, XattrReply reply) {
+  if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (int e = check_xattr_name(name)) return reply.error(e);
   std::vector<std::byte> value;
   const int error = [&] {
@@ -812,6 +824,7 @@ void Memfs::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
 }
 
 void Memfs::removexattr(const Context&, uint64_t ino, std::string_view name, StatusReply reply) {
+  if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (int e = check_xattr_name(name)) return reply.error(e);
   const int error = [&] {
     std::shared_lock tree(tree_mu_);

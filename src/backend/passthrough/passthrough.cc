@@ -284,6 +284,7 @@ int Passthrough::lookup_name(uint64_t parent, const PathRef& dir, std::string_vi
 
 void Passthrough::lookup(const Context&, uint64_t parent, std::string_view name,
                          EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = inodes_.get(parent, &error);
   if (!dir) return reply.error(error);
@@ -397,6 +398,7 @@ void Passthrough::reply_created(int error, Entry* entry, EntryReply& reply) {
 
 void Passthrough::symlink(const Context& ctx, uint64_t parent, std::string_view name,
                           std::string_view target, EntryReply reply) {
+  if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
@@ -416,6 +418,7 @@ void Passthrough::symlink(const Context& ctx, uint64_t parent, std::string_view 
 
 void Passthrough::mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
                         uint32_t rdev, uint32_t umask, EntryReply reply) {
+  if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
@@ -433,6 +436,7 @@ void Passthrough::mknod(const Context& ctx, uint64_t parent, std::string_view na
 
 void Passthrough::mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
                         uint32_t umask, EntryReply reply) {
+  if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
@@ -451,6 +455,7 @@ void Passthrough::mkdir(const Context& ctx, uint64_t parent, std::string_view na
 
 void Passthrough::unlink(const Context&, uint64_t parent, std::string_view name,
                          StatusReply reply) {
+  if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
@@ -460,6 +465,7 @@ void Passthrough::unlink(const Context&, uint64_t parent, std::string_view name,
 
 void Passthrough::rmdir(const Context&, uint64_t parent, std::string_view name,
                         StatusReply reply) {
+  if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
@@ -472,6 +478,8 @@ void Passthrough::rmdir(const Context&, uint64_t parent, std::string_view name,
 void Passthrough::rename(const Context&, uint64_t parent, std::string_view name,
                          uint64_t new_parent, std::string_view new_name, uint32_t flags,
                          StatusReply reply) {
+  if (int e = check_new_component(name); e != 0) return reply.error(e);
+  if (int e = check_new_component(new_name); e != 0) return reply.error(e);
   if (flags & ~uint32_t(RENAME_NOREPLACE | RENAME_EXCHANGE)) return reply.error(EINVAL);
   int error = 0;
   PathRef from = dir_for_change(parent, &error);
@@ -487,6 +495,7 @@ void Passthrough::rename(const Context&, uint64_t parent, std::string_view name,
 
 void Passthrough::link(const Context&, uint64_t ino, uint64_t new_parent,
                        std::string_view new_name, EntryReply reply) {
+  if (int e = check_new_component(new_name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(new_parent, &error);
   if (!dir) return reply.error(error);
@@ -570,6 +579,7 @@ void Passthrough::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenRep
 
 void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view name,
                          uint32_t mode, uint32_t umask, uint32_t flags, CreateReply reply) {
+  if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
   if (!dir) return reply.error(error);
@@ -851,6 +861,7 @@ void Passthrough::access(const Context& ctx, uint64_t ino, uint32_t mask, Status
 
 void Passthrough::setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                            std::span<const std::byte> value, uint32_t flags, StatusReply reply) {
+  if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (options_.read_only) return reply.error(EROFS);
   if (hidden_xattr(ctx, name)) return reply.error(EPERM);
   int error = 0;
@@ -865,6 +876,7 @@ void Passthrough::setxattr(const Context& ctx, uint64_t ino, std::string_view na
 
 void Passthrough::getxattr(const Context& ctx, uint64_t ino, std::string_view name,
                            XattrReply reply) {
+  if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (hidden_xattr(ctx, name)) return reply.error(ENODATA);
   int error = 0;
   PathRef path = inodes_.get(ino, &error);
@@ -899,6 +911,7 @@ void Passthrough::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) 
 
 void Passthrough::removexattr(const Context& ctx, uint64_t ino, std::string_view name,
                               StatusReply reply) {
+  if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (options_.read_only) return reply.error(EROFS);
   if (hidden_xattr(ctx, name)) return reply.error(EPERM);
   int error = 0;
