@@ -81,6 +81,8 @@ struct Context {
   // OPEN and CREATE with O_TRUNC by a caller without CAP_FSETID, when the
   // backend declared Capabilities::killpriv_v2: the truncation must also
   // clear set-user-ID (and set-group-ID on a group-executable file).
+  // COPY_FILE_RANGE by such a caller (set by PolicyBackend): the copy
+  // clears them on the destination, as a WRITE does.
   bool kill_suidgid = false;
 };
 

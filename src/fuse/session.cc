@@ -73,7 +73,7 @@ void split_timeout(double seconds, uint64_t* sec, uint32_t* nsec) {
   *nsec = uint32_t(std::min(999999999.0, (seconds - whole) * 1e9));
 }
 
-void fill_attr(const struct stat& st, fuse_attr* a) {
+void fill_attr(const struct stat& st, fuse_attr* a, const HostPolicy* policy) {
   *a = {};
   a->ino = st.st_ino;
   a->size = uint64_t(st.st_size);
@@ -88,17 +88,25 @@ void fill_attr(const struct stat& st, fuse_attr* a) {
   a->nlink = uint32_t(st.st_nlink);
   a->uid = st.st_uid;
   a->gid = st.st_gid;
+  if (policy != nullptr && policy->identity.translates_to_guest()) {
+    a->uid = policy->identity.guest_uid(st.st_uid);
+    a->gid = policy->identity.guest_gid(st.st_gid);
+  }
   a->rdev = uint32_t(st.st_rdev);  // the kernel's 32-bit encoding, as MKNOD carried it
   a->blksize = st.st_blksize > 0 ? uint32_t(st.st_blksize) : kPageSize;
 }
 
-void fill_entry(const Entry& e, fuse_entry_out* out) {
+void fill_entry(const Entry& e, fuse_entry_out* out, const HostPolicy* policy) {
   *out = {};
   out->nodeid = e.ino;
   out->generation = e.generation;
   split_timeout(e.entry_timeout, &out->entry_valid, &out->entry_valid_nsec);
   split_timeout(e.attr_timeout, &out->attr_valid, &out->attr_valid_nsec);
-  fill_attr(e.attr, &out->attr);
+  fill_attr(e.attr, &out->attr, policy);
+}
+
+const HostPolicy* policy_of(const Request* req) {
+  return req->session_state.session->options().policy.get();
 }
 
 // Writes the reply header at the start of `out`. The payload, if any, is
@@ -1019,7 +1027,7 @@ void EntryReply::ok(const Entry& entry) {
   Request* req = take();
   if (req == nullptr) return;
   fuse_entry_out out;
-  fuse::fill_entry(entry, &out);
+  fuse::fill_entry(entry, &out, fuse::policy_of(req));
   fuse::send(req, out);
 }
 
@@ -1028,7 +1036,7 @@ void AttrReply::ok(const struct stat& attr, double timeout) {
   if (req == nullptr) return;
   fuse_attr_out out{};
   fuse::split_timeout(timeout, &out.attr_valid, &out.attr_valid_nsec);
-  fuse::fill_attr(attr, &out.attr);
+  fuse::fill_attr(attr, &out.attr, fuse::policy_of(req));
   fuse::send(req, out);
 }
 
@@ -1048,7 +1056,7 @@ void CreateReply::ok(const Entry& entry, uint64_t fh, uint32_t open_flags) {
     fuse_entry_out entry;
     fuse_open_out open;
   } out{};
-  fuse::fill_entry(entry, &out.entry);
+  fuse::fill_entry(entry, &out.entry, fuse::policy_of(req));
   out.open.fh = fh;
   out.open.open_flags = open_flags;
   fuse::send(req, out);
@@ -1084,6 +1092,23 @@ void ReadlinkReply::ok(std::string_view target) {
 void XattrReply::ok(std::span<const std::byte> value) {
   Request* req = take();
   if (req == nullptr) return;
+  const HostPolicy* policy = fuse::policy_of(req);
+  thread_local std::string listed;
+  if (policy != nullptr && req->session_state.opcode == FUSE_LISTXATTR) {
+    // Only the names the tenant may use (HostPolicy::xattr_allowed).
+    listed.clear();
+    const std::string_view names(reinterpret_cast<const char*>(value.data()), value.size());
+    for (size_t at = 0; at < names.size();) {
+      size_t end = names.find('\0', at);
+      if (end == std::string_view::npos) end = names.size();
+      if (policy->xattr_allowed(names.substr(at, end - at))) {
+        listed.append(names.substr(at, end - at));
+        listed.push_back('\0');
+      }
+      at = end + 1;
+    }
+    value = std::as_bytes(std::span<const char>(listed.data(), listed.size()));
+  }
   const uint32_t limit = req->session_state.limit;
   if (limit == 0) {  // a size probe
     fuse_getxattr_out out{};
@@ -1164,8 +1189,9 @@ bool DirReply::add(std::string_view name, uint64_t ino, uint32_t type, uint64_t 
 }
 
 bool DirReply::add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) {
+  if (req_ == nullptr) return false;
   fuse_entry_out out;
-  fuse::fill_entry(entry, &out);
+  fuse::fill_entry(entry, &out, fuse::policy_of(req_));
   // d_ino is the inode number stat(2) shows (the kernel takes it from the
   // dirent, not from the node id): they differ for a backend whose node ids
   // are not the file's own inode numbers (nfs: the server's fileid; passthrough: its node ids are its own).

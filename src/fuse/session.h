@@ -18,6 +18,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "backend/policy.h"
 #include "fuse/handler.h"
 #include "fuse/request.h"
 #include "util/rate_limited_log.h"
@@ -35,6 +36,11 @@ struct SessionOptions {
   // stops asking -- notably the security.capability lookup it makes before
   // every WRITE (virtiofsd's default).
   bool xattr = true;
+  // The host's policy for this tenant, when its backend is wrapped in a
+  // PolicyBackend: the session applies the way back -- host ids in the
+  // attributes it encodes become the tenant's (Identity::guest_uid), and
+  // LISTXATTR leaves out the names the tenant may not use.
+  std::shared_ptr<const HostPolicy> policy;
   std::string name = "dpfs";  // for logs
 };
 

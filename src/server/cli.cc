@@ -69,6 +69,12 @@ Invocation parse_command_line(const std::vector<std::string>& args) {
       serve->add_flag_callback(
           "--no-" + flag.substr(2), [&switches, key = s.key] { switches[key] = false; },
           fmt::format("turn {} off", flag));
+    } else if (s.is_repeated()) {
+      // Every occurrence counts: joined, as a list in the file would be.
+      serve->add_option(flag, values[s.key], help)
+          ->type_name(std::string(s.value_name))
+          ->delimiter(',')
+          ->multi_option_policy(CLI::MultiOptionPolicy::Join);
     } else {
       if (s.key == "backend.type") help += fmt::format("; types: {}", backend_type_list());
       serve->add_option(flag, values[s.key], help)

@@ -1,7 +1,9 @@
 #include "server/config.h"
 
 #include <fmt/format.h>
+#include <grp.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -38,6 +40,14 @@ std::string_view kind_of(const Value& v) {
 }
 
 [[noreturn]] void refuse(const std::string& reason) { throw std::invalid_argument(reason); }
+
+// A value as a flag would give it: every setting takes its text.
+std::string value_text(const Value& v) {
+  if (const auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+  if (const auto* d = std::get_if<double>(&v)) return fmt::format("{}", *d);
+  if (const auto* b = std::get_if<bool>(&v)) return *b ? "true" : "false";
+  return std::get<std::string>(v);
+}
 
 int64_t as_integer(const Value& v) {
   if (const auto* i = std::get_if<int64_t>(&v)) return *i;
@@ -142,6 +152,23 @@ uint64_t as_nfs_io_size(const Value& v) {
     refuse(fmt::format("must be between 4K and 1M, got {}", format_size(n)));
   }
   return n;
+}
+
+// A group name or number: the gid.
+int64_t as_group(const Value& v) {
+  if (std::get_if<int64_t>(&v) != nullptr) return as_id(v);
+  const std::string& s = as_string(v);
+  if (s.empty()) refuse("must not be empty");
+  if (std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit((unsigned char)c); })) {
+    return as_id(v);
+  }
+  std::vector<char> buf(16384);
+  group grp{};
+  group* found = nullptr;
+  const int e = ::getgrnam_r(s.c_str(), &grp, buf.data(), buf.size(), &found);
+  if (e != 0) refuse(fmt::format("cannot look up group '{}': {}", s, std::strerror(e)));
+  if (found == nullptr) refuse(fmt::format("no group named '{}'", s));
+  return int64_t(found->gr_gid);
 }
 
 struct Setting {
@@ -312,11 +339,41 @@ const Setting kSettings[] = {
     {{"fuse.xattr", "--xattr", "BOOL",
       "serve extended attributes; off, the kernel stops asking (default true)"},
      [](Config& cfg, const Value& v) { cfg.fuse.xattr = as_bool(v); }},
+    {{"fuse.allow_suid", "--fuse-allow-suid", "BOOL",
+      "mount without nosuid: set-user-ID files on the mount run with their owner's rights on "
+      "this host (default false)"},
+     [](Config& cfg, const Value& v) { cfg.fuse.allow_suid = as_bool(v); }},
+    {{"fuse.allow_dev", "--fuse-allow-dev", "BOOL",
+      "mount without nodev: device nodes on the mount open this host's devices (default false)"},
+     [](Config& cfg, const Value& v) { cfg.fuse.allow_dev = as_bool(v); }},
+    {{"policy.translate_uid", "--translate-uid", "RULE...",
+      "map tenant uids to host uids, virtiofsd's rules: map:GUEST:HOST:COUNT, guest:GUEST:HOST:"
+      "COUNT, host:HOST:GUEST:COUNT, squash-guest:GUEST:HOST:COUNT, squash-host:HOST:GUEST:"
+      "COUNT, forbid-guest:GUEST:COUNT; repeat the flag or separate with commas (default: none, "
+      "ids are themselves)"},
+     [](Config& cfg, const Value& v) { cfg.policy.identity.uids.add_all(as_string(v)); }},
+    {{"policy.translate_gid", "--translate-gid", "RULE...", "likewise for gids (default: none)"},
+     [](Config& cfg, const Value& v) { cfg.policy.identity.gids.add_all(as_string(v)); }},
+    {{"policy.squash", "--squash", "none|root|all",
+      "root: a request that would act as host uid or gid 0 acts as policy.squash_id instead; "
+      "all: every request does (default none)"},
+     [](Config& cfg, const Value& v) { cfg.policy.identity.squash = parse_squash(as_string(v)); }},
+    {{"policy.squash_id", "--squash-id", "ID",
+      "the host uid and gid squashed requests act as (default 65534)"},
+     [](Config& cfg, const Value& v) { cfg.policy.identity.squash_id = uint32_t(as_id(v)); }},
+    {{"policy.allow_device_nodes", "--allow-device-nodes", "BOOL",
+      "let tenants create block and character device nodes; off, MKNOD of one answers EPERM "
+      "(default false)"},
+     [](Config& cfg, const Value& v) { cfg.policy.allow_device_nodes = as_bool(v); }},
+    {{"policy.xattr_namespaces", "--xattr-namespaces", "LIST",
+      "the xattr namespaces tenants may use, of user, trusted, security, system; others answer "
+      "EPERM (set) or ENODATA (get) and are not listed (default user)"},
+     [](Config& cfg, const Value& v) {
+       cfg.policy.xattr_namespaces = parse_xattr_namespaces(as_string(v));
+     }},
     {{"vhost_user.socket", "--vhost-user", "SOCK",
       "serve a virtio-fs device on this vhost-user socket, created by dpfs (default: none)"},
-     [](Config& cfg, const Value& v) {
-       cfg.vhost_user.socket = as_socket_path(v);
-     }},
+     [](Config& cfg, const Value& v) { cfg.vhost_user.socket = as_socket_path(v); }},
     {{"vhost_user.tag", "--tag", "TAG",
       "the virtio-fs tag the guest mounts (QEMU's vhost-user-fs-pci tag=; default dpfs)"},
      [](Config& cfg, const Value& v) {
@@ -347,6 +404,10 @@ const Setting kSettings[] = {
     {{"vhost_user.poll", "--poll", "BOOL",
       "workers busy-poll the virtqueues instead of sleeping on kicks (default false)"},
      [](Config& cfg, const Value& v) { cfg.vhost_user.poll = as_bool(v); }},
+    {{"vhost_user.socket_group", "--socket-group", "GROUP",
+      "vhost-user sockets are owned by this group (a name or gid) with mode 0660, for a "
+      "front-end that runs as it (default: mode 0600, root's only)"},
+     [](Config& cfg, const Value& v) { cfg.vhost_user.socket_gid = as_group(v); }},
     {{"vhost_user.on_disconnect", "--on-disconnect", "wait|exit",
       "when QEMU goes away: wait for the next one, or exit once every device is done (default "
       "wait)"},
@@ -397,7 +458,8 @@ const Setting kSettings[] = {
       "lookups (default 60)"},
      [](Config& cfg, const Value& v) {
        const double d = as_seconds(v);
-       if (d < 0.1 || d > 86400) refuse(fmt::format("must be between 0.1 and 86400 seconds, got {}", d));
+       if (d < 0.1 || d > 86400)
+         refuse(fmt::format("must be between 0.1 and 86400 seconds, got {}", d));
        cfg.remote.session_grace = d;
      }},
     {{"remote.handshake_timeout", "--remote-handshake-timeout", "SECONDS",
@@ -425,14 +487,16 @@ const Setting kSettings[] = {
       "a remote device answers a request ETIMEDOUT after this long without a reply (default 30)"},
      [](Config& cfg, const Value& v) {
        const double d = as_seconds(v);
-       if (d < 0.1 || d > 3600) refuse(fmt::format("must be between 0.1 and 3600 seconds, got {}", d));
+       if (d < 0.1 || d > 3600)
+         refuse(fmt::format("must be between 0.1 and 3600 seconds, got {}", d));
        cfg.remote.timeout = d;
      }},
 };
 
 // The [vhost_user] keys a [[device]] table may set for itself (as "socket",
 // "tag", ...); on_disconnect is daemon-wide.
-constexpr std::string_view kDeviceKeys[] = {"socket", "tag", "request_queues", "poll"};
+constexpr std::string_view kDeviceKeys[] = {"socket", "tag", "request_queues", "poll",
+                                            "socket_group"};
 
 const Setting* find_setting(std::string_view key) {
   for (const Setting& s : kSettings) {
@@ -467,9 +531,19 @@ std::string_view toml_kind(const toml::node& node) {
   }
 }
 
-// A TOML scalar as a Value; ConfigError (via `fail`) for anything else.
+// A TOML scalar as a Value; ConfigError (via `fail`) for anything else. A
+// list setting (SettingInfo::is_repeated) also takes an array of strings.
 template <typename Fail>
-Value to_value(const toml::node& node, Fail&& fail) {
+Value to_value(const toml::node& node, Fail&& fail, bool list = false) {
+  if (list && node.is_array()) {
+    std::string joined;
+    for (const toml::node& item : *node.as_array()) {
+      if (!item.is_string()) throw fail("expected an array of strings");
+      if (!joined.empty()) joined += ',';
+      joined += item.as_string()->get();
+    }
+    return joined;
+  }
   if (node.is_integer()) return node.as_integer()->get();
   if (node.is_floating_point()) return node.as_floating_point()->get();
   if (node.is_boolean()) return node.as_boolean()->get();
@@ -486,6 +560,7 @@ void apply_table(Config& cfg, const toml::table& table, const std::string& prefi
 DeviceConfig parse_device(const toml::table& table, size_t index, std::string_view source) {
   const std::string name = fmt::format("device[{}]", index);
   Config scratch;  // the device's settings start from the defaults
+  std::vector<std::pair<std::string, std::string>> policy_overrides;
   for (auto&& [k, node] : table) {
     const std::string key(k.str());
     auto fail = [&](std::string_view reason) {
@@ -497,10 +572,37 @@ DeviceConfig parse_device(const toml::table& table, size_t index, std::string_vi
       apply_table(scratch, *sub, "backend", source, name + ".backend");
       continue;
     }
+    if (key == "policy") {
+      // Kept as given and applied over the top-level [policy] by finish(),
+      // which may come later in the file; checked now.
+      const toml::table* sub = node.as_table();
+      if (sub == nullptr) throw fail("must be a table ([device.policy])");
+      for (auto&& [pk, pnode] : *sub) {
+        const std::string pkey(pk.str());
+        auto pfail = [&](std::string_view reason) {
+          return ConfigError(
+              fmt::format("config {}: {}.policy.{}: {}", source, name, pkey, reason));
+        };
+        const Setting* setting = find_setting("policy." + pkey);
+        if (setting == nullptr) {
+          throw ConfigError(
+              fmt::format("config {}: unknown key '{}.policy.{}'", source, name, pkey));
+        }
+        const Value value = to_value(pnode, pfail, setting->info.is_repeated());
+        Config check;
+        try {
+          setting->set(check, value);
+        } catch (const std::invalid_argument& e) {
+          throw pfail(e.what());
+        }
+        policy_overrides.emplace_back(pkey, value_text(value));
+      }
+      continue;
+    }
     if (std::find(std::begin(kDeviceKeys), std::end(kDeviceKeys), key) == std::end(kDeviceKeys)) {
       throw ConfigError(fmt::format(
-          "config {}: unknown key '{}.{}' (a device has socket, tag, request_queues, poll and "
-          "[device.backend])",
+          "config {}: unknown key '{}.{}' (a device has socket, tag, request_queues, poll, "
+          "socket_group, [device.backend] and [device.policy])",
           source, name, key));
     }
     const Setting* setting = find_setting("vhost_user." + key);
@@ -518,7 +620,9 @@ DeviceConfig parse_device(const toml::table& table, size_t index, std::string_vi
   device.tag = scratch.vhost_user.tag;
   device.request_queues = scratch.vhost_user.request_queues;
   device.poll = scratch.vhost_user.poll;
+  device.socket_gid = scratch.vhost_user.socket_gid;
   device.backend = scratch.backend;
+  device.policy_overrides = std::move(policy_overrides);
   return device;
 }
 
@@ -553,7 +657,7 @@ void apply_table(Config& cfg, const toml::table& table, const std::string& prefi
       throw ConfigError(fmt::format("config {}: unknown key '{}'", source, shown_key));
     }
     try {
-      setting->set(cfg, to_value(node, fail));
+      setting->set(cfg, to_value(node, fail, setting->info.is_repeated()));
     } catch (const std::invalid_argument& e) {
       throw fail(e.what());
     }
@@ -619,6 +723,7 @@ void finish(Config& cfg) {
     device.tag = vu.tag;
     device.request_queues = vu.request_queues;
     device.poll = vu.poll;
+    device.socket_gid = vu.socket_gid;
     device.backend = cfg.backend;
     cfg.devices.insert(cfg.devices.begin(), std::move(device));
   } else if (vu.tag != DeviceConfig::kDefaultTag || vu.request_queues != 1 || vu.poll) {
@@ -626,6 +731,27 @@ void finish(Config& cfg) {
     throw ConfigError(
         "vhost_user.tag, request_queues and poll (--tag, --request-queues, --poll) need "
         "vhost_user.socket (--vhost-user SOCK)");
+  }
+  // Each device's policy: the top-level one, with its [device.policy] over
+  // it. A device's own translate rules replace the top-level ones (tenants'
+  // ranges differ; added together they would overlap).
+  for (size_t i = 0; i < cfg.devices.size(); ++i) {
+    DeviceConfig& device = cfg.devices[i];
+    Config scratch;
+    scratch.policy = cfg.policy;
+    for (const auto& [key, value] : device.policy_overrides) {
+      if (key == "translate_uid") scratch.policy.identity.uids = IdMap();
+      if (key == "translate_gid") scratch.policy.identity.gids = IdMap();
+    }
+    for (const auto& [key, value] : device.policy_overrides) {
+      const Setting* setting = find_setting("policy." + key);
+      try {
+        setting->set(scratch, value);
+      } catch (const std::invalid_argument& e) {
+        throw ConfigError(fmt::format("device {}: policy.{}: {}", device.socket, key, e.what()));
+      }
+    }
+    device.policy = scratch.policy;
   }
   for (size_t i = 0; i < cfg.devices.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "backend/factory.h"
+#include "backend/policy.h"
 
 namespace dpfs::server {
 
@@ -41,6 +42,10 @@ struct FuseConfig {
   double attr_timeout = 1.0;
   bool writeback_cache = false;
   bool xattr = true;
+  // The mount is nosuid,nodev unless these are set: set-user-ID files and
+  // device nodes the tenant made must not work on this host through it.
+  bool allow_suid = false;
+  bool allow_dev = false;
 };
 
 // What the daemon does when a vhost-user front-end (QEMU) goes away.
@@ -62,7 +67,14 @@ struct DeviceConfig {
   std::string tag = kDefaultTag;
   uint32_t request_queues = 1;
   bool poll = false;
+  // The group that owns the socket (mode 0660), or -1: root's, mode 0600.
+  int64_t socket_gid = -1;
   BackendConfig backend;
+  // The tenant's host policy: the top-level [policy], with the device's own
+  // [device.policy] keys over it (resolved by finish()).
+  HostPolicy policy;
+  // [device.policy] as given: (key under "policy.", value as text).
+  std::vector<std::pair<std::string, std::string>> policy_overrides;
 };
 
 // The [vhost_user] table and its flags: one device served with the
@@ -72,6 +84,7 @@ struct VhostUserConfig {
   std::string tag = DeviceConfig::kDefaultTag;
   uint32_t request_queues = 1;
   bool poll = false;
+  int64_t socket_gid = -1;                           // --socket-group, resolved to a gid; -1: none
   OnDisconnect on_disconnect = OnDisconnect::kWait;  // every device
 };
 
@@ -110,6 +123,9 @@ struct Config {
   FuseConfig fuse;
   VhostUserConfig vhost_user;
   RemoteConfig remote;
+  // [policy]: what tenants may do to this host (backend/policy.h). The FUSE
+  // mount, the remote server and every device without [device.policy] use it.
+  HostPolicy policy;
   // Every vhost-user device: after finish(), the [vhost_user] one (if a
   // socket is set) first, then the [[device]] tables in file order.
   std::vector<DeviceConfig> devices;
@@ -124,6 +140,8 @@ struct SettingInfo {
 
   // A boolean, given as --flag / --no-flag on the command line.
   bool is_switch() const { return value_name == "BOOL"; }
+  // A list: the flag may be given again and each adds to it ("RULE...").
+  bool is_repeated() const { return value_name.ends_with("..."); }
 };
 std::span<const SettingInfo> settings();
 

@@ -37,8 +37,15 @@ fuse::SessionOptions session_options(const Config& cfg) {
   options.attr_timeout = cfg.fuse.attr_timeout;
   options.writeback_cache = cfg.fuse.writeback_cache;
   options.xattr = cfg.fuse.xattr;
+  options.policy = std::make_shared<const HostPolicy>(cfg.policy);
   options.name = cfg.fuse.mount;
   return options;
+}
+
+// The configured backend behind the host's policy for its tenants.
+std::unique_ptr<Backend> make_policed_backend(const BackendConfig& backend,
+                                              const fuse::SessionOptions& options) {
+  return std::make_unique<PolicyBackend>(make_backend(backend), options.policy);
 }
 
 std::string read_secret(const Config& cfg) {
@@ -58,7 +65,8 @@ std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   options.max_handshakes_per_address = cfg.remote.max_handshakes_per_address;
   options.session = session_options(cfg);
   options.session.name = "remote";
-  return std::make_unique<remote::Server>(std::move(options), make_backend(cfg.backend));
+  std::unique_ptr<Backend> backend = make_policed_backend(cfg.backend, options.session);
+  return std::make_unique<remote::Server>(std::move(options), std::move(backend));
 }
 
 std::vector<std::string> forwarder_stats(const remote::Forwarder& f) {
@@ -92,13 +100,15 @@ class Daemon {
       handler = forwarder_.get();
       served = forwarder_->describe();
     } else {
-      backend_ = make_backend(cfg.backend);
-      session_ = std::make_unique<fuse::FuseSession>(*backend_, session_options(cfg));
+      const fuse::SessionOptions options = session_options(cfg);
+      backend_ = make_policed_backend(cfg.backend, options);
+      session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
       handler = session_.get();
       served = describe_backend(cfg.backend);
     }
     mount_ = std::make_unique<transport::FuseMount>(
-        transport::MountOptions{cfg.fuse.mount, cfg.fuse.max_write, cfg.fuse.mount_is_default});
+        transport::MountOptions{cfg.fuse.mount, cfg.fuse.max_write, cfg.fuse.mount_is_default,
+                                cfg.fuse.allow_suid, cfg.fuse.allow_dev});
     spdlog::info(
         "dpfs {}: serving {} at {}: {} thread{}, max_write {}, entry_timeout {}s, attr_timeout "
         "{}s, writeback_cache {}",

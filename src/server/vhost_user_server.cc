@@ -53,6 +53,7 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   options.attr_timeout = cfg.fuse.attr_timeout;
   options.writeback_cache = cfg.fuse.writeback_cache;
   options.xattr = cfg.fuse.xattr;
+  options.policy = std::make_shared<const HostPolicy>(device.policy);
   options.name = "virtio-fs " + device.tag;
   fuse::RequestHandler* handler;
   std::string served;
@@ -62,7 +63,7 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
     handler = forwarder_.get();
     served = forwarder_->describe();
   } else {
-    backend_ = make_backend(device.backend);
+    backend_ = std::make_unique<PolicyBackend>(make_backend(device.backend), options.policy);
     session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
     handler = session_.get();
     served = describe_backend(device.backend);
@@ -70,7 +71,8 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
 
   // Bind before starting workers: a socket that cannot be used is the most
   // likely start-up failure, and it says so in one line.
-  listener_ = std::make_unique<vhost_user::Listener>(device.socket);
+  listener_ = std::make_unique<vhost_user::Listener>(device.socket, "vhost-user socket",
+                                                     vhost_user::SocketAccess{device.socket_gid});
 
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");

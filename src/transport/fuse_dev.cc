@@ -163,13 +163,17 @@ FuseMount::FuseMount(const MountOptions& options) {
   // The kernel's fuse mount options (fs/fuse/inode.c). default_permissions:
   // the kernel checks permissions from the attributes we report, as a local
   // file system would. allow_other: every user of this host may use the
-  // mount, not only the one who mounted it. No MS_NOSUID/MS_NODEV: tenants
-  // (and the POSIX test suites) create device nodes and setuid files.
+  // mount, not only the one who mounted it. MS_NOSUID and MS_NODEV unless
+  // the operator asks: every user of this host may reach the mount, and the
+  // files on it are the tenant's (mount(8) "user" implies them too).
   std::string data =
       fmt::format("fd={},rootmode=40000,user_id={},group_id={},default_permissions,allow_other",
                   fd_.get(), ::geteuid(), ::getegid());
   if (options.max_read != 0) data += fmt::format(",max_read={}", options.max_read);
-  if (::mount("dpfs", path_.c_str(), "fuse.dpfs", 0, data.c_str()) != 0) {
+  unsigned long flags = 0;
+  if (!options.allow_suid) flags |= MS_NOSUID;
+  if (!options.allow_dev) flags |= MS_NODEV;
+  if (::mount("dpfs", path_.c_str(), "fuse.dpfs", flags, data.c_str()) != 0) {
     const int e = errno;
     if (e == EPERM) {
       throw MountError(

@@ -45,6 +45,10 @@ struct MountOptions {
   // Create the mount point (one level) if it does not exist: only for the
   // default job, never for a path the operator typed.
   bool create_mount_point = false;
+  // Without these the mount is nosuid,nodev: what the tenant stored there
+  // gives no one on this host a set-user-ID program or a device.
+  bool allow_suid = false;
+  bool allow_dev = false;
 };
 
 // A FUSE file system mounted through /dev/fuse. The constructor checks the

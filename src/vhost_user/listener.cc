@@ -44,7 +44,7 @@ std::string describe(const std::string& path, int err) {
 
 }  // namespace
 
-Listener::Listener(std::string path, std::string what)
+Listener::Listener(std::string path, std::string what, SocketAccess access)
     : path_(std::move(path)), what_(std::move(what)) {
   const auto error = [&](const std::string& why) {
     return ListenError(fmt::format("{} {}: {}", what_, path_, why));
@@ -84,6 +84,17 @@ Listener::Listener(std::string path, std::string what)
     dev_ = st.st_dev;
     ino_ = st.st_ino;
   }
+  // Before listen(): until then every connect is refused, so no one gets in
+  // while the file still has the mode the umask gave it.
+  const auto refuse_access = [&](const char* call) {
+    const int err = errno;
+    ::unlink(path_.c_str());
+    return error(fmt::format("{}: {}", call, std::strerror(err)));
+  };
+  if (access.gid >= 0 && ::chown(path_.c_str(), uid_t(-1), gid_t(access.gid)) != 0) {
+    throw refuse_access("chown");
+  }
+  if (::chmod(path_.c_str(), access.gid >= 0 ? 0660 : 0600) != 0) throw refuse_access("chmod");
   if (::listen(fd_.get(), 1) != 0) {
     const int err = errno;
     ::unlink(path_.c_str());

@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -25,6 +26,13 @@ class ListenError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Who may connect: the socket file's mode is 0600 (the daemon's user only)
+// or, with a group, 0660 and owned by that group -- never left to the
+// umask. A front-end that can connect drives guest memory and the backend.
+struct SocketAccess {
+  int64_t gid = -1;  // -1: no group
+};
+
 class Listener {
  public:
   // Binds and listens at `path`. A socket left at the path by a daemon that
@@ -32,7 +40,8 @@ class Listener {
   // a live process, is not a socket, is too long for sockaddr_un or is in a
   // directory that does not exist or cannot be written throws ListenError.
   // `what` names the socket in messages ("vhost-user socket", "stats socket").
-  explicit Listener(std::string path, std::string what = "vhost-user socket");
+  explicit Listener(std::string path, std::string what = "vhost-user socket",
+                    SocketAccess access = {});
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
   // Closes the socket and unlinks the path if it is still this socket.

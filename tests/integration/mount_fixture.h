@@ -811,6 +811,18 @@ class ServerProcess {
 // nfs_server.h: a fresh directory exported by the test NFS server.
 inline std::string nfs_test_export(const std::string& hint, std::string* problem);
 
+// The POSIX suites hold dpfs to what tmpfs does for root, who may do
+// anything: they create device nodes and set trusted.* and
+// security.capability. The host policy refuses those to tenants by default
+// (policy_test.cc checks the defaults), so the daemons these suites start
+// allow them. The mount stays nosuid,nodev: no suite runs a set-user-ID
+// program or opens a device node through it.
+inline const std::vector<std::string>& conformance_policy_args() {
+  static const std::vector<std::string> args{"--allow-device-nodes", "--xattr-namespaces",
+                                             "user,trusted,security,system"};
+  return args;
+}
+
 class Mount {
  public:
   // Creates a private directory with the mount point `dir()` and the daemon log in it.
@@ -928,6 +940,8 @@ class Mount {
     }
     std::vector<std::string> args{
         "serve", "--backend", backend, "--fuse-mount", dir_, "--threads", std::to_string(threads)};
+    const std::vector<std::string>& policy = conformance_policy_args();
+    args.insert(args.end(), policy.begin(), policy.end());
     if (const char* extra = std::getenv("DPFS_TEST_SERVE_ARGS")) {
       std::istringstream words(extra);
       std::string w;
@@ -1126,6 +1140,9 @@ class MountTest : public ::testing::Test {
     if (const char* spec = std::getenv("DPFS_TEST_REMOTE"); spec && *spec && !on_tmpfs()) {
       server_ = std::make_unique<ServerProcess>(mount_->base() + "/server.log");
       std::vector<std::string> args{"serve", "--listen", "tcp://127.0.0.1:0", "--backend", spec};
+      // The server runs the session and the backend: the policy is its.
+      const std::vector<std::string>& policy = conformance_policy_args();
+      args.insert(args.end(), policy.begin(), policy.end());
       // $DPFS_TEST_REMOTE_ARGS: more options for the server (the device's
       // go in $DPFS_TEST_SERVE_ARGS), e.g. its TLS files.
       if (const char* extra = std::getenv("DPFS_TEST_REMOTE_ARGS")) {

@@ -32,11 +32,23 @@ class NfsTest : public ::testing::TestWithParam<int> {
     export_ = server_->fresh_dir(hint);
     ASSERT_FALSE(export_.empty()) << "cannot create a directory in " << server_->export_dir();
     mount_ = std::make_unique<Mount>();
-    std::string started = mount_->start_dpfs(
-        {"serve", "--backend", NfsServer::url(export_, version()), "--fuse-mount", mount_->dir(),
-         "--nfs-timeout", std::to_string(kNfsTimeoutSeconds), "--nfs-connections", "2",
-         "--entry-timeout", "0",
-         "--attr-timeout", "0"});
+    std::vector<std::string> args{"serve",
+                                  "--backend",
+                                  NfsServer::url(export_, version()),
+                                  "--fuse-mount",
+                                  mount_->dir(),
+                                  "--nfs-timeout",
+                                  std::to_string(kNfsTimeoutSeconds),
+                                  "--nfs-connections",
+                                  "2",
+                                  "--entry-timeout",
+                                  "0",
+                                  "--attr-timeout",
+                                  "0"};
+    // The suite makes device nodes as root (mount_fixture.h).
+    const std::vector<std::string>& policy = conformance_policy_args();
+    args.insert(args.end(), policy.begin(), policy.end());
+    std::string started = mount_->start_dpfs(args);
     ASSERT_TRUE(started.empty()) << started;
     mnt_ = mount_->dir();
   }

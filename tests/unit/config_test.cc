@@ -452,10 +452,10 @@ TEST(Config, DeviceErrors) {
             "config test.toml: device[0]: socket is required");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\nfoo = 1\n"),
             "config test.toml: unknown key 'device[0].foo' (a device has socket, tag, "
-            "request_queues, poll and [device.backend])");
+            "request_queues, poll, socket_group, [device.backend] and [device.policy])");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\non_disconnect = \"exit\"\n"),
             "config test.toml: unknown key 'device[0].on_disconnect' (a device has socket, tag, "
-            "request_queues, poll and [device.backend])");
+            "request_queues, poll, socket_group, [device.backend] and [device.policy])");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[[device]]\nsocket = \"/b\"\n"
                        "request_queues = 0\n"),
             "config test.toml: device[1].request_queues: must be between 1 and 64, got 0");

@@ -994,7 +994,7 @@ void Memfs::lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, ui
   reply.ok(uint64_t(pos));
 }
 
-void Memfs::copy_file_range(const Context&, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
+void Memfs::copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
                             uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
                             uint64_t flags, WriteReply reply) {
   if (flags != 0) return reply.error(EINVAL);
@@ -1017,7 +1017,12 @@ void Memfs::copy_file_range(const Context&, uint64_t ino_in, uint64_t fh_in, uin
     }
     n = FileData::copy(in->data, off_in, out->data, off_out, len);
     if (n < 0) return int(-n);
-    if (n > 0) out->mtime = out->ctime = now();
+    if (n > 0) {
+      out->mtime = out->ctime = now();
+      // Data written, as by WRITE (vfs_copy_file_range: file_remove_privs).
+      if (ctx.kill_suidgid) out->perm = kill_suid(out->perm);
+      drop_capability(out);
+    }
     return 0;
   }();
   if (error != 0) return reply.error(error);

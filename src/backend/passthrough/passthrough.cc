@@ -746,7 +746,7 @@ void Passthrough::lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t offs
   reply.ok(uint64_t(at));
 }
 
-void Passthrough::copy_file_range(const Context&, uint64_t ino_in, uint64_t fh_in,
+void Passthrough::copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in,
                                   uint64_t off_in, uint64_t ino_out, uint64_t fh_out,
                                   uint64_t off_out, uint64_t len, uint64_t flags,
                                   WriteReply reply) {
@@ -758,6 +758,11 @@ void Passthrough::copy_file_range(const Context&, uint64_t ino_in, uint64_t fh_i
   if (!in) return reply.error(error);
   std::shared_ptr<OpenFile> out = find_file(fh_out, ino_out, &error);
   if (!out) return reply.error(error);
+  // The host drops file capabilities itself; set-id bits are ours to drop
+  // for a writer without CAP_FSETID (we copy as root).
+  if (ctx.kill_suidgid) {
+    if (int e = kill_setid(out->fd.get(), false); e != 0) return reply.error(e);
+  }
   loff_t from = loff_t(off_in);
   loff_t to = loff_t(off_out);
   const ssize_t n = ::copy_file_range(in->fd.get(), &from, out->fd.get(), &to, len, 0);
