@@ -9,7 +9,7 @@ packages=(
   fuse3 libfuse3-dev
   clang libclang-rt-14-dev
   fio attr gnuplot-nox
-  liburing-dev libnfs-dev libssl-dev openssl
+  liburing-dev libnfs-dev libssl-dev openssl libseccomp-dev libcap-ng-dev
   nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-common iproute2
   qemu-system-x86 qemu-system-common linux-image-amd64 busybox-static cpio kmod xz-utils zstd
 )
