@@ -443,13 +443,8 @@ int do_write(Call& c) {
     return EINVAL;
   }
   Request::SessionState& st = c.req.session_state;
-  size_t left = a.size;
-  for (const iovec& v : cap.payload()) {
-    if (left == 0) break;
-    const size_t n = std::min(left, v.iov_len);
-    st.data_iov.push_back({v.iov_base, n});
-    left -= n;
-  }
+  IovReader payload(cap.payload(), a.size);
+  payload.take_iovecs(a.size, &st.data_iov);  // a.size <= carried: cannot fail
   c.backend.write(c.ctx, c.hdr.nodeid, a.fh, a.offset, st.data_iov, a.write_flags,
                   c.reply<WriteReply>());
   return 0;

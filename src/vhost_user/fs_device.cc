@@ -525,6 +525,15 @@ void FsDevice::release_retired_memory() {
   if (memory_) memory_->release_removed();
 }
 
+void FsDevice::remap_queues(const virtio::GuestMemory& mem, const char* why) {
+  for (auto& q : queues_) {
+    if (q->started && (q->packed ? q->pvq.remap(mem) : q->vq.remap(mem)) != 0) {
+      log().warn("{}: queue {} rings {}; stopped", options_.name, q->index, why);
+      stop_queue(*q);
+    }
+  }
+}
+
 int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
   auto mem = std::make_unique<virtio::GuestMemory>();
   for (MemoryRegionFd& r : regions) {
@@ -537,13 +546,7 @@ int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
     }
   }
   pause();
-  for (auto& q : queues_) {
-    if (q->started && (q->packed ? q->pvq.remap(*mem) : q->vq.remap(*mem)) != 0) {
-      log().warn("{}: queue {} rings are not in the new memory table; stopped", options_.name,
-                 q->index);
-      stop_queue(*q);
-    }
-  }
+  remap_queues(*mem, "are not in the new memory table");
   if (memory_) retired_.push_back(std::move(memory_));
   memory_ = std::move(mem);
   release_retired_memory();
@@ -576,13 +579,7 @@ int FsDevice::rem_mem_reg(const MemoryRegion& region) {
                                        region.userspace_addr);
   if (e == 0) {
     // A queue whose rings were in the removed region cannot go on.
-    for (auto& q : queues_) {
-      if (q->started && (q->packed ? q->pvq.remap(*memory_) : q->vq.remap(*memory_)) != 0) {
-        spdlog::warn("{}: queue {} rings were in the removed memory region; stopped", options_.name,
-                     q->index);
-        stop_queue(*q);
-      }
-    }
+    remap_queues(*memory_, "were in the removed memory region");
     release_retired_memory();
   }
   resume();

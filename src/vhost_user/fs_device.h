@@ -107,6 +107,9 @@ class FsDevice final : public VhostUserDevice {
   // Starts queue `index` if it has everything it needs and is enabled.
   void maybe_start(Queue& q);
   void stop_queue(Queue& q);
+  // Points every started queue at its rings in `mem`; a queue whose rings
+  // are not there is stopped, with a line saying `why`. REQUIRES: paused.
+  void remap_queues(const virtio::GuestMemory& mem, const char* why);
   // Drops guest memory no request still points into.
   void release_retired_memory();
 
