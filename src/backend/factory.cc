@@ -97,7 +97,7 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
   }
   if (cfg.type == "passthrough") {
     PassthroughOptions options;
-    options.root = cfg.arg;
+    options.root = cfg.passthrough.root_inside.empty() ? cfg.arg : cfg.passthrough.root_inside;
     options.read_only = cfg.passthrough.read_only;
     options.cache = cfg.passthrough.cache == "none"     ? CachePolicy::kNone
                     : cfg.passthrough.cache == "always" ? CachePolicy::kAlways

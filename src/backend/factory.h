@@ -41,6 +41,9 @@ struct BackendConfig {
     uint64_t max_unstable = 64ull << 20;
   } nfs;
   struct Passthrough {
+    // The directory (`arg`) as a sandboxed process names it ("/" when it is
+    // the sandbox's root); empty: `arg`.
+    std::string root_inside;
     bool read_only = false;
     std::string cache = "auto";  // none, auto, always
     uint64_t max_fds = 8192;

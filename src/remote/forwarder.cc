@@ -687,9 +687,11 @@ bool Forwarder::Link::receive_one(const std::shared_ptr<Channel>& sock, uint64_t
 // --- Forwarder ---------------------------------------------------------------
 
 Forwarder::Forwarder(ForwarderOptions options) : options_(std::move(options)) {
-  if (options_.tls.enabled()) {
+  if (options_.tls_context) {
+    tls_ = options_.tls_context;
+  } else if (options_.tls.enabled()) {
     try {
-      tls_ = std::make_unique<TlsContext>(options_.tls, TlsContext::Role::kDevice);
+      tls_ = std::make_shared<TlsContext>(options_.tls, TlsContext::Role::kDevice);
     } catch (const std::invalid_argument& e) {
       throw RemoteError(e.what());
     }

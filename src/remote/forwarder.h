@@ -44,6 +44,9 @@ struct ForwarderOptions {
   Endpoint server;
   std::string secret;  // empty: none (the server must have none either)
   TlsFiles tls;        // empty: plain TCP
+  // The context of `tls`, built by the caller while the files can still be
+  // read (before a sandbox hides them); null: the forwarder builds it.
+  std::shared_ptr<TlsContext> tls_context;
   unsigned connections = 2;
   double timeout_s = 30.0;
   uint32_t max_write = 1u << 20;  // the transport's, for its buffer sizes
@@ -110,7 +113,7 @@ class Forwarder final : public fuse::RequestHandler {
   ForwarderOptions options_;
   // The lines this device's tenant can cause (oversized requests).
   util::RateLimitedLog tenant_log_{"remote device"};
-  std::unique_ptr<TlsContext> tls_;  // null: plain TCP
+  std::shared_ptr<TlsContext> tls_;  // null: plain TCP
   // One handshake at a time (see above).
   std::mutex handshake_mu_;
   mutable std::mutex session_mu_;

@@ -95,11 +95,18 @@ class Server {
  public:
   // Binds and listens. Throws ListenError (an address in use, a
   // non-loopback address without a secret or TLS, unusable TLS files).
+  // `backend` may be null and given later by set_backend.
   Server(ServerOptions options, std::unique_ptr<Backend> backend);
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
   ~Server();
 
+  // The backend, when the socket had to be bound (and the TLS files read)
+  // before it could be built: before a sandbox is entered.
+  // REQUIRES: before start(); none given to the constructor.
+  void set_backend(std::unique_ptr<Backend> backend) { backend_ = std::move(backend); }
+
+  // REQUIRES: a backend.
   void start();
   // Closes the listening socket and every connection, joins the threads and
   // destroys the backend (which answers what it still holds). Idempotent.

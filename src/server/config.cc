@@ -212,6 +212,30 @@ const Setting kSettings[] = {
        }
        cfg.max_fds_per_device = uint64_t(n);
      }},
+    {{"sandbox.mode", "--sandbox", "namespace|chroot|none",
+      "what of the host the serving process sees: its own mount namespace whose root is the "
+      "shared directory (an empty one for other backends), a chroot into it, or everything "
+      "(default namespace)"},
+     [](Config& cfg, const Value& v) {
+       cfg.sandbox.mode = sandbox::parse_sandbox_mode(as_string(v));
+     }},
+    {{"sandbox.seccomp", "--seccomp", "kill|log|none",
+      "a system call outside the serving process's allow-list kills it, is logged by the "
+      "kernel (audit), or is allowed (default kill; log in a sanitized build)"},
+     [](Config& cfg, const Value& v) {
+       cfg.sandbox.seccomp = sandbox::parse_seccomp_action(as_string(v));
+     }},
+    {{"sandbox.processes", "--processes", "per-device|single",
+      "per-device: each vhost-user device, the FUSE mount and the remote listener are served "
+      "by a sandboxed process of their own, started (and restarted after a crash) by a "
+      "supervisor; single: one process serves them all (default per-device)"},
+     [](Config& cfg, const Value& v) {
+       const std::string mode = as_string(v);
+       if (mode != "per-device" && mode != "single") {
+         refuse(fmt::format("must be per-device or single, got '{}'", mode));
+       }
+       cfg.sandbox.per_device_processes = mode == "per-device";
+     }},
     {{"backend.type", "--backend", "TYPE[:ARG]", "the file system to serve (default memfs)"},
      [](Config& cfg, const Value& v) { parse_backend_spec(as_string(v), &cfg.backend); }},
     {{"backend.memfs.capacity", "--memfs-capacity", "SIZE",

@@ -22,6 +22,8 @@
 
 #include "backend/factory.h"
 #include "backend/policy.h"
+#include "sandbox/namespace.h"
+#include "sandbox/seccomp.h"
 
 namespace dpfs::server {
 
@@ -105,6 +107,25 @@ struct RemoteConfig {
   unsigned max_handshakes_per_address = 8;
 };
 
+// A sanitized build's runtime makes system calls of its own that the
+// allow-list does not have (LeakSanitizer ptrace-attaches to every thread at
+// exit): there a call outside the list is logged by the kernel, not fatal.
+#ifdef DPFS_SANITIZED
+inline constexpr sandbox::SeccompAction kDefaultSeccomp = sandbox::SeccompAction::kLog;
+#else
+inline constexpr sandbox::SeccompAction kDefaultSeccomp = sandbox::SeccompAction::kKill;
+#endif
+
+// The sandbox every serving process enters (src/sandbox/sandbox.h).
+struct SandboxConfig {
+  sandbox::SandboxMode mode = sandbox::SandboxMode::kNamespace;
+  sandbox::SeccompAction seccomp = kDefaultSeccomp;
+  // With vhost-user devices: a supervisor process and one serving process
+  // for each device, the FUSE mount and the remote listener (server/
+  // supervisor.h). false: one process serves everything.
+  bool per_device_processes = true;
+};
+
 struct Config {
   static constexpr unsigned kMinThreads = 1;
   static constexpr unsigned kMaxThreads = 256;
@@ -126,6 +147,7 @@ struct Config {
   // [policy]: what tenants may do to this host (backend/policy.h). The FUSE
   // mount, the remote server and every device without [device.policy] use it.
   HostPolicy policy;
+  SandboxConfig sandbox;
   // Every vhost-user device: after finish(), the [vhost_user] one (if a
   // socket is set) first, then the [[device]] tables in file order.
   std::vector<DeviceConfig> devices;

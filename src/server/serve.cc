@@ -1,6 +1,7 @@
 #include "server/serve.h"
 
 #include <fmt/format.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -9,6 +10,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -19,13 +23,18 @@
 #include "fuse/session.h"
 #include "remote/forwarder.h"
 #include "remote/server.h"
+#include "sandbox/capabilities.h"
+#include "sandbox/outside.h"
+#include "sandbox/sandbox.h"
 #include "server/fd_limits.h"
 #include "server/signals.h"
 #include "server/stats.h"
 #include "server/stats_socket.h"
+#include "server/supervisor.h"
 #include "server/version.h"
 #include "server/vhost_user_server.h"
 #include "transport/fuse_dev.h"
+#include "vhost_user/listener.h"
 
 namespace dpfs::server {
 namespace {
@@ -53,7 +62,8 @@ std::string read_secret(const Config& cfg) {
                                         : remote::read_secret_file(cfg.remote.secret_file);
 }
 
-// `dpfs serve --listen`: remote devices served from this daemon's backend.
+// `dpfs serve --listen`: remote devices served from this daemon's backend,
+// which is given later (set_backend), once inside the sandbox.
 std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   remote::ServerOptions options;
   options.listen = remote::parse_endpoint(cfg.remote.listen, "tcp://", true);
@@ -65,8 +75,113 @@ std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   options.max_handshakes_per_address = cfg.remote.max_handshakes_per_address;
   options.session = session_options(cfg);
   options.session.name = "remote";
-  std::unique_ptr<Backend> backend = make_policed_backend(cfg.backend, options.session);
-  return std::make_unique<remote::Server>(std::move(options), std::move(backend));
+  return std::make_unique<remote::Server>(std::move(options), nullptr);
+}
+
+// A backend this daemon serves, with the policy its tenants are held to.
+struct ServedBackend {
+  BackendConfig* backend;
+  const HostPolicy* policy;
+};
+
+// Every backend configuration this daemon serves.
+std::vector<ServedBackend> served_backends(Config& cfg) {
+  std::vector<ServedBackend> out;
+  if (!cfg.fuse.mount.empty() || !cfg.remote.listen.empty()) {
+    out.push_back({&cfg.backend, &cfg.policy});
+  }
+  for (DeviceConfig& d : cfg.devices) out.push_back({&d.backend, &d.policy});
+  return out;
+}
+
+// What a backend needs of the host once it serves, as root (an
+// unprivileged process has none of these to keep).
+void add_backend_needs(const ServedBackend& served, sandbox::SandboxOptions* s) {
+  const BackendConfig& b = *served.backend;
+  const HostPolicy& policy = *served.policy;
+  std::vector<int>& caps = s->capabilities;
+  if (b.type == "passthrough") {
+    // As virtiofsd keeps (src/main.rs): ownership and modes of the tenant's
+    // files (chown, fowner, fsetid, dac_override while acting as the
+    // tenant), acting as the tenant (setfsuid/setfsgid: setuid, setgid),
+    // open_by_handle_at (dac_read_search). Only if the host's policy lets
+    // tenants have them: device nodes (mknod), trusted.* and security.*
+    // xattrs (sys_admin; security.capability: setfcap).
+    caps.insert(caps.end(), {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER,
+                             CAP_FSETID, CAP_SETUID, CAP_SETGID});
+    if (policy.allow_device_nodes) caps.push_back(CAP_MKNOD);
+    if (policy.xattr_namespaces & (HostPolicy::kXattrTrusted | HostPolicy::kXattrSecurity)) {
+      caps.push_back(CAP_SYS_ADMIN);
+    }
+    if (policy.xattr_namespaces & HostPolicy::kXattrSecurity) caps.push_back(CAP_SETFCAP);
+  } else if (b.type == "nfs") {
+    // libnfs, as root, connects (and reconnects) from a reserved port.
+    caps.push_back(CAP_NET_BIND_SERVICE);
+    s->view.network = true;
+  } else if (b.type == "remote") {
+    s->view.network = true;
+  }
+}
+
+// The sandbox `cfg` needs: the directories its passthrough backends serve
+// (canonical), the network if a backend connects to a server, the
+// capabilities its backends use. `dir_of[i]`: the index in shared_dirs of
+// the i-th of served_backends(), if it is a passthrough backend. Throws
+// std::invalid_argument (a passthrough directory that does not exist).
+sandbox::SandboxOptions sandbox_plan(Config& cfg, std::vector<size_t>* dir_of) {
+  sandbox::SandboxOptions s;
+  s.view.mode = cfg.sandbox.mode;
+  s.seccomp = cfg.sandbox.seccomp;
+  for (const ServedBackend& served : served_backends(cfg)) {
+    add_backend_needs(served, &s);
+    const BackendConfig* b = served.backend;
+    dir_of->push_back(SIZE_MAX);
+    if (b->type != "passthrough") continue;
+    char* real = ::realpath(b->arg.c_str(), nullptr);
+    if (real == nullptr) {
+      throw std::invalid_argument("passthrough: cannot open directory " + b->arg + ": " +
+                                  std::strerror(errno));
+    }
+    const std::string dir = real;
+    std::free(real);
+    const auto at = std::find(s.view.shared_dirs.begin(), s.view.shared_dirs.end(), dir);
+    dir_of->back() = size_t(at - s.view.shared_dirs.begin());
+    if (at == s.view.shared_dirs.end()) s.view.shared_dirs.push_back(dir);
+  }
+  std::sort(s.capabilities.begin(), s.capabilities.end());
+  s.capabilities.erase(std::unique(s.capabilities.begin(), s.capabilities.end()),
+                       s.capabilities.end());
+  // Name lookups of the network backends (glibc's files and dns modules
+  // are built into libc: these are all they read).
+  if (s.view.network) {
+    s.view.read_only_files = {"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf",
+                              "/etc/host.conf", "/etc/gai.conf"};
+  }
+  return s;
+}
+
+// Enters the sandbox of `cfg` and points each passthrough backend at its
+// directory as seen from inside. Returns what it entered, for the log (once
+// the backends started: an error then stays the only line).
+std::string enter_sandbox(Config& cfg) {
+  std::vector<size_t> dir_of;
+  const sandbox::SandboxOptions plan = sandbox_plan(cfg, &dir_of);
+  const std::vector<std::string> inside = sandbox::enter_sandbox(plan);
+  const std::vector<ServedBackend> backends = served_backends(cfg);
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (dir_of[i] < inside.size()) {
+      backends[i].backend->passthrough.root_inside = inside[dir_of[i]];
+    }
+  }
+  return fmt::format(
+      "sandbox: {}{}{}, capabilities {}, no_new_privs, seccomp {}",
+      sandbox::sandbox_mode_name(plan.view.mode),
+      plan.view.shared_dirs.size() == 1 && plan.view.mode != sandbox::SandboxMode::kNone
+          ? " (root " + plan.view.shared_dirs.front() + ")"
+          : "",
+      plan.view.mode == sandbox::SandboxMode::kNamespace && !plan.view.network ? ", no network"
+                                                                               : "",
+      sandbox::capability_names(plan.capabilities), sandbox::seccomp_action_name(plan.seccomp));
 }
 
 std::vector<std::string> forwarder_stats(const remote::Forwarder& f) {
@@ -83,20 +198,24 @@ std::vector<std::string> request_stats(const fuse::FuseSession* session,
   return {};
 }
 
-// The objects that serve one mount. The backend is built first, so that
-// a backend that cannot start fails before anything is mounted; the mount
-// comes before the workers that serve it. Torn down in the one order that
-// is safe; see shutdown().
+// The objects that serve one mount. The mount is made before (outside the
+// sandbox); the backend, inside it, before the workers that serve it. A
+// backend that cannot start unmounts the mount again (its destructor).
+// Torn down in the one order that is safe; see shutdown().
 //
 // Not thread-safe: the main thread's.
 class Daemon {
  public:
-  Daemon(const Config& cfg, std::function<void()> on_stop) {
+  Daemon(const Config& cfg, std::unique_ptr<transport::FuseMount> mount,
+         std::vector<transport::UniqueFd> devices, const RemoteCredentials& credentials,
+         std::function<void()> on_stop)
+      : mount_(std::move(mount)) {
     fuse::RequestHandler* handler;
     std::string served;
     if (cfg.backend.type == "remote") {
       // Requests go whole to a remote dpfs, which runs the session.
-      forwarder_ = std::make_unique<remote::Forwarder>(forwarder_options(cfg.backend, cfg));
+      forwarder_ =
+          std::make_unique<remote::Forwarder>(forwarder_options(cfg.backend, cfg, credentials));
       handler = forwarder_.get();
       served = forwarder_->describe();
     } else {
@@ -106,9 +225,6 @@ class Daemon {
       handler = session_.get();
       served = describe_backend(cfg.backend);
     }
-    mount_ = std::make_unique<transport::FuseMount>(
-        transport::MountOptions{cfg.fuse.mount, cfg.fuse.max_write, cfg.fuse.mount_is_default,
-                                cfg.fuse.allow_suid, cfg.fuse.allow_dev});
     spdlog::info(
         "dpfs {}: serving {} at {}: {} thread{}, max_write {}, entry_timeout {}s, attr_timeout "
         "{}s, writeback_cache {}",
@@ -116,7 +232,8 @@ class Daemon {
         format_size(cfg.fuse.max_write), cfg.fuse.entry_timeout, cfg.fuse.attr_timeout,
         cfg.fuse.writeback_cache ? "on" : "off");
     device_ = std::make_unique<transport::FuseDevice>(mount_->fd(), *handler, cfg.threads,
-                                                      std::move(on_stop));
+                                                      std::move(on_stop), std::move(devices));
+    mount_->set_quiet_unmount(false);
   }
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
@@ -150,11 +267,13 @@ class Daemon {
   const std::string& mount_point() const { return mount_->mount_point(); }
 
  private:
+  // Destroyed last: a backend that failed to start leaves the mount to
+  // unmount.
+  std::unique_ptr<transport::FuseMount> mount_;
   std::unique_ptr<Backend> backend_;
   std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
   std::unique_ptr<fuse::FuseSession> session_;  // or, for a remote backend:
   std::unique_ptr<remote::Forwarder> forwarder_;
-  std::unique_ptr<transport::FuseMount> mount_;
   std::unique_ptr<transport::FuseDevice> device_;
 };
 
@@ -204,9 +323,11 @@ Config with_fd_budgets(const Config& configured) {
   return cfg;
 }
 
-}  // namespace
-
-int serve(const Config& configured) {
+// Serves all of `configured` in this process (a part of it, if a supervisor
+// started this process: `handed` are its devices' sockets, bound by the
+// supervisor, which also removes their files; `link` its control socket).
+int serve_here(const Config& configured, std::vector<std::unique_ptr<vhost_user::Listener>> handed,
+               const SupervisorLink& link) {
   const Config cfg = with_fd_budgets(configured);
   SignalFd signals({SIGINT, SIGTERM, SIGHUP, SIGUSR1});
   // Written by a FUSE worker that stops by itself (unmounted from outside).
@@ -214,27 +335,76 @@ int serve(const Config& configured) {
   // Written by a vhost-user device whose control thread ended by itself.
   const transport::UniqueFd device_done = make_eventfd();
 
-  // Every socket is bound and every backend built before anything is
-  // mounted: a start-up failure leaves nothing behind.
+  // Outside the sandbox, while the host's files can still be named: every
+  // socket is bound, every secret and TLS file read, the FUSE mount made.
+  // Then the sandbox, before any thread starts and before a tenant's first
+  // byte. Then, inside, the backends (a passthrough backend opens its
+  // directory as the sandbox names it), the sessions and the workers. A
+  // start-up failure leaves nothing behind (the destructors unbind and
+  // unmount).
   std::unique_ptr<StatsSocket> stats_socket;
   if (!cfg.stats_socket.empty()) {
     stats_socket = std::make_unique<StatsSocket>(cfg.stats_socket);
     spdlog::info("statistics: dpfs stats {}", stats_socket->path());
   }
-  std::vector<std::unique_ptr<VhostUserServer>> devices;
-  for (const DeviceConfig& d : cfg.devices) {
-    devices.push_back(std::make_unique<VhostUserServer>(d, cfg, notifier(device_done.get())));
+  const bool own_sockets = handed.empty();
+  std::vector<std::unique_ptr<vhost_user::Listener>> sockets = std::move(handed);
+  for (size_t i = sockets.size(); i < cfg.devices.size(); ++i) {
+    const DeviceConfig& d = cfg.devices[i];
+    sockets.push_back(std::make_unique<vhost_user::Listener>(
+        d.socket, "vhost-user socket", vhost_user::SocketAccess{d.socket_gid}));
+  }
+  // The socket files: removed from outside once the daemon is done (their
+  // paths are out of the sandbox's reach), also if it dies.
+  std::unique_ptr<sandbox::OutsideCleanup> socket_files;
+  if (cfg.sandbox.mode != sandbox::SandboxMode::kNone &&
+      (stats_socket || (own_sockets && !sockets.empty()))) {
+    socket_files = std::make_unique<sandbox::OutsideCleanup>([&](bool) {
+      if (stats_socket) stats_socket->listener().remove_socket_file();
+      for (const auto& s : sockets) s->remove_socket_file();
+    });
   }
   std::unique_ptr<remote::Server> listener;
   if (!cfg.remote.listen.empty()) listener = make_remote_server(cfg);
+  const RemoteCredentials credentials = read_remote_credentials(cfg);
+  std::unique_ptr<transport::FuseMount> mount;
+  std::vector<transport::UniqueFd> fuse_devices;  // the FUSE workers' clones
+  if (!cfg.fuse.mount.empty()) {
+    fuse_devices = transport::FuseMount::open_devices(cfg.threads);
+    mount = std::make_unique<transport::FuseMount>(
+        transport::MountOptions{cfg.fuse.mount, cfg.fuse.max_write, cfg.fuse.mount_is_default,
+                                cfg.fuse.allow_suid, cfg.fuse.allow_dev});
+    // The sandbox cannot unmount: the mount point is out of its reach, and
+    // CAP_SYS_ADMIN is dropped (also with --sandbox none).
+    mount->keep_unmounter();
+    mount->set_quiet_unmount(true);  // until it serves; see Daemon
+  }
+
+  Config served = cfg;
+  const std::string sandboxed = enter_sandbox(served);
+
+  std::vector<std::unique_ptr<VhostUserServer>> devices;
+  for (size_t i = 0; i < served.devices.size(); ++i) {
+    devices.push_back(std::make_unique<VhostUserServer>(served.devices[i], served,
+                                                        std::move(sockets[i]), credentials,
+                                                        notifier(device_done.get())));
+  }
+  if (listener) {
+    listener->set_backend(make_policed_backend(served.backend, session_options(served)));
+  }
   std::unique_ptr<Daemon> fuse;
-  if (!cfg.fuse.mount.empty()) fuse = std::make_unique<Daemon>(cfg, notifier(fuse_stopped.get()));
+  if (mount) {
+    fuse = std::make_unique<Daemon>(served, std::move(mount), std::move(fuse_devices), credentials,
+                                    notifier(fuse_stopped.get()));
+  }
+  spdlog::info("{}", sandboxed);
   if (listener) listener->start();
   for (auto& d : devices) {
     d->start();
     spdlog::info("{}: boot a guest with QEMU options: {}", d->name(), d->qemu_options());
     spdlog::info("{}: in the guest: mount -t virtiofs {} /mnt", d->name(), d->tag());
   }
+  link.ready();
 
   // What SIGUSR1 logs and the stats socket answers: per transport, the
   // requests by opcode, and for each device its queues.
@@ -263,11 +433,12 @@ int serve(const Config& configured) {
       spdlog::info("every transport is done; stopping");
       break;
     }
-    pollfd fds[4] = {{signals.fd(), POLLIN, 0},
+    pollfd fds[5] = {{signals.fd(), POLLIN, 0},
                      {fuse_stopped.get(), POLLIN, 0},
                      {device_done.get(), POLLIN, 0},
-                     {stats_socket ? stats_socket->fd() : -1, POLLIN, 0}};
-    if (::poll(fds, 4, -1) < 0) {
+                     {stats_socket ? stats_socket->fd() : -1, POLLIN, 0},
+                     {link.fd(), POLLIN, 0}};
+    if (::poll(fds, 5, -1) < 0) {
       if (errno == EINTR) continue;
       spdlog::error("waiting for signals: {}", std::strerror(errno));
       status = 1;
@@ -294,6 +465,10 @@ int serve(const Config& configured) {
       }
     }
     if (fds[3].revents & POLLIN) stats_socket->answer(current_stats());
+    if ((fds[4].revents & (POLLIN | POLLHUP)) && !link.handle(current_stats)) {
+      spdlog::info("the supervisor is gone: shutting down");
+      break;
+    }
     if (fds[0].revents & POLLIN) {
       const int sig = signals.take();
       if (sig == 0) continue;
@@ -325,7 +500,21 @@ int serve(const Config& configured) {
   if (listener) {
     for (const std::string& line : listener->stats()) spdlog::info("remote: totals: {}", line);
   }
+  if (socket_files) socket_files->run();
   return status;
+}
+
+}  // namespace
+
+int serve(const Config& cfg) {
+  if (cfg.sandbox.per_device_processes && !cfg.devices.empty()) {
+    return supervise(cfg, [](ServingPart part) {
+      std::vector<std::unique_ptr<vhost_user::Listener>> sockets;
+      if (part.socket) sockets.push_back(std::move(part.socket));
+      return serve_here(part.cfg, std::move(sockets), SupervisorLink(part.control));
+    });
+  }
+  return serve_here(cfg, {}, SupervisorLink(-1));
 }
 
 }  // namespace dpfs::server

@@ -24,6 +24,8 @@ class StatsSocket {
   // Readable when a client is waiting.
   int fd() const { return listener_.fd(); }
   const std::string& path() const { return listener_.path(); }
+  const vhost_user::Listener& listener() const { return listener_; }
+  vhost_user::Listener& listener() { return listener_; }
   // Accepts the waiting clients and sends each `lines`, one per line.
   void answer(const std::vector<std::string>& lines);
 

@@ -13,6 +13,7 @@
 #include <system_error>
 
 #include "backend/factory.h"
+#include "remote/channel.h"
 #include "vhost_user/connection.h"
 
 namespace dpfs::server {
@@ -29,12 +30,32 @@ std::string describe_backend(const BackendConfig& b) {
   return b.arg.empty() ? b.type : b.type + ":" + b.arg;
 }
 
-remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg) {
+RemoteCredentials read_remote_credentials(const Config& cfg) {
+  RemoteCredentials c;
+  const bool forwards =
+      cfg.backend.type == "remote" ||
+      std::any_of(cfg.devices.begin(), cfg.devices.end(),
+                  [](const DeviceConfig& d) { return d.backend.type == "remote"; });
+  if (!forwards) return c;
+  if (!cfg.remote.secret_file.empty()) c.secret = remote::read_secret_file(cfg.remote.secret_file);
+  const remote::TlsFiles tls{cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
+  if (tls.enabled()) {
+    try {
+      c.tls = std::make_shared<remote::TlsContext>(tls, remote::TlsContext::Role::kDevice);
+    } catch (const std::invalid_argument& e) {
+      throw remote::RemoteError(e.what());
+    }
+  }
+  return c;
+}
+
+remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg,
+                                           const RemoteCredentials& credentials) {
   remote::ForwarderOptions options;
   options.server = remote::parse_endpoint(b.type + ":" + b.arg, "remote://", false);
-  options.secret =
-      cfg.remote.secret_file.empty() ? "" : remote::read_secret_file(cfg.remote.secret_file);
+  options.secret = credentials.secret;
   options.tls = {cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
+  options.tls_context = credentials.tls;
   options.connections = cfg.remote.connections;
   options.timeout_s = cfg.remote.timeout;
   options.max_write = cfg.fuse.max_write;
@@ -42,11 +63,14 @@ remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config&
 }
 
 VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
+                                 std::unique_ptr<vhost_user::Listener> listener,
+                                 const RemoteCredentials& credentials,
                                  std::function<void()> on_done)
     : config_(device),
       on_disconnect_(cfg.vhost_user.on_disconnect),
       on_done_(std::move(on_done)),
-      name_(fmt::format("vhost-user {} ({})", device.tag, device.socket)) {
+      name_(fmt::format("vhost-user {} ({})", device.tag, device.socket)),
+      listener_(std::move(listener)) {
   fuse::SessionOptions options;
   options.max_write = cfg.fuse.max_write;
   options.entry_timeout = cfg.fuse.entry_timeout;
@@ -59,7 +83,8 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   std::string served;
   if (device.backend.type == "remote") {
     // Requests go whole to a remote dpfs, which runs the session.
-    forwarder_ = std::make_unique<remote::Forwarder>(forwarder_options(device.backend, cfg));
+    forwarder_ =
+        std::make_unique<remote::Forwarder>(forwarder_options(device.backend, cfg, credentials));
     handler = forwarder_.get();
     served = forwarder_->describe();
   } else {
@@ -68,11 +93,6 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
     handler = session_.get();
     served = describe_backend(device.backend);
   }
-
-  // Bind before starting workers: a socket that cannot be used is the most
-  // likely start-up failure, and it says so in one line.
-  listener_ = std::make_unique<vhost_user::Listener>(device.socket, "vhost-user socket",
-                                                     vhost_user::SocketAccess{device.socket_gid});
 
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");

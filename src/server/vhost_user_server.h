@@ -2,7 +2,7 @@
 // backend, FUSE session and virtio-fs device behind it, and the control
 // thread that accepts front-ends (QEMU) one after another.
 //
-//   VhostUserServer server(device_cfg, cfg, on_done);   // binds the socket
+//   VhostUserServer server(device_cfg, cfg, listener, credentials, on_done);
 //   server.start();                                     // control thread
 //   ...
 //   server.stop();                                      // or the destructor
@@ -34,15 +34,25 @@
 
 namespace dpfs::server {
 
+// What a remote backend proves itself with: the shared secret and the TLS
+// context, read from their files at start-up, before the sandbox hides them.
+struct RemoteCredentials {
+  std::string secret;                       // empty: none
+  std::shared_ptr<remote::TlsContext> tls;  // null: plain TCP
+};
+
 class VhostUserServer {
  public:
   // Builds the backend (throws std::invalid_argument and whatever the
-  // backend throws), the session and the device, and binds the socket
-  // (throws vhost_user::ListenError, one line). `cfg` gives what every
+  // backend throws), the session and the device, to serve on `listener`
+  // (device.socket, bound by the caller before entering the sandbox). `cfg`
+  // gives what every
   // transport shares (threads, the FUSE session options, on_disconnect).
   // `on_done` is called on the control thread when it ends by itself
   // (kExit after a disconnect, or an unrecoverable accept error).
-  VhostUserServer(const DeviceConfig& device, const Config& cfg, std::function<void()> on_done);
+  VhostUserServer(const DeviceConfig& device, const Config& cfg,
+                  std::unique_ptr<vhost_user::Listener> listener,
+                  const RemoteCredentials& credentials, std::function<void()> on_done);
   VhostUserServer(const VhostUserServer&) = delete;
   VhostUserServer& operator=(const VhostUserServer&) = delete;
   ~VhostUserServer();
@@ -96,8 +106,13 @@ class VhostUserServer {
 // Describes a backend configuration for logs: "memfs (capacity 1G, ...)".
 std::string describe_backend(const BackendConfig& b);
 
+// Reads them if any backend of `cfg` is remote (else an empty set). Throws
+// std::invalid_argument (the secret file) or remote::RemoteError (TLS files).
+RemoteCredentials read_remote_credentials(const Config& cfg);
+
 // The forwarder of a remote backend (`b` is remote://HOST:PORT) with the
-// [remote] settings of `cfg`. Throws std::invalid_argument (the secret file).
-remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg);
+// [remote] settings of `cfg` and the credentials read from them.
+remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg,
+                                           const RemoteCredentials& credentials);
 
 }  // namespace dpfs::server

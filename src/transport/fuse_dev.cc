@@ -21,6 +21,7 @@
 #include <optional>
 #include <sstream>
 #include <string_view>
+#include <system_error>
 
 namespace dpfs::transport {
 namespace {
@@ -192,6 +193,10 @@ FuseMount::~FuseMount() { unmount(); }
 void FuseMount::unmount() {
   if (!mounted_) return;
   mounted_ = false;
+  if (unmounter_) {
+    unmounter_->run(quiet_);  // it logs the outcome
+    return;
+  }
   // Only what we mounted: if someone unmounted it and mounted something
   // else in its place, that is not ours to remove.
   const std::optional<MountEntry> top = find_mount(path_);
@@ -200,7 +205,7 @@ void FuseMount::unmount() {
     return;
   }
   if (::umount2(path_.c_str(), UMOUNT_NOFOLLOW) == 0) {
-    spdlog::info("unmounted {}", path_);
+    spdlog::log(quiet_ ? spdlog::level::debug : spdlog::level::info, "unmounted {}", path_);
     return;
   }
   int e = errno;
@@ -215,6 +220,29 @@ void FuseMount::unmount() {
     return;
   }
   spdlog::error("unmounting {}: {}", path_, errno_text(e));
+}
+
+void FuseMount::keep_unmounter() {
+  // The helper's copy of this object has no unmounter yet: its unmount()
+  // is the real one, run where the mount point is in reach.
+  try {
+    unmounter_ = std::make_unique<sandbox::OutsideCleanup>([this](bool quiet) {
+      quiet_ = quiet;
+      unmount();
+    });
+  } catch (const std::system_error& e) {
+    throw MountError(fmt::format("cannot start the unmounter: {}", e.what()));
+  }
+}
+
+std::vector<UniqueFd> FuseMount::open_devices(unsigned n) {
+  std::vector<UniqueFd> fds;
+  for (unsigned i = 0; i < n; ++i) {
+    UniqueFd fd(::open(kFuseDevice, O_RDWR | O_CLOEXEC));
+    if (!fd) break;
+    fds.push_back(std::move(fd));
+  }
+  return fds;
 }
 
 // --- FuseDevice::Worker ------------------------------------------------------
@@ -453,13 +481,17 @@ void FuseDevice::Worker::wait() {
 // --- FuseDevice --------------------------------------------------------------
 
 FuseDevice::FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-                       std::function<void()> on_stop)
+                       std::function<void()> on_stop, std::vector<UniqueFd> devices)
     : session_(session), on_stop_(std::move(on_stop)) {
   install_wake_handler();
   for (unsigned i = 0; i < threads; ++i) {
     UniqueFd fd;
     if (cloned_) {
-      fd.reset(::open(kFuseDevice, O_RDWR | O_CLOEXEC));
+      if (i < devices.size()) {
+        fd = std::move(devices[i]);
+      } else {
+        fd.reset(::open(kFuseDevice, O_RDWR | O_CLOEXEC));
+      }
       uint32_t source = uint32_t(connection_fd);
       if (!fd || ::ioctl(fd.get(), FUSE_DEV_IOC_CLONE, &source) != 0) {
         spdlog::info("cannot clone the FUSE connection ({}); workers share one descriptor",

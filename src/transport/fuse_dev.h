@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "fuse/handler.h"
+#include "sandbox/outside.h"
 #include "transport/unique_fd.h"
 
 namespace dpfs::transport {
@@ -78,11 +79,32 @@ class FuseMount {
   // also fine if someone else unmounted it already.
   void unmount();
 
+  // Forks a process that stays where this one is now (this mount
+  // namespace, this root, these privileges) and does one thing: unmount,
+  // when unmount() asks it or when this process is gone (its socket
+  // closes), so the mount never outlives the daemon. For a process about to
+  // enter a sandbox, from which the mount point and /proc/self/mountinfo are
+  // out of reach and umount2 is forbidden. It holds no other descriptor of
+  // ours (not /dev/fuse, not a tenant's socket). Throws MountError.
+  //
+  // REQUIRES: mounted(); no other thread runs (fork).
+  void keep_unmounter();
+
+  // Quiet: "unmounted" is a debug line, for a start-up that failed after
+  // mounting (its error must stay the operator's one line).
+  void set_quiet_unmount(bool quiet) { quiet_ = quiet; }
+
+  // `n` fresh descriptors of /dev/fuse, for FuseDevice's per-worker clones:
+  // opened now, while /dev/fuse is in reach. Empty if it cannot be opened.
+  static std::vector<UniqueFd> open_devices(unsigned n);
+
  private:
   std::string path_;
   std::string device_;  // "major:minor" of our mount, from /proc/self/mountinfo
   UniqueFd fd_;
   bool mounted_ = false;
+  bool quiet_ = false;
+  std::unique_ptr<sandbox::OutsideCleanup> unmounter_;  // null: we unmount
 };
 
 // Serves one FUSE connection with worker threads.
@@ -116,9 +138,11 @@ class FuseDevice {
   // it must outlive the device). `on_stop` is called once, from a worker,
   // when a worker stops by itself: the file system was unmounted, the
   // session was destroyed, or the connection failed. Throws MountError if
-  // a thread cannot be started.
+  // a thread cannot be started. `devices`: descriptors of /dev/fuse opened
+  // beforehand (FuseMount::open_devices), for the workers' clones where
+  // /dev/fuse can no longer be opened (a sandbox); the rest are opened here.
   FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-             std::function<void()> on_stop);
+             std::function<void()> on_stop, std::vector<UniqueFd> devices = {});
   FuseDevice(const FuseDevice&) = delete;
   FuseDevice& operator=(const FuseDevice&) = delete;
   ~FuseDevice();

@@ -102,7 +102,9 @@ Listener::Listener(std::string path, std::string what, SocketAccess access)
   }
 }
 
-Listener::~Listener() {
+Listener::~Listener() { remove_socket_file(); }
+
+void Listener::remove_socket_file() const {
   struct stat st;
   if (ino_ != 0 && ::lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) {
     ::unlink(path_.c_str());

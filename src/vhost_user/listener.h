@@ -47,6 +47,15 @@ class Listener {
   // Closes the socket and unlinks the path if it is still this socket.
   ~Listener();
 
+  // Unlinks the path if it is still the socket this listener bound: what
+  // the destructor does, for a process that closes nothing (a sandbox's
+  // outside helper, sandbox/outside.h).
+  void remove_socket_file() const;
+  // From now on the socket file is someone else's to remove (a supervisor
+  // that binds it once for each process it starts): the destructor only
+  // closes this process's descriptor.
+  void forget_socket_file() { ino_ = 0; }
+
   // The listening socket (nonblocking, close-on-exec): readable when a
   // front-end waits to be accepted.
   int fd() const { return fd_.get(); }

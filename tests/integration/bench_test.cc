@@ -76,7 +76,23 @@ class DeviceProcess {
       pid_ = -1;
       return "the device died (status " + std::to_string(status) + "); log:\n" + log();
     }
+    if (const std::string crash = crash_line(log()); !crash.empty()) {
+      return "a serving process crashed: " + crash + "\nlog:\n" + log();
+    }
     return "";
+  }
+
+  // Waits up to 10 s for it to exit by itself; its wait status, or -1.
+  int wait_exit() {
+    for (int i = 0; i < 1000 && pid_ > 0; ++i) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return status;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
   }
 
   void stop() {
@@ -473,6 +489,144 @@ TEST(BenchVirtiofsd, WorksUnchanged) {
   const std::string json = run_ok(dev, "randwrite", {"--depth", "4"});
   EXPECT_NE(json_field(json, "verified").find("read back and verified"), std::string::npos) << json;
   EXPECT_GT(json_number(json, "device_cpu_us_per_op"), 0) << json;
+}
+
+// The supervisor (src/server/supervisor.h): two memfs devices, each served
+// by a sandboxed process of its own. One is killed as a memory bug would
+// kill it while the other serves a run; the other does not notice, the
+// killed one is started again on its socket and serves the next front-end.
+class SupervisorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    other_ = dev_.dir() + "/b.sock";
+    config_ = dev_.dir() + "/dpfs.toml";
+    std::ofstream(config_) << "[[device]]\nsocket = \"" << dev_.socket()
+                           << "\"\ntag = \"a\"\n[device.backend]\ntype = \"memfs\"\n"
+                           << "[[device]]\nsocket = \"" << other_
+                           << "\"\ntag = \"b\"\n[device.backend]\ntype = \"memfs\"\n";
+  }
+
+  // The process the log last named for `tag`'s device; -1 if none.
+  pid_t served_by(const std::string& tag) const {
+    return itest::served_by(dev_.log(), "vhost-user " + tag + " (");
+  }
+  // Waits up to 10 s for `tag`'s device to be served by a process other
+  // than `old`, and for that process to serve; its pid, or -1.
+  pid_t wait_served(const std::string& tag, pid_t old = -1) const {
+    for (int i = 0; i < 1000; ++i) {
+      const pid_t pid = served_by(tag);
+      if (pid > 0 && pid != old && ::kill(pid, 0) == 0) {
+        // Serving once its sandbox is entered: seccomp mode 2.
+        if (read_text_file("/proc/" + std::to_string(pid) + "/status").find("Seccomp:\t2") !=
+            std::string::npos) {
+          return pid;
+        }
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
+  }
+
+  DeviceProcess dev_;
+  std::string other_, config_;
+};
+
+// utime + stime of `pid`, in clock ticks; -1 if it is gone.
+long cpu_ticks(pid_t pid) {
+  const std::string stat = read_text_file("/proc/" + std::to_string(pid) + "/stat");
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string f;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14) utime = std::stol(f);
+    if (i == 15) stime = std::stol(f);
+  }
+  return utime + stime;
+}
+
+TEST_F(SupervisorTest, ACrashedDeviceProcessCostsOneTenant) {
+  const std::string stats = dev_.dir() + "/stats.sock";
+  ASSERT_EQ(dev_.start({dpfs_binary(), "serve", "--config", config_, "--stats-socket", stats}), "");
+  const pid_t a = wait_served("a"), b = wait_served("b");
+  ASSERT_GT(a, 0) << dev_.log();
+  ASSERT_GT(b, 0) << dev_.log();
+  EXPECT_NE(a, b);
+  EXPECT_NE(a, dev_.pid());
+  // Neither holds the other's listening socket: its inode is not among
+  // the other process's descriptors.
+  auto socket_inode = [](const std::string& path) {
+    for (const std::string& line : lines_of(read_text_file("/proc/net/unix"))) {
+      if (line.size() > path.size() && line.ends_with(" " + path)) {
+        std::istringstream f(line);
+        std::string field;
+        for (int i = 0; i < 7; ++i) f >> field;
+        return "socket:[" + field + "]";
+      }
+    }
+    return std::string("(no socket " + path + ")");
+  };
+  auto holds = [](pid_t pid, const std::string& link) {
+    std::error_code ec;
+    for (const auto& e :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+      if (std::filesystem::read_symlink(e.path(), ec).string() == link) return true;
+    }
+    return false;
+  };
+  const std::string a_socket = socket_inode(dev_.socket()), b_socket = socket_inode(other_);
+  EXPECT_TRUE(holds(a, a_socket)) << a_socket;
+  EXPECT_FALSE(holds(a, b_socket)) << b_socket;
+  EXPECT_TRUE(holds(b, b_socket)) << b_socket;
+  EXPECT_FALSE(holds(b, a_socket)) << a_socket;
+
+  run_ok(dev_, "getattr", {"--depth", "4"});
+  // b serves a 2 s run; once it is under way (b's process is using CPU),
+  // a's process dies as a memory bug would kill it.
+  RunResult b_run;
+  std::thread runner([&] {
+    b_run = run({DPFS_BENCH, "--socket", other_, "--workload", "randwrite", "--depth", "4",
+                 "--duration", "2", "--warmup", "0", "--file-size", "1M", "--json"},
+                30s);
+  });
+  const long before = cpu_ticks(b);
+  for (int i = 0; i < 500 && cpu_ticks(b) < before + 5; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(::kill(a, SIGSEGV), 0);
+  runner.join();
+  EXPECT_EQ(b_run.exit_code(), 0) << b_run.describe();
+  EXPECT_GT(json_number(b_run.out, "ops"), 0) << b_run.out;
+  EXPECT_EQ(json_field(b_run.out, "errors"), "0") << b_run.out;
+  EXPECT_NE(json_field(b_run.out, "verified").find("read back and verified"), std::string::npos)
+      << b_run.out;
+  EXPECT_EQ(served_by("b"), b) << "b's process was never replaced";
+  EXPECT_EQ(::kill(b, 0), 0) << "b's process is gone";
+
+  // a's crash is one line, and a new process serves a's socket.
+  const pid_t a2 = wait_served("a", a);
+  ASSERT_GT(a2, 0) << dev_.log();
+  EXPECT_NE(crash_line(dev_.log())
+                .find("vhost-user a (" + dev_.socket() + "): serving process " + std::to_string(a) +
+                      " died of SIGSEGV"),
+            std::string::npos)
+      << dev_.log();
+  run_ok(dev_, "getattr", {"--depth", "4"});
+
+  // Statistics come from both processes, through the supervisor.
+  const RunResult st = run({dpfs_binary(), "stats", stats});
+  ASSERT_EQ(st.exit_code(), 0) << st.describe();
+  for (const std::string& socket : {dev_.socket(), other_}) {
+    EXPECT_NE(st.out.find("(" + socket + "): queue 1 (requests): "), std::string::npos) << st.out;
+  }
+  // SIGTERM: both stop, the supervisor removes the socket files and says
+  // (exit 1) that a process crashed.
+  ASSERT_EQ(::kill(dev_.pid(), SIGTERM), 0);
+  const int status = dev_.wait_exit();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status << "\n" << dev_.log();
+  EXPECT_EQ(::access(dev_.socket().c_str(), F_OK), -1);
+  EXPECT_EQ(::access(other_.c_str(), F_OK), -1);
+  EXPECT_EQ(::kill(a2, 0), -1) << "a's process outlived the supervisor";
+  EXPECT_EQ(::kill(b, 0), -1) << "b's process outlived the supervisor";
 }
 
 }  // namespace

@@ -615,6 +615,32 @@ inline std::vector<std::string> lines_of(const std::string& s) {
   return lines;
 }
 
+// The process the supervisor last named in `log` as serving the part whose
+// name contains `what` ("vhost-user a (", "FUSE mount "); -1 if none.
+inline pid_t served_by(const std::string& log, const std::string& what) {
+  pid_t pid = -1;
+  static const std::string kServedBy = ": served by process ";
+  for (const std::string& line : lines_of(log)) {
+    const size_t at = line.find(kServedBy);
+    if (at != std::string::npos && line.find(what) != std::string::npos) {
+      pid = pid_t(std::stol(line.substr(at + kServedBy.size())));
+    }
+  }
+  return pid;
+}
+
+// The supervisor's line for a serving process that crashed, or "". Such a
+// process is started again, so the daemon's own pid does not show it.
+inline std::string crash_line(const std::string& log) {
+  for (const std::string& line : lines_of(log)) {
+    if (line.find(": serving process ") != std::string::npos &&
+        line.find(" died of ") != std::string::npos) {
+      return line;
+    }
+  }
+  return "";
+}
+
 inline std::vector<char*> make_argv(const std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -989,6 +1015,9 @@ class Mount {
         << log();
       ::umount2(dir_.c_str(), MNT_DETACH);
       return o.str();
+    }
+    if (const std::string crash = crash_line(log()); !crash.empty()) {
+      return "a serving process crashed: " + crash + "\nits log:\n" + log();
     }
     return "";
   }

@@ -3,11 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <string>
 
 #include "backend/backend.h"
+#include "sandbox/proc_fd.h"
 
 namespace dpfs::passthrough {
 namespace {
@@ -87,7 +88,7 @@ uint64_t InodeTable::add_lookup(UniqueFd fd, bool fd_is_path, const struct stat&
     if (handles_) {
       fd = open_handle(handle, kPathFlags, error);
     } else {
-      const std::string proc = "/proc/self/fd/" + std::to_string(fd.get());
+      const std::string proc = sandbox::proc_fd_path(fd.get());
       fd.reset(::open(proc.c_str(), O_PATH | O_CLOEXEC));
       if (!fd) *error = errno;
     }
@@ -173,7 +174,7 @@ UniqueFd InodeTable::reopen(uint64_t ino, const PathFd& path, int flags, int* er
   if (!handle.empty()) return open_handle(handle, flags, error);
   // Without handles: the magic link of our own O_PATH descriptor, which
   // leads to exactly that inode, wherever its names went.
-  const std::string proc = "/proc/self/fd/" + std::to_string(path.get());
+  const std::string proc = sandbox::proc_fd_path(path.get());
   UniqueFd fd(::open(proc.c_str(), flags & ~O_NOFOLLOW));
   if (!fd) *error = errno;
   return fd;

@@ -3,15 +3,15 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
 #include <spdlog/spdlog.h>
 #include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/vfs.h>
-#include <linux/magic.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -21,6 +21,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "sandbox/proc_fd.h"
 
 namespace dpfs {
 namespace {
@@ -55,8 +57,9 @@ int stat_fd(int fd, struct stat* st) {
 
 // The magic link of our own descriptor: for the operations that have no
 // descriptor-relative form (chmod, xattrs). It leads to the inode the
-// descriptor holds, never through a name a tenant could swap.
-std::string proc_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+// descriptor holds, never through a name a tenant could swap. Also inside
+// the sandbox, which has no /proc of its own (sandbox/proc_fd.h).
+std::string proc_path(int fd) { return sandbox::proc_fd_path(fd); }
 
 // Per worker thread, once: a umask of its own set to 0 (the session applies
 // the tenant's umask; the daemon's must not apply twice), and no
