@@ -156,6 +156,9 @@ class PolicyBackend final : public Backend {
 
   std::unique_ptr<Backend> inner_;
   std::shared_ptr<const HostPolicy> policy_;
+  // No translation, no squash: every request acts as the ids it claims
+  // (the common case, checked once instead of per request).
+  bool identity_ = false;
 };
 
 }  // namespace dpfs
