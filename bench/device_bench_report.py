@@ -13,6 +13,16 @@ import math
 import os
 import subprocess
 import sys
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable(cmd):
+    """A command line without this machine's paths: the checkout's own path
+    goes, the run's temporary directory becomes $WORK."""
+    cmd = cmd.replace(REPO + "/", "")
+    return re.sub(r"/tmp/dpfs-device-bench\.[A-Za-z0-9]+", "$WORK", cmd)
 
 results, out, img = sys.argv[1], sys.argv[2], sys.argv[3]
 meta = json.load(open(f"{results}/meta.json"))
@@ -107,9 +117,9 @@ w("")
 w("### Commands")
 w("")
 w("```")
-w(f"dpfs:      {meta['dpfs_cmd']}")
-w(f"virtiofsd: {meta['virtiofsd_cmd']}")
-w(f"driver:    {meta['bench_cmd']} --workload W --depth D [--block-size B]")
+w(f"dpfs:      {portable(meta['dpfs_cmd'])}")
+w(f"virtiofsd: {portable(meta['virtiofsd_cmd'])}")
+w(f"driver:    {portable(meta['bench_cmd'])} --workload W --depth D [--block-size B]")
 w("```")
 w("")
 w("dpfs serves memfs (memory); virtiofsd serves a directory on tmpfs (memory,")
@@ -227,7 +237,7 @@ w("least 1 million no-op requests per second at queue depth 32 from one driver")
 w("thread on the other core.")
 w("")
 w("```")
-w(f"{meta['poll_cmd']}")
+w(f"{portable(meta['poll_cmd'])}")
 w(f"taskset -c 1 dpfs-bench --socket SOCK --workload getattr --depth 32 --poll "
   f"--duration {meta['duration']} --warmup {meta['warmup']} --device-pid PID")
 w("```")

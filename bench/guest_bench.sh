@@ -376,7 +376,7 @@ L.append("Made by `bench/guest_bench.sh` (guest workload "
          "over vhost-user-fs from RAM; the guest runs fio on the virtio-fs mount.")
 L.append("")
 L.append("**Read this first.** The guest runs under TCG (no KVM on these machines, "
-         "see `/work/shared/NOTES.md`): every guest instruction is emulated, so the "
+         "no usable `/dev/kvm`): every guest instruction is emulated, so the "
          "guest is the bottleneck. IOPS and latencies below mostly measure the "
          "emulated guest kernel and fio, not the daemons, and compare the daemons "
          "poorly. The meaningful number is the daemon's **CPU time per I/O** "

@@ -296,8 +296,7 @@ class Backend {
   virtual std::vector<std::string> stats() const { return {}; }
 
   // Every operation answers ENOSYS unless the backend overrides it.
-  virtual void lookup(const Context& ctx, uint64_t parent, std::string_view name,
-                      EntryReply reply);
+  virtual void lookup(const Context& ctx, uint64_t parent, std::string_view name, EntryReply reply);
   // No reply: drops `nlookup` lookups of `ino`.
   virtual void forget(uint64_t ino, uint64_t nlookup);
   virtual void getattr(const Context& ctx, uint64_t ino, std::optional<uint64_t> fh,
@@ -314,8 +313,7 @@ class Backend {
                      uint32_t umask, EntryReply reply);
   virtual void unlink(const Context& ctx, uint64_t parent, std::string_view name,
                       StatusReply reply);
-  virtual void rmdir(const Context& ctx, uint64_t parent, std::string_view name,
-                     StatusReply reply);
+  virtual void rmdir(const Context& ctx, uint64_t parent, std::string_view name, StatusReply reply);
   // flags: 0, RENAME_NOREPLACE, RENAME_EXCHANGE (RENAME_WHITEOUT: EINVAL unless supported).
   virtual void rename(const Context& ctx, uint64_t parent, std::string_view name,
                       uint64_t new_parent, std::string_view new_name, uint32_t flags,
@@ -339,8 +337,7 @@ class Backend {
   // flags: XATTR_CREATE / XATTR_REPLACE.
   virtual void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                         std::span<const std::byte> value, uint32_t flags, StatusReply reply);
-  virtual void getxattr(const Context& ctx, uint64_t ino, std::string_view name,
-                        XattrReply reply);
+  virtual void getxattr(const Context& ctx, uint64_t ino, std::string_view name, XattrReply reply);
   virtual void listxattr(const Context& ctx, uint64_t ino, XattrReply reply);
   virtual void removexattr(const Context& ctx, uint64_t ino, std::string_view name,
                            StatusReply reply);
@@ -373,10 +370,9 @@ class Backend {
   // whence: SEEK_DATA or SEEK_HOLE (the kernel handles SEEK_SET/CUR/END).
   virtual void lseek(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
                      uint32_t whence, LseekReply reply);
-  virtual void copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in,
-                               uint64_t off_in, uint64_t ino_out, uint64_t fh_out,
-                               uint64_t off_out, uint64_t len, uint64_t flags,
-                               WriteReply reply);
+  virtual void copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
+                               uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
+                               uint64_t flags, WriteReply reply);
   virtual void syncfs(const Context& ctx, uint64_t ino, StatusReply reply);
   // An unnamed file in directory `parent` (O_TMPFILE).
   virtual void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask,

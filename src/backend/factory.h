@@ -1,8 +1,8 @@
 // Choosing and building a backend from configuration.
 //
 // A backend is named by a spec, "type" or "type:argument" (later
-// "passthrough:/srv/dir"); an NFS export by its URL, "nfs://server/export". This file is the one place
-// that knows which types exist, what each needs, and how to construct it.
+// "passthrough:/srv/dir"); an NFS export by its URL, "nfs://server/export". This file is the one
+// place that knows which types exist, what each needs, and how to construct it.
 //
 // Start-up only; make_backend() and parse_backend_spec() throw
 // std::invalid_argument with a one-line reason.
@@ -35,7 +35,7 @@ struct BackendConfig {
   // nfs: `arg` is the URL without its "nfs:" ("//server/export?version=3").
   struct Nfs {
     uint32_t connections = 0;  // 0: one per transport worker (the daemon's threads)
-    double timeout = 30.0;  // seconds an RPC may go unanswered, retries included
+    double timeout = 30.0;     // seconds an RPC may go unanswered, retries included
     uint64_t rsize = 1ull << 20;
     uint64_t wsize = 1ull << 20;
     uint64_t max_unstable = 64ull << 20;
@@ -48,7 +48,7 @@ struct BackendConfig {
     std::string cache = "auto";  // none, auto, always
     uint64_t max_fds = 8192;
     std::string io_uring = "auto";  // auto, on, off
-    int64_t squash_uid = -1;  // -1: the tenant's
+    int64_t squash_uid = -1;        // -1: the tenant's
     int64_t squash_gid = -1;
   } passthrough;
 

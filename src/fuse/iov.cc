@@ -38,9 +38,8 @@ size_t iov_copy_in(std::span<const iovec> iov, const void* src, size_t len) {
 size_t iov_copy_out(std::span<const iovec> iov, void* dst, size_t len) {
   len = std::min(len, iov_length(iov));
   size_t index = 0, offset = 0;
-  walk(iov, index, offset, len, [dst](char* p, size_t at, size_t n) {
-    std::memcpy(static_cast<char*>(dst) + at, p, n);
-  });
+  walk(iov, index, offset, len,
+       [dst](char* p, size_t at, size_t n) { std::memcpy(static_cast<char*>(dst) + at, p, n); });
   return len;
 }
 
@@ -49,9 +48,8 @@ IovReader::IovReader(std::span<const iovec> iov, size_t limit)
 
 bool IovReader::read(void* dst, size_t len) {
   if (len > remaining_) return false;
-  walk(iov_, index_, offset_, len, [dst](char* p, size_t at, size_t n) {
-    std::memcpy(static_cast<char*>(dst) + at, p, n);
-  });
+  walk(iov_, index_, offset_, len,
+       [dst](char* p, size_t at, size_t n) { std::memcpy(static_cast<char*>(dst) + at, p, n); });
   remaining_ -= len;
   consumed_ += len;
   return true;
@@ -122,8 +120,7 @@ bool IovReader::cstring(size_t max_len, std::string* scratch, std::string_view* 
 
 bool IovReader::take_iovecs(size_t len, std::vector<iovec>* out) {
   if (len > remaining_) return false;
-  walk(iov_, index_, offset_, len,
-       [out](char* p, size_t, size_t n) { out->push_back({p, n}); });
+  walk(iov_, index_, offset_, len, [out](char* p, size_t, size_t n) { out->push_back({p, n}); });
   remaining_ -= len;
   consumed_ += len;
   return true;

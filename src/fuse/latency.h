@@ -11,9 +11,9 @@
 // from 30 µs without keeping samples.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
-#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -47,11 +47,11 @@ class LatencyHistogram {
   uint64_t quantile_ns(double q) const {
     std::array<uint64_t, kBuckets> counts;
     uint64_t n = 0;
-    for (unsigned i = 0; i < kBuckets; ++i) n += counts[i] = buckets_[i].load(std::memory_order_relaxed);
+    for (unsigned i = 0; i < kBuckets; ++i)
+      n += counts[i] = buckets_[i].load(std::memory_order_relaxed);
     if (n == 0) return 0;
     // Nearest rank: the ceil(q * n)-th smallest, at least the first.
-    const uint64_t rank =
-        q >= 1 ? n : std::max<uint64_t>(1, uint64_t(std::ceil(q * double(n))));
+    const uint64_t rank = q >= 1 ? n : std::max<uint64_t>(1, uint64_t(std::ceil(q * double(n))));
     uint64_t seen = 0;
     for (unsigned i = 0; i < kBuckets; ++i) {
       seen += counts[i];

@@ -57,8 +57,8 @@ class Request {
     uint64_t started_ns = 0;
     // Set when the reply is encoded, before complete(): for the transport's
     // own per-queue statistics.
-    uint64_t latency_ns = 0;  // handle() to reply
-    int error = 0;            // the errno answered; 0 for success
+    uint64_t latency_ns = 0;      // handle() to reply
+    int error = 0;                // the errno answered; 0 for success
     IovWriter writer;             // over `out`, positioned after the header
     std::vector<iovec> data_iov;  // READ destination
     uint32_t limit = 0;           // reply payload limit (READ/READDIR size, xattr size)

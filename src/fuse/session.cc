@@ -351,8 +351,7 @@ int rename_common(Call& c, uint64_t new_parent, uint32_t flags) {
   std::string_view name, new_name;
   if (int e = c.name(&name)) return e;
   if (int e = c.name(&new_name)) return e;
-  c.backend.rename(c.ctx, c.hdr.nodeid, name, new_parent, new_name, flags,
-                   c.reply<StatusReply>());
+  c.backend.rename(c.ctx, c.hdr.nodeid, name, new_parent, new_name, flags, c.reply<StatusReply>());
   return 0;
 }
 
@@ -634,8 +633,8 @@ int do_copy_file_range(Call& c) {
   if (!c.arg(&a)) return c.short_args();
   if (a.off_in > kMaxOffset || a.off_out > kMaxOffset) return EINVAL;
   // The reply counts bytes in 32 bits; a shorter copy is a valid answer.
-  const uint64_t len = std::min<uint64_t>({a.len, kMaxOffset - a.off_in,
-                                           kMaxOffset - a.off_out, 0xfffff000u});
+  const uint64_t len =
+      std::min<uint64_t>({a.len, kMaxOffset - a.off_in, kMaxOffset - a.off_out, 0xfffff000u});
   c.backend.copy_file_range(c.ctx, c.hdr.nodeid, a.fh_in, a.off_in, a.nodeid_out, a.fh_out,
                             a.off_out, len, a.flags, c.reply<WriteReply>());
   return 0;
@@ -804,19 +803,16 @@ void FuseSession::handle(Request& req) {
   st.writer = IovWriter(req.out);
   // FORGET, BATCH_FORGET and INTERRUPT take no reply: virtio-fs sends them
   // on the hiprio queue without reply buffers.
-  const bool takes_reply = !have_header || (hdr.opcode != FUSE_FORGET &&
-                                            hdr.opcode != FUSE_BATCH_FORGET &&
-                                            hdr.opcode != FUSE_INTERRUPT &&
-                                            hdr.opcode != FUSE_NOTIFY_REPLY);
+  const bool takes_reply =
+      !have_header || (hdr.opcode != FUSE_FORGET && hdr.opcode != FUSE_BATCH_FORGET &&
+                       hdr.opcode != FUSE_INTERRUPT && hdr.opcode != FUSE_NOTIFY_REPLY);
   if (!st.writer.skip(sizeof(fuse_out_header)) && takes_reply) {
     log_malformed("reply buffer of {} bytes cannot hold a reply header", iov_length(req.out));
     finish(req, EIO);
     req.complete(0);
     return;
   }
-  auto fail = [&](int error) {
-    answer_error(req, st.unique, error);
-  };
+  auto fail = [&](int error) { answer_error(req, st.unique, error); };
   if (!have_header) {
     log_malformed("{} bytes cannot hold a request header", cap.sent());
     return fail(EINVAL);
@@ -1189,7 +1185,8 @@ bool DirReply::add_plus(std::string_view name, const Entry& entry, uint64_t next
   fuse::fill_entry(entry, &out, fuse::policy_of(req_));
   // d_ino is the inode number stat(2) shows (the kernel takes it from the
   // dirent, not from the node id): they differ for a backend whose node ids
-  // are not the file's own inode numbers (nfs: the server's fileid; passthrough: its node ids are its own).
+  // are not the file's own inode numbers (nfs: the server's fileid; passthrough: its node ids are
+  // its own).
   const uint64_t d_ino = entry.attr.st_ino != 0 ? entry.attr.st_ino : entry.ino;
   return add_dirent(req_, &out, name, d_ino, (entry.attr.st_mode & S_IFMT) >> 12, next_offset);
 }
@@ -1200,33 +1197,25 @@ void DirReply::done() {
 
 // --- Backend defaults: every operation not implemented answers ENOSYS ---------
 
-void Backend::lookup(const Context&, uint64_t, std::string_view, EntryReply r) {
-  r.error(ENOSYS);
-}
+void Backend::lookup(const Context&, uint64_t, std::string_view, EntryReply r) { r.error(ENOSYS); }
 void Backend::forget(uint64_t, uint64_t) {}
 void Backend::getattr(const Context&, uint64_t, std::optional<uint64_t>, AttrReply r) {
   r.error(ENOSYS);
 }
 void Backend::setattr(const Context&, uint64_t, const SetAttr&, AttrReply r) { r.error(ENOSYS); }
 void Backend::readlink(const Context&, uint64_t, ReadlinkReply r) { r.error(ENOSYS); }
-void Backend::symlink(const Context&, uint64_t, std::string_view, std::string_view,
-                      EntryReply r) {
+void Backend::symlink(const Context&, uint64_t, std::string_view, std::string_view, EntryReply r) {
   r.error(ENOSYS);
 }
 void Backend::mknod(const Context&, uint64_t, std::string_view, uint32_t, uint32_t, uint32_t,
                     EntryReply r) {
   r.error(ENOSYS);
 }
-void Backend::mkdir(const Context&, uint64_t, std::string_view, uint32_t, uint32_t,
-                    EntryReply r) {
+void Backend::mkdir(const Context&, uint64_t, std::string_view, uint32_t, uint32_t, EntryReply r) {
   r.error(ENOSYS);
 }
-void Backend::unlink(const Context&, uint64_t, std::string_view, StatusReply r) {
-  r.error(ENOSYS);
-}
-void Backend::rmdir(const Context&, uint64_t, std::string_view, StatusReply r) {
-  r.error(ENOSYS);
-}
+void Backend::unlink(const Context&, uint64_t, std::string_view, StatusReply r) { r.error(ENOSYS); }
+void Backend::rmdir(const Context&, uint64_t, std::string_view, StatusReply r) { r.error(ENOSYS); }
 void Backend::rename(const Context&, uint64_t, std::string_view, uint64_t, std::string_view,
                      uint32_t, StatusReply r) {
   r.error(ENOSYS);
@@ -1235,17 +1224,16 @@ void Backend::link(const Context&, uint64_t, uint64_t, std::string_view, EntryRe
   r.error(ENOSYS);
 }
 void Backend::open(const Context&, uint64_t, uint32_t, OpenReply r) { r.error(ENOSYS); }
-void Backend::read(const Context&, uint64_t, uint64_t, uint64_t, uint32_t,
-                   std::span<const iovec>, ReadReply r) {
+void Backend::read(const Context&, uint64_t, uint64_t, uint64_t, uint32_t, std::span<const iovec>,
+                   ReadReply r) {
   r.error(ENOSYS);
 }
-void Backend::write(const Context&, uint64_t, uint64_t, uint64_t, std::span<const iovec>,
-                    uint32_t, WriteReply r) {
+void Backend::write(const Context&, uint64_t, uint64_t, uint64_t, std::span<const iovec>, uint32_t,
+                    WriteReply r) {
   r.error(ENOSYS);
 }
 void Backend::statfs(const Context&, uint64_t, StatfsReply r) { r.error(ENOSYS); }
-void Backend::release(const Context&, uint64_t, uint64_t, uint32_t, uint64_t, bool,
-                      StatusReply r) {
+void Backend::release(const Context&, uint64_t, uint64_t, uint32_t, uint64_t, bool, StatusReply r) {
   r.ok();
 }
 void Backend::fsync(const Context&, uint64_t, uint64_t, bool, StatusReply r) { r.error(ENOSYS); }
@@ -1264,13 +1252,9 @@ void Backend::flush(const Context&, uint64_t, uint64_t, uint64_t, StatusReply r)
   r.error(ENOSYS);
 }
 void Backend::opendir(const Context&, uint64_t, uint32_t, OpenReply r) { r.error(ENOSYS); }
-void Backend::readdir(const Context&, uint64_t, uint64_t, uint64_t, DirReply r) {
-  r.error(ENOSYS);
-}
+void Backend::readdir(const Context&, uint64_t, uint64_t, uint64_t, DirReply r) { r.error(ENOSYS); }
 void Backend::releasedir(const Context&, uint64_t, uint64_t, StatusReply r) { r.ok(); }
-void Backend::fsyncdir(const Context&, uint64_t, uint64_t, bool, StatusReply r) {
-  r.error(ENOSYS);
-}
+void Backend::fsyncdir(const Context&, uint64_t, uint64_t, bool, StatusReply r) { r.error(ENOSYS); }
 void Backend::getlk(const Context&, uint64_t, uint64_t, uint64_t, const Lock&, LockReply r) {
   r.error(ENOSYS);
 }

@@ -140,8 +140,7 @@ std::string as_socket_path(const Value& v) {
   if (s.empty()) refuse("must not be empty");
   if (s.find('\0') != std::string::npos) refuse("must not contain NUL");
   if (s.size() > kMaxSocketPath) {
-    refuse(fmt::format("must be at most {} bytes (sockaddr_un), got {}", kMaxSocketPath,
-                       s.size()));
+    refuse(fmt::format("must be at most {} bytes (sockaddr_un), got {}", kMaxSocketPath, s.size()));
   }
   return s;
 }
@@ -785,8 +784,8 @@ void finish(Config& cfg) {
       }
     }
   }
-  const int tls_files = !cfg.remote.tls_cert.empty() + !cfg.remote.tls_key.empty() +
-                        !cfg.remote.tls_ca.empty();
+  const int tls_files =
+      !cfg.remote.tls_cert.empty() + !cfg.remote.tls_key.empty() + !cfg.remote.tls_ca.empty();
   if (tls_files != 0 && tls_files != 3) {
     throw ConfigError(
         "TLS needs all of remote.tls_cert, remote.tls_key and remote.tls_ca "

@@ -98,8 +98,8 @@ struct RemoteConfig {
   std::string secret_file;  // empty: no shared secret (loopback only)
   // TLS with certificates on both ends (PEM files): all three or none.
   std::string tls_cert, tls_key, tls_ca;
-  unsigned connections = 2;  // per remote device
-  double timeout = 30.0;     // seconds a request may wait for its reply
+  unsigned connections = 2;     // per remote device
+  double timeout = 30.0;        // seconds a request may wait for its reply
   double session_grace = 60.0;  // a server ends a session whose device is gone this long
   // A server: how long a handshake may take, how many at once, from one address.
   double handshake_timeout = 2.0;

@@ -272,7 +272,7 @@ class Daemon {
   std::unique_ptr<transport::FuseMount> mount_;
   std::unique_ptr<Backend> backend_;
   std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
-  std::unique_ptr<fuse::FuseSession> session_;  // or, for a remote backend:
+  std::unique_ptr<fuse::FuseSession> session_;    // or, for a remote backend:
   std::unique_ptr<remote::Forwarder> forwarder_;
   std::unique_ptr<transport::FuseDevice> device_;
 };

@@ -15,8 +15,7 @@ namespace dpfs::server {
 
 using transport::UniqueFd;
 
-StatsSocket::StatsSocket(std::string path)
-    : listener_(std::move(path), "stats socket") {
+StatsSocket::StatsSocket(std::string path) : listener_(std::move(path), "stats socket") {
   if (::chmod(listener_.path().c_str(), 0600) != 0) {
     throw std::runtime_error(
         fmt::format("stats socket {}: chmod: {}", listener_.path(), std::strerror(errno)));

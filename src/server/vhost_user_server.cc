@@ -107,9 +107,8 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   device_ = std::make_unique<vhost_user::FsDevice>(*handler, dev);
 
   spdlog::info("{}: serving {}: {} request queue{}, {} worker{}{}, on disconnect: {}", name_,
-               served, device.request_queues,
-               device.request_queues == 1 ? "" : "s", dev.threads, dev.threads == 1 ? "" : "s",
-               device.poll ? ", busy-polling" : "",
+               served, device.request_queues, device.request_queues == 1 ? "" : "s", dev.threads,
+               dev.threads == 1 ? "" : "s", device.poll ? ", busy-polling" : "",
                on_disconnect_ == OnDisconnect::kWait ? "wait for the next front-end" : "exit");
 }
 
@@ -167,11 +166,11 @@ std::vector<std::string> VhostUserServer::queue_stats() const {
                             double(q.latency.quantile_ns(0.5)) / 1e3,
                             double(q.latency.quantile_ns(0.99)) / 1e3);
     }
-    lines.push_back(fmt::format("queue {} ({}): {} requests, {} errors{}, {} kicks, {} "
-                                "notifications{}",
-                                i, i == 0 ? "hiprio" : "requests", requests, q.errors.load(),
-                                latency, q.kicks.load(), q.notifications.load(),
-                                q.broken.load() ? ", BROKEN" : ""));
+    lines.push_back(
+        fmt::format("queue {} ({}): {} requests, {} errors{}, {} kicks, {} "
+                    "notifications{}",
+                    i, i == 0 ? "hiprio" : "requests", requests, q.errors.load(), latency,
+                    q.kicks.load(), q.notifications.load(), q.broken.load() ? ", BROKEN" : ""));
   }
   return lines;
 }

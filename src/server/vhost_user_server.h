@@ -21,8 +21,8 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <vector>
 #include <thread>
+#include <vector>
 
 #include "backend/backend.h"
 #include "fuse/session.h"
@@ -92,7 +92,7 @@ class VhostUserServer {
   std::string name_;
   std::unique_ptr<Backend> backend_;
   std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
-  std::unique_ptr<fuse::FuseSession> session_;  // or, for a remote backend:
+  std::unique_ptr<fuse::FuseSession> session_;    // or, for a remote backend:
   std::unique_ptr<remote::Forwarder> forwarder_;
   std::unique_ptr<vhost_user::FsDevice> device_;
   std::unique_ptr<vhost_user::Listener> listener_;

@@ -263,9 +263,10 @@ bool FsDevice::Worker::memory_lost(Queue& q) {
   if (!q.broken_logged) {
     q.broken_logged = true;
     q.stats->broken.store(true);
-    spdlog::error("{}: queue {}: guest memory faulted (its file shrank under the mapping); "
-                  "the queue is no longer served until the front-end sets a new memory table",
-                  device_.options_.name, q.index);
+    spdlog::error(
+        "{}: queue {}: guest memory faulted (its file shrank under the mapping); "
+        "the queue is no longer served until the front-end sets a new memory table",
+        device_.options_.name, q.index);
   }
   return true;
 }
@@ -383,9 +384,12 @@ void FsDevice::Worker::run() {
         if (++rounds % kDrainEveryRounds != 0) continue;
         const int n = ::epoll_wait(epoll_.get(), events, 16, 0);
         for (int i = 0; i < n; ++i) {
-          if (events[i].data.ptr == nullptr) drain_eventfd(wake_.get());
-          else if (events[i].data.ptr == &hook_event_tag) hook_readable();
-          else drain_eventfd(static_cast<Queue*>(events[i].data.ptr)->kick.get());
+          if (events[i].data.ptr == nullptr)
+            drain_eventfd(wake_.get());
+          else if (events[i].data.ptr == &hook_event_tag)
+            hook_readable();
+          else
+            drain_eventfd(static_cast<Queue*>(events[i].data.ptr)->kick.get());
         }
         continue;
       }
@@ -480,8 +484,7 @@ uint64_t FsDevice::features() const {
 }
 
 uint64_t FsDevice::protocol_features() const {
-  return protocol_feature::kMq | protocol_feature::kReplyAck |
-         protocol_feature::kConfigureMemSlots;
+  return protocol_feature::kMq | protocol_feature::kReplyAck | protocol_feature::kConfigureMemSlots;
 }
 
 int FsDevice::set_features(uint64_t features) {
@@ -575,8 +578,8 @@ int FsDevice::add_mem_reg(MemoryRegionFd region) {
 int FsDevice::rem_mem_reg(const MemoryRegion& region) {
   if (!memory_) return -ENOENT;
   pause();
-  const int e = memory_->remove_region(region.guest_phys_addr, region.memory_size,
-                                       region.userspace_addr);
+  const int e =
+      memory_->remove_region(region.guest_phys_addr, region.memory_size, region.userspace_addr);
   if (e == 0) {
     // A queue whose rings were in the removed region cannot go on.
     remap_queues(*memory_, "were in the removed memory region");

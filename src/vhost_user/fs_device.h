@@ -55,7 +55,7 @@ struct QueueStats {
   fuse::LatencyHistogram latency;          // from the session taking a request to its reply
   std::atomic<uint64_t> notifications{0};  // interrupts sent to the guest
   std::atomic<uint64_t> kicks{0};          // kicks the worker woke up for
-  std::atomic<bool> broken{false};      // the reason is in the log
+  std::atomic<bool> broken{false};         // the reason is in the log
 };
 
 class FsDevice final : public VhostUserDevice {
@@ -128,9 +128,9 @@ class FsDevice final : public VhostUserDevice {
   std::mutex pause_mu_;
   std::condition_variable pause_cv_;
   std::atomic<bool> pause_requested_{false};  // set under pause_mu_
-  unsigned paused_workers_ = 0;   // guarded by pause_mu_
-  unsigned pause_depth_ = 0;      // control thread only
-  bool workers_stopped_ = false;  // control thread only: stop_workers() ran
+  unsigned paused_workers_ = 0;               // guarded by pause_mu_
+  unsigned pause_depth_ = 0;                  // control thread only
+  bool workers_stopped_ = false;              // control thread only: stop_workers() ran
 };
 
 }  // namespace dpfs::vhost_user

@@ -63,15 +63,19 @@ void on_sigbus(int sig, siginfo_t* info, void* ucontext) {
     const uintptr_t begin = slot.begin.load(std::memory_order_relaxed);
     const uintptr_t end = slot.end.load(std::memory_order_relaxed);
     if (addr < begin || addr >= end) continue;
-    // mmap is a plain system call: safe here in practice on Linux.
-    ::mmap(reinterpret_cast<void*>(begin), end - begin, PROT_READ | PROT_WRITE,
-           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    // mmap is a plain system call: safe here in practice on Linux. If it
+    // fails, the retried access would fault forever: die of it instead.
+    if (::mmap(reinterpret_cast<void*>(begin), end - begin, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED) {
+      break;
+    }
     if (std::atomic<bool>* f = slot.fault.load(std::memory_order_relaxed)) {
       f->store(true, std::memory_order_release);
     }
     return;  // the access is retried, on zero pages now
   }
-  // Not guest memory: what would have happened without us.
+  // Not guest memory (or its pages could not be replaced): what would
+  // have happened without us.
   if (previous_sigbus.sa_flags & SA_SIGINFO) {
     if (previous_sigbus.sa_sigaction != nullptr) {
       previous_sigbus.sa_sigaction(sig, info, ucontext);

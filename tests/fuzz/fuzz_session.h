@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "fuzz_input.h"
 #include "fuse/request.h"
 #include "fuse/session.h"
+#include "fuzz_input.h"
 
 namespace dpfs::fuzz {
 
@@ -94,8 +94,8 @@ inline void run_one(dpfs::fuse::FuseSession& session, dpfs::Backend& backend, In
 }
 
 // Runs one input: a well-formed INIT, then up to 64 requests.
-inline void run_input(dpfs::fuse::FuseSession& session, dpfs::Backend& backend,
-                      const uint8_t* data, size_t size) {
+inline void run_input(dpfs::fuse::FuseSession& session, dpfs::Backend& backend, const uint8_t* data,
+                      size_t size) {
   // Every input starts with a well-formed INIT so the fuzzer reaches the
   // other opcodes; it may send its own INITs too.
   fuse_init_in init{};

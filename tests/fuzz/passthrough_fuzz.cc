@@ -64,12 +64,11 @@ void check_confined(const Sandbox& box) {
                  box.dir.c_str());
     std::abort();
   }
-  struct stat st{};
+  struct stat st {};
   std::string text;
   std::getline(std::ifstream(box.outside_file()), text);
   if (::lstat(box.outside_file().c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
-      (st.st_mode & 07777) != 0644 || st.st_uid != 0 || st.st_nlink != 1 ||
-      text != kOutsideText) {
+      (st.st_mode & 07777) != 0644 || st.st_uid != 0 || st.st_nlink != 1 || text != kOutsideText) {
     std::fprintf(stderr, "passthrough_fuzz: %s was changed\n", box.outside_file().c_str());
     std::abort();
   }

@@ -208,7 +208,7 @@ TEST_F(BenchTest, SeveralQueuesAndThreadsPolling) {
 
 // `backend` behind a vhost-user device with one worker, busy-polling or not.
 void start_one_worker(DeviceProcess& dev, const std::string& backend, bool poll) {
-  std::vector<std::string> args{dpfs_binary(), "serve",      "--backend", backend,
+  std::vector<std::string> args{dpfs_binary(),  "serve",      "--backend", backend,
                                 "--vhost-user", dev.socket(), "--threads", "1"};
   if (poll) args.push_back("--poll");
   ASSERT_EQ(dev.start(args), "");
@@ -250,7 +250,8 @@ TEST_P(BenchPassthroughTest, DepthThirtyTwoBatchesIoUringSubmissions) {
   EXPECT_GE(double(c.ops), json_number(wrote, "ops") + json_number(read, "ops")) << log;
   EXPECT_GT(c.submits, 0) << log;
   EXPECT_GE(double(c.ops), 2.0 * double(c.submits))
-      << "fewer than 2 operations per io_uring_enter at depth 32; log:\n" << log;
+      << "fewer than 2 operations per io_uring_enter at depth 32; log:\n"
+      << log;
   EXPECT_NE(log.find("1 worker rings, 0 fallback rings"), std::string::npos) << log;
   EXPECT_EQ(dev.check_alive(), "");
 }
@@ -281,7 +282,8 @@ TEST_P(BenchNfsTest, WorkerDrivesItsConnection) {
   const std::string log = stats_in_log(dev);
   const size_t at = log.rfind("nfs connection 0: driven by a worker, ");
   ASSERT_NE(at, std::string::npos) << log;
-  const double rpcs = std::stod(log.substr(at + std::string("nfs connection 0: driven by a worker, ").size()));
+  const double rpcs =
+      std::stod(log.substr(at + std::string("nfs connection 0: driven by a worker, ").size()));
   EXPECT_GE(rpcs, json_number(wrote, "ops") + json_number(read, "ops")) << log;
   EXPECT_EQ(dev.check_alive(), "");
 }

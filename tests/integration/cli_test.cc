@@ -167,7 +167,7 @@ TEST_F(CliTest, StatsCommandShowsLiveCounts) {
   EXPECT_NE(r.out.find(mount_->dir() + ": "), std::string::npos) << r.out;
   const size_t lookup = r.out.find("LOOKUP ");
   ASSERT_NE(lookup, std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("CREATE ") , std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CREATE "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("WRITE "), std::string::npos) << r.out;
   // The failed lookup of "missing" is counted as an error.
   const std::string line = r.out.substr(lookup, r.out.find('\n', lookup) - lookup);
@@ -176,8 +176,7 @@ TEST_F(CliTest, StatsCommandShowsLiveCounts) {
   std::string stop = mount_->stop(SIGTERM);
   EXPECT_TRUE(stop.empty()) << stop;
   EXPECT_ERRNO(ENOENT, ::stat(socket.c_str(), &st)) << "removed on exit";
-  expect_one_line_failure(run({dpfs_binary(), "stats", socket}, 10s),
-                          {socket, "does not exist"});
+  expect_one_line_failure(run({dpfs_binary(), "stats", socket}, 10s), {socket, "does not exist"});
 }
 
 TEST_F(CliTest, SigintUnmountsCleanly) {

@@ -53,10 +53,10 @@ class FdBudgetTest : public ::testing::TestWithParam<Layout> {
     // nr_open): the process limit is what a greedy tenant meets.
     mount_.set_launcher(
         {kPrlimit, "--nofile=" + std::to_string(kLimit) + ":" + std::to_string(kLimit), "--"});
-    std::string started = mount_.start_dpfs(
-        {"serve", "--config", config, "--backend", "passthrough:" + a_dir_, "--fuse-mount",
-         mount_.dir(), "--passthrough-max-fds", "16777216", "--passthrough-io-uring", "off",
-         "--processes", GetParam().processes});
+    std::string started =
+        mount_.start_dpfs({"serve", "--config", config, "--backend", "passthrough:" + a_dir_,
+                           "--fuse-mount", mount_.dir(), "--passthrough-max-fds", "16777216",
+                           "--passthrough-io-uring", "off", "--processes", GetParam().processes});
     ASSERT_TRUE(started.empty()) << started;
     // The device's socket is bound before anything is mounted.
     struct stat st {};

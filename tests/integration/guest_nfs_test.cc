@@ -102,8 +102,9 @@ class GuestNfsTest : public GuestTest, public ::testing::WithParamInterface<int>
     const fs::path socket = dir_.path() / (tag + ".sock");
     // The POSIX suite makes device nodes and sets trusted.* as root, as the
     // kernel client lets it: the conformance suites' policy.
-    std::vector<std::string> args{"--backend", NfsServer::url(exported, version()), "--vhost-user",
-                                  socket.string(), "--tag", tag};
+    std::vector<std::string> args{"--backend",    NfsServer::url(exported, version()),
+                                  "--vhost-user", socket.string(),
+                                  "--tag",        tag};
     for (const std::string& a : conformance_policy_args()) args.push_back(a);
     auto daemon = std::make_unique<Daemon>(Daemon::kArgs, socket, dir_.path() / (tag + ".dpfs.log"),
                                            std::move(args));

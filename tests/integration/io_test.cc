@@ -265,7 +265,8 @@ TEST_F(IoTest, FallocateZeroRange) {
     // system does (the same, on a tmpfs export). Then the refusal must have
     // changed nothing.
     const char* b = std::getenv("DPFS_TEST_BACKEND");
-    const bool host_fs = tmpfs() || (b != nullptr && std::string_view(b).starts_with("passthrough"));
+    const bool host_fs =
+        tmpfs() || (b != nullptr && std::string_view(b).starts_with("passthrough"));
     ASSERT_TRUE(e == EOPNOTSUPP && host_fs) << "fallocate(ZERO_RANGE): " << errname(e);
     EXPECT_EQ(check_pattern(read_range(fd, 0, 1 * kMiB), 78, 0), "")
         << "a refused ZERO_RANGE changed the file";

@@ -45,13 +45,13 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
-#include <filesystem>
 #include <condition_variable>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -958,8 +958,8 @@ class Mount {
       // DPFS_TEST_EXPORT_TMPFS=1: the directory is a fresh tmpfs, so a
       // passthrough backend has tmpfs's limits (xattr sizes, file sizes)
       // rather than those of the file system holding /tmp.
-      if (const char* t = std::getenv("DPFS_TEST_EXPORT_TMPFS"); t && std::string(t) == "1" &&
-          !find_mount(exported)) {
+      if (const char* t = std::getenv("DPFS_TEST_EXPORT_TMPFS");
+          t && std::string(t) == "1" && !find_mount(exported)) {
         ::mount("tmpfs", exported.c_str(), "tmpfs", 0, "mode=0755");
       }
       backend.replace(at, 5, exported);

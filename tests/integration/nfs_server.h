@@ -112,8 +112,10 @@ class NfsServer {
               " SecType = sys; Protocols = 3, 4; Transports = TCP; FSAL { Name = VFS; } }\n";
       if (!conf) return "cannot write " + base_ + "/ganesha.conf";
     }
-    std::vector<std::string> args{kGanesha,        "-F", "-f", base_ + "/ganesha.conf", "-L",
-                                  base_ + "/ganesha.log", "-p", base_ + "/ganesha.pid"};
+    std::vector<std::string> args{kGanesha, "-F",
+                                  "-f",     base_ + "/ganesha.conf",
+                                  "-L",     base_ + "/ganesha.log",
+                                  "-p",     base_ + "/ganesha.pid"};
     auto argv = make_argv(args);
     ::fflush(nullptr);
     pid_t pid = ::fork();
@@ -143,8 +145,8 @@ class NfsServer {
         return "ganesha.nfsd exited at start-up; its log:\n" + log();
       }
       if (std::chrono::steady_clock::now() > deadline) {
-        std::string e = "ganesha did not answer nfs-ls within " +
-                        std::to_string(timeout.count()) + " ms (" + r.err + "); its log:\n" + log();
+        std::string e = "ganesha did not answer nfs-ls within " + std::to_string(timeout.count()) +
+                        " ms (" + r.err + "); its log:\n" + log();
         stop(SIGKILL);
         return e;
       }
@@ -163,8 +165,8 @@ class NfsServer {
         ::kill(pid_, SIGKILL);
         ::waitpid(pid_, &status, 0);
         pid_ = -1;
-        return "ganesha did not exit within " + std::to_string(timeout.count()) +
-               " ms of signal " + std::to_string(sig);
+        return "ganesha did not exit within " + std::to_string(timeout.count()) + " ms of signal " +
+               std::to_string(sig);
       }
       std::this_thread::sleep_for(10ms);
     }

@@ -5,8 +5,8 @@
 // middle of a write workload and every acknowledged byte is checked; a
 // stopped server gives the tenant ETIMEDOUT/EIO within the configured
 // timeout, never a hang. Each test runs on NFSv3 and on NFSv4 (/v3, /v4).
-#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 
 #include <atomic>
 #include <map>
@@ -99,17 +99,22 @@ std::string compare_trees(const std::string& a, const std::string& b) {
   }
   for (const std::string& n : na) {
     const std::string pa = a + "/" + n, pb = b + "/" + n;
-    struct stat sa {}, sb {};
+    struct stat sa {
+    }, sb{};
     if (::lstat(pa.c_str(), &sa) != 0 || ::lstat(pb.c_str(), &sb) != 0) {
       diff << "lstat " << pa << " or " << pb << ": " << errname(errno) << "\n";
       continue;
     }
-    if (sa.st_mode != sb.st_mode) diff << pa << ": mode " << std::oct << sa.st_mode << " vs " << sb.st_mode << std::dec << "\n";
+    if (sa.st_mode != sb.st_mode)
+      diff << pa << ": mode " << std::oct << sa.st_mode << " vs " << sb.st_mode << std::dec << "\n";
     if (sa.st_uid != sb.st_uid || sa.st_gid != sb.st_gid) diff << pa << ": owner differs\n";
-    if (sa.st_ino != sb.st_ino) diff << pa << ": st_ino " << sa.st_ino << " vs " << sb.st_ino << "\n";
-    if (sa.st_nlink != sb.st_nlink) diff << pa << ": nlink " << sa.st_nlink << " vs " << sb.st_nlink << "\n";
+    if (sa.st_ino != sb.st_ino)
+      diff << pa << ": st_ino " << sa.st_ino << " vs " << sb.st_ino << "\n";
+    if (sa.st_nlink != sb.st_nlink)
+      diff << pa << ": nlink " << sa.st_nlink << " vs " << sb.st_nlink << "\n";
     if (S_ISREG(sa.st_mode)) {
-      if (sa.st_size != sb.st_size) diff << pa << ": size " << sa.st_size << " vs " << sb.st_size << "\n";
+      if (sa.st_size != sb.st_size)
+        diff << pa << ": size " << sa.st_size << " vs " << sb.st_size << "\n";
       auto ca = read_file(pa), cb = read_file(pb);
       if (!ca || !cb || *ca != *cb) diff << pa << ": content differs from the export\n";
     } else if (S_ISLNK(sa.st_mode)) {
@@ -192,8 +197,8 @@ TEST_P(NfsTest, ErrorsAreAnNfsClientsErrno) {
   ASSERT_EQ(write_file(m("file"), "f"), 0);
   struct stat st;
   EXPECT_ERRNO(ENOENT, stat(m("missing").c_str(), &st));
-  EXPECT_ERRNO(ENOTEMPTY, rmdir(m("full").c_str()));                // NFS3ERR_NOTEMPTY
-  EXPECT_ERRNO(EEXIST, mkdir(m("full").c_str(), 0755));             // NFS3ERR_EXIST
+  EXPECT_ERRNO(ENOTEMPTY, rmdir(m("full").c_str()));     // NFS3ERR_NOTEMPTY
+  EXPECT_ERRNO(EEXIST, mkdir(m("full").c_str(), 0755));  // NFS3ERR_EXIST
   EXPECT_ERRNO(ENOTDIR, mkdir(m("file/sub").c_str(), 0755));
   EXPECT_ERRNO(ENOTEMPTY, rename(m("empty").c_str(), m("full").c_str()));
   EXPECT_ERRNO(EINVAL, renameat2(AT_FDCWD, m("file").c_str(), AT_FDCWD, m("other").c_str(),
@@ -219,7 +224,8 @@ TEST_P(NfsTest, ErrorsAreAnNfsClientsErrno) {
   EXPECT_ERRNO(ESTALE, fstat(dfd, &st));
   close(dfd);
   // Statfs is the exported file system's.
-  struct statvfs a {}, b {};
+  struct statvfs a {
+  }, b{};
   ASSERT_SYS(statvfs(mnt_.c_str(), &a));
   ASSERT_SYS(statvfs(export_.c_str(), &b));
   EXPECT_NEAR(double(a.f_blocks) * a.f_frsize, double(b.f_blocks) * b.f_frsize,
@@ -301,8 +307,10 @@ TEST_P(NfsTest, ServerRestartDuringWritesLosesNoAcknowledgedByte) {
   EXPECT_EQ(close(fd), 0) << errname(errno);
   size_t acknowledged = 0;
   for (size_t i = 0; i < kChunks; ++i) {
-    if (result[i] == 0) ++acknowledged;
-    else EXPECT_TRUE(result[i] == EIO || result[i] == ETIMEDOUT) << errname(result[i]);
+    if (result[i] == 0)
+      ++acknowledged;
+    else
+      EXPECT_TRUE(result[i] == EIO || result[i] == ETIMEDOUT) << errname(result[i]);
   }
   // The outage is shorter than the timeout: nothing should have failed.
   EXPECT_EQ(acknowledged, kChunks);
@@ -311,8 +319,7 @@ TEST_P(NfsTest, ServerRestartDuringWritesLosesNoAcknowledgedByte) {
   for (size_t i = 0; i < kChunks; ++i) {
     if (result[i] != 0) continue;
     ASSERT_GE(on_disk->size(), (i + 1) * kChunk) << "chunk " << i << " is missing";
-    ASSERT_EQ(check_pattern(std::string_view(*on_disk).substr(i * kChunk, kChunk), 42,
-                            i * kChunk),
+    ASSERT_EQ(check_pattern(std::string_view(*on_disk).substr(i * kChunk, kChunk), 42, i * kChunk),
               "")
         << "acknowledged chunk " << i;
   }
@@ -329,7 +336,8 @@ TEST_P(NfsTest, StoppedServerGivesTimeoutNotHang) {
   const auto start = std::chrono::steady_clock::now();
   struct stat st;
   const SysResult r = DPFS_CAPTURE(stat(m("new-name").c_str(), &st));
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(r.rc, -1);
   EXPECT_TRUE(r.err == ETIMEDOUT || r.err == EIO) << errname(r.err);
   EXPECT_LT(took, kNfsTimeoutSeconds + 2.0) << "the tenant waited longer than the timeout";
@@ -352,7 +360,8 @@ TEST_P(NfsTest, DaemonStopsCleanlyWhileTheServerIsGone) {
   // close() commits: with no server, it fails within the timeout.
   const auto start = std::chrono::steady_clock::now();
   const SysResult c = DPFS_CAPTURE(close(fd));
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(c.rc, -1) << "close committed with no server";
   EXPECT_TRUE(c.err == ETIMEDOUT || c.err == EIO) << errname(c.err);
   EXPECT_LT(took, kNfsTimeoutSeconds + 2.0);
@@ -413,7 +422,8 @@ TEST_P(NfsTest, FailedCommitAtCloseIsReportedThenDropped) {
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_NE(mount_->log().find("never committed"), std::string::npos)
-      << "the dropped writes were not logged; daemon log:\n" << mount_->log();
+      << "the dropped writes were not logged; daemon log:\n"
+      << mount_->log();
   ASSERT_EQ(server_->start(), "");
   fd = open(m("f").c_str(), O_WRONLY);
   ASSERT_SYS(fd);
@@ -459,7 +469,8 @@ TEST_P(NfsTest, ConnectionsAreDrivenByTheWorkers) {
     const std::string head = "nfs connection " + std::to_string(index) + ": ";
     const size_t at = r.out.find(head);
     if (at == std::string::npos) return {"", 0};
-    const std::string line = r.out.substr(at + head.size(), r.out.find('\n', at) - at - head.size());
+    const std::string line =
+        r.out.substr(at + head.size(), r.out.find('\n', at) - at - head.size());
     const size_t comma = line.find(", ");
     return {line.substr(0, comma), std::stoull(line.substr(comma + 2))};
   };
@@ -499,8 +510,8 @@ TEST(NfsCliTest, BadSpecsAndUnreachableServersAreOneLineErrors) {
       {"nfs://127.0.0.1:1/nowhere", "127.0.0.1"},
   };
   for (const Case& c : cases) {
-    RunResult r = run({dpfs_binary(), "serve", "--backend", c.spec, "--fuse-mount", mount.dir()},
-                      30s);
+    RunResult r =
+        run({dpfs_binary(), "serve", "--backend", c.spec, "--fuse-mount", mount.dir()}, 30s);
     EXPECT_FALSE(r.timed_out) << c.spec;
     EXPECT_NE(r.exit_code(), 0) << c.spec << ": " << r.describe();
     EXPECT_EQ(lines_of(r.err).size(), 1u) << c.spec << ": " << r.describe();

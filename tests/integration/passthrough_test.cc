@@ -35,10 +35,17 @@ class PassthroughMountTest : public ::testing::Test {
       problem_ = "writing the secret: " + errname(e);
       return;
     }
-    std::vector<std::string> args{"serve",          "--backend",  "passthrough:" + exported(),
-                                  "--fuse-mount",   mount_->dir(), "--threads",
-                                  "2",              "--entry-timeout", "0",
-                                  "--attr-timeout", "0"};
+    std::vector<std::string> args{"serve",
+                                  "--backend",
+                                  "passthrough:" + exported(),
+                                  "--fuse-mount",
+                                  mount_->dir(),
+                                  "--threads",
+                                  "2",
+                                  "--entry-timeout",
+                                  "0",
+                                  "--attr-timeout",
+                                  "0"};
     for (const std::string& a : Mode::args()) args.push_back(a);
     problem_ = mount_->start_dpfs(args);
   }
@@ -111,9 +118,8 @@ using PassthroughTest = PassthroughMountTest<ReadWrite>;
 using PassthroughReadOnlyTest = PassthroughMountTest<ReadOnly>;
 
 TEST_F(PassthroughTest, TenantChangesAreOnTheHostWithTheTenantsIds) {
-  EXPECT_SYS(as_user(kUser1, [&] {
-    return write_file(mnt("mine"), "tenant data", 0640) == 0 ? 0 : -1;
-  }));
+  EXPECT_SYS(
+      as_user(kUser1, [&] { return write_file(mnt("mine"), "tenant data", 0640) == 0 ? 0 : -1; }));
   struct stat st {};
   ASSERT_SYS(::lstat(host("mine").c_str(), &st));
   EXPECT_EQ(st.st_uid, kUser1.uid);
@@ -177,8 +183,8 @@ TEST_F(PassthroughTest, RenameRaceNeverLeadsOutside) {
   std::atomic<int> swaps{0};
   std::thread swapper([&] {
     while (!stop.load()) {
-      if (::renameat2(AT_FDCWD, host("d").c_str(), AT_FDCWD, host("s").c_str(),
-                      RENAME_EXCHANGE) == 0) {
+      if (::renameat2(AT_FDCWD, host("d").c_str(), AT_FDCWD, host("s").c_str(), RENAME_EXCHANGE) ==
+          0) {
         ++swaps;
       }
     }
@@ -286,8 +292,7 @@ TEST_F(PassthroughTest, ConcurrentDirectIoBatchesIoUringSubmissions) {
   const long long ops = after.ops - before.ops;
   const long long submits = after.submits - before.submits;
   EXPECT_GE(ops, ios.load()) << "READs and WRITEs that did not go through io_uring";
-  EXPECT_LT(submits, ops) << "one io_uring_enter per request: no batching; log:\n"
-                          << mount().log();
+  EXPECT_LT(submits, ops) << "one io_uring_enter per request: no batching; log:\n" << mount().log();
 }
 
 TEST_F(PassthroughReadOnlyTest, ChangesAreEROFSAndReadsWork) {

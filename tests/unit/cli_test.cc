@@ -143,7 +143,8 @@ TEST(Cli, BadValuesAreOneLine) {
   EXPECT_EQ(usage_error({"serve", "--threads", "0"}),
             "config error: --threads: must be between 1 and 256, got 0");
   EXPECT_EQ(usage_error({"serve", "--backend", "zfs"}),
-            "config error: --backend: unknown backend 'zfs' (known: memfs, null, nfs, passthrough, remote)");
+            "config error: --backend: unknown backend 'zfs' (known: memfs, null, nfs, passthrough, "
+            "remote)");
   EXPECT_EQ(usage_error({"serve", "--max-write", "5000"}),
             "config error: --max-write: must be a multiple of 4K, got 5000");
 }

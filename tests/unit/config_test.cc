@@ -160,12 +160,14 @@ TEST(Config, LogLevel) {
 
 TEST(Config, BackendType) {
   EXPECT_EQ(toml_error("[backend]\ntype = \"zfs\"\n"),
-            "config test.toml: backend.type: unknown backend 'zfs' (known: memfs, null, nfs, passthrough, remote)");
+            "config test.toml: backend.type: unknown backend 'zfs' (known: memfs, null, nfs, "
+            "passthrough, remote)");
   EXPECT_EQ(toml_error("[backend]\ntype = \"nfs://server\"\n"),
             "config test.toml: backend.type: nfs://server: no export path (expected "
             "nfs://SERVER[:PORT]/EXPORT[?version=3])");
   EXPECT_EQ(toml_error("[backend]\ntype = \"\"\n"),
-            "config test.toml: backend.type: unknown backend '' (known: memfs, null, nfs, passthrough, remote)");
+            "config test.toml: backend.type: unknown backend '' (known: memfs, null, nfs, "
+            "passthrough, remote)");
   EXPECT_EQ(toml_error("[backend]\ntype = \"memfs:/x\"\n"),
             "config test.toml: backend.type: backend memfs takes no argument, got 'memfs:/x'");
   EXPECT_EQ(toml_error("[backend]\ntype = 1\n"),
@@ -460,7 +462,8 @@ TEST(Config, DeviceErrors) {
                        "request_queues = 0\n"),
             "config test.toml: device[1].request_queues: must be between 1 and 64, got 0");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[device.backend]\ntype = \"zfs\"\n"),
-            "config test.toml: device[0].backend.type: unknown backend 'zfs' (known: memfs, null, nfs, passthrough, remote)");
+            "config test.toml: device[0].backend.type: unknown backend 'zfs' (known: memfs, null, "
+            "nfs, passthrough, remote)");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[device.backend.memfs]\ncap = 1\n"),
             "config test.toml: unknown key 'device[0].backend.memfs.cap'");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\nbackend = 3\n"),

@@ -10,8 +10,8 @@ namespace {
 // "hello world!" split as "hel" | "" | "lo w" | "orld!\0tail"
 struct Split {
   std::string a = "hel", b = "", c = "lo w", d = std::string("orld!\0tail", 10);
-  std::vector<iovec> iov = {{a.data(), a.size()}, {b.data(), 0}, {c.data(), c.size()},
-                            {d.data(), d.size()}};
+  std::vector<iovec> iov = {
+      {a.data(), a.size()}, {b.data(), 0}, {c.data(), c.size()}, {d.data(), d.size()}};
 };
 
 TEST(IovReaderTest, ReadsAcrossBuffersAndStopsAtLimit) {

@@ -2,8 +2,6 @@
 // FileData and a std::string holding the same bytes, and the whole file is
 // compared after each. Also the allocation side: holes cost nothing,
 // SEEK_DATA/SEEK_HOLE, and capacity (ENOSPC, partial writes).
-#include "backend/memfs/file_data.h"
-
 #include <gtest/gtest.h>
 #include <linux/falloc.h>
 #include <unistd.h>
@@ -12,6 +10,8 @@
 #include <cerrno>
 #include <random>
 #include <string>
+
+#include "backend/memfs/file_data.h"
 
 namespace dpfs::memfs {
 namespace {
@@ -244,10 +244,11 @@ TEST_P(FileDataModelTest, RandomOperationsMatchTheModel) {
         // Within the file, ranges overlapping either way.
         what = "copy within";
         const uint64_t from = rand(model.size() + 1);
-        const uint64_t to = std::min<uint64_t>(kMax, rand(2) ? from + rand(2 * kChunk)
-                                                             : from - std::min(from, rand(2 * kChunk)));
+        const uint64_t to = std::min<uint64_t>(
+            kMax, rand(2) ? from + rand(2 * kChunk) : from - std::min(from, rand(2 * kChunk)));
         const int64_t n = FileData::copy(f, from, f, to, len);
-        const uint64_t expect = from < model.size() ? std::min<uint64_t>(len, model.size() - from) : 0;
+        const uint64_t expect =
+            from < model.size() ? std::min<uint64_t>(len, model.size() - from) : 0;
         ASSERT_EQ(n, int64_t(expect)) << "copy " << from << " -> " << to << " len " << len;
         if (expect > 0) {
           const std::string src = model.substr(from, expect);

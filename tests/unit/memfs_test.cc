@@ -264,7 +264,7 @@ TEST_F(MemfsTest, UnknownInodesAndHandlesAreRefused) {
 
 TEST_F(MemfsTest, InodeLivesUntilUnlinkedForgottenAndClosed) {
   const uint64_t base = inodes();
-  Created f = create(kRootIno, "f");  // one lookup, one handle
+  Created f = create(kRootIno, "f");        // one lookup, one handle
   ASSERT_EQ(lookup(kRootIno, "f"), f.ino);  // two lookups
   ASSERT_EQ(write(f.ino, f.fh, 0, "still here"), 10);
   ASSERT_EQ(unlink(kRootIno, "f"), 0);
@@ -300,8 +300,8 @@ TEST_F(MemfsTest, TmpfileLivesWhileOpenAndCanBeLinked) {
   ASSERT_EQ(req->error(), 0);
   const auto& e = req->payload<fuse_entry_out>();
   const uint64_t ino = e.nodeid;
-  const uint64_t fh = reinterpret_cast<const fuse_open_out*>(req->reply_data() +
-                                                             sizeof(fuse_entry_out))->fh;
+  const uint64_t fh =
+      reinterpret_cast<const fuse_open_out*>(req->reply_data() + sizeof(fuse_entry_out))->fh;
   EXPECT_EQ(e.attr.nlink, 0u);
   EXPECT_EQ(write(ino, fh, 0, "tmp"), 3);
   fuse_link_in li{ino};
@@ -789,8 +789,8 @@ TEST_F(MemfsTest, WorkersChangingOneDirectoryConcurrently) {
         session.handle(cr);
         if (cr.error() != 0) continue;
         const uint64_t ino = cr.payload<fuse_entry_out>().nodeid;
-        const uint64_t fh = reinterpret_cast<const fuse_open_out*>(cr.reply_data() +
-                                                                   sizeof(fuse_entry_out))->fh;
+        const uint64_t fh =
+            reinterpret_cast<const fuse_open_out*>(cr.reply_data() + sizeof(fuse_entry_out))->fh;
         fuse_write_in w{};
         w.fh = fh;
         w.size = 5;

@@ -4,11 +4,11 @@
 // is tested in tests/integration/nfs_test.cc.
 #include <gtest/gtest.h>
 
-// clang-format off: libnfs's headers depend on this order.
+// libnfs.h first: the raw headers use the EXTERN it defines.
 #include <nfsc/libnfs.h>
-#include <nfsc/libnfs-raw.h>
+
 #include <nfsc/libnfs-raw-nfs.h>
-// clang-format on
+#include <nfsc/libnfs-raw.h>
 
 #include <sys/sysmacros.h>
 
@@ -38,9 +38,9 @@ TEST(NfsUrl, Parses) {
 }
 
 TEST(NfsUrl, RefusesWhatIsNotAnExport) {
-  for (const char* bad : {"nfs:/h/x", "http://h/x", "nfs://", "nfs://h", "nfs://h/", "nfs:///x",
-                          "nfs://h:0/x", "nfs://h:70000/x", "nfs://h:port/x", "nfs://h/x?v=3",
-                          "nfs://h/x?version=2"}) {
+  for (const char* bad :
+       {"nfs:/h/x", "http://h/x", "nfs://", "nfs://h", "nfs://h/", "nfs:///x", "nfs://h:0/x",
+        "nfs://h:70000/x", "nfs://h:port/x", "nfs://h/x?v=3", "nfs://h/x?version=2"}) {
     EXPECT_THROW(parse_nfs_url(bad), std::invalid_argument) << bad;
   }
 }
@@ -69,11 +69,11 @@ TEST(Nfs4, StatusToErrnoAsLinuxNfsClient) {
   EXPECT_EQ(nfs4_errno(0), 0);
   EXPECT_EQ(nfs4_errno(2), ENOENT) << "below 10000 the values are v3's";
   EXPECT_EQ(nfs4_errno(70), ESTALE);
-  EXPECT_EQ(nfs4_errno(10001), ESTALE);   // BADHANDLE
+  EXPECT_EQ(nfs4_errno(10001), ESTALE);      // BADHANDLE
   EXPECT_EQ(nfs4_errno(10004), EOPNOTSUPP);  // NOTSUPP
-  EXPECT_EQ(nfs4_errno(10041), EINVAL);   // BADNAME
-  EXPECT_EQ(nfs4_errno(10029), ELOOP);    // SYMLINK
-  EXPECT_EQ(nfs4_errno(10022), EIO);      // STALE_CLIENTID
+  EXPECT_EQ(nfs4_errno(10041), EINVAL);      // BADNAME
+  EXPECT_EQ(nfs4_errno(10029), ELOOP);       // SYMLINK
+  EXPECT_EQ(nfs4_errno(10022), EIO);         // STALE_CLIENTID
   EXPECT_EQ(nfs4_errno(99999), EIO);
 }
 
@@ -119,8 +119,8 @@ TEST(Nfs4, AttributesDecodeToStat) {
 
 TEST(Nfs4, SetAttrEncodesInAttributeOrder) {
   SetAttr attr;
-  attr.valid = SetAttr::kMode | SetAttr::kUid | SetAttr::kSize | SetAttr::kMtime |
-               SetAttr::kAtime | SetAttr::kAtimeNow;
+  attr.valid = SetAttr::kMode | SetAttr::kUid | SetAttr::kSize | SetAttr::kMtime | SetAttr::kAtime |
+               SetAttr::kAtimeNow;
   attr.mode = 0100644;
   attr.uid = 42;
   attr.size = 7;
@@ -128,7 +128,7 @@ TEST(Nfs4, SetAttrEncodesInAttributeOrder) {
   std::array<uint32_t, 2> mask;
   std::string values;
   encode_attributes(attr, &mask, &values);
-  EXPECT_EQ(mask[0], 1u << 4);                                           // SIZE
+  EXPECT_EQ(mask[0], 1u << 4);                                          // SIZE
   EXPECT_EQ(mask[1], (1u << 1) | (1u << 4) | (1u << 16) | (1u << 22));  // MODE OWNER A/MTIME_SET
   EXPECT_EQ(values, xdr({0, 7, 0644, 2}) + "42" + std::string(2, '\0') +
                         xdr({0 /*server time*/, 1, 0xffffffffu, 0xffffffffu, 2}));

@@ -313,7 +313,8 @@ class PassthroughUringTest : public PassthroughTest {
 
   void SetUp() override {
     content_.resize(kReads * kBlock);
-    for (size_t i = 0; i < content_.size(); ++i) content_[i] = char('a' + (i * 7 + i / kBlock) % 26);
+    for (size_t i = 0; i < content_.size(); ++i)
+      content_[i] = char('a' + (i * 7 + i / kBlock) % 26);
     std::ofstream(host("f")) << content_;
     ino_ = lookup(kRootIno, "f");
     ASSERT_NE(ino_, 0u);
@@ -361,7 +362,8 @@ TEST_F(PassthroughUringTest, WorkerBatchIsOneSubmitAndReadsTheFile) {
   hook->flush();
   // From the page cache they complete inline; anything later signals fd().
   for (int i = 0; i < 500; ++i) {
-    if (std::all_of(reads.begin(), reads.end(), [](const auto& r) { return r->completions; })) break;
+    if (std::all_of(reads.begin(), reads.end(), [](const auto& r) { return r->completions; }))
+      break;
     pollfd pfd{hook->fd(), POLLIN, 0};
     if (::poll(&pfd, 1, 10) > 0) hook->on_readable();
   }

@@ -181,7 +181,8 @@ TEST_F(SessionTest, InitNegotiatesVersionLimitsAndFeatures) {
 TEST_F(SessionTest, InitOnlyOffersWhatTheKernelSupports) {
   TestRequest req = run(init_request(FUSE_KERNEL_MINOR_VERSION, FUSE_ASYNC_READ));
   ASSERT_EQ(req.error(), 0);
-  EXPECT_EQ(req.payload<fuse_init_out>().flags & ~uint32_t(FUSE_INIT_EXT), uint32_t(FUSE_ASYNC_READ));
+  EXPECT_EQ(req.payload<fuse_init_out>().flags & ~uint32_t(FUSE_INIT_EXT),
+            uint32_t(FUSE_ASYNC_READ));
   EXPECT_EQ(req.payload<fuse_init_out>().max_write, 32u * 4096) << "no MAX_PAGES: 32 pages";
 }
 
@@ -273,13 +274,13 @@ TEST_F(SessionTest, GetattrReplyByteExact) {
       // ino 42, size 12345, blocks 24
       42, 0, 0, 0, 0, 0, 0, 0, 0x39, 0x30, 0, 0, 0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0,
       // atime, mtime, ctime seconds (1700000000 = 0x6553f100)
-      0x00, 0xf1, 0x53, 0x65, 0, 0, 0, 0, 0x01, 0xf1, 0x53, 0x65, 0, 0, 0, 0,
-      0x02, 0xf1, 0x53, 0x65, 0, 0, 0, 0,
+      0x00, 0xf1, 0x53, 0x65, 0, 0, 0, 0, 0x01, 0xf1, 0x53, 0x65, 0, 0, 0, 0, 0x02, 0xf1, 0x53,
+      0x65, 0, 0, 0, 0,
       // atimensec 1, mtimensec 2, ctimensec 999999999
       1, 0, 0, 0, 2, 0, 0, 0, 0xff, 0xc9, 0x9a, 0x3b,
       // mode 0100644, nlink 1, uid 1000, gid 100, rdev 0, blksize 4096, flags 0
-      0xa4, 0x81, 0, 0, 1, 0, 0, 0, 0xe8, 0x03, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0,
-      0, 0x10, 0, 0, 0, 0, 0, 0};
+      0xa4, 0x81, 0, 0, 1, 0, 0, 0, 0xe8, 0x03, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0,
+      0, 0, 0};
   EXPECT_EQ(req.reply_bytes(), expected);
 }
 
@@ -324,16 +325,25 @@ TEST_F(SessionTest, ShortArgumentsGetEinval) {
   init();
   // Each of these carries one byte less than its argument struct.
   const std::vector<std::pair<uint32_t, size_t>> ops = {
-      {FUSE_GETATTR, sizeof(fuse_getattr_in)},   {FUSE_SETATTR, sizeof(fuse_setattr_in)},
-      {FUSE_OPEN, sizeof(fuse_open_in)},         {FUSE_READ, sizeof(fuse_read_in)},
-      {FUSE_WRITE, sizeof(fuse_write_in)},       {FUSE_RELEASE, sizeof(fuse_release_in)},
-      {FUSE_FSYNC, sizeof(fuse_fsync_in)},       {FUSE_FLUSH, sizeof(fuse_flush_in)},
-      {FUSE_GETLK, sizeof(fuse_lk_in)},          {FUSE_SETLKW, sizeof(fuse_lk_in)},
-      {FUSE_ACCESS, sizeof(fuse_access_in)},     {FUSE_CREATE, sizeof(fuse_create_in)},
-      {FUSE_FALLOCATE, sizeof(fuse_fallocate_in)}, {FUSE_LSEEK, sizeof(fuse_lseek_in)},
+      {FUSE_GETATTR, sizeof(fuse_getattr_in)},
+      {FUSE_SETATTR, sizeof(fuse_setattr_in)},
+      {FUSE_OPEN, sizeof(fuse_open_in)},
+      {FUSE_READ, sizeof(fuse_read_in)},
+      {FUSE_WRITE, sizeof(fuse_write_in)},
+      {FUSE_RELEASE, sizeof(fuse_release_in)},
+      {FUSE_FSYNC, sizeof(fuse_fsync_in)},
+      {FUSE_FLUSH, sizeof(fuse_flush_in)},
+      {FUSE_GETLK, sizeof(fuse_lk_in)},
+      {FUSE_SETLKW, sizeof(fuse_lk_in)},
+      {FUSE_ACCESS, sizeof(fuse_access_in)},
+      {FUSE_CREATE, sizeof(fuse_create_in)},
+      {FUSE_FALLOCATE, sizeof(fuse_fallocate_in)},
+      {FUSE_LSEEK, sizeof(fuse_lseek_in)},
       {FUSE_COPY_FILE_RANGE, sizeof(fuse_copy_file_range_in)},
-      {FUSE_RENAME2, sizeof(fuse_rename2_in)},   {FUSE_MKNOD, sizeof(fuse_mknod_in)},
-      {FUSE_READDIR, sizeof(fuse_read_in)},      {FUSE_GETXATTR, sizeof(fuse_getxattr_in)},
+      {FUSE_RENAME2, sizeof(fuse_rename2_in)},
+      {FUSE_MKNOD, sizeof(fuse_mknod_in)},
+      {FUSE_READDIR, sizeof(fuse_read_in)},
+      {FUSE_GETXATTR, sizeof(fuse_getxattr_in)},
   };
   for (auto [op, size] : ops) {
     TestRequest req = run(RequestBuilder(op, 42).raw(std::string(size - 1, '\0')).bytes());
@@ -351,13 +361,13 @@ TEST_F(SessionTest, NamesAreValidated) {
   EXPECT_EQ(run(RequestBuilder(FUSE_LOOKUP).name(std::string(255, 'n')).bytes()).error(), 0);
   EXPECT_EQ(backend.last_name, std::string(255, 'n'));
   // A rename's second name unterminated.
-  EXPECT_EQ(run(RequestBuilder(FUSE_RENAME).arg(fuse_rename_in{5}).name("a").raw("b").bytes())
-                .error(),
-            -EINVAL);
+  EXPECT_EQ(
+      run(RequestBuilder(FUSE_RENAME).arg(fuse_rename_in{5}).name("a").raw("b").bytes()).error(),
+      -EINVAL);
   // A symlink target of PATH_MAX bytes is too long.
-  EXPECT_EQ(run(RequestBuilder(FUSE_SYMLINK).name("l").name(std::string(4096, 't')).bytes())
-                .error(),
-            -ENAMETOOLONG);
+  EXPECT_EQ(
+      run(RequestBuilder(FUSE_SYMLINK).name("l").name(std::string(4096, 't')).bytes()).error(),
+      -ENAMETOOLONG);
   EXPECT_EQ(run(RequestBuilder(FUSE_SYMLINK).name("l").name("").bytes()).error(), -ENOENT);
 }
 
@@ -447,8 +457,7 @@ TEST_F(SessionTest, WriteHandsTheTenantsBuffersWithoutCopy) {
   ASSERT_EQ(req.error(), 0);
   EXPECT_EQ(req.payload<fuse_write_out>().size, 10u);
   ASSERT_EQ(backend.write_iov.size(), 2u) << "one iovec per tenant buffer";
-  EXPECT_EQ(backend.write_iov[0].iov_base,
-            static_cast<const char*>(req.in[0].iov_base) + data_at)
+  EXPECT_EQ(backend.write_iov[0].iov_base, static_cast<const char*>(req.in[0].iov_base) + data_at)
       << "the payload is not copied";
   EXPECT_EQ(backend.write_iov[0].iov_len, 4u);
   EXPECT_EQ(backend.write_iov[1].iov_len, 6u);
@@ -458,14 +467,12 @@ TEST_F(SessionTest, WriteLengthsAreChecked) {
   init();
   fuse_write_in in{};
   in.size = 100;  // carries 10
-  EXPECT_EQ(run(RequestBuilder(FUSE_WRITE, 42).arg(in).raw("0123456789").bytes()).error(),
-            -EINVAL);
+  EXPECT_EQ(run(RequestBuilder(FUSE_WRITE, 42).arg(in).raw("0123456789").bytes()).error(), -EINVAL);
   in.size = (1u << 20) + 4096;  // past max_write
   EXPECT_EQ(run(RequestBuilder(FUSE_WRITE, 42).arg(in).bytes()).error(), -EINVAL);
   in.size = 10;
   in.offset = uint64_t(INT64_MAX) - 5;  // end past the largest offset
-  EXPECT_EQ(run(RequestBuilder(FUSE_WRITE, 42).arg(in).raw("0123456789").bytes()).error(),
-            -EFBIG);
+  EXPECT_EQ(run(RequestBuilder(FUSE_WRITE, 42).arg(in).raw("0123456789").bytes()).error(), -EFBIG);
   EXPECT_TRUE(backend.write_iov.empty());
 }
 
@@ -583,15 +590,14 @@ TEST_F(SessionTest, XattrSizeProbeAndErange) {
   ASSERT_EQ(probe.error(), 0);
   EXPECT_EQ(probe.payload<fuse_getxattr_out>().size, 5u);
   in.size = 3;
-  EXPECT_EQ(run(RequestBuilder(FUSE_GETXATTR, 42).arg(in).name("user.a").bytes()).error(),
-            -ERANGE);
+  EXPECT_EQ(run(RequestBuilder(FUSE_GETXATTR, 42).arg(in).name("user.a").bytes()).error(), -ERANGE);
   in.size = 64;
   TestRequest full = run(RequestBuilder(FUSE_GETXATTR, 42).arg(in).name("user.a").bytes());
   EXPECT_EQ(full.reply_len, sizeof(fuse_out_header) + 5);
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(full.reply_data()), 5), "value");
-  EXPECT_EQ(run(RequestBuilder(FUSE_GETXATTR, 42).arg(in).name(std::string(256, 'x')).bytes())
-                .error(),
-            -ERANGE);
+  EXPECT_EQ(
+      run(RequestBuilder(FUSE_GETXATTR, 42).arg(in).name(std::string(256, 'x')).bytes()).error(),
+      -ERANGE);
 }
 
 TEST_F(SessionTest, SetxattrValueLengthIsChecked) {
@@ -599,16 +605,15 @@ TEST_F(SessionTest, SetxattrValueLengthIsChecked) {
   fuse_setxattr_in in{};
   in.size = 3;
   in.flags = XATTR_CREATE;
-  EXPECT_EQ(run(RequestBuilder(FUSE_SETXATTR, 42).arg(in).name("user.k").raw("abc").bytes())
-                .error(),
-            0);
+  EXPECT_EQ(
+      run(RequestBuilder(FUSE_SETXATTR, 42).arg(in).name("user.k").raw("abc").bytes()).error(), 0);
   EXPECT_EQ(backend.last_name, "user.k");
   EXPECT_EQ(backend.last_value, "abc");
   EXPECT_EQ(backend.last_flags, uint32_t(XATTR_CREATE));
   in.size = 300;  // carries 3
-  EXPECT_EQ(run(RequestBuilder(FUSE_SETXATTR, 42).arg(in).name("user.k").raw("abc").bytes())
-                .error(),
-            -EINVAL);
+  EXPECT_EQ(
+      run(RequestBuilder(FUSE_SETXATTR, 42).arg(in).name("user.k").raw("abc").bytes()).error(),
+      -EINVAL);
   in.size = 1u << 20;
   EXPECT_EQ(run(RequestBuilder(FUSE_SETXATTR, 42).arg(in).name("user.k").bytes()).error(), -E2BIG);
 }
@@ -621,10 +626,10 @@ TEST_F(SessionTest, ReaddirEncodesDirentsByteExact) {
   ASSERT_EQ(req.error(), 0);
   // "file0": 24-byte dirent head + 5 name bytes, padded to 32.
   const std::vector<uint8_t> first = {
-      100, 0, 0, 0, 0, 0, 0, 0,  // ino 100
-      1,   0, 0, 0, 0, 0, 0, 0,  // off 1 (next cookie)
-      5,   0, 0, 0,              // namelen
-      8,   0, 0, 0,              // DT_REG
+      100, 0,   0,   0,   0,   0, 0, 0,  // ino 100
+      1,   0,   0,   0,   0,   0, 0, 0,  // off 1 (next cookie)
+      5,   0,   0,   0,                  // namelen
+      8,   0,   0,   0,                  // DT_REG
       'f', 'i', 'l', 'e', '0', 0, 0, 0,
   };
   const auto bytes = req.reply_bytes();

@@ -1,13 +1,12 @@
 #include "hostile.h"
 
 #include <fmt/format.h>
-
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <thread>

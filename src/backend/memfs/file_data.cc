@@ -41,7 +41,8 @@ void FileData::remember(uint64_t index, std::byte* chunk) const {
   if (index >= direct_.size()) {
     const uint64_t bound = std::min<uint64_t>(kDirectChunks, 4 * chunks_.size() + 256);
     if (index >= bound) return;
-    direct_.resize(size_t(std::min<uint64_t>(bound, std::max<uint64_t>(index + 1, 2 * direct_.size()))));
+    direct_.resize(
+        size_t(std::min<uint64_t>(bound, std::max<uint64_t>(index + 1, 2 * direct_.size()))));
   }
   direct_[index] = chunk;
 }
@@ -129,8 +130,8 @@ void FileData::truncate(uint64_t size) {
 }
 
 int FileData::allocate(uint64_t first, uint64_t last) {
-  const uint64_t present = uint64_t(
-      std::distance(chunks_.lower_bound(first), chunks_.upper_bound(last)));
+  const uint64_t present =
+      uint64_t(std::distance(chunks_.lower_bound(first), chunks_.upper_bound(last)));
   const uint64_t missing = last - first + 1 - present;
   if (missing == 0) return 0;
   if (missing > space_.capacity() / kChunk || !space_.reserve(missing * kChunk)) return -ENOSPC;
@@ -304,7 +305,8 @@ int64_t FileData::copy(const FileData& from, uint64_t off_in, FileData& to, uint
   const bool backward = &from == &to && off_out > off_in && off_out < off_in + n;
   if (backward) {
     for (uint64_t e = n; e > 0;) {
-      const uint64_t m = std::min({e, (off_in + e - 1) % kChunk + 1, (off_out + e - 1) % kChunk + 1});
+      const uint64_t m =
+          std::min({e, (off_in + e - 1) % kChunk + 1, (off_out + e - 1) % kChunk + 1});
       copy_piece(e - m, m);
       e -= m;
     }

@@ -413,8 +413,8 @@ void Memfs::create(const Context& ctx, uint64_t parent, std::string_view name, u
     if (dir == nullptr) return err;
     auto it = dir->entries.find(name);
     if (it == dir->entries.end()) {
-      return make_node(ctx, parent, name, {S_IFREG | (mode & 07777 & ~umask), 0, {}, flags},
-                       &entry, &fh);
+      return make_node(ctx, parent, name, {S_IFREG | (mode & 07777 & ~umask), 0, {}, flags}, &entry,
+                       &fh);
     }
     // The name appeared since the kernel looked: open(2) semantics.
     Inode* node = find(it->second.ino);

@@ -66,8 +66,8 @@ class Memfs final : public Backend {
                AttrReply reply) override;
   void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply) override;
   void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply) override;
-  void symlink(const Context& ctx, uint64_t parent, std::string_view name,
-               std::string_view target, EntryReply reply) override;
+  void symlink(const Context& ctx, uint64_t parent, std::string_view name, std::string_view target,
+               EntryReply reply) override;
   void mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
              uint32_t rdev, uint32_t umask, EntryReply reply) override;
   void mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
@@ -92,8 +92,7 @@ class Memfs final : public Backend {
              StatusReply reply) override;
   void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                 std::span<const std::byte> value, uint32_t flags, StatusReply reply) override;
-  void getxattr(const Context& ctx, uint64_t ino, std::string_view name,
-                XattrReply reply) override;
+  void getxattr(const Context& ctx, uint64_t ino, std::string_view name, XattrReply reply) override;
   void listxattr(const Context& ctx, uint64_t ino, XattrReply reply) override;
   void removexattr(const Context& ctx, uint64_t ino, std::string_view name,
                    StatusReply reply) override;
@@ -121,8 +120,8 @@ class Memfs final : public Backend {
                        uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
                        uint64_t flags, WriteReply reply) override;
   void syncfs(const Context& ctx, uint64_t ino, StatusReply reply) override;
-  void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask,
-               uint32_t flags, CreateReply reply) override;
+  void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask, uint32_t flags,
+               CreateReply reply) override;
 
  private:
   struct Inode;

@@ -1,13 +1,12 @@
 #include "backend/nfs/connection.h"
 
-// clang-format off: libnfs's headers depend on this order.
+// libnfs.h first: the raw headers use the EXTERN it defines.
 #include <nfsc/libnfs.h>
-#include <nfsc/libnfs-raw.h>
-#include <nfsc/libnfs-raw-nfs.h>
-#include <nfsc/libnfs-raw-nfs4.h>
-// clang-format on
 
 #include <fmt/format.h>
+#include <nfsc/libnfs-raw-nfs.h>
+#include <nfsc/libnfs-raw-nfs4.h>
+#include <nfsc/libnfs-raw.h>
 #include <poll.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
@@ -228,8 +227,8 @@ void Connection::send(std::unique_ptr<Call> call) {
   if (Clock::now() >= call->deadline) return call->complete(RPC_STATUS_TIMEOUT, nullptr);
   // libnfs stamps each RPC with the context's timeout when it is sent, in
   // whole seconds: give this one what is left of its deadline.
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(call->deadline -
-                                                                          Clock::now());
+  const auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(call->deadline - Clock::now());
   nfs_set_timeout(nfs_, int(std::max<int64_t>(1, (left.count() + 999) / 1000) * 1000));
   call->sent = Clock::now();
   Call* raw = call.release();  // libnfs holds it until on_reply
@@ -259,7 +258,8 @@ void Connection::finish(Call* raw, int status, void* res) {
   // Every NFSv3 *3res and the v4 COMPOUND4res begin with their status.
   // "Try again later": NFS3ERR_JUKEBOX is NFS4ERR_DELAY; NFS4ERR_GRACE while
   // a restarted server waits for its clients to reclaim state.
-  const int nfs_status = status == RPC_STATUS_SUCCESS && res != nullptr ? *static_cast<int*>(res) : 0;
+  const int nfs_status =
+      status == RPC_STATUS_SUCCESS && res != nullptr ? *static_cast<int*>(res) : 0;
   const bool jukebox = nfs_status == NFS3ERR_JUKEBOX || nfs_status == NFS4ERR_GRACE;
   const bool lost = status == RPC_STATUS_ERROR;
   if ((jukebox || lost) && !stop_ && call->idempotent &&

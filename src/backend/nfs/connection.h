@@ -52,8 +52,7 @@ class Call {
   virtual ~Call() = default;
   // Sends the RPC: rpc_nfs3_*_async(rpc, cb, &args, data), or a COMPOUND.
   // Returns libnfs's result (0: sent; the callback will run).
-  virtual int send(rpc_context* rpc, void (*cb)(rpc_context*, int, void*, void*),
-                   void* data) = 0;
+  virtual int send(rpc_context* rpc, void (*cb)(rpc_context*, int, void*, void*), void* data) = 0;
   // The outcome, exactly once: rpc_status is RPC_STATUS_SUCCESS with the
   // decoded *3res or COMPOUND4res in `res`, or another RPC_STATUS_* with
   // `res` null.
@@ -144,11 +143,11 @@ class Connection {
  private:
   static void on_reply(rpc_context* rpc, int status, void* data, void* private_data);
   // Driver only, below.
-  void loop();                                   // the loop thread
+  void loop();                                     // the loop thread
   void drive(int timeout_ms, bool take_incoming);  // one poll(2) round
   void take_incoming();
   void service(int revents);
-  void tick();  // timeouts, due retries, a look at the socket
+  void tick();   // timeouts, due retries, a look at the socket
   void watch();  // the epoll interest in the socket and the timer, as needed now
   void send(std::unique_ptr<Call> call);
   void finish(Call* call, int status, void* res);  // takes ownership back

@@ -13,10 +13,10 @@
 
 #include <cstddef>
 
-// clang-format off: libnfs's headers depend on this order.
+// libnfs.h first: the raw headers use the EXTERN it defines.
 #include <nfsc/libnfs.h>
+
 #include <nfsc/libnfs-raw.h>
-// clang-format on
 
 namespace dpfs::nfs {
 

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <linux/fuse.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -10,8 +11,6 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
-
-#include <fmt/format.h>
 
 #include "backend/nfs/nfs4.h"
 #include "backend/worker_hook.h"
@@ -87,7 +86,8 @@ NfsBackend::NfsBackend(NfsOptions options) : options_(std::move(options)) {
   if (options_.url.version != 3 && options_.url.version != 4) {
     throw std::invalid_argument("backend nfs: version must be 3 or 4");
   }
-  if (options_.connections == 0) throw std::invalid_argument("backend nfs: connections must be >= 1");
+  if (options_.connections == 0)
+    throw std::invalid_argument("backend nfs: connections must be >= 1");
   nfs::ConnectionOptions copts;
   copts.url = options_.url;
   copts.timeout = options_.timeout;
@@ -107,10 +107,10 @@ NfsBackend::NfsBackend(NfsOptions options) : options_(std::move(options)) {
   };
   rsize_ = cap(first.readmax(), options_.rsize);
   wsize_ = cap(first.writemax(), options_.wsize);
-  spdlog::info("nfs: mounted nfs://{}{} (NFSv{}, {} connection{}, rsize {} wsize {}, timeout {} ms)",
-               options_.url.server, options_.url.export_path, options_.url.version,
-               connections_.size(), connections_.size() == 1 ? "" : "s", rsize_, wsize_,
-               options_.timeout.count());
+  spdlog::info(
+      "nfs: mounted nfs://{}{} (NFSv{}, {} connection{}, rsize {} wsize {}, timeout {} ms)",
+      options_.url.server, options_.url.export_path, options_.url.version, connections_.size(),
+      connections_.size() == 1 ? "" : "s", rsize_, wsize_, options_.timeout.count());
 }
 
 NfsBackend::~NfsBackend() {
@@ -178,8 +178,7 @@ Entry NfsBackend::make_entry(const Node& node) {
 
 // --- names ------------------------------------------------------------------
 
-void NfsBackend::lookup(const Context&, uint64_t parent, std::string_view name,
-                        EntryReply reply) {
+void NfsBackend::lookup(const Context&, uint64_t parent, std::string_view name, EntryReply reply) {
   // The second wall (backend.h): one path component, '.' and '..' included.
   if (int e = check_component(name)) return reply.error(e);
   std::string dir;
@@ -211,17 +210,16 @@ void NfsBackend::forget(uint64_t ino, uint64_t nlookup) {
   std::optional<nfs::InodeTable::Hidden> hidden = inodes_->forget(ino, nlookup);
   if (!hidden) return;
   // The kernel let go of a hidden file that is not open: now it goes.
-  protocol_->remove(connection_for(ino), hidden->dir_fh, hidden->name, false,
-                    [name = hidden->name](int err) {
-                      if (err != 0) {
-                        spdlog::warn("nfs: cannot remove {} once forgotten: {}", name,
-                                     strerror(err));
-                      }
-                    });
+  protocol_->remove(
+      connection_for(ino), hidden->dir_fh, hidden->name, false, [name = hidden->name](int err) {
+        if (err != 0) {
+          spdlog::warn("nfs: cannot remove {} once forgotten: {}", name, strerror(err));
+        }
+      });
 }
 
-void NfsBackend::make_node(const Context& ctx, uint64_t parent, std::string_view name,
-                           NewNode spec, nfs::Then<int, Entry> then) {
+void NfsBackend::make_node(const Context& ctx, uint64_t parent, std::string_view name, NewNode spec,
+                           nfs::Then<int, Entry> then) {
   if (int e = check_new_component(name)) return then(e, Entry{});
   std::string dir;
   if (!inodes_->find(parent, &dir)) return then(ESTALE, Entry{});
@@ -299,8 +297,8 @@ void NfsBackend::create(const Context& ctx, uint64_t parent, std::string_view na
   });
 }
 
-void NfsBackend::link(const Context&, uint64_t ino, uint64_t new_parent,
-                      std::string_view new_name, EntryReply reply) {
+void NfsBackend::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_view new_name,
+                      EntryReply reply) {
   if (int e = check_new_component(new_name)) return reply.error(e);
   std::string file, dir;
   if (!handle(ino, &file, reply) || !handle(new_parent, &dir, reply)) return;
@@ -314,52 +312,52 @@ void NfsBackend::link(const Context&, uint64_t ino, uint64_t new_parent,
 void NfsBackend::hide_if_open(uint64_t parent, const std::string& dir, std::string_view name,
                               bool replacing, nfs::Then<int, bool, std::string> then) {
   Connection& conn = connection_for(parent);
-  protocol_->lookup(
-      conn, dir, std::string(name),
-      [this, &conn, dir, name = std::string(name), replacing, then = std::move(then)](
-          int err, Node node) mutable {
-        if (err != 0) return then(err, false, std::string());
-        // Only a rename keeps a file the kernel merely holds: after an unlink
-        // an open of it may as well fail (ESTALE, then ENOENT on the kernel's
-        // second look), but after a rename it must find the old file or the
-        // new one. A file with other names lives on anyway.
-        const bool keep_if_held =
-            replacing && !S_ISDIR(node.attr.st_mode) && node.attr.st_nlink <= 1;
-        uint64_t ino = 0;
-        const auto fate = inodes_->doom(node.fh, keep_if_held, &ino);
-        if (fate == nfs::InodeTable::Fate::kGoes) return then(0, false, std::move(node.fh));
-        std::string hidden = fmt::format("{}{:x}-{}", kHiddenPrefix, ino, next_fh_++);
-        auto hide = [this, ino, dir, hidden](int e) {
-          if (e != 0 || inodes_->hide(ino, {dir, hidden})) return;
-          // Closed and forgotten meanwhile: nothing will remove it later.
-          protocol_->remove(connection_for(ino), dir, hidden, false, [](int) {});
-        };
-        if (!replacing) {
-          // Unlinked while open: moved aside, removed at its last close.
-          protocol_->rename(conn, dir, name, dir, hidden,
-                            [hide, then = std::move(then)](int e) mutable {
-                              hide(e);
-                              if (e != 0) return then(e, false, std::string());
-                              then(0, true, std::string());
-                            });
-          return;
-        }
-        // Replaced by a rename: a second name keeps the file, and the rename
-        // then replaces the first atomically (the name never goes missing).
-        protocol_->link(conn, node.fh, dir, hidden,
-                        [hide, ino, then = std::move(then)](int e, struct stat) mutable {
-                          hide(e);
-                          if (e != 0) {
-                            spdlog::debug("nfs: cannot keep inode {} under a second name: {}", ino,
-                                          strerror(e));
-                          }
-                          then(0, false, std::string());
-                        });
-      });
+  protocol_->lookup(conn, dir, std::string(name),
+                    [this, &conn, dir, name = std::string(name), replacing, then = std::move(then)](
+                        int err, Node node) mutable {
+                      if (err != 0) return then(err, false, std::string());
+                      // Only a rename keeps a file the kernel merely holds: after an unlink
+                      // an open of it may as well fail (ESTALE, then ENOENT on the kernel's
+                      // second look), but after a rename it must find the old file or the
+                      // new one. A file with other names lives on anyway.
+                      const bool keep_if_held =
+                          replacing && !S_ISDIR(node.attr.st_mode) && node.attr.st_nlink <= 1;
+                      uint64_t ino = 0;
+                      const auto fate = inodes_->doom(node.fh, keep_if_held, &ino);
+                      if (fate == nfs::InodeTable::Fate::kGoes)
+                        return then(0, false, std::move(node.fh));
+                      std::string hidden = fmt::format("{}{:x}-{}", kHiddenPrefix, ino, next_fh_++);
+                      auto hide = [this, ino, dir, hidden](int e) {
+                        if (e != 0 || inodes_->hide(ino, {dir, hidden})) return;
+                        // Closed and forgotten meanwhile: nothing will remove it later.
+                        protocol_->remove(connection_for(ino), dir, hidden, false, [](int) {});
+                      };
+                      if (!replacing) {
+                        // Unlinked while open: moved aside, removed at its last close.
+                        protocol_->rename(conn, dir, name, dir, hidden,
+                                          [hide, then = std::move(then)](int e) mutable {
+                                            hide(e);
+                                            if (e != 0) return then(e, false, std::string());
+                                            then(0, true, std::string());
+                                          });
+                        return;
+                      }
+                      // Replaced by a rename: a second name keeps the file, and the rename
+                      // then replaces the first atomically (the name never goes missing).
+                      protocol_->link(
+                          conn, node.fh, dir, hidden,
+                          [hide, ino, then = std::move(then)](int e, struct stat) mutable {
+                            hide(e);
+                            if (e != 0) {
+                              spdlog::debug("nfs: cannot keep inode {} under a second name: {}",
+                                            ino, strerror(e));
+                            }
+                            then(0, false, std::string());
+                          });
+                    });
 }
 
-void NfsBackend::unlink(const Context&, uint64_t parent, std::string_view name,
-                        StatusReply reply) {
+void NfsBackend::unlink(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
   if (int e = check_new_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
@@ -387,17 +385,15 @@ void NfsBackend::remove(uint64_t parent, const std::string& dir, const std::stri
                     });
 }
 
-void NfsBackend::rmdir(const Context&, uint64_t parent, std::string_view name,
-                       StatusReply reply) {
+void NfsBackend::rmdir(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
   if (int e = check_new_component(name)) return reply.error(e);
   std::string dir;
   if (!handle(parent, &dir, reply)) return;
   remove(parent, dir, std::string(name), true, std::move(reply), std::string());
 }
 
-void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
-                        uint64_t new_parent, std::string_view new_name, uint32_t flags,
-                        StatusReply reply) {
+void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name, uint64_t new_parent,
+                        std::string_view new_name, uint32_t flags, StatusReply reply) {
   // NFS RENAME always replaces; Linux's NFS client refuses flags the same way.
   if (flags != 0) return reply.error(EINVAL);
   if (int e = check_new_component(name)) return reply.error(e);
@@ -410,13 +406,13 @@ void NfsBackend::rename(const Context&, uint64_t parent, std::string_view name,
                [this, parent, from, to, name = std::string(name), new_name = std::string(new_name),
                 reply = std::move(reply)](int err, bool, std::string doomed) mutable {
                  if (err != 0 && err != ENOENT) return reply.error(err);
-                 protocol_->rename(connection_for(parent), from, name, to, new_name,
-                                   [this, doomed = std::move(doomed),
-                                    reply = std::move(reply)](int e) mutable {
-                                     undoom(doomed);
-                                     if (e != 0) return reply.error(e);
-                                     reply.ok();
-                                   });
+                 protocol_->rename(
+                     connection_for(parent), from, name, to, new_name,
+                     [this, doomed = std::move(doomed), reply = std::move(reply)](int e) mutable {
+                       undoom(doomed);
+                       if (e != 0) return reply.error(e);
+                       reply.ok();
+                     });
                });
 }
 
@@ -593,14 +589,13 @@ void NfsBackend::write(const Context&, uint64_t ino, uint64_t handle_id, uint64_
   // writing as root, would keep the set-id bits.
   SetAttr kill;
   if ((write_flags & FUSE_WRITE_KILL_SUIDGID) && kill_suid_attr(ino, &kill)) {
-    protocol_->setattr(
-        connection_for(ino), fh, kill,
-        [this, ino, fh, offset, pieces = std::move(pieces), reply = std::move(reply)](
-            int err, struct stat st) mutable {
-          if (err != 0) return reply.error(err);
-          inodes_->update(ino, st.st_mode, st.st_gid);
-          write_pieces(ino, fh, offset, std::move(pieces), std::move(reply));
-        });
+    protocol_->setattr(connection_for(ino), fh, kill,
+                       [this, ino, fh, offset, pieces = std::move(pieces),
+                        reply = std::move(reply)](int err, struct stat st) mutable {
+                         if (err != 0) return reply.error(err);
+                         inodes_->update(ino, st.st_mode, st.st_gid);
+                         write_pieces(ino, fh, offset, std::move(pieces), std::move(reply));
+                       });
     return;
   }
   write_pieces(ino, fh, offset, std::move(pieces), std::move(reply));
@@ -670,9 +665,10 @@ void NfsBackend::commit(uint64_t ino, nfs::Then<int> then) {
           if (w.verifier != verifier) lost.push_back(std::move(w));
         }
         if (lost.empty()) return then(0);
-        spdlog::warn("nfs: the server's write verifier changed (it restarted?): sending {} "
-                     "write{} again",
-                     lost.size(), lost.size() == 1 ? "" : "s");
+        spdlog::warn(
+            "nfs: the server's write verifier changed (it restarted?): sending {} "
+            "write{} again",
+            lost.size(), lost.size() == 1 ? "" : "s");
         resend(ino, fh, std::move(lost), std::move(then));
       });
 }
@@ -691,20 +687,20 @@ void NfsBackend::resend(uint64_t ino, const std::string& fh, std::vector<Unstabl
   Connection& conn = connection_for(ino);
   for (UnstableWrite& w : writes) {
     auto data = std::make_shared<const std::string>(std::move(w.data));
-    protocol_->write(conn, fh, w.offset, data, /*stable=*/true,
-                     [this, ino, state, offset = w.offset, verifier = w.verifier,
-                      data](int err, WriteResult) {
-                       if (err != 0) {
-                         if (state->error == 0) state->error = err;
-                         // Kept for the next commit, which sends it again.
-                         state->failed.push_back(UnstableWrite{offset, *data, verifier});
-                       }
-                       if (--state->pending > 0) return;
-                       if (!state->failed.empty()) {
-                         inodes_->restore_unstable(ino, std::move(state->failed));
-                       }
-                       state->then(state->error);
-                     });
+    protocol_->write(
+        conn, fh, w.offset, data, /*stable=*/true,
+        [this, ino, state, offset = w.offset, verifier = w.verifier, data](int err, WriteResult) {
+          if (err != 0) {
+            if (state->error == 0) state->error = err;
+            // Kept for the next commit, which sends it again.
+            state->failed.push_back(UnstableWrite{offset, *data, verifier});
+          }
+          if (--state->pending > 0) return;
+          if (!state->failed.empty()) {
+            inodes_->restore_unstable(ino, std::move(state->failed));
+          }
+          state->then(state->error);
+        });
   }
 }
 
@@ -738,9 +734,10 @@ void NfsBackend::drop_uncommitted(uint64_t ino, int err) {
   uint64_t bytes = 0;
   for (const UnstableWrite& w : inodes_->take_unstable(ino)) bytes += w.data.size();
   if (bytes == 0) return;
-  spdlog::error("nfs: node {}: {} bytes written were never committed ({}) and are dropped; "
-                "close(2) and fsync(2) reported it",
-                ino, bytes, strerror(err));
+  spdlog::error(
+      "nfs: node {}: {} bytes written were never committed ({}) and are dropped; "
+      "close(2) and fsync(2) reported it",
+      ino, bytes, strerror(err));
 }
 
 void NfsBackend::close_handle(uint64_t ino, uint64_t handle, nfs::Then<> then) {
@@ -778,8 +775,7 @@ void NfsBackend::fsyncdir(const Context&, uint64_t ino, uint64_t, bool, StatusRe
   reply.ok();
 }
 
-void NfsBackend::readdir(const Context&, uint64_t ino, uint64_t, uint64_t offset,
-                         DirReply reply) {
+void NfsBackend::readdir(const Context&, uint64_t ino, uint64_t, uint64_t offset, DirReply reply) {
   std::string fh;
   if (!handle(ino, &fh, reply)) return;
   const bool root = ino == kRootIno;

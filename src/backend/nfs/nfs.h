@@ -91,8 +91,8 @@ class NfsBackend final : public Backend {
                AttrReply reply) override;
   void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply) override;
   void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply) override;
-  void symlink(const Context& ctx, uint64_t parent, std::string_view name,
-               std::string_view target, EntryReply reply) override;
+  void symlink(const Context& ctx, uint64_t parent, std::string_view name, std::string_view target,
+               EntryReply reply) override;
   void mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
              uint32_t rdev, uint32_t umask, EntryReply reply) override;
   void mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
@@ -175,8 +175,8 @@ class NfsBackend final : public Backend {
   // then(error, hidden, doomed): `hidden`: an unlink's name is gone already;
   // `doomed` is the handle of the file about to go (opens of it wait), to be
   // passed to undoom() once the removal or rename is answered.
-  void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name,
-                    bool replacing, nfs::Then<int, bool, std::string> then);
+  void hide_if_open(uint64_t parent, const std::string& dir, std::string_view name, bool replacing,
+                    nfs::Then<int, bool, std::string> then);
   void remove(uint64_t parent, const std::string& dir, const std::string& name, bool directory,
               StatusReply reply, std::string doomed);
   void undoom(const std::string& fh);

@@ -1,13 +1,12 @@
 #include "backend/nfs/nfs3.h"
 
-// clang-format off: libnfs's headers depend on this order.
+// libnfs.h first: the raw headers use the EXTERN it defines.
 #include <nfsc/libnfs.h>
-#include <nfsc/libnfs-raw.h>
-#include <nfsc/libnfs-raw-nfs.h>
-// clang-format on
 
 #include <dirent.h>
 #include <fmt/format.h>
+#include <nfsc/libnfs-raw-nfs.h>
+#include <nfsc/libnfs-raw.h>
 #include <spdlog/spdlog.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -277,9 +276,7 @@ int status_of(int rpc_status, void* res) {
   return nfs3_errno(static_cast<Res*>(res)->status);
 }
 
-std::string fh_string(const nfs_fh3& fh) {
-  return std::string(fh.data.data_val, fh.data.data_len);
-}
+std::string fh_string(const nfs_fh3& fh) { return std::string(fh.data.data_val, fh.data.data_len); }
 
 uint32_t dirent_type(const post_op_attr& attr) {
   if (!attr.attributes_follow) return DT_UNKNOWN;
@@ -466,8 +463,8 @@ void Nfs3::link(Connection& conn, const std::string& file, const std::string& di
       /*idempotent=*/false);
 }
 
-void Nfs3::remove(Connection& conn, const std::string& dir, const std::string& name,
-                  bool directory, Then<int> then) {
+void Nfs3::remove(Connection& conn, const std::string& dir, const std::string& name, bool directory,
+                  Then<int> then) {
   // REMOVE3res and RMDIR3res are both {nfsstat3; wcc_data}.
   call<REMOVE3res>(
       conn,

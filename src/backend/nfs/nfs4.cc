@@ -1,13 +1,12 @@
 #include "backend/nfs/nfs4.h"
 
-// clang-format off: libnfs's headers depend on this order.
+// libnfs.h first: the raw headers use the EXTERN it defines.
 #include <nfsc/libnfs.h>
-#include <nfsc/libnfs-raw.h>
-#include <nfsc/libnfs-raw-nfs4.h>
-// clang-format on
 
 #include <dirent.h>
 #include <fmt/format.h>
+#include <nfsc/libnfs-raw-nfs4.h>
+#include <nfsc/libnfs-raw.h>
 #include <spdlog/spdlog.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -33,8 +32,8 @@ int send_compound(rpc_context* rpc, rpc_cb cb, COMPOUND4args* args, void* privat
   if (extra == 0) return rpc_nfs4_compound_async(rpc, cb, args, private_data);
   return send_large_call(rpc, NFS4_PROGRAM, NFS_V4, NFSPROC4_COMPOUND, cb, private_data,
                          reinterpret_cast<zdrproc_t>(&zdr_COMPOUND4args), args,
-                         reinterpret_cast<zdrproc_t>(&zdr_COMPOUND4res),
-                         int(sizeof(COMPOUND4res)), extra);
+                         reinterpret_cast<zdrproc_t>(&zdr_COMPOUND4res), int(sizeof(COMPOUND4res)),
+                         extra);
 }
 
 }  // namespace
@@ -124,9 +123,8 @@ constexpr Mask mask_of(std::initializer_list<unsigned> attrs) {
   return m;
 }
 
-constexpr Mask kStatAttrs =
-    mask_of({kType, kSize, kFileid, kMode, kNumlinks, kOwner, kOwnerGroup, kRawdev, kSpaceUsed,
-             kTimeAccess, kTimeMetadata, kTimeModify});
+constexpr Mask kStatAttrs = mask_of({kType, kSize, kFileid, kMode, kNumlinks, kOwner, kOwnerGroup,
+                                     kRawdev, kSpaceUsed, kTimeAccess, kTimeMetadata, kTimeModify});
 constexpr Mask kFileidAttr = mask_of({kFileid});
 constexpr Mask kStatfsAttrs =
     mask_of({kFilesAvail, kFilesFree, kFilesTotal, kSpaceAvail, kSpaceFree, kSpaceTotal});
@@ -240,7 +238,9 @@ class Compound {
   void getfh() { add(OP_GETFH); }
   void savefh() { add(OP_SAVEFH); }
   void restorefh() { add(OP_RESTOREFH); }
-  void getattr(const Mask& mask) { request(add(OP_GETATTR).nfs_argop4_u.opgetattr.attr_request, mask); }
+  void getattr(const Mask& mask) {
+    request(add(OP_GETATTR).nfs_argop4_u.opgetattr.attr_request, mask);
+  }
   void lookup(const std::string& name) {
     if (name == "..") {
       add(OP_LOOKUPP);
@@ -676,7 +676,8 @@ void Nfs4::confirm_open(Connection& conn, const std::string& fh, const stateid4&
         a.seqid = 1;
       },
       [close](int err, COMPOUND4res* res) {
-        const std::optional<nfs_resop4> r = err == 0 ? result(res, 1, OP_OPEN_CONFIRM) : std::nullopt;
+        const std::optional<nfs_resop4> r =
+            err == 0 ? result(res, 1, OP_OPEN_CONFIRM) : std::nullopt;
         if (!r) {
           spdlog::debug("nfs: OPEN_CONFIRM after a creation failed: {}", strerror(err));
           return;
@@ -729,7 +730,8 @@ void Nfs4::with_client_id(Connection& conn, Then<int, uint64_t> then) {
         a.callback_ident = 1;
       },
       [&conn, finish](int err, COMPOUND4res* res) mutable {
-        const std::optional<nfs_resop4> r = err == 0 ? result(res, 0, OP_SETCLIENTID) : std::nullopt;
+        const std::optional<nfs_resop4> r =
+            err == 0 ? result(res, 0, OP_SETCLIENTID) : std::nullopt;
         if (!r) return finish(err != 0 ? err : EIO, 0);
         const SETCLIENTID4resok ok = r->nfs_resop4_u.opsetclientid.SETCLIENTID4res_u.resok4;
         call(
@@ -847,8 +849,8 @@ void Nfs4::statfs(Connection& conn, const std::string& fh, Then<int, struct stat
                 std::string_view(f.attr_vals.attrlist4_val, f.attr_vals.attrlist4_len), &a)) {
           return then(EIO, {});
         }
-        then(0, to_statvfs(a.space_total, a.space_free, a.space_avail, a.files_total,
-                           a.files_free, a.files_avail));
+        then(0, to_statvfs(a.space_total, a.space_free, a.space_avail, a.files_total, a.files_free,
+                           a.files_avail));
       });
 }
 
@@ -967,11 +969,11 @@ void Nfs4::readdir(Connection& conn, const std::string& fh, uint64_t cookie,
         const READDIR4resok& ok = list->nfs_resop4_u.opreaddir.READDIR4res_u.resok4;
         std::vector<DirEntry> out;
         if (dots) {
-          struct stat self {}, parent {};
+          struct stat self {
+          }, parent{};
           if (!stat_at(res, 2, &self)) return then(EIO, {});
           const std::optional<nfs_resop4> up = result(res, 3, OP_LOOKUPP);
-          if (!up || up->nfs_resop4_u.oplookupp.status != NFS4_OK ||
-              !stat_at(res, 4, &parent)) {
+          if (!up || up->nfs_resop4_u.oplookupp.status != NFS4_OK || !stat_at(res, 4, &parent)) {
             parent = self;
           }
           if (cookie == 0) out.push_back(DirEntry{".", 1, self.st_ino, DT_DIR, {}});

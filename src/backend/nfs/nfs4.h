@@ -94,17 +94,16 @@ class Nfs4 final : public Protocol {
   void forget_client_id(uint64_t id);
   // After a creating OPEN: OPEN_CONFIRM if the server asked, then CLOSE
   // (in the background; a failure only leaves state the lease expires).
-  void confirm_open(Connection& conn, const std::string& fh, const stateid4& stateid,
-                    bool confirm);
+  void confirm_open(Connection& conn, const std::string& fh, const stateid4& stateid, bool confirm);
   Verifier cookie_verifier(const std::string& dir) const;
   void keep_cookie_verifier(const std::string& dir, const Verifier& v);
 
   std::mutex mu_;
-  bool have_client_id_ = false;                    // guarded by mu_
-  bool setting_up_ = false;                        // guarded by mu_
-  uint64_t client_id_ = 0;                         // guarded by mu_
+  bool have_client_id_ = false;                      // guarded by mu_
+  bool setting_up_ = false;                          // guarded by mu_
+  uint64_t client_id_ = 0;                           // guarded by mu_
   std::vector<Then<int, uint64_t>> client_waiting_;  // guarded by mu_
-  uint64_t next_owner_ = 1;                        // guarded by mu_
+  uint64_t next_owner_ = 1;                          // guarded by mu_
   mutable std::mutex verifiers_mu_;
   // READDIR cookie verifiers by directory handle, to continue a listing.
   std::unordered_map<std::string, Verifier> verifiers_;  // guarded by verifiers_mu_

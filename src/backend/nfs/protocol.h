@@ -41,8 +41,8 @@ class Then {
  public:
   Then() = default;
   template <typename F>
-    requires(!std::is_same_v<std::decay_t<F>, Then> && std::is_invocable_v<F&, Args...>)
-  Then(F f) : impl_(std::make_unique<Impl<F>>(std::move(f))) {}  // NOLINT: implicit on purpose
+  requires(!std::is_same_v<std::decay_t<F>, Then> && std::is_invocable_v<F&, Args...>) Then(F f)
+      : impl_(std::make_unique<Impl<F>>(std::move(f))) {}  // NOLINT: implicit on purpose
   Then(Then&&) noexcept = default;
   Then& operator=(Then&&) noexcept = default;
 
@@ -114,13 +114,10 @@ class Protocol {
                       bool directory, Then<int> then) = 0;
   virtual void rename(Connection& conn, const std::string& from_dir, const std::string& from,
                       const std::string& to_dir, const std::string& to, Then<int> then) = 0;
-  virtual void readlink(Connection& conn, const std::string& fh,
-                        Then<int, std::string> then) = 0;
+  virtual void readlink(Connection& conn, const std::string& fh, Then<int, std::string> then) = 0;
   // mask: R_OK | W_OK | X_OK (X_OK: execute or search).
-  virtual void access(Connection& conn, const std::string& fh, uint32_t mask,
-                      Then<int> then) = 0;
-  virtual void statfs(Connection& conn, const std::string& fh,
-                      Then<int, struct statvfs> then) = 0;
+  virtual void access(Connection& conn, const std::string& fh, uint32_t mask, Then<int> then) = 0;
+  virtual void statfs(Connection& conn, const std::string& fh, Then<int, struct statvfs> then) = 0;
   // `data` (valid during the call only) holds what was read; fewer bytes
   // than asked: end of file.
   virtual void read(Connection& conn, const std::string& fh, uint64_t offset, uint32_t count,
@@ -129,8 +126,7 @@ class Protocol {
                      std::shared_ptr<const std::string> data, bool stable,
                      Then<int, WriteResult> then) = 0;
   // COMMITs the whole file; the server's write verifier.
-  virtual void commit(Connection& conn, const std::string& fh,
-                      Then<int, WriteVerifier> then) = 0;
+  virtual void commit(Connection& conn, const std::string& fh, Then<int, WriteVerifier> then) = 0;
   // The entries after `cookie` (0: from the start), without "." and "..",
   // as many as fit in one answer; an empty list at the end.
   virtual void readdir(Connection& conn, const std::string& fh, uint64_t cookie,

@@ -104,8 +104,8 @@ class InodeTable {
     HostId host{};
     uint32_t type = 0;
     uint64_t lookups = 0;
-    std::string handle;  // struct file_handle bytes; empty without handles
-    PathRef fd;  // null when evicted
+    std::string handle;                 // struct file_handle bytes; empty without handles
+    PathRef fd;                         // null when evicted
     std::list<uint64_t>::iterator lru;  // valid while fd is set and handle non-empty
   };
 

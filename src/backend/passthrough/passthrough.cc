@@ -39,8 +39,7 @@ constexpr uint64_t kResolve =
 constexpr double kAlwaysTimeout = 86400;  // cache=always: a day, as virtiofsd
 constexpr size_t kXattrMax = 65536;       // XATTR_SIZE_MAX and XATTR_LIST_MAX
 
-UniqueFd open_beneath(int dirfd, std::string_view name, uint64_t flags, uint64_t mode,
-                      int* error) {
+UniqueFd open_beneath(int dirfd, std::string_view name, uint64_t flags, uint64_t mode, int* error) {
   const std::string n(name);
   open_how how{};
   how.flags = flags | O_CLOEXEC | O_NOFOLLOW;
@@ -133,9 +132,10 @@ bool use_uring(const PassthroughOptions& options) {
   if (options.io_uring != UringMode::kAuto) return options.io_uring == UringMode::kOn;
   struct statfs st {};
   if (::statfs(options.root.c_str(), &st) == 0 && st.f_type == TMPFS_MAGIC) {
-    spdlog::info("passthrough: {} is on tmpfs: reads and writes use system calls (io_uring = on "
-                 "forces io_uring)",
-                 options.root);
+    spdlog::info(
+        "passthrough: {} is on tmpfs: reads and writes use system calls (io_uring = on "
+        "forces io_uring)",
+        options.root);
     return false;
   }
   return true;
@@ -163,7 +163,7 @@ struct Passthrough::OpenFile {
   const uint64_t ino;
   const bool dir;
   util::FdCharge charge;  // returned to the device's budget when the descriptor closes
-  std::mutex mu;  // directories: one listing at a time (lseek + getdents)
+  std::mutex mu;          // directories: one listing at a time (lseek + getdents)
 };
 
 Passthrough::Passthrough(PassthroughOptions options)
@@ -288,8 +288,7 @@ int Passthrough::lookup_name(uint64_t parent, const PathRef& dir, std::string_vi
   return make_entry(std::move(fd), true, entry);
 }
 
-void Passthrough::lookup(const Context&, uint64_t parent, std::string_view name,
-                         EntryReply reply) {
+void Passthrough::lookup(const Context&, uint64_t parent, std::string_view name, EntryReply reply) {
   if (int e = check_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = inodes_.get(parent, &error);
@@ -301,8 +300,7 @@ void Passthrough::lookup(const Context&, uint64_t parent, std::string_view name,
 
 void Passthrough::forget(uint64_t ino, uint64_t nlookup) { inodes_.forget(ino, nlookup); }
 
-void Passthrough::getattr(const Context&, uint64_t ino, std::optional<uint64_t>,
-                          AttrReply reply) {
+void Passthrough::getattr(const Context&, uint64_t ino, std::optional<uint64_t>, AttrReply reply) {
   int error = 0;
   PathRef path = inodes_.get(ino, &error);
   if (!path) return reply.error(error);
@@ -469,8 +467,7 @@ void Passthrough::unlink(const Context&, uint64_t parent, std::string_view name,
   reply.ok();
 }
 
-void Passthrough::rmdir(const Context&, uint64_t parent, std::string_view name,
-                        StatusReply reply) {
+void Passthrough::rmdir(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
   if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
@@ -492,15 +489,15 @@ void Passthrough::rename(const Context&, uint64_t parent, std::string_view name,
   if (!from) return reply.error(error);
   PathRef to = dir_for_change(new_parent, &error);
   if (!to) return reply.error(error);
-  if (::renameat2(from->get(), std::string(name).c_str(), to->get(),
-                  std::string(new_name).c_str(), flags) != 0) {
+  if (::renameat2(from->get(), std::string(name).c_str(), to->get(), std::string(new_name).c_str(),
+                  flags) != 0) {
     return reply.error(errno);
   }
   reply.ok();
 }
 
-void Passthrough::link(const Context&, uint64_t ino, uint64_t new_parent,
-                       std::string_view new_name, EntryReply reply) {
+void Passthrough::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_view new_name,
+                       EntryReply reply) {
   if (int e = check_new_component(new_name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(new_parent, &error);
@@ -588,8 +585,8 @@ void Passthrough::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenRep
   reply.ok(fh, open_reply_flags());
 }
 
-void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view name,
-                         uint32_t mode, uint32_t umask, uint32_t flags, CreateReply reply) {
+void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                         uint32_t umask, uint32_t flags, CreateReply reply) {
   if (int e = check_new_component(name); e != 0) return reply.error(e);
   int error = 0;
   PathRef dir = dir_for_change(parent, &error);
@@ -721,8 +718,8 @@ void Passthrough::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock
   reply.ok();
 }
 
-void Passthrough::release(const Context&, uint64_t ino, uint64_t fh, uint32_t,
-                          uint64_t lock_owner, bool flock_unlock, StatusReply reply) {
+void Passthrough::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t lock_owner,
+                          bool flock_unlock, StatusReply reply) {
   Completions done;
   {
     std::lock_guard lock(files_mu_);
@@ -737,8 +734,8 @@ void Passthrough::release(const Context&, uint64_t ino, uint64_t fh, uint32_t,
   reply.ok();
 }
 
-void Passthrough::lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
-                        uint32_t whence, LseekReply reply) {
+void Passthrough::lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t whence,
+                        LseekReply reply) {
   if (whence != SEEK_DATA && whence != SEEK_HOLE) return reply.error(EINVAL);
   if (offset > uint64_t(INT64_MAX)) return reply.error(ENXIO);
   int error = 0;
@@ -887,7 +884,7 @@ void Passthrough::setxattr(const Context& ctx, uint64_t ino, std::string_view na
   PathRef path = inodes_.get(ino, &error);
   if (!path) return reply.error(error);
   if (::setxattr(proc_path(path->get()).c_str(), std::string(name).c_str(), value.data(),
-                  value.size(), int(flags)) != 0) {
+                 value.size(), int(flags)) != 0) {
     return reply.error(errno);
   }
   reply.ok();
@@ -902,7 +899,7 @@ void Passthrough::getxattr(const Context& ctx, uint64_t ino, std::string_view na
   if (!path) return reply.error(error);
   std::vector<std::byte> value(kXattrMax);
   const ssize_t n = ::getxattr(proc_path(path->get()).c_str(), std::string(name).c_str(),
-                                value.data(), value.size());
+                               value.data(), value.size());
   if (n < 0) return reply.error(errno);
   reply.ok(std::span<const std::byte>(value.data(), size_t(n)));
 }
@@ -952,8 +949,8 @@ void Passthrough::syncfs(const Context&, uint64_t, StatusReply reply) {
 
 // --- Locks ------------------------------------------------------------------
 
-void Passthrough::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
-                        const Lock& lock, LockReply reply) {
+void Passthrough::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
+                        LockReply reply) {
   int error = 0;
   if (!find_file(fh, ino, &error)) return reply.error(error);
   reply.ok(locks_.test(ino, owner, lock));

@@ -71,8 +71,8 @@ struct PassthroughOptions {
   CachePolicy cache = CachePolicy::kAuto;
   double entry_timeout = 1.0;  // kAuto's timeouts
   double attr_timeout = 1.0;
-  bool writeback = false;     // the kernel caches writes (fuse.writeback_cache)
-  size_t max_fds = 8192;     // O_PATH descriptors cached, and files open at once
+  bool writeback = false;  // the kernel caches writes (fuse.writeback_cache)
+  size_t max_fds = 8192;   // O_PATH descriptors cached, and files open at once
   // This device's share of the process's descriptors: open files and cached
   // O_PATH descriptors together (util/fd_budget.h). Spent: cached ones are
   // evicted, then EMFILE. 0: no budget.
@@ -106,8 +106,8 @@ class Passthrough final : public Backend {
                AttrReply reply) override;
   void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply) override;
   void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply) override;
-  void symlink(const Context& ctx, uint64_t parent, std::string_view name,
-               std::string_view target, EntryReply reply) override;
+  void symlink(const Context& ctx, uint64_t parent, std::string_view name, std::string_view target,
+               EntryReply reply) override;
   void mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
              uint32_t rdev, uint32_t umask, EntryReply reply) override;
   void mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
@@ -132,8 +132,7 @@ class Passthrough final : public Backend {
              StatusReply reply) override;
   void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                 std::span<const std::byte> value, uint32_t flags, StatusReply reply) override;
-  void getxattr(const Context& ctx, uint64_t ino, std::string_view name,
-                XattrReply reply) override;
+  void getxattr(const Context& ctx, uint64_t ino, std::string_view name, XattrReply reply) override;
   void listxattr(const Context& ctx, uint64_t ino, XattrReply reply) override;
   void removexattr(const Context& ctx, uint64_t ino, std::string_view name,
                    StatusReply reply) override;
@@ -161,8 +160,8 @@ class Passthrough final : public Backend {
                        uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
                        uint64_t flags, WriteReply reply) override;
   void syncfs(const Context& ctx, uint64_t ino, StatusReply reply) override;
-  void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask,
-               uint32_t flags, CreateReply reply) override;
+  void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask, uint32_t flags,
+               CreateReply reply) override;
 
   // For tests: O_PATH descriptors the inode table holds, and open files.
   size_t cached_fds() const { return inodes_.cached_fds(); }

@@ -182,8 +182,10 @@ class Ring {
     }
     // The entries stay in the submission queue and go with the next
     // submit; the kernel has them either way once the tail was published.
-    if (rc < 0) spdlog::warn("passthrough: io_uring_submit: {}", std::strerror(-rc));
-    else bump(submits_);
+    if (rc < 0)
+      spdlog::warn("passthrough: io_uring_submit: {}", std::strerror(-rc));
+    else
+      bump(submits_);
     // Re-enabled before the caller reaps: a completion posted after that
     // reap signals the eventfd; one posted before is reaped there.
     io_uring_cq_eventfd_toggle(&ring_, true);
@@ -374,8 +376,10 @@ DataPath::Counters DataPath::counters() const {
     if (!ring) continue;
     c.uring_ops += ring->ops();
     c.submits += ring->submits();
-    if (ring->attached()) ++c.worker_rings;
-    else ++c.fallback_rings;
+    if (ring->attached())
+      ++c.worker_rings;
+    else
+      ++c.fallback_rings;
   }
   c.syscall_ops = syscall_ops_.load(std::memory_order_relaxed);
   return c;
@@ -387,11 +391,11 @@ std::vector<std::string> DataPath::stats() const {
                         syscall_ops_.load(std::memory_order_relaxed))};
   }
   const Counters c = counters();
-  return {fmt::format("io_uring: {} operations, {} submits ({:.1f} per submit), {} worker rings, "
-                      "{} fallback rings; {} operations by system call",
-                      c.uring_ops, c.submits,
-                      c.submits ? double(c.uring_ops) / double(c.submits) : 0.0, c.worker_rings,
-                      c.fallback_rings, c.syscall_ops)};
+  return {
+      fmt::format("io_uring: {} operations, {} submits ({:.1f} per submit), {} worker rings, "
+                  "{} fallback rings; {} operations by system call",
+                  c.uring_ops, c.submits, c.submits ? double(c.uring_ops) / double(c.submits) : 0.0,
+                  c.worker_rings, c.fallback_rings, c.syscall_ops)};
 }
 
 void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep,

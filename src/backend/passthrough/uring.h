@@ -73,8 +73,7 @@ class DataPath {
   std::unique_ptr<WorkerHook> attach_worker();
 
   void read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep, ReadReply reply);
-  void write(int fd, std::span<const iovec> src, uint64_t offset, Keepalive keep,
-             WriteReply reply);
+  void write(int fd, std::span<const iovec> src, uint64_t offset, Keepalive keep, WriteReply reply);
   void fsync(int fd, bool datasync, Keepalive keep, StatusReply reply);
   void fallocate(int fd, uint32_t mode, uint64_t offset, uint64_t length, Keepalive keep,
                  StatusReply reply);
@@ -83,9 +82,9 @@ class DataPath {
   bool uring_active();
 
   struct Counters {
-    uint64_t uring_ops = 0;    // operations submitted to a ring
-    uint64_t submits = 0;      // io_uring_enter calls that submitted them
-    uint64_t syscall_ops = 0;  // operations done as plain system calls
+    uint64_t uring_ops = 0;       // operations submitted to a ring
+    uint64_t submits = 0;         // io_uring_enter calls that submitted them
+    uint64_t syscall_ops = 0;     // operations done as plain system calls
     uint64_t worker_rings = 0;    // rings driven by a worker's hook
     uint64_t fallback_rings = 0;  // rings with a reaper thread
   };
