@@ -7,7 +7,7 @@ packages=(
   libfmt-dev libspdlog-dev libcli11-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   fuse3 libfuse3-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format clang-tidy
   fio attr gnuplot-nox
   liburing-dev libnfs-dev libssl-dev openssl libseccomp-dev libcap-ng-dev
   nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-common iproute2

@@ -214,7 +214,7 @@ const Setting kSettings[] = {
     {{"sandbox.mode", "--sandbox", "namespace|chroot|none",
       "what of the host the serving process sees: its own mount namespace whose root is the "
       "shared directory (an empty one for other backends), a chroot into it, or everything "
-      "(default namespace)"},
+      "(default namespace; none in a sanitized build)"},
      [](Config& cfg, const Value& v) {
        cfg.sandbox.mode = sandbox::parse_sandbox_mode(as_string(v));
      }},

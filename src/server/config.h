@@ -107,18 +107,24 @@ struct RemoteConfig {
   unsigned max_handshakes_per_address = 8;
 };
 
-// A sanitized build's runtime makes system calls of its own that the
-// allow-list does not have (LeakSanitizer ptrace-attaches to every thread at
-// exit): there a call outside the list is logged by the kernel, not fatal.
+// A sanitized build's runtime needs what the sandbox takes away: it makes
+// system calls of its own that the allow-list does not have, and
+// LeakSanitizer reads /proc/PID/task (which the namespace's root does not
+// have) and ptrace-attaches to every thread at exit. There a call outside
+// the list is logged by the kernel, not fatal, and the process keeps the
+// host's view (capabilities are still dropped, no_new_privs still set).
+// The release build's tests run the real sandbox.
 #ifdef DPFS_SANITIZED
 inline constexpr sandbox::SeccompAction kDefaultSeccomp = sandbox::SeccompAction::kLog;
+inline constexpr sandbox::SandboxMode kDefaultSandboxMode = sandbox::SandboxMode::kNone;
 #else
 inline constexpr sandbox::SeccompAction kDefaultSeccomp = sandbox::SeccompAction::kKill;
+inline constexpr sandbox::SandboxMode kDefaultSandboxMode = sandbox::SandboxMode::kNamespace;
 #endif
 
 // The sandbox every serving process enters (src/sandbox/sandbox.h).
 struct SandboxConfig {
-  sandbox::SandboxMode mode = sandbox::SandboxMode::kNamespace;
+  sandbox::SandboxMode mode = kDefaultSandboxMode;
   sandbox::SeccompAction seccomp = kDefaultSeccomp;
   // With vhost-user devices: a supervisor process and one serving process
   // for each device, the FUSE mount and the remote listener (server/
