@@ -9,7 +9,7 @@
 #include "backend/nfs/nfs.h"
 #include "backend/null/null.h"
 #include "backend/passthrough/passthrough.h"
-#include "remote/wire.h"
+#include "util/endpoint.h"
 
 namespace dpfs {
 namespace {
@@ -55,7 +55,7 @@ void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
     if (t.name == "remote") {
       // "remote://HOST:PORT": the argument is "//HOST:PORT".
       try {
-        remote::parse_endpoint(spec, "remote://", false);
+        util::parse_endpoint(spec, "remote://", false);
       } catch (const std::invalid_argument& e) {
         throw std::invalid_argument(fmt::format("backend remote: {}", e.what()));
       }
@@ -99,17 +99,13 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     PassthroughOptions options;
     options.root = cfg.passthrough.root_inside.empty() ? cfg.arg : cfg.passthrough.root_inside;
     options.read_only = cfg.passthrough.read_only;
-    options.cache = cfg.passthrough.cache == "none"     ? CachePolicy::kNone
-                    : cfg.passthrough.cache == "always" ? CachePolicy::kAlways
-                                                        : CachePolicy::kAuto;
+    options.cache = cfg.passthrough.cache;
     options.entry_timeout = cfg.entry_timeout;
     options.attr_timeout = cfg.attr_timeout;
     options.writeback = cfg.writeback_cache;
     options.max_fds = cfg.passthrough.max_fds;
     options.fd_budget = cfg.fd_budget;
-    options.io_uring = cfg.passthrough.io_uring == "on"    ? UringMode::kOn
-                       : cfg.passthrough.io_uring == "off" ? UringMode::kOff
-                                                           : UringMode::kAuto;
+    options.io_uring = cfg.passthrough.io_uring;
     if (cfg.passthrough.squash_uid >= 0) options.squash_uid = uint32_t(cfg.passthrough.squash_uid);
     if (cfg.passthrough.squash_gid >= 0) options.squash_gid = uint32_t(cfg.passthrough.squash_gid);
     return std::make_unique<Passthrough>(options);

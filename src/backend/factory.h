@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "backend/backend.h"
+#include "backend/passthrough/passthrough.h"
 
 namespace dpfs {
 
@@ -45,10 +46,10 @@ struct BackendConfig {
     // the sandbox's root); empty: `arg`.
     std::string root_inside;
     bool read_only = false;
-    std::string cache = "auto";  // none, auto, always
-    uint64_t max_fds = 8192;
-    std::string io_uring = "auto";  // auto, on, off
-    int64_t squash_uid = -1;        // -1: the tenant's
+    CachePolicy cache = PassthroughOptions{}.cache;
+    uint64_t max_fds = PassthroughOptions{}.max_fds;
+    UringMode io_uring = PassthroughOptions{}.io_uring;
+    int64_t squash_uid = -1;  // -1: the tenant's
     int64_t squash_gid = -1;
   } passthrough;
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "fuse/iov.h"
+#include "util/iov.h"
 
 namespace dpfs::fuse {
 

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "fuse/captured_request.h"
-#include "fuse/iov.h"
+#include "util/iov.h"
 
 namespace dpfs::fuse {
 

@@ -723,8 +723,6 @@ constexpr std::array<OpInfo, FuseSession::kMaxOpcode> make_ops() {
 
 constexpr std::array<OpInfo, FuseSession::kMaxOpcode> kOps = make_ops();
 
-std::mutex init_mutex;
-
 }  // namespace
 
 const char* opcode_name(uint32_t opcode) {
@@ -741,7 +739,7 @@ FuseSession::FuseSession(Backend& backend, SessionOptions options)
   uint32_t mw = std::clamp(options_.max_write, kPageSize, kMaxPagesLimit * kPageSize);
   mw -= mw % kPageSize;
   options_.max_write = mw;
-  max_write_ = mw;
+  max_write_.store(mw, std::memory_order_relaxed);
 }
 
 size_t FuseSession::request_size_for(uint32_t max_write) {
@@ -764,7 +762,7 @@ void FuseSession::answer_error(Request& req, uint64_t unique, int error) {
 }
 
 void FuseSession::reset() {
-  std::lock_guard lock(init_mutex);
+  std::lock_guard lock(init_mu_);
   initialized_.store(false, std::memory_order_release);
   destroyed_.store(false, std::memory_order_release);
 }
@@ -933,11 +931,11 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   }
 
   {
-    std::lock_guard lock(init_mutex);
+    std::lock_guard lock(init_mu_);
     if (initialized()) log_.warn("{}: INIT again; renegotiating", options_.name);
-    proto_minor_ = a.minor;
-    flags_ = flags;
-    max_write_ = max_write;
+    proto_minor_.store(a.minor, std::memory_order_relaxed);
+    flags_.store(flags, std::memory_order_relaxed);
+    max_write_.store(max_write, std::memory_order_relaxed);
     destroyed_.store(false, std::memory_order_release);
     initialized_.store(true, std::memory_order_release);
   }

@@ -15,6 +15,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "backend/backend.h"
@@ -82,9 +83,9 @@ class FuseSession final : public RequestHandler {
   // True once DESTROY was handled (a transport may stop serving).
   bool destroyed() const override { return destroyed_.load(std::memory_order_acquire); }
   std::unique_ptr<WorkerHook> attach_worker() override { return backend_.attach_worker(); }
-  uint32_t proto_minor() const { return proto_minor_; }
-  uint64_t negotiated_flags() const { return flags_; }
-  uint32_t max_write() const { return max_write_; }
+  uint32_t proto_minor() const { return proto_minor_.load(std::memory_order_relaxed); }
+  uint64_t negotiated_flags() const { return flags_.load(std::memory_order_relaxed); }
+  uint32_t max_write() const { return max_write_.load(std::memory_order_relaxed); }
   const SessionOptions& options() const { return options_; }
   const OpStats& stats(uint32_t opcode) const { return stats_[opcode < kMaxOpcode ? opcode : 0]; }
   Backend& backend() { return backend_; }
@@ -104,11 +105,19 @@ class FuseSession final : public RequestHandler {
 
   Backend& backend_;
   SessionOptions options_;
+  // What INIT negotiated. Written by handle_init() and reset() under
+  // init_mu_ (this session's: one tenant's INITs never wait for another's);
+  // read by every worker without it. Each field is atomic, and
+  // initialized_'s release store publishes them: a worker that sees
+  // initialized() sees the fields of that INIT or a later one. A second INIT
+  // racing requests (a guest kernel renegotiating after a reset) may show
+  // one request fields of two INITs; each field is valid on its own.
+  std::mutex init_mu_;
   std::atomic<bool> initialized_{false};
   std::atomic<bool> destroyed_{false};
-  uint32_t proto_minor_ = 0;
-  uint64_t flags_ = 0;  // negotiated FUSE_* init flags (both words)
-  uint32_t max_write_ = 0;
+  std::atomic<uint32_t> proto_minor_{0};
+  std::atomic<uint64_t> flags_{0};  // negotiated FUSE_* init flags (both words)
+  std::atomic<uint32_t> max_write_{0};
   std::array<OpStats, kMaxOpcode> stats_;
   util::RateLimitedLog log_;
 };

@@ -103,7 +103,7 @@ constexpr size_t kRecord = 16384;
 
 class TlsChannel final : public Channel {
  public:
-  TlsChannel(transport::UniqueFd fd, SSL* ssl) : Channel(std::move(fd)), ssl_(ssl) {}
+  TlsChannel(util::UniqueFd fd, SSL* ssl) : Channel(std::move(fd)), ssl_(ssl) {}
   ~TlsChannel() override { SSL_free(ssl_); }
 
   std::string start(double timeout_s, bool* fatal) override;
@@ -346,7 +346,7 @@ std::string TlsChannel::start(double timeout_s, bool* fatal) {
 
 }  // namespace
 
-std::unique_ptr<Channel> plain_channel(transport::UniqueFd fd) {
+std::unique_ptr<Channel> plain_channel(util::UniqueFd fd) {
   return std::make_unique<PlainChannel>(std::move(fd));
 }
 
@@ -405,7 +405,7 @@ TlsContext::TlsContext(const TlsFiles& files, Role role) : impl_(std::make_uniqu
 
 TlsContext::~TlsContext() = default;
 
-std::unique_ptr<Channel> TlsContext::channel(transport::UniqueFd fd, const std::string& peer_host) {
+std::unique_ptr<Channel> TlsContext::channel(util::UniqueFd fd, const std::string& peer_host) {
   SSL* ssl = SSL_new(impl_->ctx);
   if (ssl == nullptr) throw std::runtime_error("SSL_new: " + ssl_error_text());
   SSL_set_fd(ssl, fd.get());

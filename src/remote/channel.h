@@ -24,13 +24,13 @@
 #include <string>
 
 #include "remote/wire.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::remote {
 
 class Channel {
  public:
-  explicit Channel(transport::UniqueFd fd) : fd_(std::move(fd)) {}
+  explicit Channel(util::UniqueFd fd) : fd_(std::move(fd)) {}
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
   virtual ~Channel() = default;
@@ -84,11 +84,11 @@ class Channel {
   int fd() const { return fd_.get(); }
 
  protected:
-  transport::UniqueFd fd_;
+  util::UniqueFd fd_;
 };
 
 // Plain TCP.
-std::unique_ptr<Channel> plain_channel(transport::UniqueFd fd);
+std::unique_ptr<Channel> plain_channel(util::UniqueFd fd);
 
 // Where a TLS end finds its certificate, its key and the CA its peers'
 // certificates must be signed by (PEM files).
@@ -114,7 +114,7 @@ class TlsContext {
   // A TLS channel on connected `fd`; its start() runs the handshake. For a
   // device, `peer_host` is the name or address the server's certificate
   // must carry.
-  std::unique_ptr<Channel> channel(transport::UniqueFd fd, const std::string& peer_host = "");
+  std::unique_ptr<Channel> channel(util::UniqueFd fd, const std::string& peer_host = "");
 
  private:
   struct Impl;

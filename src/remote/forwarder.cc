@@ -17,7 +17,7 @@
 #include <unordered_set>
 
 #include "fuse/session.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::remote {
 namespace {
@@ -330,7 +330,7 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
     return fmt::format("resolving {}: {}", opt.server.host, gai_strerror(rc));
   }
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
-  transport::UniqueFd fd(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  util::UniqueFd fd(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return fmt::format("socket: {}", std::strerror(errno));
   // SO_SNDTIMEO bounds connect(2) too.
   const double hs = std::min(opt.timeout_s, 5.0);

@@ -16,7 +16,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "server/stats.h"
+#include "fuse/session_stats.h"
 
 namespace dpfs::remote {
 namespace {
@@ -611,7 +611,7 @@ void Server::accept_all() {
   for (;;) {
     sockaddr_storage addr{};
     socklen_t len = sizeof(addr);
-    transport::UniqueFd fd(
+    util::UniqueFd fd(
         ::accept4(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), &len, SOCK_CLOEXEC));
     if (!fd) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -631,7 +631,7 @@ void Server::accept_all() {
   }
 }
 
-void Server::admit(transport::UniqueFd fd, const sockaddr_storage& addr) {
+void Server::admit(util::UniqueFd fd, const sockaddr_storage& addr) {
   auto [source, source_name] = source_of(addr);
   const auto counted = handshakes_by_source_.find(source);
   const unsigned from_source = counted == handshakes_by_source_.end() ? 0 : counted->second;
@@ -1032,7 +1032,7 @@ std::vector<std::string> Server::stats() const {
   std::vector<std::string> lines;
   std::lock_guard lock(sessions_mu_);
   for (const auto& [id, session] : sessions_) {
-    for (const std::string& line : server::format_stats(*session->fuse)) {
+    for (const std::string& line : fuse::format_stats(*session->fuse)) {
       lines.push_back(fmt::format("session {:016x}: {}", id, line));
     }
   }

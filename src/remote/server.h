@@ -55,7 +55,7 @@
 #include "remote/channel.h"
 #include "remote/ledger.h"
 #include "remote/wire.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::remote {
 
@@ -141,7 +141,7 @@ class Server {
   void loop();
   void accept_all();
   // Takes `fd` (from `addr`) into the handshake, or refuses it (the caps).
-  void admit(transport::UniqueFd fd, const sockaddr_storage& addr);
+  void admit(util::UniqueFd fd, const sockaddr_storage& addr);
   // Runs `hs` as far as its socket allows; false once it is over (handed
   // to a Connection, or closed).
   bool advance(Handshake& hs);
@@ -164,8 +164,8 @@ class Server {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<TlsContext> tls_;  // null: plain TCP
   Endpoint bound_;
-  transport::UniqueFd listen_fd_;
-  transport::UniqueFd epoll_fd_, wake_fd_;
+  util::UniqueFd listen_fd_;
+  util::UniqueFd epoll_fd_, wake_fd_;
   std::thread loop_;
   std::atomic<bool> stopping_{false};
   // Keys the session tokens (wire.h session_token); never leaves the server.

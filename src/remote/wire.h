@@ -21,6 +21,8 @@
 #include <string>
 #include <string_view>
 
+#include "util/endpoint.h"
+
 namespace dpfs::remote {
 
 static_assert(std::endian::native == std::endian::little, "the wire format is little-endian");
@@ -238,15 +240,10 @@ void random_bytes(void* dst, size_t len);
 
 // --- Addresses -------------------------------------------------------------
 
-struct Endpoint {
-  std::string host;  // a name or a literal; without IPv6 brackets
-  uint16_t port = 0;
-};
-// Parses "HOST:PORT" or "[V6]:PORT" after `scheme` ("tcp://"). Port 0 is
-// allowed only when `allow_port_zero` (a listener: any free port). Throws
-// std::invalid_argument with the reason.
-Endpoint parse_endpoint(std::string_view text, std::string_view scheme, bool allow_port_zero);
-std::string format_endpoint(const Endpoint& e);
+// util/endpoint.h: HOST:PORT parsing, shared with the backend factory.
+using util::Endpoint;
+using util::format_endpoint;
+using util::parse_endpoint;
 
 // Reads a shared secret from `path`: at least 16 bytes, trailing newline
 // dropped, the file not readable by group or others. Throws

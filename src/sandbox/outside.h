@@ -7,7 +7,7 @@
 
 #include <functional>
 
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::sandbox {
 
@@ -36,7 +36,7 @@ class OutsideCleanup {
   void run(bool quiet = false);
 
  private:
-  transport::UniqueFd socket_;  // ours; empty once run
+  util::UniqueFd socket_;  // ours; empty once run
   pid_t pid_ = -1;
 };
 

@@ -300,10 +300,15 @@ const Setting kSettings[] = {
       "keep the page cache, timeouts of a day (default auto)"},
      [](Config& cfg, const Value& v) {
        const std::string& s = as_string(v);
-       if (s != "none" && s != "auto" && s != "always") {
+       if (s == "none") {
+         cfg.backend.passthrough.cache = CachePolicy::kNone;
+       } else if (s == "auto") {
+         cfg.backend.passthrough.cache = CachePolicy::kAuto;
+       } else if (s == "always") {
+         cfg.backend.passthrough.cache = CachePolicy::kAlways;
+       } else {
          refuse(fmt::format("must be none, auto or always, got '{}'", s));
        }
-       cfg.backend.passthrough.cache = s;
      }},
     {{"backend.passthrough.max_fds", "--passthrough-max-fds", "N",
       "passthrough: host descriptors cached for inodes, and files open at once (default 8192)"},
@@ -319,10 +324,15 @@ const Setting kSettings[] = {
       "io_uring except on tmpfs, where it cannot complete reads inline (default auto)"},
      [](Config& cfg, const Value& v) {
        const std::string& s = as_string(v);
-       if (s != "auto" && s != "on" && s != "off") {
+       if (s == "auto") {
+         cfg.backend.passthrough.io_uring = UringMode::kAuto;
+       } else if (s == "on") {
+         cfg.backend.passthrough.io_uring = UringMode::kOn;
+       } else if (s == "off") {
+         cfg.backend.passthrough.io_uring = UringMode::kOff;
+       } else {
          refuse(fmt::format("must be auto, on or off, got '{}'", s));
        }
-       cfg.backend.passthrough.io_uring = s;
      }},
     {{"backend.passthrough.squash_uid", "--passthrough-squash-uid", "UID",
       "passthrough: create files and check access as this host uid, whoever the tenant is "

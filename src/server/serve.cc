@@ -21,6 +21,7 @@
 
 #include "backend/factory.h"
 #include "fuse/session.h"
+#include "fuse/session_stats.h"
 #include "remote/forwarder.h"
 #include "remote/server.h"
 #include "sandbox/capabilities.h"
@@ -28,13 +29,12 @@
 #include "sandbox/sandbox.h"
 #include "server/fd_limits.h"
 #include "server/signals.h"
-#include "server/stats.h"
 #include "server/stats_socket.h"
 #include "server/supervisor.h"
 #include "server/version.h"
 #include "server/vhost_user_server.h"
 #include "transport/fuse_dev.h"
-#include "vhost_user/listener.h"
+#include "util/unix_listener.h"
 
 namespace dpfs::server {
 namespace {
@@ -207,7 +207,7 @@ std::vector<std::string> request_stats(const fuse::FuseSession* session,
 class Daemon {
  public:
   Daemon(const Config& cfg, std::unique_ptr<transport::FuseMount> mount,
-         std::vector<transport::UniqueFd> devices, const RemoteCredentials& credentials,
+         std::vector<util::UniqueFd> devices, const RemoteCredentials& credentials,
          std::function<void()> on_stop)
       : mount_(std::move(mount)) {
     fuse::RequestHandler* handler;
@@ -277,8 +277,8 @@ class Daemon {
   std::unique_ptr<transport::FuseDevice> device_;
 };
 
-transport::UniqueFd make_eventfd() {
-  transport::UniqueFd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+util::UniqueFd make_eventfd() {
+  util::UniqueFd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!fd) throw std::system_error(errno, std::generic_category(), "eventfd");
   return fd;
 }
@@ -326,14 +326,14 @@ Config with_fd_budgets(const Config& configured) {
 // Serves all of `configured` in this process (a part of it, if a supervisor
 // started this process: `handed` are its devices' sockets, bound by the
 // supervisor, which also removes their files; `link` its control socket).
-int serve_here(const Config& configured, std::vector<std::unique_ptr<vhost_user::Listener>> handed,
+int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Listener>> handed,
                const SupervisorLink& link) {
   const Config cfg = with_fd_budgets(configured);
   SignalFd signals({SIGINT, SIGTERM, SIGHUP, SIGUSR1});
   // Written by a FUSE worker that stops by itself (unmounted from outside).
-  const transport::UniqueFd fuse_stopped = make_eventfd();
+  const util::UniqueFd fuse_stopped = make_eventfd();
   // Written by a vhost-user device whose control thread ended by itself.
-  const transport::UniqueFd device_done = make_eventfd();
+  const util::UniqueFd device_done = make_eventfd();
 
   // Outside the sandbox, while the host's files can still be named: every
   // socket is bound, every secret and TLS file read, the FUSE mount made.
@@ -348,11 +348,11 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<vhost_user:
     spdlog::info("statistics: dpfs stats {}", stats_socket->path());
   }
   const bool own_sockets = handed.empty();
-  std::vector<std::unique_ptr<vhost_user::Listener>> sockets = std::move(handed);
+  std::vector<std::unique_ptr<util::Listener>> sockets = std::move(handed);
   for (size_t i = sockets.size(); i < cfg.devices.size(); ++i) {
     const DeviceConfig& d = cfg.devices[i];
-    sockets.push_back(std::make_unique<vhost_user::Listener>(
-        d.socket, "vhost-user socket", vhost_user::SocketAccess{d.socket_gid}));
+    sockets.push_back(std::make_unique<util::Listener>(d.socket, "vhost-user socket",
+                                                       util::SocketAccess{d.socket_gid}));
   }
   // The socket files: removed from outside once the daemon is done (their
   // paths are out of the sandbox's reach), also if it dies.
@@ -368,7 +368,7 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<vhost_user:
   if (!cfg.remote.listen.empty()) listener = make_remote_server(cfg);
   const RemoteCredentials credentials = read_remote_credentials(cfg);
   std::unique_ptr<transport::FuseMount> mount;
-  std::vector<transport::UniqueFd> fuse_devices;  // the FUSE workers' clones
+  std::vector<util::UniqueFd> fuse_devices;  // the FUSE workers' clones
   if (!cfg.fuse.mount.empty()) {
     fuse_devices = transport::FuseMount::open_devices(cfg.threads);
     mount = std::make_unique<transport::FuseMount>(
@@ -509,7 +509,7 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<vhost_user:
 int serve(const Config& cfg) {
   if (cfg.sandbox.per_device_processes && !cfg.devices.empty()) {
     return supervise(cfg, [](ServingPart part) {
-      std::vector<std::unique_ptr<vhost_user::Listener>> sockets;
+      std::vector<std::unique_ptr<util::Listener>> sockets;
       if (part.socket) sockets.push_back(std::move(part.socket));
       return serve_here(part.cfg, std::move(sockets), SupervisorLink(part.control));
     });

@@ -16,7 +16,7 @@ namespace dpfs::server {
 //
 // Start-up failures throw with one line for the operator:
 // transport::MountError (the mount point, /dev/fuse, mount(2)),
-// vhost_user::ListenError (a socket path) or std::invalid_argument (a
+// util::ListenError (a socket path) or std::invalid_argument (a
 // backend).
 //
 // REQUIRES: called from the main thread with no other thread running: the

@@ -12,7 +12,7 @@
 
 #include <initializer_list>
 
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::server {
 
@@ -31,7 +31,7 @@ class SignalFd {
   int take();
 
  private:
-  transport::UniqueFd fd_;
+  util::UniqueFd fd_;
   sigset_t previous_{};
 };
 

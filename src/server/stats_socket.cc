@@ -13,7 +13,7 @@
 
 namespace dpfs::server {
 
-using transport::UniqueFd;
+using util::UniqueFd;
 
 StatsSocket::StatsSocket(std::string path) : listener_(std::move(path), "stats socket") {
   if (::chmod(listener_.path().c_str(), 0600) != 0) {

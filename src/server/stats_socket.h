@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "vhost_user/listener.h"
+#include "util/unix_listener.h"
 
 namespace dpfs::server {
 
@@ -24,13 +24,13 @@ class StatsSocket {
   // Readable when a client is waiting.
   int fd() const { return listener_.fd(); }
   const std::string& path() const { return listener_.path(); }
-  const vhost_user::Listener& listener() const { return listener_; }
-  vhost_user::Listener& listener() { return listener_; }
+  const util::Listener& listener() const { return listener_; }
+  util::Listener& listener() { return listener_; }
   // Accepts the waiting clients and sends each `lines`, one per line.
   void answer(const std::vector<std::string>& lines);
 
  private:
-  vhost_user::Listener listener_;
+  util::Listener listener_;
 };
 
 // `dpfs stats PATH`: the statistics text, or throws std::runtime_error with

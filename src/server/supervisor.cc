@@ -20,13 +20,13 @@
 
 #include "server/signals.h"
 #include "server/stats_socket.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::server {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using transport::UniqueFd;
+using util::UniqueFd;
 
 // A part that crashes this often within kRestartWindow is given up.
 constexpr size_t kMaxRestarts = 5;
@@ -109,8 +109,8 @@ class Supervisor {
       spdlog::info("statistics: dpfs stats {}", stats_socket_->path());
     }
     for (const DeviceConfig& d : cfg.devices) {
-      sockets_.push_back(std::make_unique<vhost_user::Listener>(
-          d.socket, "vhost-user socket", vhost_user::SocketAccess{d.socket_gid}));
+      sockets_.push_back(std::make_unique<util::Listener>(d.socket, "vhost-user socket",
+                                                          util::SocketAccess{d.socket_gid}));
     }
   }
 
@@ -379,7 +379,7 @@ class Supervisor {
   // SIGCHLD too: a serving process that ends.
   SignalFd signals_{SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGCHLD};
   std::unique_ptr<StatsSocket> stats_socket_;
-  std::vector<std::unique_ptr<vhost_user::Listener>> sockets_;
+  std::vector<std::unique_ptr<util::Listener>> sockets_;
   std::vector<Part> parts_;
   bool stopping_ = false;
   bool started_ = false;  // every process said once that it serves

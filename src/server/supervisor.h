@@ -34,7 +34,7 @@
 #include <string>
 
 #include "server/config.h"
-#include "vhost_user/listener.h"
+#include "util/unix_listener.h"
 
 namespace dpfs::server {
 
@@ -47,7 +47,7 @@ struct ServingPart {
   Config cfg;
   // The device's socket, bound by the supervisor (its file is the
   // supervisor's to remove); null for the FUSE mount and the listener.
-  std::unique_ptr<vhost_user::Listener> socket;
+  std::unique_ptr<util::Listener> socket;
   int control = -1;  // this process's end of the control socket pair
 };
 

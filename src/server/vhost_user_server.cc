@@ -63,7 +63,7 @@ remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config&
 }
 
 VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
-                                 std::unique_ptr<vhost_user::Listener> listener,
+                                 std::unique_ptr<util::Listener> listener,
                                  const RemoteCredentials& credentials,
                                  std::function<void()> on_done)
     : config_(device),
@@ -194,7 +194,7 @@ void VhostUserServer::run() {
   unsigned accept_errors = 0;
   while (!stopping_.load(std::memory_order_acquire)) {
     if (!wait_readable(listener_->fd())) break;
-    transport::UniqueFd socket = listener_->try_accept();
+    util::UniqueFd socket = listener_->try_accept();
     if (!socket) {
       // try_accept logged it. A front-end that gave up before we accepted
       // is harmless; a listening socket that keeps failing is not.
@@ -220,7 +220,7 @@ void VhostUserServer::run() {
   }
 }
 
-void VhostUserServer::serve_connection(transport::UniqueFd socket, unsigned number) {
+void VhostUserServer::serve_connection(util::UniqueFd socket, unsigned number) {
   device_->log().info("{}: front-end connected (connection {})", name_, number);
   const auto t0 = std::chrono::steady_clock::now();
   bool by_us = false;

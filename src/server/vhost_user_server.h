@@ -28,9 +28,9 @@
 #include "fuse/session.h"
 #include "remote/forwarder.h"
 #include "server/config.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
+#include "util/unix_listener.h"
 #include "vhost_user/fs_device.h"
-#include "vhost_user/listener.h"
 
 namespace dpfs::server {
 
@@ -51,8 +51,8 @@ class VhostUserServer {
   // `on_done` is called on the control thread when it ends by itself
   // (kExit after a disconnect, or an unrecoverable accept error).
   VhostUserServer(const DeviceConfig& device, const Config& cfg,
-                  std::unique_ptr<vhost_user::Listener> listener,
-                  const RemoteCredentials& credentials, std::function<void()> on_done);
+                  std::unique_ptr<util::Listener> listener, const RemoteCredentials& credentials,
+                  std::function<void()> on_done);
   VhostUserServer(const VhostUserServer&) = delete;
   VhostUserServer& operator=(const VhostUserServer&) = delete;
   ~VhostUserServer();
@@ -84,7 +84,7 @@ class VhostUserServer {
  private:
   void run();                  // the control thread
   bool wait_readable(int fd);  // false: stop was requested
-  void serve_connection(transport::UniqueFd socket, unsigned number);
+  void serve_connection(util::UniqueFd socket, unsigned number);
 
   DeviceConfig config_;
   OnDisconnect on_disconnect_;
@@ -95,8 +95,8 @@ class VhostUserServer {
   std::unique_ptr<fuse::FuseSession> session_;    // or, for a remote backend:
   std::unique_ptr<remote::Forwarder> forwarder_;
   std::unique_ptr<vhost_user::FsDevice> device_;
-  std::unique_ptr<vhost_user::Listener> listener_;
-  transport::UniqueFd stop_fd_;  // eventfd: readable once stop() is called
+  std::unique_ptr<util::Listener> listener_;
+  util::UniqueFd stop_fd_;  // eventfd: readable once stop() is called
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> done_{false};

@@ -235,10 +235,10 @@ void FuseMount::keep_unmounter() {
   }
 }
 
-std::vector<UniqueFd> FuseMount::open_devices(unsigned n) {
-  std::vector<UniqueFd> fds;
+std::vector<util::UniqueFd> FuseMount::open_devices(unsigned n) {
+  std::vector<util::UniqueFd> fds;
   for (unsigned i = 0; i < n; ++i) {
-    UniqueFd fd(::open(kFuseDevice, O_RDWR | O_CLOEXEC));
+    util::UniqueFd fd(::open(kFuseDevice, O_RDWR | O_CLOEXEC));
     if (!fd) break;
     fds.push_back(std::move(fd));
   }
@@ -252,7 +252,7 @@ std::vector<UniqueFd> FuseMount::open_devices(unsigned n) {
 // completes the request and back.
 class FuseDevice::Worker {
  public:
-  Worker(FuseDevice& device, unsigned index, int fd, UniqueFd owned_fd)
+  Worker(FuseDevice& device, unsigned index, int fd, util::UniqueFd owned_fd)
       : device_(device), index_(index), fd_(fd), owned_fd_(std::move(owned_fd)) {
     const fuse::RequestHandler& session = device_.session_;
     // The kernel refuses a read into a buffer that cannot hold a WRITE of
@@ -360,7 +360,7 @@ class FuseDevice::Worker {
   FuseDevice& device_;
   const unsigned index_;
   const int fd_;
-  UniqueFd owned_fd_;  // empty when sharing the connection's descriptor
+  util::UniqueFd owned_fd_;  // empty when sharing the connection's descriptor
   size_t in_size_ = 0;
   size_t out_size_ = 0;
   std::vector<std::unique_ptr<Slot>> slots_;  // worker thread only, after start()
@@ -481,11 +481,11 @@ void FuseDevice::Worker::wait() {
 // --- FuseDevice --------------------------------------------------------------
 
 FuseDevice::FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-                       std::function<void()> on_stop, std::vector<UniqueFd> devices)
+                       std::function<void()> on_stop, std::vector<util::UniqueFd> devices)
     : session_(session), on_stop_(std::move(on_stop)) {
   install_wake_handler();
   for (unsigned i = 0; i < threads; ++i) {
-    UniqueFd fd;
+    util::UniqueFd fd;
     if (cloned_) {
       if (i < devices.size()) {
         fd = std::move(devices[i]);

@@ -27,7 +27,7 @@
 
 #include "fuse/handler.h"
 #include "sandbox/outside.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::transport {
 
@@ -96,12 +96,12 @@ class FuseMount {
 
   // `n` fresh descriptors of /dev/fuse, for FuseDevice's per-worker clones:
   // opened now, while /dev/fuse is in reach. Empty if it cannot be opened.
-  static std::vector<UniqueFd> open_devices(unsigned n);
+  static std::vector<util::UniqueFd> open_devices(unsigned n);
 
  private:
   std::string path_;
   std::string device_;  // "major:minor" of our mount, from /proc/self/mountinfo
-  UniqueFd fd_;
+  util::UniqueFd fd_;
   bool mounted_ = false;
   bool quiet_ = false;
   std::unique_ptr<sandbox::OutsideCleanup> unmounter_;  // null: we unmount
@@ -142,7 +142,7 @@ class FuseDevice {
   // beforehand (FuseMount::open_devices), for the workers' clones where
   // /dev/fuse can no longer be opened (a sandbox); the rest are opened here.
   FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-             std::function<void()> on_stop, std::vector<UniqueFd> devices = {});
+             std::function<void()> on_stop, std::vector<util::UniqueFd> devices = {});
   FuseDevice(const FuseDevice&) = delete;
   FuseDevice& operator=(const FuseDevice&) = delete;
   ~FuseDevice();

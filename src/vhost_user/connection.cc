@@ -11,7 +11,7 @@
 
 namespace dpfs::vhost_user {
 
-using transport::UniqueFd;
+using util::UniqueFd;
 
 namespace {
 

@@ -32,8 +32,8 @@
 #include <utility>
 #include <vector>
 
-#include "transport/unique_fd.h"
 #include "util/rate_limited_log.h"
+#include "util/unique_fd.h"
 #include "vhost_user/message.h"
 
 namespace dpfs::vhost_user {
@@ -118,17 +118,17 @@ class VhostUserDevice {
   // Every ring fd below arrives non-blocking (the connection sets O_NONBLOCK).
   // SET_VRING_KICK: the eventfd the driver kicks; an empty fd (no-fd bit)
   // means poll the ring. Starts the ring.
-  virtual int set_vring_kick(uint32_t index, transport::UniqueFd fd) = 0;
+  virtual int set_vring_kick(uint32_t index, util::UniqueFd fd) = 0;
   // SET_VRING_CALL: the eventfd to signal used buffers; empty: no interrupts.
-  virtual int set_vring_call(uint32_t index, transport::UniqueFd fd) = 0;
+  virtual int set_vring_call(uint32_t index, util::UniqueFd fd) = 0;
   // SET_VRING_ERR: the eventfd to signal ring errors; empty: none.
-  virtual int set_vring_err(uint32_t index, transport::UniqueFd fd) = 0;
+  virtual int set_vring_err(uint32_t index, util::UniqueFd fd) = 0;
   // SET_VRING_ENABLE (and the implicit enables above).
   virtual int set_vring_enable(uint32_t index, bool enable) = 0;
 
   // SET_BACKEND_REQ_FD (protocol feature BACKEND_REQ): the socket for
   // back-end initiated requests. By default it is closed.
-  virtual int set_backend_req_fd(transport::UniqueFd /*fd*/) { return 0; }
+  virtual int set_backend_req_fd(util::UniqueFd /*fd*/) { return 0; }
   // SET_STATUS / GET_STATUS (protocol feature STATUS only): the virtio
   // device status byte.
   virtual int set_status(uint8_t /*status*/) { return -EOPNOTSUPP; }
@@ -163,7 +163,7 @@ class Connection {
 
   // Takes a connected AF_UNIX stream socket, blocking or not. `name` prefixes
   // the log lines ("vhost-user fs0: ...").
-  Connection(transport::UniqueFd socket, VhostUserDevice& device, std::string name);
+  Connection(util::UniqueFd socket, VhostUserDevice& device, std::string name);
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
   // Closes the connection if still open (device.disconnect()).
@@ -196,8 +196,8 @@ class Connection {
 
   ReadStatus read_message(bool block);
   bool process_one(bool block);  // false = closed or nothing more to read
-  Outcome dispatch(Message& message, std::vector<transport::UniqueFd>& fds, std::string* error);
-  Outcome handle_vring_file(const Message& message, transport::UniqueFd fd, std::string* error);
+  Outcome dispatch(Message& message, std::vector<util::UniqueFd>& fds, std::string* error);
+  Outcome handle_vring_file(const Message& message, util::UniqueFd fd, std::string* error);
   bool check_index(uint32_t index, std::string* error) const;
   void apply_initial_enable(uint64_t previous, bool first);
   bool send_reply(const std::vector<uint8_t>& bytes);
@@ -207,7 +207,7 @@ class Connection {
   uint64_t offered_protocol_features() const;
   bool reply_ack() const { return (acked_protocol_features_ & protocol_feature::kReplyAck) != 0; }
 
-  transport::UniqueFd socket_;
+  util::UniqueFd socket_;
   VhostUserDevice& device_;
   std::string name_;
   uint32_t queue_num_;
@@ -216,7 +216,7 @@ class Connection {
   // that came with them.
   uint8_t buffer_[kHeaderSize + kMaxPayloadSize];
   size_t have_ = 0;
-  std::vector<transport::UniqueFd> fds_;
+  std::vector<util::UniqueFd> fds_;
 
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;

@@ -89,9 +89,9 @@ class FsDevice::Queue {
   bool have_num = false;
   bool have_addr = false;
   bool enabled = false;
-  transport::UniqueFd kick;
-  transport::UniqueFd call;
-  transport::UniqueFd err;
+  util::UniqueFd kick;
+  util::UniqueFd call;
+  util::UniqueFd err;
   bool started = false;
   bool broken_logged = false;
   uint64_t generation = 0;
@@ -182,8 +182,8 @@ class FsDevice::Worker {
 
   FsDevice& device_;
   const unsigned index_;
-  transport::UniqueFd epoll_;
-  transport::UniqueFd wake_;
+  util::UniqueFd epoll_;
+  util::UniqueFd wake_;
   std::atomic<bool> stop_{false};
   std::vector<Queue*> queues_;  // started queues this worker serves
 
@@ -644,7 +644,7 @@ uint32_t FsDevice::get_vring_base(uint32_t index) {
   return base;
 }
 
-int FsDevice::set_vring_kick(uint32_t index, transport::UniqueFd fd) {
+int FsDevice::set_vring_kick(uint32_t index, util::UniqueFd fd) {
   Queue& q = *queues_[index];
   pause();
   stop_queue(q);
@@ -654,14 +654,14 @@ int FsDevice::set_vring_kick(uint32_t index, transport::UniqueFd fd) {
   return 0;
 }
 
-int FsDevice::set_vring_call(uint32_t index, transport::UniqueFd fd) {
+int FsDevice::set_vring_call(uint32_t index, util::UniqueFd fd) {
   pause();
   queues_[index]->call = std::move(fd);
   resume();
   return 0;
 }
 
-int FsDevice::set_vring_err(uint32_t index, transport::UniqueFd fd) {
+int FsDevice::set_vring_err(uint32_t index, util::UniqueFd fd) {
   pause();
   queues_[index]->err = std::move(fd);
   resume();

@@ -30,7 +30,7 @@
 
 #include "fuse/latency.h"
 #include "fuse/session.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 #include "vhost_user/connection.h"
 #include "virtio/guest_memory.h"
 #include "virtio/virtqueue.h"
@@ -86,9 +86,9 @@ class FsDevice final : public VhostUserDevice {
   int set_vring_addr(uint32_t index, const VringAddr& addr) override;
   int set_vring_base(uint32_t index, uint32_t base) override;
   uint32_t get_vring_base(uint32_t index) override;
-  int set_vring_kick(uint32_t index, transport::UniqueFd fd) override;
-  int set_vring_call(uint32_t index, transport::UniqueFd fd) override;
-  int set_vring_err(uint32_t index, transport::UniqueFd fd) override;
+  int set_vring_kick(uint32_t index, util::UniqueFd fd) override;
+  int set_vring_call(uint32_t index, util::UniqueFd fd) override;
+  int set_vring_err(uint32_t index, util::UniqueFd fd) override;
   int set_vring_enable(uint32_t index, bool enable) override;
   void reset_device() override;
   void disconnect() override;

@@ -25,7 +25,7 @@
 #include <variant>
 #include <vector>
 
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::vhost_user {
 
@@ -188,7 +188,7 @@ inline constexpr uint32_t kMaxConfigSize = 256;  // QEMU's VHOST_USER_MAX_CONFIG
 // A region and the fd it is mapped from, as handed to the device.
 struct MemoryRegionFd {
   MemoryRegion region;
-  transport::UniqueFd fd;
+  util::UniqueFd fd;
 };
 
 // Decoded payloads, one alternative per payload type.

@@ -36,12 +36,12 @@
 #include <vector>
 
 #include "backend/memfs/memfs.h"
-#include "fuse/iov.h"
 #include "fuse/request.h"
 #include "fuse/session.h"
 #include "fuzz_input.h"
 #include "remote/ledger.h"
 #include "remote/wire.h"
+#include "util/iov.h"
 
 namespace {
 

@@ -31,7 +31,7 @@
 namespace {
 
 using dpfs::fuzz::Input;
-using dpfs::transport::UniqueFd;
+using dpfs::util::UniqueFd;
 using namespace dpfs::vhost_user;
 
 int count_open_fds() {

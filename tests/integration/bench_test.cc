@@ -154,6 +154,23 @@ std::string run_ok(const DeviceProcess& dev, const std::string& workload,
   return r.out;
 }
 
+// The device's log once it printed its stats (SIGUSR1, passed on by the
+// supervisor to the serving process): the lines up to `last`, which the
+// statistics print last (the queues come after the requests and the
+// backend's counters). Fails the test if they never come.
+std::string stats_in_log(const DeviceProcess& dev,
+                         const std::string& last = "queue 1 (requests): ") {
+  const size_t before = dev.log().size();
+  ::kill(dev.pid(), SIGUSR1);
+  for (int i = 0; i < 500; ++i) {
+    const std::string log = dev.log();
+    if (log.find(last, before) != std::string::npos) return log;
+    std::this_thread::sleep_for(10ms);
+  }
+  ADD_FAILURE() << "no statistics (" << last << ") in the log 5 s after SIGUSR1:\n" << dev.log();
+  return dev.log();
+}
+
 class BenchTest : public ::testing::Test {
  protected:
   // memfs on two request queues, `threads` workers.
@@ -198,9 +215,7 @@ TEST_F(BenchTest, SeveralQueuesAndThreadsPolling) {
       run_ok(dev_, "getattr", {"--queues", "2", "--threads", "2", "--depth", "16", "--poll"});
   EXPECT_EQ(json_field(json, "request_queues"), "2") << json;
   // Both queues were served.
-  ::kill(dev_.pid(), SIGUSR1);
-  std::this_thread::sleep_for(200ms);
-  const std::string log = dev_.log();
+  const std::string log = stats_in_log(dev_, "queue 2 (requests): ");
   EXPECT_EQ(log.find("queue 1 (requests): 0 requests"), std::string::npos) << log;
   EXPECT_EQ(log.find("queue 2 (requests): 0 requests"), std::string::npos) << log;
   EXPECT_NE(log.find("queue 2 (requests): "), std::string::npos) << log;
@@ -221,13 +236,6 @@ std::pair<std::string, std::string> write_then_read_at_depth_32(const DeviceProc
   EXPECT_NE(json_field(wrote, "verified").find("read back and verified"), std::string::npos)
       << wrote;
   return {std::move(wrote), run_ok(dev, "randread", {"--depth", "32"})};
-}
-
-// The device's log after it printed its stats (SIGUSR1).
-std::string stats_in_log(const DeviceProcess& dev) {
-  ::kill(dev.pid(), SIGUSR1);
-  std::this_thread::sleep_for(300ms);
-  return dev.log();
 }
 
 // The passthrough backend on one worker, at depth 32: random writes (read
@@ -277,7 +285,11 @@ TEST_P(BenchNfsTest, WorkerDrivesItsConnection) {
   DeviceProcess dev;
   ASSERT_NO_FATAL_FAILURE(start_one_worker(dev, NfsServer::url(dir, 3), poll));
   const auto [wrote, read] = write_then_read_at_depth_32(dev);
-  EXPECT_EQ(threads_named(dev.pid(), "dpfs-nfs-"), std::vector<std::string>{})
+  // (In the device's own process, the supervisor's child.)
+  const pid_t serving = served_by(dev.log(), "vhost-user ");
+  ASSERT_GT(serving, 0) << dev.log();
+  EXPECT_GE(threads_named(serving, "dpfs").size(), 2u) << "no workers: the wrong process?";
+  EXPECT_EQ(threads_named(serving, "dpfs-nfs-"), std::vector<std::string>{})
       << "a loop thread between the worker and its connection";
   const std::string log = stats_in_log(dev);
   const size_t at = log.rfind("nfs connection 0: driven by a worker, ");

@@ -197,14 +197,14 @@ TEST_F(CliTest, SigtermWhileBusyStillExits) {
   // A reader in the middle of its reads when the daemon is told to stop.
   ASSERT_EQ(write_file(mount_->dir() + "/f", pattern(1, 0, 1 << 20)), 0);
   Child reader([&](Child& self) -> std::string {
-    self.signal();
+    if (!read_file(mount_->dir() + "/f")) return "the first read failed";
+    self.signal();  // reading now, and going on
     for (int i = 0; i < 100000; ++i) {
       if (!read_file(mount_->dir() + "/f")) return "";  // the mount went away: expected
     }
     return "";
   });
-  ASSERT_TRUE(reader.wait());
-  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(reader.wait()) << reader.join();
   std::string stop = mount_->stop(SIGTERM);
   EXPECT_TRUE(stop.empty()) << stop;
   ::kill(reader.pid(), SIGKILL);
@@ -233,19 +233,27 @@ TEST_F(CliTest, SigtermWithBlockedLockWaiter) {
     struct flock fl {};
     fl.l_type = F_WRLCK;
     self.signal();
-    ::fcntl(fd, F_SETLKW, &fl);  // whatever it returns when the daemon goes
+    // An error when the daemon goes (the connection ends); never the lock,
+    // which the holder still has.
+    const int rc = ::fcntl(fd, F_SETLKW, &fl);
+    self.signal();  // it returned
+    if (rc == 0) return "F_SETLKW got a lock another process holds";
     return "";
   });
   ASSERT_TRUE(waiter.wait());
-  std::this_thread::sleep_for(200ms);
+  // Stopped only once the waiter waits in F_SETLKW.
+  ASSERT_TRUE(in_system_call(waiter.pid(), SYS_fcntl, 10s)) << "the waiter never blocked";
   close_fds_under(mount_->dir());
   std::string stop = mount_->stop(SIGTERM);
   EXPECT_TRUE(stop.empty()) << stop;
+  // Its F_SETLKW ended with the daemon (an error: the connection is gone).
+  const bool ended = waiter.wait(10s);
+  EXPECT_TRUE(ended) << "F_SETLKW still waits after the daemon stopped";
+  if (!ended) ::kill(waiter.pid(), SIGKILL);
+  EXPECT_EQ(waiter.join(), "");
   holder.signal();
   ::kill(holder.pid(), SIGKILL);
-  ::kill(waiter.pid(), SIGKILL);
   holder.join();
-  waiter.join();
 }
 
 TEST_F(CliTest, NullBackendServesZeros) {

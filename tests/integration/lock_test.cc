@@ -114,28 +114,31 @@ TEST_F(LockTest, GetlkReportsTheHolder) {
 
 TEST_F(LockTest, SetlkwWaitsForRelease) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
-  Child holder([&](Child& self) -> std::string {
-    int fd = ::open(path("f").c_str(), O_RDWR);
-    if (fd < 0) return "open: " + errname(errno);
-    struct flock fl = make_lock(F_WRLCK, 0, 0);
-    if (::fcntl(fd, F_SETLK, &fl) != 0) return "F_SETLK: " + errname(errno);
-    self.signal();
-    std::this_thread::sleep_for(500ms);
-    fl.l_type = F_UNLCK;
-    if (::fcntl(fd, F_SETLK, &fl) != 0) return "unlock: " + errname(errno);
-    ::close(fd);
-    return "";
-  });
+  Child holder(
+      [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
   ASSERT_TRUE(holder.wait()) << holder.join();
   int fd = open(cpath("f"), O_RDWR);
   ASSERT_SYS(fd);
-  auto start = std::chrono::steady_clock::now();
   struct flock fl = make_lock(F_WRLCK, 0, 1);
-  EXPECT_SYS(fcntl(fd, F_SETLKW, &fl));
-  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_GE(waited, 0.35) << "F_SETLKW returned after " << waited
-                          << " s, before the holder released its lock (after 0.5 s)";
-  EXPECT_LT(waited, 10.0) << "F_SETLKW waited far longer than the holder held the lock";
+  std::atomic<pid_t> tid{0};
+  std::atomic<bool> returned{false};
+  int result = -1, error = 0;
+  std::thread waiter([&] {
+    tid = ::gettid();
+    result = fcntl(fd, F_SETLKW, &fl);
+    error = errno;
+    returned = true;
+  });
+  // The waiter is in F_SETLKW (its thread's current system call is fcntl),
+  // and stays there while the lock is held.
+  for (int i = 0; i < 1000 && tid == 0; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(in_system_call(tid, SYS_fcntl, 10s)) << "the waiter never blocked in F_SETLKW";
+  std::this_thread::sleep_for(100ms);  // time for a wrong early return to show
+  EXPECT_FALSE(returned) << "F_SETLKW returned while another process held the lock";
+  // Released: the waiter gets the lock.
+  holder.signal();
+  waiter.join();
+  EXPECT_EQ(result, 0) << errname(error);
   fl = probe(fd, F_WRLCK, 0, 1);
   EXPECT_EQ(fl.l_type, F_UNLCK);
   EXPECT_EQ(holder.join(), "");
@@ -168,7 +171,8 @@ TEST_F(LockTest, SetlkwInterruptedBySignal) {
     return "";
   });
   ASSERT_TRUE(waiter.wait());
-  std::this_thread::sleep_for(200ms);
+  // Signalled only once it waits in F_SETLKW (its system call is fcntl).
+  ASSERT_TRUE(in_system_call(waiter.pid(), SYS_fcntl, 10s)) << "the waiter never blocked";
   kill(waiter.pid(), SIGUSR1);
   EXPECT_EQ(waiter.join(), "");
   holder.signal();

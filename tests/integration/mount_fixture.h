@@ -35,6 +35,7 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -613,6 +614,18 @@ inline std::vector<std::string> lines_of(const std::string& s) {
   std::string l;
   while (std::getline(in, l)) lines.push_back(l);
   return lines;
+}
+
+// Whether thread or process `id` is, within `timeout`, blocked in system
+// call `nr` (/proc/ID/syscall starts with the number while it is in it).
+inline bool in_system_call(pid_t id, long nr, std::chrono::milliseconds timeout) {
+  const std::string file = "/proc/" + std::to_string(id) + "/syscall";
+  const std::string want = std::to_string(nr) + " ";
+  for (auto deadline = std::chrono::steady_clock::now() + timeout;
+       std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(1ms)) {
+    if (read_text_file(file).rfind(want, 0) == 0) return true;
+  }
+  return false;
 }
 
 // The process the supervisor last named in `log` as serving the part whose

@@ -15,7 +15,37 @@
 namespace dpfs::itest {
 namespace {
 
-class PosixTest : public MountTest {};
+class PosixTest : public MountTest {
+ protected:
+  // FORGET and BATCH_FORGET requests the daemon has counted, from the
+  // statistics it logs on SIGUSR1 (waiting up to 1 s for them); -1 if it
+  // counts no opcodes (a forwarder).
+  static int64_t forget_requests() {
+    Mount& m = mount();
+    const size_t before = m.log().size();
+    ::kill(m.pid(), SIGUSR1);
+    std::string fresh;
+    for (int i = 0; i < 100; ++i) {
+      fresh = m.log().substr(before);
+      if (fresh.find("stats: ") != std::string::npos) {
+        std::this_thread::sleep_for(20ms);  // the rest of its lines, logged at once
+        fresh = m.log().substr(before);
+        break;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    if (fresh.find(" requests forwarded") != std::string::npos) return -1;
+    int64_t total = 0;
+    for (const std::string& line : lines_of(fresh)) {
+      for (const char* op : {" FORGET ", " BATCH_FORGET "}) {
+        const size_t at = line.find(op);
+        if (at == std::string::npos || line.find("stats: ") == std::string::npos) continue;
+        total += std::stoll(line.substr(at + std::strlen(op)));
+      }
+    }
+    return total;
+  }
+};
 
 // ---------------------------------------------------------------------------
 // lookup / stat
@@ -71,10 +101,18 @@ TEST_F(PosixTest, ForgetThenLookupAgain) {
   ASSERT_SYS(fd);
   ASSERT_SYS(unlink(cpath("tree/d4/f4")));
   sync();
+  const int64_t forgets_before = tmpfs() ? -1 : forget_requests();
   if (!tmpfs()) {
     ASSERT_EQ(write_file("/proc/sys/vm/drop_caches", "2"), 0) << "drop dentries and inodes";
   }
-  std::this_thread::sleep_for(200ms);  // FORGETs are sent asynchronously
+  // The kernel sends its FORGETs asynchronously: wait until dpfs counted
+  // more of them (its statistics, SIGUSR1). A forwarder (remote backend)
+  // counts no opcodes; then there is nothing to wait for here.
+  if (forgets_before >= 0) {
+    int64_t now = forgets_before;
+    for (int i = 0; i < 100 && now <= forgets_before; ++i) now = forget_requests();
+    EXPECT_GT(now, forgets_before) << "no FORGET reached dpfs after dropping the caches";
+  }
   for (int i = 0; i < 300; ++i) {
     if (i == 4) continue;
     std::string p = path("tree/d" + std::to_string(i % 10) + "/f" + std::to_string(i));

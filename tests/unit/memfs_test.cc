@@ -12,8 +12,10 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -778,6 +780,16 @@ TEST_F(MemfsTest, FlockLocksAreSeparateFromPosixAndDropOnRelease) {
 TEST_F(MemfsTest, WorkersChangingOneDirectoryConcurrently) {
   const uint64_t d = mkdir(kRootIno, "d");
   const uint64_t base = inodes();
+  // Each worker's names are its own: every step must succeed, whatever the
+  // others do to the directory at the same time.
+  std::mutex mu;
+  std::vector<std::string> failures;
+  auto expect_ok = [&](const TestRequest& r, const char* what, const std::string& name) {
+    if (r.error() == 0) return true;
+    std::lock_guard lock(mu);
+    failures.push_back(std::string(what) + " " + name + ": " + std::strerror(-r.error()));
+    return false;
+  };
   std::vector<std::thread> workers;
   for (int t = 0; t < 4; ++t) {
     workers.emplace_back([&, t] {
@@ -787,7 +799,7 @@ TEST_F(MemfsTest, WorkersChangingOneDirectoryConcurrently) {
         fuse_create_in in{O_RDWR, S_IFREG | 0644, 0, 0};
         TestRequest cr(b.arg(in).name(name).bytes());
         session.handle(cr);
-        if (cr.error() != 0) continue;
+        if (!expect_ok(cr, "CREATE", name)) continue;
         const uint64_t ino = cr.payload<fuse_entry_out>().nodeid;
         const uint64_t fh =
             reinterpret_cast<const fuse_open_out*>(cr.reply_data() + sizeof(fuse_entry_out))->fh;
@@ -796,19 +808,23 @@ TEST_F(MemfsTest, WorkersChangingOneDirectoryConcurrently) {
         w.size = 5;
         TestRequest wr(RequestBuilder(FUSE_WRITE, ino).arg(w).raw("hello").bytes());
         session.handle(wr);
+        expect_ok(wr, "WRITE", name);
         fuse_rename2_in rn{kRootIno, 0, 0};
         TestRequest mv(RequestBuilder(FUSE_RENAME2, d).arg(rn).name(name).name(name).bytes());
         session.handle(mv);
+        expect_ok(mv, "RENAME", name);
         fuse_read_in rd{};
         rd.size = 2048;
         TestRequest ls(RequestBuilder(FUSE_READDIRPLUS, d).arg(rd).bytes());
         session.handle(ls);  // no handle: EBADF, but it races with the rest
         TestRequest un(RequestBuilder(FUSE_UNLINK, kRootIno).name(name).bytes());
         session.handle(un);
+        expect_ok(un, "UNLINK", name);
         fuse_release_in rl{};
         rl.fh = fh;
         TestRequest rel(RequestBuilder(FUSE_RELEASE, ino).arg(rl).bytes());
         session.handle(rel);
+        expect_ok(rel, "RELEASE", name);
         fuse_forget_in fg{1};
         TestRequest fo(RequestBuilder(FUSE_FORGET, ino).arg(fg).bytes());
         session.handle(fo);
@@ -816,6 +832,7 @@ TEST_F(MemfsTest, WorkersChangingOneDirectoryConcurrently) {
     });
   }
   for (std::thread& w : workers) w.join();
+  EXPECT_EQ(failures, std::vector<std::string>{});
   EXPECT_EQ(inodes(), base) << "every inode created was freed";
 }
 

@@ -486,7 +486,7 @@ class FakeServer {
   }
 
  private:
-  transport::UniqueFd listen_, conn_;
+  util::UniqueFd listen_, conn_;
   uint16_t port_ = 0;
 };
 
@@ -1099,7 +1099,7 @@ class RawDevice {
     iovec iov[2] = {{&h, sizeof(h)}, {const_cast<void*>(payload), len}};
     return writev_full(fd(), iov);
   }
-  transport::UniqueFd fd_;
+  util::UniqueFd fd_;
   bool bound_ = false, connected_ = false;
   HelloPayload hello_{};
   WelcomePayload welcome_{};

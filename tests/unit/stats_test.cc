@@ -1,4 +1,4 @@
-#include "server/stats.h"
+#include "fuse/session_stats.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

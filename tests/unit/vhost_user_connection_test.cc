@@ -20,14 +20,16 @@
 #include <string>
 #include <vector>
 
+#include "util/unix_listener.h"
 #include "vhost_user/connection.h"
-#include "vhost_user/listener.h"
 #include "vhost_user/message.h"
 
 namespace dpfs::vhost_user {
 namespace {
 
-using transport::UniqueFd;
+using util::Listener;
+using util::ListenError;
+using util::UniqueFd;
 
 constexpr uint64_t kEventIdx = 1ull << 29;
 constexpr uint64_t kIndirectDesc = 1ull << 28;

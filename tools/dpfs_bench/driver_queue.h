@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "shared_memory.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 #include "virtio/virtqueue.h"
 
 namespace dpfs::bench {
@@ -104,8 +104,8 @@ class DriverQueue {
   VringDesc* desc_;
   VringAvail* avail_;
   VringUsed* used_;
-  transport::UniqueFd kick_;
-  transport::UniqueFd call_;
+  util::UniqueFd kick_;
+  util::UniqueFd call_;
   std::vector<uint16_t> free_;
   uint16_t avail_idx_ = 0;  // next avail entry (published or not)
   uint16_t last_used_ = 0;  // next used entry to read

@@ -18,7 +18,7 @@
 
 #include "driver_queue.h"
 #include "shared_memory.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::bench {
 
@@ -57,7 +57,7 @@ class Frontend {
   void vring_state(uint32_t request, uint32_t index, uint32_t num);
 
   std::string path_;
-  transport::UniqueFd socket_;
+  util::UniqueFd socket_;
   uint64_t features_ = 0;
   uint64_t protocol_features_ = 0;
   uint32_t queue_num_ = 0;

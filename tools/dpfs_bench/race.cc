@@ -26,7 +26,7 @@
 #include <thread>
 
 #include "device.h"
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::bench {
 namespace {
@@ -88,7 +88,7 @@ class Outside {
     }
     for (const char* name : {"race-canary-file", "race-canary-move"}) {
       const std::string path = root_ + "/" + name;
-      transport::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+      util::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
       if (!fd) {
         if (errno == EEXIST) continue;
         throw std::system_error(errno, std::generic_category(), "create " + path);
@@ -143,7 +143,7 @@ class Outside {
  private:
   Tree snapshot() const {
     Tree t;
-    transport::UniqueFd fd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    util::UniqueFd fd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd) throw std::system_error(errno, std::generic_category(), "open " + root_);
     struct stat st {};
     ::fstat(fd.get(), &st);
@@ -171,7 +171,7 @@ class Outside {
       const std::string path = prefix + name;
       (*t)[path] = node_of(dirfd, name, st);
       if (S_ISDIR(st.st_mode)) {
-        transport::UniqueFd sub(
+        util::UniqueFd sub(
             ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
         if (sub) walk(sub.get(), path + "/", t, depth + 1);
       }
@@ -191,8 +191,8 @@ class Outside {
     n.hash = kFnvBasis;
     char buf[65536];
     if (S_ISREG(st.st_mode)) {
-      transport::UniqueFd f(::openat(dirfd, name.empty() ? "." : name.c_str(),
-                                     O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+      util::UniqueFd f(::openat(dirfd, name.empty() ? "." : name.c_str(),
+                                O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
       for (ssize_t r; f && (r = ::read(f.get(), buf, sizeof buf)) > 0;)
         n.hash = fnv(n.hash, buf, size_t(r));
     } else if (S_ISLNK(st.st_mode)) {
@@ -200,7 +200,7 @@ class Outside {
       if (r > 0) n.hash = fnv(n.hash, buf, size_t(r));
     }
     // xattrs, through /proc so that no symlink is followed and any type works.
-    transport::UniqueFd path_fd(
+    util::UniqueFd path_fd(
         ::openat(dirfd, name.empty() ? "." : name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
     if (path_fd && !S_ISLNK(st.st_mode)) {
       const std::string proc = fmt::format("/proc/self/fd/{}", path_fd.get());

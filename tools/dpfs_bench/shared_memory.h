@@ -12,7 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::bench {
 
@@ -43,7 +43,7 @@ class SharedMemory {
   uint64_t guest_end() const { return kGuestBase + size_; }
 
  private:
-  transport::UniqueFd fd_;
+  util::UniqueFd fd_;
   size_t size_ = 0;
   uint8_t* base_ = nullptr;
   size_t used_ = 0;

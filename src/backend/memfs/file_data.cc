@@ -9,7 +9,7 @@
 #include <new>
 #include <vector>
 
-#include "fuse/iov.h"
+#include "util/iov.h"
 
 namespace dpfs::memfs {
 namespace {

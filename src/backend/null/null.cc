@@ -11,7 +11,7 @@
 #include <cstring>
 #include <ctime>
 
-#include "fuse/iov.h"
+#include "util/iov.h"
 
 namespace dpfs {
 namespace {

@@ -34,12 +34,12 @@
 #include <unordered_map>
 #include <utility>
 
-#include "transport/unique_fd.h"
 #include "util/fd_budget.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::passthrough {
 
-using transport::UniqueFd;
+using util::UniqueFd;
 
 // An O_PATH descriptor of one host file, shared by whoever uses it at the
 // moment; closed when the table evicts it and the last user is done.

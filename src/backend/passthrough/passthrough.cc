@@ -28,7 +28,7 @@ namespace dpfs {
 namespace {
 
 using passthrough::PathRef;
-using transport::UniqueFd;
+using util::UniqueFd;
 
 using memfs::Completions;
 

@@ -172,14 +172,14 @@ class Passthrough final : public Backend {
   struct OpenDir;
 
   // The entry for the host file `fd` (as add_lookup takes it), one lookup counted.
-  int make_entry(transport::UniqueFd fd, bool fd_is_path, Entry* entry);
+  int make_entry(util::UniqueFd fd, bool fd_is_path, Entry* entry);
   // Looks `name` up in directory `dir` and counts it: "." and ".." included.
   int lookup_name(uint64_t parent, const passthrough::PathRef& dir, std::string_view name,
                   Entry* entry);
   // Opens an existing regular file (or directory, for opendir) of inode `ino`.
   std::shared_ptr<OpenFile> find_file(uint64_t fh, uint64_t ino, int* error) const;
   // Keeps `fd` as an open file, paid by `charge` (InodeTable::take_fd).
-  int add_file(transport::UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge, uint64_t* fh);
+  int add_file(util::UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge, uint64_t* fh);
   // open(2) flags as the host gets them: the tenant's, minus what must not
   // reach the host (O_CREAT, O_NOCTTY, O_DIRECT...), plus O_CLOEXEC|O_NOFOLLOW.
   int host_open_flags(uint32_t flags) const;

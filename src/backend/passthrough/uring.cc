@@ -12,7 +12,7 @@
 #include <cstring>
 #include <variant>
 
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace dpfs::passthrough {
 namespace {
@@ -246,7 +246,7 @@ class Ring {
   const bool attached_;
   io_uring ring_{};
   bool initialized_ = false;
-  transport::UniqueFd efd_;
+  util::UniqueFd efd_;
   std::mutex cq_mu_;  // rings with a reaper only
   std::atomic<uint64_t> inflight_{0};
   std::atomic<uint64_t> ops_{0};

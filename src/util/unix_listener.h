@@ -15,9 +15,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "transport/unique_fd.h"
+#include "util/unique_fd.h"
 
-namespace dpfs::vhost_user {
+namespace dpfs::util {
 
 // Start-up failures, as one line for the operator ("vhost-user socket
 // /run/x.sock: directory /run/x does not exist").
@@ -64,17 +64,17 @@ class Listener {
   // Waits for a front-end and returns its connected socket (blocking,
   // close-on-exec). Returns an empty fd if a signal interrupted the wait (the
   // caller checks whether it should stop) or on an error (logged).
-  transport::UniqueFd accept();
+  util::UniqueFd accept();
   // The connected socket of a waiting front-end, or an empty fd if none is
   // waiting (or on an error, logged). Never blocks.
-  transport::UniqueFd try_accept();
+  util::UniqueFd try_accept();
 
  private:
   std::string path_;
   std::string what_;
-  transport::UniqueFd fd_;
+  util::UniqueFd fd_;
   dev_t dev_ = 0;  // identity of the socket file we bound, for the unlink
   ino_t ino_ = 0;
 };
 
-}  // namespace dpfs::vhost_user
+}  // namespace dpfs::util

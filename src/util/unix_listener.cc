@@ -1,4 +1,4 @@
-#include "vhost_user/listener.h"
+#include "util/unix_listener.h"
 
 #include <fmt/format.h>
 #include <poll.h>
@@ -11,9 +11,9 @@
 #include <cerrno>
 #include <cstring>
 
-namespace dpfs::vhost_user {
+namespace dpfs::util {
 
-using transport::UniqueFd;
+using util::UniqueFd;
 
 namespace {
 
@@ -149,4 +149,4 @@ UniqueFd Listener::accept() {
   }
 }
 
-}  // namespace dpfs::vhost_user
+}  // namespace dpfs::util

@@ -6,7 +6,7 @@
 
 #include "fuse/session.h"
 
-namespace dpfs::server {
+namespace dpfs::fuse {
 
 // One line per opcode that saw requests ("LOOKUP 120 requests, 3 errors,
 // mean 4.1 µs"), busiest first, after a line of totals. Reads the session's
@@ -17,4 +17,4 @@ std::vector<std::string> format_stats(const fuse::FuseSession& session);
 // Logs format_stats() at info, each line prefixed with `title`.
 void log_stats(const fuse::FuseSession& session, const char* title);
 
-}  // namespace dpfs::server
+}  // namespace dpfs::fuse

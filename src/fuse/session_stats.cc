@@ -1,11 +1,11 @@
-#include "server/stats.h"
+#include "fuse/session_stats.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 
-namespace dpfs::server {
+namespace dpfs::fuse {
 
 std::vector<std::string> format_stats(const fuse::FuseSession& session) {
   struct Row {
@@ -43,4 +43,4 @@ void log_stats(const fuse::FuseSession& session, const char* title) {
   for (const std::string& line : format_stats(session)) spdlog::info("{}: {}", title, line);
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::fuse

@@ -1,4 +1,4 @@
-#include "fuse/iov.h"
+#include "util/iov.h"
 
 #include <algorithm>
 

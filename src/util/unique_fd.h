@@ -5,7 +5,7 @@
 
 #include <unistd.h>
 
-namespace dpfs::transport {
+namespace dpfs::util {
 
 class UniqueFd {
  public:
@@ -36,4 +36,4 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace dpfs::transport
+}  // namespace dpfs::util
