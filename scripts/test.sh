@@ -98,12 +98,12 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
   GTEST_FILTER="-GuestTest.*:*GuestNfsTest.*:SandboxTest.*:SandboxUnprivileged.*" \
   ctest --test-dir build-asan --output-on-failure --timeout 1200
 
-step "fuzz (libFuzzer, ${FUZZ_SECONDS:-15} s per target)"
+step "fuzz (libFuzzer, ${FUZZ_SECONDS:-10} s per target)"
 fuzzers=$(cd tests/fuzz && ls *_fuzz.cc | sed 's/\.cc$//')
 for name in $fuzzers; do
   f=build-asan/$name
   corpus=$(mktemp -d)
-  TMPDIR=$corpus "$f" -max_total_time="${FUZZ_SECONDS:-15}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
+  TMPDIR=$corpus "$f" -max_total_time="${FUZZ_SECONDS:-10}" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" \
     2>&1 | tail -n 12
   rm -rf "$corpus"
 done
