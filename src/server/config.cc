@@ -852,4 +852,6 @@ std::string_view log_level_name(spdlog::level::level_enum level) {
   return "info";
 }
 
+std::string DeviceConfig::name() const { return fmt::format("vhost-user {} ({})", tag, socket); }
+
 }  // namespace dpfs::server

@@ -67,6 +67,9 @@ struct DeviceConfig {
 
   std::string socket;  // the vhost-user socket path, created by dpfs
   std::string tag = kDefaultTag;
+  // "vhost-user TAG (SOCKET)": how logs, statistics and the supervisor
+  // name this device.
+  std::string name() const;
   uint32_t request_queues = 1;
   bool poll = false;
   // The group that owns the socket (mode 0660), or -1: root's, mode 0600.

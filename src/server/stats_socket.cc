@@ -33,13 +33,7 @@ void StatsSocket::answer(const std::vector<std::string>& lines) {
     // within a second; the main loop does not wait longer than that.
     const timeval limit{1, 0};
     ::setsockopt(client.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
-    size_t sent = 0;
-    while (sent < text.size()) {
-      const ssize_t n = ::send(client.get(), text.data() + sent, text.size() - sent, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      sent += size_t(n);
-    }
+    util::send_all(client.get(), text);
   }
 }
 

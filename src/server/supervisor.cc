@@ -69,7 +69,7 @@ std::vector<Part> split(const Config& cfg) {
     p.cfg = base;
     p.cfg.devices = {cfg.devices[i]};
     p.device = int(i);
-    p.name = fmt::format("vhost-user {} ({})", cfg.devices[i].tag, cfg.devices[i].socket);
+    p.name = cfg.devices[i].name();
   }
   if (!cfg.fuse.mount.empty()) {
     Part& p = parts.emplace_back();
@@ -85,17 +85,6 @@ std::vector<Part> split(const Config& cfg) {
     p.name = "remote listener " + cfg.remote.listen;
   }
   return parts;
-}
-
-bool send_all(int fd, const std::string& text) {
-  size_t sent = 0;
-  while (sent < text.size()) {
-    const ssize_t n = ::send(fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    sent += size_t(n);
-  }
-  return true;
 }
 
 class Supervisor {
@@ -313,7 +302,7 @@ class Supervisor {
         lines.push_back(p.name + ": " + (p.done ? "done" : "not serving"));
         continue;
       }
-      if (!send_all(p.control.get(), "S")) continue;
+      if (!util::send_all(p.control.get(), "S")) continue;
       std::string text;
       const Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(kStatsTimeoutMs);
       while (text.find('\0') == std::string::npos) {
@@ -394,7 +383,7 @@ int supervise(const Config& cfg, const ServePart& serve_part) {
 }
 
 void SupervisorLink::ready() const {
-  if (control_ >= 0) send_all(control_, "R");
+  if (control_ >= 0) util::send_all(control_, "R");
 }
 
 bool SupervisorLink::handle(const std::function<std::vector<std::string>()>& stats) const {
@@ -409,7 +398,7 @@ bool SupervisorLink::handle(const std::function<std::vector<std::string>()>& sta
       text += '\n';
     }
     text.push_back('\0');
-    send_all(control_, text);
+    util::send_all(control_, text);
   }
   return true;
 }

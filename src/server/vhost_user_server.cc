@@ -69,7 +69,7 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
     : config_(device),
       on_disconnect_(cfg.vhost_user.on_disconnect),
       on_done_(std::move(on_done)),
-      name_(fmt::format("vhost-user {} ({})", device.tag, device.socket)),
+      name_(device.name()),
       listener_(std::move(listener)) {
   fuse::SessionOptions options;
   options.max_write = cfg.fuse.max_write;

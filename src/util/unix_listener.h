@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include "util/unique_fd.h"
 
@@ -76,5 +77,10 @@ class Listener {
   dev_t dev_ = 0;  // identity of the socket file we bound, for the unlink
   ino_t ino_ = 0;
 };
+
+// Sends all of `data` on the stream socket `fd` (MSG_NOSIGNAL, retrying
+// EINTR). False if the peer went away, the socket's send timeout passed or
+// another error ended it first.
+bool send_all(int fd, std::string_view data);
 
 }  // namespace dpfs::util
