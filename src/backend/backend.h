@@ -1,26 +1,45 @@
-// The backend interface: the file system operations dpfs serves.
+// The backend API: the file system operations dpfs serves, and the one
+// boundary between dpfs and a backend (memfs, null, passthrough, nfs, remote,
+// or one written outside this tree; docs/backend-guide.md walks through
+// writing one).
 //
-// One method per FUSE operation, with typed arguments already decoded and
-// validated by the session (names are non-empty, at most NAME_MAX bytes,
-// without '/' or NUL). Every method is handed a reply object of the type the
-// operation answers with; the backend must complete it exactly once, now or
-// later (from an io_uring completion, an NFS reply, a lock being released),
-// with ok(...) or error(errno). A reply destroyed unanswered answers EIO and
-// is logged: the tenant never hangs on a forgotten request.
+// One method per file system operation, with typed arguments already decoded
+// and validated by the protocol layer (names are non-empty, at most NAME_MAX
+// bytes, without '/' or NUL). Every method is handed a reply object of the
+// type the operation answers with; the backend must complete it exactly once,
+// now or later (from an io_uring completion, an NFS reply, a lock being
+// released), with ok(...) or error(errno). A reply destroyed unanswered
+// answers EIO and is logged: the tenant never hangs on a forgotten request.
+// Nothing here names the protocol that carried the request (FUSE, a virtio
+// queue, a socket): a backend sees a Context, typed arguments and a Reply.
+//
+// Defaults: an operation a backend does not override answers ENOSYS (the
+// kernel then stops asking for most of them), except those whose ENOSYS
+// would break the tenant: forget and interrupt do nothing, release and
+// releasedir answer ok.
 //
 // Lookup counts (the contract the kernel relies on): every successful reply
 // carrying an Entry (lookup, mknod, mkdir, symlink, link, create, tmpfile and
 // each entry of READDIRPLUS other than "." and "..") adds one to the inode's
 // lookup count; forget(ino, n) removes n. An inode may be freed only when its
 // lookup count is zero and it has no links. The root (kRootIno) is never
-// forgotten.
+// forgotten. An error reply changes no count.
 //
 // Trust: inode numbers and file handles come from the tenant. A backend must
 // check that an ino or fh it is handed is one it gave out and still lives,
 // and answer ESTALE/EBADF otherwise -- never dereference it blindly.
 //
-// Threads: methods may be called concurrently from several workers; a
-// backend that keeps shared state synchronizes it itself.
+// Threads: methods may be called concurrently from several workers, for the
+// same inode too; a backend that keeps shared state synchronizes it itself.
+// A reply may be completed on any thread.
+//
+// Compatibility, for backends built outside this tree: kBackendApiVersion
+// changes whenever a method is added, removed or changes its signature or
+// contract. Within one version, only comments and non-virtual helpers
+// change. A new operation always arrives with a default that keeps a backend
+// that does not know it correct (ENOSYS, or what the kernel expects), so an
+// out-of-tree backend needs at most a rebuild against a new version, never a
+// change, unless the version's notes (docs/backend-guide.md) say otherwise.
 #pragma once
 
 #include <linux/limits.h>
@@ -39,10 +58,6 @@
 #include <vector>
 
 #include "backend/worker_hook.h"
-
-namespace dpfs::fuse {
-class Request;
-}
 
 namespace dpfs {
 
@@ -150,15 +165,74 @@ struct Capabilities {
 };
 
 // ---------------------------------------------------------------------------
+// Flags, as types rather than positional bools.
+
+// FSYNC and FSYNCDIR: everything, or the data (and the metadata needed to
+// read it back) only, as fdatasync(2).
+enum class SyncMode { kAll, kDataOnly };
+// SETLK answers at once (EAGAIN on a conflict); SETLKW waits.
+enum class LockWait { kNoWait, kWait };
+// fcntl(2) byte-range locks, or BSD flock(2) whole-file locks.
+enum class LockFlavor { kPosix, kFlock };
+// RELEASE of the last descriptor of a flock(2) holder: drop its flock too.
+enum class ReleaseFlock { kKeep, kUnlock };
+
+// COPY_FILE_RANGE: `len` bytes from (ino_in, fh_in) at off_in to
+// (ino_out, fh_out) at off_out. flags: those of copy_file_range(2) (none
+// are defined; the kernel passes 0).
+struct CopyRange {
+  uint64_t ino_in = 0;
+  uint64_t fh_in = 0;
+  uint64_t off_in = 0;
+  uint64_t ino_out = 0;
+  uint64_t fh_out = 0;
+  uint64_t off_out = 0;
+  uint64_t len = 0;
+  uint64_t flags = 0;
+};
+
+// ---------------------------------------------------------------------------
 // Replies. Move-only handles to one in-flight request. Completing a reply
 // twice, or completing a moved-from reply, is a bug in the backend; it is
 // logged and ignored.
 
+// Where a reply goes: the other end of one in-flight request, implemented by
+// the protocol layer that carried it (fuse::Request encodes each answer into
+// the tenant's reply buffer). A backend neither implements nor calls it; it
+// completes the Reply objects below. Exactly one answer_* (or dir_done) ends
+// a request; dir_add* append to a listing before dir_done.
+class ReplyTarget {
+ public:
+  virtual uint64_t request_id() const = 0;
+  virtual const char* operation() const = 0;       // for logs: "LOOKUP"
+  virtual void answer_error(int errno_value) = 0;  // 0 < errno_value < 4096
+  virtual void answer_status() = 0;
+  virtual void answer_entry(const Entry& entry) = 0;
+  virtual void answer_attr(const struct stat& attr, double timeout) = 0;
+  virtual void answer_open(uint64_t fh, uint32_t open_flags) = 0;
+  virtual void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) = 0;
+  virtual void answer_read(size_t bytes) = 0;
+  virtual void answer_write(size_t bytes) = 0;
+  virtual void answer_readlink(std::string_view target) = 0;
+  virtual void answer_xattr(std::span<const std::byte> value) = 0;
+  virtual void answer_statfs(const struct statvfs& st) = 0;
+  virtual void answer_lock(const Lock& lock) = 0;
+  virtual void answer_lseek(uint64_t offset) = 0;
+  virtual bool dir_plus() const = 0;
+  virtual bool dir_add(std::string_view name, uint64_t ino, uint32_t type,
+                       uint64_t next_offset) = 0;
+  virtual bool dir_add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) = 0;
+  virtual void dir_done() = 0;
+
+ protected:
+  ~ReplyTarget() = default;
+};
+
 class Reply {
  public:
   Reply() = default;
-  explicit Reply(fuse::Request* req) : req_(req) {}
-  Reply(Reply&& other) noexcept : req_(other.req_) { other.req_ = nullptr; }
+  explicit Reply(ReplyTarget* target) : target_(target) {}
+  Reply(Reply&& other) noexcept : target_(other.target_) { other.target_ = nullptr; }
   Reply& operator=(Reply&& other) noexcept;
   Reply(const Reply&) = delete;
   Reply& operator=(const Reply&) = delete;
@@ -167,13 +241,13 @@ class Reply {
   // Answers with -errno (errno > 0). A zero or negative value is a backend
   // bug and answers EIO.
   void error(int errno_value);
-  bool pending() const { return req_ != nullptr; }
-  // The request id (for matching an INTERRUPT); 0 once answered.
-  uint64_t unique() const;
+  bool pending() const { return target_ != nullptr; }
+  // The request id (for matching an interrupt()); 0 once answered.
+  uint64_t unique() const { return target_ != nullptr ? target_->request_id() : 0; }
 
  protected:
-  fuse::Request* take();  // hands the request to an encoder, once
-  fuse::Request* req_ = nullptr;
+  ReplyTarget* take();  // hands the request to its answer, once
+  ReplyTarget* target_ = nullptr;
 };
 
 // No payload: unlink, rmdir, rename, release, fsync, setxattr, flush, setlk...
@@ -183,12 +257,14 @@ class StatusReply : public Reply {
   void ok();
 };
 
+// An Entry: adds one to entry.ino's lookup count once sent.
 class EntryReply : public Reply {
  public:
   using Reply::Reply;
   void ok(const Entry& entry);
 };
 
+// Attributes, cacheable for `timeout` seconds.
 class AttrReply : public Reply {
  public:
   using Reply::Reply;
@@ -202,6 +278,7 @@ class OpenReply : public Reply {
   void ok(uint64_t fh, uint32_t open_flags = 0);
 };
 
+// An Entry (one lookup) and an open handle.
 class CreateReply : public Reply {
  public:
   using Reply::Reply;
@@ -231,8 +308,8 @@ class ReadlinkReply : public Reply {
 };
 
 // GETXATTR (a value) and LISTXATTR (NUL-terminated names, concatenated).
-// The backend passes the whole value; the session answers the size probe
-// (size 0) or ERANGE when the tenant's buffer is too small.
+// The backend passes the whole value; the protocol layer answers the size
+// probe (size 0) or ERANGE when the tenant's buffer is too small.
 class XattrReply : public Reply {
  public:
   using Reply::Reply;
@@ -248,6 +325,7 @@ class StatfsReply : public Reply {
   void ok(const struct statvfs& st);
 };
 
+// GETLK: the first conflicting lock, or `lock` with type F_UNLCK if none.
 class LockReply : public Reply {
  public:
   using Reply::Reply;
@@ -268,21 +346,31 @@ class LseekReply : public Reply {
 class DirReply : public Reply {
  public:
   using Reply::Reply;
-  bool plus() const;  // READDIRPLUS: use add_plus
+  bool plus() const { return target_ != nullptr && target_->dir_plus(); }  // use add_plus
   // type: DT_* of <dirent.h> (or the S_IFMT bits >> 12).
-  bool add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset);
-  bool add_plus(std::string_view name, const Entry& entry, uint64_t next_offset);
+  bool add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset) {
+    return target_ != nullptr && target_->dir_add(name, ino, type, next_offset);
+  }
+  // Adds one to entry.ino's lookup count when it returns true.
+  bool add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) {
+    return target_ != nullptr && target_->dir_add_plus(name, entry, next_offset);
+  }
   void done();
 };
 
 // ---------------------------------------------------------------------------
 
+// See "Compatibility" at the top of this file.
+constexpr int kBackendApiVersion = 2;
+
 class Backend {
  public:
   virtual ~Backend() = default;
 
+  // Consulted at each INIT to choose the features offered to the kernel.
   virtual Capabilities capabilities() const { return {}; }
-  // INIT and DESTROY of a session (a mount, a device reset).
+  // The start and end of a session (a mount, a device reset); a session may
+  // start again after it ended. No operation runs concurrently with these.
   virtual void init() {}
   virtual void destroy() {}
 
@@ -295,14 +383,16 @@ class Backend {
   // backend counts anything. Safe for concurrent use with operations.
   virtual std::vector<std::string> stats() const { return {}; }
 
-  // Every operation answers ENOSYS unless the backend overrides it.
+  // --- Names ---------------------------------------------------------------
+  // Each answers an Entry (one lookup added) or an errno: ENOENT, ENOTDIR,
+  // EACCES, ENAMETOOLONG, ESTALE for a parent that is not a live directory
+  // this backend gave out; the creators also EEXIST, ENOSPC, EDQUOT, EMLINK.
+
+  // The name `name` in directory `parent`.
   virtual void lookup(const Context& ctx, uint64_t parent, std::string_view name, EntryReply reply);
-  // No reply: drops `nlookup` lookups of `ino`.
+  // No reply: drops `nlookup` lookups of `ino` (a count it never gave out
+  // is the tenant's error: clamp, never underflow). Never for kRootIno.
   virtual void forget(uint64_t ino, uint64_t nlookup);
-  virtual void getattr(const Context& ctx, uint64_t ino, std::optional<uint64_t> fh,
-                       AttrReply reply);
-  virtual void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply);
-  virtual void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply);
   virtual void symlink(const Context& ctx, uint64_t parent, std::string_view name,
                        std::string_view target, EntryReply reply);
   // mode carries the file type (S_IFREG, S_IFCHR, ...); umask already applied
@@ -311,72 +401,121 @@ class Backend {
                      uint32_t rdev, uint32_t umask, EntryReply reply);
   virtual void mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
                      uint32_t umask, EntryReply reply);
+  // A new name for `ino` (not a directory: EPERM) in `new_parent`.
+  virtual void link(const Context& ctx, uint64_t ino, uint64_t new_parent,
+                    std::string_view new_name, EntryReply reply);
+  // Status: ok, or ENOENT, EISDIR (unlink), ENOTDIR, ENOTEMPTY (rmdir),
+  // EBUSY, EACCES/EPERM (sticky directories). The inode lives on while it has
+  // lookups or open handles.
   virtual void unlink(const Context& ctx, uint64_t parent, std::string_view name,
                       StatusReply reply);
   virtual void rmdir(const Context& ctx, uint64_t parent, std::string_view name, StatusReply reply);
-  // flags: 0, RENAME_NOREPLACE, RENAME_EXCHANGE (RENAME_WHITEOUT: EINVAL unless supported).
+  // flags: 0, RENAME_NOREPLACE (EEXIST), RENAME_EXCHANGE (ENOENT if either
+  // is missing); RENAME_WHITEOUT or an unsupported flag: EINVAL. Moving a
+  // directory under itself: EINVAL. Lookup counts move with the inodes.
   virtual void rename(const Context& ctx, uint64_t parent, std::string_view name,
                       uint64_t new_parent, std::string_view new_name, uint32_t flags,
                       StatusReply reply);
-  virtual void link(const Context& ctx, uint64_t ino, uint64_t new_parent,
-                    std::string_view new_name, EntryReply reply);
+
+  // --- Attributes ----------------------------------------------------------
+
+  // `fh` when the tenant asked through an open file (fstat).
+  virtual void getattr(const Context& ctx, uint64_t ino, std::optional<uint64_t> fh,
+                       AttrReply reply);
+  // The fields `attr.valid` names, as chmod/chown/truncate/utimensat do
+  // (EPERM, EACCES, EINVAL, EFBIG as they would); the new attributes.
+  virtual void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply);
+  virtual void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply);
+  // mask: R_OK | W_OK | X_OK, or F_OK (0). Status: ok or EACCES.
+  virtual void access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply);
+  virtual void statfs(const Context& ctx, uint64_t ino, StatfsReply reply);
+
+  // --- Files ---------------------------------------------------------------
+  // A handle (fh) is the backend's own number, valid from the OpenReply or
+  // CreateReply that gave it until release; EBADF for any other.
+
   // flags: the open(2) flags (O_ACCMODE, O_TRUNC, O_APPEND, ...).
   virtual void open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply);
+  // Opens a new file `name` in `parent` (EEXIST with O_EXCL): one lookup and
+  // one handle.
+  virtual void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                      uint32_t umask, uint32_t flags, CreateReply reply);
+  // An unnamed file in directory `parent` (O_TMPFILE): one lookup and one
+  // handle.
+  virtual void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask,
+                       uint32_t flags, CreateReply reply);
   // Fills up to `size` bytes of `dst` (iov_length(dst) == size) from `offset`.
+  // The destination may be the tenant's memory: write it, never read it back.
   virtual void read(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t size,
                     std::span<const iovec> dst, ReadReply reply);
-  // Writes `src` (iov_length(src) bytes, the tenant's buffers) at `offset`.
-  // write_flags: FUSE_WRITE_* of <linux/fuse.h>.
+  // Writes `src` (iov_length(src) bytes) at `offset`. The source may be the
+  // tenant's memory, which it can rewrite meanwhile: read each byte once,
+  // decide nothing from it. write_flags: FUSE_WRITE_* of <linux/fuse.h>
+  // (FUSE_WRITE_KILL_SUIDGID: see Capabilities::killpriv_v2).
   virtual void write(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
                      std::span<const iovec> src, uint32_t write_flags, WriteReply reply);
-  virtual void statfs(const Context& ctx, uint64_t ino, StatfsReply reply);
-  virtual void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags,
-                       uint64_t lock_owner, bool flock_unlock, StatusReply reply);
-  virtual void fsync(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+  // close(2) of one descriptor of the handle: lock_owner's POSIX locks go,
+  // and an error answered here (a deferred write's) is what close returns.
+  virtual void flush(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t lock_owner,
                      StatusReply reply);
-  // flags: XATTR_CREATE / XATTR_REPLACE.
+  // The handle's last reference is gone: free it. `flags` are its open
+  // flags. Default: ok (nothing kept).
+  virtual void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags,
+                       uint64_t lock_owner, ReleaseFlock flock, StatusReply reply);
+  virtual void fsync(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
+                     StatusReply reply);
+  // mode: FALLOC_FL_* of <linux/falloc.h> (EOPNOTSUPP for one not supported).
+  virtual void fallocate(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t mode,
+                         uint64_t offset, uint64_t length, StatusReply reply);
+  // whence: SEEK_DATA or SEEK_HOLE (the kernel handles SEEK_SET/CUR/END);
+  // ENXIO past the end.
+  virtual void lseek(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+                     uint32_t whence, LseekReply reply);
+  // Bytes copied, which may be fewer than asked.
+  virtual void copy_file_range(const Context& ctx, const CopyRange& range, WriteReply reply);
+
+  // --- Directories ---------------------------------------------------------
+
+  virtual void opendir(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply);
+  // `offset` is 0 or a next_offset this backend gave in an earlier DirReply
+  // on this handle; entries added or removed meanwhile may or may not show,
+  // but none shows twice and none present throughout is missed.
+  virtual void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+                       DirReply reply);
+  // Default: ok (nothing kept).
+  virtual void releasedir(const Context& ctx, uint64_t ino, uint64_t fh, StatusReply reply);
+  virtual void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
+                        StatusReply reply);
+
+  // --- Extended attributes -------------------------------------------------
+  // ENODATA for a missing name, ENOTSUP for a namespace not kept.
+
+  // flags: XATTR_CREATE (EEXIST) / XATTR_REPLACE (ENODATA).
   virtual void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                         std::span<const std::byte> value, uint32_t flags, StatusReply reply);
   virtual void getxattr(const Context& ctx, uint64_t ino, std::string_view name, XattrReply reply);
   virtual void listxattr(const Context& ctx, uint64_t ino, XattrReply reply);
   virtual void removexattr(const Context& ctx, uint64_t ino, std::string_view name,
                            StatusReply reply);
-  virtual void flush(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t lock_owner,
-                     StatusReply reply);
-  virtual void opendir(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply);
-  // `offset` is 0 or a next_offset this backend gave in an earlier DirReply.
-  virtual void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
-                       DirReply reply);
-  virtual void releasedir(const Context& ctx, uint64_t ino, uint64_t fh, StatusReply reply);
-  virtual void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
-                        StatusReply reply);
+
+  // --- Locks (only if capabilities() offers them) ---------------------------
+  // owner: the lock owner the kernel names (one per open file description
+  // or process); distinct owners conflict, one owner's locks merge.
+
   virtual void getlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
                      const Lock& lock, LockReply reply);
-  // sleep: SETLKW -- wait for a conflicting lock to go away (without blocking
-  // the calling worker: keep the reply and answer when the lock is free, or
-  // EINTR on interrupt()). flock: BSD flock(2) semantics rather than POSIX.
+  // kNoWait: ok or EAGAIN. kWait: keep the reply, without blocking the
+  // calling worker, and answer when the lock is granted (or EINTR on
+  // interrupt(), EDEADLK on a deadlock the backend detects).
   virtual void setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
-                     const Lock& lock, bool sleep, bool flock, StatusReply reply);
-  // mask: R_OK | W_OK | X_OK, or F_OK (0).
-  virtual void access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply);
-  virtual void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
-                      uint32_t umask, uint32_t flags, CreateReply reply);
-  // The tenant gave up waiting for request `unique`: answer it early (EINTR)
-  // if it is still waiting, otherwise ignore.
+                     const Lock& lock, LockWait wait, LockFlavor flavor, StatusReply reply);
+  // The tenant gave up waiting for request `unique` (Reply::unique()): answer
+  // it early (EINTR) if it is still waiting, otherwise ignore. No reply.
   virtual void interrupt(uint64_t unique);
-  // mode: FALLOC_FL_* of <linux/falloc.h>.
-  virtual void fallocate(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t mode,
-                         uint64_t offset, uint64_t length, StatusReply reply);
-  // whence: SEEK_DATA or SEEK_HOLE (the kernel handles SEEK_SET/CUR/END).
-  virtual void lseek(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
-                     uint32_t whence, LseekReply reply);
-  virtual void copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
-                               uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
-                               uint64_t flags, WriteReply reply);
+
+  // --- The file system -----------------------------------------------------
+
   virtual void syncfs(const Context& ctx, uint64_t ino, StatusReply reply);
-  // An unnamed file in directory `parent` (O_TMPFILE).
-  virtual void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask,
-                       uint32_t flags, CreateReply reply);
 };
 
 }  // namespace dpfs

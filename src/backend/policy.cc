@@ -236,15 +236,15 @@ void PolicyBackend::statfs(const Context& ctx, uint64_t ino, StatfsReply reply) 
 }
 
 void PolicyBackend::release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags,
-                            uint64_t lock_owner, bool flock_unlock, StatusReply reply) {
-  inner_->release(lenient(ctx), ino, fh, flags, lock_owner, flock_unlock, std::move(reply));
+                            uint64_t lock_owner, ReleaseFlock flock, StatusReply reply) {
+  inner_->release(lenient(ctx), ino, fh, flags, lock_owner, flock, std::move(reply));
 }
 
-void PolicyBackend::fsync(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+void PolicyBackend::fsync(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
                           StatusReply reply) {
   Context host;
   if (!admit(ctx, &host)) return reply.error(EPERM);
-  inner_->fsync(host, ino, fh, datasync, std::move(reply));
+  inner_->fsync(host, ino, fh, mode, std::move(reply));
 }
 
 void PolicyBackend::setxattr(const Context& ctx, uint64_t ino, std::string_view name,
@@ -300,11 +300,11 @@ void PolicyBackend::releasedir(const Context& ctx, uint64_t ino, uint64_t fh, St
   inner_->releasedir(lenient(ctx), ino, fh, std::move(reply));
 }
 
-void PolicyBackend::fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+void PolicyBackend::fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
                              StatusReply reply) {
   Context host;
   if (!admit(ctx, &host)) return reply.error(EPERM);
-  inner_->fsyncdir(host, ino, fh, datasync, std::move(reply));
+  inner_->fsyncdir(host, ino, fh, mode, std::move(reply));
 }
 
 void PolicyBackend::getlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
@@ -315,14 +315,14 @@ void PolicyBackend::getlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_
 }
 
 void PolicyBackend::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
-                          const Lock& lock, bool sleep, bool flock, StatusReply reply) {
+                          const Lock& lock, LockWait wait, LockFlavor flavor, StatusReply reply) {
   // An unlock gives something back: never refused.
   if (lock.type == F_UNLCK) {
-    return inner_->setlk(lenient(ctx), ino, fh, owner, lock, sleep, flock, std::move(reply));
+    return inner_->setlk(lenient(ctx), ino, fh, owner, lock, wait, flavor, std::move(reply));
   }
   Context host;
   if (!admit(ctx, &host)) return reply.error(EPERM);
-  inner_->setlk(host, ino, fh, owner, lock, sleep, flock, std::move(reply));
+  inner_->setlk(host, ino, fh, owner, lock, wait, flavor, std::move(reply));
 }
 
 void PolicyBackend::access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply) {
@@ -355,16 +355,12 @@ void PolicyBackend::lseek(const Context& ctx, uint64_t ino, uint64_t fh, uint64_
   inner_->lseek(host, ino, fh, offset, whence, std::move(reply));
 }
 
-void PolicyBackend::copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in,
-                                    uint64_t off_in, uint64_t ino_out, uint64_t fh_out,
-                                    uint64_t off_out, uint64_t len, uint64_t flags,
-                                    WriteReply reply) {
+void PolicyBackend::copy_file_range(const Context& ctx, const CopyRange& range, WriteReply reply) {
   Context host;
   if (!admit(ctx, &host)) return reply.error(EPERM);
   // Written data, as WRITE's: FUSE has no flag for it.
   if (!keeps_setid(host)) host.kill_suidgid = true;
-  inner_->copy_file_range(host, ino_in, fh_in, off_in, ino_out, fh_out, off_out, len, flags,
-                          std::move(reply));
+  inner_->copy_file_range(host, range, std::move(reply));
 }
 
 void PolicyBackend::syncfs(const Context& ctx, uint64_t ino, StatusReply reply) {

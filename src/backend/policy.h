@@ -111,8 +111,8 @@ class PolicyBackend final : public Backend {
              std::span<const iovec> src, uint32_t write_flags, WriteReply reply) override;
   void statfs(const Context& ctx, uint64_t ino, StatfsReply reply) override;
   void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags, uint64_t lock_owner,
-               bool flock_unlock, StatusReply reply) override;
-  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+               ReleaseFlock flock, StatusReply reply) override;
+  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
              StatusReply reply) override;
   void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                 std::span<const std::byte> value, uint32_t flags, StatusReply reply) override;
@@ -126,12 +126,12 @@ class PolicyBackend final : public Backend {
   void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
                DirReply reply) override;
   void releasedir(const Context& ctx, uint64_t ino, uint64_t fh, StatusReply reply) override;
-  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
                 StatusReply reply) override;
   void getlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
              LockReply reply) override;
   void setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
-             bool sleep, bool flock, StatusReply reply) override;
+             LockWait wait, LockFlavor flavor, StatusReply reply) override;
   void access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply) override;
   void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
               uint32_t umask, uint32_t flags, CreateReply reply) override;
@@ -140,9 +140,7 @@ class PolicyBackend final : public Backend {
                  uint64_t length, StatusReply reply) override;
   void lseek(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t whence,
              LseekReply reply) override;
-  void copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
-                       uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
-                       uint64_t flags, WriteReply reply) override;
+  void copy_file_range(const Context& ctx, const CopyRange& range, WriteReply reply) override;
   void syncfs(const Context& ctx, uint64_t ino, StatusReply reply) override;
   void tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask, uint32_t flags,
                CreateReply reply) override;

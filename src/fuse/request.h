@@ -3,8 +3,8 @@
 // A transport (/dev/fuse, a virtqueue, a socket) turns what the tenant sent
 // into a Request: the readable buffers holding one FUSE request and the
 // writable buffers that will hold its reply. The session decodes it, calls
-// the backend, and encodes the reply straight into `out`; then it calls
-// complete() exactly once.
+// the backend, and encodes the reply straight into `out` (the ReplyTarget
+// methods, fuse/reply.cc); then it calls complete() exactly once.
 #pragma once
 
 #include <sys/uio.h>
@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+struct fuse_entry_out;
+
+#include "backend/backend.h"
 #include "fuse/captured_request.h"
 #include "util/iov.h"
 
@@ -22,7 +25,7 @@ namespace dpfs::fuse {
 
 class FuseSession;
 
-class Request {
+class Request : public ReplyTarget {
  public:
   // Bytes the tenant sent: one FUSE request, header first.
   std::span<const iovec> in;
@@ -67,6 +70,32 @@ class Request {
 
  protected:
   ~Request() = default;
+
+  // The FUSE encoding of a backend's answer (fuse/reply.cc). A subclass may
+  // override one to see the typed reply, and then calls this one.
+  uint64_t request_id() const override;
+  const char* operation() const override;
+  void answer_error(int errno_value) override;
+  void answer_status() override;
+  void answer_entry(const Entry& entry) override;
+  void answer_attr(const struct stat& attr, double timeout) override;
+  void answer_open(uint64_t fh, uint32_t open_flags) override;
+  void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) override;
+  void answer_read(size_t bytes) override;
+  void answer_write(size_t bytes) override;
+  void answer_readlink(std::string_view target) override;
+  void answer_xattr(std::span<const std::byte> value) override;
+  void answer_statfs(const struct statvfs& st) override;
+  void answer_lock(const Lock& lock) override;
+  void answer_lseek(uint64_t offset) override;
+  bool dir_plus() const override;
+  bool dir_add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset) override;
+  bool dir_add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) override;
+  void dir_done() override;
+
+ private:
+  bool add_dirent(const fuse_entry_out* entry, std::string_view name, uint64_t ino, uint32_t type,
+                  uint64_t next_offset);
 };
 
 }  // namespace dpfs::fuse

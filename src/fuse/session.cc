@@ -1,5 +1,7 @@
 #include "fuse/session.h"
 
+#include "fuse/reply.h"
+
 #include <fcntl.h>
 #include <linux/limits.h>
 #include <spdlog/spdlog.h>
@@ -59,92 +61,6 @@ void log_malformed(fmt::format_string<Args...> format, Args&&... args) {
                        session != nullptr ? session->options().name : log.name(),
                        fmt::format(format, std::forward<Args>(args)...));
   });
-}
-
-void split_timeout(double seconds, uint64_t* sec, uint32_t* nsec) {
-  if (!(seconds > 0) || std::isnan(seconds)) {
-    *sec = 0;
-    *nsec = 0;
-    return;
-  }
-  if (seconds > 1e15) seconds = 1e15;
-  const double whole = std::floor(seconds);
-  *sec = uint64_t(whole);
-  *nsec = uint32_t(std::min(999999999.0, (seconds - whole) * 1e9));
-}
-
-void fill_attr(const struct stat& st, fuse_attr* a, const HostPolicy* policy) {
-  *a = {};
-  a->ino = st.st_ino;
-  a->size = uint64_t(st.st_size);
-  a->blocks = uint64_t(st.st_blocks);
-  a->atime = uint64_t(st.st_atim.tv_sec);
-  a->mtime = uint64_t(st.st_mtim.tv_sec);
-  a->ctime = uint64_t(st.st_ctim.tv_sec);
-  a->atimensec = uint32_t(st.st_atim.tv_nsec);
-  a->mtimensec = uint32_t(st.st_mtim.tv_nsec);
-  a->ctimensec = uint32_t(st.st_ctim.tv_nsec);
-  a->mode = st.st_mode;
-  a->nlink = uint32_t(st.st_nlink);
-  a->uid = st.st_uid;
-  a->gid = st.st_gid;
-  if (policy != nullptr && policy->identity.translates_to_guest()) {
-    a->uid = policy->identity.guest_uid(st.st_uid);
-    a->gid = policy->identity.guest_gid(st.st_gid);
-  }
-  a->rdev = uint32_t(st.st_rdev);  // the kernel's 32-bit encoding, as MKNOD carried it
-  a->blksize = st.st_blksize > 0 ? uint32_t(st.st_blksize) : kPageSize;
-}
-
-void fill_entry(const Entry& e, fuse_entry_out* out, const HostPolicy* policy) {
-  *out = {};
-  out->nodeid = e.ino;
-  out->generation = e.generation;
-  split_timeout(e.entry_timeout, &out->entry_valid, &out->entry_valid_nsec);
-  split_timeout(e.attr_timeout, &out->attr_valid, &out->attr_valid_nsec);
-  fill_attr(e.attr, &out->attr, policy);
-}
-
-const HostPolicy* policy_of(const Request* req) {
-  return req->session_state.session->options().policy.get();
-}
-
-// Writes the reply header at the start of `out`. The payload, if any, is
-// already in place after it.
-size_t write_header(std::span<const iovec> out, uint64_t unique, int error, size_t payload) {
-  fuse_out_header h{};
-  h.len = uint32_t(sizeof(h) + payload);
-  h.error = error;
-  h.unique = unique;
-  return iov_copy_in(out, &h, sizeof(h)) == sizeof(h) ? h.len : 0;
-}
-
-// Sends a reply whose payload (`len` bytes) the writer already holds.
-void send_written(Request* req, int error) {
-  Request::SessionState& st = req->session_state;
-  const size_t payload = error != 0 ? 0 : st.writer.written() - sizeof(fuse_out_header);
-  const size_t len = write_header(req->out, st.unique, error, payload);
-  st.session->finish(*req, error);
-  req->complete(len);
-}
-
-// Sends a reply carrying `payload`; if it does not fit the tenant's buffer,
-// EIO instead (a well-behaved kernel always gives room for its own replies).
-void send(Request* req, const void* payload, size_t len) {
-  Request::SessionState& st = req->session_state;
-  const LoggingSessionScope logging(st.session);  // a reply may come from outside handle()
-  if (!st.writer.write(payload, len)) {
-    log_malformed("{} reply of {} bytes does not fit the reply buffer", opcode_name(st.opcode),
-                  len);
-    send_written(req, -EIO);
-    return;
-  }
-  send_written(req, 0);
-}
-
-template <typename T>
-void send(Request* req, const T& obj) {
-  send(req, &obj, sizeof(obj));
 }
 
 // --- Decoding ---------------------------------------------------------------
@@ -460,8 +376,10 @@ int do_release(Call& c) {
   if (c.hdr.opcode == FUSE_RELEASEDIR) {
     c.backend.releasedir(c.ctx, c.hdr.nodeid, a.fh, c.reply<StatusReply>());
   } else {
-    const bool flock_unlock = a.release_flags & FUSE_RELEASE_FLOCK_UNLOCK;
-    c.backend.release(c.ctx, c.hdr.nodeid, a.fh, a.flags, a.lock_owner, flock_unlock,
+    const ReleaseFlock flock = (a.release_flags & FUSE_RELEASE_FLOCK_UNLOCK) != 0
+                                   ? ReleaseFlock::kUnlock
+                                   : ReleaseFlock::kKeep;
+    c.backend.release(c.ctx, c.hdr.nodeid, a.fh, a.flags, a.lock_owner, flock,
                       c.reply<StatusReply>());
   }
   return 0;
@@ -470,11 +388,12 @@ int do_release(Call& c) {
 int do_fsync(Call& c) {
   fuse_fsync_in a;
   if (!c.arg(&a)) return c.short_args();
-  const bool datasync = a.fsync_flags & FUSE_FSYNC_FDATASYNC;
+  const SyncMode mode =
+      (a.fsync_flags & FUSE_FSYNC_FDATASYNC) != 0 ? SyncMode::kDataOnly : SyncMode::kAll;
   if (c.hdr.opcode == FUSE_FSYNCDIR) {
-    c.backend.fsyncdir(c.ctx, c.hdr.nodeid, a.fh, datasync, c.reply<StatusReply>());
+    c.backend.fsyncdir(c.ctx, c.hdr.nodeid, a.fh, mode, c.reply<StatusReply>());
   } else {
-    c.backend.fsync(c.ctx, c.hdr.nodeid, a.fh, datasync, c.reply<StatusReply>());
+    c.backend.fsync(c.ctx, c.hdr.nodeid, a.fh, mode, c.reply<StatusReply>());
   }
   return 0;
 }
@@ -565,9 +484,10 @@ int do_setlk(Call& c) {
   fuse_lk_in a;
   Lock lock;
   if (int e = decode_lock(c, &a, &lock)) return e;
-  const bool flock = a.lk_flags & FUSE_LK_FLOCK;
-  c.backend.setlk(c.ctx, c.hdr.nodeid, a.fh, a.owner, lock, c.hdr.opcode == FUSE_SETLKW, flock,
-                  c.reply<StatusReply>());
+  const LockWait wait = c.hdr.opcode == FUSE_SETLKW ? LockWait::kWait : LockWait::kNoWait;
+  const LockFlavor flavor =
+      (a.lk_flags & FUSE_LK_FLOCK) != 0 ? LockFlavor::kFlock : LockFlavor::kPosix;
+  c.backend.setlk(c.ctx, c.hdr.nodeid, a.fh, a.owner, lock, wait, flavor, c.reply<StatusReply>());
   return 0;
 }
 
@@ -633,10 +553,17 @@ int do_copy_file_range(Call& c) {
   if (!c.arg(&a)) return c.short_args();
   if (a.off_in > kMaxOffset || a.off_out > kMaxOffset) return EINVAL;
   // The reply counts bytes in 32 bits; a shorter copy is a valid answer.
-  const uint64_t len =
+  CopyRange range;
+  range.ino_in = c.hdr.nodeid;
+  range.fh_in = a.fh_in;
+  range.off_in = a.off_in;
+  range.ino_out = a.nodeid_out;
+  range.fh_out = a.fh_out;
+  range.off_out = a.off_out;
+  range.len =
       std::min<uint64_t>({a.len, kMaxOffset - a.off_in, kMaxOffset - a.off_out, 0xfffff000u});
-  c.backend.copy_file_range(c.ctx, c.hdr.nodeid, a.fh_in, a.off_in, a.nodeid_out, a.fh_out,
-                            a.off_out, len, a.flags, c.reply<WriteReply>());
+  range.flags = a.flags;
+  c.backend.copy_file_range(c.ctx, range, c.reply<WriteReply>());
   return 0;
 }
 
@@ -901,7 +828,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
     // A newer kernel: answer with our version only; it retries with ours.
     log_.info("{}: kernel speaks FUSE {}.{}, offering {}.{}", options_.name, a.major, a.minor,
               kMajor, kMinor);
-    send(&req, &out, sizeof(out));
+    send(req, out);
     return;
   }
   if (a.major < kMajor || a.minor < kMinMinor) {
@@ -960,326 +887,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
       bool(flags & FUSE_HANDLE_KILLPRIV_V2));
   // Older minors take a shorter reply (FUSE_COMPAT_22_INIT_OUT_SIZE before 7.23).
   const size_t size = a.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof(out);
-  send(&req, &out, size);
+  send(req, &out, size);
 }
 
 }  // namespace dpfs::fuse
-
-// --- Replies ------------------------------------------------------------------
-
-namespace dpfs {
-
-using fuse::Request;
-
-Reply& Reply::operator=(Reply&& other) noexcept {
-  if (this != &other) {
-    if (req_ != nullptr) error(EIO);
-    req_ = other.req_;
-    other.req_ = nullptr;
-  }
-  return *this;
-}
-
-Reply::~Reply() {
-  if (req_ != nullptr) {
-    spdlog::error("backend dropped the reply to {} (unique {}); answering EIO",
-                  fuse::opcode_name(req_->session_state.opcode), req_->session_state.unique);
-    error(EIO);
-  }
-}
-
-Request* Reply::take() {
-  Request* req = req_;
-  req_ = nullptr;
-  if (req == nullptr) spdlog::error("backend answered a request twice; ignored");
-  return req;
-}
-
-uint64_t Reply::unique() const { return req_ != nullptr ? req_->session_state.unique : 0; }
-
-void Reply::error(int errno_value) {
-  Request* req = take();
-  if (req == nullptr) return;
-  if (errno_value <= 0 || errno_value >= 4096) {
-    spdlog::error("backend answered {} with invalid errno {}; answering EIO",
-                  fuse::opcode_name(req->session_state.opcode), errno_value);
-    errno_value = EIO;
-  }
-  fuse::send_written(req, -errno_value);
-}
-
-void StatusReply::ok() {
-  if (Request* req = take()) fuse::send_written(req, 0);
-}
-
-void EntryReply::ok(const Entry& entry) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse_entry_out out;
-  fuse::fill_entry(entry, &out, fuse::policy_of(req));
-  fuse::send(req, out);
-}
-
-void AttrReply::ok(const struct stat& attr, double timeout) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse_attr_out out{};
-  fuse::split_timeout(timeout, &out.attr_valid, &out.attr_valid_nsec);
-  fuse::fill_attr(attr, &out.attr, fuse::policy_of(req));
-  fuse::send(req, out);
-}
-
-void OpenReply::ok(uint64_t fh, uint32_t open_flags) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse_open_out out{};
-  out.fh = fh;
-  out.open_flags = open_flags;
-  fuse::send(req, out);
-}
-
-void CreateReply::ok(const Entry& entry, uint64_t fh, uint32_t open_flags) {
-  Request* req = take();
-  if (req == nullptr) return;
-  struct {
-    fuse_entry_out entry;
-    fuse_open_out open;
-  } out{};
-  fuse::fill_entry(entry, &out.entry, fuse::policy_of(req));
-  out.open.fh = fh;
-  out.open.open_flags = open_flags;
-  fuse::send(req, out);
-}
-
-void ReadReply::ok(size_t bytes) {
-  Request* req = take();
-  if (req == nullptr) return;
-  Request::SessionState& st = req->session_state;
-  if (bytes > st.limit) {
-    spdlog::error("backend read {} bytes into a {}-byte buffer; answering EIO", bytes, st.limit);
-    fuse::send_written(req, -EIO);
-    return;
-  }
-  st.writer.skip(bytes);  // the backend filled them through data_iov
-  fuse::send_written(req, 0);
-}
-
-void WriteReply::ok(size_t bytes) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse_write_out out{};
-  out.size = uint32_t(std::min<size_t>(bytes, UINT32_MAX));
-  fuse::send(req, out);
-}
-
-void ReadlinkReply::ok(std::string_view target) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse::send(req, target.data(), target.size());
-}
-
-void XattrReply::ok(std::span<const std::byte> value) {
-  Request* req = take();
-  if (req == nullptr) return;
-  const HostPolicy* policy = fuse::policy_of(req);
-  thread_local std::string listed;
-  if (policy != nullptr && req->session_state.opcode == FUSE_LISTXATTR) {
-    // Only the names the tenant may use (HostPolicy::xattr_allowed).
-    listed.clear();
-    const std::string_view names(reinterpret_cast<const char*>(value.data()), value.size());
-    for (size_t at = 0; at < names.size();) {
-      size_t end = names.find('\0', at);
-      if (end == std::string_view::npos) end = names.size();
-      if (policy->xattr_allowed(names.substr(at, end - at))) {
-        listed.append(names.substr(at, end - at));
-        listed.push_back('\0');
-      }
-      at = end + 1;
-    }
-    value = std::as_bytes(std::span<const char>(listed.data(), listed.size()));
-  }
-  const uint32_t limit = req->session_state.limit;
-  if (limit == 0) {  // a size probe
-    fuse_getxattr_out out{};
-    out.size = uint32_t(value.size());
-    fuse::send(req, out);
-  } else if (value.size() > limit) {
-    fuse::send_written(req, -ERANGE);
-  } else {
-    fuse::send(req, value.data(), value.size());
-  }
-}
-
-void StatfsReply::ok(const struct statvfs& st) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse_statfs_out out{};
-  out.st.blocks = st.f_blocks;
-  out.st.bfree = st.f_bfree;
-  out.st.bavail = st.f_bavail;
-  out.st.files = st.f_files;
-  out.st.ffree = st.f_ffree;
-  out.st.bsize = uint32_t(st.f_bsize);
-  out.st.namelen = uint32_t(st.f_namemax);
-  out.st.frsize = uint32_t(st.f_frsize);
-  fuse::send(req, out);
-}
-
-void LockReply::ok(const Lock& lock) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse_lk_out out{};
-  out.lk.start = lock.start;
-  out.lk.end = lock.end;
-  out.lk.type = lock.type;
-  out.lk.pid = lock.pid;
-  fuse::send(req, out);
-}
-
-void LseekReply::ok(uint64_t offset) {
-  Request* req = take();
-  if (req == nullptr) return;
-  fuse_lseek_out out{};
-  out.offset = offset;
-  fuse::send(req, out);
-}
-
-bool DirReply::plus() const { return req_ != nullptr && req_->session_state.plus; }
-
-namespace {
-
-// Appends one dirent record (optionally preceded by an entry_out) if it fits
-// within the listing's limit.
-bool add_dirent(Request* req, const fuse_entry_out* entry, std::string_view name, uint64_t ino,
-                uint32_t type, uint64_t next_offset) {
-  if (req == nullptr || name.empty() || name.size() > NAME_MAX) return false;
-  Request::SessionState& st = req->session_state;
-  const size_t head = (entry ? sizeof(fuse_entry_out) : 0) + FUSE_NAME_OFFSET;
-  const size_t record = FUSE_DIRENT_ALIGN(head + name.size());
-  const size_t used = st.writer.written() - sizeof(fuse_out_header);
-  if (used + record > st.limit || st.writer.remaining() < record) return false;
-  if (entry) st.writer.write(*entry);
-  fuse_dirent d{};
-  d.ino = ino;
-  d.off = next_offset;
-  d.namelen = uint32_t(name.size());
-  d.type = type;
-  st.writer.write(&d, FUSE_NAME_OFFSET);
-  st.writer.write(name.data(), name.size());
-  static constexpr char kZeros[8] = {};
-  st.writer.write(kZeros, record - head - name.size());
-  return true;
-}
-
-}  // namespace
-
-bool DirReply::add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset) {
-  return add_dirent(req_, nullptr, name, ino, type, next_offset);
-}
-
-bool DirReply::add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) {
-  if (req_ == nullptr) return false;
-  fuse_entry_out out;
-  fuse::fill_entry(entry, &out, fuse::policy_of(req_));
-  // d_ino is the inode number stat(2) shows (the kernel takes it from the
-  // dirent, not from the node id): they differ for a backend whose node ids
-  // are not the file's own inode numbers (nfs: the server's fileid; passthrough: its node ids are
-  // its own).
-  const uint64_t d_ino = entry.attr.st_ino != 0 ? entry.attr.st_ino : entry.ino;
-  return add_dirent(req_, &out, name, d_ino, (entry.attr.st_mode & S_IFMT) >> 12, next_offset);
-}
-
-void DirReply::done() {
-  if (Request* req = take()) fuse::send_written(req, 0);
-}
-
-// --- Backend defaults: every operation not implemented answers ENOSYS ---------
-
-void Backend::lookup(const Context&, uint64_t, std::string_view, EntryReply r) { r.error(ENOSYS); }
-void Backend::forget(uint64_t, uint64_t) {}
-void Backend::getattr(const Context&, uint64_t, std::optional<uint64_t>, AttrReply r) {
-  r.error(ENOSYS);
-}
-void Backend::setattr(const Context&, uint64_t, const SetAttr&, AttrReply r) { r.error(ENOSYS); }
-void Backend::readlink(const Context&, uint64_t, ReadlinkReply r) { r.error(ENOSYS); }
-void Backend::symlink(const Context&, uint64_t, std::string_view, std::string_view, EntryReply r) {
-  r.error(ENOSYS);
-}
-void Backend::mknod(const Context&, uint64_t, std::string_view, uint32_t, uint32_t, uint32_t,
-                    EntryReply r) {
-  r.error(ENOSYS);
-}
-void Backend::mkdir(const Context&, uint64_t, std::string_view, uint32_t, uint32_t, EntryReply r) {
-  r.error(ENOSYS);
-}
-void Backend::unlink(const Context&, uint64_t, std::string_view, StatusReply r) { r.error(ENOSYS); }
-void Backend::rmdir(const Context&, uint64_t, std::string_view, StatusReply r) { r.error(ENOSYS); }
-void Backend::rename(const Context&, uint64_t, std::string_view, uint64_t, std::string_view,
-                     uint32_t, StatusReply r) {
-  r.error(ENOSYS);
-}
-void Backend::link(const Context&, uint64_t, uint64_t, std::string_view, EntryReply r) {
-  r.error(ENOSYS);
-}
-void Backend::open(const Context&, uint64_t, uint32_t, OpenReply r) { r.error(ENOSYS); }
-void Backend::read(const Context&, uint64_t, uint64_t, uint64_t, uint32_t, std::span<const iovec>,
-                   ReadReply r) {
-  r.error(ENOSYS);
-}
-void Backend::write(const Context&, uint64_t, uint64_t, uint64_t, std::span<const iovec>, uint32_t,
-                    WriteReply r) {
-  r.error(ENOSYS);
-}
-void Backend::statfs(const Context&, uint64_t, StatfsReply r) { r.error(ENOSYS); }
-void Backend::release(const Context&, uint64_t, uint64_t, uint32_t, uint64_t, bool, StatusReply r) {
-  r.ok();
-}
-void Backend::fsync(const Context&, uint64_t, uint64_t, bool, StatusReply r) { r.error(ENOSYS); }
-void Backend::setxattr(const Context&, uint64_t, std::string_view, std::span<const std::byte>,
-                       uint32_t, StatusReply r) {
-  r.error(ENOSYS);
-}
-void Backend::getxattr(const Context&, uint64_t, std::string_view, XattrReply r) {
-  r.error(ENOSYS);
-}
-void Backend::listxattr(const Context&, uint64_t, XattrReply r) { r.error(ENOSYS); }
-void Backend::removexattr(const Context&, uint64_t, std::string_view, StatusReply r) {
-  r.error(ENOSYS);
-}
-void Backend::flush(const Context&, uint64_t, uint64_t, uint64_t, StatusReply r) {
-  r.error(ENOSYS);
-}
-void Backend::opendir(const Context&, uint64_t, uint32_t, OpenReply r) { r.error(ENOSYS); }
-void Backend::readdir(const Context&, uint64_t, uint64_t, uint64_t, DirReply r) { r.error(ENOSYS); }
-void Backend::releasedir(const Context&, uint64_t, uint64_t, StatusReply r) { r.ok(); }
-void Backend::fsyncdir(const Context&, uint64_t, uint64_t, bool, StatusReply r) { r.error(ENOSYS); }
-void Backend::getlk(const Context&, uint64_t, uint64_t, uint64_t, const Lock&, LockReply r) {
-  r.error(ENOSYS);
-}
-void Backend::setlk(const Context&, uint64_t, uint64_t, uint64_t, const Lock&, bool, bool,
-                    StatusReply r) {
-  r.error(ENOSYS);
-}
-void Backend::access(const Context&, uint64_t, uint32_t, StatusReply r) { r.error(ENOSYS); }
-void Backend::create(const Context&, uint64_t, std::string_view, uint32_t, uint32_t, uint32_t,
-                     CreateReply r) {
-  r.error(ENOSYS);
-}
-void Backend::interrupt(uint64_t) {}
-void Backend::fallocate(const Context&, uint64_t, uint64_t, uint32_t, uint64_t, uint64_t,
-                        StatusReply r) {
-  r.error(ENOSYS);
-}
-void Backend::lseek(const Context&, uint64_t, uint64_t, uint64_t, uint32_t, LseekReply r) {
-  r.error(ENOSYS);
-}
-void Backend::copy_file_range(const Context&, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t,
-                              uint64_t, uint64_t, uint64_t, WriteReply r) {
-  r.error(ENOSYS);
-}
-void Backend::syncfs(const Context&, uint64_t, StatusReply r) { r.error(ENOSYS); }
-void Backend::tmpfile(const Context&, uint64_t, uint32_t, uint32_t, uint32_t, CreateReply r) {
-  r.error(ENOSYS);
-}
-
-}  // namespace dpfs

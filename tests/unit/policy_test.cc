@@ -80,7 +80,7 @@ class FakeBackend final : public Backend {
     seen_->write_flags = flags;
     r.ok(iov_length(src));
   }
-  void release(const Context& ctx, uint64_t, uint64_t, uint32_t, uint64_t, bool,
+  void release(const Context& ctx, uint64_t, uint64_t, uint32_t, uint64_t, ReleaseFlock,
                StatusReply r) override {
     note(ctx);
     r.ok();

@@ -18,7 +18,6 @@
 namespace dpfs {
 namespace {
 
-using memfs::Completions;
 using memfs::FileData;
 
 constexpr uint64_t kBlockSize = 4096;  // statfs f_bsize and f_frsize
@@ -903,7 +902,7 @@ void Memfs::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
 }
 
 void Memfs::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t lock_owner,
-                    bool flock_unlock, StatusReply reply) {
+                    ReleaseFlock flock, StatusReply reply) {
   Completions done;  // declared first: answered after the locks are released
   bool unused = false;
   const int error = [&] {
@@ -912,7 +911,8 @@ void Memfs::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_
     if (node == nullptr) return EBADF;
     std::lock_guard lock(node->mu);
     if (node->handles.erase(fh) == 0) return EBADF;
-    if (flock_unlock) locks_.release_owner(ino, lock_owner, /*flock=*/true, done);
+    if (flock == ReleaseFlock::kUnlock)
+      locks_.release_owner(ino, lock_owner, LockFlavor::kFlock, done);
     locks_.cancel_handle(ino, fh, done);
     unused = node->unused();
     return 0;
@@ -932,14 +932,14 @@ void Memfs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner
     std::lock_guard lock(node->mu);
     if (node->handle(fh) == nullptr) return EBADF;
     // close(2) drops every POSIX lock the closing process holds on the file.
-    locks_.release_owner(ino, lock_owner, /*flock=*/false, done);
+    locks_.release_owner(ino, lock_owner, LockFlavor::kPosix, done);
     return 0;
   }();
   if (error != 0) return reply.error(error);
   reply.ok();
 }
 
-void Memfs::fsync(const Context&, uint64_t ino, uint64_t fh, bool, StatusReply reply) {
+void Memfs::fsync(const Context&, uint64_t ino, uint64_t fh, SyncMode, StatusReply reply) {
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
     Inode* node = find(ino);
@@ -951,9 +951,9 @@ void Memfs::fsync(const Context&, uint64_t ino, uint64_t fh, bool, StatusReply r
   reply.ok();
 }
 
-void Memfs::fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+void Memfs::fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
                      StatusReply reply) {
-  fsync(ctx, ino, fh, datasync, std::move(reply));
+  fsync(ctx, ino, fh, mode, std::move(reply));
 }
 
 void Memfs::syncfs(const Context&, uint64_t, StatusReply reply) { reply.ok(); }
@@ -994,10 +994,10 @@ void Memfs::lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, ui
   reply.ok(uint64_t(pos));
 }
 
-void Memfs::copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
-                            uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
-                            uint64_t flags, WriteReply reply) {
-  if (flags != 0) return reply.error(EINVAL);
+void Memfs::copy_file_range(const Context& ctx, const CopyRange& range, WriteReply reply) {
+  if (range.flags != 0) return reply.error(EINVAL);
+  const uint64_t ino_in = range.ino_in;
+  const uint64_t ino_out = range.ino_out;
   int64_t n = 0;
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
@@ -1010,12 +1010,12 @@ void Memfs::copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in,
     std::unique_lock<std::mutex> first(ino_in <= ino_out ? in->mu : out->mu);
     std::unique_lock<std::mutex> second;
     if (in != out) second = std::unique_lock<std::mutex>(ino_in <= ino_out ? out->mu : in->mu);
-    const uint32_t* out_flags = out->handle(fh_out);
-    if (in->handle(fh_in) == nullptr || out_flags == nullptr ||
+    const uint32_t* out_flags = out->handle(range.fh_out);
+    if (in->handle(range.fh_in) == nullptr || out_flags == nullptr ||
         (*out_flags & O_ACCMODE) == O_RDONLY) {
       return EBADF;
     }
-    n = FileData::copy(in->data, off_in, out->data, off_out, len);
+    n = FileData::copy(in->data, range.off_in, out->data, range.off_out, range.len);
     if (n < 0) return int(-n);
     if (n > 0) {
       out->mtime = out->ctime = now();
@@ -1126,7 +1126,7 @@ void Memfs::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, con
 }
 
 void Memfs::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
-                  bool sleep, bool flock, StatusReply reply) {
+                  LockWait wait, LockFlavor flavor, StatusReply reply) {
   Completions done;  // the answer (now or for a waiter: later), after the locks
   const int error = [&] {
     std::shared_lock tree(tree_mu_);
@@ -1136,7 +1136,7 @@ void Memfs::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
     // release() removes the handle and cancels its waiters under it too.
     std::lock_guard guard(node->mu);
     if (node->handle(fh) == nullptr) return EBADF;
-    locks_.set(ino, fh, owner, lock, sleep, flock, ctx.unique, std::move(reply), done);
+    locks_.set(ino, fh, owner, lock, wait, flavor, ctx.unique, std::move(reply), done);
     return 0;
   }();
   if (error != 0) reply.error(error);

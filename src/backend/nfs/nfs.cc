@@ -704,7 +704,7 @@ void NfsBackend::resend(uint64_t ino, const std::string& fh, std::vector<Unstabl
   }
 }
 
-void NfsBackend::fsync(const Context&, uint64_t ino, uint64_t, bool, StatusReply reply) {
+void NfsBackend::fsync(const Context&, uint64_t ino, uint64_t, SyncMode, StatusReply reply) {
   commit(ino, [reply = std::move(reply)](int err) mutable {
     if (err != 0) return reply.error(err);
     reply.ok();
@@ -721,8 +721,8 @@ void NfsBackend::flush(const Context&, uint64_t ino, uint64_t, uint64_t, StatusR
   });
 }
 
-void NfsBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t, bool,
-                         StatusReply reply) {
+void NfsBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t,
+                         ReleaseFlock, StatusReply reply) {
   if (!inodes_->has_handle(ino, fh)) return reply.error(EBADF);
   commit(ino, [this, ino, fh, reply = std::move(reply)](int err) mutable {
     if (err != 0) drop_uncommitted(ino, err);
@@ -767,7 +767,7 @@ void NfsBackend::opendir(const Context&, uint64_t ino, uint32_t, OpenReply reply
   reply.ok(next_fh_++);
 }
 
-void NfsBackend::fsyncdir(const Context&, uint64_t ino, uint64_t, bool, StatusReply reply) {
+void NfsBackend::fsyncdir(const Context&, uint64_t ino, uint64_t, SyncMode, StatusReply reply) {
   // Directory operations are stable on the server when it answers
   // (RFC 1813 §3.3; RFC 7530 §16 for v4).
   std::string fh;

@@ -112,15 +112,15 @@ class NfsBackend final : public Backend {
              std::span<const iovec> src, uint32_t write_flags, WriteReply reply) override;
   void statfs(const Context& ctx, uint64_t ino, StatfsReply reply) override;
   void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags, uint64_t lock_owner,
-               bool flock_unlock, StatusReply reply) override;
-  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+               ReleaseFlock flock, StatusReply reply) override;
+  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
              StatusReply reply) override;
   void flush(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t lock_owner,
              StatusReply reply) override;
   void opendir(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) override;
   void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
                DirReply reply) override;
-  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
                 StatusReply reply) override;
   void access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply) override;
   void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,

@@ -189,13 +189,13 @@ void NullBackend::statfs(const Context&, uint64_t ino, StatfsReply reply) {
   reply.ok(st);
 }
 
-void NullBackend::release(const Context&, uint64_t ino, uint64_t, uint32_t, uint64_t, bool,
+void NullBackend::release(const Context&, uint64_t ino, uint64_t, uint32_t, uint64_t, ReleaseFlock,
                           StatusReply reply) {
   if (!valid(ino)) return reply.error(ESTALE);
   reply.ok();
 }
 
-void NullBackend::fsync(const Context&, uint64_t ino, uint64_t, bool, StatusReply reply) {
+void NullBackend::fsync(const Context&, uint64_t ino, uint64_t, SyncMode, StatusReply reply) {
   if (!valid(ino)) return reply.error(ESTALE);
   reply.ok();
 }
@@ -250,7 +250,7 @@ void NullBackend::releasedir(const Context&, uint64_t ino, uint64_t, StatusReply
   reply.ok();
 }
 
-void NullBackend::fsyncdir(const Context&, uint64_t ino, uint64_t, bool, StatusReply reply) {
+void NullBackend::fsyncdir(const Context&, uint64_t ino, uint64_t, SyncMode, StatusReply reply) {
   if (!valid(ino)) return reply.error(ESTALE);
   reply.ok();
 }

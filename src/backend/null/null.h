@@ -72,8 +72,8 @@ class NullBackend final : public Backend {
              std::span<const iovec> src, uint32_t write_flags, WriteReply reply) override;
   void statfs(const Context& ctx, uint64_t ino, StatfsReply reply) override;
   void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags, uint64_t lock_owner,
-               bool flock_unlock, StatusReply reply) override;
-  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+               ReleaseFlock flock, StatusReply reply) override;
+  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
              StatusReply reply) override;
   void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                 std::span<const std::byte> value, uint32_t flags, StatusReply reply) override;
@@ -87,7 +87,7 @@ class NullBackend final : public Backend {
   void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
                DirReply reply) override;
   void releasedir(const Context& ctx, uint64_t ino, uint64_t fh, StatusReply reply) override;
-  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, bool datasync,
+  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
                 StatusReply reply) override;
   void access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply) override;
   void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,

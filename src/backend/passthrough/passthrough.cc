@@ -30,8 +30,6 @@ namespace {
 using passthrough::PathRef;
 using util::UniqueFd;
 
-using memfs::Completions;
-
 // One component below a directory descriptor, and never through a symlink
 // or a mount point: the tenant's names cannot lead outside the export.
 constexpr uint64_t kResolve =
@@ -688,13 +686,13 @@ void Passthrough::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offs
   data_.write(fd, src, offset, std::move(file), std::move(reply));
 }
 
-void Passthrough::fsync(const Context&, uint64_t ino, uint64_t fh, bool datasync,
+void Passthrough::fsync(const Context&, uint64_t ino, uint64_t fh, SyncMode mode,
                         StatusReply reply) {
   int error = 0;
   std::shared_ptr<OpenFile> file = find_file(fh, ino, &error);
   if (!file) return reply.error(error);
   const int fd = file->fd.get();
-  data_.fsync(fd, datasync, std::move(file), std::move(reply));
+  data_.fsync(fd, mode, std::move(file), std::move(reply));
 }
 
 void Passthrough::fallocate(const Context&, uint64_t ino, uint64_t fh, uint32_t mode,
@@ -714,12 +712,12 @@ void Passthrough::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock
   if (!find_file(fh, ino, &error)) return reply.error(error);
   Completions done;
   // close(2) drops every POSIX lock the closing process holds on the file.
-  locks_.release_owner(ino, lock_owner, /*flock=*/false, done);
+  locks_.release_owner(ino, lock_owner, LockFlavor::kPosix, done);
   reply.ok();
 }
 
 void Passthrough::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t lock_owner,
-                          bool flock_unlock, StatusReply reply) {
+                          ReleaseFlock flock, StatusReply reply) {
   Completions done;
   {
     std::lock_guard lock(files_mu_);
@@ -728,7 +726,8 @@ void Passthrough::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, u
     // Operations in flight keep their own reference: the descriptor closes
     // after the last of them.
     files_.erase(it);
-    if (flock_unlock) locks_.release_owner(ino, lock_owner, /*flock=*/true, done);
+    if (flock == ReleaseFlock::kUnlock)
+      locks_.release_owner(ino, lock_owner, LockFlavor::kFlock, done);
     locks_.cancel_handle(ino, fh, done);
   }
   reply.ok();
@@ -746,26 +745,25 @@ void Passthrough::lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t offs
   reply.ok(uint64_t(at));
 }
 
-void Passthrough::copy_file_range(const Context& ctx, uint64_t ino_in, uint64_t fh_in,
-                                  uint64_t off_in, uint64_t ino_out, uint64_t fh_out,
-                                  uint64_t off_out, uint64_t len, uint64_t flags,
-                                  WriteReply reply) {
-  if (flags != 0) return reply.error(EINVAL);
+void Passthrough::copy_file_range(const Context& ctx, const CopyRange& range, WriteReply reply) {
+  if (range.flags != 0) return reply.error(EINVAL);
   if (options_.read_only) return reply.error(EROFS);
-  if (off_in > uint64_t(INT64_MAX) || off_out > uint64_t(INT64_MAX)) return reply.error(EINVAL);
+  if (range.off_in > uint64_t(INT64_MAX) || range.off_out > uint64_t(INT64_MAX)) {
+    return reply.error(EINVAL);
+  }
   int error = 0;
-  std::shared_ptr<OpenFile> in = find_file(fh_in, ino_in, &error);
+  std::shared_ptr<OpenFile> in = find_file(range.fh_in, range.ino_in, &error);
   if (!in) return reply.error(error);
-  std::shared_ptr<OpenFile> out = find_file(fh_out, ino_out, &error);
+  std::shared_ptr<OpenFile> out = find_file(range.fh_out, range.ino_out, &error);
   if (!out) return reply.error(error);
   // The host drops file capabilities itself; set-id bits are ours to drop
   // for a writer without CAP_FSETID (we copy as root).
   if (ctx.kill_suidgid) {
     if (int e = kill_setid(out->fd.get(), false); e != 0) return reply.error(e);
   }
-  loff_t from = loff_t(off_in);
-  loff_t to = loff_t(off_out);
-  const ssize_t n = ::copy_file_range(in->fd.get(), &from, out->fd.get(), &to, len, 0);
+  loff_t from = loff_t(range.off_in);
+  loff_t to = loff_t(range.off_out);
+  const ssize_t n = ::copy_file_range(in->fd.get(), &from, out->fd.get(), &to, range.len, 0);
   if (n < 0) return reply.error(errno);
   reply.ok(size_t(n));
 }
@@ -842,12 +840,12 @@ void Passthrough::releasedir(const Context&, uint64_t ino, uint64_t fh, StatusRe
   reply.ok();
 }
 
-void Passthrough::fsyncdir(const Context&, uint64_t ino, uint64_t fh, bool datasync,
+void Passthrough::fsyncdir(const Context&, uint64_t ino, uint64_t fh, SyncMode mode,
                            StatusReply reply) {
   int error = 0;
   std::shared_ptr<OpenFile> dir = find_file(fh, ino, &error);
   if (!dir) return reply.error(error);
-  const int rc = datasync ? ::fdatasync(dir->fd.get()) : ::fsync(dir->fd.get());
+  const int rc = mode == SyncMode::kDataOnly ? ::fdatasync(dir->fd.get()) : ::fsync(dir->fd.get());
   if (rc != 0) return reply.error(errno);
   reply.ok();
 }
@@ -957,14 +955,14 @@ void Passthrough::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owne
 }
 
 void Passthrough::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
-                        const Lock& lock, bool sleep, bool flock, StatusReply reply) {
+                        const Lock& lock, LockWait wait, LockFlavor flavor, StatusReply reply) {
   Completions done;  // the answer (now or for a waiter: later), after the locks
   // Under files_mu_, so that a waiter never outlives its handle: release()
   // removes the handle and cancels its waiters under it too.
   std::lock_guard guard(files_mu_);
   auto it = files_.find(fh);
   if (it == files_.end() || it->second->ino != ino) return reply.error(EBADF);
-  locks_.set(ino, fh, owner, lock, sleep, flock, ctx.unique, std::move(reply), done);
+  locks_.set(ino, fh, owner, lock, wait, flavor, ctx.unique, std::move(reply), done);
 }
 
 void Passthrough::interrupt(uint64_t unique) {

@@ -422,7 +422,8 @@ void DataPath::write(int fd, std::span<const iovec> src, uint64_t offset, Keepal
   reply.ok(size_t(n));
 }
 
-void DataPath::fsync(int fd, bool datasync, Keepalive keep, StatusReply reply) {
+void DataPath::fsync(int fd, SyncMode mode, Keepalive keep, StatusReply reply) {
+  const bool datasync = mode == SyncMode::kDataOnly;
   auto prep = [&](io_uring_sqe* sqe) {
     io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
   };

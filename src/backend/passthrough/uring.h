@@ -74,7 +74,7 @@ class DataPath {
 
   void read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep, ReadReply reply);
   void write(int fd, std::span<const iovec> src, uint64_t offset, Keepalive keep, WriteReply reply);
-  void fsync(int fd, bool datasync, Keepalive keep, StatusReply reply);
+  void fsync(int fd, SyncMode mode, Keepalive keep, StatusReply reply);
   void fallocate(int fd, uint32_t mode, uint64_t offset, uint64_t length, Keepalive keep,
                  StatusReply reply);
 

@@ -1,4 +1,4 @@
-#include "backend/memfs/locks.h"
+#include "backend/lock_table.h"
 
 #include <fcntl.h>
 
@@ -6,7 +6,7 @@
 #include <cerrno>
 #include <unordered_set>
 
-namespace dpfs::memfs {
+namespace dpfs {
 namespace {
 
 constexpr uint64_t kOffsetMax = INT64_MAX;  // OFFSET_MAX: "to the end of the file"
@@ -119,8 +119,9 @@ bool LockTable::would_deadlock(const Range& want, uint64_t ino) {
   return false;
 }
 
-void LockTable::set(uint64_t ino, uint64_t fh, uint64_t owner, const Lock& want, bool sleep,
-                    bool flock, uint64_t unique, StatusReply reply, Completions& done) {
+void LockTable::set(uint64_t ino, uint64_t fh, uint64_t owner, const Lock& want, LockWait wait,
+                    LockFlavor flavor, uint64_t unique, StatusReply reply, Completions& done) {
+  const bool flock = flavor == LockFlavor::kFlock;
   std::lock_guard lock(mu_);
   FileLocks& file = files_[ino];
   Ranges& ranges = flock ? file.flock : file.posix;
@@ -156,7 +157,7 @@ void LockTable::set(uint64_t ino, uint64_t fh, uint64_t owner, const Lock& want,
     done.add(std::move(reply), 0);
     return;
   }
-  if (!sleep) {
+  if (wait == LockWait::kNoWait) {
     done.add(std::move(reply), EAGAIN);
     return;
   }
@@ -217,11 +218,11 @@ void LockTable::interrupt(uint64_t unique, Completions& done) {
   if (early_interrupts_.size() > kMaxEarlyInterrupts) early_interrupts_.pop_front();
 }
 
-void LockTable::release_owner(uint64_t ino, uint64_t owner, bool flock, Completions& done) {
+void LockTable::release_owner(uint64_t ino, uint64_t owner, LockFlavor flavor, Completions& done) {
   std::lock_guard lock(mu_);
   auto it = files_.find(ino);
   if (it == files_.end()) return;
-  remove(flock ? it->second.flock : it->second.posix, owner, 0, kOffsetMax);
+  remove(flavor == LockFlavor::kFlock ? it->second.flock : it->second.posix, owner, 0, kOffsetMax);
   wake(ino, done);
   drop_if_unused(ino);
 }
@@ -251,4 +252,4 @@ void LockTable::clear(int error, Completions& done) {
   early_interrupts_.clear();
 }
 
-}  // namespace dpfs::memfs
+}  // namespace dpfs

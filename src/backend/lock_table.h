@@ -1,5 +1,6 @@
-// Byte-range (fcntl) and whole-file (flock) locks of memfs files, with the
-// SETLKW requests waiting for one.
+// Byte-range (fcntl) and whole-file (flock) locks kept by a backend itself
+// (memfs; passthrough, whose host files' own locks would be the daemon's),
+// with the SETLKW requests waiting for one.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,7 @@
 
 #include "backend/backend.h"
 
-namespace dpfs::memfs {
+namespace dpfs {
 
 // Replies to answer once every lock is released. Declare one before the lock
 // guards of a scope: its destructor runs after theirs, so a reply (whose
@@ -51,15 +52,15 @@ class LockTable {
   // The first lock of another owner that conflicts with `want` (POSIX), or
   // `want` with type F_UNLCK when none does.
   Lock test(uint64_t ino, uint64_t owner, const Lock& want);
-  // SETLK / SETLKW (sleep) of `owner` through handle `fh`. `unique` names the
-  // request for interrupt().
-  void set(uint64_t ino, uint64_t fh, uint64_t owner, const Lock& want, bool sleep, bool flock,
-           uint64_t unique, StatusReply reply, Completions& done);
+  // SETLK / SETLKW (kWait) of `owner` through handle `fh`. `unique` names
+  // the request for interrupt().
+  void set(uint64_t ino, uint64_t fh, uint64_t owner, const Lock& want, LockWait wait,
+           LockFlavor flavor, uint64_t unique, StatusReply reply, Completions& done);
   // Answers the waiting request `unique` with EINTR. An interrupt that comes
   // before its request (workers race) is remembered for a while.
   void interrupt(uint64_t unique, Completions& done);
   // Drops every lock `owner` holds on `ino` (POSIX on close, flock on release).
-  void release_owner(uint64_t ino, uint64_t owner, bool flock, Completions& done);
+  void release_owner(uint64_t ino, uint64_t owner, LockFlavor flavor, Completions& done);
   // Answers EBADF to requests waiting through `fh`, which is going away.
   void cancel_handle(uint64_t ino, uint64_t fh, Completions& done);
   // Forgets the locks of a file that is freed. REQUIRES: no waiters on it
@@ -110,4 +111,4 @@ class LockTable {
   std::deque<uint64_t> early_interrupts_;
 };
 
-}  // namespace dpfs::memfs
+}  // namespace dpfs
