@@ -160,11 +160,12 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
  private:
   // A request read from the socket: its bytes, a reply buffer, and the
   // frame id the reply must carry.
-  class ServerRequest final : public fuse::Request {
+  class ServerRequest final : public SessionRequest {
    public:
     void prepare(uint64_t id, size_t in_len, size_t out_len) {
       id_ = id;
       opcode_ = 0;
+      forget_given();
       grow(in_buf_, in_cap_, in_len);
       grow(out_buf_, out_cap_, out_len);
       in_iov_ = {in_buf_.get(), in_len};
@@ -184,8 +185,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
 
     void complete(size_t reply_len) override {
       std::shared_ptr<Connection> conn = std::move(owner_);
-      conn->session_->ledger.on_reply(
-          opcode_, nodeid_, {reinterpret_cast<const uint8_t*>(out_buf_.get()), reply_len});
+      give_to(conn->session_->table, reply_len);
       conn->send_reply(id_, out_buf_.get(), reply_len);
       conn->release(this);
       // `conn` may be the last reference: the pool and this object go with
@@ -213,7 +213,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
   // Reads a frame's MAC trailer and checks it, if this connection's frames
   // carry one; false (after one log line) if it is missing or wrong.
   bool frame_authentic(const FrameHeader& h, const void* payload);
-  // A request the ledger refused (another session's node id or handle):
+  // A request the session table refused (another session's node id or handle):
   // answered `error` without reaching the session.
   void fence(ServerRequest* r, const FrameHeader& h, const fuse_in_header& in, int error);
   // The device's DESTROY: this session's lookups go back to the backend
@@ -279,7 +279,7 @@ class Server::Connection : public std::enable_shared_from_this<Connection> {
   std::vector<std::unique_ptr<ServerRequest>> pool_;
   std::vector<ServerRequest*> free_;
 
-  // Requests refused by the ledger: one log line, then one per 10 s with a
+  // Requests refused by the session table: one log line, then one per 10 s with a
   // count. Reader only.
   Clock::time_point fenced_logged_{};
   uint64_t fenced_since_ = 0;
@@ -383,16 +383,16 @@ void Server::Connection::run() {
         release(r);
         continue;
       }
-      // Only this session's node ids and handles (ledger.h).
-      if (const int error = session_->ledger.check(bytes); error != 0) {
+      // Only this session's node ids and handles (session_table.h).
+      if (const int error = session_->table.check(bytes); error != 0) {
         fence(r, h, in, error);
         continue;
       }
       if (r->opcode() == FUSE_FORGET || r->opcode() == FUSE_BATCH_FORGET) {
-        session_->ledger.on_forget(bytes);
+        session_->table.on_forget(bytes);
       }
       if (r->opcode() == FUSE_RELEASE || r->opcode() == FUSE_RELEASEDIR) {
-        session_->ledger.on_release(bytes);
+        session_->table.on_release(bytes);
       }
       r->owner_ = shared_from_this();
       // No WorkerHook here (RequestHandler::attach_worker): this thread
@@ -951,7 +951,7 @@ namespace {
 // reply goes nowhere; it frees itself, and keeps the session until then.
 class LeftOpenRelease final : public fuse::Request {
  public:
-  LeftOpenRelease(std::shared_ptr<Server::Session> session, const LookupLedger::OpenHandle& open,
+  LeftOpenRelease(std::shared_ptr<Server::Session> session, const SessionTable::OpenHandle& open,
                   uint64_t unique)
       : session_(std::move(session)) {
     fuse_in_header h{};
@@ -982,14 +982,14 @@ class LeftOpenRelease final : public fuse::Request {
 
 void Server::release(const std::shared_ptr<Session>& session) {
   // Handles first, as a kernel releases before it forgets.
-  const auto open = session->ledger.take_handles();
+  const auto open = session->table.take_handles();
   if (!open.empty()) {
     spdlog::info("remote: session {:016x}: closing {} handle{} its device left open", session->id,
                  open.size(), open.size() == 1 ? "" : "s");
   }
   uint64_t unique = uint64_t(1) << 63;  // not the device's: its requests carry its kernel's
   for (const auto& handle : open) (new LeftOpenRelease(session, handle, ++unique))->start();
-  for (const auto& [ino, n] : session->ledger.take_all()) backend_->forget(ino, n);
+  for (const auto& [ino, n] : session->table.take_all()) backend_->forget(ino, n);
 }
 
 void Server::expire_sessions() {
@@ -1018,7 +1018,7 @@ void Server::expire_sessions() {
     spdlog::info(
         "remote: session {:016x}: its device has been gone for {} s; ended, lookups on {} "
         "inode{} given back",
-        s->id, options_.session_grace_s, s->ledger.inodes(), s->ledger.inodes() == 1 ? "" : "s");
+        s->id, options_.session_grace_s, s->table.inodes(), s->table.inodes() == 1 ? "" : "s");
     release(s);
   }
 }

@@ -10,7 +10,7 @@
 // connections join it by proving the token, so they share one FuseSession
 // -- one INIT, one set of lookup counts -- and a connection that drops and
 // comes back finds its session where it left it. Nobody else can join it.
-// Every session serves the same backend; each keeps a LookupLedger of the
+// Every session serves the same backend; each keeps a SessionTable of the
 // lookups and handles it holds there, which fences it off from the others
 // (a request naming a node id or handle the session was not given is
 // answered ESTALE/EBADF) and lets it end alone: a DESTROY from its device,
@@ -53,7 +53,7 @@
 #include "backend/backend.h"
 #include "fuse/session.h"
 #include "remote/channel.h"
-#include "remote/ledger.h"
+#include "remote/session_table.h"
 #include "remote/wire.h"
 #include "util/unique_fd.h"
 
@@ -128,7 +128,7 @@ class Server {
   // the connections (and so the requests in flight) that use it.
   struct Session {
     std::unique_ptr<fuse::FuseSession> fuse;
-    LookupLedger ledger;
+    SessionTable table;
     uint64_t id = 0;
     // When the last user went (under sessions_mu_, by expire_sessions()).
     std::optional<std::chrono::steady_clock::time_point> idle_since;

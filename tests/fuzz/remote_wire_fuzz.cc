@@ -6,7 +6,7 @@
 //    remote::Server's reader judges them; the requests it accepts go, as it
 //    sends them, to a FuseSession over memfs with reply buffers of the
 //    frame's reply_capacity (capped at the session's largest reply), with
-//    the session's LookupLedger fencing off node ids and handles the
+//    the session's SessionTable fencing off node ids and handles the
 //    session was not given, cutting FORGETs and counting replies;
 //  - to a device: requests in flight (ids, FUSE uniques, opcodes, reply
 //    buffers split into several iovecs) made from the input, then
@@ -39,7 +39,7 @@
 #include "fuse/request.h"
 #include "fuse/session.h"
 #include "fuzz_input.h"
-#include "remote/ledger.h"
+#include "remote/session_table.h"
 #include "remote/wire.h"
 #include "util/iov.h"
 
@@ -106,15 +106,22 @@ void require_printable(const std::string& text) {
 
 // --- Frames to a server -------------------------------------------------------
 
-class ServerRequest final : public dpfs::fuse::Request {
+// A request of one session, as the server's: what its typed reply gives out
+// goes into the session's table when it completes.
+class ServerRequest final : public dpfs::remote::SessionRequest {
  public:
+  explicit ServerRequest(dpfs::remote::SessionTable& table) : table_(table) {}
   void complete(size_t len) override {
     ++completions;
     reply_len = len;
     require(len <= dpfs::iov_length(out));
+    give_to(table_, len);
   }
   int completions = 0;
   size_t reply_len = 0;
+
+ private:
+  dpfs::remote::SessionTable& table_;
 };
 
 void init_session(dpfs::fuse::FuseSession& session) {
@@ -162,7 +169,7 @@ void to_server(Input& in, bool initialized) {
   const uint32_t max_request = uint32_t(session.max_request_size());
   const uint32_t max_reply = uint32_t(session.max_reply_size());
   std::vector<uint8_t> reply(max_reply);
-  dpfs::remote::LookupLedger ledger;
+  dpfs::remote::SessionTable table;
   for (uint64_t n = 0; n < 64; ++n) {
     h = next_header(in, Stage::kRequests);
     if (!h) break;
@@ -183,7 +190,7 @@ void to_server(Input& in, bool initialized) {
     if (opcode == FUSE_DESTROY) continue;  // answered by the server
     // The fences, as the server puts them up: a request naming a node id or
     // handle this session was not given is answered without reaching it.
-    if (const int error = ledger.check(bytes); error != 0) {
+    if (const int error = table.check(bytes); error != 0) {
       require(error == ESTALE || error == EBADF);
       require(opcode_takes_reply(opcode));  // what takes no reply names nothing checked
       continue;
@@ -193,21 +200,21 @@ void to_server(Input& in, bool initialized) {
                         opcode == FUSE_NOTIFY_REPLY || opcode == FUSE_FORGET ||
                         opcode == FUSE_BATCH_FORGET;
     if (bytes.size() >= sizeof(fh) && fh.len >= sizeof(fh) && !exempt) {
-      require(fh.nodeid == dpfs::kRootIno || ledger.held(fh.nodeid) > 0);
+      require(fh.nodeid == dpfs::kRootIno || table.held(fh.nodeid) > 0);
     }
     if (opcode == FUSE_FORGET || opcode == FUSE_BATCH_FORGET) {
-      const size_t held = ledger.inodes();
-      ledger.on_forget(bytes);
-      require(ledger.inodes() <= held);  // a FORGET never adds
+      const size_t held = table.inodes();
+      table.on_forget(bytes);
+      require(table.inodes() <= held);  // a FORGET never adds
     }
     if (opcode == FUSE_RELEASE || opcode == FUSE_RELEASEDIR) {
-      const size_t open = ledger.handles();
-      ledger.on_release(bytes);
-      require(ledger.handles() <= open);  // a RELEASE never adds
+      const size_t open = table.handles();
+      table.on_release(bytes);
+      require(table.handles() <= open);  // a RELEASE never adds
     }
     iovec in_iov{bytes.data(), bytes.size()};
     iovec out_iov{reply.data(), std::min(h->reply_capacity, max_reply)};
-    ServerRequest req;
+    ServerRequest req(table);
     req.in = {&in_iov, 1};
     req.out = {&out_iov, 1};
     session.handle(req);
@@ -217,11 +224,9 @@ void to_server(Input& in, bool initialized) {
       memfs.interrupt(fh.unique);
     }
     require(req.completions == 1);
-    ledger.on_reply(opcode, bytes.size() >= sizeof(fh) ? fh.nodeid : 0,
-                    {reply.data(), req.reply_len});
   }
   // The session's end, as the server ends it: what it holds goes back.
-  for (const auto& [ino, n] : ledger.take_all()) memfs.forget(ino, n);
+  for (const auto& [ino, n] : table.take_all()) memfs.forget(ino, n);
 }
 
 // --- Frames to a device -------------------------------------------------------

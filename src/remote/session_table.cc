@@ -1,4 +1,4 @@
-#include "remote/ledger.h"
+#include "remote/session_table.h"
 
 #include <linux/fuse.h>
 
@@ -20,76 +20,25 @@ bool read_at(std::span<const uint8_t> bytes, size_t at, T* out) {
   return true;
 }
 
-bool gives_entry(uint32_t opcode) {
-  switch (opcode) {
-    case FUSE_LOOKUP:
-    case FUSE_MKNOD:
-    case FUSE_MKDIR:
-    case FUSE_SYMLINK:
-    case FUSE_LINK:
-    case FUSE_CREATE:
-    case FUSE_TMPFILE:
-      return true;
-    default:
-      return false;
-  }
-}
-
 }  // namespace
 
-void LookupLedger::on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply) {
-  // CREATE and TMPFILE reply with an entry and an open handle.
-  const bool creates = opcode == FUSE_CREATE || opcode == FUSE_TMPFILE;
-  const bool opens = opcode == FUSE_OPEN || opcode == FUSE_OPENDIR || creates;
-  if (!gives_entry(opcode) && opcode != FUSE_READDIRPLUS && !opens) return;
-  fuse_out_header out;
-  if (!read_at(reply, 0, &out)) return;
-  if (out.error == -ENOSYS && (opcode == FUSE_OPEN || opcode == FUSE_OPENDIR)) {
-    std::lock_guard lock(mu_);
-    no_open_ = true;
-    return;
-  }
-  if (out.error != 0) return;
-  size_t at = sizeof(out);
-  if (opens) {
-    // CREATE, TMPFILE: fuse_entry_out, then fuse_open_out (the new file's handle).
-    fuse_entry_out entry{};
-    if (creates) {
-      if (!read_at(reply, at, &entry)) return;
-      nodeid = entry.nodeid;
-      at += sizeof(entry);
-    }
-    fuse_open_out open;
-    if (read_at(reply, at, &open)) {
-      std::lock_guard lock(mu_);
-      Open& o = open_[open.fh];
-      o.handle = {nodeid, open.fh, opcode == FUSE_OPENDIR};
-      ++o.count;
-    }
-    if (!creates) return;
-    if (entry.nodeid != 0) add(entry.nodeid);
-    return;
-  }
-  if (gives_entry(opcode)) {
-    fuse_entry_out entry;
-    // nodeid 0: a negative entry, no lookup.
-    if (read_at(reply, at, &entry) && entry.nodeid != 0) add(entry.nodeid);
-    return;
-  }
-  // READDIRPLUS: every entry but "." and ".." counts (backend.h).
-  fuse_direntplus d;
-  while (read_at(reply, at, &d)) {
-    const size_t record = FUSE_DIRENTPLUS_SIZE(&d);
-    if (record > reply.size() - at) break;
-    const std::string_view name(
-        reinterpret_cast<const char*>(reply.data()) + at + FUSE_NAME_OFFSET_DIRENTPLUS,
-        d.dirent.namelen);
-    if (name != "." && name != ".." && d.entry_out.nodeid != 0) add(d.entry_out.nodeid);
-    at += record;
-  }
+void SessionTable::gave_lookup(uint64_t ino) {
+  if (ino != 0) add(ino);
 }
 
-void LookupLedger::on_forget(std::span<uint8_t> request) {
+void SessionTable::gave_handle(uint64_t ino, uint64_t fh, bool directory) {
+  std::lock_guard lock(mu_);
+  Open& o = open_[fh];
+  o.handle = {ino, fh, directory};
+  ++o.count;
+}
+
+void SessionTable::opens_nothing() {
+  std::lock_guard lock(mu_);
+  no_open_ = true;
+}
+
+void SessionTable::on_forget(std::span<uint8_t> request) {
   fuse_in_header h;
   if (!read_at<fuse_in_header>(request, 0, &h)) return;
   const size_t at = sizeof(h);
@@ -112,7 +61,7 @@ void LookupLedger::on_forget(std::span<uint8_t> request) {
   }
 }
 
-void LookupLedger::on_release(std::span<const uint8_t> request) {
+void SessionTable::on_release(std::span<const uint8_t> request) {
   fuse_in_header h;
   fuse_release_in a;
   if (!read_at(request, 0, &h) || (h.opcode != FUSE_RELEASE && h.opcode != FUSE_RELEASEDIR) ||
@@ -124,7 +73,7 @@ void LookupLedger::on_release(std::span<const uint8_t> request) {
   if (it != open_.end() && --it->second.count == 0) open_.erase(it);
 }
 
-std::vector<LookupLedger::OpenHandle> LookupLedger::take_handles() {
+std::vector<SessionTable::OpenHandle> SessionTable::take_handles() {
   std::lock_guard lock(mu_);
   std::vector<OpenHandle> all;
   for (const auto& [fh, o] : open_) all.insert(all.end(), o.count, o.handle);
@@ -132,21 +81,21 @@ std::vector<LookupLedger::OpenHandle> LookupLedger::take_handles() {
   return all;
 }
 
-size_t LookupLedger::handles() const {
+size_t SessionTable::handles() const {
   std::lock_guard lock(mu_);
   size_t n = 0;
   for (const auto& [fh, o] : open_) n += o.count;
   return n;
 }
 
-bool LookupLedger::holds(uint64_t ino) const {
+bool SessionTable::holds(uint64_t ino) const {
   // The root is every session's (backend.h: it is never looked up).
   return ino == kRootIno || held_.contains(ino);
 }
 
-bool LookupLedger::opened(uint64_t fh) const { return open_.contains(fh) || (fh == 0 && no_open_); }
+bool SessionTable::opened(uint64_t fh) const { return open_.contains(fh) || (fh == 0 && no_open_); }
 
-int LookupLedger::check(std::span<const uint8_t> request) const {
+int SessionTable::check(std::span<const uint8_t> request) const {
   fuse_in_header h;
   if (!read_at(request, 0, &h)) return 0;
   switch (h.opcode) {
@@ -230,32 +179,32 @@ int LookupLedger::check(std::span<const uint8_t> request) const {
   }
 }
 
-std::vector<std::pair<uint64_t, uint64_t>> LookupLedger::take_all() {
+std::vector<std::pair<uint64_t, uint64_t>> SessionTable::take_all() {
   std::lock_guard lock(mu_);
   std::vector<std::pair<uint64_t, uint64_t>> all(held_.begin(), held_.end());
   held_.clear();
   return all;
 }
 
-uint64_t LookupLedger::held(uint64_t ino) const {
+uint64_t SessionTable::held(uint64_t ino) const {
   std::lock_guard lock(mu_);
   const auto it = held_.find(ino);
   return it == held_.end() ? 0 : it->second;
 }
 
-size_t LookupLedger::inodes() const {
+size_t SessionTable::inodes() const {
   std::lock_guard lock(mu_);
   return held_.size();
 }
 
-void LookupLedger::add(uint64_t ino) {
+void SessionTable::add(uint64_t ino) {
   // The root is never forgotten (backend.h): nothing to hold or give back.
   if (ino == kRootIno) return;
   std::lock_guard lock(mu_);
   ++held_[ino];
 }
 
-uint64_t LookupLedger::remove(uint64_t ino, uint64_t n) {
+uint64_t SessionTable::remove(uint64_t ino, uint64_t n) {
   std::lock_guard lock(mu_);
   const auto it = held_.find(ino);
   if (it == held_.end()) return 0;
@@ -263,6 +212,52 @@ uint64_t LookupLedger::remove(uint64_t ino, uint64_t n) {
   it->second -= taken;
   if (it->second == 0) held_.erase(it);
   return taken;
+}
+
+// --- SessionRequest -------------------------------------------------------------
+
+void SessionRequest::forget_given() {
+  lookups_given_.clear();
+  handle_given_.reset();
+  opens_nothing_ = false;
+}
+
+void SessionRequest::give_to(SessionTable& table, size_t reply_len) {
+  if (opens_nothing_) table.opens_nothing();
+  if (session_state.error != 0 || reply_len == 0) return;
+  for (uint64_t ino : lookups_given_) table.gave_lookup(ino);
+  if (handle_given_)
+    table.gave_handle(handle_given_->ino, handle_given_->fh, handle_given_->directory);
+}
+
+void SessionRequest::answer_entry(const Entry& entry) {
+  lookups_given_.push_back(entry.ino);
+  fuse::Request::answer_entry(entry);
+}
+
+void SessionRequest::answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) {
+  lookups_given_.push_back(entry.ino);
+  handle_given_ = SessionTable::OpenHandle{entry.ino, fh, false};
+  fuse::Request::answer_create(entry, fh, open_flags);
+}
+
+void SessionRequest::answer_open(uint64_t fh, uint32_t open_flags) {
+  const uint64_t ino = captured.header().nodeid;
+  handle_given_ = SessionTable::OpenHandle{ino, fh, session_state.opcode == FUSE_OPENDIR};
+  fuse::Request::answer_open(fh, open_flags);
+}
+
+void SessionRequest::answer_error(int errno_value) {
+  const uint32_t op = session_state.opcode;
+  if (errno_value == ENOSYS && (op == FUSE_OPEN || op == FUSE_OPENDIR)) opens_nothing_ = true;
+  fuse::Request::answer_error(errno_value);
+}
+
+bool SessionRequest::dir_add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) {
+  if (!fuse::Request::dir_add_plus(name, entry, next_offset)) return false;
+  // "." and ".." give out no lookup (backend.h).
+  if (name != "." && name != "..") lookups_given_.push_back(entry.ino);
+  return true;
 }
 
 }  // namespace dpfs::remote

@@ -6,14 +6,15 @@
 // what every session's kernel holds. A session that ends -- its device
 // sends DESTROY, or vanishes for longer than the grace period -- must give
 // back exactly its own lookups, and a device must never forget another
-// session's. The ledger counts, per inode, the lookups the session's
-// replies gave out (from the FUSE reply bytes the server sends), trims each
-// FORGET the device sends to what the session holds, and hands the rest
-// back when the session ends. Open handles likewise: those its OPEN,
-// OPENDIR, CREATE and TMPFILE replies gave out, less those the device RELEASEd, are
-// closed on the backend when the session ends (else a device that vanishes
-// with files open would keep them -- descriptors, storage of unlinked
-// files -- for the server's lifetime).
+// session's. The table counts, per inode, the lookups the session's
+// replies gave out (told by the server's requests as the backend answers
+// them, typed: gave_lookup), trims each FORGET the device sends to what the
+// session holds, and hands the rest back when the session ends. Open handles
+// likewise: those its OPEN, OPENDIR, CREATE and TMPFILE replies gave out
+// (gave_handle), less those the device RELEASEd, are closed on the backend
+// when the session ends (else a device that vanishes with files open would
+// keep them -- descriptors, storage of unlinked files -- for the server's
+// lifetime).
 //
 // The same records fence the sessions off from each other: check() lets a
 // request name only node ids this session holds (and the root) and file
@@ -26,21 +27,26 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "fuse/request.h"
+
 namespace dpfs::remote {
 
-class LookupLedger {
+class SessionTable {
  public:
-  // A reply the session sent to a request of `opcode` on `nodeid`: LOOKUP,
-  // MKNOD, MKDIR, SYMLINK, LINK, CREATE, TMPFILE and READDIRPLUS give out
-  // lookups (backend.h); OPEN, OPENDIR, CREATE and TMPFILE an open handle. `reply` is
-  // the whole FUSE reply (fuse_out_header first), as the server's session
-  // encoded it.
-  void on_reply(uint32_t opcode, uint64_t nodeid, std::span<const uint8_t> reply);
+  // What a reply the session sent gave out (backend.h): one lookup of
+  // `ino` (an Entry; 0, a negative entry, and the root count nothing), an
+  // open handle `fh` on `ino`, or the news that the backend does not open
+  // (OPEN or OPENDIR answered ENOSYS: the kernel then sends fh 0 without
+  // opening, FUSE's no_open).
+  void gave_lookup(uint64_t ino);
+  void gave_handle(uint64_t ino, uint64_t fh, bool directory);
+  void opens_nothing();
 
   // A RELEASE or RELEASEDIR request from the device (fuse_in_header first):
   // its handle is no longer the session's to close.
@@ -59,7 +65,7 @@ class LookupLedger {
 
   // A FORGET or BATCH_FORGET request from the device (fuse_in_header
   // first), rewritten in place: each count is cut to what the session holds
-  // (and taken from the ledger), so the backend never loses another
+  // (and taken from the table), so the backend never loses another
   // session's lookups. A request too short for what it claims is left to the
   // session to refuse, with its counts cut to what it does carry.
   void on_forget(std::span<uint8_t> request);
@@ -76,7 +82,7 @@ class LookupLedger {
   // a request too short for its arguments is the session's to refuse.
   int check(std::span<const uint8_t> request) const;
 
-  // Empties the ledger: (inode, lookups) for the backend's forget().
+  // Empties the table: (inode, lookups) for the backend's forget().
   std::vector<std::pair<uint64_t, uint64_t>> take_all();
 
   // Lookups held on `ino`; inodes with lookups.
@@ -101,6 +107,32 @@ class LookupLedger {
   // The backend answered OPEN/OPENDIR with ENOSYS: the kernel then sends
   // fh 0 without opening (FUSE's no_open/no_opendir), under mu_.
   bool no_open_ = false;
+};
+
+// A request served for one session: notes what the backend's typed answer
+// gives out (backend.h's ReplyTarget, on its way to the FUSE encoder), and
+// gives it to the session's table once the reply is complete -- a reply that
+// did not fit the device's buffer (answered EIO instead) gives nothing.
+class SessionRequest : public fuse::Request {
+ protected:
+  // Before a request is handled.
+  void forget_given();
+  // From complete(), before the request is reused.
+  void give_to(SessionTable& table, size_t reply_len);
+
+  void answer_entry(const Entry& entry) override;
+  void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) override;
+  void answer_open(uint64_t fh, uint32_t open_flags) override;
+  void answer_error(int errno_value) override;
+  bool dir_add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) override;
+
+  ~SessionRequest() = default;
+
+ private:
+  // Kept across requests: the vector's capacity too.
+  std::vector<uint64_t> lookups_given_;
+  std::optional<SessionTable::OpenHandle> handle_given_;
+  bool opens_nothing_ = false;
 };
 
 }  // namespace dpfs::remote
