@@ -136,7 +136,8 @@ void init_session(dpfs::fuse::FuseSession& session) {
   msg.init.flags = 0xffffffff;
   std::vector<uint8_t> reply(4096);
   iovec in{&msg, sizeof(msg)}, out{reply.data(), reply.size()};
-  ServerRequest req;
+  dpfs::remote::SessionTable table;
+  ServerRequest req(table);
   req.in = {&in, 1};
   req.out = {&out, 1};
   session.handle(req);
