@@ -15,17 +15,31 @@ namespace dpfs {
 namespace {
 
 constexpr BackendType kTypes[] = {
-    {"memfs", false, "an in-memory file system, empty at start"},
-    {"null", false, "a root and one file of zeros that discards writes; for benchmarks"},
-    {"nfs", true, "an NFS export: nfs://SERVER[:PORT]/EXPORT[?version=3|4]"},
-    {"passthrough", true, "a directory of this host, passthrough:DIR"},
-    {"remote", true,
+    {BackendKind::kMemfs, "memfs", false, "an in-memory file system, empty at start"},
+    {BackendKind::kNull, "null", false,
+     "a root and one file of zeros that discards writes; for benchmarks"},
+    {BackendKind::kNfs, "nfs", true, "an NFS export: nfs://SERVER[:PORT]/EXPORT[?version=3|4]"},
+    {BackendKind::kPassthrough, "passthrough", true, "a directory of this host, passthrough:DIR"},
+    {BackendKind::kRemote, "remote", true,
      "remote://HOST:PORT: forward every request to a dpfs server (dpfs serve --listen)"},
 };
 
 }  // namespace
 
 std::span<const BackendType> backend_types() { return kTypes; }
+
+std::string_view backend_name(BackendKind kind) {
+  for (const BackendType& t : kTypes) {
+    if (t.kind == kind) return t.name;
+  }
+  return "unknown";
+}
+
+std::string backend_spec(const BackendConfig& cfg) {
+  std::string spec(backend_name(cfg.kind));
+  if (!cfg.arg.empty()) spec += ":" + cfg.arg;
+  return spec;
+}
 
 std::string backend_type_list() {
   std::string out;
@@ -51,8 +65,8 @@ void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
           fmt::format("backend {} takes no argument, got '{}'", type, spec));
     }
     // The URL is checked now, so a typo is refused with the other settings.
-    if (type == "nfs") nfs::parse_nfs_url(spec);
-    if (t.name == "remote") {
+    if (t.kind == BackendKind::kNfs) nfs::parse_nfs_url(spec);
+    if (t.kind == BackendKind::kRemote) {
       // "remote://HOST:PORT": the argument is "//HOST:PORT".
       try {
         util::parse_endpoint(spec, "remote://", false);
@@ -60,7 +74,7 @@ void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
         throw std::invalid_argument(fmt::format("backend remote: {}", e.what()));
       }
     }
-    cfg->type = std::string(type);
+    cfg->kind = t.kind;
     cfg->arg = std::string(arg);
     return;
   }
@@ -69,54 +83,57 @@ void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
 }
 
 std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
-  if (cfg.type == "memfs") {
-    MemfsOptions options;
-    options.capacity_bytes = cfg.memfs.capacity_bytes;
-    options.max_inodes = cfg.memfs.max_inodes;
-    options.entry_timeout = cfg.entry_timeout;
-    options.attr_timeout = cfg.attr_timeout;
-    return std::make_unique<Memfs>(options);
+  switch (cfg.kind) {
+    case BackendKind::kMemfs: {
+      MemfsOptions options;
+      options.capacity_bytes = cfg.memfs.capacity_bytes;
+      options.max_inodes = cfg.memfs.max_inodes;
+      options.entry_timeout = cfg.entry_timeout;
+      options.attr_timeout = cfg.attr_timeout;
+      return std::make_unique<Memfs>(options);
+    }
+    case BackendKind::kNull: {
+      NullOptions options;
+      options.file_size = cfg.null.file_size;
+      options.direct_io = cfg.null.direct_io;
+      return std::make_unique<NullBackend>(options);
+    }
+    case BackendKind::kNfs: {
+      NfsOptions options;
+      options.url = nfs::parse_nfs_url("nfs:" + cfg.arg);
+      options.connections = std::max<uint32_t>(cfg.nfs.connections, 1);  // 0: not from a Config
+      options.timeout = std::chrono::milliseconds(int64_t(cfg.nfs.timeout * 1000));
+      options.rsize = uint32_t(cfg.nfs.rsize);
+      options.wsize = uint32_t(cfg.nfs.wsize);
+      options.max_unstable = cfg.nfs.max_unstable;
+      options.entry_timeout = cfg.entry_timeout;
+      options.attr_timeout = cfg.attr_timeout;
+      return std::make_unique<NfsBackend>(options);
+    }
+    case BackendKind::kPassthrough: {
+      PassthroughOptions options;
+      options.root = cfg.passthrough.root_inside.empty() ? cfg.arg : cfg.passthrough.root_inside;
+      options.read_only = cfg.passthrough.read_only;
+      options.cache = cfg.passthrough.cache;
+      options.entry_timeout = cfg.entry_timeout;
+      options.attr_timeout = cfg.attr_timeout;
+      options.writeback = cfg.writeback_cache;
+      options.max_fds = cfg.passthrough.max_fds;
+      options.fd_budget = cfg.fd_budget;
+      options.io_uring = cfg.passthrough.io_uring;
+      if (cfg.passthrough.squash_uid >= 0)
+        options.squash_uid = uint32_t(cfg.passthrough.squash_uid);
+      if (cfg.passthrough.squash_gid >= 0)
+        options.squash_gid = uint32_t(cfg.passthrough.squash_gid);
+      return std::make_unique<Passthrough>(options);
+    }
+    case BackendKind::kRemote:
+      // The remote backend forwards whole FUSE requests (remote::Forwarder):
+      // the server layer builds it in place of a session
+      // (server/tenant_handler.h), never as a Backend.
+      throw std::invalid_argument("backend remote is a forwarder, not a Backend object");
   }
-  if (cfg.type == "null") {
-    NullOptions options;
-    options.file_size = cfg.null.file_size;
-    options.direct_io = cfg.null.direct_io;
-    return std::make_unique<NullBackend>(options);
-  }
-  if (cfg.type == "nfs") {
-    NfsOptions options;
-    options.url = nfs::parse_nfs_url("nfs:" + cfg.arg);
-    options.connections = std::max<uint32_t>(cfg.nfs.connections, 1);  // 0: not from a Config
-    options.timeout = std::chrono::milliseconds(int64_t(cfg.nfs.timeout * 1000));
-    options.rsize = uint32_t(cfg.nfs.rsize);
-    options.wsize = uint32_t(cfg.nfs.wsize);
-    options.max_unstable = cfg.nfs.max_unstable;
-    options.entry_timeout = cfg.entry_timeout;
-    options.attr_timeout = cfg.attr_timeout;
-    return std::make_unique<NfsBackend>(options);
-  }
-  if (cfg.type == "passthrough") {
-    PassthroughOptions options;
-    options.root = cfg.passthrough.root_inside.empty() ? cfg.arg : cfg.passthrough.root_inside;
-    options.read_only = cfg.passthrough.read_only;
-    options.cache = cfg.passthrough.cache;
-    options.entry_timeout = cfg.entry_timeout;
-    options.attr_timeout = cfg.attr_timeout;
-    options.writeback = cfg.writeback_cache;
-    options.max_fds = cfg.passthrough.max_fds;
-    options.fd_budget = cfg.fd_budget;
-    options.io_uring = cfg.passthrough.io_uring;
-    if (cfg.passthrough.squash_uid >= 0) options.squash_uid = uint32_t(cfg.passthrough.squash_uid);
-    if (cfg.passthrough.squash_gid >= 0) options.squash_gid = uint32_t(cfg.passthrough.squash_gid);
-    return std::make_unique<Passthrough>(options);
-  }
-  if (cfg.type == "remote") {
-    // The remote backend forwards whole FUSE requests (remote::Forwarder):
-    // the transport builds it in place of a session, never as a Backend.
-    throw std::invalid_argument("backend remote is a forwarder, not a Backend object");
-  }
-  throw std::invalid_argument(
-      fmt::format("unknown backend '{}' (known: {})", cfg.type, backend_type_list()));
+  throw std::invalid_argument("unknown backend kind");
 }
 
 }  // namespace dpfs

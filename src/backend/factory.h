@@ -19,9 +19,12 @@
 
 namespace dpfs {
 
+// Every backend type this build has (backend_types() names them).
+enum class BackendKind { kMemfs, kNull, kNfs, kPassthrough, kRemote };
+
 struct BackendConfig {
-  std::string type = "memfs";  // one of backend_types()
-  std::string arg;             // after "type:"; empty for types that take none
+  BackendKind kind = BackendKind::kMemfs;
+  std::string arg;  // after "type:"; empty for types that take none
 
   struct Memfs {
     uint64_t capacity_bytes = 1ull << 30;
@@ -66,6 +69,7 @@ struct BackendConfig {
 };
 
 struct BackendType {
+  BackendKind kind;
   std::string_view name;
   bool takes_arg;
   std::string_view description;
@@ -75,7 +79,12 @@ std::span<const BackendType> backend_types();
 // "memfs, null": for messages and --help.
 std::string backend_type_list();
 
-// Parses a spec into cfg->type and cfg->arg. Throws std::invalid_argument
+// "memfs", "passthrough": the name a spec starts with.
+std::string_view backend_name(BackendKind kind);
+// The spec `cfg` was parsed from: "memfs", "passthrough:/srv/dir".
+std::string backend_spec(const BackendConfig& cfg);
+
+// Parses a spec into cfg->kind and cfg->arg. Throws std::invalid_argument
 // for an unknown type (naming the known ones) or a misplaced argument.
 void parse_backend_spec(std::string_view spec, BackendConfig* cfg);
 

@@ -801,7 +801,7 @@ void finish(Config& cfg) {
         "TLS needs all of remote.tls_cert, remote.tls_key and remote.tls_ca "
         "(--remote-tls-cert, --remote-tls-key, --remote-tls-ca)");
   }
-  if (!cfg.remote.listen.empty() && cfg.backend.type == "remote") {
+  if (!cfg.remote.listen.empty() && cfg.backend.kind == BackendKind::kRemote) {
     throw ConfigError("--listen serves remote devices from a local backend, not from remote://");
   }
   // Without any transport configured, the default job: FUSE at /tmp/dpfs.

@@ -31,6 +31,7 @@
 #include "server/signals.h"
 #include "server/stats_socket.h"
 #include "server/supervisor.h"
+#include "server/tenant_handler.h"
 #include "server/version.h"
 #include "server/vhost_user_server.h"
 #include "transport/fuse_dev.h"
@@ -38,24 +39,6 @@
 
 namespace dpfs::server {
 namespace {
-
-fuse::SessionOptions session_options(const Config& cfg) {
-  fuse::SessionOptions options;
-  options.max_write = cfg.fuse.max_write;
-  options.entry_timeout = cfg.fuse.entry_timeout;
-  options.attr_timeout = cfg.fuse.attr_timeout;
-  options.writeback_cache = cfg.fuse.writeback_cache;
-  options.xattr = cfg.fuse.xattr;
-  options.policy = std::make_shared<const HostPolicy>(cfg.policy);
-  options.name = cfg.fuse.mount;
-  return options;
-}
-
-// The configured backend behind the host's policy for its tenants.
-std::unique_ptr<Backend> make_policed_backend(const BackendConfig& backend,
-                                              const fuse::SessionOptions& options) {
-  return std::make_unique<PolicyBackend>(make_backend(backend), options.policy);
-}
 
 std::string read_secret(const Config& cfg) {
   return cfg.remote.secret_file.empty() ? std::string()
@@ -73,7 +56,7 @@ std::unique_ptr<remote::Server> make_remote_server(const Config& cfg) {
   options.handshake_timeout_s = cfg.remote.handshake_timeout;
   options.max_handshakes = cfg.remote.max_handshakes;
   options.max_handshakes_per_address = cfg.remote.max_handshakes_per_address;
-  options.session = session_options(cfg);
+  options.session = session_options(cfg, cfg.policy);
   options.session.name = "remote";
   return std::make_unique<remote::Server>(std::move(options), nullptr);
 }
@@ -100,7 +83,7 @@ void add_backend_needs(const ServedBackend& served, sandbox::SandboxOptions* s) 
   const BackendConfig& b = *served.backend;
   const HostPolicy& policy = *served.policy;
   std::vector<int>& caps = s->capabilities;
-  if (b.type == "passthrough") {
+  if (b.kind == BackendKind::kPassthrough) {
     // As virtiofsd keeps (src/main.rs): ownership and modes of the tenant's
     // files (chown, fowner, fsetid, dac_override while acting as the
     // tenant), acting as the tenant (setfsuid/setfsgid: setuid, setgid),
@@ -114,11 +97,11 @@ void add_backend_needs(const ServedBackend& served, sandbox::SandboxOptions* s) 
       caps.push_back(CAP_SYS_ADMIN);
     }
     if (policy.xattr_namespaces & HostPolicy::kXattrSecurity) caps.push_back(CAP_SETFCAP);
-  } else if (b.type == "nfs") {
+  } else if (b.kind == BackendKind::kNfs) {
     // libnfs, as root, connects (and reconnects) from a reserved port.
     caps.push_back(CAP_NET_BIND_SERVICE);
     s->view.network = true;
-  } else if (b.type == "remote") {
+  } else if (b.kind == BackendKind::kRemote) {
     s->view.network = true;
   }
 }
@@ -136,7 +119,7 @@ sandbox::SandboxOptions sandbox_plan(Config& cfg, std::vector<size_t>* dir_of) {
     add_backend_needs(served, &s);
     const BackendConfig* b = served.backend;
     dir_of->push_back(SIZE_MAX);
-    if (b->type != "passthrough") continue;
+    if (b->kind != BackendKind::kPassthrough) continue;
     char* real = ::realpath(b->arg.c_str(), nullptr);
     if (real == nullptr) {
       throw std::invalid_argument("passthrough: cannot open directory " + b->arg + ": " +
@@ -184,20 +167,6 @@ std::string enter_sandbox(Config& cfg) {
       sandbox::capability_names(plan.capabilities), sandbox::seccomp_action_name(plan.seccomp));
 }
 
-std::vector<std::string> forwarder_stats(const remote::Forwarder& f) {
-  const remote::Forwarder::Counters& c = f.counters();
-  return {fmt::format("{} requests forwarded, {} resent, {} failed, {} connections made",
-                      c.forwarded.load(), c.resent.load(), c.failed.load(), c.connects.load())};
-}
-
-// A device's request lines: its session's, or its forwarder's.
-std::vector<std::string> request_stats(const fuse::FuseSession* session,
-                                       const remote::Forwarder* forwarder) {
-  if (session) return format_stats(*session);
-  if (forwarder) return forwarder_stats(*forwarder);
-  return {};
-}
-
 // The objects that serve one mount. The mount is made before (outside the
 // sandbox); the backend, inside it, before the workers that serve it. A
 // backend that cannot start unmounts the mount again (its destructor).
@@ -210,28 +179,16 @@ class Daemon {
          std::vector<util::UniqueFd> devices, const RemoteCredentials& credentials,
          std::function<void()> on_stop)
       : mount_(std::move(mount)) {
-    fuse::RequestHandler* handler;
-    std::string served;
-    if (cfg.backend.type == "remote") {
-      // Requests go whole to a remote dpfs, which runs the session.
-      forwarder_ =
-          std::make_unique<remote::Forwarder>(forwarder_options(cfg.backend, cfg, credentials));
-      handler = forwarder_.get();
-      served = forwarder_->describe();
-    } else {
-      const fuse::SessionOptions options = session_options(cfg);
-      backend_ = make_policed_backend(cfg.backend, options);
-      session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
-      handler = session_.get();
-      served = describe_backend(cfg.backend);
-    }
+    fuse::SessionOptions options = session_options(cfg, cfg.policy);
+    options.name = cfg.fuse.mount;
+    tenant_ = std::make_unique<TenantHandler>(cfg.backend, options, cfg, credentials);
     spdlog::info(
         "dpfs {}: serving {} at {}: {} thread{}, max_write {}, entry_timeout {}s, attr_timeout "
         "{}s, writeback_cache {}",
-        kVersion, served, mount_->mount_point(), cfg.threads, cfg.threads == 1 ? "" : "s",
-        format_size(cfg.fuse.max_write), cfg.fuse.entry_timeout, cfg.fuse.attr_timeout,
-        cfg.fuse.writeback_cache ? "on" : "off");
-    device_ = std::make_unique<transport::FuseDevice>(mount_->fd(), *handler, cfg.threads,
+        kVersion, tenant_->description(), mount_->mount_point(), cfg.threads,
+        cfg.threads == 1 ? "" : "s", format_size(cfg.fuse.max_write), cfg.fuse.entry_timeout,
+        cfg.fuse.attr_timeout, cfg.fuse.writeback_cache ? "on" : "off");
+    device_ = std::make_unique<transport::FuseDevice>(mount_->fd(), tenant_->handler(), cfg.threads,
                                                       std::move(on_stop), std::move(devices));
     mount_->set_quiet_unmount(false);
   }
@@ -246,20 +203,15 @@ class Daemon {
     // ends and the workers stop.
     if (mount_) mount_->unmount();
     if (device_) device_->stop();
-    // A backend may still hold replies (a SETLKW waiting for its lock); its
-    // destructor answers them, into the device's request slots: so the
-    // backend goes before the device. The session only keeps a dangling
-    // reference to it, which nothing uses any more.
-    if (backend_) final_backend_stats_ = backend_->stats();
-    backend_.reset();
-    // Likewise the forwarder answers what is still in flight (EIO).
-    if (forwarder_) forwarder_->stop();
+    // The backend answers what it still holds through the device's request
+    // slots: so it goes before the device (TenantHandler::end).
+    if (tenant_) tenant_->end();
     device_.reset();
   }
 
   std::vector<std::string> stats() const {
-    std::vector<std::string> lines = request_stats(session_.get(), forwarder_.get());
-    const std::vector<std::string> more = backend_ ? backend_->stats() : final_backend_stats_;
+    std::vector<std::string> lines = tenant_->request_stats();
+    const std::vector<std::string> more = tenant_->backend_stats();
     lines.insert(lines.end(), more.begin(), more.end());
     return lines;
   }
@@ -270,10 +222,7 @@ class Daemon {
   // Destroyed last: a backend that failed to start leaves the mount to
   // unmount.
   std::unique_ptr<transport::FuseMount> mount_;
-  std::unique_ptr<Backend> backend_;
-  std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
-  std::unique_ptr<fuse::FuseSession> session_;    // or, for a remote backend:
-  std::unique_ptr<remote::Forwarder> forwarder_;
+  std::unique_ptr<TenantHandler> tenant_;
   std::unique_ptr<transport::FuseDevice> device_;
 };
 
@@ -297,7 +246,9 @@ void drain(int fd) {
 }
 
 // Whether a backend holds descriptors for its tenant (and so gets a budget).
-bool holds_tenant_fds(const BackendConfig& backend) { return backend.type == "passthrough"; }
+bool holds_tenant_fds(const BackendConfig& backend) {
+  return backend.kind == BackendKind::kPassthrough;
+}
 
 // `configured` with each backend's share of the descriptor limit
 // (server/fd_limits.h): the FUSE mount, every vhost-user device, and the
@@ -390,7 +341,9 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
                                                         notifier(device_done.get())));
   }
   if (listener) {
-    listener->set_backend(make_policed_backend(served.backend, session_options(served)));
+    // One backend behind the host's policy, shared by every remote session.
+    listener->set_backend(std::make_unique<PolicyBackend>(
+        make_backend(served.backend), std::make_shared<const HostPolicy>(served.policy)));
   }
   std::unique_ptr<Daemon> fuse;
   if (mount) {
@@ -415,8 +368,8 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
     };
     if (fuse) add(fuse->mount_point(), fuse->stats());
     for (const auto& d : devices) {
-      add(d->name(), request_stats(d->session(), d->forwarder()));
-      add(d->name(), d->backend_stats());
+      add(d->name(), d->tenant().request_stats());
+      add(d->name(), d->tenant().backend_stats());
       add(d->name(), d->queue_stats());
     }
     if (listener) add("remote", listener->stats());
@@ -490,10 +443,10 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
     for (const std::string& line : fuse->stats()) spdlog::info("totals: {}", line);
   }
   for (const auto& d : devices) {
-    for (const std::string& line : request_stats(d->session(), d->forwarder())) {
+    for (const std::string& line : d->tenant().request_stats()) {
       spdlog::info("{}: totals: {}", d->name(), line);
     }
-    for (const std::string& line : d->backend_stats()) {
+    for (const std::string& line : d->tenant().backend_stats()) {
       spdlog::info("{}: totals: {}", d->name(), line);
     }
   }

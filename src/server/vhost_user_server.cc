@@ -18,50 +18,6 @@
 
 namespace dpfs::server {
 
-std::string describe_backend(const BackendConfig& b) {
-  if (b.type == "memfs") {
-    return fmt::format("memfs (capacity {}, max_inodes {})", format_size(b.memfs.capacity_bytes),
-                       b.memfs.max_inodes);
-  }
-  if (b.type == "null") {
-    return fmt::format("null (file_size {}{})", format_size(b.null.file_size),
-                       b.null.direct_io ? ", direct_io" : "");
-  }
-  return b.arg.empty() ? b.type : b.type + ":" + b.arg;
-}
-
-RemoteCredentials read_remote_credentials(const Config& cfg) {
-  RemoteCredentials c;
-  const bool forwards =
-      cfg.backend.type == "remote" ||
-      std::any_of(cfg.devices.begin(), cfg.devices.end(),
-                  [](const DeviceConfig& d) { return d.backend.type == "remote"; });
-  if (!forwards) return c;
-  if (!cfg.remote.secret_file.empty()) c.secret = remote::read_secret_file(cfg.remote.secret_file);
-  const remote::TlsFiles tls{cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
-  if (tls.enabled()) {
-    try {
-      c.tls = std::make_shared<remote::TlsContext>(tls, remote::TlsContext::Role::kDevice);
-    } catch (const std::invalid_argument& e) {
-      throw remote::RemoteError(e.what());
-    }
-  }
-  return c;
-}
-
-remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg,
-                                           const RemoteCredentials& credentials) {
-  remote::ForwarderOptions options;
-  options.server = remote::parse_endpoint(b.type + ":" + b.arg, "remote://", false);
-  options.secret = credentials.secret;
-  options.tls = {cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
-  options.tls_context = credentials.tls;
-  options.connections = cfg.remote.connections;
-  options.timeout_s = cfg.remote.timeout;
-  options.max_write = cfg.fuse.max_write;
-  return options;
-}
-
 VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
                                  std::unique_ptr<util::Listener> listener,
                                  const RemoteCredentials& credentials,
@@ -71,28 +27,9 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
       on_done_(std::move(on_done)),
       name_(device.name()),
       listener_(std::move(listener)) {
-  fuse::SessionOptions options;
-  options.max_write = cfg.fuse.max_write;
-  options.entry_timeout = cfg.fuse.entry_timeout;
-  options.attr_timeout = cfg.fuse.attr_timeout;
-  options.writeback_cache = cfg.fuse.writeback_cache;
-  options.xattr = cfg.fuse.xattr;
-  options.policy = std::make_shared<const HostPolicy>(device.policy);
+  fuse::SessionOptions options = session_options(cfg, device.policy);
   options.name = "virtio-fs " + device.tag;
-  fuse::RequestHandler* handler;
-  std::string served;
-  if (device.backend.type == "remote") {
-    // Requests go whole to a remote dpfs, which runs the session.
-    forwarder_ =
-        std::make_unique<remote::Forwarder>(forwarder_options(device.backend, cfg, credentials));
-    handler = forwarder_.get();
-    served = forwarder_->describe();
-  } else {
-    backend_ = std::make_unique<PolicyBackend>(make_backend(device.backend), options.policy);
-    session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
-    handler = session_.get();
-    served = describe_backend(device.backend);
-  }
+  tenant_ = std::make_unique<TenantHandler>(device.backend, options, cfg, credentials);
 
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
@@ -104,11 +41,11 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
   // queue, FORGETs and INTERRUPTs, rides on the first worker).
   dev.threads = std::min<unsigned>(cfg.threads, device.request_queues);
   dev.poll = device.poll;
-  device_ = std::make_unique<vhost_user::FsDevice>(*handler, dev);
+  device_ = std::make_unique<vhost_user::FsDevice>(tenant_->handler(), dev);
 
   spdlog::info("{}: serving {}: {} request queue{}, {} worker{}{}, on disconnect: {}", name_,
-               served, device.request_queues, device.request_queues == 1 ? "" : "s", dev.threads,
-               dev.threads == 1 ? "" : "s", device.poll ? ", busy-polling" : "",
+               tenant_->description(), device.request_queues, device.request_queues == 1 ? "" : "s",
+               dev.threads, dev.threads == 1 ? "" : "s", device.poll ? ", busy-polling" : "",
                on_disconnect_ == OnDisconnect::kWait ? "wait for the next front-end" : "exit");
 }
 
@@ -142,15 +79,9 @@ void VhostUserServer::stop() {
   // waiter); its destructor answers them through the device: so the backend
   // goes next, then the device, then the socket.
   if (device_) device_->stop_workers();
-  if (backend_) final_backend_stats_ = backend_->stats();
-  backend_.reset();
-  if (forwarder_) forwarder_->stop();  // answers what is in flight (EIO)
+  tenant_->end();
   device_.reset();
   listener_.reset();
-}
-
-std::vector<std::string> VhostUserServer::backend_stats() const {
-  return backend_ ? backend_->stats() : final_backend_stats_;
 }
 
 std::vector<std::string> VhostUserServer::queue_stats() const {
@@ -239,12 +170,9 @@ void VhostUserServer::serve_connection(util::UniqueFd socket, unsigned number) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   device_->log().info("{}: front-end {} (connection {}, {:.1f}s)", name_,
                       by_us ? "disconnected by shutdown" : "disconnected", number, secs);
-  // A guest that went away without unmounting never sent DESTROY: its
-  // kernel's lookups and open files die with it. Forget them, as a DESTROY
-  // would, so the next guest starts clean (memfs keeps the files). The
+  // A guest that went away without unmounting never sent DESTROY. The
   // device's queues are stopped, so nothing else calls the backend now.
-  // (A remote backend has none here: its server keeps that session.)
-  if (session_ && session_->initialized()) backend_->destroy();
+  tenant_->forget_tenant();
 }
 
 }  // namespace dpfs::server

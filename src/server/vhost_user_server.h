@@ -26,20 +26,13 @@
 
 #include "backend/backend.h"
 #include "fuse/session.h"
-#include "remote/forwarder.h"
 #include "server/config.h"
+#include "server/tenant_handler.h"
 #include "util/unique_fd.h"
 #include "util/unix_listener.h"
 #include "vhost_user/fs_device.h"
 
 namespace dpfs::server {
-
-// What a remote backend proves itself with: the shared secret and the TLS
-// context, read from their files at start-up, before the sandbox hides them.
-struct RemoteCredentials {
-  std::string secret;                       // empty: none
-  std::shared_ptr<remote::TlsContext> tls;  // null: plain TCP
-};
 
 class VhostUserServer {
  public:
@@ -65,15 +58,11 @@ class VhostUserServer {
   // True once the control thread has ended by itself (see on_done).
   bool done() const { return done_.load(std::memory_order_acquire); }
   bool failed() const { return failed_.load(std::memory_order_acquire); }
-  // The FUSE session, or nullptr when a remote backend runs it elsewhere.
-  const fuse::FuseSession* session() const { return session_.get(); }
-  // Request counters of a remote backend, or nullptr.
-  const remote::Forwarder* forwarder() const { return forwarder_.get(); }
+  // The session or forwarder behind the device, and their statistics.
+  const TenantHandler& tenant() const { return *tenant_; }
   // One line per queue of the device ("queue 1 (requests): 120 requests,
   // 30 kicks, 41 notifications"), or nothing once stopped.
   std::vector<std::string> queue_stats() const;
-  // The backend's own lines (Backend::stats), kept from the end once stopped.
-  std::vector<std::string> backend_stats() const;
   // "vhost-user dpfs (/tmp/dpfs.sock)", for logs.
   const std::string& name() const { return name_; }
   const std::string& tag() const { return config_.tag; }
@@ -90,10 +79,7 @@ class VhostUserServer {
   OnDisconnect on_disconnect_;
   std::function<void()> on_done_;
   std::string name_;
-  std::unique_ptr<Backend> backend_;
-  std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
-  std::unique_ptr<fuse::FuseSession> session_;    // or, for a remote backend:
-  std::unique_ptr<remote::Forwarder> forwarder_;
+  std::unique_ptr<TenantHandler> tenant_;
   std::unique_ptr<vhost_user::FsDevice> device_;
   std::unique_ptr<util::Listener> listener_;
   util::UniqueFd stop_fd_;  // eventfd: readable once stop() is called
@@ -102,17 +88,5 @@ class VhostUserServer {
   std::atomic<bool> done_{false};
   std::atomic<bool> failed_{false};
 };
-
-// Describes a backend configuration for logs: "memfs (capacity 1G, ...)".
-std::string describe_backend(const BackendConfig& b);
-
-// Reads them if any backend of `cfg` is remote (else an empty set). Throws
-// std::invalid_argument (the secret file) or remote::RemoteError (TLS files).
-RemoteCredentials read_remote_credentials(const Config& cfg);
-
-// The forwarder of a remote backend (`b` is remote://HOST:PORT) with the
-// [remote] settings of `cfg` and the credentials read from them.
-remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg,
-                                           const RemoteCredentials& credentials);
 
 }  // namespace dpfs::server

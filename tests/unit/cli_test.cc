@@ -47,7 +47,7 @@ class TempConfig {
 TEST(Cli, ServeWithoutArgumentsIsTheDefaultJob) {
   const Invocation inv = parse_command_line({"serve"});
   EXPECT_EQ(inv.command, Command::kServe);
-  EXPECT_EQ(inv.config.backend.type, "memfs");
+  EXPECT_EQ(inv.config.backend.kind, BackendKind::kMemfs);
   EXPECT_EQ(inv.config.fuse.mount, "/tmp/dpfs");
   EXPECT_TRUE(inv.config.fuse.mount_is_default);
   EXPECT_EQ(inv.config.threads, 2u);
@@ -77,7 +77,7 @@ TEST(Cli, ServeFlags) {
                                              "--memfs-max-inodes",
                                              "77"});
   const Config& c = inv.config;
-  EXPECT_EQ(c.backend.type, "null");
+  EXPECT_EQ(c.backend.kind, BackendKind::kNull);
   EXPECT_EQ(c.fuse.mount, "/mnt/d");
   EXPECT_FALSE(c.fuse.mount_is_default);
   EXPECT_EQ(c.threads, 4u);
@@ -120,7 +120,7 @@ TEST(Cli, FlagsOverrideTheConfigFile) {
       "writeback_cache = true\nmax_write = \"64K\"\n");
   const Invocation from_file = parse_command_line({"serve", "--config", file.path()});
   EXPECT_EQ(from_file.config.threads, 3u);
-  EXPECT_EQ(from_file.config.backend.type, "null");
+  EXPECT_EQ(from_file.config.backend.kind, BackendKind::kNull);
   EXPECT_EQ(from_file.config.fuse.mount, "/from/file");
   EXPECT_TRUE(from_file.config.fuse.writeback_cache);
   EXPECT_EQ(from_file.config.fuse.max_write, 64u << 10);
@@ -129,7 +129,7 @@ TEST(Cli, FlagsOverrideTheConfigFile) {
   const Invocation inv = parse_command_line({"serve", "--threads", "9", "--config", file.path(),
                                              "--no-writeback-cache", "--backend", "memfs"});
   EXPECT_EQ(inv.config.threads, 9u);
-  EXPECT_EQ(inv.config.backend.type, "memfs");
+  EXPECT_EQ(inv.config.backend.kind, BackendKind::kMemfs);
   EXPECT_FALSE(inv.config.fuse.writeback_cache);
   EXPECT_EQ(inv.config.fuse.mount, "/from/file");   // not overridden
   EXPECT_EQ(inv.config.fuse.max_write, 64u << 10);  // not overridden

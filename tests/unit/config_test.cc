@@ -39,7 +39,7 @@ TEST(Config, Defaults) {
   finish(cfg);
   EXPECT_EQ(cfg.threads, 2u);
   EXPECT_EQ(cfg.log_level, spdlog::level::info);
-  EXPECT_EQ(cfg.backend.type, "memfs");
+  EXPECT_EQ(cfg.backend.kind, BackendKind::kMemfs);
   EXPECT_EQ(cfg.backend.arg, "");
   EXPECT_EQ(cfg.backend.memfs.capacity_bytes, 1ull << 30);
   EXPECT_EQ(cfg.fuse.mount, "/tmp/dpfs");
@@ -72,7 +72,7 @@ writeback_cache = true
   finish(cfg);
   EXPECT_EQ(cfg.threads, 8u);
   EXPECT_EQ(cfg.log_level, spdlog::level::debug);
-  EXPECT_EQ(cfg.backend.type, "null");
+  EXPECT_EQ(cfg.backend.kind, BackendKind::kNull);
   EXPECT_EQ(cfg.backend.memfs.capacity_bytes, 512ull << 20);
   EXPECT_EQ(cfg.backend.memfs.max_inodes, 1000u);
   EXPECT_EQ(cfg.backend.null.file_size, 2ull << 40);
@@ -94,7 +94,7 @@ TEST(Config, DottedKeysAndInlineTables) {
              "fuse.mount = \"/a\"\nbackend = { type = \"null\", null = { file_size = 4096 } }\n",
              "test.toml");
   EXPECT_EQ(cfg.fuse.mount, "/a");
-  EXPECT_EQ(cfg.backend.type, "null");
+  EXPECT_EQ(cfg.backend.kind, BackendKind::kNull);
   EXPECT_EQ(cfg.backend.null.file_size, 4096u);
 }
 
@@ -177,12 +177,12 @@ TEST(Config, BackendType) {
 TEST(Config, BackendSpec) {
   BackendConfig b;
   parse_backend_spec("null", &b);
-  EXPECT_EQ(b.type, "null");
+  EXPECT_EQ(b.kind, BackendKind::kNull);
   EXPECT_EQ(b.arg, "");
   parse_backend_spec("memfs", &b);
-  EXPECT_EQ(b.type, "memfs");
+  EXPECT_EQ(b.kind, BackendKind::kMemfs);
   parse_backend_spec("passthrough:/srv", &b);
-  EXPECT_EQ(b.type, "passthrough");
+  EXPECT_EQ(b.kind, BackendKind::kPassthrough);
   EXPECT_EQ(b.arg, "/srv");
   EXPECT_THROW(parse_backend_spec("passthrough", &b), std::invalid_argument);
   EXPECT_THROW(parse_backend_spec("null:", &b), std::invalid_argument);
@@ -344,7 +344,7 @@ on_disconnect = "exit"
   EXPECT_EQ(d.tag, "vm1fs");
   EXPECT_EQ(d.request_queues, 4u);
   EXPECT_TRUE(d.poll);
-  EXPECT_EQ(d.backend.type, "null");  // the [vhost_user] device serves [backend]
+  EXPECT_EQ(d.backend.kind, BackendKind::kNull);  // the [vhost_user] device serves [backend]
   EXPECT_EQ(cfg.vhost_user.on_disconnect, OnDisconnect::kExit);
 }
 
@@ -426,14 +426,14 @@ entry_timeout = 0.5
   EXPECT_EQ(cfg.fuse.mount, "");  // vhost-user only
   ASSERT_EQ(cfg.devices.size(), 3u);
   EXPECT_EQ(cfg.devices[0].socket, "/tmp/main.sock");
-  EXPECT_EQ(cfg.devices[0].backend.type, "memfs");
+  EXPECT_EQ(cfg.devices[0].backend.kind, BackendKind::kMemfs);
 
   const DeviceConfig& a = cfg.devices[1];
   EXPECT_EQ(a.socket, "/tmp/a.sock");
   EXPECT_EQ(a.tag, "tenant-a");
   EXPECT_EQ(a.request_queues, 2u);
   EXPECT_FALSE(a.poll);
-  EXPECT_EQ(a.backend.type, "memfs");
+  EXPECT_EQ(a.backend.kind, BackendKind::kMemfs);
   EXPECT_EQ(a.backend.memfs.capacity_bytes, 64ull << 20);
   EXPECT_DOUBLE_EQ(a.backend.entry_timeout, 0.5);
 
@@ -442,7 +442,7 @@ entry_timeout = 0.5
   EXPECT_EQ(b.tag, "dpfs");
   EXPECT_EQ(b.request_queues, 1u);
   EXPECT_TRUE(b.poll);
-  EXPECT_EQ(b.backend.type, "null");
+  EXPECT_EQ(b.backend.kind, BackendKind::kNull);
   EXPECT_EQ(b.backend.null.file_size, 1ull << 30);
   EXPECT_TRUE(b.backend.null.direct_io);
   // A device's backend starts from the defaults, not from [backend].
@@ -517,7 +517,7 @@ TEST(Docs, ExampleConfigParsesAndHasEverySetting) {
   Config defaults;
   finish(defaults);
   EXPECT_EQ(cfg.threads, defaults.threads);
-  EXPECT_EQ(cfg.backend.type, defaults.backend.type);
+  EXPECT_EQ(cfg.backend.kind, defaults.backend.kind);
   EXPECT_EQ(cfg.backend.memfs.capacity_bytes, defaults.backend.memfs.capacity_bytes);
   EXPECT_EQ(cfg.backend.memfs.max_inodes, defaults.backend.memfs.max_inodes);
   EXPECT_EQ(cfg.backend.null.file_size, defaults.backend.null.file_size);

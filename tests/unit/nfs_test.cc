@@ -291,7 +291,7 @@ TEST(InodeTable, UnstableWritesAreKeptTrimmedAndCounted) {
 TEST(NfsConfig, SpecAndSettings) {
   BackendConfig cfg;
   parse_backend_spec("nfs://127.0.0.1/srv?version=3", &cfg);
-  EXPECT_EQ(cfg.type, "nfs");
+  EXPECT_EQ(cfg.kind, BackendKind::kNfs);
   EXPECT_EQ(cfg.arg, "//127.0.0.1/srv?version=3");
   EXPECT_THROW(parse_backend_spec("nfs://127.0.0.1", &cfg), std::invalid_argument);
   EXPECT_THROW(parse_backend_spec("nfs", &cfg), std::invalid_argument);
@@ -300,7 +300,7 @@ TEST(NfsConfig, SpecAndSettings) {
                      "[backend]\ntype = \"nfs://h/x\"\n[backend.nfs]\nconnections = 4\n"
                      "timeout = 2.5\nrsize = \"64K\"\nwsize = 32768\nmax_unstable = \"8M\"\n",
                      "t");
-  EXPECT_EQ(c.backend.type, "nfs");
+  EXPECT_EQ(c.backend.kind, BackendKind::kNfs);
   EXPECT_EQ(c.backend.nfs.connections, 4u);
   EXPECT_DOUBLE_EQ(c.backend.nfs.timeout, 2.5);
   EXPECT_EQ(c.backend.nfs.rsize, 65536u);

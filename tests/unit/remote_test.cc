@@ -282,7 +282,7 @@ TEST(RemoteConfig, KeysAreCheckedAndCombinationsRefused) {
   Config device;
   server::apply_flag(device, "backend.type", "remote://10.0.0.1:7070");
   server::finish(device);
-  EXPECT_EQ(device.backend.type, "remote");
+  EXPECT_EQ(device.backend.kind, BackendKind::kRemote);
   EXPECT_EQ(device.backend.arg, "//10.0.0.1:7070");
 
   Config both;
@@ -293,7 +293,7 @@ TEST(RemoteConfig, KeysAreCheckedAndCombinationsRefused) {
   server::apply_flag(vhost, "backend.type", "remote://h:1");
   server::apply_flag(vhost, "vhost_user.socket", "/tmp/x.sock");
   server::finish(vhost);
-  EXPECT_EQ(vhost.devices.at(0).backend.type, "remote");
+  EXPECT_EQ(vhost.devices.at(0).backend.kind, BackendKind::kRemote);
 }
 
 // --- Forwarder ---------------------------------------------------------------
