@@ -200,6 +200,23 @@ Memfs::Inode* Memfs::find(uint64_t ino) const {
   return it == inodes_.end() ? nullptr : it->second.get();
 }
 
+template <typename Fn>
+int Memfs::with_inode(uint64_t ino, Fn&& fn) {
+  std::shared_lock tree(tree_mu_);
+  Inode* node = find(ino);
+  if (node == nullptr) return ESTALE;
+  std::lock_guard lock(node->mu);
+  return fn(node);
+}
+
+template <typename Fn>
+int Memfs::with_handle(uint64_t ino, uint64_t fh, Fn&& fn) {
+  return with_inode(ino, [&](Inode* node) {
+    const uint32_t* open_flags = node->handle(fh);
+    return open_flags == nullptr ? EBADF : fn(node, *open_flags);
+  });
+}
+
 Memfs::Inode* Memfs::find_dir(uint64_t ino, int* error) const {
   Inode* dir = find(ino);
   if (dir == nullptr) {
@@ -620,25 +637,17 @@ void Memfs::rename(const Context&, uint64_t parent, std::string_view name, uint6
 
 void Memfs::getattr(const Context&, uint64_t ino, std::optional<uint64_t>, AttrReply reply) {
   struct stat st;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     st = node->attr();
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(st, options_.attr_timeout);
 }
 
 void Memfs::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrReply reply) {
   struct stat st;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     const uint32_t v = attr.valid;
     if (v & SetAttr::kSize) {
       if (node->is_dir()) return EISDIR;
@@ -685,31 +694,24 @@ void Memfs::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrReply
     }
     st = node->attr();
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(st, options_.attr_timeout);
 }
 
 void Memfs::readlink(const Context&, uint64_t ino, ReadlinkReply reply) {
   std::string target;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
+  const int error = with_inode(ino, [&](Inode* node) {
     if (node->type != S_IFLNK) return EINVAL;
     target = node->target;
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(target);
 }
 
 void Memfs::access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply reply) {
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     if (mask == F_OK) return 0;
     if (ctx.uid == 0) {
       // Root reads and writes anything, and executes what anyone may
@@ -726,7 +728,7 @@ void Memfs::access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply 
       bits = node->perm & 7;
     }
     return (mask & bits) == mask ? 0 : EACCES;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok();
 }
@@ -759,11 +761,7 @@ void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
   if (flags & ~uint32_t(XATTR_CREATE | XATTR_REPLACE)) return reply.error(EINVAL);
   if (int e = check_xattr_name(name)) return reply.error(e);
   if (value.size() > kXattrSizeMax) return reply.error(E2BIG);
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     auto it = node->xattrs.find(name);
     const bool exists = it != node->xattrs.end();
     if (exists && (flags & XATTR_CREATE)) return EEXIST;
@@ -780,7 +778,7 @@ void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
     }
     node->ctime = now();
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok();
 }
@@ -789,27 +787,19 @@ void Memfs::getxattr(const Context&, uint64_t ino, std::string_view name, XattrR
   if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (int e = check_xattr_name(name)) return reply.error(e);
   std::vector<std::byte> value;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     auto it = node->xattrs.find(name);
     if (it == node->xattrs.end()) return ENODATA;
     value = it->second;
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(std::span<const std::byte>(value));
 }
 
 void Memfs::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
   std::string names;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     for (const auto& [name, value] : node->xattrs) {
       // trusted.* is for CAP_SYS_ADMIN only; root stands for it here.
       if (ctx.uid != 0 && name.starts_with("trusted.")) continue;
@@ -817,7 +807,7 @@ void Memfs::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
       names.push_back('\0');
     }
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(std::string_view(names));
 }
@@ -825,15 +815,11 @@ void Memfs::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
 void Memfs::removexattr(const Context&, uint64_t ino, std::string_view name, StatusReply reply) {
   if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (int e = check_xattr_name(name)) return reply.error(e);
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     if (!erase_xattr(node, name)) return ENODATA;
     node->ctime = now();
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok();
 }
@@ -842,19 +828,15 @@ void Memfs::removexattr(const Context&, uint64_t ino, std::string_view name, Sta
 
 void Memfs::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) {
   uint64_t fh = 0;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
+  const int error = with_inode(ino, [&](Inode* node) {
     if (node->is_dir()) return EISDIR;
-    std::lock_guard lock(node->mu);
     // O_TRUNC comes here with FUSE_ATOMIC_O_TRUNC. It updates mtime and
     // ctime even when the file was empty (POSIX open).
     if ((flags & O_TRUNC) && node->is_reg()) truncate_on_open(ctx, node);
     fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
     node->handles.emplace(fh, flags);
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(fh, 0);
 }
@@ -862,18 +844,13 @@ void Memfs::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply rep
 void Memfs::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t size,
                  std::span<const iovec> dst, ReadReply reply) {
   size_t n = 0;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
-    if (node->handle(fh) == nullptr) return EBADF;
+  const int error = with_handle(ino, fh, [&](Inode* node, uint32_t) {
     if (node->is_dir()) return EISDIR;
     if (!node->is_reg()) return EINVAL;
     n = node->data.read(offset, size, dst);
     node->touch_atime(now());
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(n);
 }
@@ -881,13 +858,8 @@ void Memfs::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, uin
 void Memfs::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
                   std::span<const iovec> src, uint32_t write_flags, WriteReply reply) {
   int64_t n = 0;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
-    const uint32_t* flags = node->handle(fh);
-    if (flags == nullptr || (*flags & O_ACCMODE) == O_RDONLY) return EBADF;
+  const int error = with_handle(ino, fh, [&](Inode* node, uint32_t open_flags) {
+    if ((open_flags & O_ACCMODE) == O_RDONLY) return EBADF;
     if (node->is_dir()) return EISDIR;
     if (!node->is_reg()) return EINVAL;
     n = node->data.write(offset, src);
@@ -896,7 +868,7 @@ void Memfs::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
     if (write_flags & FUSE_WRITE_KILL_SUIDGID) node->perm = kill_suid(node->perm);
     drop_capability(node);
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(size_t(n));
 }
@@ -905,18 +877,14 @@ void Memfs::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_
                     ReleaseFlock flock, StatusReply reply) {
   Completions done;  // declared first: answered after the locks are released
   bool unused = false;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return EBADF;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     if (node->handles.erase(fh) == 0) return EBADF;
     if (flock == ReleaseFlock::kUnlock)
       locks_.release_owner(ino, lock_owner, LockFlavor::kFlock, done);
     locks_.cancel_handle(ino, fh, done);
     unused = node->unused();
     return 0;
-  }();
+  });
   if (unused) collect(ino);
   if (error != 0) return reply.error(error);
   reply.ok();
@@ -925,28 +893,17 @@ void Memfs::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_
 void Memfs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner,
                   StatusReply reply) {
   Completions done;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return EBADF;
-    std::lock_guard lock(node->mu);
-    if (node->handle(fh) == nullptr) return EBADF;
+  const int error = with_handle(ino, fh, [&](Inode*, uint32_t) {
     // close(2) drops every POSIX lock the closing process holds on the file.
     locks_.release_owner(ino, lock_owner, LockFlavor::kPosix, done);
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok();
 }
 
 void Memfs::fsync(const Context&, uint64_t ino, uint64_t fh, SyncMode, StatusReply reply) {
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return EBADF;
-    std::lock_guard lock(node->mu);
-    return node->handle(fh) == nullptr ? EBADF : 0;
-  }();
+  const int error = with_handle(ino, fh, [](Inode*, uint32_t) { return 0; });
   if (error != 0) return reply.error(error);
   reply.ok();
 }
@@ -960,19 +917,14 @@ void Memfs::syncfs(const Context&, uint64_t, StatusReply reply) { reply.ok(); }
 
 void Memfs::fallocate(const Context&, uint64_t ino, uint64_t fh, uint32_t mode, uint64_t offset,
                       uint64_t length, StatusReply reply) {
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
-    const uint32_t* flags = node->handle(fh);
-    if (flags == nullptr || (*flags & O_ACCMODE) == O_RDONLY) return EBADF;
+  const int error = with_handle(ino, fh, [&](Inode* node, uint32_t open_flags) {
+    if ((open_flags & O_ACCMODE) == O_RDONLY) return EBADF;
     if (node->is_dir()) return EISDIR;
     if (!node->is_reg()) return ENODEV;
     if (int e = node->data.fallocate(mode, offset, length)) return -e;
     node->mtime = node->ctime = now();
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok();
 }
@@ -980,16 +932,11 @@ void Memfs::fallocate(const Context&, uint64_t ino, uint64_t fh, uint32_t mode, 
 void Memfs::lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t whence,
                   LseekReply reply) {
   int64_t pos = 0;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
-    std::lock_guard lock(node->mu);
-    if (node->handle(fh) == nullptr) return EBADF;
+  const int error = with_handle(ino, fh, [&](Inode* node, uint32_t) {
     if (!node->is_reg() || (whence != SEEK_DATA && whence != SEEK_HOLE)) return EINVAL;
     pos = node->data.seek(offset, int(whence));
     return pos < 0 ? int(-pos) : 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(uint64_t(pos));
 }
@@ -1033,16 +980,12 @@ void Memfs::copy_file_range(const Context& ctx, const CopyRange& range, WriteRep
 
 void Memfs::opendir(const Context&, uint64_t ino, uint32_t flags, OpenReply reply) {
   uint64_t fh = 0;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return ESTALE;
+  const int error = with_inode(ino, [&](Inode* node) {
     if (!node->is_dir()) return ENOTDIR;
-    std::lock_guard lock(node->mu);
     fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
     node->handles.emplace(fh, flags);
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(fh, 0);
 }
@@ -1093,15 +1036,11 @@ void Memfs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, 
 
 void Memfs::releasedir(const Context&, uint64_t ino, uint64_t fh, StatusReply reply) {
   bool unused = false;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return EBADF;
-    std::lock_guard lock(node->mu);
+  const int error = with_inode(ino, [&](Inode* node) {
     if (node->handles.erase(fh) == 0) return EBADF;
     unused = node->unused();
     return 0;
-  }();
+  });
   if (unused) collect(ino);
   if (error != 0) return reply.error(error);
   reply.ok();
@@ -1112,15 +1051,10 @@ void Memfs::releasedir(const Context&, uint64_t ino, uint64_t fh, StatusReply re
 void Memfs::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
                   LockReply reply) {
   Lock result;
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return EBADF;
-    std::lock_guard guard(node->mu);
-    if (node->handle(fh) == nullptr) return EBADF;
+  const int error = with_handle(ino, fh, [&](Inode*, uint32_t) {
     result = locks_.test(ino, owner, lock);
     return 0;
-  }();
+  });
   if (error != 0) return reply.error(error);
   reply.ok(result);
 }
@@ -1128,17 +1062,12 @@ void Memfs::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, con
 void Memfs::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
                   LockWait wait, LockFlavor flavor, StatusReply reply) {
   Completions done;  // the answer (now or for a waiter: later), after the locks
-  const int error = [&] {
-    std::shared_lock tree(tree_mu_);
-    Inode* node = find(ino);
-    if (node == nullptr) return EBADF;
+  const int error = with_handle(ino, fh, [&](Inode*, uint32_t) {
     // Under the inode lock, so that a waiter never outlives its handle:
     // release() removes the handle and cancels its waiters under it too.
-    std::lock_guard guard(node->mu);
-    if (node->handle(fh) == nullptr) return EBADF;
     locks_.set(ino, fh, owner, lock, wait, flavor, ctx.unique, std::move(reply), done);
     return 0;
-  }();
+  });
   if (error != 0) reply.error(error);
 }
 

@@ -130,6 +130,15 @@ class Memfs final : public Backend {
   // The directory `ino`, alive (not removed); nullptr and *error otherwise.
   // REQUIRES: tree_mu_ held.
   Inode* find_dir(uint64_t ino, int* error) const;
+  // The one way to an inode for an operation on it: `fn(Inode*)` runs
+  // under tree_mu_ shared and the inode's own lock, and its errno is the
+  // answer; ESTALE when `ino` is not a live inode of ours.
+  template <typename Fn>
+  int with_inode(uint64_t ino, Fn&& fn);
+  // The same through handle `fh` of the inode: EBADF unless it is one of
+  // its handles; `fn(Inode*, uint32_t open_flags)`.
+  template <typename Fn>
+  int with_handle(uint64_t ino, uint64_t fh, Fn&& fn);
   // Creates a named inode in `parent` (mknod, mkdir, symlink, create) or an
   // unnamed one (tmpfile, name empty) and fills *entry (+1 lookup) and, when
   // `fh` is given, opens it. REQUIRES: tree_mu_ exclusive.
