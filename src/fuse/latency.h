@@ -18,12 +18,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "util/counter.h"
+
 namespace dpfs::fuse {
 
-// Adds `n` to a counter that only the calling thread writes.
-inline void single_writer_add(std::atomic<uint64_t>& counter, uint64_t n = 1) {
-  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
+using util::single_writer_add;
 
 class LatencyHistogram {
  public:

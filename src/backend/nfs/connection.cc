@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "util/counter.h"
+
 // libnfs 4.0 exports the root handle of a mounted context but declares it
 // only in its private header; struct nfs_fh is {int len; char *val;} there
 // (and forward-declared in libnfs-raw.h).
@@ -249,11 +251,10 @@ void Connection::finish(Call* raw, int status, void* res) {
   std::unique_ptr<Call> call(raw);
   --in_libnfs_;
   if (status == RPC_STATUS_SUCCESS) {
-    // Single writer (the driver): no read-modify-write needed.
-    answered_.store(answered_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    // Single writer: the driver.
+    util::single_writer_add(answered_);
     const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - call->sent);
-    round_trip_ns_.store(round_trip_ns_.load(std::memory_order_relaxed) + uint64_t(ns.count()),
-                         std::memory_order_relaxed);
+    util::single_writer_add(round_trip_ns_, uint64_t(ns.count()));
   }
   // Every NFSv3 *3res and the v4 COMPOUND4res begin with their status.
   // "Try again later": NFS3ERR_JUKEBOX is NFS4ERR_DELAY; NFS4ERR_GRACE while

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <variant>
 
+#include "util/counter.h"
 #include "util/unique_fd.h"
 
 namespace dpfs::passthrough {
@@ -42,11 +43,6 @@ void answer(AnyReply& reply, int64_t res) {
 }
 
 int64_t result(ssize_t rc) { return rc < 0 ? -int64_t(errno) : int64_t(rc); }
-
-// A counter only one thread writes and any thread reads.
-void bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
-  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
 
 }  // namespace
 
@@ -126,7 +122,7 @@ class Ring {
   void add(io_uring_sqe* sqe, std::unique_ptr<Op> op) {
     io_uring_sqe_set_data(sqe, op.release());
     inflight_.fetch_add(1, std::memory_order_relaxed);
-    bump(ops_);
+    util::single_writer_add(ops_);
     if (attached_) return;
     submit();
     reap();
@@ -185,7 +181,7 @@ class Ring {
     if (rc < 0)
       spdlog::warn("passthrough: io_uring_submit: {}", std::strerror(-rc));
     else
-      bump(submits_);
+      util::single_writer_add(submits_);
     // Re-enabled before the caller reaps: a completion posted after that
     // reap signals the eventfd; one posted before is reaped there.
     io_uring_cq_eventfd_toggle(&ring_, true);
