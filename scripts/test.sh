@@ -37,7 +37,7 @@ asan_build=$!
 # The release build runs what only it can: the guests (TCG, 15-40 s each,
 # most too slow under ASan) and everything about the sandbox and the
 # per-device processes, whose seccomp allow-list a sanitized build cannot
-# use (src/server/config.h). Every other test runs under ASan+UBSan below;
+# use (src/daemon/config.h). Every other test runs under ASan+UBSan below;
 # a plain `ctest --test-dir build` runs them all here.
 step "tests (release: unit; guests, sandbox, supervisor, policy, CLI)"
 build/dpfs_unit_tests
@@ -93,7 +93,7 @@ step "tests under ASan+UBSan"
 # release pass ran them, and dpfs-bench's hostile and race cases drive the
 # device here as a misbehaving front-end would) and the sandbox's own tests
 # (a sanitized dpfs serves with --sandbox none: LeakSanitizer needs /proc;
-# src/server/config.h).
+# src/daemon/config.h).
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   GTEST_FILTER="-GuestTest.*:*GuestNfsTest.*:SandboxTest.*:SandboxUnprivileged.*" \
   ctest --test-dir build-asan --output-on-failure --timeout 1200

@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "server/cli.h"
-#include "server/log.h"
-#include "server/serve.h"
-#include "server/stats_socket.h"
+#include "daemon/cli.h"
+#include "daemon/log.h"
+#include "daemon/serve.h"
+#include "daemon/stats_socket.h"
 
 namespace {
 
@@ -29,10 +29,10 @@ int main(int argc, char** argv) {
   // A reply written to a peer that went away must be an EPIPE, not a death.
   ::signal(SIGPIPE, SIG_IGN);
 
-  using dpfs::server::Invocation;
+  using dpfs::daemon::Invocation;
   Invocation inv;
   try {
-    inv = dpfs::server::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
+    inv = dpfs::daemon::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::exception& e) {
     print_error(e.what());
     return 2;
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
       return 0;
     case Invocation::Command::kStats:
       try {
-        std::fputs(dpfs::server::query_stats(inv.text).c_str(), stdout);
+        std::fputs(dpfs::daemon::query_stats(inv.text).c_str(), stdout);
         return 0;
       } catch (const std::exception& e) {
         print_error(e.what());
@@ -54,9 +54,9 @@ int main(int argc, char** argv) {
       break;
   }
 
-  dpfs::server::init_logging(inv.config.log_level);
+  dpfs::daemon::init_logging(inv.config.log_level);
   try {
-    return dpfs::server::serve(inv.config);
+    return dpfs::daemon::serve(inv.config);
   } catch (const std::exception& e) {
     // Start-up failures: one line, no log decoration.
     print_error(e.what());

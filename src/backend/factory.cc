@@ -130,7 +130,7 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     case BackendKind::kRemote:
       // The remote backend forwards whole FUSE requests (remote::Forwarder):
       // the server layer builds it in place of a session
-      // (server/tenant_handler.h), never as a Backend.
+      // (daemon/tenant_handler.h), never as a Backend.
       throw std::invalid_argument("backend remote is a forwarder, not a Backend object");
   }
   throw std::invalid_argument("unknown backend kind");

@@ -58,7 +58,7 @@ struct BackendConfig {
 
   // The descriptors this backend may hold for its device's tenant (open files,
   // cached inode descriptors): its share of the process's limit, set by the
-  // daemon at start-up (server/fd_limits.h), not configured here. 0: no budget.
+  // daemon at start-up (daemon/fd_limits.h), not configured here. 0: no budget.
   uint64_t fd_budget = 0;
 
   // The timeouts a backend reports to the kernel for names and attributes

@@ -2,7 +2,7 @@
 // device -- one tenant -- may hold open on its behalf: the descriptors its
 // backend keeps for it (passthrough: open files, cached inode descriptors).
 // The daemon divides the limit between its devices at start-up
-// (server/fd_limits.h), so a tenant that opens everything it can gets EMFILE
+// (daemon/fd_limits.h), so a tenant that opens everything it can gets EMFILE
 // from its own budget while its neighbours' budgets, and the reserve the
 // daemon keeps for itself (sockets, eventfds, guest memory), are untouched.
 //

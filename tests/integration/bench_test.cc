@@ -505,7 +505,7 @@ TEST(BenchVirtiofsd, WorksUnchanged) {
   EXPECT_GT(json_number(json, "device_cpu_us_per_op"), 0) << json;
 }
 
-// The supervisor (src/server/supervisor.h): two memfs devices, each served
+// The supervisor (src/daemon/supervisor.h): two memfs devices, each served
 // by a sandboxed process of its own. One is killed as a memory bug would
 // kill it while the other serves a run; the other does not notice, the
 // killed one is started again on its socket and serves the next front-end.

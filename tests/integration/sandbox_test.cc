@@ -37,7 +37,7 @@ std::string hex_caps(std::initializer_list<int> caps) {
 }
 
 // What the passthrough backend keeps, as root, under the default host
-// policy (src/server/serve.cc): no device nodes, user.* xattrs only.
+// policy (src/daemon/serve.cc): no device nodes, user.* xattrs only.
 const std::string kPassthroughCaps = hex_caps({CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
                                                CAP_FOWNER, CAP_FSETID, CAP_SETUID, CAP_SETGID});
 // ... and when the policy lets tenants create device nodes and use the

@@ -1,4 +1,4 @@
-#include "server/cli.h"
+#include "daemon/cli.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 using ::testing::HasSubstr;
@@ -196,4 +196,4 @@ TEST(Cli, HelpDocumentsEveryOption) {
 }
 
 }  // namespace
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

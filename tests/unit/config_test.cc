@@ -1,4 +1,4 @@
-#include "server/config.h"
+#include "daemon/config.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -8,7 +8,7 @@
 #include <sstream>
 #include <string>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 using ::testing::HasSubstr;
@@ -568,4 +568,4 @@ TEST(Size, Format) {
 }
 
 }  // namespace
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,5 +1,5 @@
 // Descriptor budgets: util::FdBudget, how the daemon divides its limit
-// between devices (server/fd_limits.h), and two passthrough devices side by
+// between devices (daemon/fd_limits.h), and two passthrough devices side by
 // side, one of which opens everything it can: it gets EMFILE, its neighbour
 // keeps opening.
 #include "util/fd_budget.h"
@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "backend/passthrough/passthrough.h"
+#include "daemon/fd_limits.h"
 #include "fuse/session.h"
-#include "server/fd_limits.h"
 #include "session_harness.h"
 
 namespace dpfs {
@@ -48,22 +48,22 @@ TEST(FdBudget, GrantsUpToItsLimitAndTakesBack) {
 }
 
 TEST(FdLimits, DividesWhatTheReserveLeaves) {
-  using server::FdPlan;
+  using daemon::FdPlan;
   // Two endpoints, both with a budget: 256 + 2 * 256 kept.
-  FdPlan p = server::divide_fd_limit(20000, 0, 2, 2);
+  FdPlan p = daemon::divide_fd_limit(20000, 0, 2, 2);
   EXPECT_EQ(p.reserve, 768u);
   EXPECT_EQ(p.per_device, (20000u - 768u) / 2);
   // Only budgeted devices share; the others still count in the reserve.
-  p = server::divide_fd_limit(20000, 0, 3, 1);
+  p = daemon::divide_fd_limit(20000, 0, 3, 1);
   EXPECT_EQ(p.reserve, 1024u);
   EXPECT_EQ(p.per_device, 20000u - 1024u);
-  p = server::divide_fd_limit(20000, 0, 1, 0);
+  p = daemon::divide_fd_limit(20000, 0, 1, 0);
   EXPECT_EQ(p.per_device, 0u);
   // A configured share that fits is taken as it is.
-  EXPECT_EQ(server::divide_fd_limit(20000, 5000, 2, 2).per_device, 5000u);
+  EXPECT_EQ(daemon::divide_fd_limit(20000, 5000, 2, 2).per_device, 5000u);
   // One that does not, or a limit too low for any, is one clear line.
-  EXPECT_THROW(server::divide_fd_limit(20000, 10000, 2, 2), std::invalid_argument);
-  EXPECT_THROW(server::divide_fd_limit(790, 0, 2, 2), std::invalid_argument);
+  EXPECT_THROW(daemon::divide_fd_limit(20000, 10000, 2, 2), std::invalid_argument);
+  EXPECT_THROW(daemon::divide_fd_limit(790, 0, 2, 2), std::invalid_argument);
 }
 
 // One tenant: a directory served by passthrough with a budget, and its session.

@@ -19,7 +19,7 @@
 #include "backend/nfs/inode_table.h"
 #include "backend/nfs/nfs3.h"
 #include "backend/nfs/nfs4.h"
-#include "server/config.h"
+#include "daemon/config.h"
 
 namespace dpfs::nfs {
 namespace {
@@ -295,8 +295,8 @@ TEST(NfsConfig, SpecAndSettings) {
   EXPECT_EQ(cfg.arg, "//127.0.0.1/srv?version=3");
   EXPECT_THROW(parse_backend_spec("nfs://127.0.0.1", &cfg), std::invalid_argument);
   EXPECT_THROW(parse_backend_spec("nfs", &cfg), std::invalid_argument);
-  server::Config c;
-  server::apply_toml(c,
+  daemon::Config c;
+  daemon::apply_toml(c,
                      "[backend]\ntype = \"nfs://h/x\"\n[backend.nfs]\nconnections = 4\n"
                      "timeout = 2.5\nrsize = \"64K\"\nwsize = 32768\nmax_unstable = \"8M\"\n",
                      "t");
@@ -308,8 +308,8 @@ TEST(NfsConfig, SpecAndSettings) {
   EXPECT_EQ(c.backend.nfs.max_unstable, 8u << 20);
   for (const char* bad : {"[backend.nfs]\nconnections = 0\n", "[backend.nfs]\ntimeout = 0\n",
                           "[backend.nfs]\nrsize = \"2M\"\n", "[backend.nfs]\nwsize = 100\n"}) {
-    server::Config d;
-    EXPECT_THROW(server::apply_toml(d, bad, "t"), server::ConfigError) << bad;
+    daemon::Config d;
+    EXPECT_THROW(daemon::apply_toml(d, bad, "t"), daemon::ConfigError) << bad;
   }
 }
 

@@ -4,10 +4,10 @@
 
 #include <string>
 
-#include "server/cli.h"
-#include "server/config.h"
+#include "daemon/cli.h"
+#include "daemon/config.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 using ::testing::HasSubstr;
@@ -137,4 +137,4 @@ TEST(PolicyConfig, RepeatedFlagsAddUp) {
 }
 
 }  // namespace
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

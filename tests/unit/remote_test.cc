@@ -20,11 +20,11 @@
 #include <thread>
 
 #include "backend/memfs/memfs.h"
+#include "daemon/config.h"
 #include "remote/forwarder.h"
 #include "remote/server.h"
 #include "remote/session_table.h"
 #include "remote/wire.h"
-#include "server/config.h"
 #include "session_harness.h"
 
 namespace dpfs::remote {
@@ -255,12 +255,12 @@ TEST(RemoteWire, VectoredIoOverManyBuffers) {
 // --- Configuration -----------------------------------------------------------
 
 TEST(RemoteConfig, KeysAreCheckedAndCombinationsRefused) {
-  using server::Config;
-  using server::ConfigError;
+  using daemon::Config;
+  using daemon::ConfigError;
   Config cfg;
-  server::apply_toml(
+  daemon::apply_toml(
       cfg, "[remote]\nlisten = \"tcp://127.0.0.1:0\"\nconnections = 4\ntimeout = 2.5\n", "t");
-  server::finish(cfg);
+  daemon::finish(cfg);
   EXPECT_EQ(cfg.remote.listen, "tcp://127.0.0.1:0");
   EXPECT_EQ(cfg.remote.connections, 4u);
   EXPECT_DOUBLE_EQ(cfg.remote.timeout, 2.5);
@@ -276,23 +276,23 @@ TEST(RemoteConfig, KeysAreCheckedAndCombinationsRefused) {
                                                         {"backend.type", "remote:h:1"},
                                                         {"backend.type", "remote://h"}}) {
     Config c;
-    EXPECT_THROW(server::apply_flag(c, key, value), ConfigError) << key << " " << value;
+    EXPECT_THROW(daemon::apply_flag(c, key, value), ConfigError) << key << " " << value;
   }
 
   Config device;
-  server::apply_flag(device, "backend.type", "remote://10.0.0.1:7070");
-  server::finish(device);
+  daemon::apply_flag(device, "backend.type", "remote://10.0.0.1:7070");
+  daemon::finish(device);
   EXPECT_EQ(device.backend.kind, BackendKind::kRemote);
   EXPECT_EQ(device.backend.arg, "//10.0.0.1:7070");
 
   Config both;
-  server::apply_flag(both, "backend.type", "remote://h:1");
-  server::apply_flag(both, "remote.listen", "tcp://127.0.0.1:1");
-  EXPECT_THROW(server::finish(both), ConfigError);
+  daemon::apply_flag(both, "backend.type", "remote://h:1");
+  daemon::apply_flag(both, "remote.listen", "tcp://127.0.0.1:1");
+  EXPECT_THROW(daemon::finish(both), ConfigError);
   Config vhost;  // a virtio-fs device may forward too
-  server::apply_flag(vhost, "backend.type", "remote://h:1");
-  server::apply_flag(vhost, "vhost_user.socket", "/tmp/x.sock");
-  server::finish(vhost);
+  daemon::apply_flag(vhost, "backend.type", "remote://h:1");
+  daemon::apply_flag(vhost, "vhost_user.socket", "/tmp/x.sock");
+  daemon::finish(vhost);
   EXPECT_EQ(vhost.devices.at(0).backend.kind, BackendKind::kRemote);
 }
 

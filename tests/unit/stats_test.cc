@@ -5,7 +5,7 @@
 
 #include "session_harness.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 using ::testing::ElementsAre;
@@ -39,4 +39,4 @@ TEST(Stats, OneLinePerOpcodeWithRequests) {
 }
 
 }  // namespace
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "server/config.h"
+#include "daemon/config.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 // A command line refused, as one line: "--threads: must be between 1 and
 // 256, got 0", "The following argument was not expected: --bogus".
@@ -36,4 +36,4 @@ struct Invocation {
 // (both one line).
 Invocation parse_command_line(const std::vector<std::string>& args);
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

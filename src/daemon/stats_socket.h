@@ -12,7 +12,7 @@
 
 #include "util/unix_listener.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 class StatsSocket {
  public:
@@ -37,4 +37,4 @@ class StatsSocket {
 // a one-line reason (no daemon there, permission denied...).
 std::string query_stats(const std::string& path);
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -25,7 +25,7 @@
 #include "sandbox/namespace.h"
 #include "sandbox/seccomp.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 // A setting refused, with the key (or flag) and the reason:
 // "config /etc/dpfs.toml: threads: must be between 1 and 256, got 0".
@@ -130,7 +130,7 @@ struct SandboxConfig {
   sandbox::SandboxMode mode = kDefaultSandboxMode;
   sandbox::SeccompAction seccomp = kDefaultSeccomp;
   // With vhost-user devices: a supervisor process and one serving process
-  // for each device, the FUSE mount and the remote listener (server/
+  // for each device, the FUSE mount and the remote listener (daemon/
   // supervisor.h). false: one process serves everything.
   bool per_device_processes = true;
 };
@@ -144,7 +144,7 @@ struct Config {
   unsigned threads = 2;
   spdlog::level::level_enum log_level = spdlog::level::info;
   std::string stats_socket;  // empty: none
-  // Each device's share of the process's descriptor limit (server/fd_limits.h);
+  // Each device's share of the process's descriptor limit (daemon/fd_limits.h);
   // 0: the limit, less a reserve, divided equally.
   uint64_t max_fds_per_device = 0;
   BackendConfig backend;
@@ -203,4 +203,4 @@ std::string format_size(uint64_t bytes);
 
 std::string_view log_level_name(spdlog::level::level_enum level);
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,4 +1,4 @@
-#include "server/vhost_user_server.h"
+#include "daemon/vhost_user_endpoint.h"
 
 #include <fmt/format.h>
 #include <poll.h>
@@ -16,12 +16,12 @@
 #include "remote/channel.h"
 #include "vhost_user/connection.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
-VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
-                                 std::unique_ptr<util::Listener> listener,
-                                 const RemoteCredentials& credentials,
-                                 std::function<void()> on_done)
+VhostUserEndpoint::VhostUserEndpoint(const DeviceConfig& device, const Config& cfg,
+                                     std::unique_ptr<util::Listener> listener,
+                                     const RemoteCredentials& credentials,
+                                     std::function<void()> on_done)
     : config_(device),
       on_disconnect_(cfg.vhost_user.on_disconnect),
       on_done_(std::move(on_done)),
@@ -49,9 +49,9 @@ VhostUserServer::VhostUserServer(const DeviceConfig& device, const Config& cfg,
                on_disconnect_ == OnDisconnect::kWait ? "wait for the next front-end" : "exit");
 }
 
-VhostUserServer::~VhostUserServer() { stop(); }
+VhostUserEndpoint::~VhostUserEndpoint() { stop(); }
 
-std::string VhostUserServer::qemu_options() const {
+std::string VhostUserEndpoint::qemu_options() const {
   std::string dev = fmt::format("vhost-user-fs-pci,chardev=vfs,tag={}", config_.tag);
   if (config_.request_queues != 1) {
     dev += fmt::format(",num-request-queues={}", config_.request_queues);
@@ -63,11 +63,11 @@ std::string VhostUserServer::qemu_options() const {
       config_.socket, dev);
 }
 
-void VhostUserServer::start() {
+void VhostUserEndpoint::start() {
   thread_ = std::thread([this] { run(); });
 }
 
-void VhostUserServer::stop() {
+void VhostUserEndpoint::stop() {
   if (!stopping_.exchange(true) && stop_fd_) {
     const uint64_t one = 1;
     [[maybe_unused]] const ssize_t n = ::write(stop_fd_.get(), &one, sizeof(one));
@@ -84,7 +84,7 @@ void VhostUserServer::stop() {
   listener_.reset();
 }
 
-std::vector<std::string> VhostUserServer::queue_stats() const {
+std::vector<std::string> VhostUserEndpoint::queue_stats() const {
   std::vector<std::string> lines;
   if (!device_) return lines;
   for (uint32_t i = 0; i < device_->queue_num(); ++i) {
@@ -106,7 +106,7 @@ std::vector<std::string> VhostUserServer::queue_stats() const {
   return lines;
 }
 
-bool VhostUserServer::wait_readable(int fd) {
+bool VhostUserEndpoint::wait_readable(int fd) {
   for (;;) {
     pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
@@ -119,7 +119,7 @@ bool VhostUserServer::wait_readable(int fd) {
   }
 }
 
-void VhostUserServer::run() {
+void VhostUserEndpoint::run() {
   spdlog::info("{}: waiting for a front-end", name_);
   unsigned connections = 0;
   unsigned accept_errors = 0;
@@ -151,7 +151,7 @@ void VhostUserServer::run() {
   }
 }
 
-void VhostUserServer::serve_connection(util::UniqueFd socket, unsigned number) {
+void VhostUserEndpoint::serve_connection(util::UniqueFd socket, unsigned number) {
   device_->log().info("{}: front-end connected (connection {})", name_, number);
   const auto t0 = std::chrono::steady_clock::now();
   bool by_us = false;
@@ -175,4 +175,4 @@ void VhostUserServer::serve_connection(util::UniqueFd socket, unsigned number) {
   tenant_->forget_tenant();
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,4 +1,4 @@
-#include "server/fd_limits.h"
+#include "daemon/fd_limits.h"
 
 #include <fmt/format.h>
 #include <sys/resource.h>
@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <system_error>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 FdPlan divide_fd_limit(uint64_t limit, uint64_t configured, size_t endpoints, size_t budgeted) {
   FdPlan plan;
@@ -51,4 +51,4 @@ FdPlan plan_fd_limit(uint64_t configured, size_t endpoints, size_t budgeted) {
   return divide_fd_limit(limit, configured, endpoints, budgeted);
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,4 +1,4 @@
-#include "server/serve.h"
+#include "daemon/serve.h"
 
 #include <fmt/format.h>
 #include <linux/capability.h>
@@ -20,6 +20,13 @@
 #include <vector>
 
 #include "backend/factory.h"
+#include "daemon/fd_limits.h"
+#include "daemon/signals.h"
+#include "daemon/stats_socket.h"
+#include "daemon/supervisor.h"
+#include "daemon/tenant_handler.h"
+#include "daemon/version.h"
+#include "daemon/vhost_user_endpoint.h"
 #include "fuse/session.h"
 #include "fuse/session_stats.h"
 #include "remote/forwarder.h"
@@ -27,17 +34,10 @@
 #include "sandbox/capabilities.h"
 #include "sandbox/outside.h"
 #include "sandbox/sandbox.h"
-#include "server/fd_limits.h"
-#include "server/signals.h"
-#include "server/stats_socket.h"
-#include "server/supervisor.h"
-#include "server/tenant_handler.h"
-#include "server/version.h"
-#include "server/vhost_user_server.h"
 #include "transport/fuse_dev.h"
 #include "util/unix_listener.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 std::string read_secret(const Config& cfg) {
@@ -251,7 +251,7 @@ bool holds_tenant_fds(const BackendConfig& backend) {
 }
 
 // `configured` with each backend's share of the descriptor limit
-// (server/fd_limits.h): the FUSE mount, every vhost-user device, and the
+// (daemon/fd_limits.h): the FUSE mount, every vhost-user device, and the
 // remote listener (whose sessions share its one backend) are endpoints; those
 // whose backend holds descriptors for the tenant get a budget each.
 Config with_fd_budgets(const Config& configured) {
@@ -334,11 +334,11 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
   Config served = cfg;
   const std::string sandboxed = enter_sandbox(served);
 
-  std::vector<std::unique_ptr<VhostUserServer>> devices;
+  std::vector<std::unique_ptr<VhostUserEndpoint>> devices;
   for (size_t i = 0; i < served.devices.size(); ++i) {
-    devices.push_back(std::make_unique<VhostUserServer>(served.devices[i], served,
-                                                        std::move(sockets[i]), credentials,
-                                                        notifier(device_done.get())));
+    devices.push_back(std::make_unique<VhostUserEndpoint>(served.devices[i], served,
+                                                          std::move(sockets[i]), credentials,
+                                                          notifier(device_done.get())));
   }
   if (listener) {
     // One backend behind the host's policy, shared by every remote session.
@@ -470,4 +470,4 @@ int serve(const Config& cfg) {
   return serve_here(cfg, {}, SupervisorLink(-1));
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

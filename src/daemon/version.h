@@ -1,7 +1,7 @@
 #pragma once
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 inline constexpr const char* kVersion = "0.1.0";
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -7,8 +7,8 @@
 
 #include <spdlog/common.h>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 void init_logging(spdlog::level::level_enum level);
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

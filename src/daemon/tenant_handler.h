@@ -25,7 +25,7 @@
 #include "remote/channel.h"
 #include "remote/forwarder.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 struct Config;
 
@@ -97,4 +97,4 @@ class TenantHandler {
   std::string description_;
 };
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

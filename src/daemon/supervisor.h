@@ -33,10 +33,10 @@
 #include <memory>
 #include <string>
 
-#include "server/config.h"
+#include "daemon/config.h"
 #include "util/unix_listener.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 // What one serving process is handed.
 struct ServingPart {
@@ -82,4 +82,4 @@ class SupervisorLink {
   int control_;
 };
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

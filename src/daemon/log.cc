@@ -1,9 +1,9 @@
-#include "server/log.h"
+#include "daemon/log.h"
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 void init_logging(spdlog::level::level_enum level) {
   // Colors only when stderr is a terminal (the sink checks); a service
@@ -15,4 +15,4 @@ void init_logging(spdlog::level::level_enum level) {
   spdlog::set_default_logger(std::move(logger));
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,4 +1,4 @@
-#include "server/signals.h"
+#include "daemon/signals.h"
 
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -6,7 +6,7 @@
 #include <cerrno>
 #include <system_error>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 SignalFd::SignalFd(std::initializer_list<int> signals) {
   sigset_t set;
@@ -34,4 +34,4 @@ int SignalFd::take() {
   return n == ssize_t(sizeof(info)) ? int(info.ssi_signo) : 0;
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,4 +1,4 @@
-#include "server/cli.h"
+#include "daemon/cli.h"
 
 #include <fmt/format.h>
 
@@ -8,10 +8,10 @@
 #include <optional>
 
 #include "backend/factory.h"
+#include "daemon/version.h"
 #include "fuse/session.h"
-#include "server/version.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 std::string version_text() {
@@ -131,4 +131,4 @@ Invocation parse_command_line(const std::vector<std::string>& args) {
   return inv;
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -2,7 +2,7 @@
 // backend, FUSE session and virtio-fs device behind it, and the control
 // thread that accepts front-ends (QEMU) one after another.
 //
-//   VhostUserServer server(device_cfg, cfg, listener, credentials, on_done);
+//   VhostUserEndpoint server(device_cfg, cfg, listener, credentials, on_done);
 //   server.start();                                     // control thread
 //   ...
 //   server.stop();                                      // or the destructor
@@ -25,16 +25,16 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "daemon/config.h"
+#include "daemon/tenant_handler.h"
 #include "fuse/session.h"
-#include "server/config.h"
-#include "server/tenant_handler.h"
 #include "util/unique_fd.h"
 #include "util/unix_listener.h"
 #include "vhost_user/fs_device.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
-class VhostUserServer {
+class VhostUserEndpoint {
  public:
   // Builds the backend (throws std::invalid_argument and whatever the
   // backend throws), the session and the device, to serve on `listener`
@@ -43,12 +43,12 @@ class VhostUserServer {
   // transport shares (threads, the FUSE session options, on_disconnect).
   // `on_done` is called on the control thread when it ends by itself
   // (kExit after a disconnect, or an unrecoverable accept error).
-  VhostUserServer(const DeviceConfig& device, const Config& cfg,
-                  std::unique_ptr<util::Listener> listener, const RemoteCredentials& credentials,
-                  std::function<void()> on_done);
-  VhostUserServer(const VhostUserServer&) = delete;
-  VhostUserServer& operator=(const VhostUserServer&) = delete;
-  ~VhostUserServer();
+  VhostUserEndpoint(const DeviceConfig& device, const Config& cfg,
+                    std::unique_ptr<util::Listener> listener, const RemoteCredentials& credentials,
+                    std::function<void()> on_done);
+  VhostUserEndpoint(const VhostUserEndpoint&) = delete;
+  VhostUserEndpoint& operator=(const VhostUserEndpoint&) = delete;
+  ~VhostUserEndpoint();
 
   void start();
   // Closes the connection (if any), ends the control thread, destroys the
@@ -89,4 +89,4 @@ class VhostUserServer {
   std::atomic<bool> failed_{false};
 };
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

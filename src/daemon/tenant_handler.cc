@@ -1,13 +1,13 @@
-#include "server/tenant_handler.h"
+#include "daemon/tenant_handler.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 
+#include "daemon/config.h"
 #include "fuse/session_stats.h"
-#include "server/config.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 fuse::SessionOptions session_options(const Config& cfg, const HostPolicy& policy) {
   fuse::SessionOptions options;
@@ -101,4 +101,4 @@ void TenantHandler::end() {
   if (forwarder_) forwarder_->stop();
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -14,7 +14,7 @@
 
 #include "util/unique_fd.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 class SignalFd {
  public:
@@ -35,4 +35,4 @@ class SignalFd {
   sigset_t previous_{};
 };
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,4 +1,4 @@
-#include "server/stats_socket.h"
+#include "daemon/stats_socket.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -11,7 +11,7 @@
 #include <cstring>
 #include <stdexcept>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 using util::UniqueFd;
 
@@ -77,4 +77,4 @@ std::string query_stats(const std::string& path) {
   return text;
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

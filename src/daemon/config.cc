@@ -1,4 +1,4 @@
-#include "server/config.h"
+#include "daemon/config.h"
 
 #include <fmt/format.h>
 #include <grp.h>
@@ -19,7 +19,7 @@
 #include "remote/wire.h"
 #include "util/size.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 // A value as given: typed from TOML, always a string from a flag. Each
@@ -854,4 +854,4 @@ std::string_view log_level_name(spdlog::level::level_enum level) {
 
 std::string DeviceConfig::name() const { return fmt::format("vhost-user {} ({})", tag, socket); }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -2,9 +2,9 @@
 // vhost-user (virtio-fs) devices, or both -- until told to stop.
 #pragma once
 
-#include "server/config.h"
+#include "daemon/config.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 // Binds a socket for each of cfg.devices (each with its own backend and
 // session), mounts cfg.fuse.mount if set, serves cfg.backend there with
@@ -24,4 +24,4 @@ namespace dpfs::server {
 // inherit that mask. Logging is initialized (init_logging).
 int serve(const Config& cfg);
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -15,7 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 
 struct FdPlan {
   // What the daemon keeps for itself: a base, and per transport endpoint
@@ -41,4 +41,4 @@ FdPlan divide_fd_limit(uint64_t limit, uint64_t configured, size_t endpoints, si
 // Raises the soft RLIMIT_NOFILE to the hard limit, then divide_fd_limit()s it.
 FdPlan plan_fd_limit(uint64_t configured, size_t endpoints, size_t budgeted);
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon

@@ -1,4 +1,4 @@
-#include "server/supervisor.h"
+#include "daemon/supervisor.h"
 
 #include <fmt/format.h>
 #include <poll.h>
@@ -18,11 +18,11 @@
 #include <deque>
 #include <system_error>
 
-#include "server/signals.h"
-#include "server/stats_socket.h"
+#include "daemon/signals.h"
+#include "daemon/stats_socket.h"
 #include "util/unique_fd.h"
 
-namespace dpfs::server {
+namespace dpfs::daemon {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -403,4 +403,4 @@ bool SupervisorLink::handle(const std::function<std::vector<std::string>()>& sta
   return true;
 }
 
-}  // namespace dpfs::server
+}  // namespace dpfs::daemon
