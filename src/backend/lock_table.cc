@@ -77,7 +77,7 @@ void LockTable::apply(Ranges& ranges, const Range& want) {
 }
 
 Lock LockTable::test(uint64_t ino, uint64_t owner, const Lock& want) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = files_.find(ino);
   if (it != files_.end()) {
     const Range probe{want.start, want.end, owner, want.type, want.pid};
@@ -96,7 +96,7 @@ bool LockTable::would_deadlock(const Range& want, uint64_t ino) {
   // bounds its search (MAX_DEADLK_ITERATIONS).
   std::vector<uint64_t> frontier;
   std::unordered_set<uint64_t> seen;
-  auto add_blockers = [&](uint64_t file, const Range& w) {
+  auto add_blockers = [&](uint64_t file, const Range& w) DPFS_REQUIRES(mu_) {
     auto f = files_.find(file);
     if (f == files_.end()) return;
     for (const Range& r : f->second.posix) {
@@ -122,7 +122,7 @@ bool LockTable::would_deadlock(const Range& want, uint64_t ino) {
 void LockTable::set(uint64_t ino, uint64_t fh, uint64_t owner, const Lock& want, LockWait wait,
                     LockFlavor flavor, uint64_t unique, StatusReply reply, Completions& done) {
   const bool flock = flavor == LockFlavor::kFlock;
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   FileLocks& file = files_[ino];
   Ranges& ranges = flock ? file.flock : file.posix;
   Range range{want.start, want.end, owner, want.type, want.pid};
@@ -206,7 +206,7 @@ void LockTable::drop_if_unused(uint64_t ino) {
 }
 
 void LockTable::interrupt(uint64_t unique, Completions& done) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
     if (it->unique == unique) {
       done.add(std::move(it->reply), EINTR);
@@ -219,7 +219,7 @@ void LockTable::interrupt(uint64_t unique, Completions& done) {
 }
 
 void LockTable::release_owner(uint64_t ino, uint64_t owner, LockFlavor flavor, Completions& done) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = files_.find(ino);
   if (it == files_.end()) return;
   remove(flavor == LockFlavor::kFlock ? it->second.flock : it->second.posix, owner, 0, kOffsetMax);
@@ -228,7 +228,7 @@ void LockTable::release_owner(uint64_t ino, uint64_t owner, LockFlavor flavor, C
 }
 
 void LockTable::cancel_handle(uint64_t ino, uint64_t fh, Completions& done) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     if (it->ino == ino && it->fh == fh) {
       done.add(std::move(it->reply), EBADF);
@@ -240,12 +240,12 @@ void LockTable::cancel_handle(uint64_t ino, uint64_t fh, Completions& done) {
 }
 
 void LockTable::forget_file(uint64_t ino) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   files_.erase(ino);
 }
 
 void LockTable::clear(int error, Completions& done) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   for (Waiter& w : waiters_) done.add(std::move(w.reply), error);
   waiters_.clear();
   files_.clear();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "util/thread_annotations.h"
 
 namespace dpfs {
 
@@ -96,19 +97,19 @@ class LockTable {
   static const Range* conflict(const Ranges& ranges, const Range& want);
   static void remove(Ranges& ranges, uint64_t owner, uint64_t start, uint64_t end);
   static void apply(Ranges& ranges, const Range& want);
-  bool would_deadlock(const Range& want, uint64_t ino);
+  bool would_deadlock(const Range& want, uint64_t ino) DPFS_REQUIRES(mu_);
   // Grants what waiters on `ino` can now have.
-  void wake(uint64_t ino, Completions& done);
-  void drop_if_unused(uint64_t ino);
+  void wake(uint64_t ino, Completions& done) DPFS_REQUIRES(mu_);
+  void drop_if_unused(uint64_t ino) DPFS_REQUIRES(mu_);
 
   // A tenant could split ranges without end; past this, ENOLCK.
   static constexpr size_t kMaxRangesPerFile = 16384;
   static constexpr size_t kMaxEarlyInterrupts = 256;
 
-  std::mutex mu_;
-  std::unordered_map<uint64_t, FileLocks> files_;
-  std::list<Waiter> waiters_;  // in arrival order
-  std::deque<uint64_t> early_interrupts_;
+  util::Mutex mu_;
+  std::unordered_map<uint64_t, FileLocks> files_ DPFS_GUARDED_BY(mu_);
+  std::list<Waiter> waiters_ DPFS_GUARDED_BY(mu_);  // in arrival order
+  std::deque<uint64_t> early_interrupts_ DPFS_GUARDED_BY(mu_);
 };
 
 }  // namespace dpfs

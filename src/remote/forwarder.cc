@@ -729,7 +729,7 @@ size_t Forwarder::max_reply_size() const {
 }
 
 std::vector<char> Forwarder::init_to_replay() const {
-  std::lock_guard lock(init_mu_);
+  util::MutexLock lock(init_mu_);
   if (init_in_flight_.load()) return {};
   return init_;
 }
@@ -742,7 +742,7 @@ void Forwarder::handle(fuse::Request& req) {
   const fuse_in_header& hdr = cap.header();
   if (hdr.opcode == FUSE_INIT) {
     const size_t len = std::min({sizeof(hdr) + cap.args().size(), size_t(hdr.len), kMaxSavedInit});
-    std::lock_guard lock(init_mu_);
+    util::MutexLock lock(init_mu_);
     init_.resize(len);
     std::memcpy(init_.data(), &hdr, std::min(len, sizeof(hdr)));
     if (len > sizeof(hdr))
@@ -766,12 +766,12 @@ void Forwarder::handle(fuse::Request& req) {
 }
 
 Forwarder::SessionCredentials Forwarder::credentials() const {
-  std::lock_guard lock(session_mu_);
+  util::MutexLock lock(session_mu_);
   return session_;
 }
 
 bool Forwarder::set_credentials(uint64_t epoch, uint64_t id, const Mac& token) {
-  std::lock_guard lock(session_mu_);
+  util::MutexLock lock(session_mu_);
   if (epoch != session_.epoch) return false;
   session_.joined = true;
   session_.id = id;
@@ -782,11 +782,11 @@ bool Forwarder::set_credentials(uint64_t epoch, uint64_t id, const Mac& token) {
 void Forwarder::reset() {
   {
     // The next connection asks for a new session.
-    std::lock_guard lock(session_mu_);
+    util::MutexLock lock(session_mu_);
     session_ = SessionCredentials{.epoch = session_.epoch + 1};
   }
   {
-    std::lock_guard lock(init_mu_);
+    util::MutexLock lock(init_mu_);
     init_.clear();
   }
   destroyed_.store(false, std::memory_order_release);

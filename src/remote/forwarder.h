@@ -37,6 +37,7 @@
 #include "remote/channel.h"
 #include "remote/wire.h"
 #include "util/rate_limited_log.h"
+#include "util/thread_annotations.h"
 
 namespace dpfs::remote {
 
@@ -116,11 +117,11 @@ class Forwarder final : public fuse::RequestHandler {
   std::shared_ptr<TlsContext> tls_;  // null: plain TCP
   // One handshake at a time (see above).
   std::mutex handshake_mu_;
-  mutable std::mutex session_mu_;
-  SessionCredentials session_;  // under session_mu_
+  mutable util::Mutex session_mu_;
+  SessionCredentials session_ DPFS_GUARDED_BY(session_mu_);
   std::atomic<bool> destroyed_{false};
-  mutable std::mutex init_mu_;
-  std::vector<char> init_;                   // under init_mu_
+  mutable util::Mutex init_mu_;
+  std::vector<char> init_ DPFS_GUARDED_BY(init_mu_);
   std::atomic<bool> init_in_flight_{false};  // the tenant's INIT awaits its reply
   std::vector<std::unique_ptr<Link>> links_;
   std::atomic<uint64_t> next_link_{0};

@@ -499,7 +499,7 @@ void Server::stop() {
 }
 
 void Server::reap(bool all) {
-  std::lock_guard lock(connections_mu_);
+  util::MutexLock lock(connections_mu_);
   // One look at done() per connection: a connection that ends between a
   // join pass and an erase pass would be dropped unjoined (std::terminate,
   // in whichever thread let go of it last).
@@ -849,7 +849,7 @@ bool Server::advance(Handshake& hs) {
         auto conn =
             std::make_shared<Connection>(*this, std::move(hs.ch), hs.peer, std::move(hs.session));
         {
-          std::lock_guard lock(connections_mu_);
+          util::MutexLock lock(connections_mu_);
           connections_.push_back(conn);
         }
         conn->start();
@@ -876,7 +876,7 @@ bool Server::welcome(Handshake& hs, const AuthPayload& auth) {
   }
   reap(false);
   {
-    std::lock_guard lock(connections_mu_);
+    util::MutexLock lock(connections_mu_);
     if (connections_.size() >= options_.max_connections) {
       return refuse(fmt::format("already {} connections (max_connections)", connections_.size()));
     }
@@ -911,7 +911,7 @@ bool Server::welcome(Handshake& hs, const AuthPayload& auth) {
 std::shared_ptr<Server::Session> Server::session_for(const HelloPayload& hello, const Mac& proof,
                                                      const Nonce& server_nonce, bool* created,
                                                      std::string* why) {
-  std::lock_guard lock(sessions_mu_);
+  util::MutexLock lock(sessions_mu_);
   *created = false;
   if (hello.flags & kHelloJoin) {
     if (auto it = sessions_.find(hello.session_id); it != sessions_.end()) {
@@ -997,7 +997,7 @@ void Server::expire_sessions() {
   const auto now = std::chrono::steady_clock::now();
   const auto grace = std::chrono::duration<double>(options_.session_grace_s);
   {
-    std::lock_guard lock(sessions_mu_);
+    util::MutexLock lock(sessions_mu_);
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       Session& s = *it->second;
       // Users only come through session_for(), under sessions_mu_: a count of
@@ -1024,13 +1024,13 @@ void Server::expire_sessions() {
 }
 
 size_t Server::sessions() const {
-  std::lock_guard lock(sessions_mu_);
+  util::MutexLock lock(sessions_mu_);
   return sessions_.size();
 }
 
 std::vector<std::string> Server::stats() const {
   std::vector<std::string> lines;
-  std::lock_guard lock(sessions_mu_);
+  util::MutexLock lock(sessions_mu_);
   for (const auto& [id, session] : sessions_) {
     for (const std::string& line : fuse::format_stats(*session->fuse)) {
       lines.push_back(fmt::format("session {:016x}: {}", id, line));

@@ -55,6 +55,7 @@
 #include "remote/channel.h"
 #include "remote/session_table.h"
 #include "remote/wire.h"
+#include "util/thread_annotations.h"
 #include "util/unique_fd.h"
 
 namespace dpfs::remote {
@@ -178,11 +179,11 @@ class Server {
   uint64_t accepted_ = 0;
   std::atomic<size_t> handshakes_count_{0};
 
-  mutable std::mutex sessions_mu_;
-  std::map<uint64_t, std::shared_ptr<Session>> sessions_;
+  mutable util::Mutex sessions_mu_;
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_ DPFS_GUARDED_BY(sessions_mu_);
 
-  std::mutex connections_mu_;
-  std::vector<std::shared_ptr<Connection>> connections_;
+  util::Mutex connections_mu_;
+  std::vector<std::shared_ptr<Connection>> connections_ DPFS_GUARDED_BY(connections_mu_);
 };
 
 }  // namespace dpfs::remote

@@ -27,14 +27,14 @@ void SessionTable::gave_lookup(uint64_t ino) {
 }
 
 void SessionTable::gave_handle(uint64_t ino, uint64_t fh, bool directory) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   Open& o = open_[fh];
   o.handle = {ino, fh, directory};
   ++o.count;
 }
 
 void SessionTable::opens_nothing() {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   no_open_ = true;
 }
 
@@ -68,13 +68,13 @@ void SessionTable::on_release(std::span<const uint8_t> request) {
       !read_at(request, sizeof(h), &a)) {
     return;
   }
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   const auto it = open_.find(a.fh);
   if (it != open_.end() && --it->second.count == 0) open_.erase(it);
 }
 
 std::vector<SessionTable::OpenHandle> SessionTable::take_handles() {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   std::vector<OpenHandle> all;
   for (const auto& [fh, o] : open_) all.insert(all.end(), o.count, o.handle);
   open_.clear();
@@ -82,7 +82,7 @@ std::vector<SessionTable::OpenHandle> SessionTable::take_handles() {
 }
 
 size_t SessionTable::handles() const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   size_t n = 0;
   for (const auto& [fh, o] : open_) n += o.count;
   return n;
@@ -113,14 +113,14 @@ int SessionTable::check(std::span<const uint8_t> request) const {
   if (h.len < sizeof(h)) return 0;
   const std::span<const uint8_t> args =
       request.subspan(sizeof(h), std::min<size_t>(request.size(), h.len) - sizeof(h));
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   if (!holds(h.nodeid)) return ESTALE;
   // The fh at `offset` in the arguments; a missing one is the session's.
-  auto fh_at = [&](size_t offset) {
+  auto fh_at = [&](size_t offset) DPFS_REQUIRES(mu_) {
     uint64_t fh = 0;
     return !read_at(args, offset, &fh) || opened(fh) ? 0 : EBADF;
   };
-  auto node_at = [&](size_t offset) {
+  auto node_at = [&](size_t offset) DPFS_REQUIRES(mu_) {
     uint64_t ino = 0;
     return !read_at(args, offset, &ino) || holds(ino) ? 0 : ESTALE;
   };
@@ -180,32 +180,32 @@ int SessionTable::check(std::span<const uint8_t> request) const {
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> SessionTable::take_all() {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   std::vector<std::pair<uint64_t, uint64_t>> all(held_.begin(), held_.end());
   held_.clear();
   return all;
 }
 
 uint64_t SessionTable::held(uint64_t ino) const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   const auto it = held_.find(ino);
   return it == held_.end() ? 0 : it->second;
 }
 
 size_t SessionTable::inodes() const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   return held_.size();
 }
 
 void SessionTable::add(uint64_t ino) {
   // The root is never forgotten (backend.h): nothing to hold or give back.
   if (ino == kRootIno) return;
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   ++held_[ino];
 }
 
 uint64_t SessionTable::remove(uint64_t ino, uint64_t n) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   const auto it = held_.find(ino);
   if (it == held_.end()) return 0;
   const uint64_t taken = std::min(n, it->second);

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "fuse/request.h"
+#include "util/thread_annotations.h"
 
 namespace dpfs::remote {
 
@@ -98,15 +99,15 @@ class SessionTable {
     OpenHandle handle;
     uint64_t count = 0;  // times given out, less RELEASEs
   };
-  bool holds(uint64_t ino) const;  // REQUIRES: mu_ held
-  bool opened(uint64_t fh) const;  // REQUIRES: mu_ held
+  bool holds(uint64_t ino) const DPFS_REQUIRES(mu_);
+  bool opened(uint64_t fh) const DPFS_REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  std::unordered_map<uint64_t, uint64_t> held_;  // under mu_
-  std::unordered_map<uint64_t, Open> open_;      // by fh, under mu_
+  mutable util::Mutex mu_;
+  std::unordered_map<uint64_t, uint64_t> held_ DPFS_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, Open> open_ DPFS_GUARDED_BY(mu_);  // by fh
   // The backend answered OPEN/OPENDIR with ENOSYS: the kernel then sends
-  // fh 0 without opening (FUSE's no_open/no_opendir), under mu_.
-  bool no_open_ = false;
+  // fh 0 without opening (FUSE's no_open/no_opendir).
+  bool no_open_ DPFS_GUARDED_BY(mu_) = false;
 };
 
 // A request served for one session: notes what the backend's typed answer

@@ -202,7 +202,7 @@ Memfs::Inode* Memfs::find(uint64_t ino) const {
 
 template <typename Fn>
 int Memfs::with_inode(uint64_t ino, Fn&& fn) {
-  std::shared_lock tree(tree_mu_);
+  util::ReaderLock tree(tree_mu_);
   Inode* node = find(ino);
   if (node == nullptr) return ESTALE;
   std::lock_guard lock(node->mu);
@@ -275,7 +275,7 @@ void Memfs::free_if_unused(Inode* node) {
 }
 
 void Memfs::collect(uint64_t ino) {
-  std::unique_lock tree(tree_mu_);
+  util::WriterLock tree(tree_mu_);
   if (Inode* node = find(ino)) free_if_unused(node);
 }
 
@@ -338,7 +338,7 @@ void Memfs::lookup(const Context&, uint64_t parent, std::string_view name, Entry
   if (int e = check_component(name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
-    std::shared_lock tree(tree_mu_);
+    util::ReaderLock tree(tree_mu_);
     int err = 0;
     Inode* dir = find_dir(parent, &err);
     if (dir == nullptr) return err;
@@ -362,7 +362,7 @@ void Memfs::lookup(const Context&, uint64_t parent, std::string_view name, Entry
 void Memfs::forget(uint64_t ino, uint64_t nlookup) {
   if (ino == kRootIno) return;
   const bool unused = [&] {
-    std::shared_lock tree(tree_mu_);
+    util::ReaderLock tree(tree_mu_);
     Inode* node = find(ino);
     if (node == nullptr) return false;
     std::lock_guard lock(node->mu);
@@ -383,7 +383,7 @@ void Memfs::mknod(const Context& ctx, uint64_t parent, std::string_view name, ui
   }
   Entry entry;
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     return make_node(ctx, parent, name, {type | (mode & 07777 & ~umask), rdev, {}, 0}, &entry,
                      nullptr);
   }();
@@ -396,7 +396,7 @@ void Memfs::mkdir(const Context& ctx, uint64_t parent, std::string_view name, ui
   if (int e = check_component(name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     // mkdir(2) keeps the permission and sticky bits only.
     return make_node(ctx, parent, name, {S_IFDIR | (mode & 01777 & ~umask), 0, {}, 0}, &entry,
                      nullptr);
@@ -410,7 +410,7 @@ void Memfs::symlink(const Context& ctx, uint64_t parent, std::string_view name,
   if (int e = check_component(name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     return make_node(ctx, parent, name, {S_IFLNK | 0777, 0, target, 0}, &entry, nullptr);
   }();
   if (error != 0) return reply.error(error);
@@ -423,7 +423,7 @@ void Memfs::create(const Context& ctx, uint64_t parent, std::string_view name, u
   Entry entry;
   uint64_t fh = 0;
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     int err = 0;
     Inode* dir = find_dir(parent, &err);
     if (dir == nullptr) return err;
@@ -452,7 +452,7 @@ void Memfs::tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t
   Entry entry;
   uint64_t fh = 0;
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     return make_node(ctx, parent, {}, {S_IFREG | (mode & 07777 & ~umask), 0, {}, flags}, &entry,
                      &fh);
   }();
@@ -465,7 +465,7 @@ void Memfs::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_
   if (int e = check_component(new_name); e != 0) return reply.error(e);
   Entry entry;
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     Inode* node = find(ino);
     if (node == nullptr) return ESTALE;
     int err = 0;
@@ -493,7 +493,7 @@ void Memfs::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_
 void Memfs::unlink(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
   if (int e = check_component(name); e != 0) return reply.error(e);
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     int err = 0;
     Inode* dir = find_dir(parent, &err);
     if (dir == nullptr) return err;
@@ -517,7 +517,7 @@ void Memfs::unlink(const Context&, uint64_t parent, std::string_view name, Statu
 void Memfs::rmdir(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
   if (int e = check_component(name); e != 0) return reply.error(e);
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     int err = 0;
     Inode* dir = find_dir(parent, &err);
     if (dir == nullptr) return err;
@@ -551,7 +551,7 @@ void Memfs::rename(const Context&, uint64_t parent, std::string_view name, uint6
   if (is_dot(name) || is_dot(new_name)) return reply.error(EBUSY);
   const bool exchange = flags & RENAME_EXCHANGE;
   const int error = [&] {
-    std::unique_lock tree(tree_mu_);
+    util::WriterLock tree(tree_mu_);
     int err = 0;
     Inode* from_dir = find_dir(parent, &err);
     if (from_dir == nullptr) return err;
@@ -568,7 +568,7 @@ void Memfs::rename(const Context&, uint64_t parent, std::string_view name, uint6
     // POSIX: two links to one file (or one name twice): nothing to do.
     if (target == node) return 0;
     // A directory cannot move below itself: walk up from where it would go.
-    auto inside = [&](const Inode* dir, const Inode* ancestor) {
+    auto inside = [&](const Inode* dir, const Inode* ancestor) DPFS_REQUIRES_SHARED(tree_mu_) {
       for (const Inode* d = dir; d != nullptr; d = find(d->parent)) {
         if (d == ancestor) return true;
         if (d->ino == kRootIno) return false;
@@ -736,7 +736,7 @@ void Memfs::access(const Context& ctx, uint64_t ino, uint32_t mask, StatusReply 
 void Memfs::statfs(const Context&, uint64_t, StatfsReply reply) {
   uint64_t inodes;
   {
-    std::shared_lock tree(tree_mu_);
+    util::ReaderLock tree(tree_mu_);
     inodes = inodes_.size();
   }
   const uint64_t used = std::min(space_.used(), space_.capacity());
@@ -947,7 +947,7 @@ void Memfs::copy_file_range(const Context& ctx, const CopyRange& range, WriteRep
   const uint64_t ino_out = range.ino_out;
   int64_t n = 0;
   const int error = [&] {
-    std::shared_lock tree(tree_mu_);
+    util::ReaderLock tree(tree_mu_);
     Inode* in = find(ino_in);
     Inode* out = find(ino_out);
     if (in == nullptr || out == nullptr) return EBADF;
@@ -994,7 +994,7 @@ void Memfs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, 
   // Entries are encoded into the tenant's buffer under the locks (add() only
   // copies); the reply is sent after.
   const int error = [&] {
-    std::shared_lock tree(tree_mu_);
+    util::ReaderLock tree(tree_mu_);
     Inode* dir = find(ino);
     if (dir == nullptr) return ESTALE;
     if (!dir->is_dir()) return ENOTDIR;
@@ -1082,7 +1082,7 @@ void Memfs::destroy() {
   // The kernel forgets every inode and closes every file when the session
   // ends (a FUSE unmount, a virtio-fs reset); the files stay for the next one.
   Completions done;
-  std::unique_lock tree(tree_mu_);
+  util::WriterLock tree(tree_mu_);
   locks_.clear(EINTR, done);
   std::vector<Inode*> all;
   all.reserve(inodes_.size());

@@ -39,6 +39,7 @@
 #include "backend/backend.h"
 #include "backend/lock_table.h"
 #include "backend/memfs/file_data.h"
+#include "util/thread_annotations.h"
 
 namespace dpfs {
 
@@ -125,25 +126,23 @@ class Memfs final : public Backend {
   struct Inode;
   struct NewNode;
 
-  // REQUIRES: tree_mu_ held (either way).
-  Inode* find(uint64_t ino) const;
+  Inode* find(uint64_t ino) const DPFS_REQUIRES_SHARED(tree_mu_);
   // The directory `ino`, alive (not removed); nullptr and *error otherwise.
-  // REQUIRES: tree_mu_ held.
-  Inode* find_dir(uint64_t ino, int* error) const;
+  Inode* find_dir(uint64_t ino, int* error) const DPFS_REQUIRES_SHARED(tree_mu_);
   // The one way to an inode for an operation on it: `fn(Inode*)` runs
   // under tree_mu_ shared and the inode's own lock, and its errno is the
   // answer; ESTALE when `ino` is not a live inode of ours.
   template <typename Fn>
-  int with_inode(uint64_t ino, Fn&& fn);
+  int with_inode(uint64_t ino, Fn&& fn) DPFS_EXCLUDES(tree_mu_);
   // The same through handle `fh` of the inode: EBADF unless it is one of
   // its handles; `fn(Inode*, uint32_t open_flags)`.
   template <typename Fn>
-  int with_handle(uint64_t ino, uint64_t fh, Fn&& fn);
+  int with_handle(uint64_t ino, uint64_t fh, Fn&& fn) DPFS_EXCLUDES(tree_mu_);
   // Creates a named inode in `parent` (mknod, mkdir, symlink, create) or an
   // unnamed one (tmpfile, name empty) and fills *entry (+1 lookup) and, when
-  // `fh` is given, opens it. REQUIRES: tree_mu_ exclusive.
+  // `fh` is given, opens it.
   int make_node(const Context& ctx, uint64_t parent, std::string_view name, const NewNode& spec,
-                Entry* entry, uint64_t* fh);
+                Entry* entry, uint64_t* fh) DPFS_REQUIRES(tree_mu_);
   // Removes xattr `name` and returns its space; false if there is none.
   // REQUIRES: node->mu, or tree_mu_ exclusive.
   bool erase_xattr(Inode* node, std::string_view name);
@@ -153,11 +152,11 @@ class Memfs final : public Backend {
   // O_TRUNC on an open file: empties it and drops its privileges.
   // REQUIRES: node->mu, or tree_mu_ exclusive.
   void truncate_on_open(const Context& ctx, Inode* node);
-  // Frees `node` if it has no links, lookups or handles. REQUIRES: tree_mu_ exclusive.
-  void free_if_unused(Inode* node);
+  // Frees `node` if it has no links, lookups or handles.
+  void free_if_unused(Inode* node) DPFS_REQUIRES(tree_mu_);
   // Takes tree_mu_ exclusive and frees `ino` if it is unused (after a
   // reference was dropped under the shared lock).
-  void collect(uint64_t ino);
+  void collect(uint64_t ino) DPFS_EXCLUDES(tree_mu_);
   // The Entry naming `node`; take_entry also counts the lookup it makes.
   // REQUIRES: tree_mu_ shared and node.mu, or tree_mu_ exclusive.
   Entry entry_of(Inode& node) const;
@@ -167,9 +166,9 @@ class Memfs final : public Backend {
   memfs::Space space_;
   LockTable locks_;
 
-  mutable std::shared_mutex tree_mu_;
-  std::unordered_map<uint64_t, std::unique_ptr<Inode>> inodes_;  // guarded by tree_mu_
-  uint64_t next_ino_ = kRootIno + 1;                             // guarded by tree_mu_ exclusive
+  mutable util::SharedMutex tree_mu_;
+  std::unordered_map<uint64_t, std::unique_ptr<Inode>> inodes_ DPFS_GUARDED_BY(tree_mu_);
+  uint64_t next_ino_ DPFS_GUARDED_BY(tree_mu_) = kRootIno + 1;
   std::atomic<uint64_t> next_fh_{1};
 };
 

@@ -13,7 +13,7 @@ InodeTable::InodeTable(std::string root_fh) {
 }
 
 uint64_t InodeTable::remember(const std::string& fh, mode_t mode, gid_t gid) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   uint64_t ino;
   if (auto it = by_fh_.find(fh); it != by_fh_.end()) {
     ino = it->second;
@@ -30,7 +30,7 @@ uint64_t InodeTable::remember(const std::string& fh, mode_t mode, gid_t gid) {
 }
 
 bool InodeTable::find(uint64_t ino, std::string* fh) const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return false;
   *fh = it->second.fh;
@@ -38,7 +38,7 @@ bool InodeTable::find(uint64_t ino, std::string* fh) const {
 }
 
 bool InodeTable::attributes(uint64_t ino, mode_t* mode, gid_t* gid) const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end() || it->second.mode == 0) return false;
   *mode = it->second.mode;
@@ -47,7 +47,7 @@ bool InodeTable::attributes(uint64_t ino, mode_t* mode, gid_t* gid) const {
 }
 
 void InodeTable::update(uint64_t ino, mode_t mode, gid_t gid) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return;
   it->second.mode = mode;
@@ -56,7 +56,7 @@ void InodeTable::update(uint64_t ino, mode_t mode, gid_t gid) {
 
 std::optional<InodeTable::Hidden> InodeTable::forget(uint64_t ino, uint64_t n) {
   if (ino == kRootIno) return std::nullopt;
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return std::nullopt;
   Node& node = it->second;
@@ -68,7 +68,7 @@ std::optional<InodeTable::Hidden> InodeTable::forget(uint64_t ino, uint64_t n) {
 }
 
 uint64_t InodeTable::open(uint64_t ino, std::function<void()> retry) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return 0;
   if (auto d = doomed_.find(it->second.fh); d != doomed_.end() && retry) {
@@ -82,13 +82,13 @@ uint64_t InodeTable::open(uint64_t ino, std::function<void()> retry) {
 }
 
 bool InodeTable::has_handle(uint64_t ino, uint64_t handle) const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = handles_.find(handle);
   return it != handles_.end() && it->second == ino;
 }
 
 bool InodeTable::close(uint64_t ino, uint64_t handle, std::optional<Hidden>* hidden) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto h = handles_.find(handle);
   if (h == handles_.end() || h->second != ino) return false;
   handles_.erase(h);
@@ -100,14 +100,14 @@ bool InodeTable::close(uint64_t ino, uint64_t handle, std::optional<Hidden>* hid
 }
 
 uint64_t InodeTable::open_id(const std::string& fh) const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = by_fh_.find(fh);
   if (it == by_fh_.end()) return 0;
   return nodes_.at(it->second).opens > 0 ? it->second : 0;
 }
 
 InodeTable::Fate InodeTable::doom(const std::string& fh, bool keep_if_held, uint64_t* ino) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   if (auto it = by_fh_.find(fh); it != by_fh_.end()) {
     const Node& node = nodes_.at(it->second);
     *ino = it->second;
@@ -119,7 +119,7 @@ InodeTable::Fate InodeTable::doom(const std::string& fh, bool keep_if_held, uint
 }
 
 std::vector<std::function<void()>> InodeTable::undoom(const std::string& fh) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = doomed_.find(fh);
   if (it == doomed_.end() || --it->second.count > 0) return {};
   std::vector<std::function<void()>> waiting = std::move(it->second.waiting);
@@ -128,7 +128,7 @@ std::vector<std::function<void()>> InodeTable::undoom(const std::string& fh) {
 }
 
 bool InodeTable::hide(uint64_t ino, Hidden where) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end() || (it->second.opens == 0 && it->second.lookups == 0)) return false;
   it->second.hidden = std::move(where);
@@ -136,7 +136,7 @@ bool InodeTable::hide(uint64_t ino, Hidden where) {
 }
 
 bool InodeTable::hidden(uint64_t ino) const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   return it != nodes_.end() && it->second.hidden.has_value();
 }
@@ -148,7 +148,7 @@ void InodeTable::drop_if_unused(uint64_t ino, Node& node) {
 }
 
 void InodeTable::add_unstable(uint64_t ino, UnstableWrite write) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return;
   unstable_bytes_ += write.data.size();
@@ -156,7 +156,7 @@ void InodeTable::add_unstable(uint64_t ino, UnstableWrite write) {
 }
 
 std::vector<UnstableWrite> InodeTable::take_unstable(uint64_t ino) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return {};
   std::vector<UnstableWrite> out;
@@ -167,7 +167,7 @@ std::vector<UnstableWrite> InodeTable::take_unstable(uint64_t ino) {
 }
 
 void InodeTable::restore_unstable(uint64_t ino, std::vector<UnstableWrite> writes) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return;
   auto& list = it->second.unstable;
@@ -178,7 +178,7 @@ void InodeTable::restore_unstable(uint64_t ino, std::vector<UnstableWrite> write
 }
 
 void InodeTable::truncate_unstable(uint64_t ino, uint64_t size) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return;
   auto& list = it->second.unstable;
@@ -192,12 +192,12 @@ void InodeTable::truncate_unstable(uint64_t ino, uint64_t size) {
 }
 
 uint64_t InodeTable::unstable_bytes() const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   return unstable_bytes_;
 }
 
 size_t InodeTable::size() const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   return nodes_.size();
 }
 

@@ -32,6 +32,7 @@
 
 #include "backend/backend.h"
 #include "backend/nfs/protocol.h"
+#include "util/thread_annotations.h"
 
 namespace dpfs::nfs {
 
@@ -118,20 +119,20 @@ class InodeTable {
     std::vector<UnstableWrite> unstable;
     std::optional<Hidden> hidden;
   };
-  void drop_if_unused(uint64_t ino, Node& node);  // REQUIRES: mu_
+  void drop_if_unused(uint64_t ino, Node& node) DPFS_REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  std::unordered_map<uint64_t, Node> nodes_;
-  std::unordered_map<std::string, uint64_t> by_fh_;
-  std::unordered_map<uint64_t, uint64_t> handles_;  // open handle -> node id
+  mutable util::Mutex mu_;
+  std::unordered_map<uint64_t, Node> nodes_ DPFS_GUARDED_BY(mu_);
+  std::unordered_map<std::string, uint64_t> by_fh_ DPFS_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, uint64_t> handles_ DPFS_GUARDED_BY(mu_);  // open handle -> node id
   struct Doomed {
     unsigned count = 0;  // removals in flight
     std::vector<std::function<void()>> waiting;
   };
-  std::unordered_map<std::string, Doomed> doomed_;  // by file handle
-  uint64_t next_ino_ = kRootIno + 1;
-  uint64_t next_handle_ = 1;
-  uint64_t unstable_bytes_ = 0;
+  std::unordered_map<std::string, Doomed> doomed_ DPFS_GUARDED_BY(mu_);  // by file handle
+  uint64_t next_ino_ DPFS_GUARDED_BY(mu_) = kRootIno + 1;
+  uint64_t next_handle_ DPFS_GUARDED_BY(mu_) = 1;
+  uint64_t unstable_bytes_ DPFS_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace dpfs::nfs

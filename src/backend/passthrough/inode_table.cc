@@ -62,7 +62,7 @@ uint64_t InodeTable::add_lookup(UniqueFd fd, bool fd_is_path, const struct stat&
     return 0;
   }
   const uint32_t type = st.st_mode & S_IFMT;
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   const HostId id{st.st_dev, st.st_ino};
   if (auto found = by_host_.find(id); found != by_host_.end()) {
     if (found->second == kRootIno) return kRootIno;  // ".." at the top: no count
@@ -120,7 +120,7 @@ PathRef InodeTable::get(uint64_t ino, int* error) {
   std::string handle;
   uint32_t type = 0;
   {
-    std::lock_guard lock(mu_);
+    util::MutexLock lock(mu_);
     auto it = inodes_.find(ino);
     if (it == inodes_.end()) {
       *error = ESTALE;
@@ -138,7 +138,7 @@ PathRef InodeTable::get(uint64_t ino, int* error) {
   // the second one's descriptor is simply dropped.
   UniqueFd fd = open_handle(handle, kPathFlags, error);
   if (!fd) return nullptr;
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = inodes_.find(ino);
   if (it != inodes_.end() && it->second.fd) return it->second.fd;
   util::FdCharge charge;
@@ -163,7 +163,7 @@ UniqueFd InodeTable::reopen(uint64_t ino, const PathFd& path, int flags, int* er
   }
   std::string handle;
   {
-    std::lock_guard lock(mu_);
+    util::MutexLock lock(mu_);
     auto it = inodes_.find(ino);
     if (it == inodes_.end()) {
       *error = ESTALE;
@@ -181,12 +181,12 @@ UniqueFd InodeTable::reopen(uint64_t ino, const PathFd& path, int flags, int* er
 }
 
 bool InodeTable::holds(const struct stat& st) const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   return by_host_.count({st.st_dev, st.st_ino}) != 0;
 }
 
 void InodeTable::forget(uint64_t ino, uint64_t n) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   auto it = inodes_.find(ino);
   if (it == inodes_.end()) return;
   Inode& node = it->second;
@@ -195,7 +195,7 @@ void InodeTable::forget(uint64_t ino, uint64_t n) {
 }
 
 void InodeTable::forget_all() {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   while (!inodes_.empty()) drop(inodes_.begin());
 }
 
@@ -227,7 +227,7 @@ void InodeTable::trim() {
 }
 
 bool InodeTable::take_fd(util::FdCharge* charge) {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   return take_fd_locked(charge);
 }
 
@@ -254,12 +254,12 @@ size_t InodeTable::cached_fds_locked() const {
 }
 
 size_t InodeTable::cached_fds() const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   return cached_fds_locked();
 }
 
 size_t InodeTable::size() const {
-  std::lock_guard lock(mu_);
+  util::MutexLock lock(mu_);
   return inodes_.size() + 1;
 }
 

@@ -35,6 +35,7 @@
 #include <utility>
 
 #include "util/fd_budget.h"
+#include "util/thread_annotations.h"
 #include "util/unique_fd.h"
 
 namespace dpfs::passthrough {
@@ -112,15 +113,14 @@ class InodeTable {
   // The file handle of `fd` (empty when the host gives none).
   std::string handle_of(int fd) const;
   UniqueFd open_handle(const std::string& handle, int flags, int* error) const;
-  // REQUIRES: mu_. Closes cached descriptors past the bound.
-  void trim();
-  // REQUIRES: mu_. take_fd's work: evicts from the LRU end until the budget
-  // grants one descriptor.
-  bool take_fd_locked(util::FdCharge* charge);
-  size_t cached_fds_locked() const;
-  // REQUIRES: mu_.
-  void cache(Inode& node, PathRef fd);
-  void drop(std::unordered_map<uint64_t, Inode>::iterator it);
+  // Closes cached descriptors past the bound.
+  void trim() DPFS_REQUIRES(mu_);
+  // take_fd's work: evicts from the LRU end until the budget grants one
+  // descriptor.
+  bool take_fd_locked(util::FdCharge* charge) DPFS_REQUIRES(mu_);
+  size_t cached_fds_locked() const DPFS_REQUIRES(mu_);
+  void cache(Inode& node, PathRef fd) DPFS_REQUIRES(mu_);
+  void drop(std::unordered_map<uint64_t, Inode>::iterator it) DPFS_REQUIRES(mu_);
 
   const size_t max_fds_;
   util::FdBudget* const budget_;
@@ -128,11 +128,12 @@ class InodeTable {
   UniqueFd mount_fd_;  // open_by_handle_at wants a real (not O_PATH) descriptor of the mount
   bool handles_ = false;
 
-  mutable std::mutex mu_;
-  std::unordered_map<uint64_t, Inode> inodes_;
-  std::map<HostId, uint64_t> by_host_;
-  std::list<uint64_t> lru_;  // most recent first: inodes whose fd may be evicted
-  uint64_t next_ino_ = 2;
+  mutable util::Mutex mu_;
+  std::unordered_map<uint64_t, Inode> inodes_ DPFS_GUARDED_BY(mu_);
+  std::map<HostId, uint64_t> by_host_ DPFS_GUARDED_BY(mu_);
+  // Most recent first: inodes whose fd may be evicted.
+  std::list<uint64_t> lru_ DPFS_GUARDED_BY(mu_);
+  uint64_t next_ino_ DPFS_GUARDED_BY(mu_) = 2;
 };
 
 }  // namespace dpfs::passthrough
