@@ -1,6 +1,7 @@
 #include "fuse/session.h"
 
 #include "fuse/reply.h"
+#include "util/counter.h"
 
 #include <fcntl.h>
 #include <linux/limits.h>
@@ -35,6 +36,9 @@ uint64_t now_ns() {
 // log_malformed charges their lines to this session's limiter, so that one
 // tenant's flood neither floods the operator's log nor silences the others.
 thread_local FuseSession* t_logging_session = nullptr;
+
+// Session ids, for the threads' caches of their statistics blocks.
+std::atomic<uint64_t> g_next_session_id{1};
 
 class LoggingSessionScope {
  public:
@@ -661,7 +665,10 @@ size_t encode_error(std::span<const iovec> out, uint64_t unique, int errno_value
 }
 
 FuseSession::FuseSession(Backend& backend, SessionOptions options)
-    : backend_(backend), options_(std::move(options)), log_(options_.name) {
+    : backend_(backend),
+      options_(std::move(options)),
+      id_(g_next_session_id.fetch_add(1, std::memory_order_relaxed)),
+      log_(options_.name) {
   // max_write: whole pages, from one page up to what the kernel can take.
   uint32_t mw = std::clamp(options_.max_write, kPageSize, kMaxPagesLimit * kPageSize);
   mw -= mw % kPageSize;
@@ -694,14 +701,71 @@ void FuseSession::reset() {
   destroyed_.store(false, std::memory_order_release);
 }
 
+struct FuseSession::ThreadStats {
+  struct Counters {
+    std::atomic<uint64_t> requests{0};
+    std::atomic<uint64_t> errors{0};
+    std::atomic<uint64_t> total_ns{0};
+  };
+  std::thread::id owner = std::this_thread::get_id();
+  std::array<Counters, kMaxOpcode> ops;
+};
+
+namespace {
+
+// Each thread's last few sessions and its statistics block in each: the
+// common case (a worker serving one session) finds its block in one
+// compare. Keyed by the session's id, never reused, so an entry of a
+// session that is gone can never match another.
+struct StatsCacheEntry {
+  uint64_t session = 0;
+  void* block = nullptr;
+};
+thread_local std::array<StatsCacheEntry, 4> t_stats_cache;
+thread_local unsigned t_stats_cache_next = 0;
+
+}  // namespace
+
+FuseSession::ThreadStats& FuseSession::thread_stats() {
+  for (const StatsCacheEntry& e : t_stats_cache) {
+    if (e.session == id_) return *static_cast<ThreadStats*>(e.block);
+  }
+  ThreadStats* block = nullptr;
+  {
+    util::MutexLock lock(stats_mu_);
+    // Evicted from this thread's cache, or its first request here.
+    for (const auto& b : thread_stats_) {
+      if (b->owner == std::this_thread::get_id()) block = b.get();
+    }
+    if (block == nullptr) block = thread_stats_.emplace_back(std::make_unique<ThreadStats>()).get();
+  }
+  t_stats_cache[t_stats_cache_next++ % t_stats_cache.size()] = {id_, block};
+  return *block;
+}
+
+FuseSession::~FuseSession() = default;
+
+OpStats FuseSession::stats(uint32_t opcode) const {
+  OpStats total;
+  if (opcode >= kMaxOpcode) opcode = 0;
+  util::MutexLock lock(stats_mu_);
+  for (const auto& b : thread_stats_) {
+    const ThreadStats::Counters& c = b->ops[opcode];
+    total.requests += c.requests.load(std::memory_order_relaxed);
+    total.errors += c.errors.load(std::memory_order_relaxed);
+    total.total_ns += c.total_ns.load(std::memory_order_relaxed);
+  }
+  return total;
+}
+
 void FuseSession::finish(Request& req, int error) {
   Request::SessionState& st = req.session_state;
   st.latency_ns = now_ns() - st.started_ns;
   st.error = error < 0 ? -error : error;
-  OpStats& s = stats_[st.opcode < kMaxOpcode ? st.opcode : 0];
-  s.requests.fetch_add(1, std::memory_order_relaxed);
-  if (error != 0) s.errors.fetch_add(1, std::memory_order_relaxed);
-  s.total_ns.fetch_add(st.latency_ns, std::memory_order_relaxed);
+  ThreadStats::Counters& c = thread_stats().ops[st.opcode < kMaxOpcode ? st.opcode : 0];
+  util::single_writer_add(c.requests);
+  if (error != 0) util::single_writer_add(c.errors);
+  util::single_writer_add(c.total_ns, st.latency_ns);
 }
 
 void FuseSession::handle(Request& req) {

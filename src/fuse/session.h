@@ -15,14 +15,18 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/policy.h"
 #include "fuse/handler.h"
 #include "fuse/request.h"
 #include "util/rate_limited_log.h"
+#include "util/thread_annotations.h"
 
 namespace dpfs::fuse {
 
@@ -45,11 +49,12 @@ struct SessionOptions {
   std::string name = "dpfs";  // for logs
 };
 
-// Per-opcode counters, readable while the session runs.
+// One opcode's totals: requests answered, errors among them, and the time
+// from handle() to the reply, summed.
 struct OpStats {
-  std::atomic<uint64_t> requests{0};
-  std::atomic<uint64_t> errors{0};
-  std::atomic<uint64_t> total_ns{0};
+  uint64_t requests = 0;
+  uint64_t errors = 0;
+  uint64_t total_ns = 0;
 };
 
 class FuseSession final : public RequestHandler {
@@ -61,6 +66,7 @@ class FuseSession final : public RequestHandler {
   static constexpr size_t kMaxOpcode = 64;
 
   FuseSession(Backend& backend, SessionOptions options);
+  ~FuseSession();
   FuseSession(const FuseSession&) = delete;
   FuseSession& operator=(const FuseSession&) = delete;
 
@@ -87,7 +93,9 @@ class FuseSession final : public RequestHandler {
   uint64_t negotiated_flags() const { return flags_.load(std::memory_order_relaxed); }
   uint32_t max_write() const { return max_write_.load(std::memory_order_relaxed); }
   const SessionOptions& options() const { return options_; }
-  const OpStats& stats(uint32_t opcode) const { return stats_[opcode < kMaxOpcode ? opcode : 0]; }
+  // The totals of `opcode` so far (0: opcodes past kMaxOpcode), summed over
+  // the threads that answered requests. Any thread, while the session runs.
+  OpStats stats(uint32_t opcode) const;
   Backend& backend() { return backend_; }
   // This session's log lines that its tenant can cause (malformed requests,
   // INIT): rate-limited per session, so one tenant's flood neither floods
@@ -118,7 +126,16 @@ class FuseSession final : public RequestHandler {
   std::atomic<uint32_t> proto_minor_{0};
   std::atomic<uint64_t> flags_{0};  // negotiated FUSE_* init flags (both words)
   std::atomic<uint32_t> max_write_{0};
-  std::array<OpStats, kMaxOpcode> stats_;
+  // Statistics: one block per thread that finishes requests, written by
+  // that thread alone (single-writer counters: no locked instruction, no
+  // cache line another worker writes) and summed by stats(). A block is
+  // made the first time a thread finishes one of this session's requests,
+  // and lives as long as the session.
+  struct ThreadStats;
+  ThreadStats& thread_stats();
+  const uint64_t id_;  // this session, for each thread's cache of its block
+  mutable util::Mutex stats_mu_;
+  std::vector<std::unique_ptr<ThreadStats>> thread_stats_ DPFS_GUARDED_BY(stats_mu_);
   util::RateLimitedLog log_;
 };
 

@@ -18,10 +18,8 @@ std::vector<std::string> format_stats(const fuse::FuseSession& session) {
   uint64_t requests = 0;
   uint64_t errors = 0;
   for (uint32_t op = 0; op < fuse::FuseSession::kMaxOpcode; ++op) {
-    const fuse::OpStats& s = session.stats(op);
-    const Row row{op, s.requests.load(std::memory_order_relaxed),
-                  s.errors.load(std::memory_order_relaxed),
-                  s.total_ns.load(std::memory_order_relaxed)};
+    const fuse::OpStats s = session.stats(op);
+    const Row row{op, s.requests, s.errors, s.total_ns};
     if (row.requests == 0) continue;
     rows.push_back(row);
     requests += row.requests;

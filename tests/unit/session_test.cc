@@ -11,7 +11,10 @@
 
 #include <functional>
 #include <optional>
+#include <thread>
+#include <vector>
 
+#include "backend/null/null.h"
 #include "session_harness.h"
 
 namespace dpfs {
@@ -679,8 +682,44 @@ TEST_F(SessionTest, StatsCountRequestsAndErrors) {
   init();
   run(RequestBuilder(FUSE_LOOKUP).name("a").bytes());
   run(RequestBuilder(FUSE_LOOKUP).name("missing").bytes());
-  EXPECT_EQ(session.stats(FUSE_LOOKUP).requests.load(), 2u);
-  EXPECT_EQ(session.stats(FUSE_LOOKUP).errors.load(), 1u);
+  EXPECT_EQ(session.stats(FUSE_LOOKUP).requests, 2u);
+  EXPECT_EQ(session.stats(FUSE_LOOKUP).errors, 1u);
+}
+
+// Each thread counts in its own block; stats() sums them. Two sessions
+// served by the same threads count apart.
+TEST(SessionStatsTest, CountsFromManyThreadsAndSessionsAddUp) {
+  NullBackend backend;
+  fuse::FuseSession a(backend, {});
+  fuse::FuseSession b(backend, {});
+  for (fuse::FuseSession* s : {&a, &b}) {
+    TestRequest init(init_request());
+    s->handle(init);
+    ASSERT_EQ(init.error(), 0);
+  }
+  constexpr int kThreads = 4, kRounds = 300;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      fuse_getattr_in ga{};
+      for (int i = 0; i < kRounds; ++i) {
+        TestRequest get(RequestBuilder(FUSE_GETATTR, kRootIno).arg(ga).bytes(), 4096);
+        a.handle(get);
+        TestRequest miss(RequestBuilder(FUSE_LOOKUP, kRootIno).name("missing").bytes(), 4096);
+        b.handle(miss);
+        TestRequest hit(RequestBuilder(FUSE_LOOKUP, kRootIno).name("zero").bytes(), 4096);
+        b.handle(hit);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(a.stats(FUSE_GETATTR).requests, uint64_t(kThreads * kRounds));
+  EXPECT_EQ(a.stats(FUSE_GETATTR).errors, 0u);
+  EXPECT_EQ(a.stats(FUSE_LOOKUP).requests, 0u);
+  EXPECT_EQ(b.stats(FUSE_LOOKUP).requests, uint64_t(2 * kThreads * kRounds));
+  EXPECT_EQ(b.stats(FUSE_LOOKUP).errors, uint64_t(kThreads * kRounds));
+  EXPECT_EQ(b.stats(FUSE_GETATTR).requests, 0u);
+  EXPECT_EQ(a.stats(FUSE_INIT).requests + b.stats(FUSE_INIT).requests, 2u);
 }
 
 TEST(SessionXattrTest, XattrOffAnswersEnosysWithoutTheBackend) {
