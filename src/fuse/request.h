@@ -25,6 +25,9 @@ namespace dpfs::fuse {
 
 class FuseSession;
 
+// CLOCK_MONOTONIC in nanoseconds (Request::received_ns).
+uint64_t monotonic_ns();
+
 class Request : public ReplyTarget {
  public:
   // Bytes the tenant sent: one FUSE request, header first.
@@ -40,6 +43,11 @@ class Request : public ReplyTarget {
   // answers from another event (a lock released by another worker); a
   // transport that needs completions on its own thread must marshal them.
   virtual void complete(size_t reply_len) = 0;
+
+  // When the transport took the request (CLOCK_MONOTONIC ns), if it reads
+  // the clock once for a batch; 0: the session reads it in handle(). The
+  // latency the session records runs from here to the reply.
+  uint64_t received_ns = 0;
 
   // Set by a transport whose `in` buffers the tenant cannot write once
   // received (a /dev/fuse read, a TCP frame): they are then parsed in place.

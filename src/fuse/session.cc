@@ -25,11 +25,15 @@ constexpr uint32_t kMaxPagesLimit = 256;  // FUSE_MAX_MAX_PAGES of the kernel
 constexpr uint32_t kPageSize = 4096;
 constexpr uint64_t kMaxOffset = INT64_MAX;  // loff_t
 
-uint64_t now_ns() {
+}  // namespace
+
+uint64_t monotonic_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
 }
+
+namespace {
 
 // The session whose request or reply this thread is working on. Malformed
 // requests are found deep in decoding, where only the request is at hand;
@@ -760,7 +764,7 @@ OpStats FuseSession::stats(uint32_t opcode) const {
 
 void FuseSession::finish(Request& req, int error) {
   Request::SessionState& st = req.session_state;
-  st.latency_ns = now_ns() - st.started_ns;
+  st.latency_ns = monotonic_ns() - st.started_ns;
   st.error = error < 0 ? -error : error;
   ThreadStats::Counters& c = thread_stats().ops[st.opcode < kMaxOpcode ? st.opcode : 0];
   util::single_writer_add(c.requests);
@@ -774,7 +778,7 @@ void FuseSession::handle(Request& req) {
   st.session = this;
   st.unique = 0;
   st.opcode = 0;
-  st.started_ns = now_ns();
+  st.started_ns = req.received_ns != 0 ? req.received_ns : monotonic_ns();
   st.latency_ns = 0;
   st.error = 0;
   st.data_iov.clear();
