@@ -207,17 +207,15 @@ void Passthrough::destroy() {
   // The kernel forgets every inode and closes every file when the session ends.
   Completions done;
   locks_.clear(EINTR, done);
-  {
-    std::lock_guard lock(files_mu_);
-    files_.clear();
+  for (FileShard& shard : file_shards_) {
+    util::MutexLock lock(shard.mu);
+    open_files_.fetch_sub(shard.files.size(), std::memory_order_relaxed);
+    shard.files.clear();
   }
   inodes_.forget_all();
 }
 
-size_t Passthrough::open_files() const {
-  std::lock_guard lock(files_mu_);
-  return files_.size();
-}
+size_t Passthrough::open_files() const { return open_files_.load(std::memory_order_relaxed); }
 
 double Passthrough::entry_timeout() const {
   switch (options_.cache) {
@@ -537,19 +535,25 @@ uint32_t Passthrough::open_reply_flags() const {
 
 int Passthrough::add_file(UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge,
                           uint64_t* fh) {
-  std::lock_guard lock(files_mu_);
   // Each open file is a host descriptor: bounded like the inode cache.
-  if (files_.size() >= options_.max_fds) return ENFILE;
-  *fh = next_fh_.fetch_add(1);
-  files_.emplace(*fh, std::make_shared<OpenFile>(std::move(fd), ino, dir, std::move(charge)));
+  if (open_files_.fetch_add(1, std::memory_order_relaxed) >= options_.max_fds) {
+    open_files_.fetch_sub(1, std::memory_order_relaxed);
+    return ENFILE;
+  }
+  *fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
+  auto file = std::make_shared<OpenFile>(std::move(fd), ino, dir, std::move(charge));
+  FileShard& shard = shard_of(*fh);
+  util::MutexLock lock(shard.mu);
+  shard.files.emplace(*fh, std::move(file));
   return 0;
 }
 
 std::shared_ptr<Passthrough::OpenFile> Passthrough::find_file(uint64_t fh, uint64_t ino,
                                                               int* error) const {
-  std::lock_guard lock(files_mu_);
-  auto it = files_.find(fh);
-  if (it == files_.end() || it->second->ino != ino) {
+  FileShard& shard = shard_of(fh);
+  util::MutexLock lock(shard.mu);
+  auto it = shard.files.find(fh);
+  if (it == shard.files.end() || it->second->ino != ino) {
     *error = EBADF;
     return nullptr;
   }
@@ -720,12 +724,14 @@ void Passthrough::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, u
                           ReleaseFlock flock, StatusReply reply) {
   Completions done;
   {
-    std::lock_guard lock(files_mu_);
-    auto it = files_.find(fh);
-    if (it == files_.end() || it->second->ino != ino) return reply.error(EBADF);
+    FileShard& shard = shard_of(fh);
+    util::MutexLock lock(shard.mu);
+    auto it = shard.files.find(fh);
+    if (it == shard.files.end() || it->second->ino != ino) return reply.error(EBADF);
     // Operations in flight keep their own reference: the descriptor closes
     // after the last of them.
-    files_.erase(it);
+    shard.files.erase(it);
+    open_files_.fetch_sub(1, std::memory_order_relaxed);
     if (flock == ReleaseFlock::kUnlock)
       locks_.release_owner(ino, lock_owner, LockFlavor::kFlock, done);
     locks_.cancel_handle(ino, fh, done);
@@ -831,12 +837,14 @@ void Passthrough::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t of
 }
 
 void Passthrough::releasedir(const Context&, uint64_t ino, uint64_t fh, StatusReply reply) {
-  std::lock_guard lock(files_mu_);
-  auto it = files_.find(fh);
-  if (it == files_.end() || it->second->ino != ino || !it->second->dir) {
+  FileShard& shard = shard_of(fh);
+  util::MutexLock lock(shard.mu);
+  auto it = shard.files.find(fh);
+  if (it == shard.files.end() || it->second->ino != ino || !it->second->dir) {
     return reply.error(EBADF);
   }
-  files_.erase(it);
+  shard.files.erase(it);
+  open_files_.fetch_sub(1, std::memory_order_relaxed);
   reply.ok();
 }
 
@@ -957,11 +965,12 @@ void Passthrough::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owne
 void Passthrough::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
                         const Lock& lock, LockWait wait, LockFlavor flavor, StatusReply reply) {
   Completions done;  // the answer (now or for a waiter: later), after the locks
-  // Under files_mu_, so that a waiter never outlives its handle: release()
+  // Under the handle's shard lock, so that a waiter never outlives its handle: release()
   // removes the handle and cancels its waiters under it too.
-  std::lock_guard guard(files_mu_);
-  auto it = files_.find(fh);
-  if (it == files_.end() || it->second->ino != ino) return reply.error(EBADF);
+  FileShard& shard = shard_of(fh);
+  util::MutexLock guard(shard.mu);
+  auto it = shard.files.find(fh);
+  if (it == shard.files.end() || it->second->ino != ino) return reply.error(EBADF);
   locks_.set(ino, fh, owner, lock, wait, flavor, ctx.unique, std::move(reply), done);
 }
 

@@ -32,6 +32,7 @@
 // Safe for concurrent use by any number of workers.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -45,6 +46,7 @@
 #include "backend/lock_table.h"
 #include "backend/passthrough/inode_table.h"
 #include "backend/passthrough/uring.h"
+#include "util/thread_annotations.h"
 
 namespace dpfs {
 
@@ -198,8 +200,19 @@ class Passthrough final : public Backend {
   passthrough::DataPath data_;
   LockTable locks_;
 
-  mutable std::mutex files_mu_;
-  std::unordered_map<uint64_t, std::shared_ptr<OpenFile>> files_;  // fh -> open file or dir
+  // The open files and directories, by handle, in shards: an operation on
+  // one file takes its shard's lock only, never one every worker takes. A
+  // SETLKW waiter is queued under its handle's shard lock, and release()
+  // cancels the handle's waiters under it too, so a waiter never outlives
+  // its handle.
+  struct alignas(64) FileShard {
+    mutable util::Mutex mu;
+    std::unordered_map<uint64_t, std::shared_ptr<OpenFile>> files DPFS_GUARDED_BY(mu);
+  };
+  static constexpr size_t kFileShards = 16;
+  FileShard& shard_of(uint64_t fh) const { return file_shards_[fh % kFileShards]; }
+  mutable std::array<FileShard, kFileShards> file_shards_;
+  std::atomic<size_t> open_files_{0};  // in every shard: bounded by options_.max_fds
   std::atomic<uint64_t> next_fh_{1};
 };
 
