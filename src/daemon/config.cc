@@ -437,6 +437,17 @@ const Setting kSettings[] = {
     {{"vhost_user.poll", "--poll", "BOOL",
       "workers busy-poll the virtqueues instead of sleeping on kicks (default false)"},
      [](Config& cfg, const Value& v) { cfg.vhost_user.poll = as_bool(v); }},
+    {{"vhost_user.poll_budget", "--poll-budget", "MICROSECONDS",
+      "without --poll: after a kick, workers keep polling until the queues have been idle this "
+      "long, then sleep on kicks again; 0..10000, 0 sleeps at once (default 50)"},
+     [](Config& cfg, const Value& v) {
+       const int64_t us = as_integer(v);
+       if (us < 0 || us > int64_t(DeviceConfig::kMaxPollBudgetUs)) {
+         refuse(
+             fmt::format("must be between 0 and {}, got {}", DeviceConfig::kMaxPollBudgetUs, us));
+       }
+       cfg.vhost_user.poll_budget_us = uint32_t(us);
+     }},
     {{"vhost_user.socket_group", "--socket-group", "GROUP",
       "vhost-user sockets are owned by this group (a name or gid) with mode 0660, for a "
       "front-end that runs as it (default: mode 0600, root's only)"},
@@ -528,8 +539,8 @@ const Setting kSettings[] = {
 
 // The [vhost_user] keys a [[device]] table may set for itself (as "socket",
 // "tag", ...); on_disconnect is daemon-wide.
-constexpr std::string_view kDeviceKeys[] = {"socket", "tag", "request_queues", "poll",
-                                            "socket_group"};
+constexpr std::string_view kDeviceKeys[] = {"socket", "tag",         "request_queues",
+                                            "poll",   "poll_budget", "socket_group"};
 
 const Setting* find_setting(std::string_view key) {
   for (const Setting& s : kSettings) {
@@ -635,7 +646,7 @@ DeviceConfig parse_device(const toml::table& table, size_t index, std::string_vi
     if (std::find(std::begin(kDeviceKeys), std::end(kDeviceKeys), key) == std::end(kDeviceKeys)) {
       throw ConfigError(fmt::format(
           "config {}: unknown key '{}.{}' (a device has socket, tag, request_queues, poll, "
-          "socket_group, [device.backend] and [device.policy])",
+          "poll_budget, socket_group, [device.backend] and [device.policy])",
           source, name, key));
     }
     const Setting* setting = find_setting("vhost_user." + key);
@@ -653,6 +664,7 @@ DeviceConfig parse_device(const toml::table& table, size_t index, std::string_vi
   device.tag = scratch.vhost_user.tag;
   device.request_queues = scratch.vhost_user.request_queues;
   device.poll = scratch.vhost_user.poll;
+  device.poll_budget_us = scratch.vhost_user.poll_budget_us;
   device.socket_gid = scratch.vhost_user.socket_gid;
   device.backend = scratch.backend;
   device.policy_overrides = std::move(policy_overrides);
@@ -756,6 +768,7 @@ void finish(Config& cfg) {
     device.tag = vu.tag;
     device.request_queues = vu.request_queues;
     device.poll = vu.poll;
+    device.poll_budget_us = vu.poll_budget_us;
     device.socket_gid = vu.socket_gid;
     device.backend = cfg.backend;
     cfg.devices.insert(cfg.devices.begin(), std::move(device));

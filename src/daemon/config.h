@@ -72,6 +72,10 @@ struct DeviceConfig {
   std::string name() const;
   uint32_t request_queues = 1;
   bool poll = false;
+  // Adaptive polling (vhost_user::FsDeviceOptions::poll_budget_us).
+  static constexpr uint32_t kMaxPollBudgetUs = 10000;
+  static constexpr uint32_t kDefaultPollBudgetUs = 50;
+  uint32_t poll_budget_us = kDefaultPollBudgetUs;
   // The group that owns the socket (mode 0660), or -1: root's, mode 0600.
   int64_t socket_gid = -1;
   BackendConfig backend;
@@ -89,6 +93,7 @@ struct VhostUserConfig {
   std::string tag = DeviceConfig::kDefaultTag;
   uint32_t request_queues = 1;
   bool poll = false;
+  uint32_t poll_budget_us = DeviceConfig::kDefaultPollBudgetUs;
   int64_t socket_gid = -1;                           // --socket-group, resolved to a gid; -1: none
   OnDisconnect on_disconnect = OnDisconnect::kWait;  // every device
 };

@@ -41,6 +41,7 @@ VhostUserEndpoint::VhostUserEndpoint(const DeviceConfig& device, const Config& c
   // queue, FORGETs and INTERRUPTs, rides on the first worker).
   dev.threads = std::min<unsigned>(cfg.threads, device.request_queues);
   dev.poll = device.poll;
+  dev.poll_budget_us = device.poll_budget_us;
   device_ = std::make_unique<vhost_user::FsDevice>(tenant_->handler(), dev);
 
   spdlog::info("{}: serving {}: {} request queue{}, {} worker{}{}, on disconnect: {}", name_,

@@ -171,6 +171,9 @@ class FsDevice::Worker {
   // Pops, handles, publishes and notifies until the queue is empty.
   // Returns whether any chain was taken.
   bool process(Queue& q, bool polling);
+  // Whether an adaptive poll has found nothing for `budget_ns` since
+  // *since_ns (set at the first empty round; 0 after work).
+  static bool idle_too_long(uint64_t* since_ns, uint64_t budget_ns, uint32_t idle_rounds);
   // True (logged once) when this device's guest memory faulted: stop serving.
   bool memory_lost(Queue& q);
   void publish(Queue& q);
@@ -271,13 +274,25 @@ bool FsDevice::Worker::memory_lost(Queue& q) {
   return true;
 }
 
+// Adaptive polling's clock: read once in 64 empty rounds (a round is well
+// under a microsecond), starting when the queues first came up empty.
+bool FsDevice::Worker::idle_too_long(uint64_t* since_ns, uint64_t budget_ns, uint32_t idle_rounds) {
+  if (idle_rounds % 64 != 1) return false;
+  const uint64_t now = fuse::monotonic_ns();
+  if (*since_ns == 0) *since_ns = now;
+  return now - *since_ns >= budget_ns;
+}
+
 bool FsDevice::Worker::process(Queue& q, bool polling) {
   bool any = false;
   for (;;) {
     if (!q.started || memory_lost(q)) return any;
     unsigned n = 0;
     virtio::PopResult result = virtio::PopResult::kEmpty;
+    // One clock read for the batch: every request of it was taken now.
+    uint64_t taken_ns = 0;
     while (n < kBatch && (result = q.pop(&q.chain)) == virtio::PopResult::kChain) {
+      if (n == 0) taken_ns = fuse::monotonic_ns();
       ++n;
       FsRequest* r = q.acquire();
       r->queue = &q;
@@ -288,6 +303,7 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
       r->out_iov.assign(q.chain.writable.begin(), q.chain.writable.end());
       r->in = r->in_iov;
       r->out = r->out_iov;
+      r->received_ns = taken_ns;
       device_.pending_.fetch_add(1, std::memory_order_acq_rel);
       device_.session_.handle(*r);
     }
@@ -348,6 +364,10 @@ void FsDevice::Worker::run() {
     }
   }
   const bool poll = device_.options_.poll;
+  // Adaptive: poll after each kick until the queues have been idle this long.
+  const uint64_t budget_ns = poll ? 0 : uint64_t(device_.options_.poll_budget_us) * 1000;
+  const bool polls = poll || budget_ns > 0;
+  uint64_t busy_ns = 0;  // when an adaptive poll last found work
   uint32_t idle = 0;
   uint32_t rounds = 0;
   bool sleeping = true;  // notifications enabled, waiting on kicks
@@ -358,11 +378,11 @@ void FsDevice::Worker::run() {
       // A polling worker may have been paused with its queues' notifications
       // off: sleeping now would wait for kicks the driver no longer sends.
       // Poll again instead; going idle switches them back on safely.
-      sleeping = !poll;
+      sleeping = !polls;
       idle = 0;
       continue;
     }
-    if (poll && !sleeping) {
+    if (polls && !sleeping) {
       // Busy-poll: no kicks, no syscalls while requests keep coming.
       bool any = false;
       for (Queue* q : queues_) any |= process(*q, /*polling=*/true);
@@ -370,12 +390,15 @@ void FsDevice::Worker::run() {
       any |= hook_poll();
       if (any) {
         idle = 0;
-      } else if (++idle >= device_.options_.poll_idle_rounds) {
+        busy_ns = 0;
+      } else if (budget_ns > 0 ? idle_too_long(&busy_ns, budget_ns, ++idle)
+                               : ++idle >= device_.options_.poll_idle_rounds) {
         // Idle: sleep on kicks again, unless buffers slipped in meanwhile.
         bool again = false;
         for (Queue* q : queues_) again |= q->started && q->set_notification(true);
         sleeping = !again;
         idle = 0;
+        busy_ns = 0;
       }
       // Pauses and stops are seen at the top of every round; the kick and
       // wake eventfds only need draining now and then (what they count is
@@ -413,7 +436,7 @@ void FsDevice::Worker::run() {
       Queue& q = *static_cast<Queue*>(events[i].data.ptr);
       drain_eventfd(q.kick.get());
       fuse::single_writer_add(q.stats->kicks);
-      if (poll) {
+      if (polls) {
         // Switch to polling: no kicks until idle again.
         for (Queue* each : queues_) {
           if (each->started) each->set_notification(false);
@@ -421,7 +444,7 @@ void FsDevice::Worker::run() {
         sleeping = false;
         idle = 0;
       }
-      process(q, poll);
+      process(q, polls);
     }
     drain_completions();
   }

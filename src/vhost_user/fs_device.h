@@ -45,6 +45,12 @@ struct FsDeviceOptions {
   // Polling: consecutive empty rounds after which a worker sleeps on its
   // kicks again until the next request.
   uint32_t poll_idle_rounds = 1u << 16;
+  // Adaptive polling, without `poll`: after a kick, a worker keeps polling
+  // its queues (kicks off) until none has had work for this long, then
+  // sleeps on kicks again. A driver that refills within the budget finds
+  // the worker awake: no kick, no wake-up on either side. 0: sleep as soon
+  // as the queues are empty.
+  uint32_t poll_budget_us = 50;  // the daemon's default: DeviceConfig
 };
 
 // Counters for one queue, readable while the device runs; written only by

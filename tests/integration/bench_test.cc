@@ -221,6 +221,40 @@ TEST_F(BenchTest, SeveralQueuesAndThreadsPolling) {
   EXPECT_NE(log.find("queue 2 (requests): "), std::string::npos) << log;
 }
 
+// The numbers of the statistics line "queue 1 (requests): N requests, E
+// errors, ..., K kicks, ...": {N, K}, or {-1, -1}.
+std::pair<long, long> requests_and_kicks(const std::string& log) {
+  const size_t at = log.rfind("queue 1 (requests): ");
+  if (at == std::string::npos) return {-1, -1};
+  const std::string line = log.substr(at, log.find('\n', at) - at);
+  const size_t kicks = line.find(" kicks");
+  if (kicks == std::string::npos) return {-1, -1};
+  const size_t start = line.rfind(' ', kicks - 1) + 1;
+  return {std::stol(line.substr(line.find(": ") + 2)),
+          std::stol(line.substr(start, kicks - start))};
+}
+
+// Adaptive polling: a worker woken by a kick polls on, kicks off, while
+// requests keep coming within its budget -- one request at a time, each
+// sent as the last is answered, needs no kick after the first. Without a
+// budget every request of the same run is a kick of its own.
+TEST_F(BenchTest, AdaptivePollingTakesRequestsWithoutKicks) {
+  // The largest budget (10 ms): a busy machine may delay the driver by a
+  // few milliseconds now and then.
+  ASSERT_NO_FATAL_FAILURE(start_dpfs({"--poll-budget", "10000"}, 1));
+  const std::string polled = run_ok(dev_, "getattr", {"--depth", "1"});
+  const auto [requests, kicks] = requests_and_kicks(stats_in_log(dev_));
+  ASSERT_GT(requests, 100) << polled;
+  EXPECT_LT(kicks * 4, requests) << "kicks " << kicks << " for " << requests << " requests";
+  dev_.stop();
+
+  ASSERT_NO_FATAL_FAILURE(start_dpfs({"--poll-budget", "0"}, 1));
+  const std::string slept = run_ok(dev_, "getattr", {"--depth", "1"});
+  const auto [requests0, kicks0] = requests_and_kicks(stats_in_log(dev_));
+  ASSERT_GT(requests0, 100) << slept;
+  EXPECT_GT(kicks0 * 2, requests0) << "kicks " << kicks0 << " for " << requests0 << " requests";
+}
+
 // `backend` behind a vhost-user device with one worker, busy-polling or not.
 void start_one_worker(DeviceProcess& dev, const std::string& backend, bool poll) {
   std::vector<std::string> args{dpfs_binary(),  "serve",      "--backend", backend,

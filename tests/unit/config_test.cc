@@ -449,15 +449,29 @@ entry_timeout = 0.5
   EXPECT_EQ(b.backend.memfs.capacity_bytes, 1ull << 30);
 }
 
+TEST(Config, PollBudgetIsMicrosecondsWithinBounds) {
+  Config cfg;
+  EXPECT_EQ(cfg.vhost_user.poll_budget_us, DeviceConfig::kDefaultPollBudgetUs);
+  apply_toml(cfg, "[vhost_user]\nsocket = \"/s\"\npoll_budget = 0\n", "test.toml");
+  apply_flag(cfg, "vhost_user.poll_budget", "200");
+  finish(cfg);
+  ASSERT_EQ(cfg.devices.size(), 1u);
+  EXPECT_EQ(cfg.devices[0].poll_budget_us, 200u);
+  EXPECT_THROW(apply_flag(cfg, "vhost_user.poll_budget", "10001"), ConfigError);
+  EXPECT_THROW(apply_flag(cfg, "vhost_user.poll_budget", "-1"), ConfigError);
+}
+
 TEST(Config, DeviceErrors) {
   EXPECT_EQ(toml_error("[[device]]\ntag = \"x\"\n"),
             "config test.toml: device[0]: socket is required");
-  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\nfoo = 1\n"),
-            "config test.toml: unknown key 'device[0].foo' (a device has socket, tag, "
-            "request_queues, poll, socket_group, [device.backend] and [device.policy])");
-  EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\non_disconnect = \"exit\"\n"),
-            "config test.toml: unknown key 'device[0].on_disconnect' (a device has socket, tag, "
-            "request_queues, poll, socket_group, [device.backend] and [device.policy])");
+  EXPECT_EQ(
+      toml_error("[[device]]\nsocket = \"/a\"\nfoo = 1\n"),
+      "config test.toml: unknown key 'device[0].foo' (a device has socket, tag, "
+      "request_queues, poll, poll_budget, socket_group, [device.backend] and [device.policy])");
+  EXPECT_EQ(
+      toml_error("[[device]]\nsocket = \"/a\"\non_disconnect = \"exit\"\n"),
+      "config test.toml: unknown key 'device[0].on_disconnect' (a device has socket, tag, "
+      "request_queues, poll, poll_budget, socket_group, [device.backend] and [device.policy])");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[[device]]\nsocket = \"/b\"\n"
                        "request_queues = 0\n"),
             "config test.toml: device[1].request_queues: must be between 1 and 64, got 0");
