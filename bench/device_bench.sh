@@ -80,6 +80,18 @@ die() {
   exit 1
 }
 
+# Numbers taken while something else runs are noise: refuse unless the
+# machine is idle (1-minute load under MAX_LOAD, default 0.5), or FORCE=1,
+# which marks the report provisional.
+MAX_LOAD=${MAX_LOAD:-0.5}
+LOAD=$(cut -d' ' -f1 /proc/loadavg)
+if ! python3 -c "import sys; sys.exit(0 if float('$LOAD') < float('$MAX_LOAD') else 1)"; then
+  if [[ ${FORCE:-0} != 1 ]]; then
+    die "load average $LOAD >= $MAX_LOAD: the machine is not idle (see uptime); FORCE=1 to measure anyway"
+  fi
+  log "load average $LOAD >= $MAX_LOAD: measuring anyway (FORCE=1); the report says so"
+fi
+
 WORK=$(mktemp -d /tmp/dpfs-device-bench.XXXXXX)
 SHARE=$(mktemp -d /dev/shm/dpfs-device-bench.XXXXXX)  # virtiofsd's tmpfs directory
 DPFS_PID=""
@@ -237,6 +249,7 @@ json.dump({
   "kernel": "$(uname -r)",
   "load_before": "$LOAD_BEFORE",
   "load_after": "$LOAD_AFTER",
+  "provisional": $([[ ${FORCE:-0} == 1 ]] && echo True || echo False),
   "commit": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)",
   "build_type": "$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD/CMakeCache.txt")",
   "virtiofsd": "$("$VIRTIOFSD" --version 2>&1 | head -1)",
