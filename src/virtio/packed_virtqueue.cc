@@ -102,7 +102,6 @@ bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, ui
       return fail(fmt::format("chain at {} longer than the {} free descriptors of a queue of {}",
                               last_avail_idx_, room, size_));
     }
-    const ChainSite site{"desc", pos};
     PackedDesc d = read_desc(desc_ + 16 * size_t(pos));
     // The head's flags were read (once) to see it available; use that read.
     if (n == 1) d.flags = head_flags;
@@ -112,7 +111,7 @@ bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, ui
       if (n != 1 || (d.flags & kDescFNext)) {
         return fail(fmt::format("desc {}: INDIRECT in a chain", pos));
       }
-      const uint8_t* table = indirect_table(site, d.addr, d.len);
+      const uint8_t* table = indirect_table(pos, d.addr, d.len);
       if (table == nullptr) return false;
       for (uint32_t i = 0; i < d.len / 16; ++i) {
         const PackedDesc t = read_desc(table + 16 * size_t(i));
@@ -120,11 +119,11 @@ bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, ui
         if (t.flags & ~kDescFWrite) {
           return fail(fmt::format("desc {}: indirect entry {} has flags {:#x}", pos, i, t.flags));
         }
-        if (!add_buffer(site, t.addr, t.len, t.flags & kDescFWrite, &seen_writable, chain)) {
+        if (!add_buffer(pos, t.addr, t.len, t.flags & kDescFWrite, &seen_writable, chain)) {
           return false;
         }
       }
-    } else if (!add_buffer(site, d.addr, d.len, d.flags & kDescFWrite, &seen_writable, chain)) {
+    } else if (!add_buffer(pos, d.addr, d.len, d.flags & kDescFWrite, &seen_writable, chain)) {
       return false;
     }
 

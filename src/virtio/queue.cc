@@ -32,21 +32,24 @@ bool Virtqueue::fail(std::string_view reason) {
   return false;
 }
 
-bool Virtqueue::fail_buffer(ChainSite site, uint64_t addr, uint32_t len, BufferFault fault) {
+bool Virtqueue::fail_buffer(uint32_t at, uint64_t addr, uint32_t len, BufferFault fault) {
   switch (fault) {
     case BufferFault::kReadableUnmapped:
-      return fail(fmt::format("{} {}: readable buffer {:#x}+{} not in guest memory", site.what,
-                              site.at, addr, len));
+      return fail(fmt::format("{} {}: readable buffer {:#x}+{} not in guest memory", chain_name(),
+                              at, addr, len));
     case BufferFault::kWritableUnmapped:
-      return fail(fmt::format("{} {}: writable buffer {:#x}+{} not in guest memory", site.what,
-                              site.at, addr, len));
+      return fail(fmt::format("{} {}: writable buffer {:#x}+{} not in guest memory", chain_name(),
+                              at, addr, len));
     case BufferFault::kReadableAfterWritable:
-      return fail(
-          fmt::format("{} {}: readable descriptor after a writable one", site.what, site.at));
+      return fail(fmt::format("{} {}: readable descriptor after a writable one", chain_name(), at));
     case BufferFault::kChainTooLong:
       break;
   }
-  return fail(fmt::format("{} {}: chain longer than 4 GiB", site.what, site.at));
+  return fail(fmt::format("{} {}: chain longer than 4 GiB", chain_name(), at));
+}
+
+const char* Virtqueue::chain_name() const {
+  return layout() == RingLayout::kPacked ? "desc" : "head";
 }
 
 uint16_t Virtqueue::not_in_flight(uint16_t id) {
@@ -54,19 +57,19 @@ uint16_t Virtqueue::not_in_flight(uint16_t id) {
   return 0;
 }
 
-const uint8_t* Virtqueue::indirect_table(ChainSite site, uint64_t addr, uint32_t len) {
+const uint8_t* Virtqueue::indirect_table(uint32_t at, uint64_t addr, uint32_t len) {
   if (!indirect_) {
-    fail(fmt::format("{} {}: INDIRECT not negotiated", site.what, site.at));
+    fail(fmt::format("{} {}: INDIRECT not negotiated", chain_name(), at));
     return nullptr;
   }
   if (len == 0 || len % 16 != 0 || len / 16 > size_) {
-    fail(fmt::format("{} {}: indirect table of {} bytes (queue size {})", site.what, site.at, len,
+    fail(fmt::format("{} {}: indirect table of {} bytes (queue size {})", chain_name(), at, len,
                      size_));
     return nullptr;
   }
   const void* table = mem_->translate_gpa(addr, len);
   if (table == nullptr) {
-    fail(fmt::format("{} {}: indirect table {:#x}+{} not in one memory region", site.what, site.at,
+    fail(fmt::format("{} {}: indirect table {:#x}+{} not in one memory region", chain_name(), at,
                      addr, len));
   }
   return static_cast<const uint8_t*>(table);

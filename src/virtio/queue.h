@@ -167,11 +167,6 @@ class Virtqueue {
   struct AreaSpecs {
     AreaSpec desc, driver, device;
   };
-  // Where a chain is, for log lines: "head 5" (split), "desc 3" (packed).
-  struct ChainSite {
-    const char* what;
-    uint32_t at;
-  };
 
   Virtqueue() = default;
 
@@ -190,23 +185,25 @@ class Virtqueue {
   // Appends the buffer [addr, addr + len) to *chain (§2.7.4.2, §2.8.14.1:
   // every device-readable buffer before the first device-writable one;
   // §2.7.5.2: at most 4 GiB a chain). False, the queue broken, if not.
-  bool add_buffer(ChainSite site, uint64_t addr, uint32_t len, bool writable, bool* seen_writable,
+  // `at` names the chain in the log line: its head (split), the ring slot of
+  // the descriptor (packed).
+  bool add_buffer(uint32_t at, uint64_t addr, uint32_t len, bool writable, bool* seen_writable,
                   DescriptorChain* chain) {
     if (writable) {
       *seen_writable = true;
       if (!mem_->map_gpa(addr, len, &chain->writable)) {
-        return fail_buffer(site, addr, len, BufferFault::kWritableUnmapped);
+        return fail_buffer(at, addr, len, BufferFault::kWritableUnmapped);
       }
       chain->writable_len += len;
     } else {
-      if (*seen_writable) return fail_buffer(site, addr, len, BufferFault::kReadableAfterWritable);
+      if (*seen_writable) return fail_buffer(at, addr, len, BufferFault::kReadableAfterWritable);
       if (!mem_->map_gpa(addr, len, &chain->readable)) {
-        return fail_buffer(site, addr, len, BufferFault::kReadableUnmapped);
+        return fail_buffer(at, addr, len, BufferFault::kReadableUnmapped);
       }
       chain->readable_len += len;
     }
     if (chain->readable_len + chain->writable_len > (uint64_t(1) << 32)) {
-      return fail_buffer(site, addr, len, BufferFault::kChainTooLong);
+      return fail_buffer(at, addr, len, BufferFault::kChainTooLong);
     }
     return true;
   }
@@ -216,7 +213,7 @@ class Virtqueue {
   // descriptors, not empty, no longer than the queue (no chain is) and
   // inside one memory region; else nullptr, the queue broken. The layouts
   // check where a table may be (nesting, NEXT) and what its entries hold.
-  const uint8_t* indirect_table(ChainSite site, uint64_t addr, uint32_t len);
+  const uint8_t* indirect_table(uint32_t at, uint64_t addr, uint32_t len);
 
   // Chains in flight, by head (split) or buffer id (packed): how many ring
   // descriptors each holds, 0 if it is not in flight. REQUIRES id < size_.
@@ -259,7 +256,9 @@ class Virtqueue {
   };
 
   int map_areas(const GuestMemory& mem);
-  bool fail_buffer(ChainSite site, uint64_t addr, uint32_t len, BufferFault fault);
+  bool fail_buffer(uint32_t at, uint64_t addr, uint32_t len, BufferFault fault);
+  // How log lines name a chain: "head 5" (split), "desc 3" (packed).
+  const char* chain_name() const;
   uint16_t not_in_flight(uint16_t id);
 
   uint32_t inflight_ = 0;

@@ -106,7 +106,6 @@ PopResult SplitVirtqueue::pop(DescriptorChain* chain) {
 }
 
 bool SplitVirtqueue::read_chain(uint16_t head, DescriptorChain* chain) {
-  const ChainSite site{"head", head};
   const uint8_t* table = desc_;
   uint32_t table_size = size_;
   bool in_indirect = false;
@@ -121,7 +120,7 @@ bool SplitVirtqueue::read_chain(uint16_t head, DescriptorChain* chain) {
       // end a chain of direct descriptors, and its WRITE flag is ignored.
       if (in_indirect) return fail(fmt::format("head {}: nested indirect table", head));
       if (d.flags & kDescFNext) return fail(fmt::format("head {}: INDIRECT with NEXT", head));
-      table = indirect_table(site, d.addr, d.len);
+      table = indirect_table(head, d.addr, d.len);
       if (table == nullptr) return false;
       table_size = d.len / 16;
       in_indirect = true;
@@ -133,7 +132,7 @@ bool SplitVirtqueue::read_chain(uint16_t head, DescriptorChain* chain) {
     if (++count > size_) {
       return fail(fmt::format("head {}: chain longer than the queue size {}", head, size_));
     }
-    if (!add_buffer(site, d.addr, d.len, d.flags & kDescFWrite, &seen_writable, chain)) {
+    if (!add_buffer(head, d.addr, d.len, d.flags & kDescFWrite, &seen_writable, chain)) {
       return false;
     }
 
