@@ -9,8 +9,6 @@
 #include <cerrno>
 #include <cstring>
 
-#include "virtio/packed_virtqueue.h"
-
 namespace dpfs::vhost_user {
 namespace {
 
@@ -96,20 +94,9 @@ class FsDevice::Queue {
   bool broken_logged = false;
   uint64_t generation = 0;
 
-  // Owned by the worker while started. `packed` (VIRTIO_F_RING_PACKED,
-  // fixed at start) picks which ring serves the queue.
-  bool packed = false;
-  virtio::SplitVirtqueue vq;
-  virtio::PackedVirtqueue pvq;
-  virtio::PopResult pop(virtio::DescriptorChain* c) { return packed ? pvq.pop(c) : vq.pop(c); }
-  bool push(uint16_t head, uint32_t len) {
-    return packed ? pvq.push(head, len) : vq.push(head, len);
-  }
-  void publish() { packed ? pvq.publish() : vq.publish(); }
-  bool should_notify() { return packed ? pvq.should_notify() : vq.should_notify(); }
-  bool set_notification(bool enable) {
-    return packed ? pvq.set_notification(enable) : vq.set_notification(enable);
-  }
+  // Owned by the worker while started. Its layout (VIRTIO_F_RING_PACKED)
+  // is chosen when the queue starts; nullptr until it first does.
+  std::unique_ptr<virtio::Virtqueue> ring;
   virtio::DescriptorChain chain;
   bool need_publish = false;
   // Request objects: steady state reuses them. Only the worker touches
@@ -223,7 +210,7 @@ void FsDevice::Worker::complete(FsRequest& r, size_t len) {
 void FsDevice::Worker::finish(FsRequest& r, size_t len) {
   Queue& q = *r.queue;
   // A request from before a queue restart has no used entry to fill.
-  if (r.generation == q.generation && q.started && q.push(r.head, uint32_t(len))) {
+  if (r.generation == q.generation && q.started && q.ring->push(r.head, uint32_t(len))) {
     q.need_publish = true;
     QueueStats& stats = *q.stats;
     fuse::single_writer_add(stats.requests);
@@ -237,8 +224,8 @@ void FsDevice::Worker::finish(FsRequest& r, size_t len) {
 void FsDevice::Worker::publish(Queue& q) {
   if (!q.need_publish) return;
   q.need_publish = false;
-  q.publish();
-  if (q.should_notify()) {
+  q.ring->publish();
+  if (q.ring->should_notify()) {
     signal_eventfd(q.call.get());
     fuse::single_writer_add(q.stats->notifications);
   }
@@ -291,7 +278,7 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
     virtio::PopResult result = virtio::PopResult::kEmpty;
     // One clock read for the batch: every request of it was taken now.
     uint64_t taken_ns = 0;
-    while (n < kBatch && (result = q.pop(&q.chain)) == virtio::PopResult::kChain) {
+    while (n < kBatch && (result = q.ring->pop(&q.chain)) == virtio::PopResult::kChain) {
       if (n == 0) taken_ns = fuse::monotonic_ns();
       ++n;
       FsRequest* r = q.acquire();
@@ -328,7 +315,7 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
     if (polling) return any;
     // Ask for kicks again; buffers that came meanwhile must be taken now or
     // their kick may be lost.
-    if (!q.set_notification(true)) return any;
+    if (!q.ring->set_notification(true)) return any;
   }
 }
 
@@ -395,7 +382,7 @@ void FsDevice::Worker::run() {
                                : ++idle >= device_.options_.poll_idle_rounds) {
         // Idle: sleep on kicks again, unless buffers slipped in meanwhile.
         bool again = false;
-        for (Queue* q : queues_) again |= q->started && q->set_notification(true);
+        for (Queue* q : queues_) again |= q->started && q->ring->set_notification(true);
         sleeping = !again;
         idle = 0;
         busy_ns = 0;
@@ -439,7 +426,7 @@ void FsDevice::Worker::run() {
       if (polls) {
         // Switch to polling: no kicks until idle again.
         for (Queue* each : queues_) {
-          if (each->started) each->set_notification(false);
+          if (each->started) each->ring->set_notification(false);
         }
         sleeping = false;
         idle = 0;
@@ -553,7 +540,7 @@ void FsDevice::release_retired_memory() {
 
 void FsDevice::remap_queues(const virtio::GuestMemory& mem, const char* why) {
   for (auto& q : queues_) {
-    if (q->started && (q->packed ? q->pvq.remap(mem) : q->vq.remap(mem)) != 0) {
+    if (q->started && q->ring->remap(mem) != 0) {
       log().warn("{}: queue {} rings {}; stopped", options_.name, q->index, why);
       stop_queue(*q);
     }
@@ -653,12 +640,14 @@ uint32_t FsDevice::get_vring_base(uint32_t index) {
   Queue& q = *queues_[index];
   pause();
   stop_queue(q);
-  const uint32_t base = q.packed ? q.pvq.vring_base() : q.vq.last_avail_idx();
+  // A queue that never started is at 0, as a fresh split ring.
+  const uint32_t base = q.ring ? q.ring->vring_base() : 0;
+  const bool packed = q.ring && q.ring->layout() == virtio::RingLayout::kPacked;
   q.config.last_avail_idx = uint16_t(base);
   q.config.last_used_idx = uint16_t(base >> 16);
   q.kick.reset();  // the ring is stopped until the next SET_VRING_KICK
   resume();
-  if (q.packed) {
+  if (packed) {
     log().info("{}: queue {} (packed) stopped at avail index {:#x}, used index {:#x}",
                options_.name, index, base & 0xffff, base >> 16);
   } else {
@@ -706,8 +695,10 @@ void FsDevice::maybe_start(Queue& q) {
   pause();
   q.config.event_idx = acked_features_ & kFRingEventIdx;
   q.config.indirect_desc = acked_features_ & kFRingIndirectDesc;
-  q.packed = acked_features_ & kFRingPacked;
-  const int e = q.packed ? q.pvq.start(*memory_, q.config) : q.vq.start(*memory_, q.config);
+  const auto layout =
+      acked_features_ & kFRingPacked ? virtio::RingLayout::kPacked : virtio::RingLayout::kSplit;
+  if (!q.ring || q.ring->layout() != layout) q.ring = virtio::make_virtqueue(layout);
+  const int e = q.ring->start(*memory_, q.config);
   if (e != 0) {
     resume();
     log().warn("{}: queue {} cannot start: {} (size {}, rings at {:#x}/{:#x}/{:#x})", options_.name,
@@ -725,16 +716,15 @@ void FsDevice::maybe_start(Queue& q) {
   signal_eventfd(q.kick.get());
   log().info("{}: queue {} ({}) started: size {}, avail index {}, event_idx={}{}, worker {}",
              options_.name, q.index, q.index == 0 ? "hiprio" : "requests", q.config.size,
-             q.config.last_avail_idx, q.config.event_idx, q.packed ? ", packed" : "",
-             q.worker_index);
+             q.config.last_avail_idx, q.config.event_idx,
+             layout == virtio::RingLayout::kPacked ? ", packed" : "", q.worker_index);
 }
 
 // REQUIRES: workers paused.
 void FsDevice::stop_queue(Queue& q) {
   if (!q.started) return;
   q.worker->unwatch(q);
-  q.vq.stop();
-  q.pvq.stop();
+  q.ring->stop();
   q.started = false;
   q.need_publish = false;
 }

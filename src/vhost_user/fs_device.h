@@ -33,7 +33,7 @@
 #include "util/unique_fd.h"
 #include "vhost_user/connection.h"
 #include "virtio/guest_memory.h"
-#include "virtio/virtqueue.h"
+#include "virtio/queue.h"
 
 namespace dpfs::vhost_user {
 

@@ -2,31 +2,18 @@
 
 #include <endian.h>
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
+
+#include "virtio/ring_access.h"
 
 namespace dpfs::virtio {
 
+using ring::load16;
+using ring::store16;
+
 namespace {
-
-uint16_t load16(const uint16_t* p) { return le16toh(__atomic_load_n(p, __ATOMIC_RELAXED)); }
-void store16(uint16_t* p, uint16_t v) { __atomic_store_n(p, htole16(v), __ATOMIC_RELAXED); }
-
-void read_once(void* dst, const void* src, size_t n) {
-  std::memcpy(dst, src, n);
-  asm volatile("" ::: "memory");
-}
-
-bool need_event(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
-  return uint16_t(new_idx - event - 1) < uint16_t(new_idx - old_idx);
-}
-
-bool aligned(const void* p, uintptr_t alignment) {
-  return (reinterpret_cast<uintptr_t>(p) & (alignment - 1)) == 0;
-}
 
 // §2.8.13 struct pvirtq_desc.
 struct PackedDesc {
@@ -39,7 +26,7 @@ static_assert(sizeof(PackedDesc) == 16);
 
 PackedDesc read_desc(const uint8_t* at) {
   PackedDesc d;
-  read_once(&d, at, sizeof(d));
+  ring::read_once(&d, at, sizeof(d));
   d.addr = le64toh(d.addr);
   d.len = le32toh(d.len);
   d.id = le16toh(d.id);
@@ -49,82 +36,32 @@ PackedDesc read_desc(const uint8_t* at) {
 
 }  // namespace
 
-bool PackedVirtqueue::fail(std::string_view reason) {
-  log_.warn("virtio queue {}: broken: {}", index_, reason);
-  state_ = State::kBroken;
-  return false;
-}
-
-int PackedVirtqueue::map_rings(const GuestMemory& mem) {
-  void* desc = mem.translate_uva(config_.desc_uva, packed_desc_ring_bytes(size_));
-  void* driver = mem.translate_uva(config_.avail_uva, kPackedEventBytes);
-  void* device = mem.translate_uva(config_.used_uva, kPackedEventBytes);
-  if (desc == nullptr || driver == nullptr || device == nullptr) {
-    log_.warn(
-        "virtio queue {}: packed ring not in guest memory (desc {:#x} driver {:#x} device {:#x})",
-        index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
-    return EFAULT;
-  }
-  if (!aligned(desc, 16) || !aligned(driver, 4) || !aligned(device, 4)) {
-    log_.warn("virtio queue {}: misaligned packed ring (desc {:#x} driver {:#x} device {:#x})",
-              index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
-    return EINVAL;
-  }
-  mem_ = &mem;
-  desc_ = static_cast<uint8_t*>(desc);
-  driver_event_ = static_cast<uint16_t*>(driver);
-  device_event_ = static_cast<uint16_t*>(device);
-  return 0;
-}
-
-int PackedVirtqueue::start(const GuestMemory& mem, const VringConfig& config) {
-  stop();
-  config_ = config;
-  index_ = config.queue_index;
-  // §2.8: packed queues need not be a power of 2; at most 2^15 entries.
-  const uint16_t avail = config.last_avail_idx & 0x7fff;
-  const uint16_t used = config.last_used_idx & 0x7fff;
-  if (config.size == 0 || config.size > kMaxQueueSize || avail >= config.size ||
-      used >= config.size) {
+int PackedVirtqueue::check(const VringConfig& config) {
+  // §2.8: packed queues need not be a power of 2.
+  if ((config.last_avail_idx & 0x7fff) >= config.size ||
+      (config.last_used_idx & 0x7fff) >= config.size) {
     log_.warn("virtio queue {}: invalid packed size {} or base {:#x}/{:#x}", index_, config.size,
               config.last_avail_idx, config.last_used_idx);
     return EINVAL;
   }
-  size_ = config.size;
-  event_idx_ = config.event_idx;
-  indirect_ = config.indirect_desc;
-  if (int rc = map_rings(mem); rc != 0) return rc;
+  return 0;
+}
 
-  last_avail_idx_ = avail;
-  avail_wrap_ = config.last_avail_idx & 0x8000;
-  used_idx_ = published_used_idx_ = used;
-  used_wrap_ = published_used_wrap_ = config.last_used_idx & 0x8000;
+Virtqueue::AreaSpecs PackedVirtqueue::area_specs() const {
+  return {.desc = {packed_desc_ring_bytes(size_), 16},
+          .driver = {kPackedEventBytes, 4},
+          .device = {kPackedEventBytes, 4}};
+}
+
+void PackedVirtqueue::reset() {
+  last_avail_idx_ = config_.last_avail_idx & 0x7fff;
+  avail_wrap_ = config_.last_avail_idx & 0x8000;
+  used_idx_ = published_used_idx_ = config_.last_used_idx & 0x7fff;
+  used_wrap_ = published_used_wrap_ = config_.last_used_idx & 0x8000;
   have_pending_ = false;
   signalled_used_valid_ = false;
-  inflight_ = inflight_descs_ = 0;
-  in_flight_.assign(size_, 0);
-  state_ = State::kRunning;
-  store16(device_event_ + 1, kRingEventFlagsEnable);
-  return 0;
-}
-
-int PackedVirtqueue::remap(const GuestMemory& mem) {
-  if (state_ == State::kStopped) return 0;
-  if (int rc = map_rings(mem); rc != 0) {
-    stop();
-    return rc;
-  }
-  return 0;
-}
-
-void PackedVirtqueue::stop() {
-  state_ = State::kStopped;
-  mem_ = nullptr;
-  desc_ = nullptr;
-  driver_event_ = device_event_ = nullptr;
-  have_pending_ = false;
-  inflight_ = inflight_descs_ = 0;
-  in_flight_.clear();
+  inflight_descs_ = 0;
+  store16(device_event() + 1, kRingEventFlagsEnable);
 }
 
 PopResult PackedVirtqueue::pop(DescriptorChain* chain) {
@@ -132,8 +69,7 @@ PopResult PackedVirtqueue::pop(DescriptorChain* chain) {
   if (state_ == State::kBroken) return PopResult::kBroken;
   if (state_ != State::kRunning) return PopResult::kEmpty;
 
-  const uint16_t flags =
-      load16(reinterpret_cast<uint16_t*>(desc_ + 16 * size_t(last_avail_idx_) + 14));
+  const uint16_t flags = load16(flags_at(last_avail_idx_));
   if (!is_available(flags)) return PopResult::kEmpty;
   // §2.8.21.3: the driver writes the descriptors before the head's flags;
   // read them only after reading those.
@@ -145,8 +81,7 @@ PopResult PackedVirtqueue::pop(DescriptorChain* chain) {
     return PopResult::kBroken;
   }
   chain->head = id;
-  in_flight_[id] = ndesc;
-  ++inflight_;
+  admit(id, ndesc);
   inflight_descs_ += ndesc;
   last_avail_idx_ += ndesc;
   if (last_avail_idx_ >= size_) {
@@ -154,28 +89,6 @@ PopResult PackedVirtqueue::pop(DescriptorChain* chain) {
     avail_wrap_ = !avail_wrap_;
   }
   return PopResult::kChain;
-}
-
-bool PackedVirtqueue::add_buffer(uint64_t addr, uint32_t len, bool writable, bool* seen_writable,
-                                 DescriptorChain* chain) {
-  if (writable) {
-    *seen_writable = true;
-    if (!mem_->map_gpa(addr, len, &chain->writable)) {
-      return fail(fmt::format("writable buffer {:#x}+{} not in guest memory", addr, len));
-    }
-    chain->writable_len += len;
-  } else {
-    // §2.8.14.1 (as §2.7.4.2): device-readable before device-writable.
-    if (*seen_writable) return fail("readable descriptor after a writable one");
-    if (!mem_->map_gpa(addr, len, &chain->readable)) {
-      return fail(fmt::format("readable buffer {:#x}+{} not in guest memory", addr, len));
-    }
-    chain->readable_len += len;
-  }
-  if (chain->readable_len + chain->writable_len > (uint64_t(1) << 32)) {
-    return fail("chain longer than 4 GiB");
-  }
-  return true;
 }
 
 bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, uint16_t* id,
@@ -194,29 +107,23 @@ bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, ui
     if (n == 1) d.flags = head_flags;
 
     if (d.flags & kDescFIndirect) {
-      // §2.8.7.1: only when negotiated, never in a NEXT chain.
-      if (!indirect_) return fail(fmt::format("desc {}: INDIRECT not negotiated", pos));
+      // §2.8.7.1: never in a NEXT chain.
       if (n != 1 || (d.flags & kDescFNext)) {
         return fail(fmt::format("desc {}: INDIRECT in a chain", pos));
       }
-      if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > size_) {
-        return fail(
-            fmt::format("desc {}: indirect table of {} bytes (queue size {})", pos, d.len, size_));
-      }
-      const auto* table = static_cast<const uint8_t*>(mem_->translate_gpa(d.addr, d.len));
-      if (table == nullptr) {
-        return fail(fmt::format("desc {}: indirect table {:#x}+{} not in one memory region", pos,
-                                d.addr, d.len));
-      }
+      const uint8_t* table = indirect_table(pos, d.addr, d.len);
+      if (table == nullptr) return false;
       for (uint32_t i = 0; i < d.len / 16; ++i) {
         const PackedDesc t = read_desc(table + 16 * size_t(i));
         // §2.8.7.1: no flags but WRITE in an indirect table.
         if (t.flags & ~kDescFWrite) {
           return fail(fmt::format("desc {}: indirect entry {} has flags {:#x}", pos, i, t.flags));
         }
-        if (!add_buffer(t.addr, t.len, t.flags & kDescFWrite, &seen_writable, chain)) return false;
+        if (!add_buffer(pos, t.addr, t.len, t.flags & kDescFWrite, &seen_writable, chain)) {
+          return false;
+        }
       }
-    } else if (!add_buffer(d.addr, d.len, d.flags & kDescFWrite, &seen_writable, chain)) {
+    } else if (!add_buffer(pos, d.addr, d.len, d.flags & kDescFWrite, &seen_writable, chain)) {
       return false;
     }
 
@@ -225,7 +132,7 @@ bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, ui
       if (d.id >= size_) {
         return fail(fmt::format("desc {}: buffer id {} >= queue size {}", pos, d.id, size_));
       }
-      if (in_flight_[d.id] != 0) {
+      if (in_flight(d.id)) {
         return fail(fmt::format("desc {}: buffer id {} already in flight", pos, d.id));
       }
       *id = d.id;
@@ -238,13 +145,8 @@ bool PackedVirtqueue::read_chain(uint16_t head_flags, DescriptorChain* chain, ui
 
 bool PackedVirtqueue::push(uint16_t id, uint32_t len) {
   if (state_ != State::kRunning) return false;
-  if (id >= size_ || in_flight_[id] == 0) {
-    log_.error("virtio queue {}: push of buffer id {}, which is not in flight", index_, id);
-    return false;
-  }
-  const uint16_t ndesc = in_flight_[id];
-  in_flight_[id] = 0;
-  --inflight_;
+  const uint16_t ndesc = retire(id);
+  if (ndesc == 0) return false;
   inflight_descs_ -= ndesc;
 
   // §2.8.9: the used descriptor goes where the chain's first one was; the
@@ -272,8 +174,7 @@ bool PackedVirtqueue::push(uint16_t id, uint32_t len) {
 void PackedVirtqueue::publish() {
   if (state_ != State::kRunning || !have_pending_) return;
   // §2.8.21.2: id and len (and the later flags) before the first flags.
-  __atomic_store_n(reinterpret_cast<uint16_t*>(desc_ + 16 * size_t(pending_idx_) + 14),
-                   htole16(pending_flags_), __ATOMIC_RELEASE);
+  __atomic_store_n(flags_at(pending_idx_), htole16(pending_flags_), __ATOMIC_RELEASE);
   have_pending_ = false;
   published_used_idx_ = used_idx_;
   published_used_wrap_ = used_wrap_;
@@ -285,7 +186,7 @@ bool PackedVirtqueue::should_notify() {
   const bool valid = signalled_used_valid_;
   if (valid && signalled_used_ == new_packed) return false;
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  const uint16_t event_flags = load16(driver_event_ + 1);
+  const uint16_t event_flags = load16(driver_event() + 1);
   bool notify;
   if (event_flags == kRingEventFlagsDisable) {
     notify = false;
@@ -295,7 +196,7 @@ bool PackedVirtqueue::should_notify() {
     } else {
       // vhost's vhost_vring_packed_need_event: positions on one line, the
       // wrap counters saying which lap.
-      const uint16_t off_wrap = load16(driver_event_);
+      const uint16_t off_wrap = load16(driver_event());
       int new_idx = published_used_idx_;
       bool wrap = published_used_wrap_;
       const int old_idx = signalled_used_ & 0x7fff;
@@ -305,7 +206,7 @@ bool PackedVirtqueue::should_notify() {
       }
       int off = off_wrap & 0x7fff;
       if (wrap != bool(off_wrap >> 15)) off -= int(size_);
-      notify = need_event(uint16_t(off), uint16_t(new_idx), uint16_t(old_idx));
+      notify = ring::need_event(uint16_t(off), uint16_t(new_idx), uint16_t(old_idx));
     }
   } else {
     notify = true;  // ENABLE, or an undefined value: notifying is always safe
@@ -317,11 +218,10 @@ bool PackedVirtqueue::should_notify() {
 
 bool PackedVirtqueue::set_notification(bool enable) {
   if (state_ != State::kRunning) return false;
-  store16(device_event_ + 1, enable ? kRingEventFlagsEnable : kRingEventFlagsDisable);
+  store16(device_event() + 1, enable ? kRingEventFlagsEnable : kRingEventFlagsDisable);
   if (!enable) return false;
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  return is_available(
-      load16(reinterpret_cast<uint16_t*>(desc_ + 16 * size_t(last_avail_idx_) + 14)));
+  return is_available(load16(flags_at(last_avail_idx_)));
 }
 
 }  // namespace dpfs::virtio

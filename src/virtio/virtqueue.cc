@@ -2,116 +2,66 @@
 
 #include <endian.h>
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
+
+#include "virtio/ring_access.h"
 
 namespace dpfs::virtio {
 
+using ring::load16;
+using ring::store16;
+using ring::store32;
+
 namespace {
 
-// Ring fields are little-endian (§2.4: virtio 1.x) and written by the other
-// side concurrently: single relaxed accesses, ordered by explicit fences.
-uint16_t load16(const uint16_t* p) { return le16toh(__atomic_load_n(p, __ATOMIC_RELAXED)); }
-void store16(uint16_t* p, uint16_t v) { __atomic_store_n(p, htole16(v), __ATOMIC_RELAXED); }
-void store32(uint32_t* p, uint32_t v) { __atomic_store_n(p, htole32(v), __ATOMIC_RELAXED); }
+// §2.7.5 struct virtq_desc.
+struct Desc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags;
+  uint16_t next;
+};
+static_assert(sizeof(Desc) == 16);
 
-// Copies tenant memory into a local exactly once: the barrier stops the
-// compiler from re-reading the source in place of the copy (the tenant may
-// have changed it since).
-void read_once(void* dst, const void* src, size_t n) {
-  std::memcpy(dst, src, n);
-  asm volatile("" ::: "memory");
-}
-
-// vring_need_event (§2.7.7, §2.7.10; virtio_ring.h): whether moving the index from
-// `old_idx` to `new_idx` passed `event`.
-bool need_event(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
-  return uint16_t(new_idx - event - 1) < uint16_t(new_idx - old_idx);
-}
-
-bool aligned(const void* p, uintptr_t alignment) {
-  return (reinterpret_cast<uintptr_t>(p) & (alignment - 1)) == 0;
+Desc read_desc(const uint8_t* at) {
+  Desc d;
+  ring::read_once(&d, at, sizeof(d));
+  d.addr = le64toh(d.addr);
+  d.len = le32toh(d.len);
+  d.flags = le16toh(d.flags);
+  d.next = le16toh(d.next);
+  return d;
 }
 
 }  // namespace
 
-bool SplitVirtqueue::fail(std::string_view reason) {
-  log_.warn("virtio queue {}: broken: {}", index_, reason);
-  state_ = State::kBroken;
-  return false;
-}
-
-int SplitVirtqueue::map_rings(const GuestMemory& mem) {
-  void* desc = mem.translate_uva(config_.desc_uva, desc_table_bytes(size_));
-  void* avail = mem.translate_uva(config_.avail_uva, avail_ring_bytes(size_, event_idx_));
-  void* used = mem.translate_uva(config_.used_uva, used_ring_bytes(size_, event_idx_));
-  if (desc == nullptr || avail == nullptr || used == nullptr) {
-    log_.warn("virtio queue {}: ring not in guest memory (desc {:#x} avail {:#x} used {:#x})",
-              index_, config_.desc_uva, config_.avail_uva, config_.used_uva);
-    return EFAULT;
-  }
-  // §2.7 alignment requirements; our atomic accesses rely on them.
-  if (!aligned(desc, 16) || !aligned(avail, 2) || !aligned(used, 4)) {
-    log_.warn("virtio queue {}: misaligned ring (desc {:#x} avail {:#x} used {:#x})", index_,
-              config_.desc_uva, config_.avail_uva, config_.used_uva);
-    return EINVAL;
-  }
-  mem_ = &mem;
-  desc_ = static_cast<uint8_t*>(desc);
-  avail_ = static_cast<uint16_t*>(avail);
-  used_ = static_cast<uint8_t*>(used);
-  return 0;
-}
-
-int SplitVirtqueue::start(const GuestMemory& mem, const VringConfig& config) {
-  stop();
-  config_ = config;
-  index_ = config.queue_index;
-  if (config.size == 0 || config.size > kMaxQueueSize || (config.size & (config.size - 1)) != 0) {
+int SplitVirtqueue::check(const VringConfig& config) {
+  if ((config.size & (config.size - 1)) != 0) {
     log_.warn("virtio queue {}: invalid size {}", index_, config.size);
     return EINVAL;
   }
-  size_ = config.size;
-  event_idx_ = config.event_idx;
-  indirect_ = config.indirect_desc;
-  if (int rc = map_rings(mem); rc != 0) return rc;
+  return 0;
+}
 
-  last_avail_idx_ = shadow_avail_idx_ = config.last_avail_idx;
-  used_idx_ = published_used_idx_ = load16(reinterpret_cast<uint16_t*>(used_ + 2));
+Virtqueue::AreaSpecs SplitVirtqueue::area_specs() const {
+  return {.desc = {desc_table_bytes(size_), 16},
+          .driver = {avail_ring_bytes(size_, event_idx_), 2},
+          .device = {used_ring_bytes(size_, event_idx_), 4}};
+}
+
+void SplitVirtqueue::reset() {
+  last_avail_idx_ = shadow_avail_idx_ = config_.last_avail_idx;
+  used_idx_ = published_used_idx_ = load16(reinterpret_cast<uint16_t*>(used() + 2));
   signalled_used_valid_ = false;
-  inflight_ = 0;
-  in_flight_.assign(size_, 0);
-  state_ = State::kRunning;
   notification_ = true;
   // §2.7.10: with EVENT_IDX the device MUST keep used flags 0.
-  store16(reinterpret_cast<uint16_t*>(used_), 0);
-  if (event_idx_) store16(reinterpret_cast<uint16_t*>(used_ + 4 + 8 * size_), last_avail_idx_);
-  return 0;
+  store16(reinterpret_cast<uint16_t*>(used()), 0);
+  if (event_idx_) store16(avail_event(), last_avail_idx_);
 }
 
-int SplitVirtqueue::remap(const GuestMemory& mem) {
-  if (state_ == State::kStopped) return 0;
-  if (int rc = map_rings(mem); rc != 0) {
-    stop();
-    return rc;
-  }
-  return 0;
-}
-
-void SplitVirtqueue::stop() {
-  state_ = State::kStopped;
-  mem_ = nullptr;
-  desc_ = nullptr;
-  avail_ = nullptr;
-  used_ = nullptr;
-  inflight_ = 0;
-  in_flight_.clear();
-}
-
-uint16_t SplitVirtqueue::load_avail_idx() const { return load16(avail_ + 1); }
+uint16_t SplitVirtqueue::load_avail_idx() const { return load16(avail() + 1); }
 
 PopResult SplitVirtqueue::pop(DescriptorChain* chain) {
   chain->clear();
@@ -133,13 +83,13 @@ PopResult SplitVirtqueue::pop(DescriptorChain* chain) {
     std::atomic_thread_fence(std::memory_order_acquire);
   }
 
-  const uint16_t head = load16(avail_ + 2 + (last_avail_idx_ & (size_ - 1)));
+  const uint16_t head = load16(avail() + 2 + (last_avail_idx_ & (size_ - 1)));
   if (head >= size_) {
     fail(
         fmt::format("avail entry {} holds head {} >= queue size {}", last_avail_idx_, head, size_));
     return PopResult::kBroken;
   }
-  if (in_flight_[head]) {
+  if (in_flight(head)) {
     fail(fmt::format("avail entry {} holds head {}, already in flight", last_avail_idx_, head));
     return PopResult::kBroken;
   }
@@ -148,13 +98,10 @@ PopResult SplitVirtqueue::pop(DescriptorChain* chain) {
     chain->clear();
     return PopResult::kBroken;
   }
-  in_flight_[head] = 1;
-  ++inflight_;
+  admit(head, 1);
   ++last_avail_idx_;
   // Kick us when the driver makes the next entry available (§2.7.10).
-  if (event_idx_ && notification_) {
-    store16(reinterpret_cast<uint16_t*>(used_ + 4 + 8 * size_), last_avail_idx_);
-  }
+  if (event_idx_ && notification_) store16(avail_event(), last_avail_idx_);
   return PopResult::kChain;
 }
 
@@ -166,32 +113,15 @@ bool SplitVirtqueue::read_chain(uint16_t head, DescriptorChain* chain) {
   uint32_t count = 0;  // buffer descriptors so far, direct and indirect
   uint16_t i = head;
   while (true) {
-    Desc d;
-    static_assert(sizeof(Desc) == 16);
-    read_once(&d, table + size_t(i) * 16, sizeof(d));
-    d.addr = le64toh(d.addr);
-    d.len = le32toh(d.len);
-    d.flags = le16toh(d.flags);
-    d.next = le16toh(d.next);
+    const Desc d = read_desc(table + size_t(i) * 16);
 
     if (d.flags & kDescFIndirect) {
-      // §2.7.5.3.1: only when negotiated, one table per chain, never with
-      // NEXT; the table is whole descriptors. §2.7.5.3.2: it may end a
-      // chain of direct descriptors, and its WRITE flag is ignored.
-      if (!indirect_) return fail(fmt::format("head {}: INDIRECT not negotiated", head));
+      // §2.7.5.3.1: one table per chain, never with NEXT. §2.7.5.3.2: it may
+      // end a chain of direct descriptors, and its WRITE flag is ignored.
       if (in_indirect) return fail(fmt::format("head {}: nested indirect table", head));
       if (d.flags & kDescFNext) return fail(fmt::format("head {}: INDIRECT with NEXT", head));
-      // §2.7.5.3.1: no chain longer than the queue, so no table either.
-      if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > size_) {
-        return fail(
-            fmt::format("head {}: indirect table of {} bytes (queue size {})", head, d.len, size_));
-      }
-      const void* t = mem_->translate_gpa(d.addr, d.len);
-      if (t == nullptr) {
-        return fail(fmt::format("head {}: indirect table {:#x}+{} not in one memory region", head,
-                                d.addr, d.len));
-      }
-      table = static_cast<const uint8_t*>(t);
+      table = indirect_table(head, d.addr, d.len);
+      if (table == nullptr) return false;
       table_size = d.len / 16;
       in_indirect = true;
       i = 0;
@@ -202,27 +132,8 @@ bool SplitVirtqueue::read_chain(uint16_t head, DescriptorChain* chain) {
     if (++count > size_) {
       return fail(fmt::format("head {}: chain longer than the queue size {}", head, size_));
     }
-    if (d.flags & kDescFWrite) {
-      seen_writable = true;
-      if (!mem_->map_gpa(d.addr, d.len, &chain->writable)) {
-        return fail(fmt::format("head {}: writable buffer {:#x}+{} not in guest memory", head,
-                                d.addr, d.len));
-      }
-      chain->writable_len += d.len;
-    } else {
-      // §2.7.4.2: device-readable descriptors come before device-writable.
-      if (seen_writable) {
-        return fail(fmt::format("head {}: readable descriptor after a writable one", head));
-      }
-      if (!mem_->map_gpa(d.addr, d.len, &chain->readable)) {
-        return fail(fmt::format("head {}: readable buffer {:#x}+{} not in guest memory", head,
-                                d.addr, d.len));
-      }
-      chain->readable_len += d.len;
-    }
-    // §2.7.5.2: no chain longer than 2^32 bytes in total.
-    if (chain->readable_len + chain->writable_len > (uint64_t(1) << 32)) {
-      return fail(fmt::format("head {}: chain longer than 4 GiB", head));
+    if (!add_buffer(head, d.addr, d.len, d.flags & kDescFWrite, &seen_writable, chain)) {
+      return false;
     }
 
     if (!(d.flags & kDescFNext)) return true;
@@ -235,13 +146,8 @@ bool SplitVirtqueue::read_chain(uint16_t head, DescriptorChain* chain) {
 
 bool SplitVirtqueue::push(uint16_t head, uint32_t len) {
   if (state_ != State::kRunning) return false;
-  if (head >= size_ || !in_flight_[head]) {
-    log_.error("virtio queue {}: push of head {}, which is not in flight", index_, head);
-    return false;
-  }
-  in_flight_[head] = 0;
-  --inflight_;
-  auto* elem = reinterpret_cast<uint32_t*>(used_ + 4 + 8 * size_t(used_idx_ & (size_ - 1)));
+  if (retire(head) == 0) return false;
+  auto* elem = reinterpret_cast<uint32_t*>(used() + 4 + 8 * size_t(used_idx_ & (size_ - 1)));
   store32(elem, head);
   store32(elem + 1, len);
   ++used_idx_;
@@ -251,7 +157,7 @@ bool SplitVirtqueue::push(uint16_t head, uint32_t len) {
 void SplitVirtqueue::publish() {
   if (state_ != State::kRunning || published_used_idx_ == used_idx_) return;
   // §2.7.14: the used elements before the index the driver reads them by.
-  __atomic_store_n(reinterpret_cast<uint16_t*>(used_ + 2), htole16(used_idx_), __ATOMIC_RELEASE);
+  __atomic_store_n(reinterpret_cast<uint16_t*>(used() + 2), htole16(used_idx_), __ATOMIC_RELEASE);
   published_used_idx_ = used_idx_;
 }
 
@@ -266,10 +172,10 @@ bool SplitVirtqueue::should_notify() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   bool notify;
   if (event_idx_) {
-    const uint16_t used_event = load16(avail_ + 2 + size_);
-    notify = !valid || need_event(used_event, new_idx, old_idx);
+    const uint16_t used_event = load16(avail() + 2 + size_);
+    notify = !valid || ring::need_event(used_event, new_idx, old_idx);
   } else {
-    notify = !(load16(avail_) & kAvailFNoInterrupt);
+    notify = !(load16(avail()) & kAvailFNoInterrupt);
   }
   signalled_used_valid_ = true;
   signalled_used_ = new_idx;
@@ -280,9 +186,9 @@ bool SplitVirtqueue::set_notification(bool enable) {
   if (state_ != State::kRunning) return false;
   notification_ = enable;
   if (!event_idx_) {
-    store16(reinterpret_cast<uint16_t*>(used_), enable ? 0 : kUsedFNoNotify);
+    store16(reinterpret_cast<uint16_t*>(used()), enable ? 0 : kUsedFNoNotify);
   } else if (enable) {
-    store16(reinterpret_cast<uint16_t*>(used_ + 4 + 8 * size_), last_avail_idx_);
+    store16(avail_event(), last_avail_idx_);
   }
   // Disabling with EVENT_IDX writes nothing: avail_event stays behind and
   // the driver kicks at most once per 2^16 buffers.

@@ -1,4 +1,4 @@
-// The guest side shared by the virtqueue fuzz targets: fuzzer bytes read as
+// The guest side of the virtqueue fuzz target: fuzzer bytes read as
 // a stream of values, and guest memory made of three heap buffers of exactly
 // their size, registered as borrowed regions (two adjacent in guest physical
 // space, one after a gap), so AddressSanitizer reports any access past what
@@ -12,7 +12,7 @@
 
 #include "fuzz_input.h"
 #include "virtio/guest_memory.h"
-#include "virtio/virtqueue.h"
+#include "virtio/queue.h"
 
 namespace dpfs::fuzz {
 
