@@ -12,7 +12,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/build/dpfs-bench
 OLD=$1 NEW=$2
 run() { # bin label workload depth extra-args
-  local sock=/tmp/ab.$$.sock; rm -f $sock
+  local sock=/tmp/ab.$$.sock; rm -f $sock /tmp/ab.$2.log  # the previous run's log would say "ready"
   taskset -c 0 $1 serve --backend memfs --vhost-user $sock --threads 1 $5 >/tmp/ab.$2.log 2>&1 &
   local pid=$!
   for i in $(seq 100); do grep -q 'in the guest: mount' /tmp/ab.$2.log && break; sleep 0.05; done

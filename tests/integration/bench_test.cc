@@ -59,9 +59,14 @@ class DeviceProcess {
       ::_exit(127);
     }
     ::close(log_fd);
+    // Serving once the socket is there and the device says how to use it
+    // (logged after it listens and its control thread runs).
     for (int i = 0; i < 500; ++i) {
       struct stat st {};
-      if (::stat(socket_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return "";
+      if (::stat(socket_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+          log().find("in the guest: mount") != std::string::npos) {
+        return "";
+      }
       if (std::string e = check_alive(); !e.empty()) return e;
       std::this_thread::sleep_for(10ms);
     }
