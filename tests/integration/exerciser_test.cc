@@ -37,11 +37,13 @@ class ExerciserTest : public MountTest {
   }
 };
 
-TEST_F(ExerciserTest, HundredThousandOps) { exercise("file", 100000, 1); }
+TEST_P(ExerciserTest, HundredThousandOps) { exercise("file", 100000, 1); }
 
 // Without mappings every operation is a plain system call, and a different
 // seed gives a different sequence.
-TEST_F(ExerciserTest, NoMmapOtherSeed) { exercise("file", 100000, 4242, {"--no-mmap"}); }
+TEST_P(ExerciserTest, NoMmapOtherSeed) { exercise("file", 100000, 4242, {"--no-mmap"}); }
+
+DPFS_CONFORMANCE_SUITE(ExerciserTest);
 
 }  // namespace
 }  // namespace dpfs::itest
