@@ -18,6 +18,8 @@
 // of every conformance configuration (to try the suites by hand with other
 // settings). DPFS_TEST_BINARY=path runs another build of the daemon (say, with
 // sanitizers) instead of the one the tests were compiled against.
+// DPFS_TEST_RUN_MISSING=1 runs the tests a configuration would skip for a
+// capability it lacks (backends.h), to see them fail for the reason given.
 //
 // The suites need root and /dev/fuse; without them every test FAILS (it
 // does not skip): a CI that cannot mount must not report green.
@@ -1205,7 +1207,7 @@ class MountTest : public ::testing::TestWithParam<const BackendConfig*> {
     if (!alive.empty()) served_now_->problem = "an earlier test killed the daemon: " + alive;
     ASSERT_TRUE(alive.empty()) << alive;
     for (Capability c : suite_needs()) {
-      if (const char* why = b.why_not(c)) {
+      if (const char* why = skip_reason(b, c)) {
         GTEST_SKIP() << b.name << " lacks " << capability_name(c) << ": " << why;
       }
     }
@@ -1339,7 +1341,8 @@ class MountTest : public ::testing::TestWithParam<const BackendConfig*> {
 // configuration has Capability::`cap`.
 #define REQUIRE_CAPABILITY(cap)                                                              \
   do {                                                                                       \
-    if (const char* why_not = backend().why_not(::dpfs::itest::Capability::cap)) {           \
+    if (const char* why_not =                                                                \
+            ::dpfs::itest::skip_reason(backend(), ::dpfs::itest::Capability::cap)) {         \
       GTEST_SKIP() << backend().name << " lacks "                                            \
                    << ::dpfs::itest::capability_name(::dpfs::itest::Capability::cap) << ": " \
                    << why_not;                                                               \

@@ -1326,8 +1326,8 @@ TEST_P(PosixTest, CreateReadOnlyModeStillWritable) {
 
 TEST_P(PosixTest, OTmpfileThenLinkat) {
   REQUIRE_CAPABILITY(kTmpfile);
-  int fd = open(cpath(""), O_TMPFILE | O_RDWR, 0640);
-  ASSERT_SYS(fd) << "O_TMPFILE";
+  int fd = -1;
+  ASSERT_SYS(fd = open(cpath(""), O_TMPFILE | O_RDWR, 0640)) << "O_TMPFILE";
   std::string data = pattern(11, 0, 20000);
   EXPECT_EQ(pwrite_all(fd, data.data(), data.size(), 0), 0);
   struct stat st;
@@ -1344,8 +1344,7 @@ TEST_P(PosixTest, OTmpfileThenLinkat) {
   EXPECT_EQ(read_file(path("named")).value_or("<error>"), data);
   EXPECT_EQ(list_dir(path()), std::vector<std::string>{"named"});
   // O_EXCL forbids giving it a name.
-  fd = open(cpath(""), O_TMPFILE | O_RDWR | O_EXCL, 0600);
-  ASSERT_SYS(fd);
+  ASSERT_SYS(fd = open(cpath(""), O_TMPFILE | O_RDWR | O_EXCL, 0600));
   proc = "/proc/self/fd/" + std::to_string(fd);
   EXPECT_ERRNO(ENOENT, linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, cpath("never"), AT_SYMLINK_FOLLOW));
   close(fd);
