@@ -39,7 +39,7 @@ std::string check_tagged(const std::string& data, uint64_t* seed = nullptr) {
 
 size_t body_size(uint64_t seed) { return 100 + (seed * 7919) % 150000; }
 
-TEST_F(ConcurrencyTest, ProcessesCreateWriteRenameUnlink) {
+TEST_P(ConcurrencyTest, ProcessesCreateWriteRenameUnlink) {
   constexpr int kWorkers = 6;
   constexpr int kRounds = 120;
   ASSERT_SYS(mkdir(cpath("shared"), 0777));
@@ -139,7 +139,7 @@ TEST_F(ConcurrencyTest, ProcessesCreateWriteRenameUnlink) {
   }
 }
 
-TEST_F(ConcurrencyTest, WritersOnDisjointRangesOfOneFile) {
+TEST_P(ConcurrencyTest, WritersOnDisjointRangesOfOneFile) {
   constexpr int kWorkers = 4;
   constexpr int kStripes = 48;
   constexpr size_t kStripe = 64 * 1024 + 13;  // not page aligned: neighbours share pages
@@ -175,7 +175,7 @@ TEST_F(ConcurrencyTest, WritersOnDisjointRangesOfOneFile) {
   }
 }
 
-TEST_F(ConcurrencyTest, AppendersDoNotOverwriteEachOther) {
+TEST_P(ConcurrencyTest, AppendersDoNotOverwriteEachOther) {
   constexpr int kWorkers = 4;
   constexpr int kRecords = 400;
   constexpr size_t kRecord = 128;
@@ -217,7 +217,7 @@ TEST_F(ConcurrencyTest, AppendersDoNotOverwriteEachOther) {
 
 // mkdir, rmdir and rename of directories racing on the same few names.
 // Only the errors the races allow may happen; the tree must end consistent.
-TEST_F(ConcurrencyTest, MkdirRmdirRenameRace) {
+TEST_P(ConcurrencyTest, MkdirRmdirRenameRace) {
   constexpr int kWorkers = 4;
   constexpr int kOps = 600;
   constexpr int kNames = 6;
@@ -316,7 +316,7 @@ TEST_F(ConcurrencyTest, MkdirRmdirRenameRace) {
 
 // Same-name create/unlink race on files: O_CREAT|O_EXCL grants each name to
 // exactly one process at a time.
-TEST_F(ConcurrencyTest, ExclusiveCreateIsExclusive) {
+TEST_P(ConcurrencyTest, ExclusiveCreateIsExclusive) {
   constexpr int kWorkers = 4;
   constexpr int kNames = 50;
   ASSERT_SYS(mkdir(cpath("x"), 0777));
@@ -349,7 +349,7 @@ TEST_F(ConcurrencyTest, ExclusiveCreateIsExclusive) {
   }
 }
 
-TEST_F(ConcurrencyTest, ExercisersSideBySide) {
+TEST_P(ConcurrencyTest, ExercisersSideBySide) {
   if (::access(DPFS_EXERCISER, X_OK) != 0) {
     FAIL() << DPFS_EXERCISER << " is not built: " << errname(errno);
   }
@@ -365,6 +365,8 @@ TEST_F(ConcurrencyTest, ExercisersSideBySide) {
   }
   for (auto& r : runs) EXPECT_EQ(r->join(), "");
 }
+
+DPFS_CONFORMANCE_SUITE(ConcurrencyTest);
 
 }  // namespace
 }  // namespace dpfs::itest

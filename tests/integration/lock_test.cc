@@ -51,7 +51,7 @@ std::string hold_locks(Child& self, const std::string& file,
   return "";
 }
 
-TEST_F(LockTest, ConflictingSetlkIsEAGAIN) {
+TEST_P(LockTest, ConflictingSetlkIsEAGAIN) {
   ASSERT_EQ(write_file(path("f"), std::string(1000, 'x')), 0);
   Child holder([&](Child& self) {
     return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 100), make_lock(F_RDLCK, 200, 100)});
@@ -79,7 +79,7 @@ TEST_F(LockTest, ConflictingSetlkIsEAGAIN) {
   close(fd);
 }
 
-TEST_F(LockTest, GetlkReportsTheHolder) {
+TEST_P(LockTest, GetlkReportsTheHolder) {
   ASSERT_EQ(write_file(path("f"), std::string(1000, 'x')), 0);
   Child holder([&](Child& self) {
     return hold_locks(self, path("f"), {make_lock(F_WRLCK, 10, 90), make_lock(F_RDLCK, 500, 0)});
@@ -112,7 +112,7 @@ TEST_F(LockTest, GetlkReportsTheHolder) {
   close(fd);
 }
 
-TEST_F(LockTest, SetlkwWaitsForRelease) {
+TEST_P(LockTest, SetlkwWaitsForRelease) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder(
       [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
@@ -154,7 +154,7 @@ TEST_F(LockTest, SetlkwWaitsForRelease) {
   close(fd);
 }
 
-TEST_F(LockTest, SetlkwInterruptedBySignal) {
+TEST_P(LockTest, SetlkwInterruptedBySignal) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder(
       [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
@@ -179,7 +179,7 @@ TEST_F(LockTest, SetlkwInterruptedBySignal) {
   EXPECT_EQ(holder.join(), "");
 }
 
-TEST_F(LockTest, CloseOfAnyDescriptorReleases) {
+TEST_P(LockTest, CloseOfAnyDescriptorReleases) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder([&](Child& self) -> std::string {
     int fd = ::open(path("f").c_str(), O_RDWR);
@@ -209,7 +209,7 @@ TEST_F(LockTest, CloseOfAnyDescriptorReleases) {
   close(fd);
 }
 
-TEST_F(LockTest, ExitReleases) {
+TEST_P(LockTest, ExitReleases) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder([&](Child& self) -> std::string {
     int fd = ::open(path("f").c_str(), O_RDWR);
@@ -227,7 +227,7 @@ TEST_F(LockTest, ExitReleases) {
   close(fd);
 }
 
-TEST_F(LockTest, ByteRangeSplitAndMerge) {
+TEST_P(LockTest, ByteRangeSplitAndMerge) {
   ASSERT_EQ(write_file(path("f"), std::string(1000, 'x')), 0);
   Child holder([&](Child& self) {
     return hold_locks(self, path("f"),
@@ -268,7 +268,7 @@ TEST_F(LockTest, ByteRangeSplitAndMerge) {
   close(fd);
 }
 
-TEST_F(LockTest, LockTypeMustMatchOpenMode) {
+TEST_P(LockTest, LockTypeMustMatchOpenMode) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   int ro = open(cpath("f"), O_RDONLY);
   int wo = open(cpath("f"), O_WRONLY);
@@ -301,7 +301,7 @@ int flock_after_release(int fd, int op) {
   return rc;
 }
 
-TEST_F(LockTest, FlockConflictsBetweenProcesses) {
+TEST_P(LockTest, FlockConflictsBetweenProcesses) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder([&](Child& self) -> std::string {
     int fd = ::open(path("f").c_str(), O_RDONLY);
@@ -338,7 +338,7 @@ TEST_F(LockTest, FlockConflictsBetweenProcesses) {
   close(fd2);
 }
 
-TEST_F(LockTest, FlockBlockingWaits) {
+TEST_P(LockTest, FlockBlockingWaits) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder([&](Child& self) -> std::string {
     int fd = ::open(path("f").c_str(), O_RDONLY);
@@ -392,9 +392,11 @@ void locked_counter(const std::string& file, bool use_flock) {
       << "increments were lost: the lock did not exclude";
 }
 
-TEST_F(LockTest, PosixLockExcludesUnderContention) { locked_counter(path("counter"), false); }
+TEST_P(LockTest, PosixLockExcludesUnderContention) { locked_counter(path("counter"), false); }
 
-TEST_F(LockTest, FlockExcludesUnderContention) { locked_counter(path("counter"), true); }
+TEST_P(LockTest, FlockExcludesUnderContention) { locked_counter(path("counter"), true); }
+
+DPFS_CONFORMANCE_SUITE(LockTest);
 
 }  // namespace
 }  // namespace dpfs::itest

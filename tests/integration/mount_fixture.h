@@ -2,22 +2,24 @@
 // mount through the kernel, and the helpers the tests use on it.
 //
 // The tests are black-box: they only see the mount (and the daemon's exit
-// code and stderr). Each test suite gets one daemon (MountTest starts it in
-// SetUpTestSuite and stops it in TearDownTestSuite, checking that it exits 0
-// and that the mount is gone); each test works in a directory of its own.
+// code and stderr). The conformance suites (MountTest) run on every backend
+// configuration of backends.h: per suite, each configuration gets one daemon
+// (started by its first test, stopped in TearDownTestSuite, checking that it
+// exits 0 and that the mount is gone); each test works in a directory of its
+// own.
 //
-// DPFS_TEST_BACKEND="nfs://127.0.0.1{dir}?version=3" runs them on the NFS
-// backend against a real nfs-ganesha this process starts (nfs_server.h).
 // DPFS_TEST_ON_TMPFS=1 runs the same tests on a tmpfs mount instead of dpfs:
 // a way to check the tests themselves against a file system the kernel owns.
-// DPFS_TEST_EXPORT_TMPFS=1 puts that directory on a tmpfs of its own.
 // DPFS_TEST_ON_DIR=/path runs them, as on tmpfs, on a file system this
 // process did not mount (the kernel's NFS client in a guest,
 // tests/guest/nfs-reference.sh): wherever a tmpfs would be mounted, a fresh
 // subdirectory of /path is bind-mounted instead (and left there).
 // DPFS_TEST_SERVE_ARGS="--writeback-cache true" adds options to the daemon
-// of every MountTest suite. DPFS_TEST_BINARY=path runs another build of the daemon (say, with
+// of every conformance configuration (to try the suites by hand with other
+// settings). DPFS_TEST_BINARY=path runs another build of the daemon (say, with
 // sanitizers) instead of the one the tests were compiled against.
+// DPFS_TEST_RUN_MISSING=1 runs the tests a configuration would skip for a
+// capability it lacks (backends.h), to see them fail for the reason given.
 //
 // The suites need root and /dev/fuse; without them every test FAILS (it
 // does not skip): a CI that cannot mount must not report green.
@@ -55,6 +57,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -63,6 +66,8 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+#include "backends.h"
 
 #ifndef DPFS_BINARY
 #error "DPFS_BINARY must name the dpfs daemon binary"
@@ -714,17 +719,6 @@ inline std::string dpfs_binary() {
   return v && *v ? v : DPFS_BINARY;
 }
 
-// $DPFS_TEST_ON_DIR, or nullptr.
-inline const char* on_dir() {
-  const char* v = std::getenv("DPFS_TEST_ON_DIR");
-  return v && *v ? v : nullptr;
-}
-
-inline bool on_tmpfs() {
-  const char* v = std::getenv("DPFS_TEST_ON_TMPFS");
-  return (v && *v && std::string(v) != "0") || on_dir();
-}
-
 // "" if this process can mount FUSE file systems; otherwise why not.
 inline std::string environment_problem() {
   if (::geteuid() != 0) {
@@ -773,9 +767,8 @@ inline pid_t spawn_logged(const std::vector<std::string>& args, const std::strin
   return pid;
 }
 
-// A `dpfs serve --listen` daemon: the server end of the remote transport.
-// $DPFS_TEST_REMOTE=SPEC runs every MountTest suite through one (serving
-// SPEC, e.g. memfs, on loopback; $DPFS_TEST_REMOTE_ARGS adds options).
+// A `dpfs serve --listen` daemon: the server end of the remote transport
+// (the "remote" configurations of backends.h run the suites through one).
 class ServerProcess {
  public:
   explicit ServerProcess(std::string log_path) : log_(std::move(log_path)) {}
@@ -886,7 +879,7 @@ class Mount {
       ::unlink((base_ + "/server.log").c_str());  // see ServerProcess
       std::error_code ignored;
       if (find_mount(base_ + "/export")) ::umount2((base_ + "/export").c_str(), MNT_DETACH);
-      std::filesystem::remove_all(base_ + "/export", ignored);  // see memfs_args()
+      std::filesystem::remove_all(base_ + "/export", ignored);  // see expand_spec()
       ::rmdir(base_.c_str());
     }
   }
@@ -898,8 +891,6 @@ class Mount {
   std::string log() const { return read_text_file(log_); }
   // Runs the daemon through these words (e.g. nsenter --net=...).
   void set_launcher(std::vector<std::string> launcher) { launcher_ = std::move(launcher); }
-  // memfs_args() serves this backend spec instead of $DPFS_TEST_BACKEND.
-  void set_backend(std::string spec) { backend_ = std::move(spec); }
 
   // Starts dpfs_binary() with `args` (after the program name), stdout and
   // stderr to the log, and waits until dir() is a fuse.dpfs mount. Returns
@@ -950,33 +941,35 @@ class Mount {
     }
   }
 
-  // The serve command line for the backend under test on dir(): memfs, or
-  // $DPFS_TEST_BACKEND (a --backend spec; "{dir}" in it is replaced by a
-  // fresh empty directory of this mount, e.g. "passthrough:{dir}"), with the
-  // words of $DPFS_TEST_SERVE_ARGS appended (to run the suites again with,
-  // say, "--writeback-cache true" or "--attr-timeout 0 --entry-timeout 0").
-  std::vector<std::string> memfs_args(int threads = 2) const {
-    std::string backend = "memfs";
-    if (const char* b = std::getenv("DPFS_TEST_BACKEND"); b && *b) backend = b;
-    if (!backend_.empty()) backend = backend_;
-    if (size_t at = backend.find("{dir}"); at != std::string::npos) {
-      std::string exported = base_ + "/export";
-      if (backend.starts_with("nfs://")) {
-        // A directory of the test NFS server's export (nfs_server.h).
-        std::string problem;
-        exported = nfs_test_export("mount", &problem);
-        if (!problem.empty()) ADD_FAILURE() << "the test NFS server: " << problem;
-      }
-      ::mkdir(exported.c_str(), 0755);
-      // DPFS_TEST_EXPORT_TMPFS=1: the directory is a fresh tmpfs, so a
-      // passthrough backend has tmpfs's limits (xattr sizes, file sizes)
-      // rather than those of the file system holding /tmp.
-      if (const char* t = std::getenv("DPFS_TEST_EXPORT_TMPFS");
-          t && std::string(t) == "1" && !find_mount(exported)) {
-        ::mount("tmpfs", exported.c_str(), "tmpfs", 0, "mode=0755");
-      }
-      backend.replace(at, 5, exported);
+  // `spec` with "{dir}" in it replaced by a fresh empty directory: one of
+  // the test NFS server's export for an nfs:// spec (nfs_server.h), else
+  // base()/export, on a tmpfs of its own if `export_tmpfs` (so that a
+  // passthrough backend has tmpfs's limits, xattr sizes and file sizes,
+  // rather than those of the file system holding /tmp). "" and *problem if
+  // the directory cannot be had.
+  std::string expand_spec(std::string spec, bool export_tmpfs, std::string* problem) const {
+    const size_t at = spec.find("{dir}");
+    if (at == std::string::npos) return spec;
+    std::string exported = base_ + "/export";
+    if (spec.starts_with("nfs://")) {
+      exported = nfs_test_export("mount", problem);
+      if (!problem->empty()) return "";
     }
+    ::mkdir(exported.c_str(), 0755);
+    if (export_tmpfs && !find_mount(exported) &&
+        ::mount("tmpfs", exported.c_str(), "tmpfs", 0, "mode=0755") != 0) {
+      *problem = "mount tmpfs on " + exported + ": " + errname(errno);
+      return "";
+    }
+    spec.replace(at, 5, exported);
+    return spec;
+  }
+
+  // The serve command line for `backend` (a --backend spec) on dir(), with
+  // the conformance policy and the words of $DPFS_TEST_SERVE_ARGS appended
+  // (to try the suites with, say, "--writeback-cache true" or
+  // "--attr-timeout 0 --entry-timeout 0").
+  std::vector<std::string> serve_args(const std::string& backend, int threads = 2) const {
     std::vector<std::string> args{
         "serve", "--backend", backend, "--fuse-mount", dir_, "--threads", std::to_string(threads)};
     const std::vector<std::string>& policy = conformance_policy_args();
@@ -987,6 +980,11 @@ class Mount {
       while (words >> w) args.push_back(w);
     }
     return args;
+  }
+
+  // A memfs on dir().
+  std::vector<std::string> memfs_args(int threads = 2) const {
+    return serve_args("memfs", threads);
   }
 
   // Mounts a tmpfs on dir() instead (for checking the tests themselves),
@@ -1083,7 +1081,7 @@ class Mount {
   }
 
  private:
-  std::string base_, dir_, log_, command_, backend_;
+  std::string base_, dir_, log_, command_;
   std::vector<std::string> launcher_;
   pid_t pid_ = -1;
   bool tmpfs_ = false;
@@ -1170,78 +1168,80 @@ class Watchdog {
 };
 
 // ---------------------------------------------------------------------------
-// The fixture: one mount per test suite, one directory per test.
+// The fixture of the conformance suites: a TEST_P runs on one configuration
+// of backends.h (its parameter). Per suite, each configuration gets one
+// mount, started by its first test and stopped in TearDownTestSuite; each
+// test works in a directory of its own.
 
-class MountTest : public ::testing::Test {
+// A configuration's daemons while a suite runs.
+struct Served {
+  std::unique_ptr<Mount> mount;
+  std::unique_ptr<ServerProcess> server;  // a remote configuration's server end
+  // Why the configuration cannot be used; every test on it fails with it.
+  std::string problem;
+};
+
+class MountTest : public ::testing::TestWithParam<const BackendConfig*> {
  public:
-  static void SetUpTestSuite() {
-    umask(0);
-    problem_ = environment_problem();
-    if (!problem_.empty()) return;
-    mount_ = std::make_unique<Mount>();
-    if (const char* spec = std::getenv("DPFS_TEST_REMOTE"); spec && *spec && !on_tmpfs()) {
-      server_ = std::make_unique<ServerProcess>(mount_->base() + "/server.log");
-      std::vector<std::string> args{"serve", "--listen", "tcp://127.0.0.1:0", "--backend", spec};
-      // The server runs the session and the backend: the policy is its.
-      const std::vector<std::string>& policy = conformance_policy_args();
-      args.insert(args.end(), policy.begin(), policy.end());
-      // $DPFS_TEST_REMOTE_ARGS: more options for the server (the device's
-      // go in $DPFS_TEST_SERVE_ARGS), e.g. its TLS files.
-      if (const char* extra = std::getenv("DPFS_TEST_REMOTE_ARGS")) {
-        std::istringstream words(extra);
-        for (std::string w; words >> w;) args.push_back(w);
-      }
-      problem_ = server_->start(args);
-      if (!problem_.empty()) return;
-      mount_->set_backend("remote://127.0.0.1:" + std::to_string(server_->port()));
-    }
-    problem_ = on_tmpfs() ? mount_->start_tmpfs() : mount_->start_dpfs(mount_->memfs_args());
-    if (problem_.empty()) watchdog_ = std::make_unique<Watchdog>();
-  }
+  static void SetUpTestSuite() { umask(0); }
 
   static void TearDownTestSuite() {
     watchdog_.reset();
-    if (mount_) {
-      close_fds_under(mount_->dir());
-      std::string p = mount_->stop(SIGTERM);
-      if (problem_.empty() && !p.empty()) ADD_FAILURE() << "stopping the daemon: " << p;
-      if (server_) {
-        p = server_->stop();
-        if (problem_.empty() && !p.empty()) ADD_FAILURE() << "stopping the remote server: " << p;
-        server_.reset();
-      }
-      mount_.reset();
-    }
-    problem_.clear();
+    for (auto& [name, served] : served_) stop(name, *served);
+    served_.clear();
   }
 
  protected:
+  // What every test of the suite needs. A test that needs more says so
+  // with REQUIRE_CAPABILITY.
+  virtual std::vector<Capability> suite_needs() const { return {Capability::kChangeTree}; }
+
   void SetUp() override {
-    ASSERT_TRUE(problem_.empty()) << problem_;
-    ASSERT_TRUE(mount_);
-    std::string alive = mount_->check_alive();
-    ASSERT_TRUE(alive.empty()) << alive;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = mount_->dir() + "/" + info->test_suite_name() + "." + info->name();
     umask(0);
-    ASSERT_SYS(::mkdir(dir_.c_str(), 0755)) << "creating the test's directory " << dir_;
-    watchdog_->arm(mount_->pid(), std::chrono::seconds(timeout_seconds()),
+    const BackendConfig& b = backend();
+    auto it = served_.find(b.name);
+    if (it == served_.end()) it = served_.emplace(b.name, start(b)).first;
+    served_now_ = it->second.get();
+    ASSERT_TRUE(served_now_->problem.empty()) << b.name << ": " << served_now_->problem;
+    std::string alive = mount().check_alive();
+    if (!alive.empty()) served_now_->problem = "an earlier test killed the daemon: " + alive;
+    ASSERT_TRUE(alive.empty()) << alive;
+    for (Capability c : suite_needs()) {
+      if (const char* why = skip_reason(b, c)) {
+        GTEST_SKIP() << b.name << " lacks " << capability_name(c) << ": " << why;
+      }
+    }
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    if (!b.has(Capability::kChangeTree)) {
+      dir_ = mount().dir();  // nothing can be made: the tests work in the root
+    } else {
+      // "Test/nfs3": each configuration has a mount of its own.
+      const std::string name = info->name();
+      dir_ = mount().dir() + "/" + info->test_suite_name() + "." + name.substr(0, name.find('/'));
+      ASSERT_SYS(::mkdir(dir_.c_str(), 0755)) << "creating the test's directory " << dir_;
+    }
+    if (!watchdog_) watchdog_ = std::make_unique<Watchdog>();
+    watchdog_->arm(mount().pid(), std::chrono::seconds(timeout_seconds()),
                    std::string(info->test_suite_name()) + "." + info->name());
   }
 
   void TearDown() override {
-    if (!watchdog_ || !mount_) return;
-    close_fds_under(mount_->dir());
+    if (!watchdog_ || !served_now_ || !served_now_->mount) return;
+    close_fds_under(mount().dir());
     bool fired = watchdog_->disarm();
-    std::string alive = mount_->check_alive();
+    std::string alive = mount().check_alive();
     EXPECT_FALSE(fired) << "the test hung for " << timeout_seconds()
                         << " s; the watchdog killed the daemon";
     EXPECT_TRUE(alive.empty()) << alive;
-    if (!alive.empty()) problem_ = "an earlier test killed the daemon: " + alive;
+    if (!alive.empty()) served_now_->problem = "an earlier test killed the daemon: " + alive;
   }
 
   // A test may take longer than this only by hanging.
   virtual int timeout_seconds() const { return 120; }
+
+  // The configuration this test runs on, and whether it has `c`.
+  const BackendConfig& backend() const { return *GetParam(); }
+  bool has(Capability c) const { return backend().has(c); }
 
   // Path of `name` in this test's directory.
   std::string path(const std::string& name = "") const {
@@ -1252,7 +1252,7 @@ class MountTest : public ::testing::Test {
     return scratch_.back().c_str();
   }
   static bool tmpfs() { return on_tmpfs(); }
-  static Mount& mount() { return *mount_; }
+  Mount& mount() const { return *served_now_->mount; }
 
   // lstat that must succeed.
   struct stat lst(const std::string& p) {
@@ -1264,12 +1264,90 @@ class MountTest : public ::testing::Test {
   std::string dir_;
 
  private:
+  // Mounts `b` (on a tmpfs, a directory, or a dpfs with its server end).
+  static std::unique_ptr<Served> start(const BackendConfig& b) {
+    auto s = std::make_unique<Served>();
+    s->problem = environment_problem();
+    if (!s->problem.empty()) return s;
+    s->mount = std::make_unique<Mount>();
+    Mount& m = *s->mount;
+    if (b.not_dpfs) {
+      s->problem = m.start_tmpfs();
+      return s;
+    }
+    std::string spec = m.expand_spec(b.spec, b.export_tmpfs, &s->problem);
+    if (!s->problem.empty()) return s;
+    std::vector<std::string> device_args;
+    if (b.remote) {
+      // The server runs the session and the backend: the policy is its.
+      std::vector<std::string> args{"serve", "--listen", "tcp://127.0.0.1:0", "--backend", spec};
+      const std::vector<std::string>& policy = conformance_policy_args();
+      args.insert(args.end(), policy.begin(), policy.end());
+      if (b.tls) {
+        const std::string pki = m.base() + "/pki";
+        const RunResult r =
+            run({"/bin/bash", std::string(DPFS_SOURCE_DIR) + "/scripts/test-certs.sh", pki, "ca",
+                 "server", "device"});
+        if (r.exit_code() != 0) {
+          s->problem = "scripts/test-certs.sh: " + r.describe();
+          return s;
+        }
+        auto tls = [&](const std::string& who) {
+          return std::vector<std::string>{"--remote-tls-cert", pki + "/" + who + ".pem",
+                                          "--remote-tls-key",  pki + "/" + who + ".key",
+                                          "--remote-tls-ca",   pki + "/ca.pem"};
+        };
+        const std::vector<std::string> server_tls = tls("server");
+        args.insert(args.end(), server_tls.begin(), server_tls.end());
+        device_args = tls("device");
+      }
+      s->server = std::make_unique<ServerProcess>(m.base() + "/server.log");
+      s->problem = s->server->start(args);
+      if (!s->problem.empty()) return s;
+      spec = "remote://127.0.0.1:" + std::to_string(s->server->port());
+    }
+    std::vector<std::string> args = m.serve_args(spec);
+    args.insert(args.end(), b.serve_args.begin(), b.serve_args.end());
+    args.insert(args.end(), device_args.begin(), device_args.end());
+    s->problem = m.start_dpfs(args);
+    return s;
+  }
+
+  static void stop(const std::string& name, Served& s) {
+    if (!s.mount) return;
+    close_fds_under(s.mount->dir());
+    std::string p = s.mount->stop(SIGTERM);
+    if (s.problem.empty() && !p.empty()) ADD_FAILURE() << name << ": stopping the daemon: " << p;
+    if (s.server) {
+      p = s.server->stop();
+      if (s.problem.empty() && !p.empty()) {
+        ADD_FAILURE() << name << ": stopping the remote server: " << p;
+      }
+      s.server.reset();
+    }
+    std::error_code ignored;
+    std::filesystem::remove_all(s.mount->base() + "/pki", ignored);
+    s.mount.reset();
+  }
+
   std::deque<std::string> scratch_;
-  static inline std::unique_ptr<Mount> mount_;
-  static inline std::unique_ptr<ServerProcess> server_;  // $DPFS_TEST_REMOTE
+  Served* served_now_ = nullptr;
+  // The suite's mounts, by configuration name.
+  static inline std::map<std::string, std::unique_ptr<Served>> served_;
   static inline std::unique_ptr<Watchdog> watchdog_;
-  static inline std::string problem_;
 };
+
+// Skips the rest of the test, with the reason printed, unless its
+// configuration has Capability::`cap`.
+#define REQUIRE_CAPABILITY(cap)                                                              \
+  do {                                                                                       \
+    if (const char* why_not =                                                                \
+            ::dpfs::itest::skip_reason(backend(), ::dpfs::itest::Capability::cap)) {         \
+      GTEST_SKIP() << backend().name << " lacks "                                            \
+                   << ::dpfs::itest::capability_name(::dpfs::itest::Capability::cap) << ": " \
+                   << why_not;                                                               \
+    }                                                                                        \
+  } while (0)
 
 // The names of `pid`'s threads that start with `prefix`, sorted.
 inline std::vector<std::string> threads_named(pid_t pid, const std::string& prefix) {

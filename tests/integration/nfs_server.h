@@ -228,7 +228,7 @@ class NfsServer {
 };
 
 // For mount_fixture.h: a fresh directory in the shared server's export, for
-// a DPFS_TEST_BACKEND of "nfs://127.0.0.1{dir}".
+// the nfs:// configurations of backends.h ("nfs://127.0.0.1{dir}").
 inline std::string nfs_test_export(const std::string& hint, std::string* problem) {
   NfsServer& server = NfsServer::shared(problem);
   if (!problem->empty()) return "";

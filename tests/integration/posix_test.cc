@@ -18,9 +18,8 @@ namespace {
 class PosixTest : public MountTest {
  protected:
   // FORGET and BATCH_FORGET requests the daemon has counted, from the
-  // statistics it logs on SIGUSR1 (waiting up to 1 s for them); -1 if it
-  // counts no opcodes (a forwarder).
-  static int64_t forget_requests() {
+  // statistics it logs on SIGUSR1 (waiting up to 1 s for them).
+  int64_t forget_requests() const {
     Mount& m = mount();
     const size_t before = m.log().size();
     ::kill(m.pid(), SIGUSR1);
@@ -34,7 +33,6 @@ class PosixTest : public MountTest {
       }
       std::this_thread::sleep_for(10ms);
     }
-    if (fresh.find(" requests forwarded") != std::string::npos) return -1;
     int64_t total = 0;
     for (const std::string& line : lines_of(fresh)) {
       for (const char* op : {" FORGET ", " BATCH_FORGET "}) {
@@ -50,7 +48,7 @@ class PosixTest : public MountTest {
 // ---------------------------------------------------------------------------
 // lookup / stat
 
-TEST_F(PosixTest, LookupMissingIsENOENT) {
+TEST_P(PosixTest, LookupMissingIsENOENT) {
   struct stat st;
   EXPECT_ERRNO(ENOENT, stat(cpath("missing"), &st));
   EXPECT_ERRNO(ENOENT, lstat(cpath("missing"), &st));
@@ -64,7 +62,7 @@ TEST_F(PosixTest, LookupMissingIsENOENT) {
   EXPECT_ERRNO(ENOENT, stat(cpath("f"), &st));
 }
 
-TEST_F(PosixTest, UnusualNames) {
+TEST_P(PosixTest, UnusualNames) {
   std::vector<std::string> names = {
       " leading space", "trailing space ",   "new\nline",   "tab\there", "-dash",   "...", "..a",
       "\xff\xfe bytes", "\xc3\xa9t\xc3\xa9", "back\\slash", "*?[glob]",  "'quote\""};
@@ -82,8 +80,9 @@ TEST_F(PosixTest, UnusualNames) {
 }
 
 // The kernel forgets inodes it no longer caches (FORGET) and looks them up
-// again later: names, attributes, data and link counts must survive.
-TEST_F(PosixTest, ForgetThenLookupAgain) {
+// again later: names, attributes, data, link counts (and extended
+// attributes, where there are) must survive.
+TEST_P(PosixTest, ForgetThenLookupAgain) {
   ASSERT_SYS(mkdir(cpath("tree"), 0755));
   for (int i = 0; i < 300; ++i) {
     std::string d = "tree/d" + std::to_string(i % 10);
@@ -94,20 +93,22 @@ TEST_F(PosixTest, ForgetThenLookupAgain) {
   }
   ASSERT_SYS(link(cpath("tree/d0/f0"), cpath("tree/hard")));
   ASSERT_SYS(symlink("d1/f1", cpath("tree/sym")));
-  ASSERT_SYS(setxattr(cpath("tree/d2/f2"), "user.k", "v", 1, 0));
+  if (has(Capability::kXattrs)) {
+    ASSERT_SYS(setxattr(cpath("tree/d2/f2"), "user.k", "v", 1, 0));
+  }
   struct stat before = lst(path("tree/d3/f3"));
   // An open, unlinked file must survive the forgetting too.
   int fd = open(cpath("tree/d4/f4"), O_RDONLY);
   ASSERT_SYS(fd);
   ASSERT_SYS(unlink(cpath("tree/d4/f4")));
   sync();
-  const int64_t forgets_before = tmpfs() ? -1 : forget_requests();
+  const int64_t forgets_before = has(Capability::kForgetCounting) ? forget_requests() : -1;
   if (!tmpfs()) {
     ASSERT_EQ(write_file("/proc/sys/vm/drop_caches", "2"), 0) << "drop dentries and inodes";
   }
   // The kernel sends its FORGETs asynchronously: wait until dpfs counted
-  // more of them (its statistics, SIGUSR1). A forwarder (remote backend)
-  // counts no opcodes; then there is nothing to wait for here.
+  // more of them (its statistics, SIGUSR1). Where nothing counts them (a
+  // forwarder, tmpfs) there is nothing to wait for.
   if (forgets_before >= 0) {
     int64_t now = forgets_before;
     for (int i = 0; i < 100 && now <= forgets_before; ++i) now = forget_requests();
@@ -129,15 +130,17 @@ TEST_F(PosixTest, ForgetThenLookupAgain) {
   EXPECT_EQ(lst(path("tree/d0")).st_nlink, 2u);
   EXPECT_EQ(lst(path("tree")).st_nlink, 12u);
   EXPECT_EQ(read_file(path("tree/sym")).value_or("<error>"), pattern(1, 0, 13));
-  char v = 0;
-  EXPECT_EQ(getxattr(cpath("tree/d2/f2"), "user.k", &v, 1), 1);
+  if (has(Capability::kXattrs)) {
+    char v = 0;
+    EXPECT_EQ(getxattr(cpath("tree/d2/f2"), "user.k", &v, 1), 1);
+  }
   std::string buf(4 * 13, '\0');
   EXPECT_EQ(pread_all(fd, buf.data(), buf.size(), 0), 4 * 13);
   EXPECT_EQ(check_pattern(buf, 4, 0), "") << "the open unlinked file";
   close(fd);
 }
 
-TEST_F(PosixTest, FileInPathIsENOTDIR) {
+TEST_P(PosixTest, FileInPathIsENOTDIR) {
   ASSERT_EQ(write_file(path("file"), "data"), 0);
   struct stat st;
   EXPECT_ERRNO(ENOTDIR, stat(cpath("file/x"), &st));
@@ -152,7 +155,7 @@ TEST_F(PosixTest, FileInPathIsENOTDIR) {
   EXPECT_ERRNO(ENOTDIR, open(cpath("file"), O_RDONLY | O_DIRECTORY));
 }
 
-TEST_F(PosixTest, NameTooLong) {
+TEST_P(PosixTest, NameTooLong) {
   std::string ok(255, 'n');
   std::string bad(256, 'n');
   ASSERT_SYS(mkdir(cpath("d"), 0755));
@@ -185,7 +188,7 @@ TEST_F(PosixTest, NameTooLong) {
   EXPECT_ERRNO(ENAMETOOLONG, stat(long_path.c_str(), &st));
 }
 
-TEST_F(PosixTest, NewFileAttributes) {
+TEST_P(PosixTest, NewFileAttributes) {
   timespec before = now_realtime();
   before.tv_sec -= 1;  // the kernel's coarse clock may lag CLOCK_REALTIME
   int fd = open(cpath("f"), O_CREAT | O_EXCL | O_WRONLY, 0640);
@@ -212,7 +215,7 @@ TEST_F(PosixTest, NewFileAttributes) {
   EXPECT_GT(st.st_blksize, 0);
 }
 
-TEST_F(PosixTest, TimestampsHaveSubsecondPrecision) {
+TEST_P(PosixTest, TimestampsHaveSubsecondPrecision) {
   // With one-second granularity every tv_nsec would be 0; five files created
   // a few milliseconds apart all landing on a whole second is not chance.
   int with_ns = 0;
@@ -225,7 +228,7 @@ TEST_F(PosixTest, TimestampsHaveSubsecondPrecision) {
   EXPECT_GT(with_ns, 0) << "all timestamps are whole seconds";
 }
 
-TEST_F(PosixTest, NewFileOwnedByCreator) {
+TEST_P(PosixTest, NewFileOwnedByCreator) {
   ASSERT_SYS(chmod(cpath(""), 0777));
   EXPECT_SYS(as_user(kUser1, [&] { return open(cpath("mine"), O_CREAT | O_WRONLY, 0600); }));
   EXPECT_SYS(as_user(kUser1, [&] { return mkdir(cpath("mydir"), 0700); }));
@@ -238,7 +241,7 @@ TEST_F(PosixTest, NewFileOwnedByCreator) {
   }
 }
 
-TEST_F(PosixTest, SetgidDirectoryGivesItsGroup) {
+TEST_P(PosixTest, SetgidDirectoryGivesItsGroup) {
   ASSERT_SYS(mkdir(cpath("sg"), 0777));
   ASSERT_SYS(chown(cpath("sg"), 0, 2000));
   ASSERT_SYS(chmod(cpath("sg"), 02777));
@@ -253,7 +256,7 @@ TEST_F(PosixTest, SetgidDirectoryGivesItsGroup) {
       << "a subdirectory inherits the setgid bit, mode " << std::oct << sub.st_mode;
 }
 
-TEST_F(PosixTest, NewDirectoryAttributes) {
+TEST_P(PosixTest, NewDirectoryAttributes) {
   struct stat parent0 = lst(path());
   ASSERT_SYS(mkdir(cpath("d"), 0751));
   struct stat st = lst(path("d"));
@@ -266,7 +269,7 @@ TEST_F(PosixTest, NewDirectoryAttributes) {
   EXPECT_TRUE(names.empty());
 }
 
-TEST_F(PosixTest, UmaskApplies) {
+TEST_P(PosixTest, UmaskApplies) {
   mode_t old = umask(027);
   int fd = open(cpath("f"), O_CREAT | O_WRONLY, 0777);
   EXPECT_SYS(fd);
@@ -282,7 +285,7 @@ TEST_F(PosixTest, UmaskApplies) {
 // ---------------------------------------------------------------------------
 // timestamps
 
-TEST_F(PosixTest, WriteUpdatesMtimeAndCtime) {
+TEST_P(PosixTest, WriteUpdatesMtimeAndCtime) {
   ASSERT_EQ(write_file(path("f"), "hello"), 0);
   struct stat a = lst(path("f"));
   tick();
@@ -298,7 +301,7 @@ TEST_F(PosixTest, WriteUpdatesMtimeAndCtime) {
       << "ctime " << ts_str(a.st_ctim) << " -> " << ts_str(b.st_ctim);
 }
 
-TEST_F(PosixTest, ChmodUpdatesCtimeNotMtime) {
+TEST_P(PosixTest, ChmodUpdatesCtimeNotMtime) {
   ASSERT_EQ(write_file(path("f"), "hello"), 0);
   struct stat a = lst(path("f"));
   tick();
@@ -310,7 +313,7 @@ TEST_F(PosixTest, ChmodUpdatesCtimeNotMtime) {
       << "mtime " << ts_str(a.st_mtim) << " -> " << ts_str(b.st_mtim);
 }
 
-TEST_F(PosixTest, LinkUpdatesCtimeAndParentTimes) {
+TEST_P(PosixTest, LinkUpdatesCtimeAndParentTimes) {
   ASSERT_EQ(write_file(path("f"), "hello"), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   struct stat f0 = lst(path("f"));
@@ -328,7 +331,7 @@ TEST_F(PosixTest, LinkUpdatesCtimeAndParentTimes) {
       << "dir ctime " << ts_str(d0.st_ctim) << " -> " << ts_str(d1.st_ctim);
 }
 
-TEST_F(PosixTest, UnlinkUpdatesParentTimesAndFileCtime) {
+TEST_P(PosixTest, UnlinkUpdatesParentTimesAndFileCtime) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_EQ(write_file(path("d/f"), "hello"), 0);
   ASSERT_SYS(link(cpath("d/f"), cpath("keep")));
@@ -347,7 +350,7 @@ TEST_F(PosixTest, UnlinkUpdatesParentTimesAndFileCtime) {
       << "file ctime " << ts_str(f0.st_ctim) << " -> " << ts_str(f1.st_ctim);
 }
 
-TEST_F(PosixTest, RenameUpdatesParentTimes) {
+TEST_P(PosixTest, RenameUpdatesParentTimes) {
   ASSERT_SYS(mkdir(cpath("a"), 0755));
   ASSERT_SYS(mkdir(cpath("b"), 0755));
   ASSERT_EQ(write_file(path("a/f"), "hello"), 0);
@@ -363,7 +366,7 @@ TEST_F(PosixTest, RenameUpdatesParentTimes) {
   EXPECT_TRUE(ts_eq(f0.st_mtim, f1.st_mtim)) << "rename does not change the file's mtime";
 }
 
-TEST_F(PosixTest, CreateUpdatesParentTimes) {
+TEST_P(PosixTest, CreateUpdatesParentTimes) {
   struct stat d0 = lst(path());
   tick();
   ASSERT_EQ(write_file(path("f"), ""), 0);
@@ -384,7 +387,7 @@ TEST_F(PosixTest, CreateUpdatesParentTimes) {
 // ---------------------------------------------------------------------------
 // setattr: chmod
 
-TEST_F(PosixTest, ChmodKeepsEveryModeBit) {
+TEST_P(PosixTest, ChmodKeepsEveryModeBit) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   for (mode_t m : {0u, 0644u, 04755u, 02755u, 01755u, 07777u, 06000u, 0111u}) {
@@ -403,7 +406,7 @@ TEST_F(PosixTest, ChmodKeepsEveryModeBit) {
   EXPECT_ERRNO(ENOENT, chmod(cpath("missing"), 0644));
 }
 
-TEST_F(PosixTest, ChmodByNonOwnerIsEPERM) {
+TEST_P(PosixTest, ChmodByNonOwnerIsEPERM) {
   ASSERT_EQ(write_file(path("rootfile"), "x", 0666), 0);
   ASSERT_EQ(write_file(path("userfile"), "x", 0644), 0);
   ASSERT_SYS(chown(cpath("userfile"), kUser1.uid, kUser1.gid));
@@ -414,7 +417,7 @@ TEST_F(PosixTest, ChmodByNonOwnerIsEPERM) {
   EXPECT_EQ(lst(path("rootfile")).st_mode, S_IFREG | 0666u);
 }
 
-TEST_F(PosixTest, ChmodSetgidDroppedForNonMember) {
+TEST_P(PosixTest, ChmodSetgidDroppedForNonMember) {
   ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
   ASSERT_SYS(chown(cpath("f"), kUser1.uid, 3000));  // a group user1 is not in
   EXPECT_SYS(as_user(kUser1, [&] { return chmod(cpath("f"), 02755); }));
@@ -425,7 +428,7 @@ TEST_F(PosixTest, ChmodSetgidDroppedForNonMember) {
   EXPECT_EQ(lst(path("f")).st_mode, S_IFREG | 02755u);
 }
 
-TEST_F(PosixTest, StickyBitForbidsNonOwnerUnlinkAndRename) {
+TEST_P(PosixTest, StickyBitForbidsNonOwnerUnlinkAndRename) {
   ASSERT_SYS(mkdir(cpath("tmp"), 01777));
   ASSERT_SYS(chmod(cpath("tmp"), 01777));
   EXPECT_SYS(as_user(kUser1, [&] { return open(cpath("tmp/a"), O_CREAT | O_WRONLY, 0666); }));
@@ -447,7 +450,7 @@ TEST_F(PosixTest, StickyBitForbidsNonOwnerUnlinkAndRename) {
 // ---------------------------------------------------------------------------
 // setattr: chown
 
-TEST_F(PosixTest, ChownByRoot) {
+TEST_P(PosixTest, ChownByRoot) {
   ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
   struct stat a = lst(path("f"));
   tick();
@@ -467,7 +470,7 @@ TEST_F(PosixTest, ChownByRoot) {
   EXPECT_ERRNO(ENOENT, chown(cpath("missing"), 1, 1));
 }
 
-TEST_F(PosixTest, ChownByNonRoot) {
+TEST_P(PosixTest, ChownByNonRoot) {
   const Cred member{kUser1.uid, kUser1.gid, {kUser1.gid, 2000}};
   ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
   ASSERT_SYS(chown(cpath("f"), kUser1.uid, kUser1.gid));
@@ -484,7 +487,7 @@ TEST_F(PosixTest, ChownByNonRoot) {
   EXPECT_EQ(lst(path("f")).st_uid, kUser1.uid);
 }
 
-TEST_F(PosixTest, ChownClearsSetuidSetgid) {
+TEST_P(PosixTest, ChownClearsSetuidSetgid) {
   const Cred member{kUser1.uid, kUser1.gid, {kUser1.gid, 2000}};
   ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
   ASSERT_SYS(chown(cpath("f"), kUser1.uid, kUser1.gid));
@@ -503,7 +506,7 @@ TEST_F(PosixTest, ChownClearsSetuidSetgid) {
   EXPECT_EQ(lst(path("d")).st_mode, S_IFDIR | 02755u);
 }
 
-TEST_F(PosixTest, WriteByNonRootClearsSetuid) {
+TEST_P(PosixTest, WriteByNonRootClearsSetuid) {
   ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
   ASSERT_SYS(chown(cpath("f"), kUser1.uid, kUser1.gid));
   ASSERT_SYS(chmod(cpath("f"), 04777));
@@ -519,9 +522,8 @@ TEST_F(PosixTest, WriteByNonRootClearsSetuid) {
 }
 
 // A writer without CAP_FSETID: set-user-ID goes; set-group-ID goes only with
-// group execute. Truncation (truncate(2) and O_TRUNC) drops them alike, as
-// does any write or truncation the file's capabilities.
-TEST_F(PosixTest, WriteAndTruncateByNonRootDropPrivileges) {
+// group execute. Truncation (truncate(2) and O_TRUNC) drops them alike.
+TEST_P(PosixTest, WriteAndTruncateByNonRootDropPrivileges) {
   ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
   ASSERT_SYS(chown(cpath("f"), kUser1.uid, kUser1.gid));
   // In the file's group: Linux also drops setgid for a writer outside it.
@@ -553,7 +555,13 @@ TEST_F(PosixTest, WriteAndTruncateByNonRootDropPrivileges) {
   ASSERT_SYS(chmod(cpath("f"), 06777));
   ASSERT_SYS(truncate(cpath("f"), 0));
   EXPECT_EQ(mode(), 06777u) << "root (CAP_FSETID) keeps them";
+}
 
+// Any write drops the file's capabilities (security.capability), even
+// root's.
+TEST_P(PosixTest, WriteDropsFileCapabilities) {
+  REQUIRE_CAPABILITY(kXattrs);
+  ASSERT_EQ(write_file(path("f"), "x", 0755), 0);
   // A file capability (VFS_CAP_REVISION_2: cap_net_raw permitted+effective).
   const uint32_t cap[5] = {0x02000001, 1u << 13, 0, 0, 0};
   ASSERT_SYS(setxattr(cpath("f"), "security.capability", cap, sizeof(cap), 0));
@@ -570,7 +578,7 @@ TEST_F(PosixTest, WriteAndTruncateByNonRootDropPrivileges) {
 // ---------------------------------------------------------------------------
 // setattr: size
 
-TEST_F(PosixTest, TruncateUpAndDown) {
+TEST_P(PosixTest, TruncateUpAndDown) {
   std::string data = pattern(1, 0, 10000);
   ASSERT_EQ(write_file(path("f"), data), 0);
   struct stat a = lst(path("f"));
@@ -610,7 +618,7 @@ TEST_F(PosixTest, TruncateUpAndDown) {
   EXPECT_EQ(lst(path("f")).st_blocks, 0);
 }
 
-TEST_F(PosixTest, TruncateErrors) {
+TEST_P(PosixTest, TruncateErrors) {
   ASSERT_EQ(write_file(path("f"), "data", 0644), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   EXPECT_ERRNO(EISDIR, truncate(cpath("d"), 0));
@@ -627,7 +635,7 @@ TEST_F(PosixTest, TruncateErrors) {
 // ---------------------------------------------------------------------------
 // setattr: times
 
-TEST_F(PosixTest, UtimensatExplicitNanoseconds) {
+TEST_P(PosixTest, UtimensatExplicitNanoseconds) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   struct stat a = lst(path("f"));
   tick();
@@ -637,17 +645,30 @@ TEST_F(PosixTest, UtimensatExplicitNanoseconds) {
   EXPECT_TRUE(ts_eq(b.st_atim, ts[0])) << "atime " << ts_str(b.st_atim);
   EXPECT_TRUE(ts_eq(b.st_mtim, ts[1])) << "mtime " << ts_str(b.st_mtim);
   EXPECT_TRUE(ts_lt(a.st_ctim, b.st_ctim)) << "setting times updates ctime";
-  // Times before the epoch and far in the future.
-  timespec old[2] = {{-100, 5}, {4102444800, 999999999}};
-  EXPECT_SYS(utimensat(AT_FDCWD, cpath("f"), old, 0));
+  // Far in the future, but within 32 unsigned bits of seconds (short of
+  // 2^32 - 1 itself, where Linux's NFS client drops the nanoseconds: the
+  // bound of its clamp).
+  timespec late[2] = {{4102444800, 999999999}, {4294967294, 999999999}};
+  EXPECT_SYS(utimensat(AT_FDCWD, cpath("f"), late, 0));
   b = lst(path("f"));
-  EXPECT_TRUE(ts_eq(b.st_atim, old[0])) << "atime " << ts_str(b.st_atim);
-  EXPECT_TRUE(ts_eq(b.st_mtim, old[1])) << "mtime " << ts_str(b.st_mtim);
+  EXPECT_TRUE(ts_eq(b.st_atim, late[0])) << "atime " << ts_str(b.st_atim);
+  EXPECT_TRUE(ts_eq(b.st_mtim, late[1])) << "mtime " << ts_str(b.st_mtim);
   timespec bad[2] = {{0, 1000000000}, {0, 0}};
   EXPECT_ERRNO(EINVAL, utimensat(AT_FDCWD, cpath("f"), bad, 0));
 }
 
-TEST_F(PosixTest, UtimensatNowAndOmit) {
+// Times before the epoch, and past 2^32 - 1 seconds (February 2106).
+TEST_P(PosixTest, UtimensatTimesOutsideUnsigned32Bits) {
+  REQUIRE_CAPABILITY(kWideTimes);
+  ASSERT_EQ(write_file(path("f"), "x"), 0);
+  timespec wide[2] = {{-100, 5}, {4294967296 + 100, 999999999}};
+  ASSERT_SYS(utimensat(AT_FDCWD, cpath("f"), wide, 0));
+  struct stat b = lst(path("f"));
+  EXPECT_TRUE(ts_eq(b.st_atim, wide[0])) << "atime " << ts_str(b.st_atim);
+  EXPECT_TRUE(ts_eq(b.st_mtim, wide[1])) << "mtime " << ts_str(b.st_mtim);
+}
+
+TEST_P(PosixTest, UtimensatNowAndOmit) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   timespec ts[2] = {{1000000000, 111}, {1100000000, 222}};
   ASSERT_SYS(utimensat(AT_FDCWD, cpath("f"), ts, 0));
@@ -677,7 +698,7 @@ TEST_F(PosixTest, UtimensatNowAndOmit) {
   EXPECT_TRUE(ts_eq(e.st_atim, ts[0]) && ts_eq(e.st_mtim, ts[1]));
 }
 
-TEST_F(PosixTest, UtimensatPermissions) {
+TEST_P(PosixTest, UtimensatPermissions) {
   ASSERT_EQ(write_file(path("ro"), "x", 0644), 0);
   ASSERT_EQ(write_file(path("rw"), "x", 0666), 0);
   timespec ts[2] = {{1000000000, 0}, {1000000000, 0}};
@@ -692,7 +713,8 @@ TEST_F(PosixTest, UtimensatPermissions) {
   EXPECT_TRUE(ts_eq(lst(path("ro")).st_mtim, ts[1]));
 }
 
-TEST_F(PosixTest, UtimensatNoFollowChangesTheLink) {
+TEST_P(PosixTest, UtimensatNoFollowChangesTheLink) {
+  REQUIRE_CAPABILITY(kSymlinkTimes);
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   ASSERT_SYS(symlink("f", cpath("l")));
   timespec f_ts[2] = {{1000000000, 1}, {1000000000, 2}};
@@ -706,7 +728,7 @@ TEST_F(PosixTest, UtimensatNoFollowChangesTheLink) {
 // ---------------------------------------------------------------------------
 // symlink / readlink
 
-TEST_F(PosixTest, SymlinkTargetPreservedExactly) {
+TEST_P(PosixTest, SymlinkTargetPreservedExactly) {
   std::vector<std::string> targets = {
       "a",   "../up/and/over", "/absolute/path",       "with space",          "dir/",
       "./.", "\x01\x7f\xff",   std::string(1000, 'L'), std::string(4095, 'M')};
@@ -731,7 +753,7 @@ TEST_F(PosixTest, SymlinkTargetPreservedExactly) {
   EXPECT_ERRNO(ENAMETOOLONG, symlink(std::string(4096, 'x').c_str(), cpath("toolong")));
 }
 
-TEST_F(PosixTest, SymlinkResolution) {
+TEST_P(PosixTest, SymlinkResolution) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_EQ(write_file(path("d/f"), "content"), 0);
   ASSERT_SYS(symlink("d/f", cpath("rel")));
@@ -747,7 +769,7 @@ TEST_F(PosixTest, SymlinkResolution) {
   EXPECT_ERRNO(ELOOP, open(cpath("rel"), O_RDONLY | O_NOFOLLOW));
 }
 
-TEST_F(PosixTest, SymlinkDanglingAndLoop) {
+TEST_P(PosixTest, SymlinkDanglingAndLoop) {
   ASSERT_SYS(symlink("nowhere", cpath("dangling")));
   struct stat st;
   EXPECT_ERRNO(ENOENT, stat(cpath("dangling"), &st));
@@ -765,7 +787,7 @@ TEST_F(PosixTest, SymlinkDanglingAndLoop) {
   EXPECT_ERRNO(ELOOP, open(cpath("a/x"), O_RDONLY));
 }
 
-TEST_F(PosixTest, SymlinkErrors) {
+TEST_P(PosixTest, SymlinkErrors) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_SYS(symlink("x", cpath("l")));
@@ -785,7 +807,7 @@ TEST_F(PosixTest, SymlinkErrors) {
 // ---------------------------------------------------------------------------
 // mknod
 
-TEST_F(PosixTest, MknodFifo) {
+TEST_P(PosixTest, MknodFifo) {
   ASSERT_SYS(mkfifo(cpath("p"), 0640));
   struct stat st = lst(path("p"));
   EXPECT_EQ(st.st_mode, S_IFIFO | 0640u) << std::oct << st.st_mode;
@@ -801,7 +823,7 @@ TEST_F(PosixTest, MknodFifo) {
   EXPECT_ERRNO(EEXIST, mkfifo(cpath("p"), 0640));
 }
 
-TEST_F(PosixTest, MknodDevicesKeepRdev) {
+TEST_P(PosixTest, MknodDevicesKeepRdev) {
   struct Node {
     const char* name;
     mode_t type;
@@ -827,7 +849,7 @@ TEST_F(PosixTest, MknodDevicesKeepRdev) {
   EXPECT_SYS(as_user(kUser1, [&] { return mknod(cpath("userfifo"), S_IFIFO | 0600, 0); }));
 }
 
-TEST_F(PosixTest, MknodSockets) {
+TEST_P(PosixTest, MknodSockets) {
   ASSERT_SYS(mknod(cpath("s"), S_IFSOCK | 0600, 0));
   EXPECT_EQ(lst(path("s")).st_mode, S_IFSOCK | 0600u);
   // bind() creates a socket node; connecting to it works (the kernel serves it).
@@ -850,7 +872,7 @@ TEST_F(PosixTest, MknodSockets) {
 // ---------------------------------------------------------------------------
 // mkdir / rmdir
 
-TEST_F(PosixTest, MkdirErrors) {
+TEST_P(PosixTest, MkdirErrors) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_SYS(symlink("d", cpath("l")));
@@ -864,7 +886,7 @@ TEST_F(PosixTest, MkdirErrors) {
   EXPECT_SYS(as_user(kUser1, [&] { return mkdir(cpath("d/x"), 0755); }));
 }
 
-TEST_F(PosixTest, RmdirErrors) {
+TEST_P(PosixTest, RmdirErrors) {
   ASSERT_SYS(mkdir(cpath("full"), 0755));
   ASSERT_EQ(write_file(path("full/f"), "x"), 0);
   ASSERT_SYS(mkdir(cpath("withdir"), 0755));
@@ -886,7 +908,8 @@ TEST_F(PosixTest, RmdirErrors) {
   EXPECT_SYS(stat(cpath("full/f"), &st)) << "a failed rmdir must not remove anything";
 }
 
-TEST_F(PosixTest, RmdirOpenDirectory) {
+TEST_P(PosixTest, RmdirOpenDirectory) {
+  REQUIRE_CAPABILITY(kRmdirOpenDirectory);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   int fd = open(cpath("d"), O_RDONLY | O_DIRECTORY);
   ASSERT_SYS(fd);
@@ -899,7 +922,7 @@ TEST_F(PosixTest, RmdirOpenDirectory) {
   close(fd);
 }
 
-TEST_F(PosixTest, DirectoryNlinkCountsSubdirectories) {
+TEST_P(PosixTest, DirectoryNlinkCountsSubdirectories) {
   ASSERT_SYS(mkdir(cpath("p"), 0755));
   ASSERT_SYS(mkdir(cpath("q"), 0755));
   for (const char* d : {"p/a", "p/b", "p/c"}) ASSERT_SYS(mkdir(cpath(d), 0755));
@@ -921,7 +944,7 @@ TEST_F(PosixTest, DirectoryNlinkCountsSubdirectories) {
 // ---------------------------------------------------------------------------
 // unlink
 
-TEST_F(PosixTest, UnlinkErrors) {
+TEST_P(PosixTest, UnlinkErrors) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_EQ(write_file(path("d/f"), "x", 0666), 0);
   ASSERT_EQ(write_file(path("f"), "x"), 0);
@@ -940,7 +963,7 @@ TEST_F(PosixTest, UnlinkErrors) {
   EXPECT_ERRNO(ENOTDIR, unlinkat(AT_FDCWD, cpath("f"), AT_REMOVEDIR));
 }
 
-TEST_F(PosixTest, UnlinkedOpenFileStaysUsable) {
+TEST_P(PosixTest, UnlinkedOpenFileStaysUsable) {
   std::string data = pattern(7, 0, 100000);
   ASSERT_EQ(write_file(path("f"), data), 0);
   int fd = open(cpath("f"), O_RDWR);
@@ -969,7 +992,7 @@ TEST_F(PosixTest, UnlinkedOpenFileStaysUsable) {
 // ---------------------------------------------------------------------------
 // rename
 
-TEST_F(PosixTest, RenameFileOverFile) {
+TEST_P(PosixTest, RenameFileOverFile) {
   ASSERT_EQ(write_file(path("a"), "AAAA"), 0);
   ASSERT_EQ(write_file(path("b"), "BB"), 0);
   ASSERT_SYS(link(cpath("b"), cpath("b2")));
@@ -986,7 +1009,7 @@ TEST_F(PosixTest, RenameFileOverFile) {
   EXPECT_EQ(names, (std::vector<std::string>{"b", "b2"}));
 }
 
-TEST_F(PosixTest, RenameOverOpenFileKeepsItReadable) {
+TEST_P(PosixTest, RenameOverOpenFileKeepsItReadable) {
   ASSERT_EQ(write_file(path("old"), "old content"), 0);
   ASSERT_EQ(write_file(path("new"), "new content"), 0);
   int fd = open(cpath("old"), O_RDONLY);
@@ -1002,7 +1025,7 @@ TEST_F(PosixTest, RenameOverOpenFileKeepsItReadable) {
   EXPECT_EQ(read_file(path("old")).value_or("<error>"), "new content");
 }
 
-TEST_F(PosixTest, RenameDirectories) {
+TEST_P(PosixTest, RenameDirectories) {
   ASSERT_SYS(mkdir(cpath("src"), 0755));
   ASSERT_EQ(write_file(path("src/f"), "inside"), 0);
   ASSERT_SYS(mkdir(cpath("empty"), 0755));
@@ -1018,7 +1041,7 @@ TEST_F(PosixTest, RenameDirectories) {
   EXPECT_EQ(read_file(path("empty/f")).value_or("<error>"), "inside");
 }
 
-TEST_F(PosixTest, RenameTypeMismatch) {
+TEST_P(PosixTest, RenameTypeMismatch) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   EXPECT_ERRNO(EISDIR, rename(cpath("f"), cpath("d")));
@@ -1029,7 +1052,7 @@ TEST_F(PosixTest, RenameTypeMismatch) {
   EXPECT_TRUE(S_ISDIR(lst(path("d")).st_mode));
 }
 
-TEST_F(PosixTest, RenameIntoOwnSubtreeIsEINVAL) {
+TEST_P(PosixTest, RenameIntoOwnSubtreeIsEINVAL) {
   ASSERT_SYS(mkdir(cpath("a"), 0755));
   ASSERT_SYS(mkdir(cpath("a/b"), 0755));
   EXPECT_ERRNO(EINVAL, rename(cpath("a"), cpath("a/b/c")));
@@ -1037,7 +1060,7 @@ TEST_F(PosixTest, RenameIntoOwnSubtreeIsEINVAL) {
   EXPECT_SYS(access(cpath("a/b"), F_OK));
 }
 
-TEST_F(PosixTest, RenameOverHardLinkOfItselfIsNoop) {
+TEST_P(PosixTest, RenameOverHardLinkOfItselfIsNoop) {
   ASSERT_EQ(write_file(path("a"), "same"), 0);
   ASSERT_SYS(link(cpath("a"), cpath("b")));
   EXPECT_SYS(rename(cpath("a"), cpath("b")));
@@ -1048,7 +1071,8 @@ TEST_F(PosixTest, RenameOverHardLinkOfItselfIsNoop) {
   EXPECT_EQ(st.st_nlink, 2u);
 }
 
-TEST_F(PosixTest, RenameNoreplace) {
+TEST_P(PosixTest, RenameNoreplace) {
+  REQUIRE_CAPABILITY(kRenameFlags);
   ASSERT_EQ(write_file(path("a"), "A"), 0);
   ASSERT_EQ(write_file(path("b"), "B"), 0);
   EXPECT_ERRNO(EEXIST, renameat2(AT_FDCWD, cpath("a"), AT_FDCWD, cpath("b"), RENAME_NOREPLACE));
@@ -1060,7 +1084,8 @@ TEST_F(PosixTest, RenameNoreplace) {
   EXPECT_ERRNO(ENOENT, lstat(cpath("a"), &st));
 }
 
-TEST_F(PosixTest, RenameExchange) {
+TEST_P(PosixTest, RenameExchange) {
+  REQUIRE_CAPABILITY(kRenameFlags);
   ASSERT_SYS(mkdir(cpath("p"), 0755));
   ASSERT_SYS(mkdir(cpath("q"), 0755));
   ASSERT_EQ(write_file(path("p/file"), "file data"), 0);
@@ -1085,7 +1110,7 @@ TEST_F(PosixTest, RenameExchange) {
                                  RENAME_EXCHANGE | RENAME_NOREPLACE));
 }
 
-TEST_F(PosixTest, RenameAcrossDirectoriesUpdatesDotDot) {
+TEST_P(PosixTest, RenameAcrossDirectoriesUpdatesDotDot) {
   ASSERT_SYS(mkdir(cpath("a"), 0755));
   ASSERT_SYS(mkdir(cpath("b"), 0755));
   ASSERT_SYS(mkdir(cpath("a/moved"), 0755));
@@ -1106,7 +1131,7 @@ TEST_F(PosixTest, RenameAcrossDirectoriesUpdatesDotDot) {
   EXPECT_EQ(dotdot, lst(path("b")).st_ino) << "readdir '..' of a moved directory";
 }
 
-TEST_F(PosixTest, RenamePermissions) {
+TEST_P(PosixTest, RenamePermissions) {
   ASSERT_SYS(mkdir(cpath("ro"), 0755));
   ASSERT_EQ(write_file(path("ro/f"), "x", 0666), 0);
   ASSERT_SYS(mkdir(cpath("rw"), 0777));
@@ -1125,7 +1150,7 @@ TEST_F(PosixTest, RenamePermissions) {
 // ---------------------------------------------------------------------------
 // link
 
-TEST_F(PosixTest, LinkCountsAndErrors) {
+TEST_P(PosixTest, LinkCountsAndErrors) {
   ASSERT_EQ(write_file(path("f"), "linked"), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_SYS(link(cpath("f"), cpath("g")));
@@ -1162,7 +1187,7 @@ TEST_F(PosixTest, LinkCountsAndErrors) {
 // ---------------------------------------------------------------------------
 // open / create
 
-TEST_F(PosixTest, OpenCreateExclusive) {
+TEST_P(PosixTest, OpenCreateExclusive) {
   int fd = open(cpath("f"), O_CREAT | O_EXCL | O_WRONLY, 0644);
   ASSERT_SYS(fd);
   close(fd);
@@ -1179,7 +1204,7 @@ TEST_F(PosixTest, OpenCreateExclusive) {
   EXPECT_EQ(read_file(path("g")).value_or(""), "keep");
 }
 
-TEST_F(PosixTest, OpenTruncate) {
+TEST_P(PosixTest, OpenTruncate) {
   ASSERT_EQ(write_file(path("f"), pattern(3, 0, 50000)), 0);
   struct stat a = lst(path("f"));
   tick();
@@ -1199,7 +1224,7 @@ TEST_F(PosixTest, OpenTruncate) {
   EXPECT_EQ(lst(path("g")).st_size, 4);
 }
 
-TEST_F(PosixTest, OpenAppend) {
+TEST_P(PosixTest, OpenAppend) {
   ASSERT_EQ(write_file(path("f"), "start"), 0);
   int a = open(cpath("f"), O_WRONLY | O_APPEND);
   int b = open(cpath("f"), O_WRONLY | O_APPEND);
@@ -1215,7 +1240,7 @@ TEST_F(PosixTest, OpenAppend) {
   EXPECT_EQ(read_file(path("f")).value_or(""), "start-a1-b1-a2");
 }
 
-TEST_F(PosixTest, OpenDirectoryErrors) {
+TEST_P(PosixTest, OpenDirectoryErrors) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   EXPECT_ERRNO(ENOTDIR, open(cpath("f"), O_RDONLY | O_DIRECTORY));
@@ -1230,7 +1255,7 @@ TEST_F(PosixTest, OpenDirectoryErrors) {
   }
 }
 
-TEST_F(PosixTest, OpenPermissions) {
+TEST_P(PosixTest, OpenPermissions) {
   ASSERT_EQ(write_file(path("secret"), "s", 0600), 0);
   ASSERT_EQ(write_file(path("public"), "p", 0644), 0);
   ASSERT_EQ(write_file(path("wo"), "w", 0622), 0);
@@ -1259,7 +1284,7 @@ TEST_F(PosixTest, OpenPermissions) {
 }
 
 // Permission is checked at open, not at each use of the descriptor.
-TEST_F(PosixTest, DescriptorKeepsItsRightsAfterChmod) {
+TEST_P(PosixTest, DescriptorKeepsItsRightsAfterChmod) {
   ASSERT_SYS(chmod(cpath(""), 0777));
   ASSERT_EQ(write_file(path("f"), "0123456789", 0666), 0);
   Child user(
@@ -1284,7 +1309,7 @@ TEST_F(PosixTest, DescriptorKeepsItsRightsAfterChmod) {
 
 // A file created read-only is still writable through the descriptor that
 // created it.
-TEST_F(PosixTest, CreateReadOnlyModeStillWritable) {
+TEST_P(PosixTest, CreateReadOnlyModeStillWritable) {
   ASSERT_SYS(chmod(cpath(""), 0777));
   EXPECT_SYS(as_user(kUser1, [&] {
     int fd = open(cpath("ro"), O_CREAT | O_EXCL | O_RDWR, 0444);
@@ -1299,9 +1324,10 @@ TEST_F(PosixTest, CreateReadOnlyModeStillWritable) {
       << "a later open is checked against the mode";
 }
 
-TEST_F(PosixTest, OTmpfileThenLinkat) {
-  int fd = open(cpath(""), O_TMPFILE | O_RDWR, 0640);
-  ASSERT_SYS(fd) << "O_TMPFILE";
+TEST_P(PosixTest, OTmpfileThenLinkat) {
+  REQUIRE_CAPABILITY(kTmpfile);
+  int fd = -1;
+  ASSERT_SYS(fd = open(cpath(""), O_TMPFILE | O_RDWR, 0640)) << "O_TMPFILE";
   std::string data = pattern(11, 0, 20000);
   EXPECT_EQ(pwrite_all(fd, data.data(), data.size(), 0), 0);
   struct stat st;
@@ -1318,8 +1344,7 @@ TEST_F(PosixTest, OTmpfileThenLinkat) {
   EXPECT_EQ(read_file(path("named")).value_or("<error>"), data);
   EXPECT_EQ(list_dir(path()), std::vector<std::string>{"named"});
   // O_EXCL forbids giving it a name.
-  fd = open(cpath(""), O_TMPFILE | O_RDWR | O_EXCL, 0600);
-  ASSERT_SYS(fd);
+  ASSERT_SYS(fd = open(cpath(""), O_TMPFILE | O_RDWR | O_EXCL, 0600));
   proc = "/proc/self/fd/" + std::to_string(fd);
   EXPECT_ERRNO(ENOENT, linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, cpath("never"), AT_SYMLINK_FOLLOW));
   close(fd);
@@ -1329,7 +1354,7 @@ TEST_F(PosixTest, OTmpfileThenLinkat) {
 // ---------------------------------------------------------------------------
 // access
 
-TEST_F(PosixTest, AccessAsUsers) {
+TEST_P(PosixTest, AccessAsUsers) {
   ASSERT_EQ(write_file(path("f"), "x", 0640), 0);
   ASSERT_SYS(chown(cpath("f"), kUser1.uid, 2000));
   const Cred group_member{kUser2.uid, kUser2.gid, {kUser2.gid, 2000}};
@@ -1357,7 +1382,8 @@ TEST_F(PosixTest, AccessAsUsers) {
 // ---------------------------------------------------------------------------
 // statfs, sync, flush
 
-TEST_F(PosixTest, StatfsAndFreeSpace) {
+TEST_P(PosixTest, StatfsAndFreeSpace) {
+  REQUIRE_CAPABILITY(kOwnFreeSpace);
   struct statvfs a;
   ASSERT_SYS(statvfs(cpath(""), &a));
   EXPECT_GT(a.f_bsize, 0u);
@@ -1397,7 +1423,7 @@ TEST_F(PosixTest, StatfsAndFreeSpace) {
       << "f_ffree went from " << c.f_ffree << " to " << d.f_ffree << " after creating 20 files";
 }
 
-TEST_F(PosixTest, SyncCallsSucceed) {
+TEST_P(PosixTest, SyncCallsSucceed) {
   int fd = open(cpath("f"), O_CREAT | O_RDWR, 0644);
   ASSERT_SYS(fd);
   ASSERT_EQ(pwrite_all(fd, "data", 4, 0), 0);
@@ -1421,6 +1447,8 @@ TEST_F(PosixTest, SyncCallsSucceed) {
   EXPECT_EQ(close(fd), 0);
   EXPECT_EQ(read_file(path("f")).value_or(""), "xyta");
 }
+
+DPFS_CONFORMANCE_SUITE(PosixTest);
 
 }  // namespace
 }  // namespace dpfs::itest

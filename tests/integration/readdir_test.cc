@@ -55,7 +55,7 @@ std::string fname(int i) {
   return buf;
 }
 
-TEST_F(ReaddirTest, EmptyDirectoryHasDotAndDotDot) {
+TEST_P(ReaddirTest, EmptyDirectoryHasDotAndDotDot) {
   ASSERT_SYS(mkdir(cpath("e"), 0755));
   auto got = read_all(path("e"));
   EXPECT_EQ(compare_listing(got, {".", ".."}), "");
@@ -67,7 +67,7 @@ TEST_F(ReaddirTest, EmptyDirectoryHasDotAndDotDot) {
   }
 }
 
-TEST_F(ReaddirTest, FiveThousandEntriesExactlyOnceWithTypes) {
+TEST_P(ReaddirTest, FiveThousandEntriesExactlyOnceWithTypes) {
   constexpr int kFiles = 5000;
   std::set<std::string> want{".", ".."};
   std::map<std::string, unsigned char> types;
@@ -122,7 +122,7 @@ TEST_F(ReaddirTest, FiveThousandEntriesExactlyOnceWithTypes) {
   EXPECT_EQ(compare_listing(read_all(path("big")), want), "");
 }
 
-TEST_F(ReaddirTest, LongNamesAcrossManyBuffers) {
+TEST_P(ReaddirTest, LongNamesAcrossManyBuffers) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   std::set<std::string> want{".", ".."};
   for (int i = 0; i < 400; ++i) {
@@ -133,7 +133,7 @@ TEST_F(ReaddirTest, LongNamesAcrossManyBuffers) {
   EXPECT_EQ(compare_listing(read_all(path("d")), want), "");
 }
 
-TEST_F(ReaddirTest, TelldirSeekdirRewinddir) {
+TEST_P(ReaddirTest, TelldirSeekdirRewinddir) {
   constexpr int kFiles = 3000;
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   for (int i = 0; i < kFiles; ++i) {
@@ -191,7 +191,7 @@ TEST_F(ReaddirTest, TelldirSeekdirRewinddir) {
 // The `rm -rf` pattern: read an entry, remove it, read on. Every entry must
 // be seen once (a backend whose offsets are indexes into a shifting list
 // skips entries here).
-TEST_F(ReaddirTest, UnlinkEachEntryWhileReading) {
+TEST_P(ReaddirTest, UnlinkEachEntryWhileReading) {
   constexpr int kFiles = 2000;
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   std::set<std::string> want{".", ".."};
@@ -218,7 +218,7 @@ TEST_F(ReaddirTest, UnlinkEachEntryWhileReading) {
 // Another process removes half of the entries while this one reads: no
 // crash, no entry twice, and every entry not removed is listed (POSIX: only
 // entries added or removed meanwhile may be missed).
-TEST_F(ReaddirTest, ReadWhileAnotherProcessUnlinks) {
+TEST_P(ReaddirTest, ReadWhileAnotherProcessUnlinks) {
   constexpr int kFiles = 3000;
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   for (int round = 0; round < 3; ++round) {
@@ -263,7 +263,7 @@ TEST_F(ReaddirTest, ReadWhileAnotherProcessUnlinks) {
 }
 
 // `ls -l`: readdir, then stat every entry; types and sizes agree.
-TEST_F(ReaddirTest, StatEveryEntryAfterReaddir) {
+TEST_P(ReaddirTest, StatEveryEntryAfterReaddir) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   constexpr int kFiles = 400;
   for (int i = 0; i < kFiles; ++i) {
@@ -299,7 +299,7 @@ TEST_F(ReaddirTest, StatEveryEntryAfterReaddir) {
   EXPECT_EQ(atoi(r.out.c_str()), kFiles + 4 + 1) << r.describe();  // + the "total" line
 }
 
-TEST_F(ReaddirTest, RemovedDirectoryReadsEmpty) {
+TEST_P(ReaddirTest, RemovedDirectoryReadsEmpty) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   DIR* d = opendir(cpath("d"));
   ASSERT_NE(d, nullptr);
@@ -312,7 +312,7 @@ TEST_F(ReaddirTest, RemovedDirectoryReadsEmpty) {
   closedir(d);
 }
 
-TEST_F(ReaddirTest, ReaddirPermissions) {
+TEST_P(ReaddirTest, ReaddirPermissions) {
   ASSERT_SYS(mkdir(cpath("d"), 0711));
   ASSERT_SYS(chmod(cpath("d"), 0711));
   ASSERT_EQ(write_file(path("d/f"), "x", 0644), 0);
@@ -322,7 +322,7 @@ TEST_F(ReaddirTest, ReaddirPermissions) {
       << "search permission alone reaches known names";
 }
 
-TEST_F(ReaddirTest, FsyncDir) {
+TEST_P(ReaddirTest, FsyncDir) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_EQ(write_file(path("d/f"), "x"), 0);
   int fd = open(cpath("d"), O_RDONLY | O_DIRECTORY);
@@ -331,6 +331,8 @@ TEST_F(ReaddirTest, FsyncDir) {
   EXPECT_SYS(fdatasync(fd));
   EXPECT_EQ(close(fd), 0);
 }
+
+DPFS_CONFORMANCE_SUITE(ReaddirTest);
 
 }  // namespace
 }  // namespace dpfs::itest

@@ -1,8 +1,8 @@
 // The remote transport end to end: a `dpfs serve --listen` server and a
 // `dpfs serve --backend remote://` device with a real FUSE mount, as two
 // processes -- on loopback, and in two network namespaces joined by a veth
-// pair. (DPFS_TEST_REMOTE=memfs runs the POSIX suites through the same path;
-// see mount_fixture.h.)
+// pair. (The conformance suites run through the same path: the "remote" and
+// "remote_tls" configurations of backends.h.)
 //
 // The wire format is spelled out here from docs/remote-wire-format.md, not
 // taken from the sources: these tests check the server against the

@@ -10,7 +10,12 @@
 namespace dpfs::itest {
 namespace {
 
-class XattrTest : public MountTest {};
+class XattrTest : public MountTest {
+ protected:
+  std::vector<Capability> suite_needs() const override {
+    return {Capability::kChangeTree, Capability::kXattrs};
+  }
+};
 
 std::string get_xattr(const std::string& p, const char* name, int* err = nullptr) {
   std::string buf(70000, '\0');
@@ -50,7 +55,7 @@ std::multiset<std::string> user_and_trusted(const std::multiset<std::string>& al
   return out;
 }
 
-TEST_F(XattrTest, SetGetListRemove) {
+TEST_P(XattrTest, SetGetListRemove) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   std::string f = path("f");
   const std::string binary("a\0b\0\xff\x01", 6);
@@ -86,7 +91,7 @@ TEST_F(XattrTest, SetGetListRemove) {
   close(fd);
 }
 
-TEST_F(XattrTest, CreateAndReplaceFlags) {
+TEST_P(XattrTest, CreateAndReplaceFlags) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   const char* f = cpath("f");
   EXPECT_ERRNO(ENODATA, setxattr(f, "user.a", "1", 1, XATTR_REPLACE));
@@ -97,7 +102,7 @@ TEST_F(XattrTest, CreateAndReplaceFlags) {
   EXPECT_EQ(get_xattr(f, "user.a"), "3");
 }
 
-TEST_F(XattrTest, SizeProbeAndERANGE) {
+TEST_P(XattrTest, SizeProbeAndERANGE) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   const char* f = cpath("f");
   std::string value = pattern(3, 0, 100);
@@ -120,7 +125,7 @@ TEST_F(XattrTest, SizeProbeAndERANGE) {
   EXPECT_TRUE(user_and_trusted(list_xattrs(path("bare"))).empty());
 }
 
-TEST_F(XattrTest, TrustedNamespaceIsForRoot) {
+TEST_P(XattrTest, TrustedNamespaceIsForRoot) {
   ASSERT_EQ(write_file(path("f"), "x", 0666), 0);
   const char* f = cpath("f");
   EXPECT_SYS(setxattr(f, "trusted.t", "root only", 9, 0));
@@ -133,7 +138,7 @@ TEST_F(XattrTest, TrustedNamespaceIsForRoot) {
   EXPECT_EQ(get_xattr(f, "trusted.t"), "root only");
 }
 
-TEST_F(XattrTest, TrustedNamesNotListedForUsers) {
+TEST_P(XattrTest, TrustedNamesNotListedForUsers) {
   ASSERT_EQ(write_file(path("f"), "x", 0666), 0);
   const char* f = cpath("f");
   ASSERT_SYS(setxattr(f, "trusted.t", "root only", 9, 0));
@@ -161,7 +166,7 @@ TEST_F(XattrTest, TrustedNamesNotListedForUsers) {
   })) << "EEXIST: an unprivileged listxattr listed trusted.t; ENOENT: it missed user.u";
 }
 
-TEST_F(XattrTest, UnknownNamespaceIsEOPNOTSUPP) {
+TEST_P(XattrTest, UnknownNamespaceIsEOPNOTSUPP) {
   ASSERT_EQ(write_file(path("f"), "x", 0666), 0);
   const char* f = cpath("f");
   EXPECT_ERRNO(EOPNOTSUPP, setxattr(f, "bogus.name", "x", 1, 0));
@@ -174,7 +179,7 @@ TEST_F(XattrTest, UnknownNamespaceIsEOPNOTSUPP) {
   }
 }
 
-TEST_F(XattrTest, UserNamespaceOnlyOnFilesAndDirectories) {
+TEST_P(XattrTest, UserNamespaceOnlyOnFilesAndDirectories) {
   ASSERT_EQ(write_file(path("f"), "x", 0666), 0);
   // user.* is not allowed on symlinks and special files.
   ASSERT_SYS(symlink("f", cpath("l")));
@@ -189,7 +194,7 @@ TEST_F(XattrTest, UserNamespaceOnlyOnFilesAndDirectories) {
   EXPECT_EQ(err, ENODATA) << "lsetxattr on the link must not touch its target";
 }
 
-TEST_F(XattrTest, ManyAttributes) {
+TEST_P(XattrTest, ManyAttributes) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   std::multiset<std::string> want;
   for (int i = 0; i < 200; ++i) {
@@ -205,7 +210,7 @@ TEST_F(XattrTest, ManyAttributes) {
   }
 }
 
-TEST_F(XattrTest, LargeValues) {
+TEST_P(XattrTest, LargeValues) {
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   const char* f = cpath("f");
   std::string big = pattern(17, 0, 65536);
@@ -223,7 +228,7 @@ TEST_F(XattrTest, LargeValues) {
   EXPECT_ERRNO(ERANGE, setxattr(f, too_long.c_str(), "v", 1, 0));
 }
 
-TEST_F(XattrTest, PermissionsAndCtime) {
+TEST_P(XattrTest, PermissionsAndCtime) {
   ASSERT_EQ(write_file(path("f"), "x", 0644), 0);
   ASSERT_SYS(chown(cpath("f"), kUser1.uid, kUser1.gid));
   ASSERT_SYS(setxattr(cpath("f"), "user.a", "1", 1, 0));
@@ -244,7 +249,7 @@ TEST_F(XattrTest, PermissionsAndCtime) {
   EXPECT_TRUE(ts_eq(a.st_mtim, b.st_mtim)) << "but not mtime";
 }
 
-TEST_F(XattrTest, OnDirectories) {
+TEST_P(XattrTest, OnDirectories) {
   ASSERT_SYS(mkdir(cpath("d"), 0755));
   ASSERT_SYS(setxattr(cpath("d"), "user.dir", "yes", 3, 0));
   EXPECT_EQ(get_xattr(path("d"), "user.dir"), "yes");
@@ -260,6 +265,8 @@ TEST_F(XattrTest, OnDirectories) {
   get_xattr(path("f"), "user.k", &err);
   EXPECT_EQ(err, ENODATA);
 }
+
+DPFS_CONFORMANCE_SUITE(XattrTest);
 
 }  // namespace
 }  // namespace dpfs::itest
