@@ -179,6 +179,18 @@ TEST(Nfs3, SattrSetsOnlyWhatIsValid) {
   EXPECT_EQ(s.atime.set_atime_u.atime.nseconds, 6u);
 }
 
+// Times NFSv3 cannot hold are clamped, as Linux's client clamps them, not
+// wrapped into another date.
+TEST(Nfs3, TimesOutsideUnsigned32BitSecondsAreClamped) {
+  EXPECT_EQ(to_nfstime3({1700000000, 7}).seconds, 1700000000u);
+  EXPECT_EQ(to_nfstime3({1700000000, 7}).nseconds, 7u);
+  EXPECT_EQ(to_nfstime3({-100, 5}).seconds, 0u);
+  EXPECT_EQ(to_nfstime3({-100, 5}).nseconds, 0u);
+  EXPECT_EQ(to_nfstime3({(1ll << 32) + 100, 5}).seconds, UINT32_MAX);
+  EXPECT_EQ(to_nfstime3({(1ll << 32) + 100, 5}).nseconds, 0u);
+  EXPECT_EQ(to_nfstime3({UINT32_MAX, 9}).seconds, UINT32_MAX);
+}
+
 TEST(InodeTable, SameHandleSameIdUntilForgotten) {
   InodeTable t("root");
   std::string fh;

@@ -175,6 +175,13 @@ nfs_fh3 as_fh3(const std::string& fh) {
   return out;
 }
 
+nfstime3 to_nfstime3(const timespec& t) {
+  // As the kernel's timestamp_truncate: a clamped time loses its nanoseconds.
+  if (t.tv_sec < 0) return {0, 0};
+  if (uint64_t(t.tv_sec) > UINT32_MAX) return {UINT32_MAX, 0};
+  return {u_int(t.tv_sec), u_int(t.tv_nsec)};
+}
+
 void to_sattr3(const SetAttr& attr, sattr3* out) {
   *out = sattr3{};
   if (attr.valid & SetAttr::kMode) {
@@ -194,13 +201,15 @@ void to_sattr3(const SetAttr& attr, sattr3* out) {
     out->size.set_size3_u.size = attr.size;
   }
   // NFSv3 times are unsigned 32-bit seconds: earlier or later times cannot
-  // be stored (RFC 1813 §2.5 nfstime3).
+  // be stored (RFC 1813 §2.5 nfstime3). They are clamped, as Linux's own
+  // client clamps them (its superblock's s_time_min/max are 0 and
+  // U32_MAX), never wrapped into another date.
   if (attr.valid & SetAttr::kAtime) {
     if (attr.valid & SetAttr::kAtimeNow) {
       out->atime.set_it = SET_TO_SERVER_TIME;
     } else {
       out->atime.set_it = SET_TO_CLIENT_TIME;
-      out->atime.set_atime_u.atime = {u_int(attr.atime.tv_sec), u_int(attr.atime.tv_nsec)};
+      out->atime.set_atime_u.atime = to_nfstime3(attr.atime);
     }
   }
   if (attr.valid & SetAttr::kMtime) {
@@ -208,7 +217,7 @@ void to_sattr3(const SetAttr& attr, sattr3* out) {
       out->mtime.set_it = SET_TO_SERVER_TIME;
     } else {
       out->mtime.set_it = SET_TO_CLIENT_TIME;
-      out->mtime.set_mtime_u.mtime = {u_int(attr.mtime.tv_sec), u_int(attr.mtime.tv_nsec)};
+      out->mtime.set_mtime_u.mtime = to_nfstime3(attr.mtime);
     }
   }
 }

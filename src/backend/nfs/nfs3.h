@@ -19,6 +19,7 @@
 struct fattr3;
 struct sattr3;
 struct nfs_fh3;
+struct nfstime3;
 
 namespace dpfs::nfs {
 
@@ -47,6 +48,10 @@ struct stat to_stat(const fattr3& attr);
 
 // An nfs_fh3 pointing into `fh` (which must outlive it).
 nfs_fh3 as_fh3(const std::string& fh);
+
+// A time as NFSv3 stores it: seconds clamped to 0..2^32-1 (nanoseconds
+// dropped when clamped), as Linux's NFS client clamps them.
+struct nfstime3 to_nfstime3(const timespec& t);
 
 // A SETATTR's or creation's attributes: only the fields in attr.valid (a
 // mask of SetAttr::k*) are set.
