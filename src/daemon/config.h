@@ -72,7 +72,7 @@ struct DeviceConfig {
   std::string name() const;
   uint32_t request_queues = 1;
   bool poll = false;
-  // Adaptive polling (vhost_user::FsDeviceOptions::poll_budget_us).
+  // Adaptive polling (vhost_user::VirtioFsDeviceOptions::poll_budget_us).
   static constexpr uint32_t kMaxPollBudgetUs = 10000;
   static constexpr uint32_t kDefaultPollBudgetUs = 50;
   uint32_t poll_budget_us = kDefaultPollBudgetUs;

@@ -34,7 +34,7 @@ VhostUserEndpoint::VhostUserEndpoint(const DeviceConfig& device, const Config& c
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
 
-  vhost_user::FsDeviceOptions dev;
+  vhost_user::VirtioFsDeviceOptions dev;
   dev.name = "virtio-fs " + device.tag;
   dev.request_queues = device.request_queues;
   // One worker per request queue at most: more would idle (the hiprio
@@ -42,7 +42,7 @@ VhostUserEndpoint::VhostUserEndpoint(const DeviceConfig& device, const Config& c
   dev.threads = std::min<unsigned>(cfg.threads, device.request_queues);
   dev.poll = device.poll;
   dev.poll_budget_us = device.poll_budget_us;
-  device_ = std::make_unique<vhost_user::FsDevice>(tenant_->handler(), dev);
+  device_ = std::make_unique<vhost_user::VirtioFsDevice>(tenant_->handler(), dev);
 
   spdlog::info("{}: serving {}: {} request queue{}, {} worker{}{}, on disconnect: {}", name_,
                tenant_->description(), device.request_queues, device.request_queues == 1 ? "" : "s",

@@ -30,7 +30,7 @@
 #include "fuse/session.h"
 #include "util/unique_fd.h"
 #include "util/unix_listener.h"
-#include "vhost_user/fs_device.h"
+#include "vhost_user/virtio_fs_device.h"
 
 namespace dpfs::daemon {
 
@@ -80,7 +80,7 @@ class VhostUserEndpoint {
   std::function<void()> on_done_;
   std::string name_;
   std::unique_ptr<TenantHandler> tenant_;
-  std::unique_ptr<vhost_user::FsDevice> device_;
+  std::unique_ptr<vhost_user::VirtioFsDevice> device_;
   std::unique_ptr<util::Listener> listener_;
   util::UniqueFd stop_fd_;  // eventfd: readable once stop() is called
   std::thread thread_;

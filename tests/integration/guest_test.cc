@@ -99,7 +99,7 @@ TEST_F(GuestTest, TwoRequestQueues) {
   expect_basic_passed(run, 1);
   const std::string log = daemon.log();
   EXPECT_NE(log.find("2 request queues"), std::string::npos) << log;
-  // QEMU sets up every queue it offers, used or not (FsDevice's log line).
+  // QEMU sets up every queue it offers, used or not (VirtioFsDevice's log line).
   EXPECT_NE(log.find("queue 2 (requests) started"), std::string::npos) << log;
   expect_clean_exit(daemon);
   // Per-queue statistics at shutdown: the 6.1 guest sends everything on the

@@ -1,4 +1,4 @@
-#include "vhost_user/fs_device.h"
+#include "vhost_user/virtio_fs_device.h"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -49,36 +49,36 @@ void drain_eventfd(int fd) {
 }  // namespace
 
 // One request in flight: the chain's buffers, kept until the reply is in.
-class FsRequest final : public fuse::Request {
+class VirtioFsRequest final : public fuse::Request {
  public:
   void complete(size_t reply_len) override;
 
-  FsDevice::Queue* queue = nullptr;
-  FsDevice::Worker* worker = nullptr;
+  VirtioFsDevice::Queue* queue = nullptr;
+  VirtioFsDevice::QueueWorker* worker = nullptr;
   uint16_t head = 0;
   uint64_t generation = 0;  // the queue's start count when popped
   std::vector<iovec> in_iov;
   std::vector<iovec> out_iov;
 };
 
-class FsDevice::Queue {
+class VirtioFsDevice::Queue {
  public:
   explicit Queue(uint32_t index) : index(index), stats(std::make_unique<QueueStats>()) {
     config.queue_index = uint16_t(index);
   }
 
-  FsRequest* acquire() {
+  VirtioFsRequest* acquire() {
     if (free.empty()) {
-      all.push_back(std::make_unique<FsRequest>());
+      all.push_back(std::make_unique<VirtioFsRequest>());
       return all.back().get();
     }
-    FsRequest* r = free.back();
+    VirtioFsRequest* r = free.back();
     free.pop_back();
     return r;
   }
 
   const uint32_t index;
-  Worker* worker = nullptr;
+  QueueWorker* worker = nullptr;
   unsigned worker_index = 0;
   std::unique_ptr<QueueStats> stats;
 
@@ -101,13 +101,13 @@ class FsDevice::Queue {
   bool need_publish = false;
   // Request objects: steady state reuses them. Only the worker touches
   // these, and the control thread while the worker is paused.
-  std::vector<std::unique_ptr<FsRequest>> all;
-  std::vector<FsRequest*> free;
+  std::vector<std::unique_ptr<VirtioFsRequest>> all;
+  std::vector<VirtioFsRequest*> free;
 };
 
-class FsDevice::Worker {
+class VirtioFsDevice::QueueWorker {
  public:
-  Worker(FsDevice& device, unsigned index) : device_(device), index_(index) {
+  QueueWorker(VirtioFsDevice& device, unsigned index) : device_(device), index_(index) {
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!epoll_ || !wake_) {
@@ -120,7 +120,7 @@ class FsDevice::Worker {
     thread_ = std::thread([this] { run(); });
   }
 
-  ~Worker() { join(); }
+  ~QueueWorker() { join(); }
 
   // Ends the thread (which first drops its backend hook). Idempotent.
   void join() {
@@ -148,9 +148,9 @@ class FsDevice::Worker {
 
   // A reply from the session. On this worker's thread the used entry goes
   // in now; from any other thread it is handed over.
-  void complete(FsRequest& r, size_t len);
+  void complete(VirtioFsRequest& r, size_t len);
 
-  static thread_local Worker* current;
+  static thread_local QueueWorker* current;
 
  private:
   void run();
@@ -168,9 +168,9 @@ class FsDevice::Worker {
   // The backend's hook (if it has one) answered requests: publish them.
   void hook_readable();
   bool hook_poll();
-  void finish(FsRequest& r, size_t len);
+  void finish(VirtioFsRequest& r, size_t len);
 
-  FsDevice& device_;
+  VirtioFsDevice& device_;
   const unsigned index_;
   util::UniqueFd epoll_;
   util::UniqueFd wake_;
@@ -178,10 +178,10 @@ class FsDevice::Worker {
   std::vector<Queue*> queues_;  // started queues this worker serves
 
   std::mutex done_mu_;
-  std::vector<std::pair<FsRequest*, size_t>> done_;  // guarded by done_mu_
+  std::vector<std::pair<VirtioFsRequest*, size_t>> done_;  // guarded by done_mu_
   // Whether done_ may hold something: lets a polling worker skip the lock.
   std::atomic<bool> have_done_{false};
-  std::vector<std::pair<FsRequest*, size_t>> draining_;
+  std::vector<std::pair<VirtioFsRequest*, size_t>> draining_;
 
   // The backend's state on this worker (an io_uring ring), made and
   // destroyed on the worker thread; nullptr if the backend has none.
@@ -190,11 +190,11 @@ class FsDevice::Worker {
   std::thread thread_;
 };
 
-thread_local FsDevice::Worker* FsDevice::Worker::current = nullptr;
+thread_local VirtioFsDevice::QueueWorker* VirtioFsDevice::QueueWorker::current = nullptr;
 
-void FsRequest::complete(size_t reply_len) { worker->complete(*this, reply_len); }
+void VirtioFsRequest::complete(size_t reply_len) { worker->complete(*this, reply_len); }
 
-void FsDevice::Worker::complete(FsRequest& r, size_t len) {
+void VirtioFsDevice::QueueWorker::complete(VirtioFsRequest& r, size_t len) {
   if (current == this) {
     finish(r, len);
     return;
@@ -207,7 +207,7 @@ void FsDevice::Worker::complete(FsRequest& r, size_t len) {
   wake();
 }
 
-void FsDevice::Worker::finish(FsRequest& r, size_t len) {
+void VirtioFsDevice::QueueWorker::finish(VirtioFsRequest& r, size_t len) {
   Queue& q = *r.queue;
   // A request from before a queue restart has no used entry to fill.
   if (r.generation == q.generation && q.started && q.ring->push(r.head, uint32_t(len))) {
@@ -221,7 +221,7 @@ void FsDevice::Worker::finish(FsRequest& r, size_t len) {
   device_.pending_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
-void FsDevice::Worker::publish(Queue& q) {
+void VirtioFsDevice::QueueWorker::publish(Queue& q) {
   if (!q.need_publish) return;
   q.need_publish = false;
   q.ring->publish();
@@ -231,7 +231,7 @@ void FsDevice::Worker::publish(Queue& q) {
   }
 }
 
-void FsDevice::Worker::drain_completions() {
+void VirtioFsDevice::QueueWorker::drain_completions() {
   {
     if (!have_done_.load(std::memory_order_acquire)) return;
     std::lock_guard lock(done_mu_);
@@ -244,7 +244,7 @@ void FsDevice::Worker::drain_completions() {
   for (Queue* q : queues_) publish(*q);
 }
 
-bool FsDevice::Worker::memory_lost(Queue& q) {
+bool VirtioFsDevice::QueueWorker::memory_lost(Queue& q) {
   // The front-end shrank a memory file under us; the SIGBUS handler put
   // zero pages in its place (GuestMemory::add_region). Nothing read from
   // this memory means anything any more: stop serving it until the
@@ -263,14 +263,15 @@ bool FsDevice::Worker::memory_lost(Queue& q) {
 
 // Adaptive polling's clock: read once in 64 empty rounds (a round is well
 // under a microsecond), starting when the queues first came up empty.
-bool FsDevice::Worker::idle_too_long(uint64_t* since_ns, uint64_t budget_ns, uint32_t idle_rounds) {
+bool VirtioFsDevice::QueueWorker::idle_too_long(uint64_t* since_ns, uint64_t budget_ns,
+                                                uint32_t idle_rounds) {
   if (idle_rounds % 64 != 1) return false;
   const uint64_t now = fuse::monotonic_ns();
   if (*since_ns == 0) *since_ns = now;
   return now - *since_ns >= budget_ns;
 }
 
-bool FsDevice::Worker::process(Queue& q, bool polling) {
+bool VirtioFsDevice::QueueWorker::process(Queue& q, bool polling) {
   bool any = false;
   for (;;) {
     if (!q.started || memory_lost(q)) return any;
@@ -281,7 +282,7 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
     while (n < kBatch && (result = q.ring->pop(&q.chain)) == virtio::PopResult::kChain) {
       if (n == 0) taken_ns = fuse::monotonic_ns();
       ++n;
-      FsRequest* r = q.acquire();
+      VirtioFsRequest* r = q.acquire();
       r->queue = &q;
       r->worker = this;
       r->head = q.chain.head;
@@ -319,18 +320,18 @@ bool FsDevice::Worker::process(Queue& q, bool polling) {
   }
 }
 
-void FsDevice::Worker::hook_readable() {
+void VirtioFsDevice::QueueWorker::hook_readable() {
   hook_->on_readable();
   for (Queue* q : queues_) publish(*q);
 }
 
-bool FsDevice::Worker::hook_poll() {
+bool VirtioFsDevice::QueueWorker::hook_poll() {
   if (!hook_ || !hook_->poll()) return false;
   for (Queue* q : queues_) publish(*q);
   return true;
 }
 
-void FsDevice::Worker::park() {
+void VirtioFsDevice::QueueWorker::park() {
   std::unique_lock lock(device_.pause_mu_);
   ++device_.paused_workers_;
   device_.pause_cv_.notify_all();
@@ -338,7 +339,7 @@ void FsDevice::Worker::park() {
   --device_.paused_workers_;
 }
 
-void FsDevice::Worker::run() {
+void VirtioFsDevice::QueueWorker::run() {
   current = this;
   hook_ = device_.session_.attach_worker();
   if (hook_) {
@@ -448,7 +449,7 @@ namespace {
 
 // A front-end's set-up and tear-down write a few lines per queue; the burst
 // lets one whole cycle through, then the limit holds.
-util::RateLimitedLog::Limits device_log_limits(const FsDeviceOptions& options) {
+util::RateLimitedLog::Limits device_log_limits(const VirtioFsDeviceOptions& options) {
   util::RateLimitedLog::Limits limits;
   limits.burst += 2 * (1 + std::clamp<uint32_t>(options.request_queues, 1, 64));
   return limits;
@@ -456,7 +457,7 @@ util::RateLimitedLog::Limits device_log_limits(const FsDeviceOptions& options) {
 
 }  // namespace
 
-FsDevice::FsDevice(fuse::RequestHandler& session, FsDeviceOptions options)
+VirtioFsDevice::VirtioFsDevice(fuse::RequestHandler& session, VirtioFsDeviceOptions options)
     : VhostUserDevice(options.name, device_log_limits(options)),
       session_(session),
       options_(std::move(options)) {
@@ -467,7 +468,7 @@ FsDevice::FsDevice(fuse::RequestHandler& session, FsDeviceOptions options)
   options_.threads = std::clamp<unsigned>(options_.threads, 1, options_.request_queues);
   for (uint32_t i = 0; i < nqueues; ++i) queues_.push_back(std::make_unique<Queue>(i));
   for (unsigned i = 0; i < options_.threads; ++i) {
-    workers_.push_back(std::make_unique<Worker>(*this, i));
+    workers_.push_back(std::make_unique<QueueWorker>(*this, i));
   }
   // The hiprio queue shares the first worker with the first request queue.
   for (uint32_t i = 0; i < nqueues; ++i) {
@@ -477,7 +478,7 @@ FsDevice::FsDevice(fuse::RequestHandler& session, FsDeviceOptions options)
   }
 }
 
-FsDevice::~FsDevice() {
+VirtioFsDevice::~VirtioFsDevice() {
   pause();
   for (auto& q : queues_) stop_queue(*q);
   resume();
@@ -487,17 +488,19 @@ FsDevice::~FsDevice() {
   }
 }
 
-const QueueStats& FsDevice::queue_stats(uint32_t index) const { return *queues_[index]->stats; }
+const QueueStats& VirtioFsDevice::queue_stats(uint32_t index) const {
+  return *queues_[index]->stats;
+}
 
-uint64_t FsDevice::features() const {
+uint64_t VirtioFsDevice::features() const {
   return kFVersion1 | kFRingIndirectDesc | kFRingEventIdx | kFProtocolFeatures | kFRingPacked;
 }
 
-uint64_t FsDevice::protocol_features() const {
+uint64_t VirtioFsDevice::protocol_features() const {
   return protocol_feature::kMq | protocol_feature::kReplyAck | protocol_feature::kConfigureMemSlots;
 }
 
-int FsDevice::set_features(uint64_t features) {
+int VirtioFsDevice::set_features(uint64_t features) {
   if (features & ~this->features()) return -EINVAL;
   pause();
   acked_features_ = features;
@@ -509,12 +512,12 @@ int FsDevice::set_features(uint64_t features) {
   return 0;
 }
 
-void FsDevice::stop_workers() {
+void VirtioFsDevice::stop_workers() {
   for (auto& w : workers_) w->join();
   workers_stopped_ = true;
 }
 
-void FsDevice::pause() {
+void VirtioFsDevice::pause() {
   // Workers that ended are paused for good.
   if (pause_depth_++ > 0 || workers_stopped_) return;
   std::unique_lock lock(pause_mu_);
@@ -523,7 +526,7 @@ void FsDevice::pause() {
   pause_cv_.wait(lock, [&] { return paused_workers_ == workers_.size(); });
 }
 
-void FsDevice::resume() {
+void VirtioFsDevice::resume() {
   if (--pause_depth_ > 0) return;
   {
     std::lock_guard lock(pause_mu_);
@@ -532,13 +535,13 @@ void FsDevice::resume() {
   pause_cv_.notify_all();
 }
 
-void FsDevice::release_retired_memory() {
+void VirtioFsDevice::release_retired_memory() {
   if (pending_.load() != 0) return;
   retired_.clear();
   if (memory_) memory_->release_removed();
 }
 
-void FsDevice::remap_queues(const virtio::GuestMemory& mem, const char* why) {
+void VirtioFsDevice::remap_queues(const virtio::GuestMemory& mem, const char* why) {
   for (auto& q : queues_) {
     if (q->started && q->ring->remap(mem) != 0) {
       log().warn("{}: queue {} rings {}; stopped", options_.name, q->index, why);
@@ -547,7 +550,7 @@ void FsDevice::remap_queues(const virtio::GuestMemory& mem, const char* why) {
   }
 }
 
-int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
+int VirtioFsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
   auto mem = std::make_unique<virtio::GuestMemory>();
   for (MemoryRegionFd& r : regions) {
     const int e = mem->add_region(r.fd.release(), r.region.guest_phys_addr, r.region.memory_size,
@@ -569,7 +572,7 @@ int FsDevice::set_mem_table(std::vector<MemoryRegionFd> regions) {
   return 0;
 }
 
-int FsDevice::add_mem_reg(MemoryRegionFd region) {
+int VirtioFsDevice::add_mem_reg(MemoryRegionFd region) {
   pause();
   if (!memory_) memory_ = std::make_unique<virtio::GuestMemory>();
   const int e = memory_->add_region(region.fd.release(), region.region.guest_phys_addr,
@@ -585,7 +588,7 @@ int FsDevice::add_mem_reg(MemoryRegionFd region) {
   return 0;
 }
 
-int FsDevice::rem_mem_reg(const MemoryRegion& region) {
+int VirtioFsDevice::rem_mem_reg(const MemoryRegion& region) {
   if (!memory_) return -ENOENT;
   pause();
   const int e =
@@ -599,7 +602,7 @@ int FsDevice::rem_mem_reg(const MemoryRegion& region) {
   return -e;
 }
 
-int FsDevice::set_vring_num(uint32_t index, uint32_t num) {
+int VirtioFsDevice::set_vring_num(uint32_t index, uint32_t num) {
   Queue& q = *queues_[index];
   // Split rings are a power of 2; packed ones need not be (§2.8).
   const bool packed = acked_features_ & kFRingPacked;
@@ -613,7 +616,7 @@ int FsDevice::set_vring_num(uint32_t index, uint32_t num) {
   return 0;
 }
 
-int FsDevice::set_vring_addr(uint32_t index, const VringAddr& addr) {
+int VirtioFsDevice::set_vring_addr(uint32_t index, const VringAddr& addr) {
   Queue& q = *queues_[index];
   pause();
   q.config.desc_uva = addr.desc_user_addr;
@@ -625,7 +628,7 @@ int FsDevice::set_vring_addr(uint32_t index, const VringAddr& addr) {
   return 0;
 }
 
-int FsDevice::set_vring_base(uint32_t index, uint32_t base) {
+int VirtioFsDevice::set_vring_base(uint32_t index, uint32_t base) {
   Queue& q = *queues_[index];
   pause();
   // Packed rings: bits 0-14 the avail index, 15 its wrap counter, 16-30
@@ -636,7 +639,7 @@ int FsDevice::set_vring_base(uint32_t index, uint32_t base) {
   return 0;
 }
 
-uint32_t FsDevice::get_vring_base(uint32_t index) {
+uint32_t VirtioFsDevice::get_vring_base(uint32_t index) {
   Queue& q = *queues_[index];
   pause();
   stop_queue(q);
@@ -656,7 +659,7 @@ uint32_t FsDevice::get_vring_base(uint32_t index) {
   return base;
 }
 
-int FsDevice::set_vring_kick(uint32_t index, util::UniqueFd fd) {
+int VirtioFsDevice::set_vring_kick(uint32_t index, util::UniqueFd fd) {
   Queue& q = *queues_[index];
   pause();
   stop_queue(q);
@@ -666,21 +669,21 @@ int FsDevice::set_vring_kick(uint32_t index, util::UniqueFd fd) {
   return 0;
 }
 
-int FsDevice::set_vring_call(uint32_t index, util::UniqueFd fd) {
+int VirtioFsDevice::set_vring_call(uint32_t index, util::UniqueFd fd) {
   pause();
   queues_[index]->call = std::move(fd);
   resume();
   return 0;
 }
 
-int FsDevice::set_vring_err(uint32_t index, util::UniqueFd fd) {
+int VirtioFsDevice::set_vring_err(uint32_t index, util::UniqueFd fd) {
   pause();
   queues_[index]->err = std::move(fd);
   resume();
   return 0;
 }
 
-int FsDevice::set_vring_enable(uint32_t index, bool enable) {
+int VirtioFsDevice::set_vring_enable(uint32_t index, bool enable) {
   Queue& q = *queues_[index];
   pause();
   q.enabled = enable;
@@ -690,7 +693,7 @@ int FsDevice::set_vring_enable(uint32_t index, bool enable) {
   return 0;
 }
 
-void FsDevice::maybe_start(Queue& q) {
+void VirtioFsDevice::maybe_start(Queue& q) {
   if (q.started || !q.enabled || !q.have_num || !q.have_addr || !q.kick || !memory_) return;
   pause();
   q.config.event_idx = acked_features_ & kFRingEventIdx;
@@ -721,7 +724,7 @@ void FsDevice::maybe_start(Queue& q) {
 }
 
 // REQUIRES: workers paused.
-void FsDevice::stop_queue(Queue& q) {
+void VirtioFsDevice::stop_queue(Queue& q) {
   if (!q.started) return;
   q.worker->unwatch(q);
   q.ring->stop();
@@ -729,7 +732,7 @@ void FsDevice::stop_queue(Queue& q) {
   q.need_publish = false;
 }
 
-void FsDevice::reset_device() {
+void VirtioFsDevice::reset_device() {
   pause();
   for (auto& q : queues_) {
     stop_queue(*q);
@@ -746,7 +749,7 @@ void FsDevice::reset_device() {
   resume();
 }
 
-void FsDevice::disconnect() {
+void VirtioFsDevice::disconnect() {
   reset_device();
   // The next front-end's driver starts a new FUSE session with INIT.
   session_.reset();

@@ -37,7 +37,7 @@
 
 namespace dpfs::vhost_user {
 
-struct FsDeviceOptions {
+struct VirtioFsDeviceOptions {
   std::string name = "virtio-fs";  // for logs
   uint32_t request_queues = 1;     // N: QEMU's num-request-queues
   unsigned threads = 1;            // workers; queue i belongs to worker i % threads
@@ -64,12 +64,12 @@ struct QueueStats {
   std::atomic<bool> broken{false};         // the reason is in the log
 };
 
-class FsDevice final : public VhostUserDevice {
+class VirtioFsDevice final : public VhostUserDevice {
  public:
-  FsDevice(fuse::RequestHandler& session, FsDeviceOptions options);
-  FsDevice(const FsDevice&) = delete;
-  FsDevice& operator=(const FsDevice&) = delete;
-  ~FsDevice() override;
+  VirtioFsDevice(fuse::RequestHandler& session, VirtioFsDeviceOptions options);
+  VirtioFsDevice(const VirtioFsDevice&) = delete;
+  VirtioFsDevice& operator=(const VirtioFsDevice&) = delete;
+  ~VirtioFsDevice() override;
 
   // Ends the worker threads, each after dropping its backend hook (the
   // backend's state on that worker: an NFS connection it drives, an
@@ -101,10 +101,10 @@ class FsDevice final : public VhostUserDevice {
 
   // REQUIRES: index < queue_num().
   const QueueStats& queue_stats(uint32_t index) const;
-  const FsDeviceOptions& options() const { return options_; }
+  const VirtioFsDeviceOptions& options() const { return options_; }
 
   class Queue;
-  class Worker;
+  class QueueWorker;
 
  private:
   // Stops every worker from touching queues and memory until resume().
@@ -120,13 +120,13 @@ class FsDevice final : public VhostUserDevice {
   void release_retired_memory();
 
   fuse::RequestHandler& session_;  // a FuseSession, or a remote::Forwarder
-  FsDeviceOptions options_;
+  VirtioFsDeviceOptions options_;
   uint64_t acked_features_ = 0;
   std::unique_ptr<virtio::GuestMemory> memory_;
   // Tables replaced while requests were in flight into them.
   std::vector<std::unique_ptr<virtio::GuestMemory>> retired_;
   std::vector<std::unique_ptr<Queue>> queues_;
-  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::unique_ptr<QueueWorker>> workers_;
   // Requests handed to the session and not yet answered (any queue).
   std::atomic<uint64_t> pending_{0};
 
