@@ -43,8 +43,11 @@ class DeviceProcess {
   pid_t pid() const { return pid_; }
   std::string log() const { return read_text_file(log_); }
 
-  // Starts `args` and waits for the socket; "" or what went wrong.
-  std::string start(const std::vector<std::string>& args) {
+  // Starts `args` and waits for the socket and, in the log, `ready` (what
+  // dpfs logs once its device serves; virtiofsd logs that it waits for a
+  // front-end); "" or what went wrong.
+  std::string start(const std::vector<std::string>& args,
+                    const std::string& ready = "in the guest: mount") {
     if (dir_.empty()) return "mkdtemp failed";
     auto argv = make_argv(args);
     const int log_fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -59,12 +62,10 @@ class DeviceProcess {
       ::_exit(127);
     }
     ::close(log_fd);
-    // Serving once the socket is there and the device says how to use it
-    // (logged after it listens and its control thread runs).
     for (int i = 0; i < 500; ++i) {
       struct stat st {};
       if (::stat(socket_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
-          log().find("in the guest: mount") != std::string::npos) {
+          log().find(ready) != std::string::npos) {
         return "";
       }
       if (std::string e = check_alive(); !e.empty()) return e;
@@ -537,7 +538,8 @@ TEST(BenchVirtiofsd, WorksUnchanged) {
   const std::string share = dev.dir() + "/share";
   ASSERT_EQ(::mkdir(share.c_str(), 0755), 0);
   ASSERT_EQ(dev.start({kVirtiofsd, "--socket-path=" + dev.socket(), "-o", "source=" + share, "-o",
-                       "cache=none"}),
+                       "cache=none"},
+                      "Waiting for vhost-user socket connection"),
             "");
   const std::string json = run_ok(dev, "randwrite", {"--depth", "4"});
   EXPECT_NE(json_field(json, "verified").find("read back and verified"), std::string::npos) << json;

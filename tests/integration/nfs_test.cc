@@ -446,7 +446,14 @@ TEST_P(NfsTest, ConnectionsAreDrivenByTheWorkers) {
        "--threads", "2", "--nfs-connections", "3", "--stats-socket", socket});
   ASSERT_TRUE(started.empty()) << started;
   mnt_ = mount_->dir();
-  EXPECT_EQ(threads_named(mount_->pid(), "dpfs-nfs-"), std::vector<std::string>{"dpfs-nfs-2"});
+  // A connection runs its own loop thread until its worker attaches (the
+  // workers start with the mount, and may take a while to on a busy
+  // machine): wait for the two workers to take theirs.
+  const std::vector<std::string> unattached{"dpfs-nfs-2"};
+  for (int i = 0; i < 500 && threads_named(mount_->pid(), "dpfs-nfs-") != unattached; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(threads_named(mount_->pid(), "dpfs-nfs-"), unattached);
 
   // Work from several processes, so that both workers take requests.
   std::vector<std::thread> writers;
