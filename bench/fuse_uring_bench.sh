@@ -18,6 +18,8 @@
 #
 # Environment:
 #   RUNTIME=10       seconds per fio job and mode
+#   REPEAT=1         rounds of (read/write, io_uring) per job; the table shows,
+#                    for each mode, the round with the median IOPS
 #   QUIET_WAIT=30    before each job, wait up to this many seconds for the
 #                    machine to be idle (others using under a quarter of a CPU)
 #   THREADS=$(nproc) dpfs --threads
@@ -29,6 +31,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNTIME=${RUNTIME:-10}
+REPEAT=${REPEAT:-1}
 QUIET_WAIT=${QUIET_WAIT:-30}
 THREADS=${THREADS:-$(nproc)}
 DPFS_ARGS=${DPFS_ARGS---no-xattr}
@@ -150,6 +153,7 @@ for backend in $BACKENDS; do
   for job in "${JOBS[@]}"; do
     name=${job%%|*}
     args=${job#*|}
+    for round in $(seq "$REPEAT"); do
     for mode in off on; do
       start_dpfs "$backend" "$mode"
       wait_quiet
@@ -181,6 +185,7 @@ EOF
       log "$(tail -1 "$RESULTS")"
       stop_daemon
     done
+    done
   done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -190,10 +195,23 @@ echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'), Linux $(uname -r), $(nproc) CPUs" \
   "dpfs $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
   "load average before $LOAD_BEFORE, after $LOAD_AFTER."
 echo
-echo "| backend | job | transport | IOPS | mean lat µs | p99 lat µs | daemon CPU µs/IO | fio CPU µs/IO | machine CPU µs/IO |"
-echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
-while IFS='|' read -r backend name mode iops mean p99 dcpu fcpu mcpu; do
-  label=read/write
-  [[ $mode = on ]] && label=io_uring
-  echo "| $backend | $name | $label | $iops | $mean | $p99 | $dcpu | $fcpu | $mcpu |"
-done <"$RESULTS"
+echo "RUNTIME=$RUNTIME REPEAT=$REPEAT QUIET_WAIT=$QUIET_WAIT THREADS=$THREADS" \
+  "DPFS_ARGS='$DPFS_ARGS' FILE_SIZE=$FILE_SIZE BACKENDS='$BACKENDS' bench/fuse_uring_bench.sh"
+echo
+python3 - "$RESULTS" <<'EOF'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.strip().split("|")
+    rows.setdefault((f[0], f[1], f[2]), []).append(f)
+print("| backend | job | transport | IOPS (median round) | IOPS range | mean lat µs | p99 lat µs "
+      "| daemon CPU µs/IO | fio CPU µs/IO | machine CPU µs/IO |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for key, runs in rows.items():
+    runs.sort(key=lambda f: float(f[3]))
+    m = runs[len(runs) // 2]
+    spread = "%s-%s" % (runs[0][3], runs[-1][3])
+    label = "io_uring" if key[2] == "on" else "read/write"
+    print("| %s | %s | %s | %s | %s | %s |" % (key[0], key[1], label, m[3], spread,
+                                               " | ".join(m[4:])))
+EOF

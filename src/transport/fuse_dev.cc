@@ -618,9 +618,10 @@ std::vector<std::string> FuseDevice::stats() const {
   for (const auto& w : workers_) read_write += w->taken();
   const bool serving = uring_serving();
   return {fmt::format(
-      "fuse transport: io_uring {}: {} requests through the ring, {} by read/write",
+      "fuse transport: io_uring {}: {} requests through the ring, {} by read/write, {} ring "
+      "replies made on other threads",
       serving ? fmt::format("on ({} queues, {} rings)", ring_->queues(), ring_->rings()) : "off",
-      serving ? ring_->requests() : 0, read_write)};
+      serving ? ring_->requests() : 0, read_write, serving ? ring_->foreign_replies() : 0)};
 }
 
 void FuseDevice::worker_stopped() {

@@ -200,6 +200,7 @@ class FuseRing::Thread {
   }
 
   uint64_t requests() const { return requests_.load(std::memory_order_relaxed); }
+  uint64_t foreign_replies() const { return foreign_replies_.load(std::memory_order_relaxed); }
 
  private:
   // kSettingUp -> kReady | kFailed (the thread); kReady -> kGo | kStop (the
@@ -301,7 +302,8 @@ class FuseRing::Thread {
   // Replies made on other threads, for the ring thread to commit: a stack
   // that any thread pushes on and the ring thread takes whole.
   std::atomic<Entry*> foreign_{nullptr};
-  std::atomic<uint64_t> requests_{0};  // single writer: the ring thread
+  std::atomic<uint64_t> requests_{0};         // single writer: the ring thread
+  std::atomic<uint64_t> foreign_replies_{0};  // likewise
 
   // The ring thread's alone.
   io_uring ring_{};
@@ -521,6 +523,7 @@ void FuseRing::Thread::take_foreign_replies() {
   Entry* e = foreign_.exchange(nullptr, std::memory_order_acquire);
   while (e != nullptr) {
     Entry* next = e->next_foreign;
+    util::single_writer_add(foreign_replies_);
     commit(*e);
     e = next;
   }
@@ -594,6 +597,12 @@ void FuseRing::stop() {
 uint64_t FuseRing::requests() const {
   uint64_t n = 0;
   for (const auto& t : threads_) n += t->requests();
+  return n;
+}
+
+uint64_t FuseRing::foreign_replies() const {
+  uint64_t n = 0;
+  for (const auto& t : threads_) n += t->foreign_replies();
   return n;
 }
 

@@ -123,6 +123,8 @@ class FuseRing {
 
   // Requests taken from the rings so far.
   uint64_t requests() const;
+  // Of those, the replies made on another thread than their ring's.
+  uint64_t foreign_replies() const;
   unsigned queues() const { return queues_; }
   unsigned rings() const { return unsigned(threads_.size()); }
 
