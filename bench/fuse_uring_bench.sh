@@ -119,8 +119,15 @@ start_dpfs() {
     SIZE=$FILE_SIZE
     head -c "$FILE_SIZE" /dev/urandom >"$FILE" || die "writing $FILE"
   fi
-  if [[ $mode = on ]] && ! grep -q "FUSE over io_uring: on" "$WORK/$backend-$mode.log"; then
-    die "dpfs did not serve through io_uring"
+  if [[ $mode = on ]]; then
+    # Logged once the rings are registered, which may be after the mount
+    # answers its first request.
+    for _ in $(seq 50); do
+      grep -q "FUSE over io_uring: on" "$WORK/$backend-$mode.log" && break
+      sleep 0.05
+    done
+    grep -q "FUSE over io_uring: on" "$WORK/$backend-$mode.log" ||
+      { cat "$WORK/$backend-$mode.log" >&2; die "dpfs did not serve through io_uring"; }
   fi
 }
 
