@@ -167,5 +167,13 @@ if pairs:
                      f"{ratio(x['cpu_us'], y['cpu_us'])} |")
     L.append("")
 
-open(out, "w").write("\n".join(L) + "\n")
+# Sections other scripts write (bench/fuse_uring_bench.sh's "FUSE over
+# io_uring") follow this report's and are kept.
+KEPT = "## FUSE over io_uring"
+try:
+    previous = open(out).read()
+except FileNotFoundError:
+    previous = ""
+kept = previous[previous.find(KEPT):] if KEPT in previous else ""
+open(out, "w").write("\n".join(L) + "\n" + ("\n" + kept if kept else ""))
 print("\n".join(L))

@@ -379,6 +379,22 @@ const Setting kSettings[] = {
     {{"fuse.allow_dev", "--fuse-allow-dev", "BOOL",
       "mount without nodev: device nodes on the mount open this host's devices (default false)"},
      [](Config& cfg, const Value& v) { cfg.fuse.allow_dev = as_bool(v); }},
+    {{"fuse.io_uring", "--fuse-io-uring", "auto|on|off",
+      "serve the mount through FUSE over io_uring (Linux 6.14+, with the fuse module's "
+      "enable_uring on): auto where the kernel offers it, else read/write; on fails start-up "
+      "without it; off never (default auto)"},
+     [](Config& cfg, const Value& v) {
+       const std::string& s = as_string(v);
+       if (s == "auto") {
+         cfg.fuse.io_uring = transport::FuseUringMode::kAuto;
+       } else if (s == "on") {
+         cfg.fuse.io_uring = transport::FuseUringMode::kOn;
+       } else if (s == "off") {
+         cfg.fuse.io_uring = transport::FuseUringMode::kOff;
+       } else {
+         refuse(fmt::format("must be auto, on or off, got '{}'", s));
+       }
+     }},
     {{"policy.translate_uid", "--translate-uid", "RULE...",
       "map tenant uids to host uids, virtiofsd's rules: map:GUEST:HOST:COUNT, guest:GUEST:HOST:"
       "COUNT, host:HOST:GUEST:COUNT, squash-guest:GUEST:HOST:COUNT, squash-host:HOST:GUEST:"

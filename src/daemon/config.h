@@ -24,6 +24,7 @@
 #include "backend/policy.h"
 #include "sandbox/namespace.h"
 #include "sandbox/seccomp.h"
+#include "transport/fuse_uring_mode.h"
 
 namespace dpfs::daemon {
 
@@ -48,6 +49,8 @@ struct FuseConfig {
   // device nodes the tenant made must not work on this host through it.
   bool allow_suid = false;
   bool allow_dev = false;
+  // FUSE over io_uring where the kernel offers it (transport/fuse_uring.h).
+  transport::FuseUringMode io_uring = transport::FuseUringMode::kAuto;
 };
 
 // What the daemon does when a vhost-user front-end (QEMU) goes away.

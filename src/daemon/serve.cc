@@ -176,8 +176,8 @@ std::string enter_sandbox(Config& cfg) {
 class Daemon {
  public:
   Daemon(const Config& cfg, std::unique_ptr<transport::FuseMount> mount,
-         std::vector<util::UniqueFd> devices, const RemoteCredentials& credentials,
-         std::function<void()> on_stop)
+         std::vector<util::UniqueFd> devices, transport::FuseUringPlan uring,
+         const RemoteCredentials& credentials, std::function<void()> on_stop)
       : mount_(std::move(mount)) {
     fuse::SessionOptions options = session_options(cfg, cfg.policy);
     options.name = cfg.fuse.mount;
@@ -189,7 +189,8 @@ class Daemon {
         cfg.threads == 1 ? "" : "s", format_size(cfg.fuse.max_write), cfg.fuse.entry_timeout,
         cfg.fuse.attr_timeout, cfg.fuse.writeback_cache ? "on" : "off");
     device_ = std::make_unique<transport::FuseDevice>(mount_->fd(), tenant_->handler(), cfg.threads,
-                                                      std::move(on_stop), std::move(devices));
+                                                      std::move(on_stop), std::move(devices),
+                                                      std::move(uring));
     mount_->set_quiet_unmount(false);
   }
   Daemon(const Daemon&) = delete;
@@ -213,6 +214,10 @@ class Daemon {
     std::vector<std::string> lines = tenant_->request_stats();
     const std::vector<std::string> more = tenant_->backend_stats();
     lines.insert(lines.end(), more.begin(), more.end());
+    if (device_) {
+      const std::vector<std::string> transport = device_->stats();
+      lines.insert(lines.end(), transport.begin(), transport.end());
+    }
     return lines;
   }
   bool failed() const { return device_ && device_->failed(); }
@@ -320,7 +325,9 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
   const RemoteCredentials credentials = read_remote_credentials(cfg);
   std::unique_ptr<transport::FuseMount> mount;
   std::vector<util::UniqueFd> fuse_devices;  // the FUSE workers' clones
+  transport::FuseUringPlan fuse_uring;       // read from /sys, out of the sandbox's reach
   if (!cfg.fuse.mount.empty()) {
+    fuse_uring = transport::plan_fuse_uring(cfg.fuse.io_uring);
     fuse_devices = transport::FuseMount::open_devices(cfg.threads);
     mount = std::make_unique<transport::FuseMount>(
         transport::MountOptions{cfg.fuse.mount, cfg.fuse.max_write, cfg.fuse.mount_is_default,
@@ -347,8 +354,9 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
   }
   std::unique_ptr<Daemon> fuse;
   if (mount) {
-    fuse = std::make_unique<Daemon>(served, std::move(mount), std::move(fuse_devices), credentials,
-                                    notifier(fuse_stopped.get()));
+    fuse =
+        std::make_unique<Daemon>(served, std::move(mount), std::move(fuse_devices),
+                                 std::move(fuse_uring), credentials, notifier(fuse_stopped.get()));
   }
   spdlog::info("{}", sandboxed);
   if (listener) listener->start();

@@ -23,6 +23,8 @@
 #include <string_view>
 #include <system_error>
 
+#include "util/counter.h"
+
 namespace dpfs::transport {
 namespace {
 
@@ -276,6 +278,8 @@ class FuseDevice::Worker {
   }
 
   bool started() const { return thread_.joinable(); }
+  // Requests read from /dev/fuse so far.
+  uint64_t taken() const { return taken_.load(std::memory_order_relaxed); }
   bool exited() const { return exited_.load(std::memory_order_acquire); }
 
   // Interrupts a read(2) or a wait for a free slot; the worker then sees
@@ -307,7 +311,14 @@ class FuseDevice::Worker {
 
     char* in_buf() { return in_buf_.get(); }
     void set_in_len(size_t len) { in_iov_.iov_len = len; }
-    const char* out_buf() const { return out_buf_.get(); }
+    std::span<const char> request() const { return {in_buf_.get(), in_iov_.iov_len}; }
+    uint32_t opcode() const {
+      fuse_in_header h{};
+      if (in_iov_.iov_len < sizeof(h)) return 0;
+      std::memcpy(&h, in_buf_.get(), sizeof(h));
+      return h.opcode;
+    }
+    char* out_buf() { return out_buf_.get(); }
 
     void complete(size_t reply_len) override { worker_.reply(*this, reply_len); }
 
@@ -333,6 +344,17 @@ class FuseDevice::Worker {
 
   // Writes a reply (from any thread) and frees its slot.
   void reply(Slot& slot, size_t len) {
+    // The INIT reply of a device with rings takes FUSE_OVER_IO_URING.
+    bool init = false;
+    bool accepted = false;
+    bool offered = false;
+    if (len > 0 && device_.ring_ && !device_.init_answered_.load(std::memory_order_acquire) &&
+        slot.opcode() == FUSE_INIT) {
+      init = true;
+      accepted = accept_uring_in_init_reply(slot.request(), std::span<char>(slot.out_buf(), len),
+                                            &offered);
+    }
+    bool written = false;
     if (len > 0) {
       ssize_t n;
       do {
@@ -347,8 +369,13 @@ class FuseDevice::Worker {
         }
       } else if (size_t(n) != len) {
         log_recurring(g_write_errors, "short write of a FUSE reply: {} of {} bytes", n, len);
+      } else {
+        written = true;
       }
     }
+    // Before the slot is freed: the worker that answered INIT starts the
+    // rings before it takes another request.
+    if (init) device_.init_answered(accepted && written, offered);
     // The slot may be reused as soon as busy is clear: touch it no more.
     slot.busy.store(false, std::memory_order_release);
     // Sequentially consistent, with the worker's waiting_ store and its
@@ -368,6 +395,7 @@ class FuseDevice::Worker {
   std::atomic<uint32_t> releases_{0};  // bumped on every reply, to wait for one
   std::atomic<bool> waiting_{false};
   std::atomic<bool> exited_{false};
+  std::atomic<uint64_t> taken_{0};  // single writer: the worker thread
   // The backend's state on this worker (an io_uring ring), made and
   // destroyed on the worker thread; nullptr if the backend has none.
   std::unique_ptr<WorkerHook> hook_;
@@ -461,6 +489,7 @@ bool FuseDevice::Worker::take_batch(bool* idle) {
       return false;
     }
     slot->set_in_len(size_t(n));
+    util::single_writer_add(taken_);
     slot->busy.store(true, std::memory_order_relaxed);
     session.handle(*slot);
     if (session.destroyed()) {
@@ -481,8 +510,33 @@ void FuseDevice::Worker::wait() {
 // --- FuseDevice --------------------------------------------------------------
 
 FuseDevice::FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-                       std::function<void()> on_stop, std::vector<util::UniqueFd> devices)
-    : session_(session), on_stop_(std::move(on_stop)) {
+                       std::function<void()> on_stop, std::vector<util::UniqueFd> devices,
+                       FuseUringPlan uring)
+    : session_(session), on_stop_(std::move(on_stop)), uring_plan_(std::move(uring)) {
+  if (uring_plan_.use) {
+    // An entry's payload holds a request's arguments after the first, or
+    // a reply's; the kernel asks for max_write (or max_pages) at least.
+    const size_t payload = (std::max({session.max_request_size(), session.max_reply_size(),
+                                      size_t(FUSE_MIN_READ_BUFFER)}) +
+                            4095) &
+                           ~size_t(4095);
+    ring_ =
+        std::make_unique<FuseRing>(connection_fd, session, uring_plan_.queues, threads, payload);
+    if (const std::string& error = ring_->setup_error(); !error.empty()) {
+      if (uring_plan_.mode == FuseUringMode::kOn) {
+        throw MountError(
+            fmt::format("fuse.io_uring = on, but FUSE over io_uring cannot be used: {}; or set "
+                        "fuse.io_uring to auto",
+                        error));
+      }
+      spdlog::info("FUSE over io_uring: not used, serving by read/write: {}", error);
+      ring_.reset();
+    }
+  } else if (uring_plan_.mode == FuseUringMode::kAuto) {
+    spdlog::info("FUSE over io_uring: not used, serving by read/write: {}", uring_plan_.reason);
+  } else {
+    spdlog::debug("FUSE over io_uring: not used: {}", uring_plan_.reason);
+  }
   install_wake_handler();
   for (unsigned i = 0; i < threads; ++i) {
     util::UniqueFd fd;
@@ -526,6 +580,48 @@ void FuseDevice::stop() {
     }
     w->join();
   }
+  if (ring_) ring_->stop();
+}
+
+void FuseDevice::init_answered(bool accepted, bool offered) {
+  if (init_answered_.exchange(true)) return;
+  if (!accepted) {
+    uring_unavailable(offered ? "the INIT reply could not be written with it"
+                              : fmt::format("the kernel did not offer it at INIT (is {} still on?)",
+                                            kEnableUringParameter));
+    return;
+  }
+  if (const std::string error = ring_->start(); !error.empty()) {
+    uring_unavailable(error);
+    return;
+  }
+  uring_serving_.store(true, std::memory_order_release);
+  spdlog::info(
+      "FUSE over io_uring: on (fuse.io_uring = {}): {} queue{} on {} ring thread{}, {} entries "
+      "each; FORGET and INTERRUPT by read/write",
+      fuse_uring_mode_name(uring_plan_.mode), ring_->queues(), ring_->queues() == 1 ? "" : "s",
+      ring_->rings(), ring_->rings() == 1 ? "" : "s", FuseRing::kEntriesPerQueue);
+}
+
+void FuseDevice::uring_unavailable(const std::string& why) {
+  if (uring_plan_.mode != FuseUringMode::kOn) {
+    spdlog::info("FUSE over io_uring: not used, serving by read/write: {}", why);
+    return;
+  }
+  spdlog::error("fuse.io_uring = on, but FUSE over io_uring cannot be used: {}", why);
+  failed_.store(true, std::memory_order_release);
+  if (!notified_.exchange(true) && on_stop_) on_stop_();
+}
+
+std::vector<std::string> FuseDevice::stats() const {
+  uint64_t read_write = 0;
+  for (const auto& w : workers_) read_write += w->taken();
+  const bool serving = uring_serving();
+  return {fmt::format(
+      "fuse transport: io_uring {}: {} requests through the ring, {} by read/write, {} ring "
+      "replies made on other threads",
+      serving ? fmt::format("on ({} queues, {} rings)", ring_->queues(), ring_->rings()) : "off",
+      serving ? ring_->requests() : 0, read_write, serving ? ring_->foreign_replies() : 0)};
 }
 
 void FuseDevice::worker_stopped() {

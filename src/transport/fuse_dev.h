@@ -27,6 +27,7 @@
 
 #include "fuse/handler.h"
 #include "sandbox/outside.h"
+#include "transport/fuse_uring.h"
 #include "util/unique_fd.h"
 
 namespace dpfs::transport {
@@ -128,6 +129,15 @@ class FuseMount {
 // the workers with SIGUSR2, for which the device installs a handler that
 // does nothing. Workers unblock SIGUSR2; other threads need not.
 //
+// FUSE over io_uring (fuse_uring.h), where `uring` says to use it: the
+// device sets its rings up before serving, accepts FUSE_OVER_IO_URING in the
+// INIT reply (a transport matter the session never sees) and registers the
+// rings' entries once that reply is written; the workers keep reading
+// /dev/fuse for what still comes that way (INIT, FORGET, INTERRUPT). With
+// fuse.io_uring = auto, whatever keeps it from being used is logged once
+// and the device serves by read/write; with on, it fails instead (start-up,
+// or failed() and on_stop once INIT shows the kernel will not).
+//
 // stop() and the destructor are for the thread that constructed the device.
 // Replies (Request::complete) may come from any thread until the destructor
 // runs; the backend must therefore be destroyed (answering what it still
@@ -141,8 +151,10 @@ class FuseDevice {
   // a thread cannot be started. `devices`: descriptors of /dev/fuse opened
   // beforehand (FuseMount::open_devices), for the workers' clones where
   // /dev/fuse can no longer be opened (a sandbox); the rest are opened here.
+  // `uring`: from plan_fuse_uring(), made before the sandbox.
   FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-             std::function<void()> on_stop, std::vector<util::UniqueFd> devices = {});
+             std::function<void()> on_stop, std::vector<util::UniqueFd> devices = {},
+             FuseUringPlan uring = {});
   FuseDevice(const FuseDevice&) = delete;
   FuseDevice& operator=(const FuseDevice&) = delete;
   ~FuseDevice();
@@ -154,11 +166,22 @@ class FuseDevice {
   // Whether a worker stopped on an error of the connection (logged), rather
   // than because the file system went away.
   bool failed() const { return failed_.load(std::memory_order_acquire); }
+  // Whether requests are served through io_uring (after INIT).
+  bool uring_serving() const { return uring_serving_.load(std::memory_order_acquire); }
+  // Statistics lines: how requests came, through the rings or read(2).
+  std::vector<std::string> stats() const;
 
   class Worker;
 
  private:
   void worker_stopped();
+  // The INIT reply was written (`accepted`: with FUSE_OVER_IO_URING;
+  // `offered`: the kernel offered it): starts the rings or gives up on them.
+  // On the worker that answered INIT.
+  void init_answered(bool accepted, bool offered);
+  // Gives up on io_uring for this connection: logs why (auto), or fails the
+  // device (on).
+  void uring_unavailable(const std::string& why);
 
   fuse::RequestHandler& session_;
   std::function<void()> on_stop_;
@@ -167,6 +190,11 @@ class FuseDevice {
   std::atomic<bool> failed_{false};
   bool cloned_ = true;
   std::vector<std::unique_ptr<Worker>> workers_;
+  FuseUringPlan uring_plan_;
+  // Null unless the plan uses io_uring and the rings could be set up.
+  std::unique_ptr<FuseRing> ring_;
+  std::atomic<bool> init_answered_{false};
+  std::atomic<bool> uring_serving_{false};
 };
 
 }  // namespace dpfs::transport
