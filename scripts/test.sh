@@ -67,10 +67,11 @@ step "tests under ASan+UBSan"
 # (measured: passthrough 77 s, remote 42 s, remote_tls 51 s, nfs3 64 s,
 # nfs4 85 s, most of it ExerciserTest; memfs 72 s, null 1 s), and their
 # backends have tests of their own here (passthrough_test.cc, nfs_test.cc,
-# remote_test.cc, the fuzz targets). Drop a name from the list to run one.
+# remote_test.cc, fuse_uring_test.cc for FUSE over io_uring, the fuzz
+# targets). Drop a name from the list to run one.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure --timeout 1200 \
-  -E '^(guests|sandbox|conformance/(passthrough|nfs3|nfs4|remote|remote_tls))$'
+  -E '^(guests|sandbox|conformance/(memfs_uring|passthrough|nfs3|nfs4|remote|remote_tls))$'
 
 step "fuzz (libFuzzer, ${FUZZ_SECONDS:-10} s per target)"
 fuzzers=$(cd tests/fuzz && ls *_fuzz.cc | sed 's/\.cc$//')

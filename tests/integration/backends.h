@@ -120,6 +120,10 @@ struct BackendConfig {
   bool export_tmpfs = false;
   // More options for the daemon that mounts.
   std::vector<std::string> serve_args;
+  // The mount is served through FUSE over io_uring (--fuse-io-uring on): the
+  // fixture switches the fuse module's enable_uring on for it, and puts it
+  // back as it was when the suite's mount stops.
+  bool fuse_io_uring = false;
   // Served through the remote transport: `dpfs serve --listen` on loopback
   // runs `spec`, the mounting daemon is its device (--backend remote://).
   bool remote = false;
@@ -200,6 +204,14 @@ inline const std::vector<BackendConfig>& backend_table() {
                        "null serves a fixed read-only tree, the root and one file \"zero\"; "
                        "every change answers EROFS (src/backend/null/null.h): only RootTest "
                        "applies"}},
+      },
+      {
+          // memfs through FUSE over io_uring rather than read/write on
+          // /dev/fuse (src/transport/fuse_uring.h).
+          .name = "memfs_uring",
+          .spec = "memfs",
+          .serve_args = {"--fuse-io-uring", "on"},
+          .fuse_io_uring = true,
       },
       {
           // On tmpfs, io_uring = auto would choose system calls: forced on,

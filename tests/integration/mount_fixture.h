@@ -1174,7 +1174,36 @@ class Watchdog {
 // test works in a directory of its own.
 
 // A configuration's daemons while a suite runs.
+// The fuse module's enable_uring, switched on for a configuration served
+// through FUSE over io_uring and put back as it was when that goes.
+class EnableUring {
+ public:
+  static constexpr const char* kParameter = "/sys/module/fuse/parameters/enable_uring";
+  EnableUring() = default;
+  EnableUring(const EnableUring&) = delete;
+  EnableUring& operator=(const EnableUring&) = delete;
+  ~EnableUring() {
+    if (!saved_.empty() && saved_ != "Y") write_file(kParameter, "0");
+  }
+  // "" or why it cannot be switched on (a kernel without FUSE over io_uring).
+  std::string enable() {
+    const std::optional<std::string> now = read_file(kParameter);
+    if (!now) return std::string(kParameter) + " is missing: this kernel has no FUSE over io_uring";
+    saved_ = now->substr(0, 1);
+    if (!write_file(kParameter, "1")) return std::string("cannot write ") + kParameter;
+    return "";
+  }
+
+ private:
+  static bool write_file(const char* path, const char* text) {
+    std::ofstream f(path);
+    return bool(f << text << "\n");
+  }
+  std::string saved_;  // "Y" or "N" as found; empty: untouched
+};
+
 struct Served {
+  EnableUring uring;  // declared first: put back after the mount is gone
   std::unique_ptr<Mount> mount;
   std::unique_ptr<ServerProcess> server;  // a remote configuration's server end
   // Why the configuration cannot be used; every test on it fails with it.
@@ -1277,6 +1306,10 @@ class MountTest : public ::testing::TestWithParam<const BackendConfig*> {
     }
     std::string spec = m.expand_spec(b.spec, b.export_tmpfs, &s->problem);
     if (!s->problem.empty()) return s;
+    if (b.fuse_io_uring) {
+      s->problem = s->uring.enable();
+      if (!s->problem.empty()) return s;
+    }
     std::vector<std::string> device_args;
     if (b.remote) {
       // The server runs the session and the backend: the policy is its.
