@@ -23,6 +23,7 @@
 #include <string_view>
 #include <system_error>
 
+#include "transport/log_recurring.h"
 #include "util/counter.h"
 
 namespace dpfs::transport {
@@ -103,15 +104,6 @@ void install_wake_handler() {
   });
 }
 
-// Logs the first few of a recurring error, then one in 10,000.
-template <typename... Args>
-void log_recurring(std::atomic<uint64_t>& count, fmt::format_string<Args...> format,
-                   Args&&... args) {
-  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed);
-  if (n < 10 || n % 10000 == 0) {
-    spdlog::warn("{} ({} so far)", fmt::format(format, std::forward<Args>(args)...), n + 1);
-  }
-}
 std::atomic<uint64_t> g_write_errors{0};
 
 }  // namespace

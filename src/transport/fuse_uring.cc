@@ -18,6 +18,7 @@
 
 #include "transport/fuse_dev.h"
 #include "transport/fuse_uring_abi.h"
+#include "transport/log_recurring.h"
 #include "util/counter.h"
 #include "util/unique_fd.h"
 
@@ -39,15 +40,6 @@ thread_local FuseRing::Thread* t_owner = nullptr;
 
 std::string errno_text(int e) { return std::strerror(e); }
 
-// Logs the first few of a recurring problem, then one in 10,000.
-template <typename... Args>
-void log_recurring(std::atomic<uint64_t>& count, fmt::format_string<Args...> format,
-                   Args&&... args) {
-  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed);
-  if (n < 10 || n % 10000 == 0) {
-    spdlog::warn("{} ({} so far)", fmt::format(format, std::forward<Args>(args)...), n + 1);
-  }
-}
 std::atomic<uint64_t> g_bad_requests{0};
 std::atomic<uint64_t> g_entry_errors{0};
 std::atomic<uint64_t> g_double_replies{0};
