@@ -558,6 +558,20 @@ const Setting kSettings[] = {
 constexpr std::string_view kDeviceKeys[] = {"socket", "tag",         "request_queues",
                                             "poll",   "poll_budget", "socket_group"};
 
+// A device with the [vhost_user] keys of `vu` (a [[device]] table's, or the
+// top-level one's) and `backend`.
+DeviceConfig device_from(const VhostUserConfig& vu, const BackendConfig& backend) {
+  DeviceConfig device;
+  device.socket = vu.socket;
+  device.tag = vu.tag;
+  device.request_queues = vu.request_queues;
+  device.poll = vu.poll;
+  device.poll_budget_us = vu.poll_budget_us;
+  device.socket_gid = vu.socket_gid;
+  device.backend = backend;
+  return device;
+}
+
 const Setting* find_setting(std::string_view key) {
   for (const Setting& s : kSettings) {
     if (s.info.key == key) return &s;
@@ -675,14 +689,7 @@ DeviceConfig parse_device(const toml::table& table, size_t index, std::string_vi
   if (scratch.vhost_user.socket.empty()) {
     throw ConfigError(fmt::format("config {}: {}: socket is required", source, name));
   }
-  DeviceConfig device;
-  device.socket = scratch.vhost_user.socket;
-  device.tag = scratch.vhost_user.tag;
-  device.request_queues = scratch.vhost_user.request_queues;
-  device.poll = scratch.vhost_user.poll;
-  device.poll_budget_us = scratch.vhost_user.poll_budget_us;
-  device.socket_gid = scratch.vhost_user.socket_gid;
-  device.backend = scratch.backend;
+  DeviceConfig device = device_from(scratch.vhost_user, scratch.backend);
   device.policy_overrides = std::move(policy_overrides);
   return device;
 }
@@ -779,15 +786,7 @@ void apply_switch(Config& cfg, std::string_view key, bool value) {
 void finish(Config& cfg) {
   const VhostUserConfig& vu = cfg.vhost_user;
   if (!vu.socket.empty()) {
-    DeviceConfig device;
-    device.socket = vu.socket;
-    device.tag = vu.tag;
-    device.request_queues = vu.request_queues;
-    device.poll = vu.poll;
-    device.poll_budget_us = vu.poll_budget_us;
-    device.socket_gid = vu.socket_gid;
-    device.backend = cfg.backend;
-    cfg.devices.insert(cfg.devices.begin(), std::move(device));
+    cfg.devices.insert(cfg.devices.begin(), device_from(vu, cfg.backend));
   } else if (vu.tag != DeviceConfig::kDefaultTag || vu.request_queues != 1 || vu.poll) {
     // Like an unknown key: a setting that would silently do nothing.
     throw ConfigError(
