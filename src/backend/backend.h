@@ -162,6 +162,10 @@ struct Capabilities {
   // Context::kill_suidgid, and on every chown of a non-directory;
   // security.capability goes on every write, truncation and chown.
   bool killpriv_v2 = false;
+  // The largest WRITE (and READ) the backend takes in one call; the session
+  // offers the kernel no more. 0: no limit of its own (the session's
+  // max_write).
+  uint32_t max_write = 0;
 };
 
 // ---------------------------------------------------------------------------
@@ -219,6 +223,7 @@ class ReplyTarget {
   virtual void answer_lock(const Lock& lock) = 0;
   virtual void answer_lseek(uint64_t offset) = 0;
   virtual bool dir_plus() const = 0;
+  virtual size_t dir_size() const = 0;
   virtual bool dir_add(std::string_view name, uint64_t ino, uint32_t type,
                        uint64_t next_offset) = 0;
   virtual bool dir_add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) = 0;
@@ -347,6 +352,10 @@ class DirReply : public Reply {
  public:
   using Reply::Reply;
   bool plus() const { return target_ != nullptr && target_->dir_plus(); }  // use add_plus
+  // The bytes the tenant's listing may take, in the protocol's encoding:
+  // for a backend that fetches listings in pages from elsewhere (remote),
+  // to fetch about what fits.
+  size_t size() const { return target_ != nullptr ? target_->dir_size() : 0; }
   // type: DT_* of <dirent.h> (or the S_IFMT bits >> 12).
   bool add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset) {
     return target_ != nullptr && target_->dir_add(name, ino, type, next_offset);

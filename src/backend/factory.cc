@@ -9,6 +9,7 @@
 #include "backend/nfs/nfs.h"
 #include "backend/null/null.h"
 #include "backend/passthrough/passthrough.h"
+#include "remote/remote_backend.h"
 #include "util/endpoint.h"
 
 namespace dpfs {
@@ -21,7 +22,7 @@ constexpr BackendType kTypes[] = {
     {BackendKind::kNfs, "nfs", true, "an NFS export: nfs://SERVER[:PORT]/EXPORT[?version=3|4]"},
     {BackendKind::kPassthrough, "passthrough", true, "a directory of this host, passthrough:DIR"},
     {BackendKind::kRemote, "remote", true,
-     "remote://HOST:PORT: forward every request to a dpfs server (dpfs serve --listen)"},
+     "remote://HOST:PORT: the file system a dpfs server serves (dpfs serve --listen)"},
 };
 
 }  // namespace
@@ -127,11 +128,16 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
         options.squash_gid = uint32_t(cfg.passthrough.squash_gid);
       return std::make_unique<Passthrough>(options);
     }
-    case BackendKind::kRemote:
-      // The remote backend forwards whole FUSE requests (remote::Forwarder):
-      // the server layer builds it in place of a session
-      // (daemon/tenant_handler.h), never as a Backend.
-      throw std::invalid_argument("backend remote is a forwarder, not a Backend object");
+    case BackendKind::kRemote: {
+      remote::ForwarderOptions options;
+      options.server = util::parse_endpoint(backend_spec(cfg), "remote://", false);
+      options.secret = cfg.remote.secret;
+      options.tls_context = cfg.remote.tls;
+      options.connections = cfg.remote.connections;
+      options.timeout_s = cfg.remote.timeout;
+      options.max_write = cfg.remote.max_write;
+      return std::make_unique<remote::RemoteBackend>(std::move(options));
+    }
   }
   throw std::invalid_argument("unknown backend kind");
 }

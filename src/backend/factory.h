@@ -19,6 +19,10 @@
 
 namespace dpfs {
 
+namespace remote {
+class TlsContext;
+}
+
 // Every backend type this build has (backend_types() names them).
 enum class BackendKind { kMemfs, kNull, kNfs, kPassthrough, kRemote };
 
@@ -55,6 +59,15 @@ struct BackendConfig {
     int64_t squash_uid = -1;  // -1: the tenant's
     int64_t squash_gid = -1;
   } passthrough;
+  // remote: `arg` is "//HOST:PORT". The [remote] settings, and what the
+  // daemon read from their files at start-up, before a sandbox hides them.
+  struct Remote {
+    unsigned connections = 2;                 // links to the server
+    double timeout = 30.0;                    // seconds a request may wait for its reply
+    uint32_t max_write = 1u << 20;            // [fuse] max_write
+    std::string secret;                       // empty: none
+    std::shared_ptr<remote::TlsContext> tls;  // null: plain TCP
+  } remote;
 
   // The descriptors this backend may hold for its device's tenant (open files,
   // cached inode descriptors): its share of the process's limit, set by the

@@ -842,6 +842,9 @@ void finish(Config& cfg) {
     backend.entry_timeout = cfg.fuse.entry_timeout;
     backend.attr_timeout = cfg.fuse.attr_timeout;
     backend.writeback_cache = cfg.fuse.writeback_cache;
+    backend.remote.connections = cfg.remote.connections;
+    backend.remote.timeout = cfg.remote.timeout;
+    backend.remote.max_write = cfg.fuse.max_write;
     if (backend.nfs.connections == 0) {
       backend.nfs.connections = std::min<uint32_t>(cfg.threads, kMaxNfsConnections);
     }

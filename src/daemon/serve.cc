@@ -29,7 +29,6 @@
 #include "daemon/vhost_user_endpoint.h"
 #include "fuse/session.h"
 #include "fuse/session_stats.h"
-#include "remote/forwarder.h"
 #include "remote/server.h"
 #include "sandbox/capabilities.h"
 #include "sandbox/outside.h"
@@ -181,7 +180,7 @@ class Daemon {
       : mount_(std::move(mount)) {
     fuse::SessionOptions options = session_options(cfg, cfg.policy);
     options.name = cfg.fuse.mount;
-    tenant_ = std::make_unique<TenantHandler>(cfg.backend, options, cfg, credentials);
+    tenant_ = std::make_unique<TenantHandler>(cfg.backend, options, credentials);
     spdlog::info(
         "dpfs {}: serving {} at {}: {} thread{}, max_write {}, entry_timeout {}s, attr_timeout "
         "{}s, writeback_cache {}",

@@ -6,6 +6,7 @@
 
 #include "daemon/config.h"
 #include "fuse/session_stats.h"
+#include "remote/forwarder.h"
 
 namespace dpfs::daemon {
 
@@ -28,6 +29,13 @@ std::string describe_backend(const BackendConfig& b) {
     case BackendKind::kNull:
       return fmt::format("null (file_size {}{})", format_size(b.null.file_size),
                          b.null.direct_io ? ", direct_io" : "");
+    case BackendKind::kRemote:
+      return fmt::format(
+          "{} ({} connection{}, timeout {} s, {}{})", backend_spec(b), b.remote.connections,
+          b.remote.connections == 1 ? "" : "s", b.remote.timeout, b.remote.tls ? "TLS, " : "",
+          b.remote.secret.empty()
+              ? "no shared secret"
+              : (b.remote.tls ? "shared secret" : "shared secret, frames authenticated"));
     default:
       return backend_spec(b);
   }
@@ -52,53 +60,36 @@ RemoteCredentials read_remote_credentials(const Config& cfg) {
   return c;
 }
 
-remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg,
-                                           const RemoteCredentials& credentials) {
-  remote::ForwarderOptions options;
-  options.server = remote::parse_endpoint(backend_spec(b), "remote://", false);
-  options.secret = credentials.secret;
-  options.tls = {cfg.remote.tls_cert, cfg.remote.tls_key, cfg.remote.tls_ca};
-  options.tls_context = credentials.tls;
-  options.connections = cfg.remote.connections;
-  options.timeout_s = cfg.remote.timeout;
-  options.max_write = cfg.fuse.max_write;
-  return options;
-}
-
-TenantHandler::TenantHandler(const BackendConfig& backend, const fuse::SessionOptions& options,
-                             const Config& cfg, const RemoteCredentials& credentials) {
-  if (backend.kind == BackendKind::kRemote) {
-    // Requests go whole to a remote dpfs, which runs the session.
-    forwarder_ = std::make_unique<remote::Forwarder>(forwarder_options(backend, cfg, credentials));
-    handler_ = forwarder_.get();
-    description_ = forwarder_->describe();
+TenantHandler::TenantHandler(const BackendConfig& backend, fuse::SessionOptions options,
+                             const RemoteCredentials& credentials) {
+  BackendConfig b = backend;
+  if (b.kind == BackendKind::kRemote) {
+    b.remote.secret = credentials.secret;
+    b.remote.tls = credentials.tls;
+    // The server's policy is the one that protects its host; nothing here
+    // maps ids or filters names a second time.
+    options.policy = nullptr;
+    backend_ = make_backend(b);
   } else {
-    backend_ = std::make_unique<PolicyBackend>(make_backend(backend), options.policy);
-    session_ = std::make_unique<fuse::FuseSession>(*backend_, options);
-    handler_ = session_.get();
-    description_ = describe_backend(backend);
+    backend_ = std::make_unique<PolicyBackend>(make_backend(b), options.policy);
   }
+  description_ = describe_backend(b);
+  session_ = std::make_unique<fuse::FuseSession>(*backend_, std::move(options));
 }
 
-std::vector<std::string> TenantHandler::request_stats() const {
-  if (session_) return format_stats(*session_);
-  const remote::Forwarder::Counters& c = forwarder_->counters();
-  return {fmt::format("{} requests forwarded, {} resent, {} failed, {} connections made",
-                      c.forwarded.load(), c.resent.load(), c.failed.load(), c.connects.load())};
-}
+std::vector<std::string> TenantHandler::request_stats() const { return format_stats(*session_); }
 
 std::vector<std::string> TenantHandler::backend_stats() const {
   return backend_ ? backend_->stats() : final_backend_stats_;
 }
 
 void TenantHandler::forget_tenant() {
-  if (session_ && backend_ && session_->initialized()) backend_->destroy();
+  if (backend_ && session_->initialized()) backend_->destroy();
 }
 
 void TenantHandler::end() {
   if (backend_) final_backend_stats_ = backend_->stats();
   backend_.reset();
-  if (forwarder_) forwarder_->stop();
 }
 
 }  // namespace dpfs::daemon

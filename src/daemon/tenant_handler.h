@@ -1,7 +1,7 @@
 // What answers one tenant's FUSE requests, built the same way for every
-// transport (the FUSE mount, each vhost-user device): a FUSE session over
-// the configured backend behind the tenant's host policy, or, for a
-// remote://HOST:PORT backend, a forwarder to the dpfs that runs the session.
+// transport (the FUSE mount, each vhost-user device) and every backend: a
+// FUSE session over the configured backend, behind the tenant's host policy
+// (a remote backend's host is the server's, whose own policy applies there).
 //
 //   TenantHandler tenant(cfg.backend, options, cfg, credentials);
 //   Transport transport(tenant.handler(), ...);   // serves through it
@@ -23,7 +23,6 @@
 #include "fuse/handler.h"
 #include "fuse/session.h"
 #include "remote/channel.h"
-#include "remote/forwarder.h"
 
 namespace dpfs::daemon {
 
@@ -40,11 +39,6 @@ struct RemoteCredentials {
 // std::invalid_argument (the secret file) or remote::RemoteError (TLS files).
 RemoteCredentials read_remote_credentials(const Config& cfg);
 
-// The forwarder of a remote backend (`b` is remote://HOST:PORT) with the
-// [remote] settings of `cfg` and the credentials read from them.
-remote::ForwarderOptions forwarder_options(const BackendConfig& b, const Config& cfg,
-                                           const RemoteCredentials& credentials);
-
 // The FUSE session settings of `cfg` ([fuse]) for a tenant under `policy`;
 // options.name is the caller's to set.
 fuse::SessionOptions session_options(const Config& cfg, const HostPolicy& policy);
@@ -54,20 +48,20 @@ std::string describe_backend(const BackendConfig& b);
 
 class TenantHandler {
  public:
-  // Builds the backend and its session, or the forwarder. `options` are
-  // the session's (its policy is the tenant's). Throws std::invalid_argument
-  // and whatever the backend's constructor throws.
-  TenantHandler(const BackendConfig& backend, const fuse::SessionOptions& options,
-                const Config& cfg, const RemoteCredentials& credentials);
+  // Builds the backend and its session. `options` are the session's (its
+  // policy is the tenant's). Throws std::invalid_argument and whatever the
+  // backend's constructor throws (remote::RemoteError).
+  TenantHandler(const BackendConfig& backend, fuse::SessionOptions options,
+                const RemoteCredentials& credentials);
   TenantHandler(const TenantHandler&) = delete;
   TenantHandler& operator=(const TenantHandler&) = delete;
   ~TenantHandler() { end(); }
 
-  fuse::RequestHandler& handler() { return *handler_; }
+  fuse::RequestHandler& handler() { return *session_; }
   // What is served, for logs: "memfs (capacity 1G, ...)", "remote dpfs at ...".
   const std::string& description() const { return description_; }
 
-  // Request lines: the session's per-opcode counts, or the forwarder's.
+  // Request lines: the session's per-opcode counts.
   std::vector<std::string> request_stats() const;
   // The backend's own lines (Backend::stats), kept from the end once ended.
   std::vector<std::string> backend_stats() const;
@@ -75,15 +69,14 @@ class TenantHandler {
   // A tenant that went away without DESTROY (a guest gone with its
   // front-end): its kernel's lookups and open files die with it; the
   // backend forgets them, as a DESTROY would, so the next tenant starts
-  // clean (memfs keeps the files). Nothing else may call the backend
-  // meanwhile. A remote backend has nothing here: its server keeps that
-  // session.
+  // clean (memfs keeps the files; a remote backend's server forgets them).
+  // Nothing else may call the backend meanwhile.
   void forget_tenant();
 
   // Once the transport's workers have stopped and before the transport
   // goes: the backend goes (its destructor answers the replies it still
-  // holds, a SETLKW waiting for its lock, through the transport's request
-  // slots) and the forwarder answers what is in flight (EIO). The session
+  // holds, a SETLKW waiting for its lock, a request on its way to a remote
+  // server, through the transport's request slots). The session
   // stays, for its statistics; it only keeps a dangling reference to the
   // backend, which nothing uses any more. Idempotent.
   void end();
@@ -91,9 +84,7 @@ class TenantHandler {
  private:
   std::unique_ptr<Backend> backend_;
   std::vector<std::string> final_backend_stats_;  // backend_->stats() before it went
-  std::unique_ptr<fuse::FuseSession> session_;    // or, for a remote backend:
-  std::unique_ptr<remote::Forwarder> forwarder_;
-  fuse::RequestHandler* handler_ = nullptr;
+  std::unique_ptr<fuse::FuseSession> session_;
   std::string description_;
 };
 

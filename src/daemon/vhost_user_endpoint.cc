@@ -29,7 +29,7 @@ VhostUserEndpoint::VhostUserEndpoint(const DeviceConfig& device, const Config& c
       listener_(std::move(listener)) {
   fuse::SessionOptions options = session_options(cfg, device.policy);
   options.name = "virtio-fs " + device.tag;
-  tenant_ = std::make_unique<TenantHandler>(device.backend, options, cfg, credentials);
+  tenant_ = std::make_unique<TenantHandler>(device.backend, options, credentials);
 
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");

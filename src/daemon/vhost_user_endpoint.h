@@ -58,7 +58,7 @@ class VhostUserEndpoint {
   // True once the control thread has ended by itself (see on_done).
   bool done() const { return done_.load(std::memory_order_acquire); }
   bool failed() const { return failed_.load(std::memory_order_acquire); }
-  // The session or forwarder behind the device, and their statistics.
+  // The session behind the device, and its statistics.
   const TenantHandler& tenant() const { return *tenant_; }
   // One line per queue of the device ("queue 1 (requests): 120 requests,
   // 30 kicks, 41 notifications"), or nothing once stopped.

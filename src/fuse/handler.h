@@ -1,8 +1,5 @@
-// What a transport hands its requests to.
-//
-// Usually the FUSE session of a local backend (FuseSession); with a remote
-// backend, a forwarder that sends each request to another dpfs over the
-// network (remote::Forwarder). A transport needs no more than this.
+// What a transport hands its requests to: the FUSE session (FuseSession)
+// over any backend, a remote one too. A transport needs no more than this.
 #pragma once
 
 #include <cstddef>

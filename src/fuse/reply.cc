@@ -223,6 +223,8 @@ void Request::answer_lseek(uint64_t offset) {
 
 bool Request::dir_plus() const { return session_state.plus; }
 
+size_t Request::dir_size() const { return session_state.limit; }
+
 // Appends one dirent record (optionally preceded by an entry_out) if it fits
 // within the listing's limit.
 bool Request::add_dirent(const fuse_entry_out* entry, std::string_view name, uint64_t ino,

@@ -97,6 +97,7 @@ class Request : public ReplyTarget {
   void answer_lock(const Lock& lock) override;
   void answer_lseek(uint64_t offset) override;
   bool dir_plus() const override;
+  size_t dir_size() const override;
   bool dir_add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset) override;
   bool dir_add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) override;
   void dir_done() override;

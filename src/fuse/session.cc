@@ -918,6 +918,8 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   const uint64_t flags = kernel_flags & want;
 
   uint32_t max_write = options_.max_write;
+  if (caps.max_write != 0) max_write = std::max(kPageSize, std::min(max_write, caps.max_write));
+  max_write -= max_write % kPageSize;
   uint32_t max_pages = max_write / kPageSize;
   if (!(flags & FUSE_MAX_PAGES)) {
     // Without MAX_PAGES the kernel sends at most 32 pages per request.

@@ -122,14 +122,6 @@ class Forwarder::Link {
     return sock_ != nullptr;
   }
 
-  // Reconnects (a reset: the next connection names a new session).
-  void drop(const char* why) {
-    std::unique_lock lock(mu_);
-    const uint64_t gen = generation_;
-    lock.unlock();
-    break_link(gen, why);
-  }
-
   void submit(fuse::Request& req, uint64_t unique, uint32_t opcode);
 
  private:
@@ -423,11 +415,8 @@ std::string Forwarder::Link::connect_once(bool* fatal) {
     *fatal = true;
     return bad.reason;
   }
-  if (!fw_.set_credentials(
-          creds.epoch, welcome.session_id,
-          seal_token(opt.secret, hello, challenge.server_nonce, welcome.sealed_token))) {
-    return "the tenant reset the device during the handshake";
-  }
+  fw_.set_credentials(welcome.session_id,
+                      seal_token(opt.secret, hello, challenge.server_nonce, welcome.sealed_token));
   if (creds.joined && (welcome.flags & kWelcomeNewSession)) {
     spdlog::info("remote: link {}: the server no longer has session {:016x}; now {:016x}", index_,
                  creds.id, welcome.session_id);
@@ -720,21 +709,13 @@ void Forwarder::stop() {
   for (auto& link : links_) link->stop();
 }
 
-size_t Forwarder::max_request_size() const {
-  return fuse::FuseSession::request_size_for(options_.max_write);
-}
-
-size_t Forwarder::max_reply_size() const {
-  return fuse::FuseSession::reply_size_for(options_.max_write);
-}
-
 std::vector<char> Forwarder::init_to_replay() const {
   util::MutexLock lock(init_mu_);
   if (init_in_flight_.load()) return {};
   return init_;
 }
 
-void Forwarder::handle(fuse::Request& req) {
+void Forwarder::forward(fuse::Request& req) {
   // Read once: what is decided here (INIT, DESTROY) and what is forwarded
   // are the same bytes.
   fuse::CapturedRequest& cap = req.captured;
@@ -748,8 +729,6 @@ void Forwarder::handle(fuse::Request& req) {
     if (len > sizeof(hdr))
       std::memcpy(init_.data() + sizeof(hdr), cap.args().data(), len - sizeof(hdr));
     init_in_flight_.store(true);
-  } else if (hdr.opcode == FUSE_DESTROY) {
-    destroyed_.store(true, std::memory_order_release);
   }
   // Round robin over the links that are up; any link while none is.
   const size_t n = links_.size();
@@ -770,35 +749,11 @@ Forwarder::SessionCredentials Forwarder::credentials() const {
   return session_;
 }
 
-bool Forwarder::set_credentials(uint64_t epoch, uint64_t id, const Mac& token) {
+void Forwarder::set_credentials(uint64_t id, const Mac& token) {
   util::MutexLock lock(session_mu_);
-  if (epoch != session_.epoch) return false;
   session_.joined = true;
   session_.id = id;
   session_.token = token;
-  return true;
-}
-
-void Forwarder::reset() {
-  {
-    // The next connection asks for a new session.
-    util::MutexLock lock(session_mu_);
-    session_ = SessionCredentials{.epoch = session_.epoch + 1};
-  }
-  {
-    util::MutexLock lock(init_mu_);
-    init_.clear();
-  }
-  destroyed_.store(false, std::memory_order_release);
-  for (auto& link : links_) link->drop("the tenant reset the device");
-}
-
-std::string Forwarder::describe() const {
-  return fmt::format(
-      "remote://{} ({} connection{}, timeout {} s, {}{})", format_endpoint(options_.server),
-      links_.size(), links_.size() == 1 ? "" : "s", options_.timeout_s, tls_ ? "TLS, " : "",
-      options_.secret.empty() ? "no shared secret"
-                              : (tls_ ? "shared secret" : "shared secret, frames authenticated"));
 }
 
 }  // namespace dpfs::remote

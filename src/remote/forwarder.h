@@ -1,11 +1,10 @@
-// The device end of the remote transport: `--backend remote://HOST:PORT`.
+// The links of the remote backend (remote_backend.h) to a dpfs server.
 //
-// Takes the place of the FUSE session: every request a transport hands it
-// is sent, as it is, to a dpfs server (remote::Server) that runs the
-// session and the backend, and the reply is read straight back into the
-// request's `out` buffers. Requests go out with writev(2) from the tenant's
-// own buffers and replies come in with reads into the tenant's buffers: no
-// copy of the payload on this side.
+// Sends FUSE requests to a dpfs server (remote::Server), which runs a
+// session over its backend, and reads each reply straight back into the
+// request's `out` buffers. Requests go out with writev(2) from the request's
+// buffers and replies come in with reads into its buffers: a WRITE's payload
+// and a READ's data are not copied on this side.
 //
 // Several connections (links) to the server, each with many requests in
 // flight, matched to their replies by an id of our own (the FUSE unique is
@@ -22,7 +21,7 @@
 // longer (except SETLKW on a live link: waiting for a lock is its purpose).
 // A server that restarted lost the session: its INIT is replayed first.
 //
-// Safe for concurrent use: many transport workers call handle() at once.
+// Safe for concurrent use: many transport workers call forward() at once.
 #pragma once
 
 #include <atomic>
@@ -33,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "fuse/handler.h"
+#include "fuse/request.h"
 #include "remote/channel.h"
 #include "remote/wire.h"
 #include "util/rate_limited_log.h"
@@ -50,7 +49,9 @@ struct ForwarderOptions {
   std::shared_ptr<TlsContext> tls_context;
   unsigned connections = 2;
   double timeout_s = 30.0;
-  uint32_t max_write = 1u << 20;  // the transport's, for its buffer sizes
+  // The largest READ or WRITE this device sends, announced to the server
+  // (its session's max_write is no larger).
+  uint32_t max_write = 1u << 20;
 };
 
 // A start-up failure that retrying will not fix (wrong secret, another
@@ -60,7 +61,7 @@ class RemoteError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-class Forwarder final : public fuse::RequestHandler {
+class Forwarder {
  public:
   // Starts the links. Connects once before returning: throws RemoteError if
   // the server refuses us (authentication, TLS, version) or the TLS files
@@ -71,14 +72,13 @@ class Forwarder final : public fuse::RequestHandler {
   Forwarder& operator=(const Forwarder&) = delete;
   ~Forwarder();
 
-  void handle(fuse::Request& req) override;
-  size_t max_request_size() const override;
-  size_t max_reply_size() const override;
-  bool destroyed() const override { return destroyed_.load(std::memory_order_acquire); }
-  void reset() override;
+  // Sends one FUSE request (req.in, header first); req.complete() is called
+  // exactly once, with the reply in req.out, or an error reply of ours
+  // (EIO, ETIMEDOUT) if the server does not answer.
+  void forward(fuse::Request& req);
 
   // Stops the links and answers every request still waiting with EIO.
-  // Idempotent. REQUIRES: no handle() running or to come.
+  // Idempotent. REQUIRES: no forward() running or to come.
   void stop();
 
   // Counters for logs: requests forwarded, resent, failed (EIO/ETIMEDOUT),
@@ -87,29 +87,26 @@ class Forwarder final : public fuse::RequestHandler {
     std::atomic<uint64_t> forwarded{0}, resent{0}, failed{0}, connects{0};
   };
   const Counters& counters() const { return counters_; }
-  std::string describe() const;
 
   class Link;
 
  private:
   friend class Link;
-  // The tenant's INIT, to replay on a server that lost the session; empty
+  // The last INIT sent, to replay on a server that lost the session; empty
   // before it came and while it is on its way (it negotiates the session
   // itself). One look under init_mu_: the INIT arriving between a check of
   // init_in_flight_ and a read of init_ would be sent twice.
   std::vector<char> init_to_replay() const;
 
-  // The session the server gave us (wire.h, "Sessions"); none at first and
-  // after a reset().
+  // The session the server gave us (wire.h, "Sessions"); none at first.
   struct SessionCredentials {
     bool joined = false;
     uint64_t id = 0;
     Mac token{};
-    uint64_t epoch = 0;  // bumped by reset(): credentials from before are void
   };
   SessionCredentials credentials() const;
-  // Records what a WELCOME gave; false if a reset() came since `epoch`.
-  bool set_credentials(uint64_t epoch, uint64_t id, const Mac& token);
+  // Records what a WELCOME gave.
+  void set_credentials(uint64_t id, const Mac& token);
 
   ForwarderOptions options_;
   // The lines this device's tenant can cause (oversized requests).
@@ -119,7 +116,6 @@ class Forwarder final : public fuse::RequestHandler {
   std::mutex handshake_mu_;
   mutable util::Mutex session_mu_;
   SessionCredentials session_ DPFS_GUARDED_BY(session_mu_);
-  std::atomic<bool> destroyed_{false};
   mutable util::Mutex init_mu_;
   std::vector<char> init_ DPFS_GUARDED_BY(init_mu_);
   std::atomic<bool> init_in_flight_{false};  // the tenant's INIT awaits its reply

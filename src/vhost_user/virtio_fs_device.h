@@ -119,7 +119,7 @@ class VirtioFsDevice final : public VhostUserDevice {
   // Drops guest memory no request still points into.
   void release_retired_memory();
 
-  fuse::RequestHandler& session_;  // a FuseSession, or a remote::Forwarder
+  fuse::RequestHandler& session_;
   VirtioFsDeviceOptions options_;
   uint64_t acked_features_ = 0;
   std::unique_ptr<virtio::GuestMemory> memory_;

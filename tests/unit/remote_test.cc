@@ -20,8 +20,11 @@
 #include <thread>
 
 #include "backend/memfs/memfs.h"
+#include "backend/null/null.h"
 #include "daemon/config.h"
+#include "fuse/session.h"
 #include "remote/forwarder.h"
+#include "remote/remote_backend.h"
 #include "remote/server.h"
 #include "remote/session_table.h"
 #include "remote/wire.h"
@@ -332,6 +335,13 @@ class AsyncRequest final : public fuse::Request {
     std::memcpy(&h, out_buf_.data(), sizeof(h));
     return h;
   }
+  const uint8_t* reply_data() const { return out_buf_.data() + sizeof(fuse_out_header); }
+  template <typename T>
+  T payload() const {
+    T v;
+    std::memcpy(&v, reply_data(), sizeof(v));
+    return v;
+  }
 
  private:
   std::vector<uint8_t> bytes_;
@@ -374,7 +384,7 @@ TEST(RemoteForwarder, ServesThroughARealServerFromManyThreads) {
     reqs.push_back(std::make_unique<AsyncRequest>(getattr(100 + i)));
   auto server = memfs_server();
   Forwarder fw(forwarder_options(server->bound().port, 5.0, 3));
-  fw.handle(init);
+  fw.forward(init);
   ASSERT_TRUE(init.wait());
   ASSERT_EQ(init.header().error, 0);
   ASSERT_EQ(init.header().unique, 1u);
@@ -382,7 +392,7 @@ TEST(RemoteForwarder, ServesThroughARealServerFromManyThreads) {
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
-      for (size_t i = size_t(t); i < reqs.size(); i += 4) fw.handle(*reqs[i]);
+      for (size_t i = size_t(t); i < reqs.size(); i += 4) fw.forward(*reqs[i]);
     });
   }
   for (auto& t : threads) t.join();
@@ -404,7 +414,7 @@ TEST(RemoteForwarder, ASecretMismatchIsFatalAtStartUp) {
   o.secret = "the server's secret";
   AsyncRequest init(testing::init_request());
   Forwarder fw(o);
-  fw.handle(init);
+  fw.forward(init);
   ASSERT_TRUE(init.wait());
   EXPECT_EQ(init.header().error, 0);
 }
@@ -418,7 +428,7 @@ TEST(RemoteForwarder, WithoutAServerRequestsTimeOut) {
   AsyncRequest req(getattr(9));
   Forwarder fw(forwarder_options(port, 0.3));
   const auto t0 = std::chrono::steady_clock::now();
-  fw.handle(req);
+  fw.forward(req);
   ASSERT_TRUE(req.wait(3s));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
   EXPECT_EQ(req.header().error, -ETIMEDOUT);
@@ -502,8 +512,8 @@ TEST(RemoteForwarder, RepliesMayComeInAnyOrder) {
   });
   AsyncRequest a(getattr(0xaaaa)), b(getattr(0xaaaa));  // the same FUSE unique: not trusted
   Forwarder fw(forwarder_options(fake.port()));
-  fw.handle(a);
-  fw.handle(b);
+  fw.forward(a);
+  fw.forward(b);
   ASSERT_TRUE(a.wait());
   ASSERT_TRUE(b.wait());
   script.join();
@@ -529,8 +539,8 @@ TEST(RemoteForwarder, ABadReplyBreaksTheLinkAndOnlyIdempotentRequestsAreResent) 
   fuse_mkdir_in mk{};
   AsyncRequest mkdir(RequestBuilder(FUSE_MKDIR, 1, 2).arg(mk).bytes());
   Forwarder fw(forwarder_options(fake.port()));
-  fw.handle(get);
-  fw.handle(mkdir);
+  fw.forward(get);
+  fw.forward(mkdir);
   ASSERT_TRUE(mkdir.wait());
   EXPECT_EQ(mkdir.header().error, -EIO);
   EXPECT_EQ(mkdir.header().unique, 2u);
@@ -561,7 +571,7 @@ TEST(RemoteForwarder, AReplyThatStallsHalfWayIsAnsweredWithinTheTimeout) {
   AsyncRequest req(getattr(77));
   Forwarder fw(forwarder_options(fake.port(), 0.5));
   const auto t0 = std::chrono::steady_clock::now();
-  fw.handle(req);
+  fw.forward(req);
   ASSERT_TRUE(req.wait(5s));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
   EXPECT_EQ(req.header().error, -EIO);
@@ -838,7 +848,7 @@ class Device {
  public:
   explicit Device(uint16_t port) : fw_(forwarder_options(port)) {
     AsyncRequest init(testing::init_request());
-    fw_.handle(init);
+    fw_.forward(init);
     EXPECT_TRUE(init.wait());
     EXPECT_EQ(init.header().error, 0);
   }
@@ -848,7 +858,7 @@ class Device {
     builder.header().gid = 0;
     builder.header().unique = next_unique_++;
     auto req = std::make_unique<AsyncRequest>(builder.bytes());
-    fw_.handle(*req);
+    fw_.forward(*req);
     if (!req->wait()) return {-ETIMEDOUT, {}};
     std::vector<uint8_t> reply(req->reply_len());
     const iovec& out = req->out[0];
@@ -858,7 +868,7 @@ class Device {
   void send(RequestBuilder builder) {  // a request without a reply (FORGET)
     builder.header().unique = next_unique_++;
     forgets_.push_back(std::make_unique<AsyncRequest>(builder.bytes()));
-    fw_.handle(*forgets_.back());
+    fw_.forward(*forgets_.back());
     forgets_.back()->wait();
   }
   // MKNOD of a regular file `name` in the root: its inode, or 0.
@@ -1194,10 +1204,10 @@ TEST(RemoteFrames, ATamperedOrReplayedFrameEndsTheConnection) {
   o.secret = secret;
   Forwarder fw(o);
   AsyncRequest req(init), get(getattr(5));
-  fw.handle(req);
+  fw.forward(req);
   ASSERT_TRUE(req.wait());
   EXPECT_EQ(req.header().error, 0);
-  fw.handle(get);
+  fw.forward(get);
   ASSERT_TRUE(get.wait());
   EXPECT_EQ(get.header().error, 0);
   fw.stop();
@@ -1277,10 +1287,10 @@ TEST(RemoteHandshakes, AFloodOfIdleConnectionsKeepsNoDeviceOut) {
     AsyncRequest init(testing::init_request()), get(getattr(9));
     {
       Forwarder fw(forwarder_options(port, 5.0, 2));
-      fw.handle(init);
+      fw.forward(init);
       ASSERT_TRUE(init.wait(5s));
       EXPECT_EQ(init.header().error, 0);
-      fw.handle(get);
+      fw.forward(get);
       ASSERT_TRUE(get.wait(5s));
       EXPECT_EQ(get.header().error, 0);
       fw.stop();
@@ -1323,7 +1333,7 @@ TEST(RemoteHandshakes, ThePerAddressCapClosesTheExtras) {
   {
     AsyncRequest init(testing::init_request());
     Forwarder fw(forwarder_options(port));
-    fw.handle(init);
+    fw.forward(init);
     ASSERT_TRUE(init.wait());
     EXPECT_EQ(init.header().error, 0);
     fw.stop();
@@ -1334,6 +1344,235 @@ TEST(RemoteHandshakes, ThePerAddressCapClosesTheExtras) {
   }
   EXPECT_EQ(server->handshakes(), 0u) << "the handshake timeout did not close the idle ones";
   server->stop();
+}
+
+// --- RemoteBackend -------------------------------------------------------------
+// A device's FUSE session over a RemoteBackend: requests as a transport
+// hands them to the session, answered from a server's session over memfs
+// (or a scripted fake).
+
+// The device's session and its backend, connected to `port`.
+struct DeviceSession {
+  explicit DeviceSession(uint16_t port, uint32_t max_write = 1u << 20)
+      : backend(options(port, max_write)) {
+    fuse::SessionOptions o;
+    o.name = "device";
+    o.max_write = max_write;
+    session = std::make_unique<fuse::FuseSession>(backend, o);
+  }
+  static ForwarderOptions options(uint16_t port, uint32_t max_write) {
+    ForwarderOptions o = forwarder_options(port, 2.0);
+    o.max_write = max_write;
+    return o;
+  }
+  // Sends one request through the session and waits for its reply.
+  std::unique_ptr<AsyncRequest> call(std::vector<uint8_t> bytes, size_t out = 1 << 16) {
+    auto req = std::make_unique<AsyncRequest>(std::move(bytes), out);
+    session->handle(*req);
+    EXPECT_TRUE(req->wait()) << "no reply";
+    return req;
+  }
+  fuse_init_out init() {
+    auto req = call(testing::init_request());
+    EXPECT_EQ(req->header().error, 0);
+    return req->payload<fuse_init_out>();
+  }
+
+  RemoteBackend backend;
+  std::unique_ptr<fuse::FuseSession> session;
+};
+
+std::unique_ptr<Server> server_over(std::unique_ptr<Backend> backend, uint32_t max_write) {
+  ServerOptions o;
+  o.listen = Endpoint{"127.0.0.1", 0};
+  o.session.max_write = max_write;
+  auto server = std::make_unique<Server>(std::move(o), std::move(backend));
+  server->start();
+  return server;
+}
+
+TEST(RemoteBackend, TheDeviceOffersWhatTheServersBackendGrants) {
+  // memfs has POSIX and flock locks; the server takes WRITEs of 64 KiB.
+  auto memfs = server_over(std::make_unique<Memfs>(MemfsOptions{}), 64 << 10);
+  DeviceSession a(memfs->bound().port);
+  const fuse_init_out granted = a.init();
+  EXPECT_TRUE(granted.flags & FUSE_POSIX_LOCKS);
+  EXPECT_TRUE(granted.flags & FUSE_FLOCK_LOCKS);
+  EXPECT_TRUE(granted.flags & FUSE_DO_READDIRPLUS);
+  EXPECT_EQ(granted.max_write, 64u << 10) << "the device offered more than the server takes";
+  // The null backend has no locks: neither has a device over it.
+  auto null = server_over(std::make_unique<NullBackend>(NullOptions{}), 1 << 20);
+  DeviceSession b(null->bound().port);
+  const fuse_init_out plain = b.init();
+  EXPECT_FALSE(plain.flags & FUSE_POSIX_LOCKS);
+  EXPECT_FALSE(plain.flags & FUSE_FLOCK_LOCKS);
+  EXPECT_EQ(plain.max_write, 1u << 20);
+}
+
+TEST(RemoteBackend, FilesMadeThroughTheDeviceAreTheServersFiles) {
+  auto server = server_over(std::make_unique<Memfs>(MemfsOptions{}), 1 << 20);
+  DeviceSession d(server->bound().port);
+  d.init();
+  fuse_mkdir_in mk{};
+  mk.mode = 0755;
+  auto dir = d.call(RequestBuilder(FUSE_MKDIR, 1, 10).arg(mk).name("dir").bytes());
+  ASSERT_EQ(dir->header().error, 0);
+  const uint64_t dir_ino = dir->payload<fuse_entry_out>().nodeid;
+  fuse_create_in cr{};
+  cr.mode = S_IFREG | 0644;
+  cr.flags = O_RDWR;
+  auto file = d.call(RequestBuilder(FUSE_CREATE, dir_ino, 11).arg(cr).name("file").bytes());
+  ASSERT_EQ(file->header().error, 0);
+  const uint64_t ino = file->payload<fuse_entry_out>().nodeid;
+  const uint64_t fh =
+      reinterpret_cast<const fuse_open_out*>(file->reply_data() + sizeof(fuse_entry_out))->fh;
+  fuse_write_in w{};
+  w.fh = fh;
+  w.size = 11;
+  auto wrote = d.call(RequestBuilder(FUSE_WRITE, ino, 12).arg(w).raw("hello world").bytes());
+  ASSERT_EQ(wrote->header().error, 0);
+  EXPECT_EQ(wrote->payload<fuse_write_out>().size, 11u);
+  fuse_read_in r{};
+  r.fh = fh;
+  r.offset = 6;
+  r.size = 100;
+  auto read = d.call(RequestBuilder(FUSE_READ, ino, 13).arg(r).bytes());
+  ASSERT_EQ(read->header().error, 0);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(read->reply_data()),
+                        read->reply_len() - sizeof(fuse_out_header)),
+            "world");
+  // The listing, READDIRPLUS: "file" with its attributes.
+  fuse_open_in op{};
+  auto opened = d.call(RequestBuilder(FUSE_OPENDIR, dir_ino, 14).arg(op).bytes());
+  ASSERT_EQ(opened->header().error, 0);
+  fuse_read_in rd{};
+  rd.fh = opened->payload<fuse_open_out>().fh;
+  rd.size = 4096;
+  auto list = d.call(RequestBuilder(FUSE_READDIRPLUS, dir_ino, 15).arg(rd).bytes());
+  ASSERT_EQ(list->header().error, 0);
+  std::vector<std::string> names;
+  for (size_t at = 0; at < list->reply_len() - sizeof(fuse_out_header);) {
+    const auto* e = reinterpret_cast<const fuse_direntplus*>(list->reply_data() + at);
+    names.emplace_back(e->dirent.name, e->dirent.namelen);
+    if (names.back() == "file") {
+      EXPECT_EQ(e->entry_out.nodeid, ino);
+      EXPECT_EQ(e->entry_out.attr.size, 11u);
+    }
+    at += FUSE_DIRENTPLUS_SIZE(e);
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{".", "..", "file"}));
+  // An unknown node id is the server's to refuse.
+  fuse_getattr_in g{};
+  EXPECT_EQ(d.call(RequestBuilder(FUSE_GETATTR, 987654, 16).arg(g).bytes())->header().error,
+            -ESTALE);
+}
+
+// A server that answers the device's INIT properly and then each request
+// with what the test scripts.
+class ScriptedServer {
+ public:
+  ScriptedServer() {
+    thread_ = std::thread([this] {
+      fake_.accept();
+      auto [id, init] = fake_.read_request();
+      EXPECT_EQ(init.opcode, uint32_t(FUSE_INIT));
+      fuse_init_out out{};
+      out.major = 7;
+      out.minor = FUSE_KERNEL_MINOR_VERSION;
+      out.flags = FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES;
+      out.max_write = 1 << 20;
+      answer(id, init.unique, 0, &out, sizeof(out));
+      for (;;) {
+        std::unique_lock lock(mu_);
+        if (script_.empty()) return;
+        auto step = std::move(script_.front());
+        script_.erase(script_.begin());
+        lock.unlock();
+        auto [rid, h] = fake_.read_request();
+        EXPECT_EQ(h.opcode, step.opcode);
+        answer(rid, h.unique, step.error, step.payload.data(), step.payload.size());
+      }
+    });
+  }
+  ~ScriptedServer() {
+    ::shutdown(fake_.fd(), SHUT_RDWR);
+    thread_.join();
+  }
+  uint16_t port() const { return fake_.port(); }
+  void then(uint32_t opcode, int32_t error, std::vector<char> payload = {}) {
+    std::lock_guard lock(mu_);
+    script_.push_back({opcode, error, std::move(payload)});
+  }
+
+ private:
+  struct Step {
+    uint32_t opcode;
+    int32_t error;
+    std::vector<char> payload;
+  };
+  void answer(uint64_t id, uint64_t unique, int32_t error, const void* payload, size_t len) {
+    std::vector<char> reply(sizeof(fuse_out_header) + len);
+    fuse_out_header out{};
+    out.len = uint32_t(reply.size());
+    out.error = error;
+    out.unique = unique;
+    std::memcpy(reply.data(), &out, sizeof(out));
+    if (len != 0) std::memcpy(reply.data() + sizeof(out), payload, len);
+    fake_.send(FrameType::kReply, reply.data(), uint32_t(reply.size()), id);
+  }
+  FakeServer fake_;
+  std::mutex mu_;
+  std::vector<Step> script_;
+  std::thread thread_;
+};
+
+template <class T>
+std::vector<char> bytes_of(const T& v) {
+  const char* p = reinterpret_cast<const char*>(&v);
+  return {p, p + sizeof(v)};
+}
+
+TEST(RemoteBackend, AMalformedReplyIsEioAndTheDeviceServesOn) {
+  ScriptedServer server;
+  // LOOKUP answered with half an entry.
+  server.then(FUSE_LOOKUP, 0, std::vector<char>(40, 'x'));
+  // GETATTR answered with a positive "errno".
+  server.then(FUSE_GETATTR, 5);
+  // READDIR whose one record claims a name longer than the reply.
+  fuse_dirent record{};
+  record.namelen = 200;
+  std::vector<char> listing = bytes_of(record);
+  listing.resize(FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + 8), 'n');
+  server.then(FUSE_READDIR, 0, listing);
+  // WRITE that claims more bytes written than were sent.
+  fuse_write_out wo{};
+  wo.size = 4096;
+  server.then(FUSE_WRITE, 0, bytes_of(wo));
+  // A good GETATTR: the link and the session are still up.
+  fuse_attr_out attr{};
+  attr.attr.ino = 1;
+  attr.attr.mode = S_IFDIR | 0755;
+  attr.attr.nlink = 2;
+  attr.attr_valid = 3;
+  server.then(FUSE_GETATTR, 0, bytes_of(attr));
+
+  DeviceSession d(server.port());
+  d.init();
+  EXPECT_EQ(d.call(RequestBuilder(FUSE_LOOKUP, 1, 20).name("a").bytes())->header().error, -EIO);
+  fuse_getattr_in g{};
+  EXPECT_EQ(d.call(RequestBuilder(FUSE_GETATTR, 1, 21).arg(g).bytes())->header().error, -EIO);
+  fuse_read_in rd{};
+  rd.size = 4096;
+  EXPECT_EQ(d.call(RequestBuilder(FUSE_READDIR, 1, 22).arg(rd).bytes())->header().error, -EIO);
+  fuse_write_in w{};
+  w.size = 5;
+  EXPECT_EQ(d.call(RequestBuilder(FUSE_WRITE, 1, 23).arg(w).raw("12345").bytes())->header().error,
+            -EIO);
+  auto good = d.call(RequestBuilder(FUSE_GETATTR, 1, 24).arg(g).bytes());
+  ASSERT_EQ(good->header().error, 0);
+  EXPECT_EQ(good->payload<fuse_attr_out>().attr.mode, uint32_t(S_IFDIR | 0755));
+  EXPECT_EQ(good->payload<fuse_attr_out>().attr_valid, 3u);
+  EXPECT_EQ(d.backend.counters().failed.load(), 0u) << "a malformed payload is not a link failure";
 }
 
 }  // namespace
