@@ -187,9 +187,9 @@ class Daemon {
         kVersion, tenant_->description(), mount_->mount_point(), cfg.threads,
         cfg.threads == 1 ? "" : "s", format_size(cfg.fuse.max_write), cfg.fuse.entry_timeout,
         cfg.fuse.attr_timeout, cfg.fuse.writeback_cache ? "on" : "off");
-    device_ = std::make_unique<transport::FuseDevice>(mount_->fd(), tenant_->handler(), cfg.threads,
-                                                      std::move(on_stop), std::move(devices),
-                                                      std::move(uring));
+    device_ = std::make_unique<transport::DevFuseTransport>(mount_->fd(), tenant_->handler(),
+                                                            cfg.threads, std::move(on_stop),
+                                                            std::move(devices), std::move(uring));
     mount_->set_quiet_unmount(false);
   }
   Daemon(const Daemon&) = delete;
@@ -227,7 +227,7 @@ class Daemon {
   // unmount.
   std::unique_ptr<transport::FuseMount> mount_;
   std::unique_ptr<TenantHandler> tenant_;
-  std::unique_ptr<transport::FuseDevice> device_;
+  std::unique_ptr<transport::DevFuseTransport> device_;
 };
 
 util::UniqueFd make_eventfd() {

@@ -239,14 +239,14 @@ std::vector<util::UniqueFd> FuseMount::open_devices(unsigned n) {
   return fds;
 }
 
-// --- FuseDevice::Worker ------------------------------------------------------
+// --- DevFuseTransport::Worker ------------------------------------------------------
 
 // One worker thread and the request slots it reads into. The worker thread
 // owns the pool (the vector); a slot's `busy` flag hands it to whoever
 // completes the request and back.
-class FuseDevice::Worker {
+class DevFuseTransport::Worker {
  public:
-  Worker(FuseDevice& device, unsigned index, int fd, util::UniqueFd owned_fd)
+  Worker(DevFuseTransport& device, unsigned index, int fd, util::UniqueFd owned_fd)
       : device_(device), index_(index), fd_(fd), owned_fd_(std::move(owned_fd)) {
     const fuse::RequestHandler& session = device_.session_;
     // The kernel refuses a read into a buffer that cannot hold a WRITE of
@@ -376,7 +376,7 @@ class FuseDevice::Worker {
     if (waiting_.load()) releases_.notify_one();
   }
 
-  FuseDevice& device_;
+  DevFuseTransport& device_;
   const unsigned index_;
   const int fd_;
   util::UniqueFd owned_fd_;  // empty when sharing the connection's descriptor
@@ -394,7 +394,7 @@ class FuseDevice::Worker {
   std::thread thread_;
 };
 
-FuseDevice::Worker::Slot* FuseDevice::Worker::acquire() {
+DevFuseTransport::Worker::Slot* DevFuseTransport::Worker::acquire() {
   bool warned = false;
   for (;;) {
     const uint32_t seen = releases_.load();
@@ -431,7 +431,7 @@ FuseDevice::Worker::Slot* FuseDevice::Worker::acquire() {
   }
 }
 
-void FuseDevice::Worker::run() {
+void DevFuseTransport::Worker::run() {
   pthread_setname_np(pthread_self(), fmt::format("dpfs-fuse-{}", index_).substr(0, 15).c_str());
   sigset_t wake;
   sigemptyset(&wake);
@@ -459,7 +459,7 @@ void FuseDevice::Worker::run() {
   device_.worker_stopped();
 }
 
-bool FuseDevice::Worker::take_batch(bool* idle) {
+bool DevFuseTransport::Worker::take_batch(bool* idle) {
   fuse::RequestHandler& session = device_.session_;
   for (unsigned taken = 0; taken < kBatch; ++taken) {
     Slot* slot = acquire();
@@ -492,18 +492,18 @@ bool FuseDevice::Worker::take_batch(bool* idle) {
   return true;
 }
 
-void FuseDevice::Worker::wait() {
+void DevFuseTransport::Worker::wait() {
   pollfd fds[2] = {{fd_, POLLIN, 0}, {hook_ ? hook_->fd() : -1, POLLIN, 0}};
   // EINTR (stop() or a signal): the caller looks at stopping_ again.
   if (::poll(fds, 2, -1) <= 0) return;
   if (fds[1].revents & POLLIN) hook_->on_readable();
 }
 
-// --- FuseDevice --------------------------------------------------------------
+// --- DevFuseTransport --------------------------------------------------------------
 
-FuseDevice::FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-                       std::function<void()> on_stop, std::vector<util::UniqueFd> devices,
-                       FuseUringPlan uring)
+DevFuseTransport::DevFuseTransport(int connection_fd, fuse::RequestHandler& session,
+                                   unsigned threads, std::function<void()> on_stop,
+                                   std::vector<util::UniqueFd> devices, FuseUringPlan uring)
     : session_(session), on_stop_(std::move(on_stop)), uring_plan_(std::move(uring)) {
   if (uring_plan_.use) {
     // An entry's payload holds a request's arguments after the first, or
@@ -557,9 +557,9 @@ FuseDevice::FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigne
   }
 }
 
-FuseDevice::~FuseDevice() { stop(); }
+DevFuseTransport::~DevFuseTransport() { stop(); }
 
-void FuseDevice::stop() {
+void DevFuseTransport::stop() {
   stopping_.store(true, std::memory_order_release);
   for (auto& w : workers_) {
     // A worker blocked in read(2) on a live connection needs a signal; one
@@ -575,7 +575,7 @@ void FuseDevice::stop() {
   if (ring_) ring_->stop();
 }
 
-void FuseDevice::init_answered(bool accepted, bool offered) {
+void DevFuseTransport::init_answered(bool accepted, bool offered) {
   if (init_answered_.exchange(true)) return;
   if (!accepted) {
     uring_unavailable(offered ? "the INIT reply could not be written with it"
@@ -595,7 +595,7 @@ void FuseDevice::init_answered(bool accepted, bool offered) {
       ring_->rings(), ring_->rings() == 1 ? "" : "s", FuseRing::kEntriesPerQueue);
 }
 
-void FuseDevice::uring_unavailable(const std::string& why) {
+void DevFuseTransport::uring_unavailable(const std::string& why) {
   if (uring_plan_.mode != FuseUringMode::kOn) {
     spdlog::info("FUSE over io_uring: not used, serving by read/write: {}", why);
     return;
@@ -605,7 +605,7 @@ void FuseDevice::uring_unavailable(const std::string& why) {
   if (!notified_.exchange(true) && on_stop_) on_stop_();
 }
 
-std::vector<std::string> FuseDevice::stats() const {
+std::vector<std::string> DevFuseTransport::stats() const {
   uint64_t read_write = 0;
   for (const auto& w : workers_) read_write += w->taken();
   const bool serving = uring_serving();
@@ -616,7 +616,7 @@ std::vector<std::string> FuseDevice::stats() const {
       serving ? ring_->requests() : 0, read_write, serving ? ring_->foreign_replies() : 0)};
 }
 
-void FuseDevice::worker_stopped() {
+void DevFuseTransport::worker_stopped() {
   if (stopping_.load(std::memory_order_acquire)) return;
   if (!notified_.exchange(true) && on_stop_) on_stop_();
 }

@@ -3,12 +3,12 @@
 // write the replies back.
 //
 // FuseMount owns the connection (the /dev/fuse file descriptor) and the
-// mount; FuseDevice owns the workers. A daemon builds them in that order and
+// mount; DevFuseTransport owns the workers. A daemon builds them in that order and
 // tears down in reverse, unmounting first so that the kernel can still flush
 // through the workers what it holds:
 //
 //   FuseMount mount(options);          // open /dev/fuse, mount(2)
-//   FuseDevice device(mount.fd(), session, threads, on_stop);
+//   DevFuseTransport device(mount.fd(), session, threads, on_stop);
 //   ...
 //   mount.unmount();                   // the connection ends; workers see ENODEV
 //   device.stop();                     // joins them
@@ -95,7 +95,7 @@ class FuseMount {
   // mounting (its error must stay the operator's one line).
   void set_quiet_unmount(bool quiet) { quiet_ = quiet; }
 
-  // `n` fresh descriptors of /dev/fuse, for FuseDevice's per-worker clones:
+  // `n` fresh descriptors of /dev/fuse, for DevFuseTransport's per-worker clones:
   // opened now, while /dev/fuse is in reach. Empty if it cannot be opened.
   static std::vector<util::UniqueFd> open_devices(unsigned n);
 
@@ -142,7 +142,7 @@ class FuseMount {
 // Replies (Request::complete) may come from any thread until the destructor
 // runs; the backend must therefore be destroyed (answering what it still
 // holds) before this device is.
-class FuseDevice {
+class DevFuseTransport {
  public:
   // Starts `threads` workers on the connection `connection_fd` (borrowed:
   // it must outlive the device). `on_stop` is called once, from a worker,
@@ -152,12 +152,12 @@ class FuseDevice {
   // beforehand (FuseMount::open_devices), for the workers' clones where
   // /dev/fuse can no longer be opened (a sandbox); the rest are opened here.
   // `uring`: from plan_fuse_uring(), made before the sandbox.
-  FuseDevice(int connection_fd, fuse::RequestHandler& session, unsigned threads,
-             std::function<void()> on_stop, std::vector<util::UniqueFd> devices = {},
-             FuseUringPlan uring = {});
-  FuseDevice(const FuseDevice&) = delete;
-  FuseDevice& operator=(const FuseDevice&) = delete;
-  ~FuseDevice();
+  DevFuseTransport(int connection_fd, fuse::RequestHandler& session, unsigned threads,
+                   std::function<void()> on_stop, std::vector<util::UniqueFd> devices = {},
+                   FuseUringPlan uring = {});
+  DevFuseTransport(const DevFuseTransport&) = delete;
+  DevFuseTransport& operator=(const DevFuseTransport&) = delete;
+  ~DevFuseTransport();
 
   // Stops every worker and joins it. Idempotent.
   void stop();

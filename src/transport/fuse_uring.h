@@ -4,7 +4,7 @@
 // io_uring_enter per batch instead of a read(2) and a write(2) per request.
 // The protocol is summed up in fuse_uring_abi.h.
 //
-// FuseRing is the part of FuseDevice (fuse_dev.h) that serves a connection
+// FuseRing is the part of DevFuseTransport (fuse_dev.h) that serves a connection
 // this way once INIT has been answered over read/write. The kernel keeps one
 // queue per possible CPU; FuseRing runs one thread per ring, at most as many
 // as the device has workers and as there are queues, and ring thread r owns
