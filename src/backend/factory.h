@@ -33,11 +33,13 @@ struct BackendConfig {
   struct Memfs {
     uint64_t capacity_bytes = 1ull << 30;
     uint64_t max_inodes = 1ull << 20;
+    bool operator==(const Memfs&) const = default;
   } memfs;
 
   struct Null {
     uint64_t file_size = 1ull << 40;
     bool direct_io = false;
+    bool operator==(const Null&) const = default;
   } null;
 
   // nfs: `arg` is the URL without its "nfs:" ("//server/export?version=3").
@@ -47,6 +49,7 @@ struct BackendConfig {
     uint64_t rsize = 1ull << 20;
     uint64_t wsize = 1ull << 20;
     uint64_t max_unstable = 64ull << 20;
+    bool operator==(const Nfs&) const = default;
   } nfs;
   struct Passthrough {
     // The directory (`arg`) as a sandboxed process names it ("/" when it is
@@ -58,6 +61,7 @@ struct BackendConfig {
     UringMode io_uring = PassthroughOptions{}.io_uring;
     int64_t squash_uid = -1;  // -1: the tenant's
     int64_t squash_gid = -1;
+    bool operator==(const Passthrough&) const = default;
   } passthrough;
   // remote: `arg` is "//HOST:PORT". The [remote] settings, and what the
   // daemon read from their files at start-up, before a sandbox hides them.
@@ -67,6 +71,7 @@ struct BackendConfig {
     uint32_t max_write = 1u << 20;            // [fuse] max_write
     std::string secret;                       // empty: none
     std::shared_ptr<remote::TlsContext> tls;  // null: plain TCP
+    bool operator==(const Remote&) const = default;
   } remote;
 
   // The descriptors this backend may hold for its device's tenant (open files,
@@ -79,6 +84,7 @@ struct BackendConfig {
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
   bool writeback_cache = false;  // [fuse] writeback_cache
+  bool operator==(const BackendConfig&) const = default;
 };
 
 struct BackendType {

@@ -51,6 +51,7 @@ struct IdRule {
   // "map:0:100000:65536". Throws std::invalid_argument with the reason.
   static IdRule parse(std::string_view text);
   std::string to_string() const;
+  bool operator==(const IdRule&) const = default;
 };
 
 // The uids (or the gids) of one tenant, both ways.
@@ -73,6 +74,8 @@ class IdMap {
   bool shows_host_ids() const { return host_to_guest_.empty(); }
   const std::vector<IdRule>& rules() const { return rules_; }
 
+  bool operator==(const IdMap&) const = default;
+
  private:
   // [first, end) of source ids; a shift (target = to + id - first), a squash
   // (target = to) or a refusal. Sorted by `first`, disjoint.
@@ -81,6 +84,7 @@ class IdMap {
     uint64_t end = 0;
     enum class Kind { kShift, kSquash, kForbid } kind = Kind::kShift;
     uint32_t to = 0;
+    bool operator==(const Range&) const = default;
   };
   static void insert(std::vector<Range>& ranges, Range range, const IdRule& rule);
   static const Range* find(const std::vector<Range>& ranges, uint32_t id);
@@ -114,6 +118,8 @@ struct Identity {
   bool is_identity() const { return squash == Squash::kNone && uids.empty() && gids.empty(); }
   // Host ids differ from guest ids somewhere on the way back to the tenant.
   bool translates_to_guest() const { return !uids.shows_host_ids() || !gids.shows_host_ids(); }
+
+  bool operator==(const Identity&) const = default;
 
  private:
   std::optional<uint32_t> to_host(const IdMap& map, uint32_t guest) const;

@@ -63,6 +63,7 @@ struct HostPolicy {
 
   // Whether the tenant may use the extended attribute `name` at all.
   bool xattr_allowed(std::string_view name) const;
+  bool operator==(const HostPolicy&) const = default;
 };
 
 // "user,trusted" -> kXattrUser | kXattrTrusted; "" -> 0. Throws

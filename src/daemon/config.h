@@ -51,6 +51,7 @@ struct FuseConfig {
   bool allow_dev = false;
   // FUSE over io_uring where the kernel offers it (transport/fuse_uring.h).
   transport::FuseUringMode io_uring = transport::FuseUringMode::kAuto;
+  bool operator==(const FuseConfig&) const = default;
 };
 
 // What the daemon does when a vhost-user front-end (QEMU) goes away.
@@ -87,6 +88,7 @@ struct DeviceConfig {
   HostPolicy policy;
   // [device.policy] as given: (key under "policy.", value as text).
   std::vector<std::pair<std::string, std::string>> policy_overrides;
+  bool operator==(const DeviceConfig&) const = default;
 };
 
 // The [vhost_user] table and its flags: one device served with the
@@ -99,6 +101,7 @@ struct VhostUserConfig {
   uint32_t poll_budget_us = DeviceConfig::kDefaultPollBudgetUs;
   int64_t socket_gid = -1;                           // --socket-group, resolved to a gid; -1: none
   OnDisconnect on_disconnect = OnDisconnect::kWait;  // every device
+  bool operator==(const VhostUserConfig&) const = default;
 };
 
 // The remote transport (docs/remote-wire-format.md): a server listening for
@@ -116,6 +119,7 @@ struct RemoteConfig {
   double handshake_timeout = 2.0;
   unsigned max_handshakes = 64;
   unsigned max_handshakes_per_address = 8;
+  bool operator==(const RemoteConfig&) const = default;
 };
 
 // A sanitized build's runtime needs what the sandbox takes away: it makes
@@ -141,6 +145,7 @@ struct SandboxConfig {
   // for each device, the FUSE mount and the remote listener (daemon/
   // supervisor.h). false: one process serves everything.
   bool per_device_processes = true;
+  bool operator==(const SandboxConfig&) const = default;
 };
 
 struct Config {
@@ -168,6 +173,7 @@ struct Config {
   // Every vhost-user device: after finish(), the [vhost_user] one (if a
   // socket is set) first, then the [[device]] tables in file order.
   std::vector<DeviceConfig> devices;
+  bool operator==(const Config&) const = default;
 };
 
 // One setting: its key in the TOML file, its flag, and what it means.
