@@ -71,6 +71,9 @@ class VirtioFsDevice::Queue {
     config.queue_index = uint16_t(index);
   }
 
+  // Slots taken and not yet given back: requests in flight on this queue.
+  size_t in_flight() const { return all.size() - free.size(); }
+
   VirtioFsRequest* acquire() {
     if (free.empty()) {
       all.push_back(std::make_unique<VirtioFsRequest>());
@@ -222,7 +225,6 @@ void VirtioFsDevice::QueueWorker::finish(VirtioFsRequest& r, size_t len) {
     stats.latency.record(r.session_state.latency_ns);
   }
   q.free.push_back(&r);
-  device_.pending_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 void VirtioFsDevice::QueueWorker::publish(Queue& q) {
@@ -296,7 +298,6 @@ bool VirtioFsDevice::QueueWorker::process(Queue& q, bool polling) {
       r->in = r->in_iov;
       r->out = r->out_iov;
       r->received_ns = taken_ns;
-      device_.pending_.fetch_add(1, std::memory_order_acq_rel);
       device_.session_.handle(*r);
       // What is answered goes back now, not at the end of the batch: the
       // driver reaps and refills while this worker goes on, instead of
@@ -492,7 +493,7 @@ VirtioFsDevice::~VirtioFsDevice() {
   for (auto& q : queues_) stop_queue(*q);
   resume();
   workers_.clear();  // joins
-  if (const uint64_t n = pending_.load()) {
+  if (const uint64_t n = in_flight()) {
     spdlog::warn("{}: {} requests still unanswered at shutdown", options_.name, n);
   }
 }
@@ -544,8 +545,14 @@ void VirtioFsDevice::resume() {
   pause_cv_.notify_all();
 }
 
+uint64_t VirtioFsDevice::in_flight() const {
+  uint64_t n = 0;
+  for (const auto& q : queues_) n += q->in_flight();
+  return n;
+}
+
 void VirtioFsDevice::release_retired_memory() {
-  if (pending_.load() != 0) return;
+  if (in_flight() != 0) return;
   retired_.clear();
   if (memory_) memory_->release_removed();
 }

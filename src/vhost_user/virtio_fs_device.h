@@ -116,8 +116,12 @@ class VirtioFsDevice final : public VhostUserDevice {
   // Points every started queue at its rings in `mem`; a queue whose rings
   // are not there is stopped, with a line saying `why`. REQUIRES: paused.
   void remap_queues(const virtio::GuestMemory& mem, const char* why);
-  // Drops guest memory no request still points into.
+  // Drops guest memory no request still points into. REQUIRES: paused.
   void release_retired_memory();
+  // Requests handed to the session and not yet answered, on every queue:
+  // counted by each queue's own slots, which only its worker touches.
+  // REQUIRES: paused, or the workers stopped.
+  uint64_t in_flight() const;
 
   fuse::RequestHandler& session_;
   VirtioFsDeviceOptions options_;
@@ -127,9 +131,6 @@ class VirtioFsDevice final : public VhostUserDevice {
   std::vector<std::unique_ptr<virtio::GuestMemory>> retired_;
   std::vector<std::unique_ptr<Queue>> queues_;
   std::vector<std::unique_ptr<QueueWorker>> workers_;
-  // Requests handed to the session and not yet answered (any queue).
-  std::atomic<uint64_t> pending_{0};
-
   // The pause barrier between the control thread and the workers.
   std::mutex pause_mu_;
   std::condition_variable pause_cv_;
