@@ -195,6 +195,20 @@ for job in "${JOBS[@]}"; do
   VFS_PID=""
 done
 
+# Scaling: 1 and 2 request queues, a worker for each, the driver with a
+# thread for each (as a guest kernel spreads requests over queues by CPU).
+SCALE_QUEUES=${SCALE_QUEUES:-1 2}
+for nq in $SCALE_QUEUES; do
+  scale_cmd=("$DPFS" serve --backend memfs --memfs-capacity 4G --vhost-user "$WORK/dpfs.sock"
+    --tag dpfs --threads "$nq" --request-queues "$nq")
+  start_dpfs "dpfs-scale-$nq" "${scale_cmd[@]}"
+  for w in getattr randread; do
+    log "dpfs      scaling: $w, $nq request queue(s), depth 32 each"
+    bench dpfs "scale-$w-q$nq" "$WORK/dpfs.sock" "$DPFS_PID" --workload "$w" --depth 32 \
+      --queues "$nq" --threads "$nq"
+  done
+done
+
 # The polling goal: one dpfs worker on CPU 0, one polling driver on CPU 1.
 poll_cmd=(taskset -c 0 "$DPFS" serve --backend null --vhost-user "$WORK/dpfs.sock" --tag dpfs
   --threads 1 --poll)
@@ -254,7 +268,7 @@ json.dump({
   "build_type": "$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD/CMakeCache.txt")",
   "virtiofsd": "$("$VIRTIOFSD" --version 2>&1 | head -1)",
   "duration": "$DURATION", "warmup": "$WARMUP", "file_size": "$FILE_SIZE",
-  "depths": "$DEPTHS", "poll_runs": $POLL_RUNS,
+  "depths": "$DEPTHS", "poll_runs": $POLL_RUNS, "scale_queues": "$SCALE_QUEUES",
   "jobs": "$job_names",
   "dpfs_cmd": "${dpfs_cmd[*]}",
   "poll_cmd": "${poll_cmd[*]}",

@@ -222,6 +222,33 @@ for row in open(dat).read().splitlines()[1:]:
     w(f"| {v[0]} | " + " | ".join(cells) + " |")
 w("")
 
+# Scaling over request queues.
+scale_queues = [int(q) for q in meta.get("scale_queues", "").split()]
+if scale_queues:
+    w("## Scaling: request queues")
+    w("")
+    w("The same memfs device with N request queues and a worker for each "
+      "(`--request-queues N --threads N`), the driver with a thread for each "
+      "(`--queues N --threads N`, depth 32 on every queue), as a guest kernel "
+      "(6.10 and later) spreads its requests over the queues by CPU. The "
+      f"machine has {meta['cores']} cores for the device's workers and the "
+      "driver's threads together.")
+    w("")
+    w("| workload | queues | ops/s | scaling | p50 µs | p99 µs | device CPU µs/op | driver CPU µs/op |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for wl in ("getattr", "randread"):
+        base = load(f"dpfs.scale-{wl}-q{scale_queues[0]}")
+        for nq in scale_queues:
+            r = load(f"dpfs.scale-{wl}-q{nq}")
+            if r is None:
+                w(f"| {wl} | {nq} | failed: {err_of(f'dpfs.scale-{wl}-q{nq}')} | | | | | |")
+                continue
+            w(f"| {wl} | {nq} | {fmt_num(r['ops_per_s'])} "
+              f"| {ratio(r['ops_per_s'], base['ops_per_s'] if base else None)} "
+              f"| {r['lat_p50_us']:.1f} | {r['lat_p99_us']:.1f} "
+              f"| {fmt_num(field(r, 'device_cpu_us_per_op'), 2)} | {r['driver_cpu_us_per_op']:.2f} |")
+    w("")
+
 # The polling goal.
 poll_runs = []
 for i in range(1, int(meta.get("poll_runs", 1)) + 1):
