@@ -57,17 +57,18 @@ class Scratch {
 
 class PassthroughTest : public ::testing::Test {
  protected:
-  explicit PassthroughTest(UringMode io_uring = UringMode::kOff)
-      : fs_(options(io_uring)), session_(fs_, {}) {
+  explicit PassthroughTest(UringMode io_uring = UringMode::kOff, bool cached_reads_inline = true)
+      : fs_(options(io_uring, cached_reads_inline)), session_(fs_, {}) {
     TestRequest req(init_request());
     session_.handle(req);
     EXPECT_EQ(req.error(), 0);
   }
-  PassthroughOptions options(UringMode io_uring) {
+  PassthroughOptions options(UringMode io_uring, bool cached_reads_inline) {
     PassthroughOptions o;
     o.root = scratch_.exported();
     // Off: replies complete inside handle(), no thread to wait for.
     o.io_uring = io_uring;
+    o.cached_reads_inline = cached_reads_inline;
     o.max_fds = 16;
     return o;
   }
@@ -303,10 +304,13 @@ TEST(PassthroughOptionsTest, SquashAndOpenFileBound) {
 // handled during a batch are prepared, not started, until flush() -- then
 // all of them go in one submit, and come back with the file's bytes; the
 // hook's destructor starts and finishes what is still prepared; a thread
-// without a hook is served on its own.
+// without a hook is served on its own. (Every READ goes through the ring
+// here: the file is in the page cache, whose reads are otherwise served at
+// once; PassthroughCachedReadTest checks that.)
 class PassthroughUringTest : public PassthroughTest {
  protected:
-  PassthroughUringTest() : PassthroughTest(UringMode::kOn) {}
+  explicit PassthroughUringTest(bool cached_reads_inline = false)
+      : PassthroughTest(UringMode::kOn, cached_reads_inline) {}
 
   static constexpr size_t kBlock = 4096;
   static constexpr int kReads = 16;
@@ -387,6 +391,68 @@ TEST_F(PassthroughUringTest, ThreadWithoutHookIsServedByItself) {
   }
   EXPECT_EQ(check_read(*req, 5), "");
   EXPECT_NE(stats().find("0 worker rings, 1 fallback rings"), std::string::npos) << stats();
+}
+
+// With the ring and data in the page cache (as the file just written is),
+// a READ is answered at once inside handle(), before any flush(), and never
+// reaches the ring. A READ that runs past the end gets a short count from the
+// non-blocking read, which may mean "not cached": the ring reads it again,
+// and its answer (the bytes up to the end) comes after flush().
+class PassthroughCachedReadTest : public PassthroughUringTest {
+ protected:
+  PassthroughCachedReadTest() : PassthroughUringTest(/*cached_reads_inline=*/true) {}
+};
+
+TEST_F(PassthroughCachedReadTest, CachedReadsAreAnsweredAtOnceAndTheTailGoesThroughTheRing) {
+  std::unique_ptr<WorkerHook> hook = session_.attach_worker();
+  ASSERT_NE(hook, nullptr) << "io_uring unavailable?";
+  std::vector<std::unique_ptr<TestRequest>> reads;
+  for (int b = 0; b < kReads; ++b) {
+    reads.push_back(start_read(b));
+    EXPECT_EQ(check_read(*reads.back(), b), "") << "block " << b << " not answered at once";
+  }
+  EXPECT_NE(stats().find("0 operations, 0 submits"), std::string::npos) << stats();
+  EXPECT_NE(stats().find("16 reads and 0 writes done at once"), std::string::npos) << stats();
+
+  // Half a block before the end, a block long: 2048 bytes, then the end.
+  fuse_read_in in{};
+  in.fh = fh_;
+  in.offset = kReads * kBlock - kBlock / 2;
+  in.size = kBlock;
+  TestRequest tail(op(FUSE_READ, ino_).arg(in).bytes());
+  session_.handle(tail);
+  EXPECT_EQ(tail.completions, 0) << "a short non-blocking read taken for the end of the file";
+  hook->flush();
+  for (int i = 0; i < 500 && tail.completions == 0; ++i) {
+    pollfd pfd{hook->fd(), POLLIN, 0};
+    if (::poll(&pfd, 1, 10) > 0) hook->on_readable();
+  }
+  ASSERT_EQ(tail.completions, 1);
+  ASSERT_EQ(tail.error(), 0);
+  EXPECT_EQ(tail.reply_len, sizeof(fuse_out_header) + kBlock / 2);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(tail.reply_data()), kBlock / 2),
+            content_.substr(content_.size() - kBlock / 2));
+  EXPECT_NE(stats().find("1 operations, 1 submits"), std::string::npos) << stats();
+
+  // A WRITE into the page cache is done at once too: with RWF_NOWAIT where
+  // the file system has it, else (ext4) as a plain write, never by the ring.
+  fuse_open_in rw{O_RDWR, 0};
+  auto opened = run(op(FUSE_OPEN, ino_).arg(rw));
+  ASSERT_EQ(opened->error(), 0);
+  fuse_write_in w{};
+  w.fh = opened->payload<fuse_open_out>().fh;
+  w.size = 5;
+  TestRequest write(op(FUSE_WRITE, ino_).arg(w).raw("HELLO").bytes());
+  session_.handle(write);
+  ASSERT_EQ(write.completions, 1) << "a write into the page cache waited for the ring";
+  EXPECT_EQ(write.error(), 0);
+  EXPECT_EQ(write.payload<fuse_write_out>().size, 5u);
+  EXPECT_NE(stats().find("1 operations, 1 submits"), std::string::npos) << stats();
+  EXPECT_NE(stats().find("and 1 writes done at once"), std::string::npos) << stats();
+  std::ifstream in_host(host("f"));
+  std::string head(5, '\0');
+  in_host.read(head.data(), 5);
+  EXPECT_EQ(head, "HELLO");
 }
 
 TEST(PassthroughStart, MissingDirectoryIsOneLine) {

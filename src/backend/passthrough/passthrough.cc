@@ -177,7 +177,7 @@ Passthrough::Passthrough(PassthroughOptions options)
             return root;
           }(),
           options_.max_fds, &fd_budget_),
-      data_(use_uring(options_)) {
+      data_(use_uring(options_), options_.cached_reads_inline) {
   if (!inodes_.has_handles()) {
     spdlog::warn(
         "passthrough: {} has no file handles (name_to_handle_at); every inode the tenant knows "

@@ -80,6 +80,10 @@ struct PassthroughOptions {
   // evicted, then EMFILE. 0: no budget.
   size_t fd_budget = 0;
   UringMode io_uring = UringMode::kAuto;
+  // With io_uring: a READ of data in the page cache is served at once by a
+  // non-blocking read (RWF_NOWAIT), not through the ring; only what would
+  // wait for the disk goes through it. Tests of the ring turn it off.
+  bool cached_reads_inline = true;
   // Tenant credentials replaced by these on the host (files created, access
   // checks) when set.
   std::optional<uint32_t> squash_uid;

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <array>
@@ -13,6 +14,7 @@
 #include <variant>
 
 #include "util/counter.h"
+#include "util/iov.h"
 #include "util/unique_fd.h"
 
 namespace dpfs::passthrough {
@@ -94,6 +96,11 @@ class Ring {
   bool retired() const { return retired_.load(std::memory_order_acquire); }
   uint64_t ops() const { return ops_.load(std::memory_order_relaxed); }
   uint64_t submits() const { return submits_.load(std::memory_order_relaxed); }
+  uint64_t cached_reads() const { return cached_reads_.load(std::memory_order_relaxed); }
+  uint64_t cached_writes() const { return cached_writes_.load(std::memory_order_relaxed); }
+  // A read or write done at once without the ring. Owning thread only.
+  void note_cached_read() { util::single_writer_add(cached_reads_); }
+  void note_cached_write() { util::single_writer_add(cached_writes_); }
 
   // A free submission entry, or nullptr (the caller falls back to a system
   // call). An attached ring whose queue is full submits what it holds to
@@ -247,6 +254,8 @@ class Ring {
   std::atomic<uint64_t> inflight_{0};
   std::atomic<uint64_t> ops_{0};
   std::atomic<uint64_t> submits_{0};
+  std::atomic<uint64_t> cached_reads_{0};
+  std::atomic<uint64_t> cached_writes_{0};
   std::atomic<bool> retired_{false};
   std::atomic<bool> stop_{false};
   std::vector<std::unique_ptr<Op>> spare_ops_;  // attached rings: answered, for reuse
@@ -290,8 +299,11 @@ bool queue(Ring* ring, Prep prep, R& reply, Keepalive& keep) {
 
 }  // namespace
 
-DataPath::DataPath(bool use_uring, unsigned ring_entries)
-    : use_uring_(use_uring), ring_entries_(ring_entries), id_(next_data_path_id.fetch_add(1)) {}
+DataPath::DataPath(bool use_uring, bool cached_reads_inline, unsigned ring_entries)
+    : use_uring_(use_uring),
+      cached_reads_inline_(cached_reads_inline),
+      ring_entries_(ring_entries),
+      id_(next_data_path_id.fetch_add(1)) {}
 
 DataPath::~DataPath() {
   std::vector<std::shared_ptr<Ring>> workers;
@@ -324,6 +336,8 @@ std::shared_ptr<Ring>& DataPath::ring_slot(bool attached, bool* created) {
   if (slot && slot->retired()) {
     retired_.uring_ops += slot->ops();
     retired_.submits += slot->submits();
+    retired_.cached_reads += slot->cached_reads();
+    retired_.cached_writes += slot->cached_writes();
     ++retired_.worker_rings;
     slot.reset();
   }
@@ -372,6 +386,8 @@ DataPath::Counters DataPath::counters() const {
     if (!ring) continue;
     c.uring_ops += ring->ops();
     c.submits += ring->submits();
+    c.cached_reads += ring->cached_reads();
+    c.cached_writes += ring->cached_writes();
     if (ring->attached())
       ++c.worker_rings;
     else
@@ -387,19 +403,34 @@ std::vector<std::string> DataPath::stats() const {
                         syscall_ops_.load(std::memory_order_relaxed))};
   }
   const Counters c = counters();
-  return {
-      fmt::format("io_uring: {} operations, {} submits ({:.1f} per submit), {} worker rings, "
-                  "{} fallback rings; {} operations by system call",
-                  c.uring_ops, c.submits, c.submits ? double(c.uring_ops) / double(c.submits) : 0.0,
-                  c.worker_rings, c.fallback_rings, c.syscall_ops)};
+  return {fmt::format(
+      "io_uring: {} operations, {} submits ({:.1f} per submit), {} worker rings, "
+      "{} fallback rings; {} reads and {} writes done at once (no wait); {} "
+      "operations by system call",
+      c.uring_ops, c.submits, c.submits ? double(c.uring_ops) / double(c.submits) : 0.0,
+      c.worker_rings, c.fallback_rings, c.cached_reads, c.cached_writes, c.syscall_ops)};
 }
 
 void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep,
                     ReadReply reply) {
+  Ring* r = ring();
+  if (r != nullptr && cached_reads_inline_) {
+    // Data in the page cache is read at once, as a plain system call would:
+    // the ring's round trip (submit, complete, reap, answer after the
+    // batch) costs more than the copy, and the answer goes back with its
+    // batch. RWF_NOWAIT makes the read fail with EAGAIN rather than wait for
+    // the disk; a short count may be a page that is not cached as well as
+    // the end of the file, so the ring reads the whole range again then.
+    const ssize_t n = ::preadv2(fd, dst.data(), int(dst.size()), off_t(offset), RWF_NOWAIT);
+    if (n >= 0 && size_t(n) == iov_length(dst)) {
+      r->note_cached_read();
+      return reply.ok(size_t(n));
+    }
+  }
   auto prep = [&](io_uring_sqe* sqe) {
     io_uring_prep_readv(sqe, fd, dst.data(), unsigned(dst.size()), offset);
   };
-  if (queue(ring(), prep, reply, keep)) return;
+  if (queue(r, prep, reply, keep)) return;
   syscall_ops_.fetch_add(1, std::memory_order_relaxed);
   const ssize_t n = ::preadv(fd, dst.data(), int(dst.size()), off_t(offset));
   if (n < 0) return reply.error(errno);
@@ -408,14 +439,69 @@ void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepali
 
 void DataPath::write(int fd, std::span<const iovec> src, uint64_t offset, Keepalive keep,
                      WriteReply reply) {
+  Ring* r = ring();
+  if (r != nullptr && cached_reads_inline_) {
+    // As for reads: a write that needs no wait (into the page cache) is
+    // done at once; one that would wait goes through the ring. A file
+    // system that cannot tell (EOPNOTSUPP: ext4's buffered writes) would
+    // have the ring hand every write to an io-wq thread, which costs 3 to
+    // 5 times a plain write here (docs/PASSTHROUGH_BENCHMARKS.md): its
+    // writes are plain system calls from then on.
+    const bool plain = nowait_writes_unsupported_.load(std::memory_order_relaxed);
+    const ssize_t n =
+        ::pwritev2(fd, src.data(), int(src.size()), off_t(offset), plain ? 0 : RWF_NOWAIT);
+    if (n >= 0) {
+      r->note_cached_write();
+      return finish_write(fd, src, offset, size_t(n), std::move(reply));
+    }
+    if (plain) return reply.error(errno);
+    if (errno == EOPNOTSUPP) {
+      nowait_writes_unsupported_.store(true, std::memory_order_relaxed);
+      return write(fd, src, offset, std::move(keep), std::move(reply));
+    }
+  }
   auto prep = [&](io_uring_sqe* sqe) {
     io_uring_prep_writev(sqe, fd, src.data(), unsigned(src.size()), offset);
   };
-  if (queue(ring(), prep, reply, keep)) return;
+  if (queue(r, prep, reply, keep)) return;
   syscall_ops_.fetch_add(1, std::memory_order_relaxed);
   const ssize_t n = ::pwritev(fd, src.data(), int(src.size()), off_t(offset));
   if (n < 0) return reply.error(errno);
   reply.ok(size_t(n));
+}
+
+void DataPath::finish_write(int fd, std::span<const iovec> src, uint64_t offset, size_t done,
+                            WriteReply reply) {
+  const size_t total = iov_length(src);
+  if (done == total) return reply.ok(done);
+  // A non-blocking write that stopped part way: the rest now, as a plain
+  // write would have done it (never the whole again: an O_APPEND file would
+  // take it twice).
+  std::vector<iovec> rest;
+  size_t skip = done;
+  for (const iovec& v : src) {
+    if (skip >= v.iov_len) {
+      skip -= v.iov_len;
+      continue;
+    }
+    rest.push_back({static_cast<char*>(v.iov_base) + skip, v.iov_len - skip});
+    skip = 0;
+  }
+  while (done < total) {
+    const ssize_t n = ::pwritev(fd, rest.data(), int(rest.size()), off_t(offset + done));
+    if (n <= 0) break;  // what was written is the answer
+    done += size_t(n);
+    size_t k = size_t(n);
+    while (!rest.empty() && k >= rest.front().iov_len) {
+      k -= rest.front().iov_len;
+      rest.erase(rest.begin());
+    }
+    if (!rest.empty()) {
+      rest.front().iov_base = static_cast<char*>(rest.front().iov_base) + k;
+      rest.front().iov_len -= k;
+    }
+  }
+  reply.ok(done);
 }
 
 void DataPath::fsync(int fd, SyncMode mode, Keepalive keep, StatusReply reply) {

@@ -59,7 +59,9 @@ class Ring;
 class DataPath {
  public:
   // `use_uring` false: every operation is a plain system call.
-  explicit DataPath(bool use_uring, unsigned ring_entries = 256);
+  // `cached_reads_inline`: with a ring, reads of data in the page cache are
+  // done at once (RWF_NOWAIT), only the others go through the ring.
+  explicit DataPath(bool use_uring, bool cached_reads_inline = true, unsigned ring_entries = 256);
   // Waits until every operation in flight has been answered (a worker's
   // ring is reaped by its worker, which still runs), then closes the rings.
   ~DataPath();
@@ -85,6 +87,8 @@ class DataPath {
     uint64_t uring_ops = 0;       // operations submitted to a ring
     uint64_t submits = 0;         // io_uring_enter calls that submitted them
     uint64_t syscall_ops = 0;     // operations done as plain system calls
+    uint64_t cached_reads = 0;    // reads served from the page cache, without a ring
+    uint64_t cached_writes = 0;   // writes done at once (RWF_NOWAIT), without a ring
     uint64_t worker_rings = 0;    // rings driven by a worker's hook
     uint64_t fallback_rings = 0;  // rings with a reaper thread
   };
@@ -96,10 +100,15 @@ class DataPath {
 
  private:
   Ring* ring();  // this thread's ring, or nullptr (io_uring unavailable)
+  // Answers a write of which `done` bytes are written: the rest, if any, by
+  // plain writes.
+  static void finish_write(int fd, std::span<const iovec> src, uint64_t offset, size_t done,
+                           WriteReply reply);
   // This thread's ring, made if needed (attached: for a worker). REQUIRES: mu_.
   std::shared_ptr<Ring>& ring_slot(bool attached, bool* created);
 
   const bool use_uring_;
+  const bool cached_reads_inline_;
   const unsigned ring_entries_;
   const uint64_t id_;  // tells this instance apart in threads' caches
   mutable std::mutex mu_;
@@ -107,6 +116,9 @@ class DataPath {
   bool failed_ = false;  // io_uring_queue_init failed once: don't retry; guarded by mu_
   Counters retired_;     // counts of rings dropped from rings_; guarded by mu_
   std::atomic<uint64_t> syscall_ops_{0};
+  // The file system refused a non-blocking write (EOPNOTSUPP): writes are
+  // plain system calls.
+  std::atomic<bool> nowait_writes_unsupported_{false};
 };
 
 }  // namespace dpfs::passthrough
