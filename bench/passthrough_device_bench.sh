@@ -8,6 +8,7 @@
 #   BUILD=build bench/passthrough_device_bench.sh   (dpfs and dpfs-bench built there)
 #   DPFS_ARGS="--passthrough-io-uring off" ...      extra dpfs serve options
 #   DPFS_BEFORE=/path/to/older/dpfs ...            also that binary, as "dpfs-before"
+#   WORKLOADS="randread randwrite" ...             dpfs-bench workloads (default randread)
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 B=${BUILD:-$ROOT/build}
@@ -21,6 +22,7 @@ P=$!
 for i in $(seq 100); do [ -S $W/s.sock ] && break; sleep 0.05; done; sleep 0.3
 $B/dpfs-bench --socket $W/s.sock --workload randread --duration 0.5 --warmup 0 --file-size 64M > /dev/null 2>&1
 kill $P 2>/dev/null; wait $P 2>/dev/null; sync
+for wl in ${WORKLOADS:-randread}; do
 for qd in 1 32; do
   for dev in dpfs-pt ${DPFS_BEFORE:+dpfs-before} virtiofsd; do
     rm -f $W/s.sock
@@ -33,9 +35,10 @@ for qd in 1 32; do
     fi
     P=$!
     for i in $(seq 100); do [ -S $W/s.sock ] && break; sleep 0.05; done; sleep 0.3
-    $B/dpfs-bench --socket $W/s.sock --device-pid $P --label $dev --workload randread --depth $qd --duration 3 --warmup 1 --file-size 64M --json > $W/$dev.$qd.json 2>$W/$dev.$qd.err
-    python3 -c "import json,sys; d=json.load(open('$W/$dev.$qd.json')); print('$dev qd$qd', 'ops/s=%.0f'%d['ops_per_s'], 'lat_mean=%.1f'%d['lat_mean_us'], 'p99=%.1f'%d['lat_p99_us'], 'dev_cpu_us/op=%s'%d['device_cpu_us_per_op'], 'errors=%s'%d['errors'])" 2>/dev/null || { echo "$dev qd$qd failed: $(tail -2 $W/$dev.$qd.err)"; }
+    $B/dpfs-bench --socket $W/s.sock --device-pid $P --label $dev --workload $wl --depth $qd --duration 3 --warmup 1 --file-size 64M --json > $W/$dev.$wl.$qd.json 2>$W/$dev.$wl.$qd.err
+    python3 -c "import json,sys; d=json.load(open('$W/$dev.$wl.$qd.json')); print('$dev $wl qd$qd', 'ops/s=%.0f'%d['ops_per_s'], 'lat_mean=%.1f'%d['lat_mean_us'], 'p99=%.1f'%d['lat_p99_us'], 'dev_cpu_us/op=%s'%d['device_cpu_us_per_op'], 'errors=%s'%d['errors'])" 2>/dev/null || { echo "$dev $wl qd$qd failed: $(tail -2 $W/$dev.$wl.$qd.err)"; }
     kill $P 2>/dev/null; wait $P 2>/dev/null
   done
+done
 done
 rm -rf $W
