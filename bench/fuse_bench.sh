@@ -32,6 +32,10 @@
 #                     unless SKIP_BUILD=1)
 #   FILE_SIZE=256M    size of the data file for memfs and passthrough_ll
 #   TARGETS="dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll"
+#   FUSE_URING=0      1: let dpfs use FUSE over io_uring (its default, fuse.io_uring
+#                     = auto) by setting the fuse module's enable_uring for the
+#                     run, as a host that wants it would (restored after); 0:
+#                     leave the module as it is. libfuse 3.14 has no io_uring.
 #   OUT=docs/FUSE_BENCHMARKS.md
 set -euo pipefail
 
@@ -101,9 +105,12 @@ stop_daemon() {
   fi
 }
 
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+SAVED_URING=""
 cleanup() {
   local rc=$?
   local m
+  if [[ -n $SAVED_URING ]]; then echo "$SAVED_URING" >"$URING_PARAM" 2>/dev/null || true; fi
   for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do stop_daemon "${MOUNTS[i]}"; done
   for m in "${TMPFS[@]}"; do umount -l "$m" 2>/dev/null || true; done
   for m in "${MOUNTS[@]}" "${TMPFS[@]}"; do
@@ -141,6 +148,14 @@ for ex in null passthrough_ll; do
 done
 log "built libfuse's null and passthrough_ll into $BENCH_BIN"
 
+# dpfs's /dev/fuse transport: io_uring where the module allows it.
+if [[ ${FUSE_URING:-0} = 1 && -w $URING_PARAM ]]; then
+  SAVED_URING=$(cat "$URING_PARAM")
+  echo 1 >"$URING_PARAM"
+  DPFS_TRANSPORT="FUSE over io_uring (fuse.io_uring = auto, the module's enable_uring set for the run)"
+else
+  DPFS_TRANSPORT="/dev/fuse read and write (enable_uring: $(cat "$URING_PARAM" 2>/dev/null || echo absent))"
+fi
 # Other work on the machine skews every number here: say so in the report.
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 4) }'; then
@@ -308,7 +323,7 @@ JOB_NAMES="${JOBS[*]%%|*}"
 # The command line as text, for the report (the quotes are meant literally).
 # shellcheck disable=SC2089
 INVOCATION="RUNTIME=$RUNTIME REPEAT=$REPEAT QUIET_WAIT=$QUIET_WAIT THREADS=$THREADS \
-FILE_SIZE=$FILE_SIZE DPFS_ARGS='$DPFS_ARGS' TARGETS='$TARGETS' bench/fuse_bench.sh"
+FILE_SIZE=$FILE_SIZE DPFS_ARGS='$DPFS_ARGS' TARGETS='$TARGETS' FUSE_URING=${FUSE_URING:-0} bench/fuse_bench.sh"
 if [[ ${SKIP_BUILD:-0} = 1 ]]; then
   BUILD_CMD="(SKIP_BUILD=1: an existing ${BUILD#"$ROOT"/}/dpfs)"
 else
@@ -317,11 +332,11 @@ fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # shellcheck disable=SC2090
 export LOAD_BEFORE LOAD_AFTER CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE \
-  JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS INVOCATION BUILD_CMD
+  JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS INVOCATION BUILD_CMD DPFS_TRANSPORT
 python3 -c '
 import json, os, sys
 keys = "LOAD_BEFORE LOAD_AFTER CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_VERSION COMMIT DATE \
-JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS INVOCATION BUILD_CMD".split()
+JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS INVOCATION BUILD_CMD DPFS_TRANSPORT".split()
 json.dump({k: os.environ[k] for k in keys}, open(sys.argv[1], "w"), indent=1)' "$RESULTS/meta.json"
 python3 "$ROOT/bench/fuse_bench_report.py" "$RESULTS" "$OUT" || die "writing the report"
 log "wrote $OUT (results kept in $RESULTS)"

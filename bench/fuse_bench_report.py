@@ -76,7 +76,8 @@ L.append("")
 L.append("Each daemon is mounted alone, the four fio jobs run against it, and it is")
 L.append("stopped before the next one starts. `$WORK` is a fresh directory under /tmp.")
 L.append(f"{env['RUNTIME']} s per job; {env['REPEAT']} round(s) over all daemons; dpfs runs "
-         f"{env['THREADS']} worker threads.")
+         f"{env['THREADS']} worker threads, its transport: "
+         f"{env.get('DPFS_TRANSPORT', '/dev/fuse read and write')}.")
 L.append("Daemon CPU is utime + stime of all the daemon's threads from /proc/PID/stat")
 L.append(f"(resolution 1/{clk} s), read just before and after each fio job, divided by the")
 L.append("I/Os fio completed: it includes the daemon's kernel time reading and writing")
