@@ -319,19 +319,22 @@ const Setting kSettings[] = {
        }
        cfg.backend.passthrough.max_fds = uint64_t(n);
      }},
-    {{"backend.passthrough.io_uring", "--passthrough-io-uring", "auto|on|off",
-      "passthrough: READ/WRITE/FSYNC/FALLOCATE through io_uring (on), system calls (off), or "
-      "io_uring except on tmpfs, where it cannot complete reads inline (default auto)"},
+    {{"backend.passthrough.io_uring", "--passthrough-io-uring", "auto|on|always|off",
+      "passthrough: READ/WRITE/FSYNC/FALLOCATE through io_uring when they would wait, at once "
+      "when they need not (on), every one through io_uring (always), system calls (off), or "
+      "on except on tmpfs, where io_uring cannot complete reads inline (default auto)"},
      [](Config& cfg, const Value& v) {
        const std::string& s = as_string(v);
        if (s == "auto") {
          cfg.backend.passthrough.io_uring = UringMode::kAuto;
        } else if (s == "on") {
          cfg.backend.passthrough.io_uring = UringMode::kOn;
+       } else if (s == "always") {
+         cfg.backend.passthrough.io_uring = UringMode::kAlways;
        } else if (s == "off") {
          cfg.backend.passthrough.io_uring = UringMode::kOff;
        } else {
-         refuse(fmt::format("must be auto, on or off, got '{}'", s));
+         refuse(fmt::format("must be auto, on, always or off, got '{}'", s));
        }
      }},
     {{"backend.passthrough.squash_uid", "--passthrough-squash-uid", "UID",

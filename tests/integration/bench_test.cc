@@ -268,10 +268,12 @@ TEST_F(BenchTest, AdaptivePollingTakesRequestsWithoutKicks) {
 }
 
 // `backend` behind a vhost-user device with one worker, busy-polling or not.
-void start_one_worker(DeviceProcess& dev, const std::string& backend, bool poll) {
+void start_one_worker(DeviceProcess& dev, const std::string& backend, bool poll,
+                      const std::vector<std::string>& more = {}) {
   std::vector<std::string> args{dpfs_binary(),  "serve",      "--backend", backend,
                                 "--vhost-user", dev.socket(), "--threads", "1"};
   if (poll) args.push_back("--poll");
+  args.insert(args.end(), more.begin(), more.end());
   ASSERT_EQ(dev.start(args), "");
 }
 
@@ -284,11 +286,11 @@ std::pair<std::string, std::string> write_then_read_at_depth_32(const DeviceProc
   return {std::move(wrote), run_ok(dev, "randread", {"--depth", "32"})};
 }
 
-// The passthrough backend on one worker, at depth 32: random writes (read
-// back and verified) and random reads (every page's stamp checked) through
-// io_uring, whose submissions must batch -- one io_uring_enter per request
-// would mean the worker starts each request's I/O on its own. Event-driven
-// worker and busy-polling worker.
+// The passthrough backend on one worker, at depth 32, every READ and WRITE
+// through io_uring (`always`): random writes (read back and verified) and
+// random reads (every page's stamp checked), whose submissions must batch --
+// one io_uring_enter per request would mean the worker starts each
+// request's I/O on its own. Event-driven worker and busy-polling worker.
 class BenchPassthroughTest : public ::testing::TestWithParam<bool> {};
 
 TEST_P(BenchPassthroughTest, DepthThirtyTwoBatchesIoUringSubmissions) {
@@ -296,7 +298,8 @@ TEST_P(BenchPassthroughTest, DepthThirtyTwoBatchesIoUringSubmissions) {
   DeviceProcess dev;
   const std::string share = dev.dir() + "/share";
   ASSERT_EQ(::mkdir(share.c_str(), 0755), 0) << errname(errno);
-  ASSERT_NO_FATAL_FAILURE(start_one_worker(dev, "passthrough:" + share, poll));
+  ASSERT_NO_FATAL_FAILURE(
+      start_one_worker(dev, "passthrough:" + share, poll, {"--passthrough-io-uring", "always"}));
   const auto [wrote, read] = write_then_read_at_depth_32(dev);
   const std::string log = stats_in_log(dev);
   const UringCounters c = last_uring_counters(log);

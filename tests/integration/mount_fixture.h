@@ -321,6 +321,7 @@ inline uint64_t fnv1a(std::string_view data) {
 struct UringCounters {
   long long ops = -1;
   long long submits = -1;
+  long long done_at_once = -1;  // reads and writes that needed no wait, without the ring
 };
 inline UringCounters last_uring_counters(const std::string& log) {
   UringCounters c;
@@ -330,6 +331,13 @@ inline UringCounters last_uring_counters(const std::string& log) {
   if (std::sscanf(log.c_str() + at + key.size(), "%lld operations, %lld submits", &c.ops,
                   &c.submits) != 2) {
     return UringCounters{};
+  }
+  long long reads = 0, writes = 0;
+  const size_t more = log.find("fallback rings; ", at);
+  if (more != std::string::npos &&
+      std::sscanf(log.c_str() + more, "fallback rings; %lld reads and %lld writes", &reads,
+                  &writes) == 2) {
+    c.done_at_once = reads + writes;
   }
   return c;
 }

@@ -57,18 +57,17 @@ class Scratch {
 
 class PassthroughTest : public ::testing::Test {
  protected:
-  explicit PassthroughTest(UringMode io_uring = UringMode::kOff, bool cached_reads_inline = true)
-      : fs_(options(io_uring, cached_reads_inline)), session_(fs_, {}) {
+  explicit PassthroughTest(UringMode io_uring = UringMode::kOff)
+      : fs_(options(io_uring)), session_(fs_, {}) {
     TestRequest req(init_request());
     session_.handle(req);
     EXPECT_EQ(req.error(), 0);
   }
-  PassthroughOptions options(UringMode io_uring, bool cached_reads_inline) {
+  PassthroughOptions options(UringMode io_uring) {
     PassthroughOptions o;
     o.root = scratch_.exported();
     // Off: replies complete inside handle(), no thread to wait for.
     o.io_uring = io_uring;
-    o.cached_reads_inline = cached_reads_inline;
     o.max_fds = 16;
     return o;
   }
@@ -304,13 +303,12 @@ TEST(PassthroughOptionsTest, SquashAndOpenFileBound) {
 // handled during a batch are prepared, not started, until flush() -- then
 // all of them go in one submit, and come back with the file's bytes; the
 // hook's destructor starts and finishes what is still prepared; a thread
-// without a hook is served on its own. (Every READ goes through the ring
-// here: the file is in the page cache, whose reads are otherwise served at
-// once; PassthroughCachedReadTest checks that.)
+// without a hook is served on its own. (`always`: every READ goes through
+// the ring here; with `on` the page cache's are served at once, which
+// PassthroughCachedReadTest checks.)
 class PassthroughUringTest : public PassthroughTest {
  protected:
-  explicit PassthroughUringTest(bool cached_reads_inline = false)
-      : PassthroughTest(UringMode::kOn, cached_reads_inline) {}
+  explicit PassthroughUringTest(UringMode mode = UringMode::kAlways) : PassthroughTest(mode) {}
 
   static constexpr size_t kBlock = 4096;
   static constexpr int kReads = 16;
@@ -400,7 +398,7 @@ TEST_F(PassthroughUringTest, ThreadWithoutHookIsServedByItself) {
 // and its answer (the bytes up to the end) comes after flush().
 class PassthroughCachedReadTest : public PassthroughUringTest {
  protected:
-  PassthroughCachedReadTest() : PassthroughUringTest(/*cached_reads_inline=*/true) {}
+  PassthroughCachedReadTest() : PassthroughUringTest(UringMode::kOn) {}
 };
 
 TEST_F(PassthroughCachedReadTest, CachedReadsAreAnsweredAtOnceAndTheTailGoesThroughTheRing) {

@@ -127,7 +127,7 @@ bool hidden_xattr(const Context& ctx, std::string_view name) {
 }
 
 bool use_uring(const PassthroughOptions& options) {
-  if (options.io_uring != UringMode::kAuto) return options.io_uring == UringMode::kOn;
+  if (options.io_uring != UringMode::kAuto) return options.io_uring != UringMode::kOff;
   struct statfs st {};
   if (::statfs(options.root.c_str(), &st) == 0 && st.f_type == TMPFS_MAGIC) {
     spdlog::info(
@@ -177,7 +177,7 @@ Passthrough::Passthrough(PassthroughOptions options)
             return root;
           }(),
           options_.max_fds, &fd_budget_),
-      data_(use_uring(options_), options_.cached_reads_inline) {
+      data_(use_uring(options_), options_.io_uring != UringMode::kAlways) {
   if (!inodes_.has_handles()) {
     spdlog::warn(
         "passthrough: {} has no file handles (name_to_handle_at); every inode the tenant knows "

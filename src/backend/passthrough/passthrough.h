@@ -59,11 +59,12 @@ enum class CachePolicy {
 
 // Whether READ, WRITE, FSYNC and FALLOCATE go through io_uring.
 enum class UringMode {
-  kAuto,  // io_uring, unless the directory is on tmpfs: io_uring cannot
-          // complete tmpfs reads inline and hands each to an io-wq thread,
-          // which costs more than the system call (measured: a third of the
-          // IOPS at depth 1)
-  kOn,
+  kAuto,    // io_uring, unless the directory is on tmpfs: io_uring cannot
+            // complete tmpfs reads inline and hands each to an io-wq thread,
+            // which costs more than the system call (measured: a third of the
+            // IOPS at depth 1)
+  kOn,      // io_uring for what would wait; what needs no wait is done at once
+  kAlways,  // every READ and WRITE through the ring, even what needs no wait
   kOff,
 };
 
@@ -79,11 +80,10 @@ struct PassthroughOptions {
   // O_PATH descriptors together (util/fd_budget.h). Spent: cached ones are
   // evicted, then EMFILE. 0: no budget.
   size_t fd_budget = 0;
+  // With io_uring (but kAlways): a READ of data in the page cache, and a
+  // WRITE that needs no wait, are done at once (RWF_NOWAIT), not through
+  // the ring; only what would wait for the disk goes through it.
   UringMode io_uring = UringMode::kAuto;
-  // With io_uring: a READ of data in the page cache is served at once by a
-  // non-blocking read (RWF_NOWAIT), not through the ring; only what would
-  // wait for the disk goes through it. Tests of the ring turn it off.
-  bool cached_reads_inline = true;
   // Tenant credentials replaced by these on the host (files created, access
   // checks) when set.
   std::optional<uint32_t> squash_uid;
