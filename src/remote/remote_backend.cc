@@ -67,12 +67,28 @@ Entry to_entry(const fuse_entry_out& e) {
   return entry;
 }
 
+// The errno a reply header answers: 0 for success, -1 for a value no
+// errno has (a server's mistake).
+int reply_errno(const fuse_out_header& h) {
+  if (h.error == 0) return 0;
+  return h.error < 0 && h.error > -4096 ? -h.error : -1;
+}
+
 // Reads a whole reply struct: exactly sizeof(T) bytes of payload.
 template <class T>
 bool take(std::span<const char> payload, T* out) {
   if (payload.size() != sizeof(T)) return false;
   std::memcpy(out, payload.data(), sizeof(T));
   return true;
+}
+
+// Answers whichever typed reply awaits with `error` (none: nothing).
+void error_reply(TypedReply& reply, int error) {
+  std::visit(
+      [error](auto& r) {
+        if constexpr (!std::is_same_v<std::decay_t<decltype(r)>, std::monostate>) r.error(error);
+      },
+      reply);
 }
 
 // A reply's typed answer, if the request awaits that type (it always does
@@ -122,8 +138,7 @@ class RemoteBackend::Call final : public fuse::Request {
     in_buf_.resize(sizeof(fuse_in_header));
     asked_ = 0;
     plus_ = false;
-    waiter_ = nullptr;
-    typed_ = std::monostate{};
+    waiter_ = nullptr;  // typed_ is empty: complete() left it so
   }
   template <class T>
   void put(const T& arg) {
@@ -207,7 +222,8 @@ void RemoteBackend::Call::decode(size_t reply_len) {
                                       std::min(length, out_buf_.size() - sizeof(h)));
   if (waiter_ != nullptr) {
     std::lock_guard lock(waiter_->mu);
-    waiter_->error = h.error < 0 && h.error > -4096 ? -h.error : (h.error == 0 ? 0 : EIO);
+    const int error = reply_errno(h);
+    waiter_->error = error < 0 ? EIO : error;
     waiter_->payload.assign(payload.begin(), payload.end());
     waiter_->done = true;
     waiter_->cv.notify_all();
@@ -218,11 +234,7 @@ void RemoteBackend::Call::decode(size_t reply_len) {
           decode_reply({opcode_, asked_, plus_}, h, length, payload, typed_, &unlisted)) {
     backend_.peer_log_.warn("remote: a malformed {} reply from the server ({}); answering EIO",
                             fuse::opcode_name(opcode_), bad);
-    std::visit(
-        [](auto& r) {
-          if constexpr (!std::is_same_v<std::decay_t<decltype(r)>, std::monostate>) r.error(EIO);
-        },
-        typed_);
+    error_reply(typed_, EIO);
   }
   // Entries the server counted but the tenant's buffer had no room for:
   // the tenant never saw them, so the server forgets them.
@@ -233,16 +245,10 @@ const char* decode_reply(const ReplyShape& shape, const fuse_out_header& h, size
                          std::span<const char> payload, TypedReply& reply,
                          std::vector<uint64_t>* unlisted) {
   if (std::holds_alternative<std::monostate>(reply)) return "no request awaits it";
-  if (h.error != 0) {
-    if (h.error >= 0 || h.error <= -4096) return "an errno out of range";
+  if (const int error = reply_errno(h); error != 0) {
+    if (error < 0) return "an errno out of range";
     if (length != 0) return "a payload with an error";
-    std::visit(
-        [&](auto& r) {
-          if constexpr (!std::is_same_v<std::decay_t<decltype(r)>, std::monostate>) {
-            r.error(-h.error);
-          }
-        },
-        reply);
+    error_reply(reply, error);
     return nullptr;
   }
   switch (shape.opcode) {

@@ -299,9 +299,9 @@ bool queue(Ring* ring, Prep prep, R& reply, Keepalive& keep) {
 
 }  // namespace
 
-DataPath::DataPath(bool use_uring, bool cached_reads_inline, unsigned ring_entries)
+DataPath::DataPath(bool use_uring, bool at_once_without_wait, unsigned ring_entries)
     : use_uring_(use_uring),
-      cached_reads_inline_(cached_reads_inline),
+      at_once_without_wait_(at_once_without_wait),
       ring_entries_(ring_entries),
       id_(next_data_path_id.fetch_add(1)) {}
 
@@ -414,7 +414,7 @@ std::vector<std::string> DataPath::stats() const {
 void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepalive keep,
                     ReadReply reply) {
   Ring* r = ring();
-  if (r != nullptr && cached_reads_inline_) {
+  if (r != nullptr && at_once_without_wait_) {
     // Data in the page cache is read at once, as a plain system call would:
     // the ring's round trip (submit, complete, reap, answer after the
     // batch) costs more than the copy, and the answer goes back with its
@@ -440,7 +440,7 @@ void DataPath::read(int fd, std::span<const iovec> dst, uint64_t offset, Keepali
 void DataPath::write(int fd, std::span<const iovec> src, uint64_t offset, Keepalive keep,
                      WriteReply reply) {
   Ring* r = ring();
-  if (r != nullptr && cached_reads_inline_) {
+  if (r != nullptr && at_once_without_wait_) {
     // As for reads: a write that needs no wait (into the page cache) is
     // done at once; one that would wait goes through the ring. A file
     // system that cannot tell (EOPNOTSUPP: ext4's buffered writes) would
@@ -478,28 +478,14 @@ void DataPath::finish_write(int fd, std::span<const iovec> src, uint64_t offset,
   // write would have done it (never the whole again: an O_APPEND file would
   // take it twice).
   std::vector<iovec> rest;
-  size_t skip = done;
-  for (const iovec& v : src) {
-    if (skip >= v.iov_len) {
-      skip -= v.iov_len;
-      continue;
-    }
-    rest.push_back({static_cast<char*>(v.iov_base) + skip, v.iov_len - skip});
-    skip = 0;
-  }
   while (done < total) {
+    IovReader left(src, total);
+    left.skip(done);
+    rest.clear();
+    left.take_iovecs(total - done, &rest);
     const ssize_t n = ::pwritev(fd, rest.data(), int(rest.size()), off_t(offset + done));
     if (n <= 0) break;  // what was written is the answer
     done += size_t(n);
-    size_t k = size_t(n);
-    while (!rest.empty() && k >= rest.front().iov_len) {
-      k -= rest.front().iov_len;
-      rest.erase(rest.begin());
-    }
-    if (!rest.empty()) {
-      rest.front().iov_base = static_cast<char*>(rest.front().iov_base) + k;
-      rest.front().iov_len -= k;
-    }
   }
   reply.ok(done);
 }

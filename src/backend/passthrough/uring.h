@@ -59,9 +59,10 @@ class Ring;
 class DataPath {
  public:
   // `use_uring` false: every operation is a plain system call.
-  // `cached_reads_inline`: with a ring, reads of data in the page cache are
-  // done at once (RWF_NOWAIT), only the others go through the ring.
-  explicit DataPath(bool use_uring, bool cached_reads_inline = true, unsigned ring_entries = 256);
+  // `at_once_without_wait`: with a ring, reads of data in the page cache and
+  // writes that need no wait are done at once (RWF_NOWAIT); only those that
+  // would wait go through the ring.
+  explicit DataPath(bool use_uring, bool at_once_without_wait = true, unsigned ring_entries = 256);
   // Waits until every operation in flight has been answered (a worker's
   // ring is reaped by its worker, which still runs), then closes the rings.
   ~DataPath();
@@ -108,7 +109,7 @@ class DataPath {
   std::shared_ptr<Ring>& ring_slot(bool attached, bool* created);
 
   const bool use_uring_;
-  const bool cached_reads_inline_;
+  const bool at_once_without_wait_;
   const unsigned ring_entries_;
   const uint64_t id_;  // tells this instance apart in threads' caches
   mutable std::mutex mu_;
