@@ -12,6 +12,7 @@ bash scripts/build.sh build
 mount=${DPFS_MOUNT:-/tmp/dpfs}
 sock=${DPFS_SOCKET:-/tmp/dpfs.sock}
 tag=${DPFS_TAG:-dpfs}
+mkdir -p "$mount"  # a fresh machine has no mount point yet
 cat >&2 <<MSG
 dpfs: FUSE at $mount; virtio-fs on $sock, tag $tag. From another shell:
   scripts/guest.sh                                   # a throwaway guest, shell at /mnt
