@@ -50,11 +50,11 @@ void EntryReply::ok(const Entry& entry) {
 void AttrReply::ok(const struct stat& attr, double timeout) {
   if (ReplyTarget* t = take()) t->answer_attr(attr, timeout);
 }
-void OpenReply::ok(uint64_t fh, uint32_t open_flags) {
-  if (ReplyTarget* t = take()) t->answer_open(fh, open_flags);
+void OpenReply::ok(uint64_t fh, uint32_t open_flags, int host_fd) {
+  if (ReplyTarget* t = take()) t->answer_open(fh, open_flags, host_fd);
 }
-void CreateReply::ok(const Entry& entry, uint64_t fh, uint32_t open_flags) {
-  if (ReplyTarget* t = take()) t->answer_create(entry, fh, open_flags);
+void CreateReply::ok(const Entry& entry, uint64_t fh, uint32_t open_flags, int host_fd) {
+  if (ReplyTarget* t = take()) t->answer_create(entry, fh, open_flags, host_fd);
 }
 void ReadReply::ok(size_t bytes) {
   if (ReplyTarget* t = take()) t->answer_read(bytes);

@@ -166,6 +166,12 @@ struct Capabilities {
   // offers the kernel no more. 0: no limit of its own (the session's
   // max_write).
   uint32_t max_write = 0;
+  // OPEN and CREATE may name the handle's host file (OpenReply::ok's
+  // host_fd): a regular file the backend keeps open until the handle's
+  // RELEASE. A transport that can may then let its kernel read and write
+  // that file itself (FUSE passthrough), so READ, WRITE and their checks
+  // never reach the backend for that handle.
+  bool host_files = false;
 };
 
 // ---------------------------------------------------------------------------
@@ -213,8 +219,9 @@ class ReplyTarget {
   virtual void answer_status() = 0;
   virtual void answer_entry(const Entry& entry) = 0;
   virtual void answer_attr(const struct stat& attr, double timeout) = 0;
-  virtual void answer_open(uint64_t fh, uint32_t open_flags) = 0;
-  virtual void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) = 0;
+  // host_fd: the handle's host file, or -1 (Capabilities::host_files).
+  virtual void answer_open(uint64_t fh, uint32_t open_flags, int host_fd) = 0;
+  virtual void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags, int host_fd) = 0;
   virtual void answer_read(size_t bytes) = 0;
   virtual void answer_write(size_t bytes) = 0;
   virtual void answer_readlink(std::string_view target) = 0;
@@ -280,14 +287,15 @@ class OpenReply : public Reply {
  public:
   using Reply::Reply;
   // open_flags: FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, ... of <linux/fuse.h>.
-  void ok(uint64_t fh, uint32_t open_flags = 0);
+  // host_fd: the handle's host file (borrowed; see Capabilities::host_files).
+  void ok(uint64_t fh, uint32_t open_flags = 0, int host_fd = -1);
 };
 
 // An Entry (one lookup) and an open handle.
 class CreateReply : public Reply {
  public:
   using Reply::Reply;
-  void ok(const Entry& entry, uint64_t fh, uint32_t open_flags = 0);
+  void ok(const Entry& entry, uint64_t fh, uint32_t open_flags = 0, int host_fd = -1);
 };
 
 // READ: the backend has written `bytes` into the destination iovecs it was

@@ -375,6 +375,11 @@ const Setting kSettings[] = {
     {{"fuse.xattr", "--xattr", "BOOL",
       "serve extended attributes; off, the kernel stops asking (default true)"},
      [](Config& cfg, const Value& v) { cfg.fuse.xattr = as_bool(v); }},
+    {{"fuse.passthrough", "--fuse-passthrough", "BOOL",
+      "with the passthrough backend, let the kernel read and write open files itself, without "
+      "a request to dpfs (FUSE passthrough: Linux 6.9+, as root, writeback cache off; "
+      "default true)"},
+     [](Config& cfg, const Value& v) { cfg.fuse.passthrough = as_bool(v); }},
     {{"fuse.allow_suid", "--fuse-allow-suid", "BOOL",
       "mount without nosuid: set-user-ID files on the mount run with their owner's rights on "
       "this host (default false)"},

@@ -51,6 +51,9 @@ struct FuseConfig {
   bool allow_dev = false;
   // FUSE over io_uring where the kernel offers it (transport/fuse_uring.h).
   transport::FuseUringMode io_uring = transport::FuseUringMode::kAuto;
+  // FUSE passthrough: the kernel reads and writes the passthrough backend's
+  // open files itself (Linux 6.9+, as root, writeback cache off).
+  bool passthrough = true;
   bool operator==(const FuseConfig&) const = default;
 };
 

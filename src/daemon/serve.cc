@@ -33,6 +33,7 @@
 #include "sandbox/capabilities.h"
 #include "sandbox/outside.h"
 #include "sandbox/sandbox.h"
+#include "transport/fuse_backing.h"
 #include "transport/fuse_dev.h"
 #include "util/unix_listener.h"
 
@@ -175,11 +176,13 @@ std::string enter_sandbox(Config& cfg) {
 class Daemon {
  public:
   Daemon(const Config& cfg, std::unique_ptr<transport::FuseMount> mount,
+         std::unique_ptr<transport::FuseBackingRegistrar> backing,
          std::vector<util::UniqueFd> devices, transport::FuseUringPlan uring,
          const RemoteCredentials& credentials, std::function<void()> on_stop)
-      : mount_(std::move(mount)) {
+      : mount_(std::move(mount)), backing_(std::move(backing)) {
     fuse::SessionOptions options = session_options(cfg, cfg.policy);
     options.name = cfg.fuse.mount;
+    options.backing_files = backing_.get();
     tenant_ = std::make_unique<TenantHandler>(cfg.backend, options, credentials);
     spdlog::info(
         "dpfs {}: serving {} at {}: {} thread{}, max_write {}, entry_timeout {}s, attr_timeout "
@@ -226,6 +229,8 @@ class Daemon {
   // Destroyed last: a backend that failed to start leaves the mount to
   // unmount.
   std::unique_ptr<transport::FuseMount> mount_;
+  // Outlives the session, which drops its backing ids through it.
+  std::unique_ptr<transport::FuseBackingRegistrar> backing_;
   std::unique_ptr<TenantHandler> tenant_;
   std::unique_ptr<transport::DevFuseTransport> device_;
 };
@@ -323,8 +328,9 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
   if (!cfg.remote.listen.empty()) listener = make_remote_server(cfg);
   const RemoteCredentials credentials = read_remote_credentials(cfg);
   std::unique_ptr<transport::FuseMount> mount;
-  std::vector<util::UniqueFd> fuse_devices;  // the FUSE workers' clones
-  transport::FuseUringPlan fuse_uring;       // read from /sys, out of the sandbox's reach
+  std::unique_ptr<transport::FuseBackingRegistrar> backing;  // null: no FUSE passthrough
+  std::vector<util::UniqueFd> fuse_devices;                  // the FUSE workers' clones
+  transport::FuseUringPlan fuse_uring;  // read from /sys, out of the sandbox's reach
   if (!cfg.fuse.mount.empty()) {
     fuse_uring = transport::plan_fuse_uring(cfg.fuse.io_uring);
     fuse_devices = transport::FuseMount::open_devices(cfg.threads);
@@ -335,6 +341,10 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
     // CAP_SYS_ADMIN is dropped (also with --sandbox none).
     mount->keep_unmounter();
     mount->set_quiet_unmount(true);  // until it serves; see Daemon
+    // Registering backing files needs CAP_SYS_ADMIN, which goes too.
+    if (cfg.fuse.passthrough && cfg.backend.kind == BackendKind::kPassthrough) {
+      backing = transport::FuseBackingRegistrar::start(mount->fd());
+    }
   }
 
   Config served = cfg;
@@ -353,9 +363,9 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
   }
   std::unique_ptr<Daemon> fuse;
   if (mount) {
-    fuse =
-        std::make_unique<Daemon>(served, std::move(mount), std::move(fuse_devices),
-                                 std::move(fuse_uring), credentials, notifier(fuse_stopped.get()));
+    fuse = std::make_unique<Daemon>(served, std::move(mount), std::move(backing),
+                                    std::move(fuse_devices), std::move(fuse_uring), credentials,
+                                    notifier(fuse_stopped.get()));
   }
   spdlog::info("{}", sandboxed);
   if (listener) listener->start();

@@ -124,21 +124,39 @@ void Request::answer_attr(const struct stat& attr, double timeout) {
   send(*this, out);
 }
 
-void Request::answer_open(uint64_t fh, uint32_t open_flags) {
+namespace {
+
+// The open handle `fh` of `node`: FUSE passthrough to its host file, where
+// the session negotiated it and the backend named the file.
+void fill_open(Request& req, uint64_t node, uint64_t fh, uint32_t open_flags, int host_fd,
+               fuse_open_out* out) {
+  out->fh = fh;
+  out->open_flags = open_flags;
+  FuseSession* session = req.session_state.session;
+  PassthroughFiles* files = session != nullptr ? session->passthrough_files() : nullptr;
+  if (files == nullptr) return;
+  const int id = files->attach(node, fh, host_fd, (open_flags & FOPEN_DIRECT_IO) != 0);
+  if (id > 0) {
+    out->open_flags |= passthrough_abi::kFopenPassthrough;
+    passthrough_abi::set_backing_id(out, id);
+  }
+}
+
+}  // namespace
+
+void Request::answer_open(uint64_t fh, uint32_t open_flags, int host_fd) {
   fuse_open_out out{};
-  out.fh = fh;
-  out.open_flags = open_flags;
+  fill_open(*this, captured.header().nodeid, fh, open_flags, host_fd, &out);
   send(*this, out);
 }
 
-void Request::answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) {
+void Request::answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags, int host_fd) {
   struct {
     fuse_entry_out entry;
     fuse_open_out open;
   } out{};
   fill_entry(entry, &out.entry, policy_of(*this));
-  out.open.fh = fh;
-  out.open.open_flags = open_flags;
+  fill_open(*this, entry.ino, fh, open_flags, host_fd, &out.open);
   send(*this, out);
 }
 

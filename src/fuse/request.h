@@ -87,8 +87,8 @@ class Request : public ReplyTarget {
   void answer_status() override;
   void answer_entry(const Entry& entry) override;
   void answer_attr(const struct stat& attr, double timeout) override;
-  void answer_open(uint64_t fh, uint32_t open_flags) override;
-  void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) override;
+  void answer_open(uint64_t fh, uint32_t open_flags, int host_fd) override;
+  void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags, int host_fd) override;
   void answer_read(size_t bytes) override;
   void answer_write(size_t bytes) override;
   void answer_readlink(std::string_view target) override;

@@ -387,6 +387,8 @@ int do_release(Call& c) {
     const ReleaseFlock flock = (a.release_flags & FUSE_RELEASE_FLOCK_UNLOCK) != 0
                                    ? ReleaseFlock::kUnlock
                                    : ReleaseFlock::kKeep;
+    // The kernel released its file: the backing id may go with it.
+    if (PassthroughFiles* files = c.session.passthrough_files()) files->detach(a.fh);
     c.backend.release(c.ctx, c.hdr.nodeid, a.fh, a.flags, a.lock_owner, flock,
                       c.reply<StatusReply>());
   }
@@ -678,6 +680,17 @@ FuseSession::FuseSession(Backend& backend, SessionOptions options)
   mw -= mw % kPageSize;
   options_.max_write = mw;
   max_write_.store(mw, std::memory_order_relaxed);
+  if (options_.backing_files != nullptr) {
+    passthrough_ = std::make_unique<PassthroughFiles>(*options_.backing_files);
+  }
+}
+
+std::vector<std::string> FuseSession::extra_stats() const {
+  if (!passthrough_ ||
+      !(flags_.load(std::memory_order_relaxed) & passthrough_abi::kInitPassthrough)) {
+    return {};
+  }
+  return {passthrough_->summary()};
 }
 
 size_t FuseSession::request_size_for(uint32_t max_write) {
@@ -701,6 +714,7 @@ void FuseSession::answer_error(Request& req, uint64_t unique, int error) {
 
 void FuseSession::reset() {
   std::lock_guard lock(init_mu_);
+  if (passthrough_) passthrough_->clear();
   initialized_.store(false, std::memory_order_release);
   destroyed_.store(false, std::memory_order_release);
 }
@@ -915,6 +929,21 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   if (caps.flock_locks) want |= FUSE_FLOCK_LOCKS;
   if (options_.writeback_cache && caps.writeback_cache) want |= FUSE_WRITEBACK_CACHE;
   if (caps.killpriv_v2) want |= FUSE_HANDLE_KILLPRIV_V2;
+  if (passthrough_ && caps.host_files) {
+    if (!(kernel_flags & passthrough_abi::kInitPassthrough)) {
+      log_.info(
+          "{}: the kernel offers no FUSE passthrough (Linux >= 6.9 with "
+          "CONFIG_FUSE_PASSTHROUGH has it); files are read and written by requests",
+          options_.name);
+    } else if (want & kernel_flags & FUSE_WRITEBACK_CACHE) {
+      log_.info(
+          "{}: no FUSE passthrough with the writeback cache on (the kernel takes one or "
+          "the other)",
+          options_.name);
+    } else {
+      want |= passthrough_abi::kInitPassthrough;
+    }
+  }
   const uint64_t flags = kernel_flags & want;
 
   uint32_t max_write = options_.max_write;
@@ -947,14 +976,18 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
   out.max_write = max_write;
   out.time_gran = 1;  // nanosecond timestamps
   out.max_pages = uint16_t(max_pages);
+  // Backing files on a file system that is not itself stacked (overlayfs
+  // over the shared directory is not); the mount then stacks one deep.
+  if (flags & passthrough_abi::kInitPassthrough) passthrough_abi::set_max_stack_depth(&out, 1);
 
   log_.info(
       "{}: FUSE {}.{} session up: max_write={} max_pages={} max_readahead={} flags={:#x} "
-      "(readdirplus={} posix_locks={} flock={} writeback_cache={} killpriv_v2={})",
+      "(readdirplus={} posix_locks={} flock={} writeback_cache={} killpriv_v2={} "
+      "passthrough={})",
       options_.name, a.major, out.minor, max_write, max_pages, out.max_readahead, flags,
       bool(flags & FUSE_DO_READDIRPLUS), bool(flags & FUSE_POSIX_LOCKS),
       bool(flags & FUSE_FLOCK_LOCKS), bool(flags & FUSE_WRITEBACK_CACHE),
-      bool(flags & FUSE_HANDLE_KILLPRIV_V2));
+      bool(flags & FUSE_HANDLE_KILLPRIV_V2), bool(flags & passthrough_abi::kInitPassthrough));
   // Older minors take a shorter reply (FUSE_COMPAT_22_INIT_OUT_SIZE before 7.23).
   const size_t size = a.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof(out);
   send(req, &out, size);

@@ -24,6 +24,8 @@
 #include "backend/backend.h"
 #include "backend/policy.h"
 #include "fuse/handler.h"
+#include "fuse/passthrough_abi.h"
+#include "fuse/passthrough_files.h"
 #include "fuse/request.h"
 #include "util/rate_limited_log.h"
 #include "util/thread_annotations.h"
@@ -46,6 +48,12 @@ struct SessionOptions {
   // attributes it encodes become the tenant's (Identity::guest_uid), and
   // LISTXATTR leaves out the names the tenant may not use.
   std::shared_ptr<const HostPolicy> policy;
+  // FUSE passthrough: registers host files with this session's kernel
+  // (borrowed; outlives the session). Null: none (virtio-fs: the kernel is
+  // a guest's). Used where the backend names host files
+  // (Capabilities::host_files), the kernel offers passthrough and the
+  // writeback cache is off (the kernel takes one or the other).
+  BackingFiles* backing_files = nullptr;
   std::string name = "dpfs";  // for logs
 };
 
@@ -105,6 +113,16 @@ class FuseSession final : public RequestHandler {
   // Called by replies when they are encoded; records statistics.
   void finish(Request& req, int error);
 
+  // The open files the kernel reads and writes itself; null unless INIT
+  // negotiated FUSE passthrough.
+  PassthroughFiles* passthrough_files() {
+    return (flags_.load(std::memory_order_relaxed) & passthrough_abi::kInitPassthrough) != 0
+               ? passthrough_.get()
+               : nullptr;
+  }
+  // Statistics lines of the session's own (passthrough); empty if none.
+  std::vector<std::string> extra_stats() const;
+
  private:
   void handle_init(Request& req, IovReader& in, uint64_t unique);
   // Completes `req` with a header-only error reply and counts it.
@@ -126,6 +144,8 @@ class FuseSession final : public RequestHandler {
   std::atomic<uint32_t> proto_minor_{0};
   std::atomic<uint64_t> flags_{0};  // negotiated FUSE_* init flags (both words)
   std::atomic<uint32_t> max_write_{0};
+  // Made when options_.backing_files is set; used once INIT negotiated it.
+  std::unique_ptr<PassthroughFiles> passthrough_;
   // Statistics: one block per thread that finishes requests, written by
   // that thread alone (single-writer counters: no locked instruction, no
   // cache line another worker writes) and summed by stats(). A block is

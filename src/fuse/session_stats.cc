@@ -34,6 +34,7 @@ std::vector<std::string> format_stats(const fuse::FuseSession& session) {
                                 fuse::opcode_name(r.opcode), r.requests, r.errors,
                                 double(r.total_ns) / double(r.requests) / 1000.0));
   }
+  for (std::string& line : session.extra_stats()) lines.push_back(std::move(line));
   return lines;
 }
 

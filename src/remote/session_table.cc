@@ -235,16 +235,19 @@ void SessionRequest::answer_entry(const Entry& entry) {
   fuse::Request::answer_entry(entry);
 }
 
-void SessionRequest::answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) {
+// A remote tenant's kernel is on another machine: the host file means
+// nothing there (and the server's session registers none).
+void SessionRequest::answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags,
+                                   int /*host_fd*/) {
   lookups_given_.push_back(entry.ino);
   handle_given_ = SessionTable::OpenHandle{entry.ino, fh, false};
-  fuse::Request::answer_create(entry, fh, open_flags);
+  fuse::Request::answer_create(entry, fh, open_flags, -1);
 }
 
-void SessionRequest::answer_open(uint64_t fh, uint32_t open_flags) {
+void SessionRequest::answer_open(uint64_t fh, uint32_t open_flags, int /*host_fd*/) {
   const uint64_t ino = captured.header().nodeid;
   handle_given_ = SessionTable::OpenHandle{ino, fh, session_state.opcode == FUSE_OPENDIR};
-  fuse::Request::answer_open(fh, open_flags);
+  fuse::Request::answer_open(fh, open_flags, -1);
 }
 
 void SessionRequest::answer_error(int errno_value) {

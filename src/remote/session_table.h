@@ -122,8 +122,8 @@ class SessionRequest : public fuse::Request {
   void give_to(SessionTable& table, size_t reply_len);
 
   void answer_entry(const Entry& entry) override;
-  void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags) override;
-  void answer_open(uint64_t fh, uint32_t open_flags) override;
+  void answer_create(const Entry& entry, uint64_t fh, uint32_t open_flags, int host_fd) override;
+  void answer_open(uint64_t fh, uint32_t open_flags, int host_fd) override;
   void answer_error(int errno_value) override;
   bool dir_add_plus(std::string_view name, const Entry& entry, uint64_t next_offset) override;
 

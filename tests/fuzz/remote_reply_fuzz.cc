@@ -58,8 +58,8 @@ class Target final : public ReplyTarget {
     require(timeout >= 0);
     ++answers;
   }
-  void answer_open(uint64_t, uint32_t) override { ++answers; }
-  void answer_create(const Entry&, uint64_t, uint32_t) override { ++answers; }
+  void answer_open(uint64_t, uint32_t, int) override { ++answers; }
+  void answer_create(const Entry&, uint64_t, uint32_t, int) override { ++answers; }
   void answer_read(size_t bytes) override {
     require(bytes <= asked);
     ++answers;

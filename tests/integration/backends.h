@@ -215,11 +215,23 @@ inline const std::vector<BackendConfig>& backend_table() {
       },
       {
           // On tmpfs, io_uring = auto would choose system calls: forced on,
-          // so the suites go through the ring.
+          // so the suites go through the ring. No FUSE passthrough: READ and
+          // WRITE must reach the backend.
           .name = "passthrough",
           .spec = "passthrough:{dir}",
           .export_tmpfs = true,
-          .serve_args = {"--passthrough-io-uring", "on"},
+          .serve_args = {"--passthrough-io-uring", "on", "--no-fuse-passthrough"},
+          .missing = {{Capability::kZeroRange,
+                       "the export is a tmpfs, which has no FALLOC_FL_ZERO_RANGE; passthrough "
+                       "answers what its file system does: EOPNOTSUPP"}},
+      },
+      {
+          // The default on a FUSE mount: the kernel reads and writes open
+          // files itself (FUSE passthrough); on a vhost-user device the same
+          // as "passthrough" without the ring.
+          .name = "passthrough_kernel_io",
+          .spec = "passthrough:{dir}",
+          .export_tmpfs = true,
           .missing = {{Capability::kZeroRange,
                        "the export is a tmpfs, which has no FALLOC_FL_ZERO_RANGE; passthrough "
                        "answers what its file system does: EOPNOTSUPP"}},

@@ -11,6 +11,7 @@
 //
 // The hostile requests no kernel would send (lookups through symlink inodes,
 // ".." at the root, device opens) are in tests/unit/passthrough_test.cc.
+#include <sys/mman.h>
 #include <sys/xattr.h>
 
 #include <atomic>
@@ -104,10 +105,12 @@ class PassthroughMountTest : public ::testing::Test {
   static inline std::string problem_;
 };
 
+// READ and WRITE reach the daemon (no FUSE passthrough): the tests of its
+// data path need them.
 struct ReadWrite {
   static constexpr size_t kMaxFds = 64;
   static std::vector<std::string> args() {
-    return {"--passthrough-max-fds", std::to_string(kMaxFds)};
+    return {"--passthrough-max-fds", std::to_string(kMaxFds), "--no-fuse-passthrough"};
   }
 };
 struct ReadOnly {
@@ -115,12 +118,20 @@ struct ReadOnly {
 };
 // Every READ and WRITE through the ring, even those that need no wait.
 struct RingForAll {
-  static std::vector<std::string> args() { return {"--passthrough-io-uring", "always"}; }
+  static std::vector<std::string> args() {
+    return {"--passthrough-io-uring", "always", "--no-fuse-passthrough"};
+  }
+};
+// The default: FUSE passthrough, where the kernel reads and writes open
+// files itself.
+struct KernelIo {
+  static std::vector<std::string> args() { return {}; }
 };
 
 using PassthroughTest = PassthroughMountTest<ReadWrite>;
 using PassthroughReadOnlyTest = PassthroughMountTest<ReadOnly>;
 using PassthroughRingTest = PassthroughMountTest<RingForAll>;
+using PassthroughKernelIoTest = PassthroughMountTest<KernelIo>;
 
 TEST_F(PassthroughTest, TenantChangesAreOnTheHostWithTheTenantsIds) {
   EXPECT_SYS(
@@ -343,6 +354,118 @@ TEST_F(PassthroughReadOnlyTest, ChangesAreEROFSAndReadsWork) {
   EXPECT_ERRNO(EROFS, ::symlink("f", mnt("l").c_str()));
   EXPECT_EQ(read_file(host("f")).value_or("<error>"), "content");
   EXPECT_EQ(list_dir(host()), std::vector<std::string>{"f"});
+}
+
+// ---------------------------------------------------------------------------
+// FUSE passthrough
+
+// The daemon's statistics, as it logs them on SIGUSR1: the requests of
+// `opcode` answered so far (-1: the lines never came) and the passthrough
+// line ("" if none).
+struct DaemonCounts {
+  long long requests = -1;
+  std::string passthrough;
+};
+DaemonCounts daemon_counts(Mount& mount, const std::string& opcode) {
+  const std::string key = "FUSE passthrough: ";
+  const size_t before = mount.log().size();
+  ::kill(mount.pid(), SIGUSR1);
+  DaemonCounts c;
+  // The statistics end with the transport's line: wait for it.
+  for (int i = 0; i < 500; ++i) {
+    const std::string log = mount.log();
+    if (log.find("fuse transport: ", before) == std::string::npos) {
+      std::this_thread::sleep_for(10ms);
+      continue;
+    }
+    const std::string fresh = log.substr(before);
+    c.requests = 0;
+    const size_t op = fresh.find(": " + opcode + " ");
+    if (op != std::string::npos) c.requests = std::atoll(fresh.c_str() + op + 2 + opcode.size());
+    const size_t at = fresh.find(key);
+    if (at != std::string::npos) c.passthrough = fresh.substr(at, fresh.find('\n', at) - at);
+    return c;
+  }
+  return c;
+}
+
+TEST_F(PassthroughKernelIoTest, ReadsAndWritesNeverReachTheDaemon) {
+  const std::string data = pattern(7, 0, 3 << 20);
+  ASSERT_EQ(write_file(host("in"), data), 0);
+  const DaemonCounts reads_before = daemon_counts(mount(), "READ");
+  const DaemonCounts writes_before = daemon_counts(mount(), "WRITE");
+  ASSERT_GE(reads_before.requests, 0) << mount().log();
+  EXPECT_EQ(read_file(mnt("in")).value_or("<error>"), data);
+  ASSERT_EQ(write_file(mnt("out"), data), 0);
+  EXPECT_EQ(read_file(host("out")).value_or("<error>"), data);
+  {
+    // mmap goes to the host file too.
+    Fd fd(::open(mnt("out").c_str(), O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid()) << errname(errno);
+    void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    ASSERT_NE(p, MAP_FAILED) << errname(errno);
+    std::memcpy(p, "mapped", 6);
+    ASSERT_SYS(::msync(p, 4096, MS_SYNC));
+    ::munmap(p, 4096);
+  }
+  EXPECT_EQ(read_file(host("out")).value_or("").substr(0, 6), "mapped");
+  EXPECT_EQ(daemon_counts(mount(), "READ").requests, reads_before.requests)
+      << "READs reached the daemon:\n"
+      << mount().log();
+  EXPECT_EQ(daemon_counts(mount(), "WRITE").requests, writes_before.requests)
+      << "WRITEs reached the daemon:\n"
+      << mount().log();
+  EXPECT_NE(daemon_counts(mount(), "READ").passthrough.find("0 files open"), std::string::npos)
+      << "a backing file outlived its last release:\n"
+      << mount().log();
+}
+
+// The kernel keeps one mode per inode: every open of an inode open through
+// passthrough must name its backing id, and none may while it is open by
+// requests. A set-user-ID file is served by requests (the kernel would write
+// it with dpfs's credentials), so these mix.
+TEST_F(PassthroughKernelIoTest, AnInodeStaysInOneModeWhileItsFilesAreOpen) {
+  ASSERT_EQ(write_file(host("f"), "0123456789"), 0);
+  ASSERT_SYS(::chmod(host("f").c_str(), 04755));
+  Fd by_requests(::open(mnt("f").c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(by_requests.valid()) << errname(errno);
+  ASSERT_SYS(::chmod(host("f").c_str(), 0644));
+  Fd second(::open(mnt("f").c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(second.valid()) << "an open in the other mode: " << errname(errno);
+  char buf[4] = {};
+  EXPECT_EQ(::pread(second.get(), buf, 4, 0), 4) << errname(errno);
+  EXPECT_EQ(std::string(buf, 4), "0123");
+  by_requests = Fd();
+  second = Fd();
+
+  Fd passed(::open(mnt("f").c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(passed.valid()) << errname(errno);
+  ASSERT_SYS(::chmod(host("f").c_str(), 04755));
+  Fd joined(::open(mnt("f").c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(joined.valid()) << "an open in the other mode: " << errname(errno);
+  Fd direct(::open(mnt("f").c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+  ASSERT_TRUE(direct.valid()) << "O_DIRECT: " << errname(errno);
+  EXPECT_EQ(::pwrite(passed.get(), "ab", 2, 0), 2) << errname(errno);
+  EXPECT_EQ(::pread(joined.get(), buf, 4, 0), 4) << errname(errno);
+  EXPECT_EQ(std::string(buf, 4), "ab23");
+}
+
+// A writer without CAP_FSETID drops set-user-ID, as the VFS would, though
+// the kernel would write a passthrough file with dpfs's credentials.
+TEST_F(PassthroughKernelIoTest, ASetUserIdFileLosesItOnAWriteByAnotherUser) {
+  ASSERT_EQ(write_file(host("s"), "x"), 0);
+  ASSERT_SYS(::chmod(host("s").c_str(), 04777));
+  EXPECT_SYS(as_user(kUser1, [&] {
+    int fd = ::open(mnt("s").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0) return -1;
+    const ssize_t n = ::write(fd, "y", 1);
+    ::close(fd);
+    return n == 1 ? 0 : -1;
+  }));
+  struct stat st {};
+  ASSERT_SYS(::stat(host("s").c_str(), &st));
+  EXPECT_EQ(st.st_mode & 07777, 0777u);
+  EXPECT_EQ(read_file(host("s")).value_or("<error>"), "xy");
 }
 
 }  // namespace

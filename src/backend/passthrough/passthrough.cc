@@ -200,6 +200,7 @@ Capabilities Passthrough::capabilities() const {
   caps.readdirplus = true;
   caps.writeback_cache = true;
   caps.killpriv_v2 = true;
+  caps.host_files = true;  // every open regular file is a host descriptor of ours
   return caps;
 }
 
@@ -533,6 +534,22 @@ uint32_t Passthrough::open_reply_flags() const {
   }
 }
 
+// The host file a transport may let its kernel read and write itself
+// (Capabilities::host_files): not a set-user-ID or set-group-ID one. The
+// kernel writes such a file with the credentials of the process that
+// registered it, not the writer's, so whether a write keeps those bits
+// would not follow the writer's privileges (passthrough_abi.h); through
+// requests, WRITE drops them as the writer's would. `attr`: the file's, if
+// known.
+int Passthrough::kernel_io_fd(int fd, const struct stat* attr) {
+  struct stat st;
+  if (attr == nullptr) {
+    if (::fstat(fd, &st) != 0) return -1;
+    attr = &st;
+  }
+  return (attr->st_mode & (S_ISUID | S_ISGID)) != 0 ? -1 : fd;
+}
+
 int Passthrough::add_file(UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge,
                           uint64_t* fh) {
   // Each open file is a host descriptor: bounded like the inode cache.
@@ -580,11 +597,12 @@ void Passthrough::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenRep
   if (ctx.kill_suidgid && (host_flags & O_TRUNC)) {
     if (int e = kill_setid(fd.get(), false); e != 0) return reply.error(e);
   }
+  const int host_fd = kernel_io_fd(fd.get(), nullptr);
   uint64_t fh = 0;
   if (int e = add_file(std::move(fd), ino, false, std::move(charge), &fh); e != 0) {
     return reply.error(e);
   }
-  reply.ok(fh, open_reply_flags());
+  reply.ok(fh, open_reply_flags(), host_fd);
 }
 
 void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
@@ -628,12 +646,13 @@ void Passthrough::create(const Context& ctx, uint64_t parent, std::string_view n
       }
     }
   }
+  const int host_fd = kernel_io_fd(fd.get(), &entry.attr);
   uint64_t fh = 0;
   if (int e = add_file(std::move(fd), entry.ino, false, std::move(charge), &fh); e != 0) {
     inodes_.forget(entry.ino, 1);
     return reply.error(e);
   }
-  reply.ok(entry, fh, open_reply_flags());
+  reply.ok(entry, fh, open_reply_flags(), host_fd);
 }
 
 void Passthrough::tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, uint32_t umask,
@@ -658,12 +677,13 @@ void Passthrough::tmpfile(const Context& ctx, uint64_t parent, uint32_t mode, ui
   UniqueFd twin(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
   if (!twin) return reply.error(errno);
   if (int e = make_entry(std::move(twin), false, &entry); e != 0) return reply.error(e);
+  const int host_fd = kernel_io_fd(fd.get(), &entry.attr);
   uint64_t fh = 0;
   if (int e = add_file(std::move(fd), entry.ino, false, std::move(charge), &fh); e != 0) {
     inodes_.forget(entry.ino, 1);
     return reply.error(e);
   }
-  reply.ok(entry, fh, open_reply_flags());
+  reply.ok(entry, fh, open_reply_flags(), host_fd);
 }
 
 void Passthrough::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t,

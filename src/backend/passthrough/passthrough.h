@@ -182,6 +182,8 @@ class Passthrough final : public Backend {
                   Entry* entry);
   // Opens an existing regular file (or directory, for opendir) of inode `ino`.
   std::shared_ptr<OpenFile> find_file(uint64_t fh, uint64_t ino, int* error) const;
+  // `fd`, if a transport's kernel may read and write it itself; else -1.
+  static int kernel_io_fd(int fd, const struct stat* attr);
   // Keeps `fd` as an open file, paid by `charge` (InodeTable::take_fd).
   int add_file(util::UniqueFd fd, uint64_t ino, bool dir, util::FdCharge charge, uint64_t* fh);
   // open(2) flags as the host gets them: the tenant's, minus what must not
