@@ -27,6 +27,8 @@
 #
 # Environment:
 #   DURATION=2        seconds measured per run (WARMUP=0.5 before)
+#   MAX_LOAD=0.5      the 1-minute load it refuses at; FORCE=1 measures anyway
+#                     and marks the report provisional
 #   DEPTHS="1 2 4 8 16 32 64 128"   the sweeps' queue depths
 #   BUILD=build       dpfs build directory (Release build made there unless
 #                     SKIP_BUILD=1)
@@ -36,19 +38,16 @@
 #   OUT=docs/BENCHMARKS.md  IMG=docs/img
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DURATION=${DURATION:-2}
 WARMUP=${WARMUP:-0.5}
 DEPTHS=${DEPTHS:-1 2 4 8 16 32 64 128}
-BUILD=${BUILD:-$ROOT/build}
-[[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
 FILE_SIZE=${FILE_SIZE:-64M}
 PERF=${PERF:-1}
 POLL_RUNS=${POLL_RUNS:-3}
-OUT=${OUT:-$ROOT/docs/BENCHMARKS.md}
-[[ $OUT = /* ]] || OUT=$ROOT/$OUT
-IMG=${IMG:-$ROOT/docs/img}
-[[ $IMG = /* ]] || IMG=$ROOT/$IMG
+OUT=$(bench_abs "${OUT:-docs/BENCHMARKS.md}")
+IMG=$(bench_abs "${IMG:-docs/img}")
 VIRTIOFSD=${VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
 DPFS=$BUILD/dpfs
 BENCH=$BUILD/dpfs-bench
@@ -74,45 +73,17 @@ for d in $DEPTHS; do
   JOBS+=("sweep-randread-qd$d|--workload randread --depth $d")
 done
 
-log() { printf '[device_bench] %s\n' "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
-
-# Numbers taken while something else runs are noise: refuse unless the
-# machine is idle (1-minute load under MAX_LOAD, default 0.5), or FORCE=1,
-# which marks the report provisional.
-MAX_LOAD=${MAX_LOAD:-0.5}
-LOAD=$(cut -d' ' -f1 /proc/loadavg)
-if ! python3 -c "import sys; sys.exit(0 if float('$LOAD') < float('$MAX_LOAD') else 1)"; then
-  if [[ ${FORCE:-0} != 1 ]]; then
-    die "load average $LOAD >= $MAX_LOAD: the machine is not idle (see uptime); FORCE=1 to measure anyway"
-  fi
-  log "load average $LOAD >= $MAX_LOAD: measuring anyway (FORCE=1); the report says so"
-fi
+bench_require_idle device_bench
 
 WORK=$(mktemp -d /tmp/dpfs-device-bench.XXXXXX)
 SHARE=$(mktemp -d /dev/shm/dpfs-device-bench.XXXXXX)  # virtiofsd's tmpfs directory
 DPFS_PID=""
 VFS_PID=""
 
-stop_pid() {  # stop_pid PID: SIGTERM, then SIGKILL after 5 s
-  local pid=$1
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   local rc=$?
-  stop_pid "$DPFS_PID"
-  stop_pid "$VFS_PID"
+  bench_stop_pid "$DPFS_PID"
+  bench_stop_pid "$VFS_PID"
   rm -rf "$WORK" "$SHARE"
   exit $rc
 }
@@ -133,7 +104,7 @@ wait_socket() {  # wait_socket SOCK PID LOG
 start_dpfs() {
   local name=$1
   shift
-  stop_pid "$DPFS_PID"
+  bench_stop_pid "$DPFS_PID"
   rm -f "$WORK/dpfs.sock"
   "$@" >"$RESULTS/$name.log" 2>&1 &
   DPFS_PID=$!
@@ -162,17 +133,10 @@ bench() {
 
 # ---------------------------------------------------------------------------
 
-[[ $(id -u) = 0 ]] || die "needs root (perf, /dev/shm, virtiofsd's sandbox)"
-[[ -x $VIRTIOFSD ]] || die "$VIRTIOFSD not found (apt: qemu-system-common)"
-for tool in gnuplot python3 taskset; do
-  command -v $tool >/dev/null || die "$tool not found (apt: gnuplot-nox python3 util-linux)"
-done
-if [[ $PERF = 1 ]]; then command -v perf >/dev/null || die "perf not found (apt: linux-perf)"; fi
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-  log "building dpfs and dpfs-bench (Release) in $BUILD"
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  make -C "$BUILD" -j"$(nproc)" dpfs dpfs-bench >/dev/null
-fi
+bench_need_root "perf, /dev/shm, virtiofsd's sandbox"
+bench_need "$VIRTIOFSD=qemu-system-common" gnuplot=gnuplot-nox python3=python3 taskset=util-linux
+if [[ $PERF = 1 ]]; then bench_need perf=linux-perf; fi
+bench_build dpfs dpfs-bench
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 
@@ -191,7 +155,7 @@ for job in "${JOBS[@]}"; do
   log "virtiofsd $name"
   start_virtiofsd
   bench virtiofsd "$name" "$WORK/vfs.sock" "$VFS_PID" "${args[@]}"
-  stop_pid "$VFS_PID"  # it exits by itself once the front-end is gone
+  bench_stop_pid "$VFS_PID"  # it exits by itself once the front-end is gone
   VFS_PID=""
 done
 
@@ -246,7 +210,7 @@ if [[ $PERF = 1 ]]; then
   perf report -i "$RESULTS/perf.data" --children --stdio --percent-limit 4 -g none \
     2>/dev/null | grep -v '^#' | grep -v '^$' >"$RESULTS/perf-children.txt" || true
 fi
-stop_pid "$DPFS_PID"
+bench_stop_pid "$DPFS_PID"
 DPFS_PID=""
 
 LOAD_AFTER=$(cat /proc/loadavg)
@@ -277,4 +241,5 @@ json.dump({
 }, open(sys.argv[1], "w"), indent=1)
 EOF
 python3 "$ROOT/bench/device_bench_report.py" "$RESULTS" "$OUT" "$IMG"
+bench_scrub "$OUT"
 log "wrote $OUT and $IMG/device_*.png"

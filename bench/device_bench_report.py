@@ -73,6 +73,8 @@ w = lines.append
 
 w("# Benchmarks")
 w("")
+w("- [benchmarking.md](benchmarking.md): every comparison below in one command,")
+w("  `bench/all.sh`: what it needs, how long it takes, and the idle rule.")
 w("- [FUSE_BENCHMARKS.md](FUSE_BENCHMARKS.md): dpfs on a `/dev/fuse` mount against")
 w("  libfuse's example daemons (`bench/fuse_bench.sh`).")
 w("- [GUEST_BENCHMARKS.md](GUEST_BENCHMARKS.md): fio inside a QEMU guest on")

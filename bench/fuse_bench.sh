@@ -39,18 +39,16 @@
 #   OUT=docs/FUSE_BENCHMARKS.md
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUNTIME=${RUNTIME:-10}
 REPEAT=${REPEAT:-1}
 QUIET_WAIT=${QUIET_WAIT:-60}
 THREADS=${THREADS:-$(nproc)}
 DPFS_ARGS=${DPFS_ARGS---no-xattr}
-BUILD=${BUILD:-$ROOT/build}
-[[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
 FILE_SIZE=${FILE_SIZE:-256M}
 TARGETS=${TARGETS:-dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll}
-OUT=${OUT:-$ROOT/docs/FUSE_BENCHMARKS.md}
-[[ $OUT = /* ]] || OUT=$ROOT/$OUT
+OUT=$(bench_abs "${OUT:-docs/FUSE_BENCHMARKS.md}")
 EXAMPLES=${EXAMPLES:-/usr/share/doc/libfuse3-dev/examples}
 DPFS=$BUILD/dpfs
 BENCH_BIN=$BUILD/bench
@@ -67,19 +65,12 @@ JOBS=(
 FIO_COMMON="--ioengine=libaio --direct=1 --time_based --runtime=$RUNTIME --numjobs=1 \
 --lat_percentiles=1 --output-format=json"
 
-log() { printf '[fuse_bench] %s\n' "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
-
 WORK=$(mktemp -d /tmp/dpfs-bench.XXXXXX)
 RESULTS=$BENCH_BIN/results  # kept after the run: bench/fuse_bench_report.py rereads it
 DAEMON_PID=""
 MOUNTS=()   # FUSE mounts to take down, most recent last
 TMPFS=()    # tmpfs mounts of ours
 
-is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 mount_type() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); t = $(i + 1) } END { print t }' \
   /proc/self/mountinfo; }
 
@@ -125,12 +116,10 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------------------
 # Preconditions and builds
 
-[[ $(id -u) = 0 ]] || die "needs root (it mounts file systems)"
+bench_need_root "it mounts file systems"
 [[ -r /dev/fuse && -w /dev/fuse ]] || die "/dev/fuse is not usable"
-for tool in fio gcc pkg-config python3 fusermount3; do
-  command -v $tool >/dev/null || die "$tool not found (apt: fio gcc pkg-config python3 fuse3)"
-done
-pkg-config --exists fuse3 || die "fuse3 development files not found (apt: libfuse3-dev)"
+bench_need fio=fio gcc=gcc pkg-config=pkg-config python3=python3 fusermount3=fuse3
+pkg-config --exists fuse3 || die "fuse3 development files not found: apt-get install -y libfuse3-dev"
 
 mkdir -p "$BENCH_BIN"
 rm -rf "$RESULTS"
@@ -162,14 +151,7 @@ if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 4) }'; 
   log "WARNING: load average $LOAD_BEFORE on $(nproc) CPUs; results will be noisy"
 fi
 
-if [[ " $TARGETS " = *" dpfs-"* ]]; then
-  if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building dpfs (Release) in $BUILD"
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null || die "cmake configure"
-    cmake --build "$BUILD" -j"$(nproc)" --target dpfs >/dev/null || die "cmake build"
-  fi
-  [[ -x $DPFS ]] || die "$DPFS not found"
-fi
+if [[ " $TARGETS " = *" dpfs-"* ]]; then bench_build dpfs; fi
 
 # ---------------------------------------------------------------------------
 # Mounting
@@ -248,25 +230,6 @@ start_target() {
 }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# CPU time spent by everything on the machine (user, nice, system, irq,
-# softirq of all CPUs), in ticks.
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-
-# Waits (up to QUIET_WAIT s) until the machine spends under a quarter of a
-# CPU in one second: other work running during a job skews it.
-wait_quiet() {
-  local waited=0 b1 b2 hz
-  hz=$(getconf CLK_TCK)
-  while ((waited < QUIET_WAIT)); do
-    b1=$(busy_ticks)
-    sleep 1
-    b2=$(busy_ticks)
-    (((b2 - b1) * 4 < hz)) && return 0
-    waited=$((waited + 1))
-  done
-  log "the machine is still busy after ${QUIET_WAIT} s; measuring anyway"
-}
-
 # Runs every fio job on the mounted target; results in $RESULTS/round$2.
 run_jobs() {
   local target=$1 dir=$RESULTS/round$2 job name args before after busy_before busy_after
@@ -277,15 +240,15 @@ run_jobs() {
     kill -0 "$DAEMON_PID" 2>/dev/null || die "the $target daemon died"
     # shellcheck disable=SC2086
     local fio_cmd="fio --name=$name --filename=FILE --size=SIZE $args $FIO_COMMON"
-    wait_quiet
+    bench_wait_quiet
     before=$(cpu_ticks "$DAEMON_PID")
-    busy_before=$(busy_ticks)
+    busy_before=$(bench_busy_ticks)
     # shellcheck disable=SC2086
     fio --name="$name" --filename="$FILE" --size="$SIZE" $args $FIO_COMMON \
       >"$dir/$target.$name.json" 2>"$dir/$target.$name.err" ||
       { cat "$dir/$target.$name.err" >&2; die "fio $name on $target"; }
     after=$(cpu_ticks "$DAEMON_PID")
-    busy_after=$(busy_ticks)
+    busy_after=$(bench_busy_ticks)
     echo "$((after - before))" >"$dir/$target.$name.cpu"
     echo "$((busy_after - busy_before))" >"$dir/$target.$name.busy"
     echo "$fio_cmd" >"$RESULTS/$name.fiocmd"
@@ -339,4 +302,5 @@ keys = "LOAD_BEFORE LOAD_AFTER CPU_MODEL NPROC KERNEL CLK_TCK FIO_VERSION FUSE_V
 JOB_NAMES RUNTIME REPEAT THREADS FILE_SIZE NULL_SIZE TARGETS INVOCATION BUILD_CMD DPFS_TRANSPORT".split()
 json.dump({k: os.environ[k] for k in keys}, open(sys.argv[1], "w"), indent=1)' "$RESULTS/meta.json"
 python3 "$ROOT/bench/fuse_bench_report.py" "$RESULTS" "$OUT" || die "writing the report"
+bench_scrub "$OUT"
 log "wrote $OUT (results kept in $RESULTS)"

@@ -29,14 +29,13 @@
 #   BACKENDS="null memfs"
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUNTIME=${RUNTIME:-10}
 REPEAT=${REPEAT:-1}
 QUIET_WAIT=${QUIET_WAIT:-30}
 THREADS=${THREADS:-$(nproc)}
 DPFS_ARGS=${DPFS_ARGS---no-xattr}
-BUILD=${BUILD:-$ROOT/build}
-[[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
 FILE_SIZE=${FILE_SIZE:-256M}
 BACKENDS=${BACKENDS:-null memfs}
 DPFS=$BUILD/dpfs
@@ -51,23 +50,15 @@ JOBS=(
 FIO_COMMON="--ioengine=libaio --direct=1 --time_based --runtime=$RUNTIME --numjobs=1 \
 --lat_percentiles=1 --output-format=json"
 
-log() { printf '[fuse_uring_bench] %s\n' "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
-
-[[ $(id -u) = 0 ]] || die "needs root (it mounts, and sets $PARAM)"
+bench_need_root "it mounts, and sets $PARAM"
 [[ -f $PARAM ]] || die "$PARAM not found: this kernel has no FUSE over io_uring (6.14+)"
 [[ -x $DPFS ]] || die "$DPFS not found (bash scripts/build.sh)"
-command -v fio >/dev/null || die "fio not found"
+bench_need fio=fio python3=python3
 
 WORK=$(mktemp -d /tmp/dpfs-uring-bench.XXXXXX)
 SAVED_PARAM=$(cat "$PARAM")
 DAEMON_PID=""
 MNT=""
-
-is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 
 stop_daemon() {
   if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
@@ -139,19 +130,6 @@ daemon_ns() {
   done
   echo "$total"
 }
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-wait_quiet() {
-  local waited=0 b1 b2 hz
-  hz=$(getconf CLK_TCK)
-  while ((waited < QUIET_WAIT)); do
-    b1=$(busy_ticks)
-    sleep 1
-    b2=$(busy_ticks)
-    (((b2 - b1) * 4 < hz)) && return 0
-    waited=$((waited + 1))
-  done
-  log "the machine is still busy after ${QUIET_WAIT} s; measuring anyway"
-}
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 RESULTS=$WORK/results
@@ -160,17 +138,17 @@ for backend in $BACKENDS; do
   for job in "${JOBS[@]}"; do
     name=${job%%|*}
     args=${job#*|}
-    for round in $(seq "$REPEAT"); do
+    for _ in $(seq "$REPEAT"); do
     for mode in off on; do
       start_dpfs "$backend" "$mode"
-      wait_quiet
+      bench_wait_quiet
       before=$(daemon_ns "$DAEMON_PID")
-      busy_before=$(busy_ticks)
+      busy_before=$(bench_busy_ticks)
       # shellcheck disable=SC2086
       fio --name="$name" --filename="$FILE" --size="$SIZE" $args $FIO_COMMON \
         >"$WORK/out.json" 2>"$WORK/fio.err" || { cat "$WORK/fio.err" >&2; die "fio $name"; }
       after=$(daemon_ns "$DAEMON_PID")
-      busy_after=$(busy_ticks)
+      busy_after=$(bench_busy_ticks)
       python3 - "$WORK/out.json" "$backend" "$name" "$mode" "$((after - before))" \
         "$((busy_after - busy_before))" "$(getconf CLK_TCK)" "$RUNTIME" >>"$RESULTS" <<'EOF'
 import json, sys

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the NFS benchmarks: starts nfs-ganesha (VFS FSAL) on 127.0.0.1
 # exporting $EXPORT (NFSv3 and v4.0; the v4 pseudo path is the export's
 # path, root not squashed, numeric v4 owners), with its config and log in

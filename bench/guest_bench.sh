@@ -42,7 +42,8 @@
 #                    at its end belongs to the committed run)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUNTIME=${RUNTIME:-8}
 SIZE=${SIZE:-64m}
 NFILES=${NFILES:-3000}
@@ -50,21 +51,12 @@ JOBS=${JOBS:-all}
 TARGETS=${TARGETS:-dpfs virtiofsd dpfs-t0}
 GUEST_MEM=${GUEST_MEM:-512M}
 DPFS_ARGS=${DPFS_ARGS:-}
-BUILD=${BUILD:-$ROOT/build}
-[[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
-OUT=${OUT:-$ROOT/docs/GUEST_BENCHMARKS.md}
-[[ $OUT = /* ]] || OUT=$ROOT/$OUT
+OUT=$(bench_abs "${OUT:-docs/GUEST_BENCHMARKS.md}")
 DPFS=$BUILD/dpfs
 VIRTIOFSD=${VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
 WORKLOAD=$ROOT/tests/guest/workloads/fio-bench.sh
 RUN_GUEST=$ROOT/tests/guest/run-guest.sh
 TAG=bench
-
-log() { printf '[guest_bench] %s\n' "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
 
 WORK=$(mktemp -d /tmp/dpfs-guest-bench.XXXXXX)
 DAEMON_PID=""
@@ -100,11 +92,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-[[ $(id -u) = 0 ]] || die "needs root (virtiofsd, tmpfs)"
-for tool in qemu-system-x86_64 cpio fio python3; do
-  command -v $tool >/dev/null || die "$tool not found"
-done
-[[ -x $VIRTIOFSD ]] || die "$VIRTIOFSD not found (apt: qemu-system-common)"
+bench_need_root "virtiofsd, tmpfs"
+bench_need qemu-system-x86_64=qemu-system-x86 cpio=cpio fio=fio python3=python3 \
+  "$VIRTIOFSD=qemu-system-common"
 
 if [[ " $TARGETS " = *" dpfs "* ]]; then
   if [[ ${SKIP_BUILD:-0} != 1 ]]; then
@@ -191,7 +181,7 @@ for target in $TARGETS; do
   dlog=$RESULTS/$target.daemon.log
   case $target in
     dpfs | dpfs-t0)
-      args=($DPFS_ARGS)
+      read -ra args <<<"$DPFS_ARGS"
       # dpfs-t0: no name/attribute caching in the guest, as virtiofsd's
       # cache=none (it replies with zero entry and attribute timeouts)
       [[ $target = dpfs-t0 ]] && args+=(--entry-timeout 0 --attr-timeout 0)
@@ -202,7 +192,7 @@ for target in $TARGETS; do
     dpfs-pt)
       # passthrough over the same kind of directory virtiofsd serves
       make_share
-      args=($DPFS_ARGS)
+      read -ra args <<<"$DPFS_ARGS"
       "$DPFS" serve --backend "passthrough:$TMPFS/src" --vhost-user "$sock" --tag "$TAG" \
         "${args[@]}" >"$dlog" 2>&1 &
       DAEMON_PID=$!
@@ -498,6 +488,7 @@ L.append("")
 open(out, "w").write("\n".join(L))
 print("\n".join(L))
 EOF
+bench_scrub "$OUT"
 log "wrote $OUT"
 FAILED_GUESTS=$(awk '$1 != 0 { n++ } END { print n + 0 }' "$RESULTS"/*.status)
 ((FAILED_GUESTS == 0)) || die "$FAILED_GUESTS guest(s) failed; logs in $RESULTS"

@@ -22,13 +22,13 @@
 #   OUT=docs/NFS_DEVICE_BENCHMARKS.md
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DURATION=${DURATION:-5}
 FILE_SIZE=${FILE_SIZE:-64M}
 VERSIONS=${VERSIONS:-3 4}
-BUILDS=${BUILDS:-dpfs=$ROOT/build}
-OUT=${OUT:-$ROOT/docs/NFS_DEVICE_BENCHMARKS.md}
-[[ $OUT = /* ]] || OUT=$ROOT/$OUT
+BUILDS=${BUILDS:-dpfs=$BUILD}
+OUT=$(bench_abs "${OUT:-docs/NFS_DEVICE_BENCHMARKS.md}")
 
 # name|dpfs-bench arguments|RPCs per request (for the split; 0: not split)
 JOBS=(
@@ -39,16 +39,9 @@ JOBS=(
   "metadata-qd1|--workload metadata --depth 1|0"
 )
 
-log() { printf '[nfs_device_bench] %s\n' "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
-
-[[ $(id -u) == 0 ]] || die "must run as root"
-for tool in python3 /usr/bin/ganesha.nfsd /usr/sbin/rpcbind nfs-ls; do
-  command -v "$tool" >/dev/null || die "$tool not found"
-done
+bench_need_root "it runs nfs-ganesha"
+bench_need python3=python3 /usr/bin/ganesha.nfsd="nfs-ganesha nfs-ganesha-vfs" \
+  /usr/sbin/rpcbind=rpcbind nfs-ls=libnfs-utils
 for pair in $BUILDS; do
   dir=${pair#*=}
   [[ $dir = /* ]] || dir=$ROOT/$dir
@@ -65,7 +58,7 @@ DPFS_PID=""
 source "$ROOT/bench/ganesha.sh"
 
 cleanup() {
-  [[ -n $DPFS_PID ]] && kill "$DPFS_PID" 2>/dev/null && wait "$DPFS_PID" 2>/dev/null || true
+  bench_stop_pid "$DPFS_PID"
   stop_ganesha
   rm -rf "$WORK"
 }
@@ -153,4 +146,5 @@ lines += ["",
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY
+bench_scrub "$OUT"
 log "wrote $OUT"

@@ -9,9 +9,10 @@
 # SHARE=disk (default): the exported directory is on /tmp's file system;
 # SHARE=tmpfs: on a fresh tmpfs. BUILD=build-dir (default build). Needs root, fio.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=${BUILD:-$ROOT/build}
-[[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_need_root "it mounts"
+bench_need fio=fio
 B=$(mktemp -d /tmp/dpfs-pt-bench.XXXXXX)
 mkdir -p "$B/src" "$B/mnt"
 [[ ${SHARE:-disk} = tmpfs ]] && mount -t tmpfs tmpfs "$B/src"

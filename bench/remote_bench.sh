@@ -22,9 +22,8 @@
 #   DPFS_ARGS="--no-xattr --null-direct-io"   more flags for every dpfs
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=${BUILD:-$ROOT/build}
-[[ $BUILD = /* ]] || BUILD=$ROOT/$BUILD
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DPFS=$BUILD/dpfs
 BACKEND=${BACKEND:-null}
 RUNTIME=${RUNTIME:-10}
@@ -34,14 +33,9 @@ CONNECTIONS=${CONNECTIONS:-2}
 TLS=${TLS:-0}
 DPFS_ARGS=${DPFS_ARGS---no-xattr --null-direct-io}
 
-log() { printf '[remote_bench] %s\n' "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
-[[ $(id -u) == 0 ]] || die "must run as root (FUSE mounts)"
+bench_need_root "FUSE mounts"
 [[ -x $DPFS ]] || die "no dpfs at $DPFS (build it, or set BUILD)"
-command -v fio >/dev/null || die "fio is missing (apt-get install fio)"
+bench_need fio=fio python3=python3
 
 WORK=$(mktemp -d /tmp/dpfs-remote-bench.XXXXXX)
 MNT=$WORK/mnt
