@@ -31,7 +31,7 @@
 #   BUILD=build       dpfs build directory (a Release build is made there
 #                     unless SKIP_BUILD=1)
 #   FILE_SIZE=256M    size of the data file for memfs and passthrough_ll
-#   TARGETS="dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll"
+#   TARGETS="dpfs-null dpfs-memfs dpfs-passthrough libfuse-null libfuse-passthrough_ll"
 #   FUSE_URING=0      1: let dpfs use FUSE over io_uring (its default, fuse.io_uring
 #                     = auto) by setting the fuse module's enable_uring for the
 #                     run, as a host that wants it would (restored after); 0:
@@ -47,7 +47,7 @@ QUIET_WAIT=${QUIET_WAIT:-60}
 THREADS=${THREADS:-$(nproc)}
 DPFS_ARGS=${DPFS_ARGS---no-xattr}
 FILE_SIZE=${FILE_SIZE:-256M}
-TARGETS=${TARGETS:-dpfs-null dpfs-memfs libfuse-null libfuse-passthrough_ll}
+TARGETS=${TARGETS:-dpfs-null dpfs-memfs dpfs-passthrough libfuse-null libfuse-passthrough_ll}
 OUT=$(bench_abs "${OUT:-docs/FUSE_BENCHMARKS.md}")
 EXAMPLES=${EXAMPLES:-/usr/share/doc/libfuse3-dev/examples}
 DPFS=$BUILD/dpfs
@@ -61,6 +61,7 @@ JOBS=(
   "randread-4k-qd32|--rw=randread --bs=4k --iodepth=32"
   "read-1m-qd8|--rw=read --bs=1M --iodepth=8"
   "write-1m-qd8|--rw=write --bs=1M --iodepth=8"
+  "randwrite-4k-qd32|--rw=randwrite --bs=4k --iodepth=32"
 )
 FIO_COMMON="--ioengine=libaio --direct=1 --time_based --runtime=$RUNTIME --numjobs=1 \
 --lat_percentiles=1 --output-format=json"
@@ -199,6 +200,22 @@ start_target() {
       MNT=$WORK/$target; : >"$MNT"
       cmd=("$BENCH_BIN/null" -f "$MNT")
       FILE=$MNT
+      ;;
+    dpfs-passthrough)
+      # The passthrough backend over a tmpfs of its own, as passthrough_ll's;
+      # FUSE passthrough (fuse.passthrough) on unless DPFS_ARGS turn it off.
+      local src=$WORK/tmpfs-dpfs
+      mkdir -p "$src"
+      if ! is_mounted "$src"; then
+        mount -t tmpfs -o size=2G tmpfs "$src" || die "mounting a tmpfs on $src"
+        TMPFS+=("$src")
+      fi
+      MNT=$WORK/$target; mkdir -p "$MNT"
+      # shellcheck disable=SC2206
+      cmd=("$DPFS" serve --backend "passthrough:$src" --fuse-mount "$MNT" --threads "$THREADS"
+        $DPFS_ARGS)
+      FILE=$MNT/data
+      size=$FILE_SIZE
       ;;
     libfuse-passthrough_ll)
       local src=$WORK/tmpfs-src

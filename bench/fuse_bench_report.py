@@ -26,6 +26,7 @@ def load_round(target, job, rnd):
     ios = j["read"]["total_ios"] + j["write"]["total_ios"]
     ticks = int(open(f"{base}.cpu").read())
     cpu_s = ticks / clk
+    busy_s = int(open(f"{base}.busy").read()) / clk
     runtime_s = j["job_runtime"] / 1000.0
     return {
         "iops": d["iops"],
@@ -34,10 +35,13 @@ def load_round(target, job, rnd):
         "p99_us": d["lat_ns"]["percentile"]["99.000000"] / 1000.0,
         "ios": ios,
         "cpu_us": cpu_s * 1e6 / ios if ios else float("nan"),
+        # Everything the machine spent per I/O: daemon, fio (the tenant,
+        # whose kernel does a FUSE passthrough file's I/O) and the rest.
+        "all_us": busy_s * 1e6 / ios if ios else float("nan"),
         "cores": cpu_s / runtime_s if runtime_s else float("nan"),
         # CPU the rest of the machine used during the job, in cores: all
         # busy time less the daemon's and fio's own.
-        "others": max(0.0, (int(open(f"{base}.busy").read()) / clk - cpu_s
+        "others": max(0.0, (busy_s - cpu_s
                             - (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * runtime_s) / runtime_s)
                   if runtime_s else float("nan"),
     }
@@ -73,7 +77,7 @@ L.append(env["BUILD_CMD"])
 L.append(env["INVOCATION"])
 L.append("```")
 L.append("")
-L.append("Each daemon is mounted alone, the four fio jobs run against it, and it is")
+L.append("Each daemon is mounted alone, the fio jobs run against it, and it is")
 L.append("stopped before the next one starts. `$WORK` is a fresh directory under /tmp.")
 L.append(f"{env['RUNTIME']} s per job; {env['REPEAT']} round(s) over all daemons; dpfs runs "
          f"{env['THREADS']} worker threads, its transport: "
@@ -88,6 +92,11 @@ L.append("  zeros; writes are discarded).")
 L.append("- libfuse-null: libfuse's `example/null.c` (high-level API); the mount point")
 L.append("  itself is the file (4 GiB of zeros; writes are discarded).")
 L.append(f"- dpfs-memfs: the memfs backend; fio uses a {env['FILE_SIZE']} file written first.")
+L.append(f"- dpfs-passthrough: the passthrough backend over a tmpfs, with FUSE passthrough")
+L.append("  (`fuse.passthrough`, the default: after OPEN the kernel reads and writes the")
+L.append("  host file itself, in fio's context, so the daemon's CPU per I/O is about 0 and")
+L.append("  machine CPU per I/O is the number to compare); fio uses a")
+L.append(f"  {env['FILE_SIZE']} file written first.")
 L.append(f"- libfuse-passthrough_ll: libfuse's `example/passthrough_ll.c` (low-level API,")
 L.append(f"  default options) over a tmpfs; fio uses a {env['FILE_SIZE']} file written first.")
 L.append("")
@@ -123,6 +132,8 @@ L.append("Latency is fio's total latency (submission to completion) per I/O.")
 L.append("Daemon cores: daemon CPU seconds per second of the job. Others: CPU the rest")
 L.append("of the machine used meanwhile (all busy time in /proc/stat less the daemon's")
 L.append("and fio's), in cores; anything but about 0 means the job shared the CPUs.")
+L.append("Machine CPU µs/IO: all busy time in /proc/stat during the job (daemon, fio,")
+L.append("kernel, anything else) per I/O.")
 if rounds > 1:
     L.append(f"Each row is the round with the median IOPS of {rounds} rounds; IOPS range")
     L.append("gives the lowest and highest of all rounds.")
@@ -135,29 +146,32 @@ if busy:
     L.append("Rerun on an idle machine before drawing conclusions from the rest.")
 L.append("")
 L.append("| daemon | job | IOPS | MB/s | mean lat (µs) | p99 lat (µs) | daemon CPU µs/IO "
-         "| daemon cores | others |" + (" IOPS range |" if rounds > 1 else ""))
-L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|" + ("--:|" if rounds > 1 else ""))
+         "| daemon cores | others | machine CPU µs/IO |" + (" IOPS range |" if rounds > 1 else ""))
+L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|" + ("--:|" if rounds > 1 else ""))
 for j in jobs:
     for t in targets:
         x = r[(t, j)]
         row = (f"| {t} | {j} | {x['iops']:,.0f} | {x['mbs']:,.1f} | {x['mean_us']:.1f} | "
-               f"{x['p99_us']:.1f} | {x['cpu_us']:.2f} | {x['cores']:.2f} | {x['others']:.2f} |")
+               f"{x['p99_us']:.1f} | {x['cpu_us']:.2f} | {x['cores']:.2f} | {x['others']:.2f} | "
+               f"{x['all_us']:.2f} |")
         if rounds > 1:
             row += f" {x['spread'][0]:,.0f}-{x['spread'][1]:,.0f} |"
         L.append(row)
 L.append("")
 
-pairs = [("dpfs-null", "libfuse-null"), ("dpfs-memfs", "libfuse-passthrough_ll")]
+pairs = [("dpfs-null", "libfuse-null"), ("dpfs-memfs", "libfuse-passthrough_ll"),
+         ("dpfs-passthrough", "libfuse-passthrough_ll")]
 pairs = [p for p in pairs if p[0] in targets and p[1] in targets]
 if pairs:
     L.append("## Ratios dpfs / libfuse")
     L.append("")
     L.append("IOPS above 1 and the others below 1 favour dpfs. dpfs-memfs and")
     L.append("passthrough_ll over tmpfs both serve from RAM but are not the same file")
-    L.append("system: that pair compares the frameworks only roughly.")
+    L.append("system: that pair compares the frameworks only roughly. dpfs-passthrough and")
+    L.append("passthrough_ll serve the same kind of directory the same way.")
     L.append("")
-    L.append("| pair | job | IOPS | mean lat | p99 lat | daemon CPU/IO |")
-    L.append("|---|---|--:|--:|--:|--:|")
+    L.append("| pair | job | IOPS | mean lat | p99 lat | daemon CPU/IO | machine CPU/IO |")
+    L.append("|---|---|--:|--:|--:|--:|--:|")
     def ratio(a, b):
         return f"{a / b:.2f}" if b else "n/a"
     for a, b in pairs:
@@ -165,7 +179,7 @@ if pairs:
             x, y = r[(a, j)], r[(b, j)]
             L.append(f"| {a} / {b} | {j} | {ratio(x['iops'], y['iops'])} | "
                      f"{ratio(x['mean_us'], y['mean_us'])} | {ratio(x['p99_us'], y['p99_us'])} | "
-                     f"{ratio(x['cpu_us'], y['cpu_us'])} |")
+                     f"{ratio(x['cpu_us'], y['cpu_us'])} | {ratio(x['all_us'], y['all_us'])} |")
     L.append("")
 
 # Sections other scripts write (bench/fuse_uring_bench.sh's "FUSE over
