@@ -10,6 +10,7 @@ packages=(
   clang libclang-rt-14-dev clang-format clang-tidy
   fio attr gnuplot-nox
   liburing-dev libnfs-dev libssl-dev openssl libseccomp-dev libcap-ng-dev
+  libhiredis-dev redis-server
   nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-common iproute2
   qemu-system-x86 qemu-system-common linux-image-amd64 busybox-static cpio kmod xz-utils zstd
 )

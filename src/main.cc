@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/kv/admin.h"
 #include "daemon/cli.h"
 #include "daemon/log.h"
 #include "daemon/serve.h"
@@ -45,6 +46,20 @@ int main(int argc, char** argv) {
     case Invocation::Command::kStats:
       try {
         std::fputs(dpfs::daemon::query_stats(inv.text).c_str(), stdout);
+        return 0;
+      } catch (const std::exception& e) {
+        print_error(e.what());
+        return 1;
+      }
+    case Invocation::Command::kKvFormat:
+    case Invocation::Command::kKvInfo:
+      try {
+        const dpfs::kv::KvUrl url = dpfs::kv::parse_kv_url(inv.text);
+        if (inv.command == Invocation::Command::kKvFormat) {
+          dpfs::kv::format(url, inv.chunk_size);
+          std::printf("formatted %s\n", url.fsname.c_str());
+        }
+        std::fputs(dpfs::kv::describe(url, dpfs::kv::read_format(url)).c_str(), stdout);
         return 0;
       } catch (const std::exception& e) {
         print_error(e.what());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "backend/kv/kv.h"
 #include "backend/memfs/memfs.h"
 #include "backend/nfs/nfs.h"
 #include "backend/null/null.h"
@@ -23,6 +24,9 @@ constexpr BackendType kTypes[] = {
     {BackendKind::kPassthrough, "passthrough", true, "a directory of this host, passthrough:DIR"},
     {BackendKind::kRemote, "remote", true,
      "remote://HOST:PORT: the file system a dpfs server serves (dpfs serve --listen)"},
+    {BackendKind::kRedis, "redis", true,
+     "a file system kept in Redis, shared by every device that mounts it: "
+     "redis://HOST:PORT/FSNAME[?timeout=SECONDS] (make it with dpfs kv format)"},
 };
 
 }  // namespace
@@ -67,6 +71,7 @@ void parse_backend_spec(std::string_view spec, BackendConfig* cfg) {
     }
     // The URL is checked now, so a typo is refused with the other settings.
     if (t.kind == BackendKind::kNfs) nfs::parse_nfs_url(spec);
+    if (t.kind == BackendKind::kRedis) kv::parse_kv_url(spec);
     if (t.kind == BackendKind::kRemote) {
       // "remote://HOST:PORT": the argument is "//HOST:PORT".
       try {
@@ -127,6 +132,13 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
       if (cfg.passthrough.squash_gid >= 0)
         options.squash_gid = uint32_t(cfg.passthrough.squash_gid);
       return std::make_unique<Passthrough>(options);
+    }
+    case BackendKind::kRedis: {
+      KvOptions options;
+      options.url = kv::parse_kv_url("redis:" + cfg.arg);
+      options.entry_timeout = cfg.entry_timeout;
+      options.attr_timeout = cfg.attr_timeout;
+      return std::make_unique<KvBackend>(options);
     }
     case BackendKind::kRemote: {
       remote::ForwarderOptions options;

@@ -24,7 +24,7 @@ class TlsContext;
 }
 
 // Every backend type this build has (backend_types() names them).
-enum class BackendKind { kMemfs, kNull, kNfs, kPassthrough, kRemote };
+enum class BackendKind { kMemfs, kNull, kNfs, kPassthrough, kRemote, kRedis };
 
 struct BackendConfig {
   BackendKind kind = BackendKind::kMemfs;

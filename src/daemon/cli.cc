@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "backend/factory.h"
+#include "backend/kv/url.h"
 #include "daemon/version.h"
 #include "fuse/session.h"
 
@@ -90,6 +91,23 @@ Invocation parse_command_line(const std::vector<std::string>& args) {
   std::string stats_socket;
   stats->add_option("SOCKET", stats_socket, "the daemon's stats socket")->required();
 
+  CLI::App* kv =
+      app.add_subcommand("kv", "Make and inspect file systems for the redis backend (docs/kv.md).");
+  kv->require_subcommand(1);
+  CLI::App* kv_format = kv->add_subcommand(
+      "format",
+      "Create the file system URL names (redis://HOST:PORT/FSNAME): an empty root directory. "
+      "Refuses to overwrite one.");
+  std::string kv_url;
+  std::string chunk_size = "64K";
+  kv_format->add_option("URL", kv_url, "redis://HOST:PORT/FSNAME")->required();
+  kv_format->add_option("--chunk-size", chunk_size,
+                        "bytes of file data per Redis key, a power of two from 4K to 4M "
+                        "(default 64K)");
+  CLI::App* kv_info = kv->add_subcommand(
+      "info", "Print what the file system URL names holds: format version, chunk size, inodes.");
+  kv_info->add_option("URL", kv_url, "redis://HOST:PORT/FSNAME")->required();
+
   app.add_subcommand("version", "Print the version and exit.");
 
   std::vector<std::string> reversed(args.rbegin(), args.rend());
@@ -111,8 +129,28 @@ Invocation parse_command_line(const std::vector<std::string>& args) {
 
   if (app.got_subcommand("version")) return {Invocation::Command::kVersion, {}, version_text()};
   if (app.got_subcommand(stats)) return {Invocation::Command::kStats, {}, stats_socket};
+  if (app.got_subcommand(kv)) {
+    Invocation inv;
+    inv.text = kv_url;
+    try {
+      kv::parse_kv_url(kv_url);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(e.what());
+    }
+    if (kv->got_subcommand(kv_format)) {
+      inv.command = Invocation::Command::kKvFormat;
+      try {
+        inv.chunk_size = parse_size(chunk_size);
+      } catch (const std::exception& e) {
+        throw UsageError(std::string("--chunk-size: ") + e.what());
+      }
+    } else {
+      inv.command = Invocation::Command::kKvInfo;
+    }
+    return inv;
+  }
   if (!app.got_subcommand(serve)) {
-    throw UsageError("a command is required: serve, stats or version (see dpfs --help)");
+    throw UsageError("a command is required: serve, stats, kv or version (see dpfs --help)");
   }
 
   Invocation inv;

@@ -21,14 +21,17 @@ class UsageError : public std::runtime_error {
 
 struct Invocation {
   enum class Command {
-    kServe,    // serve `config`
-    kVersion,  // print `text`
-    kHelp,     // print `text` (to stdout; exit 0)
-    kStats,    // print the statistics of the daemon at stats socket `text`
+    kServe,     // serve `config`
+    kVersion,   // print `text`
+    kHelp,      // print `text` (to stdout; exit 0)
+    kStats,     // print the statistics of the daemon at stats socket `text`
+    kKvFormat,  // make the KV file system at URL `text` (chunks of `chunk_size`)
+    kKvInfo,    // describe the KV file system at URL `text`
   };
   Command command = Command::kHelp;
   Config config;  // kServe: defaults, then --config FILE, then flags; finish()ed
   std::string text;
+  uint64_t chunk_size = 0;  // kKvFormat
 };
 
 // Parses `args` (without the program name). Reads the --config file.

@@ -101,7 +101,7 @@ void add_backend_needs(const ServedBackend& served, sandbox::SandboxOptions* s) 
     // libnfs, as root, connects (and reconnects) from a reserved port.
     caps.push_back(CAP_NET_BIND_SERVICE);
     s->view.network = true;
-  } else if (b.kind == BackendKind::kRemote) {
+  } else if (b.kind == BackendKind::kRemote || b.kind == BackendKind::kRedis) {
     s->view.network = true;
   }
 }

@@ -252,6 +252,27 @@ inline const std::vector<BackendConfig>& backend_table() {
           .missing = nfs_missing(),
       },
       {
+          // A fresh file system in the test Redis server (redis_server.h).
+          .name = "redis",
+          .spec = "redis",
+          .exerciser_ops = 20000,
+          .missing =
+              {
+                  {Capability::kFallocate, "not yet in the redis backend: EOPNOTSUPP"},
+                  {Capability::kZeroRange, "not yet in the redis backend: EOPNOTSUPP"},
+                  {Capability::kSeekHoles,
+                   "not yet in the redis backend: the kernel reports all of a file as data"},
+                  {Capability::kHugeSparseFiles,
+                   "files end at 2^50 bytes, where the store's scripts still count exactly"},
+                  {Capability::kTmpfile, "not yet in the redis backend: EOPNOTSUPP"},
+                  {Capability::kRmdirOpenDirectory,
+                   "a removed directory is gone from the store, which every device shares: its "
+                   "descriptor answers ESTALE"},
+                  {Capability::kOwnFreeSpace,
+                   "free space is the store's memory, which everything in it moves"},
+              },
+      },
+      {
           .name = "remote",
           .spec = "memfs",
           .remote = true,

@@ -850,6 +850,8 @@ class ServerProcess {
 
 // nfs_server.h: a fresh directory exported by the test NFS server.
 inline std::string nfs_test_export(const std::string& hint, std::string* problem);
+// redis_server.h: a fresh file system in the test Redis server.
+inline std::string redis_test_fs(const std::string& hint, std::string* problem);
 
 // The POSIX suites hold dpfs to what tmpfs does for root, who may do
 // anything: they create device nodes and set trusted.* and
@@ -956,6 +958,7 @@ class Mount {
   // rather than those of the file system holding /tmp). "" and *problem if
   // the directory cannot be had.
   std::string expand_spec(std::string spec, bool export_tmpfs, std::string* problem) const {
+    if (spec == "redis") return redis_test_fs("mount", problem);
     const size_t at = spec.find("{dir}");
     if (at == std::string::npos) return spec;
     std::string exported = base_ + "/export";
@@ -1406,3 +1409,4 @@ inline std::vector<std::string> threads_named(pid_t pid, const std::string& pref
 }  // namespace dpfs::itest
 
 #include "nfs_server.h"
+#include "redis_server.h"

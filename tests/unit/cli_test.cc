@@ -144,7 +144,7 @@ TEST(Cli, BadValuesAreOneLine) {
             "config error: --threads: must be between 1 and 256, got 0");
   EXPECT_EQ(usage_error({"serve", "--backend", "zfs"}),
             "config error: --backend: unknown backend 'zfs' (known: memfs, null, nfs, passthrough, "
-            "remote)");
+            "remote, redis)");
   EXPECT_EQ(usage_error({"serve", "--max-write", "5000"}),
             "config error: --max-write: must be a multiple of 4K, got 5000");
 }
@@ -158,7 +158,8 @@ TEST(Cli, ConfigFileErrors) {
 }
 
 TEST(Cli, UsageErrors) {
-  EXPECT_EQ(usage_error({}), "a command is required: serve, stats or version (see dpfs --help)");
+  EXPECT_EQ(usage_error({}),
+            "a command is required: serve, stats, kv or version (see dpfs --help)");
   EXPECT_THAT(usage_error({"serve", "--bogus"}), HasSubstr("--bogus"));
   EXPECT_THAT(usage_error({"mount"}), HasSubstr("mount"));
   EXPECT_THAT(usage_error({"serve", "--threads"}), HasSubstr("--threads"));

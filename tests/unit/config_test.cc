@@ -162,13 +162,13 @@ TEST(Config, LogLevel) {
 TEST(Config, BackendType) {
   EXPECT_EQ(toml_error("[backend]\ntype = \"zfs\"\n"),
             "config test.toml: backend.type: unknown backend 'zfs' (known: memfs, null, nfs, "
-            "passthrough, remote)");
+            "passthrough, remote, redis)");
   EXPECT_EQ(toml_error("[backend]\ntype = \"nfs://server\"\n"),
             "config test.toml: backend.type: nfs://server: no export path (expected "
             "nfs://SERVER[:PORT]/EXPORT[?version=3])");
   EXPECT_EQ(toml_error("[backend]\ntype = \"\"\n"),
             "config test.toml: backend.type: unknown backend '' (known: memfs, null, nfs, "
-            "passthrough, remote)");
+            "passthrough, remote, redis)");
   EXPECT_EQ(toml_error("[backend]\ntype = \"memfs:/x\"\n"),
             "config test.toml: backend.type: backend memfs takes no argument, got 'memfs:/x'");
   EXPECT_EQ(toml_error("[backend]\ntype = 1\n"),
@@ -187,7 +187,7 @@ TEST(Config, BackendSpec) {
   EXPECT_EQ(b.arg, "/srv");
   EXPECT_THROW(parse_backend_spec("passthrough", &b), std::invalid_argument);
   EXPECT_THROW(parse_backend_spec("null:", &b), std::invalid_argument);
-  EXPECT_EQ(backend_type_list(), "memfs, null, nfs, passthrough, remote");
+  EXPECT_EQ(backend_type_list(), "memfs, null, nfs, passthrough, remote, redis");
 }
 
 TEST(Config, MemfsLimits) {
@@ -265,7 +265,8 @@ TEST(Config, FlagsUseTheSameChecks) {
   EXPECT_EQ(flag_error("threads", "x"), "--threads: must be an integer, got 'x'");
   EXPECT_EQ(flag_error("threads", ""), "--threads: must be an integer, got ''");
   EXPECT_EQ(flag_error("backend.type", "zfs"),
-            "--backend: unknown backend 'zfs' (known: memfs, null, nfs, passthrough, remote)");
+            "--backend: unknown backend 'zfs' (known: memfs, null, nfs, passthrough, remote, "
+            "redis)");
   EXPECT_EQ(flag_error("fuse.max_write", "3M"), "--max-write: must be between 4K and 1M, got 3M");
   EXPECT_EQ(flag_error("fuse.entry_timeout", "-0.5"),
             "--entry-timeout: must be 0 or more seconds, got -0.5");
@@ -478,7 +479,7 @@ TEST(Config, DeviceErrors) {
             "config test.toml: device[1].request_queues: must be between 1 and 64, got 0");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[device.backend]\ntype = \"zfs\"\n"),
             "config test.toml: device[0].backend.type: unknown backend 'zfs' (known: memfs, null, "
-            "nfs, passthrough, remote)");
+            "nfs, passthrough, remote, redis)");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\n[device.backend.memfs]\ncap = 1\n"),
             "config test.toml: unknown key 'device[0].backend.memfs.cap'");
   EXPECT_EQ(toml_error("[[device]]\nsocket = \"/a\"\nbackend = 3\n"),

@@ -1,0 +1,39 @@
+// Making and inspecting a KV file system: `dpfs kv format` and `dpfs kv
+// info`, and the check a backend makes before it serves one. Blocking
+// (hiredis's synchronous API): start-up and the command line only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "backend/kv/url.h"
+
+namespace dpfs::kv {
+
+// The on-store format this build writes and reads (docs/kv.md).
+constexpr int kFormatVersion = 1;
+constexpr uint64_t kDefaultChunkSize = 64 * 1024;
+
+struct FormatInfo {
+  int version = 0;
+  uint64_t chunk_size = 0;
+  uint64_t inodes = 0;
+  uint64_t next_ino = 0;
+  int64_t created = 0;       // seconds since the epoch
+  uint64_t used_memory = 0;  // the store's, all file systems together
+  uint64_t max_memory = 0;   // 0: no limit set
+};
+
+// Creates the file system `url` names: its format record and an empty root
+// directory owned by root, mode 0755. Refuses (std::runtime_error) one that
+// exists. `chunk_size`: a power of two from 4 KiB to 4 MiB.
+void format(const KvUrl& url, uint64_t chunk_size);
+
+// What `url` holds; throws std::runtime_error if it is not a dpfs file
+// system, or one of a newer format than this build reads.
+FormatInfo read_format(const KvUrl& url);
+
+// `dpfs kv info`'s lines.
+std::string describe(const KvUrl& url, const FormatInfo& info);
+
+}  // namespace dpfs::kv

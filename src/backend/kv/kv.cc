@@ -1,0 +1,808 @@
+#include "backend/kv/kv.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <linux/fs.h>
+#include <linux/fuse.h>
+#include <spdlog/spdlog.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <ctime>
+
+#include "backend/kv/admin.h"
+
+namespace dpfs {
+namespace {
+
+using kv::Script;
+
+constexpr uint64_t kBlockSize = 4096;
+constexpr uint64_t kNameMax = 255;
+// Files are at most this large: sizes and offsets stay exact in the
+// scripts' Lua numbers (doubles).
+constexpr uint64_t kMaxFileSize = 1ull << 50;
+
+std::string num(uint64_t v) { return std::to_string(v); }
+
+int64_t integer(const redisReply* r) {
+  if (r == nullptr) return 0;
+  if (r->type == REDIS_REPLY_INTEGER) return r->integer;
+  if (r->type == REDIS_REPLY_STRING) return std::strtoll(r->str, nullptr, 10);
+  return 0;
+}
+
+int check_xattr_name(std::string_view name) {
+  for (std::string_view prefix : {"user.", "trusted.", "security."}) {
+    if (name.starts_with(prefix)) return name.size() > prefix.size() ? 0 : EINVAL;
+  }
+  return EOPNOTSUPP;
+}
+
+// Copies `data` into the iovecs from byte `at` on.
+void scatter(std::span<const iovec> dst, size_t at, std::string_view data) {
+  for (const iovec& v : dst) {
+    if (data.empty()) return;
+    if (at >= v.iov_len) {
+      at -= v.iov_len;
+      continue;
+    }
+    const size_t n = std::min(v.iov_len - at, data.size());
+    std::memcpy(static_cast<char*>(v.iov_base) + at, data.data(), n);
+    data.remove_prefix(n);
+    at = 0;
+  }
+}
+
+void zero(std::span<const iovec> dst, size_t from, size_t to) {
+  for (const iovec& v : dst) {
+    if (from >= to) return;
+    if (from >= v.iov_len) {
+      from -= v.iov_len;
+      to -= v.iov_len;
+      continue;
+    }
+    const size_t n = std::min(v.iov_len, to) - from;
+    std::memset(static_cast<char*>(v.iov_base) + from, 0, n);
+    to -= v.iov_len;
+    from = 0;
+  }
+}
+
+// Counts the answers of commands sent together and runs `done` after the
+// last, with the first error.
+struct Fan {
+  explicit Fan(size_t n, util::UniqueFunction<void(int)> done) : left(n), done(std::move(done)) {}
+  void one(int error) {
+    if (error != 0 && first_error == 0) first_error = error;
+    if (--left == 0) done(first_error);
+  }
+  size_t left;
+  int first_error = 0;
+  util::UniqueFunction<void(int)> done;
+};
+
+}  // namespace
+
+KvBackend::KvBackend(KvOptions options)
+    : options_(std::move(options)),
+      prefix_(kv::meta_prefix(options_.url.fsname)),
+      format_key_(prefix_ + "format") {
+  const kv::FormatInfo info = kv::read_format(options_.url);
+  chunk_size_ = info.chunk_size;
+  const kv::Endpoint& server = options_.url.servers.front();
+  const unsigned n = std::max(options_.connections, 1u);
+  for (unsigned i = 0; i < n; ++i) {
+    links_.push_back(
+        std::make_unique<kv::Link>(server.host, server.port, options_.url.timeout,
+                                   fmt::format("redis {}:{} #{}", server.host, server.port, i)));
+  }
+  spdlog::info("kv: file system {} on {}:{} (format {}, {}-byte chunks, {} inodes)",
+               options_.url.fsname, server.host, server.port, info.version, chunk_size_,
+               info.inodes);
+}
+
+KvBackend::~KvBackend() { links_.clear(); }
+
+Capabilities KvBackend::capabilities() const {
+  Capabilities caps;
+  caps.readdirplus = false;
+  caps.killpriv_v2 = true;
+  return caps;
+}
+
+std::vector<std::string> KvBackend::stats() const {
+  std::vector<std::string> lines;
+  for (const auto& l : links_) lines.push_back(l->stats());
+  return lines;
+}
+
+kv::Link& KvBackend::link() {
+  return *links_[next_link_.fetch_add(1, std::memory_order_relaxed) % links_.size()];
+}
+
+void KvBackend::eval(Script script, std::string key, std::vector<std::string> args, kv::Done done) {
+  struct Call {
+    Script script;
+    std::vector<std::string> argv;
+    kv::Done done;
+    kv::Link* link;
+  };
+  auto call = std::make_shared<Call>();
+  call->script = script;
+  call->argv = {"EVALSHA", kv::script_sha(script), "1", std::move(key)};
+  call->argv.insert(call->argv.end(), std::make_move_iterator(args.begin()),
+                    std::make_move_iterator(args.end()));
+  call->done = std::move(done);
+  call->link = &link();
+  // The store forgets scripts when it restarts: the first EVALSHA after
+  // that is NOSCRIPT, and the script goes again whole.
+  call->link->submit(call->argv, [call](const redisReply* r) {
+    if (r != nullptr && r->type == REDIS_REPLY_ERROR && std::strncmp(r->str, "NOSCRIPT", 8) == 0) {
+      call->argv[0] = "EVAL";
+      call->argv[1] = kv::script_source(call->script);
+      call->link->submit(std::move(call->argv), [call](const redisReply* r2) { call->done(r2); });
+      return;
+    }
+    call->done(r);
+  });
+}
+
+void KvBackend::run(Script script, std::vector<std::string> args, Then then) {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  std::vector<std::string> argv{prefix_, num(uint64_t(now.tv_sec)), num(uint64_t(now.tv_nsec))};
+  argv.insert(argv.end(), std::make_move_iterator(args.begin()),
+              std::make_move_iterator(args.end()));
+  eval(script, format_key_, std::move(argv), [then = std::move(then)](const redisReply* r) mutable {
+    if (r == nullptr) return then(EIO, nullptr);
+    if (r->type == REDIS_REPLY_ERROR) {
+      spdlog::warn("kv: the store refused a script: {}", r->str);
+      return then(EIO, nullptr);
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER) {
+      return then(EIO, nullptr);
+    }
+    const int64_t status = r->element[0]->integer;
+    if (status != 0) return then(status > 0 && status < 4096 ? int(status) : EIO, nullptr);
+    then(0, r);
+  });
+}
+
+void KvBackend::run_chunk(Script script, uint64_t ino, uint64_t index,
+                          std::vector<std::string> args,
+                          util::UniqueFunction<void(int, int64_t)> then) {
+  eval(script, kv::chunk_key(options_.url.fsname, ino, index), std::move(args),
+       [then = std::move(then)](const redisReply* r) mutable {
+         if (r == nullptr || r->type != REDIS_REPLY_INTEGER) {
+           if (r != nullptr && r->type == REDIS_REPLY_ERROR) {
+             spdlog::warn("kv: the store refused a chunk script: {}", r->str);
+           }
+           return then(EIO, 0);
+         }
+         then(0, r->integer);
+       });
+}
+
+Entry KvBackend::entry_from(const redisReply* r, size_t at) const {
+  Entry e;
+  auto field = [&](size_t i) { return at + i < r->elements ? integer(r->element[at + i]) : 0; };
+  e.ino = uint64_t(field(0));
+  e.generation = 0;
+  struct stat& st = e.attr;
+  st = {};
+  st.st_ino = e.ino;
+  st.st_mode = mode_t(field(1));
+  st.st_uid = uid_t(field(2));
+  st.st_gid = gid_t(field(3));
+  st.st_nlink = nlink_t(field(4));
+  st.st_size = off_t(field(5));
+  st.st_rdev = dev_t(field(6));
+  st.st_atim = {time_t(field(7)), long(field(8))};
+  st.st_mtim = {time_t(field(9)), long(field(10))};
+  st.st_ctim = {time_t(field(11)), long(field(12))};
+  st.st_blksize = blksize_t(kBlockSize);
+  st.st_blocks = blkcnt_t((uint64_t(field(13)) + 511) / 512);
+  e.entry_timeout = options_.entry_timeout;
+  e.attr_timeout = options_.attr_timeout;
+  return e;
+}
+
+// --- Names ------------------------------------------------------------------
+
+void KvBackend::lookup(const Context&, uint64_t parent, std::string_view name, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  run(Script::kLookup, {num(parent), std::string(name)},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        answer_entry(reply, entry_from(r, 1));
+      });
+}
+
+void KvBackend::getattr(const Context&, uint64_t ino, std::optional<uint64_t>, AttrReply reply) {
+  run(Script::kGetattr, {num(ino)},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        reply.ok(entry_from(r, 1).attr, options_.attr_timeout);
+      });
+}
+
+void KvBackend::mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                      uint32_t rdev, uint32_t umask, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  const uint32_t type = mode & S_IFMT;
+  if (type != S_IFREG && type != S_IFCHR && type != S_IFBLK && type != S_IFIFO &&
+      type != S_IFSOCK) {
+    return reply.error(EINVAL);
+  }
+  run(Script::kMknode,
+      {num(parent), std::string(name), num(type | (mode & 07777 & ~umask)), num(ctx.uid),
+       num(ctx.gid), num(rdev), ""},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        answer_entry(reply, entry_from(r, 1));
+      });
+}
+
+void KvBackend::mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                      uint32_t umask, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  run(Script::kMknode,
+      {num(parent), std::string(name), num(S_IFDIR | (mode & 07777 & ~umask)), num(ctx.uid),
+       num(ctx.gid), "0", ""},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        answer_entry(reply, entry_from(r, 1));
+      });
+}
+
+void KvBackend::symlink(const Context& ctx, uint64_t parent, std::string_view name,
+                        std::string_view target, EntryReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  if (target.empty() || target.size() >= PATH_MAX) return reply.error(ENAMETOOLONG);
+  run(Script::kMknode,
+      {num(parent), std::string(name), num(S_IFLNK | 0777), num(ctx.uid), num(ctx.gid), "0",
+       std::string(target)},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        answer_entry(reply, entry_from(r, 1));
+      });
+}
+
+void KvBackend::readlink(const Context&, uint64_t ino, ReadlinkReply reply) {
+  link().submit({"HMGET", prefix_ + "i:" + num(ino), "mode", "target"},
+                [reply = std::move(reply)](const redisReply* r) mutable {
+                  if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+                    return reply.error(EIO);
+                  }
+                  if (r->element[0]->type != REDIS_REPLY_STRING) return reply.error(ESTALE);
+                  if ((uint32_t(integer(r->element[0])) & S_IFMT) != S_IFLNK ||
+                      r->element[1]->type != REDIS_REPLY_STRING) {
+                    return reply.error(EINVAL);
+                  }
+                  reply.ok(std::string_view(r->element[1]->str, r->element[1]->len));
+                });
+}
+
+void KvBackend::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_view new_name,
+                     EntryReply reply) {
+  if (int e = check_component(new_name); e != 0) return reply.error(e);
+  run(Script::kLink, {num(ino), num(new_parent), std::string(new_name)},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        answer_entry(reply, entry_from(r, 1));
+      });
+}
+
+void KvBackend::unlink(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  run(Script::kUnlink, {num(parent), std::string(name)},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        const uint64_t ino = uint64_t(integer(r->element[1]));
+        const uint64_t left = uint64_t(integer(r->element[2]));
+        reply.ok();
+        if (left == 0) unlinked(ino);
+      });
+}
+
+void KvBackend::rmdir(const Context&, uint64_t parent, std::string_view name, StatusReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  run(Script::kRmdir, {num(parent), std::string(name)},
+      [reply = std::move(reply)](int error, const redisReply*) mutable {
+        if (error != 0) return reply.error(error);
+        reply.ok();
+      });
+}
+
+void KvBackend::rename(const Context&, uint64_t parent, std::string_view name, uint64_t new_parent,
+                       std::string_view new_name, uint32_t flags, StatusReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  if (int e = check_component(new_name); e != 0) return reply.error(e);
+  if (flags & ~uint32_t(RENAME_NOREPLACE | RENAME_EXCHANGE)) return reply.error(EINVAL);
+  if ((flags & RENAME_NOREPLACE) && (flags & RENAME_EXCHANGE)) return reply.error(EINVAL);
+  run(Script::kRename,
+      {num(parent), std::string(name), num(new_parent), std::string(new_name), num(flags)},
+      [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        const uint64_t replaced = uint64_t(integer(r->element[1]));
+        reply.ok();
+        if (replaced != 0 && integer(r->element[2]) == 0) unlinked(replaced);
+      });
+}
+
+// --- Inodes without names -----------------------------------------------------
+
+void KvBackend::unlinked(uint64_t ino) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = held_.find(ino);
+    if (it != held_.end() && !it->second.unused()) {
+      it->second.doomed = true;
+      return;
+    }
+  }
+  free_inode(ino);
+}
+
+void KvBackend::answer_entry(EntryReply& reply, const Entry& entry) {
+  count_lookup(entry.ino);
+  reply.ok(entry);
+}
+
+uint64_t KvBackend::count_lookup(uint64_t ino) {
+  std::lock_guard lock(mu_);
+  ++held_[ino].lookups;
+  return ino;
+}
+
+void KvBackend::forget(uint64_t ino, uint64_t nlookup) {
+  bool free = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = held_.find(ino);
+    if (it == held_.end()) return;
+    it->second.lookups -= std::min(nlookup, it->second.lookups);
+    if (!it->second.unused()) return;
+    free = it->second.doomed;
+    held_.erase(it);
+  }
+  if (free) free_inode(ino);
+}
+
+void KvBackend::free_inode(uint64_t ino) {
+  run(Script::kFree, {num(ino)}, [this, ino](int error, const redisReply* r) {
+    if (error != 0) return;
+    const uint64_t size = uint64_t(integer(r->element[1]));
+    if (size > 0) drop_chunks(ino, 0, (size - 1) / chunk_size_, [](int) {});
+  });
+}
+
+void KvBackend::drop_chunks(uint64_t ino, uint64_t first, uint64_t last,
+                            util::UniqueFunction<void(int)> then) {
+  if (first > last) return then(0);
+  // DEL takes many keys; batches keep each command small.
+  constexpr uint64_t kBatch = 256;
+  auto fan = std::make_shared<Fan>((last - first) / kBatch + 1, std::move(then));
+  for (uint64_t from = first; from <= last; from += kBatch) {
+    std::vector<std::string> argv{"UNLINK"};
+    for (uint64_t i = from; i <= std::min(last, from + kBatch - 1); ++i) {
+      argv.push_back(kv::chunk_key(options_.url.fsname, ino, i));
+    }
+    link().submit(std::move(argv),
+                  [fan](const redisReply* r) { fan->one(r == nullptr ? EIO : 0); });
+  }
+}
+
+void KvBackend::clear_past(uint64_t ino, uint64_t size, uint64_t old_size,
+                           util::UniqueFunction<void(int)> then) {
+  if (size >= old_size) return then(0);
+  const uint64_t first = size / chunk_size_;
+  const uint64_t last = (old_size - 1) / chunk_size_;
+  const uint64_t keep = size % chunk_size_;
+  // The chunk the new end falls in keeps its head (a later extension reads
+  // zeros past it); the ones after go. Then the inode's byte count.
+  auto delta = std::make_shared<int64_t>(0);
+  auto fan = std::make_shared<Fan>(
+      last - first + 1, [this, ino, delta, then = std::move(then)](int error) mutable {
+        if (error != 0 || *delta == 0) return then(error);
+        run(Script::kGrow, {num(ino), std::to_string(*delta)},
+            [then = std::move(then)](int e, const redisReply*) mutable { then(e); });
+      });
+  for (uint64_t c = first; c <= last; ++c) {
+    const bool trim = c == first && keep != 0;
+    run_chunk(trim ? Script::kChunkTrim : Script::kChunkDrop, ino, c,
+              trim ? std::vector<std::string>{num(keep)} : std::vector<std::string>{},
+              [fan, delta](int e, int64_t d) {
+                *delta += d;
+                fan->one(e);
+              });
+  }
+}
+
+// --- Attributes -------------------------------------------------------------
+
+void KvBackend::set_size(const Context&, uint64_t ino, uint64_t size, uint32_t valid, Then then) {
+  // The data past the new end goes first: a crash in between leaves the
+  // old size with zeros in it, never stale bytes under a later extension.
+  run(Script::kGetattr, {num(ino)},
+      [this, ino, size, valid, then = std::move(then)](int error, const redisReply* r) mutable {
+        if (error != 0) return then(error, nullptr);
+        const uint64_t old = uint64_t(integer(r->element[6]));
+        clear_past(ino, size, old, [this, ino, size, valid, then = std::move(then)](int e) mutable {
+          if (e != 0) return then(e, nullptr);
+          SetAttr a;
+          a.valid = valid | SetAttr::kSize;
+          a.size = size;
+          run(Script::kSetattr,
+              {num(ino), num(a.valid), "0", "0", "0", num(size), "0", "0", "0", "0", "0", "0"},
+              std::move(then));
+        });
+      });
+}
+
+void KvBackend::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrReply reply) {
+  if ((attr.valid & SetAttr::kSize) && attr.size > kMaxFileSize) return reply.error(EFBIG);
+  auto answer = [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
+    if (error != 0) return reply.error(error);
+    reply.ok(entry_from(r, 2).attr, options_.attr_timeout);
+  };
+  std::vector<std::string> args{num(ino),
+                                num(attr.valid),
+                                num(attr.mode),
+                                num(attr.uid),
+                                num(attr.gid),
+                                num(attr.size),
+                                std::to_string(int64_t(attr.atime.tv_sec)),
+                                num(uint64_t(attr.atime.tv_nsec)),
+                                std::to_string(int64_t(attr.mtime.tv_sec)),
+                                num(uint64_t(attr.mtime.tv_nsec)),
+                                std::to_string(int64_t(attr.ctime.tv_sec)),
+                                num(uint64_t(attr.ctime.tv_nsec))};
+  if (!(attr.valid & SetAttr::kSize))
+    return run(Script::kSetattr, std::move(args), std::move(answer));
+  // A truncation: the data first (set_size), then everything else at once.
+  run(Script::kGetattr, {num(ino)},
+      [this, ino, size = attr.size, args = std::move(args), answer = std::move(answer)](
+          int error, const redisReply* r) mutable {
+        if (error != 0) return answer(error, nullptr);
+        const uint32_t type = uint32_t(integer(r->element[2])) & S_IFMT;
+        if (type == S_IFDIR) return answer(EISDIR, nullptr);
+        if (type != S_IFREG) return answer(EINVAL, nullptr);
+        const uint64_t old = uint64_t(integer(r->element[6]));
+        clear_past(ino, size, old,
+                   [this, args = std::move(args), answer = std::move(answer)](int e) mutable {
+                     if (e != 0) return answer(e, nullptr);
+                     run(Script::kSetattr, std::move(args), std::move(answer));
+                   });
+      });
+}
+
+void KvBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
+  link().submit({"INFO", "memory"}, [reply = std::move(reply)](const redisReply* r) mutable {
+    if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) {
+      return reply.error(EIO);
+    }
+    const std::string text = "\n" + std::string(r->str, r->len);
+    auto field = [&](const char* key) -> uint64_t {
+      const std::string k = std::string("\n") + key + ":";
+      const size_t at = text.find(k);
+      return at == std::string::npos ? 0 : std::strtoull(text.c_str() + at + k.size(), nullptr, 10);
+    };
+    const uint64_t used = field("used_memory");
+    uint64_t total = field("maxmemory");
+    if (total == 0) total = field("total_system_memory");
+    total = std::max(total, used);
+    struct statvfs st {};
+    st.f_bsize = kBlockSize;
+    st.f_frsize = kBlockSize;
+    st.f_blocks = total / kBlockSize;
+    st.f_bfree = (total - used) / kBlockSize;
+    st.f_bavail = st.f_bfree;
+    st.f_files = 1ull << 40;
+    st.f_ffree = st.f_files;
+    st.f_favail = st.f_ffree;
+    st.f_namemax = kNameMax;
+    reply.ok(st);
+  });
+}
+
+// --- Files ------------------------------------------------------------------
+
+uint64_t KvBackend::add_handle(uint64_t ino) {
+  const uint64_t fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  handles_.emplace(fh, ino);
+  ++held_[ino].open;
+  return fh;
+}
+
+bool KvBackend::known_handle(uint64_t ino, uint64_t fh) {
+  std::lock_guard lock(mu_);
+  auto it = handles_.find(fh);
+  return it != handles_.end() && it->second == ino;
+}
+
+bool KvBackend::drop_handle(uint64_t ino, uint64_t fh) {
+  std::lock_guard lock(mu_);
+  auto it = handles_.find(fh);
+  if (it == handles_.end() || it->second != ino) return false;
+  handles_.erase(it);
+  auto h = held_.find(ino);
+  if (h == held_.end()) return false;
+  if (h->second.open > 0) --h->second.open;
+  if (!h->second.unused()) return false;
+  const bool doomed = h->second.doomed;
+  held_.erase(h);
+  return doomed;
+}
+
+void KvBackend::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) {
+  run(Script::kGetattr, {num(ino)},
+      [this, ctx, ino, flags, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        const uint32_t type = uint32_t(integer(r->element[2])) & S_IFMT;
+        if (type == S_IFDIR) return reply.error(EISDIR);
+        if (!(flags & O_TRUNC) || type != S_IFREG) return reply.ok(add_handle(ino));
+        // O_TRUNC comes here (FUSE_ATOMIC_O_TRUNC); mtime and ctime change
+        // even for an empty file.
+        const uint32_t valid = ctx.kill_suidgid ? uint32_t(SetAttr::kKillSuidgid) : 0;
+        set_size(ctx, ino, 0, valid,
+                 [this, ino, reply = std::move(reply)](int e, const redisReply*) mutable {
+                   if (e != 0) return reply.error(e);
+                   reply.ok(add_handle(ino));
+                 });
+      });
+}
+
+void KvBackend::create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+                       uint32_t umask, uint32_t flags, CreateReply reply) {
+  if (int e = check_component(name); e != 0) return reply.error(e);
+  run(Script::kMknode,
+      {num(parent), std::string(name), num(S_IFREG | (mode & 07777 & ~umask)), num(ctx.uid),
+       num(ctx.gid), "0", ""},
+      [this, ctx, parent, name = std::string(name), flags, reply = std::move(reply)](
+          int error, const redisReply* r) mutable {
+        if (error == 0) {
+          const Entry e = entry_from(r, 1);
+          return reply.ok(e, add_handle(count_lookup(e.ino)));
+        }
+        if (error != EEXIST || (flags & O_EXCL)) return reply.error(error);
+        // The name appeared since the kernel looked: open(2) semantics.
+        run(Script::kLookup, {num(parent), name},
+            [this, ctx, flags, reply = std::move(reply)](int err, const redisReply* r2) mutable {
+              if (err != 0) return reply.error(err);
+              const Entry e = entry_from(r2, 1);
+              const uint32_t type = e.attr.st_mode & S_IFMT;
+              if (type == S_IFDIR) return reply.error(EISDIR);
+              if (type != S_IFREG) return reply.error(EEXIST);
+              if (!(flags & O_TRUNC)) return reply.ok(e, add_handle(count_lookup(e.ino)));
+              const uint32_t valid = ctx.kill_suidgid ? uint32_t(SetAttr::kKillSuidgid) : 0;
+              set_size(ctx, e.ino, 0, valid,
+                       [this, reply = std::move(reply)](int e2, const redisReply* r3) mutable {
+                         if (e2 != 0) return reply.error(e2);
+                         const Entry now = entry_from(r3, 2);
+                         reply.ok(now, add_handle(count_lookup(now.ino)));
+                       });
+            });
+      });
+}
+
+void KvBackend::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t size,
+                     std::span<const iovec> dst, ReadReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  if (size == 0 || offset >= kMaxFileSize) return reply.ok(0);
+  // The size and every chunk piece, sent together on one connection: the
+  // store answers them in order, so the size is the one the pieces had.
+  struct State {
+    uint64_t file_size = 0;
+    int error = 0;
+    size_t left = 0;
+    ReadReply reply;
+  };
+  auto st = std::make_shared<State>();
+  st->reply = std::move(reply);
+  const uint64_t first = offset / chunk_size_;
+  const uint64_t last = (offset + size - 1) / chunk_size_;
+  st->left = size_t(last - first) + 2;
+  auto done = [st, offset, size, dst]() {
+    if (--st->left != 0) return;
+    if (st->error != 0) return st->reply.error(st->error);
+    const uint64_t n =
+        st->file_size > offset ? std::min<uint64_t>(size, st->file_size - offset) : 0;
+    st->reply.ok(size_t(n));
+  };
+  kv::Link& l = link();
+  l.submit({"HGET", prefix_ + "i:" + num(ino), "size"}, [st, done](const redisReply* r) {
+    if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
+      st->error = EIO;
+    } else if (r->type == REDIS_REPLY_NIL) {
+      st->error = ESTALE;
+    } else {
+      st->file_size = uint64_t(integer(r));
+    }
+    done();
+  });
+  for (uint64_t c = first; c <= last; ++c) {
+    const uint64_t from = std::max(offset, c * chunk_size_);
+    const uint64_t to = std::min(offset + size, (c + 1) * chunk_size_);  // exclusive
+    const size_t at = size_t(from - offset);
+    const size_t len = size_t(to - from);
+    const uint64_t in_chunk = from - c * chunk_size_;
+    l.submit({"GETRANGE", kv::chunk_key(options_.url.fsname, ino, c), num(in_chunk),
+              num(in_chunk + len - 1)},
+             [st, done, dst, at, len](const redisReply* r) {
+               if (r == nullptr || r->type != REDIS_REPLY_STRING) {
+                 st->error = EIO;
+               } else {
+                 // A chunk shorter than asked (or none) is a hole: zeros.
+                 const size_t got = std::min(size_t(r->len), len);
+                 scatter(dst, at, std::string_view(r->str, got));
+                 zero(dst, at + got, at + len);
+               }
+               done();
+             });
+  }
+}
+
+void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
+                      std::span<const iovec> src, uint32_t write_flags, WriteReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  size_t size = 0;
+  for (const iovec& v : src) size += v.iov_len;
+  if (size == 0) return reply.ok(0);
+  if (offset + size > kMaxFileSize) return reply.error(EFBIG);
+  std::string data;
+  data.reserve(size);
+  for (const iovec& v : src) data.append(static_cast<const char*>(v.iov_base), v.iov_len);
+  // The data, then the size and times: a crash in between leaves the file
+  // as it was (the bytes past its end are not read).
+  const bool kill = (write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+  auto reply_ptr = std::make_shared<WriteReply>(std::move(reply));
+  const uint64_t first = offset / chunk_size_;
+  const uint64_t last = (offset + size - 1) / chunk_size_;
+  auto grew = std::make_shared<int64_t>(0);
+  auto fan = std::make_shared<Fan>(
+      last - first + 1, [this, ino, offset, size, kill, grew, reply_ptr](int error) {
+        if (error != 0) return reply_ptr->error(error);
+        run(Script::kWrote, {num(ino), num(offset + size), kill ? "1" : "0", std::to_string(*grew)},
+            [reply_ptr, size](int e, const redisReply*) {
+              if (e != 0) return reply_ptr->error(e);
+              reply_ptr->ok(size);
+            });
+      });
+  for (uint64_t c = first; c <= last; ++c) {
+    const uint64_t from = std::max(offset, c * chunk_size_);
+    const uint64_t to = std::min(offset + size, (c + 1) * chunk_size_);
+    run_chunk(Script::kChunkWrite, ino, c,
+              {num(from - c * chunk_size_), data.substr(size_t(from - offset), size_t(to - from))},
+              [fan, grew](int e, int64_t d) {
+                *grew += d;
+                fan->one(e);
+              });
+  }
+}
+
+void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t, StatusReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  reply.ok();
+}
+
+void KvBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t, ReleaseFlock,
+                        StatusReply reply) {
+  const bool last_of_doomed = drop_handle(ino, fh);
+  reply.ok();
+  if (last_of_doomed) free_inode(ino);
+}
+
+void KvBackend::fsync(const Context&, uint64_t ino, uint64_t fh, SyncMode, StatusReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  reply.ok();
+}
+
+// --- Directories ------------------------------------------------------------
+
+void KvBackend::opendir(const Context&, uint64_t ino, uint32_t, OpenReply reply) {
+  run(Script::kGetattr, {num(ino)},
+      [this, ino, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        if ((uint32_t(integer(r->element[2])) & S_IFMT) != S_IFDIR) return reply.error(ENOTDIR);
+        reply.ok(add_handle(ino), 0);
+      });
+}
+
+void KvBackend::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
+                        DirReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  // About as many entries as the tenant's buffer holds (24 bytes of header
+  // and a short name each), at least a few.
+  const size_t want = std::max<size_t>(reply.size() / 32, 8);
+  run(Script::kReaddir, {num(ino), num(std::max<uint64_t>(offset, 2)), num(want)},
+      [ino, offset, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        const uint64_t parent = uint64_t(integer(r->element[1]));
+        if (offset < 1 && !reply.add(".", ino, DT_DIR, 1)) return reply.done();
+        if (offset < 2 && !reply.add("..", parent, DT_DIR, 2)) return reply.done();
+        for (size_t i = 2; i + 3 < r->elements; i += 4) {
+          const redisReply* name = r->element[i];
+          if (name->type != REDIS_REPLY_STRING) break;
+          if (!reply.add(std::string_view(name->str, name->len),
+                         uint64_t(integer(r->element[i + 2])), uint32_t(integer(r->element[i + 1])),
+                         uint64_t(integer(r->element[i + 3])))) {
+            break;
+          }
+        }
+        reply.done();
+      });
+}
+
+void KvBackend::releasedir(const Context&, uint64_t ino, uint64_t fh, StatusReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  const bool last_of_doomed = drop_handle(ino, fh);
+  reply.ok();
+  if (last_of_doomed) free_inode(ino);
+}
+
+void KvBackend::fsyncdir(const Context&, uint64_t ino, uint64_t fh, SyncMode, StatusReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  reply.ok();
+}
+
+// --- Extended attributes ----------------------------------------------------
+
+void KvBackend::setxattr(const Context&, uint64_t ino, std::string_view name,
+                         std::span<const std::byte> value, uint32_t flags, StatusReply reply) {
+  if (int e = check_xattr_name(name); e != 0) return reply.error(e);
+  if (flags & ~uint32_t(XATTR_CREATE | XATTR_REPLACE)) return reply.error(EINVAL);
+  run(Script::kSetxattr,
+      {num(ino), std::string(name),
+       std::string(reinterpret_cast<const char*>(value.data()), value.size()), num(flags)},
+      [reply = std::move(reply)](int error, const redisReply*) mutable {
+        if (error != 0) return reply.error(error);
+        reply.ok();
+      });
+}
+
+void KvBackend::getxattr(const Context&, uint64_t ino, std::string_view name, XattrReply reply) {
+  if (int e = check_xattr_name(name); e != 0) return reply.error(e);
+  run(Script::kGetxattr, {num(ino), std::string(name)},
+      [reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        if (r->elements < 2 || r->element[1]->type != REDIS_REPLY_STRING) return reply.error(EIO);
+        reply.ok(std::string_view(r->element[1]->str, r->element[1]->len));
+      });
+}
+
+void KvBackend::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
+  run(Script::kListxattr, {num(ino)},
+      [uid = ctx.uid, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        std::string names;
+        for (size_t i = 1; i < r->elements; ++i) {
+          const std::string_view n(r->element[i]->str, r->element[i]->len);
+          // trusted.* is for CAP_SYS_ADMIN only; root stands for it here.
+          if (uid != 0 && n.starts_with("trusted.")) continue;
+          names.append(n);
+          names.push_back('\0');
+        }
+        reply.ok(std::string_view(names));
+      });
+}
+
+void KvBackend::removexattr(const Context&, uint64_t ino, std::string_view name,
+                            StatusReply reply) {
+  if (int e = check_xattr_name(name); e != 0) return reply.error(e);
+  run(Script::kRemovexattr, {num(ino), std::string(name)},
+      [reply = std::move(reply)](int error, const redisReply*) mutable {
+        if (error != 0) return reply.error(error);
+        reply.ok();
+      });
+}
+
+}  // namespace dpfs

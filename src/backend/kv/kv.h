@@ -1,0 +1,164 @@
+// The KV backend: a POSIX file system kept in Redis, shared by every dpfs
+// device (on any host) that mounts the same FSNAME -- DPFS-KV grown up.
+//
+// Metadata (inodes, directories, symlinks, xattrs) lives under one Redis
+// Cluster hash tag, and every change is one Lua script the store runs
+// atomically (scripts.h; the layout in docs/kv.md). File data is in chunks
+// of a size fixed at format time, one key each, without the tag: spread
+// over a cluster's shards. Node ids are the store's inode numbers, never
+// reused, so every device names a file the same way, and one that was
+// removed elsewhere answers ESTALE.
+//
+// Consistency between devices is close-to-open, as NFS gives: nothing is
+// cached here, so a READ sees every WRITE the store answered before it; the
+// kernel caches names and attributes for the fuse timeouts.
+//
+// Not yet: Redis Cluster routing (one server for now), POSIX and flock
+// locks shared between devices (the kernel keeps them per device), a file
+// removed on one device while another has it open (that one then gets
+// ESTALE), durability settings beyond the store's own (FSYNC waits for
+// nothing), READDIRPLUS, fallocate, SEEK_DATA/SEEK_HOLE, O_TMPFILE.
+//
+// Safe for concurrent use by any number of workers; replies are answered
+// on the connections' loop threads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/kv/link.h"
+#include "backend/kv/scripts.h"
+#include "backend/kv/url.h"
+#include "util/unique_function.h"
+
+namespace dpfs {
+
+struct KvOptions {
+  kv::KvUrl url;
+  unsigned connections = 2;
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+};
+
+class KvBackend final : public Backend {
+ public:
+  // Connects and checks the file system's format (blocking: start-up
+  // only). Throws std::runtime_error with one line for the operator.
+  explicit KvBackend(KvOptions options);
+  ~KvBackend() override;
+
+  Capabilities capabilities() const override;
+  std::vector<std::string> stats() const override;
+
+  void lookup(const Context& ctx, uint64_t parent, std::string_view name,
+              EntryReply reply) override;
+  void forget(uint64_t ino, uint64_t nlookup) override;
+  void getattr(const Context& ctx, uint64_t ino, std::optional<uint64_t> fh,
+               AttrReply reply) override;
+  void setattr(const Context& ctx, uint64_t ino, const SetAttr& attr, AttrReply reply) override;
+  void readlink(const Context& ctx, uint64_t ino, ReadlinkReply reply) override;
+  void symlink(const Context& ctx, uint64_t parent, std::string_view name, std::string_view target,
+               EntryReply reply) override;
+  void mknod(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+             uint32_t rdev, uint32_t umask, EntryReply reply) override;
+  void mkdir(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+             uint32_t umask, EntryReply reply) override;
+  void unlink(const Context& ctx, uint64_t parent, std::string_view name,
+              StatusReply reply) override;
+  void rmdir(const Context& ctx, uint64_t parent, std::string_view name,
+             StatusReply reply) override;
+  void rename(const Context& ctx, uint64_t parent, std::string_view name, uint64_t new_parent,
+              std::string_view new_name, uint32_t flags, StatusReply reply) override;
+  void link(const Context& ctx, uint64_t ino, uint64_t new_parent, std::string_view new_name,
+            EntryReply reply) override;
+  void statfs(const Context& ctx, uint64_t ino, StatfsReply reply) override;
+  void open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) override;
+  void create(const Context& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+              uint32_t umask, uint32_t flags, CreateReply reply) override;
+  void read(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset, uint32_t size,
+            std::span<const iovec> dst, ReadReply reply) override;
+  void write(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+             std::span<const iovec> src, uint32_t write_flags, WriteReply reply) override;
+  void flush(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t lock_owner,
+             StatusReply reply) override;
+  void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags, uint64_t lock_owner,
+               ReleaseFlock flock, StatusReply reply) override;
+  void fsync(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
+             StatusReply reply) override;
+  void opendir(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply reply) override;
+  void readdir(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
+               DirReply reply) override;
+  void releasedir(const Context& ctx, uint64_t ino, uint64_t fh, StatusReply reply) override;
+  void fsyncdir(const Context& ctx, uint64_t ino, uint64_t fh, SyncMode mode,
+                StatusReply reply) override;
+  void setxattr(const Context& ctx, uint64_t ino, std::string_view name,
+                std::span<const std::byte> value, uint32_t flags, StatusReply reply) override;
+  void getxattr(const Context& ctx, uint64_t ino, std::string_view name, XattrReply reply) override;
+  void listxattr(const Context& ctx, uint64_t ino, XattrReply reply) override;
+  void removexattr(const Context& ctx, uint64_t ino, std::string_view name,
+                   StatusReply reply) override;
+
+  // A script's outcome: the errno, or 0 and the reply array.
+  using Then = util::UniqueFunction<void(int error, const struct redisReply* r)>;
+
+ private:
+  // Runs `script` with `args`; `then` gets the reply array's elements after
+  // the status (or the errno: EIO when the store did not answer).
+  void run(kv::Script script, std::vector<std::string> args, Then then);
+  // EVALSHA of `script` on `key` (EVAL when the store forgot it).
+  void eval(kv::Script script, std::string key, std::vector<std::string> args, kv::Done done);
+  // A chunk script on chunk `index` of `ino`: then(error, bytes it grew).
+  void run_chunk(kv::Script script, uint64_t ino, uint64_t index, std::vector<std::string> args,
+                 util::UniqueFunction<void(int, int64_t)> then);
+  kv::Link& link();
+  Entry entry_from(const struct redisReply* r, size_t at) const;
+  // Deletes chunks [first, last] of `ino`, then `then(error)`.
+  void drop_chunks(uint64_t ino, uint64_t first, uint64_t last,
+                   util::UniqueFunction<void(int)> then);
+  // Zeroes the data of `ino` past `size` (up to `old_size`), then `then`.
+  void clear_past(uint64_t ino, uint64_t size, uint64_t old_size,
+                  util::UniqueFunction<void(int)> then);
+  // The last name of `ino` went: frees it now, or once the kernel here
+  // holds no lookup of it and no handle (as a local file system keeps an
+  // unlinked inode its users still hold).
+  void unlinked(uint64_t ino);
+  void free_inode(uint64_t ino);
+  // Answers `reply` with `entry`, one lookup of it counted first.
+  void answer_entry(EntryReply& reply, const Entry& entry);
+  uint64_t count_lookup(uint64_t ino);  // returns ino
+  // A file handle of `ino` (open files, and directories).
+  uint64_t add_handle(uint64_t ino);
+  // Drops a handle; true if `ino` waits to be freed and this was the last
+  // thing here that held it.
+  bool drop_handle(uint64_t ino, uint64_t fh);
+  bool known_handle(uint64_t ino, uint64_t fh);
+  void set_size(const Context& ctx, uint64_t ino, uint64_t size, uint32_t valid, Then then);
+
+  const KvOptions options_;
+  const std::string prefix_;      // dpfs:{FSNAME}:
+  const std::string format_key_;  // prefix_ + "format": routes every script
+  uint64_t chunk_size_ = 0;
+  std::vector<std::unique_ptr<kv::Link>> links_;
+  std::atomic<uint64_t> next_link_{0};
+  std::atomic<uint64_t> next_fh_{1};
+
+  std::mutex mu_;
+  // What the kernel here holds of an inode: lookups (until FORGET) and
+  // open handles.
+  struct Held {
+    uint64_t lookups = 0;
+    uint32_t open = 0;
+    bool doomed = false;  // no name left: freed when nothing holds it
+    bool unused() const { return lookups == 0 && open == 0; }
+  };
+  std::unordered_map<uint64_t, uint64_t> handles_;  // fh -> ino; guarded by mu_
+  std::unordered_map<uint64_t, Held> held_;         // guarded by mu_
+};
+
+}  // namespace dpfs

@@ -1,0 +1,486 @@
+#include "backend/kv/scripts.h"
+
+#include <openssl/evp.h>
+
+#include <array>
+#include <cstdio>
+
+namespace dpfs::kv {
+namespace {
+
+// Shared by every script. Keys (P = ARGV[1], "dpfs:{FSNAME}:"):
+//   P..'i:'..ino   hash: mode uid gid nlink size rdev as an ms mn cs cn
+//                  (times in seconds and nanoseconds), parent (directories),
+//                  target (symlinks), seq (directories: the last entry's)
+//   P..'d:'..ino   hash: name -> "type:ino:seq" (type: mode >> 12)
+//   P..'z:'..ino   sorted set: seq -> name (READDIR's stable offsets)
+//   P..'x:'..ino   hash: xattr name -> value
+//   P..'next'      the last inode number given out
+//   P..'stats'     hash: inodes
+// Errnos: EPERM 1, ENOENT 2, EEXIST 17, ENOTDIR 20, EISDIR 21, EINVAL 22,
+// EMLINK 31, ENODATA 61, ENOTEMPTY 39, ESTALE 116.
+constexpr char kPrelude[] = R"lua(
+local P = ARGV[1]
+local NOW_S, NOW_NS = tonumber(ARGV[2]), tonumber(ARGV[3])
+local F = {'mode','uid','gid','nlink','size','rdev','as','an','ms','mn','cs','cn','bytes'}
+local IFMT, DIR, REG, LNK = 61440, 16384, 32768, 40960
+local MAX_LINKS = 65000
+local function ik(i) return P .. 'i:' .. i end
+local function dk(i) return P .. 'd:' .. i end
+local function zk(i) return P .. 'z:' .. i end
+local function xk(i) return P .. 'x:' .. i end
+local function get(i)
+  local v = redis.call('HMGET', ik(i), unpack(F))
+  if not v[1] then return nil end
+  local a = {ino = tonumber(i)}
+  for n = 1, #F do a[F[n]] = tonumber(v[n]) or 0 end
+  return a
+end
+local function attr(a)
+  return {a.ino, a.mode, a.uid, a.gid, a.nlink, a.size, a.rdev, a.as, a.an, a.ms, a.mn, a.cs, a.cn,
+          a.bytes}
+end
+local function ok(a, ...)
+  local r = {0}
+  for _, v in ipairs({...}) do r[#r + 1] = v end
+  for _, v in ipairs(attr(a)) do r[#r + 1] = v end
+  return r
+end
+local function put(a, fields)
+  local args = {}
+  for _, k in ipairs(fields) do args[#args + 1] = k; args[#args + 1] = a[k] end
+  redis.call('HSET', ik(a.ino), unpack(args))
+end
+local function ftype(mode) return bit.band(mode, IFMT) end
+local function isdir(a) return ftype(a.mode) == DIR end
+local function changed(a)
+  a.cs, a.cn = NOW_S, NOW_NS
+  put(a, {'cs', 'cn'})
+end
+local function dir_changed(a)
+  a.ms, a.mn, a.cs, a.cn = NOW_S, NOW_NS, NOW_S, NOW_NS
+  put(a, {'ms', 'mn', 'cs', 'cn'})
+end
+-- The directory `i` one may change, or nil and an errno.
+local function dir(i)
+  local d = get(i)
+  if not d then return nil, 116 end
+  if not isdir(d) then return nil, 20 end
+  if d.nlink == 0 then return nil, 2 end
+  return d
+end
+-- The type (mode >> 12) and ino `name` names in directory `d`, or nil.
+local function entry(d, name)
+  local e = redis.call('HGET', dk(d.ino), name)
+  if not e then return nil end
+  local t, i = string.match(e, '^(%d+):(%d+):')
+  return tonumber(t), tonumber(i)
+end
+local function add_entry(d, name, a)
+  local seq = redis.call('HINCRBY', ik(d.ino), 'seq', 1) + 2
+  redis.call('HSET', dk(d.ino), name, math.floor(a.mode / 4096) .. ':' .. a.ino .. ':' .. seq)
+  redis.call('ZADD', zk(d.ino), seq, name)
+end
+local function remove_entry(d, name)
+  redis.call('HDEL', dk(d.ino), name)
+  redis.call('ZREM', zk(d.ino), name)
+end
+-- Set-user-ID always; set-group-ID only with group execute.
+local function kill_suid(mode)
+  mode = bit.band(mode, bit.bnot(2048))
+  if bit.band(mode, 8) ~= 0 then mode = bit.band(mode, bit.bnot(1024)) end
+  return mode
+end
+local function drop_capability(a) redis.call('HDEL', xk(a.ino), 'security.capability') end
+local function is_dot(name) return name == '.' or name == '..' end
+)lua";
+
+constexpr char kLookup[] = R"lua(
+local d, err = get(ARGV[4]), 0
+if not d then return {116} end
+if not isdir(d) then return {20} end
+local name = ARGV[5]
+local c
+if name == '.' then c = d
+elseif name == '..' then c = get(redis.call('HGET', ik(d.ino), 'parent') or d.ino)
+else
+  local _, i = entry(d, name)
+  if i then c = get(i) end
+end
+if not c then return {2} end
+return ok(c)
+)lua";
+
+constexpr char kGetattr[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {116} end
+return ok(a)
+)lua";
+
+constexpr char kMknode[] = R"lua(
+local d, err = dir(ARGV[4])
+if not d then return {err} end
+local name = ARGV[5]
+if is_dot(name) or redis.call('HEXISTS', dk(d.ino), name) == 1 then return {17} end
+local mode = tonumber(ARGV[6])
+local t = ftype(mode)
+if t == DIR and d.nlink >= MAX_LINKS then return {31} end
+local a = {ino = redis.call('INCR', P .. 'next'), mode = mode, uid = tonumber(ARGV[7]),
+           gid = tonumber(ARGV[8]), nlink = 1, size = 0, rdev = 0, bytes = 0,
+           as = NOW_S, an = NOW_NS, ms = NOW_S, mn = NOW_NS, cs = NOW_S, cn = NOW_NS}
+-- A set-group-ID directory gives its group, and to directories its bit.
+if bit.band(d.mode, 1024) ~= 0 then
+  a.gid = d.gid
+  if t == DIR then a.mode = bit.bor(a.mode, 1024) end
+end
+if t == 8192 or t == 24576 then a.rdev = tonumber(ARGV[9]) end
+local fields = {'mode','uid','gid','nlink','size','rdev','as','an','ms','mn','cs','cn','bytes'}
+if t == DIR then
+  a.nlink = 2
+  a.parent = d.ino
+  a.seq = 0
+  fields[#fields + 1] = 'parent'
+  fields[#fields + 1] = 'seq'
+  redis.call('HINCRBY', ik(d.ino), 'nlink', 1)
+elseif t == LNK then
+  a.size = #ARGV[10]
+  a.target = ARGV[10]
+  fields[#fields + 1] = 'target'
+end
+put(a, fields)
+add_entry(d, name, a)
+dir_changed(d)
+redis.call('HINCRBY', P .. 'stats', 'inodes', 1)
+return ok(a)
+)lua";
+
+constexpr char kLink[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {116} end
+local d, err = dir(ARGV[5])
+if not d then return {err} end
+local name = ARGV[6]
+if isdir(a) then return {1} end
+if is_dot(name) or redis.call('HEXISTS', dk(d.ino), name) == 1 then return {17} end
+if a.nlink == 0 then return {2} end
+if a.nlink >= MAX_LINKS then return {31} end
+a.nlink = a.nlink + 1
+put(a, {'nlink'})
+changed(a)
+add_entry(d, name, a)
+dir_changed(d)
+return ok(a)
+)lua";
+
+constexpr char kUnlink[] = R"lua(
+local d, err = dir(ARGV[4])
+if not d then return {err} end
+local name = ARGV[5]
+local t, i = entry(d, name)
+if not t then
+  if is_dot(name) then return {21} end
+  return {2}
+end
+if t == 4 then return {21} end
+remove_entry(d, name)
+dir_changed(d)
+local a = get(i)
+if not a then return {0, i, 0} end
+a.nlink = math.max(a.nlink - 1, 0)
+put(a, {'nlink'})
+changed(a)
+return {0, i, a.nlink}
+)lua";
+
+constexpr char kRmdir[] = R"lua(
+local d, err = dir(ARGV[4])
+if not d then return {err} end
+local name = ARGV[5]
+if name == '.' then return {22} end
+if name == '..' then return {39} end
+local t, i = entry(d, name)
+if not t then return {2} end
+if t ~= 4 then return {20} end
+if redis.call('HLEN', dk(i)) > 0 then return {39} end
+remove_entry(d, name)
+d.nlink = d.nlink - 1
+put(d, {'nlink'})
+dir_changed(d)
+redis.call('DEL', ik(i), dk(i), zk(i), xk(i))
+redis.call('HINCRBY', P .. 'stats', 'inodes', -1)
+return {0}
+)lua";
+
+constexpr char kRename[] = R"lua(
+local fd, err = dir(ARGV[4])
+if not fd then return {err} end
+local td, err2 = dir(ARGV[6])
+if not td then return {err2} end
+if td.ino == fd.ino then td = fd end
+local name, new_name, flags = ARGV[5], ARGV[7], tonumber(ARGV[8])
+local noreplace, exchange = bit.band(flags, 1) ~= 0, bit.band(flags, 2) ~= 0
+if is_dot(name) or is_dot(new_name) then return {16} end
+local ft, fi = entry(fd, name)
+if not ft then return {2} end
+local tt, ti = entry(td, new_name)
+if exchange and not tt then return {2} end
+if tt and noreplace then return {17} end
+if ti == fi then return {0, 0, 0} end
+local node = get(fi)
+local target = ti and get(ti)
+-- A directory cannot move below itself: walk up from where it would go.
+local function inside(d, ancestor)
+  local i, n = d, 0
+  while i and n < 100000 do
+    if i == ancestor then return true end
+    if i == 1 then return false end
+    local p = redis.call('HGET', ik(i), 'parent')
+    if not p then return false end
+    i, n = tonumber(p), n + 1
+  end
+  return false
+end
+if isdir(node) and inside(td.ino, node.ino) then return {22} end
+if exchange and isdir(target) and inside(fd.ino, target.ino) then return {22} end
+if target and not exchange then
+  if isdir(node) and not isdir(target) then return {20} end
+  if not isdir(node) and isdir(target) then return {21} end
+  if isdir(target) and redis.call('HLEN', dk(target.ino)) > 0 then return {39} end
+end
+if isdir(node) and fd.ino ~= td.ino and td.nlink >= MAX_LINKS then return {31} end
+local gone, left = 0, 0
+if exchange then
+  remove_entry(fd, name)
+  remove_entry(td, new_name)
+  add_entry(fd, name, target)
+  add_entry(td, new_name, node)
+  if fd.ino ~= td.ino then
+    if isdir(node) then
+      node.parent = td.ino; put(node, {'parent'})
+      fd.nlink = fd.nlink - 1; td.nlink = td.nlink + 1
+    end
+    if isdir(target) then
+      target.parent = fd.ino; put(target, {'parent'})
+      td.nlink = td.nlink - 1; fd.nlink = fd.nlink + 1
+    end
+  end
+  changed(target)
+else
+  if target then
+    remove_entry(td, new_name)
+    if isdir(target) then
+      td.nlink = td.nlink - 1
+      redis.call('DEL', ik(target.ino), dk(target.ino), zk(target.ino), xk(target.ino))
+      redis.call('HINCRBY', P .. 'stats', 'inodes', -1)
+    else
+      target.nlink = math.max(target.nlink - 1, 0)
+      put(target, {'nlink'})
+      changed(target)
+      gone, left = target.ino, target.nlink
+    end
+  end
+  remove_entry(fd, name)
+  add_entry(td, new_name, node)
+  if isdir(node) and fd.ino ~= td.ino then
+    node.parent = td.ino; put(node, {'parent'})
+    fd.nlink = fd.nlink - 1; td.nlink = td.nlink + 1
+  end
+end
+changed(node)
+put(fd, {'nlink'})
+dir_changed(fd)
+if td.ino ~= fd.ino then
+  put(td, {'nlink'})
+  dir_changed(td)
+end
+return {0, gone, left}
+)lua";
+
+// valid: the SetAttr bits (backend.h).
+constexpr char kSetattr[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {116} end
+local v = tonumber(ARGV[5])
+local function has(b) return bit.band(v, b) ~= 0 end
+local t = ftype(a.mode)
+if has(8) then
+  if t == DIR then return {21} end
+  if t ~= REG then return {22} end
+end
+local old = a.size
+local any = false
+if has(1) then a.mode = bit.bor(bit.band(a.mode, IFMT), bit.band(tonumber(ARGV[6]), 4095)); any = true end
+if has(2) or has(4) then
+  if has(2) then a.uid = tonumber(ARGV[7]) end
+  if has(4) then a.gid = tonumber(ARGV[8]) end
+  if not has(1) and t ~= DIR then a.mode = kill_suid(a.mode) end
+  drop_capability(a)
+  any = true
+end
+if has(2048) then a.mode = kill_suid(a.mode); any = true end
+if has(8) then
+  drop_capability(a)
+  a.size = tonumber(ARGV[9])
+  a.ms, a.mn = NOW_S, NOW_NS
+  any = true
+end
+if has(16) then a.as, a.an = tonumber(ARGV[10]), tonumber(ARGV[11]); any = true end
+if has(32) then a.ms, a.mn = tonumber(ARGV[12]), tonumber(ARGV[13]); any = true end
+if has(1024) then a.cs, a.cn = tonumber(ARGV[14]), tonumber(ARGV[15])
+elseif any then a.cs, a.cn = NOW_S, NOW_NS end
+put(a, F)
+return ok(a, old)
+)lua";
+
+constexpr char kWrote[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {116} end
+local e = tonumber(ARGV[5])
+if e > a.size then a.size = e end
+a.ms, a.mn, a.cs, a.cn = NOW_S, NOW_NS, NOW_S, NOW_NS
+if ARGV[6] == '1' then a.mode = kill_suid(a.mode) end
+a.bytes = math.max(a.bytes + tonumber(ARGV[7]), 0)
+put(a, {'size', 'ms', 'mn', 'cs', 'cn', 'mode', 'bytes'})
+drop_capability(a)
+return ok(a)
+)lua";
+
+// Removes an inode whose last name went (nlink 0); its data is the
+// caller's to delete. Nothing if it was linked again meanwhile.
+constexpr char kFree[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {0, 0} end
+if a.nlink > 0 then return {0, 0} end
+redis.call('DEL', ik(a.ino), xk(a.ino))
+redis.call('HINCRBY', P .. 'stats', 'inodes', -1)
+return {0, a.size}
+)lua";
+
+// ARGV[5]: the offset (entries with a larger seq), ARGV[6]: at most so many.
+// Returns 0, the parent's ino, then name, type, ino, seq for each entry.
+constexpr char kReaddir[] = R"lua(
+local d = get(ARGV[4])
+if not d then return {116} end
+if not isdir(d) then return {20} end
+local r = {0, tonumber(redis.call('HGET', ik(d.ino), 'parent') or d.ino)}
+local names = redis.call('ZRANGEBYSCORE', zk(d.ino), '(' .. ARGV[5], '+inf', 'LIMIT', 0, tonumber(ARGV[6]))
+if #names == 0 then return r end
+local vals = redis.call('HMGET', dk(d.ino), unpack(names))
+for n = 1, #names do
+  local v = vals[n]
+  if v then
+    local t, i, seq = string.match(v, '^(%d+):(%d+):(%d+)$')
+    r[#r + 1] = names[n]; r[#r + 1] = tonumber(t); r[#r + 1] = tonumber(i); r[#r + 1] = tonumber(seq)
+  end
+end
+return r
+)lua";
+
+// ARGV[7]: XATTR_CREATE 1, XATTR_REPLACE 2.
+constexpr char kSetxattr[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {116} end
+local exists = redis.call('HEXISTS', xk(a.ino), ARGV[5]) == 1
+local flags = tonumber(ARGV[7])
+if bit.band(flags, 1) ~= 0 and exists then return {17} end
+if bit.band(flags, 2) ~= 0 and not exists then return {61} end
+redis.call('HSET', xk(a.ino), ARGV[5], ARGV[6])
+changed(a)
+return {0}
+)lua";
+
+constexpr char kGetxattr[] = R"lua(
+if redis.call('EXISTS', ik(ARGV[4])) == 0 then return {116} end
+local v = redis.call('HGET', xk(ARGV[4]), ARGV[5])
+if not v then return {61} end
+return {0, v}
+)lua";
+
+constexpr char kListxattr[] = R"lua(
+if redis.call('EXISTS', ik(ARGV[4])) == 0 then return {116} end
+local r = {0}
+for _, k in ipairs(redis.call('HKEYS', xk(ARGV[4]))) do r[#r + 1] = k end
+return r
+)lua";
+
+constexpr char kRemovexattr[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {116} end
+if redis.call('HDEL', xk(a.ino), ARGV[5]) == 0 then return {61} end
+changed(a)
+return {0}
+)lua";
+
+constexpr char kGrow[] = R"lua(
+local a = get(ARGV[4])
+if not a then return {116} end
+a.bytes = math.max(a.bytes + tonumber(ARGV[5]), 0)
+put(a, {'bytes'})
+return {0}
+)lua";
+
+constexpr char kChunkWrite[] = R"lua(
+local old = redis.call('STRLEN', KEYS[1])
+return redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2]) - old
+)lua";
+
+constexpr char kChunkTrim[] = R"lua(
+local old = redis.call('STRLEN', KEYS[1])
+local keep = tonumber(ARGV[1])
+if old <= keep then return 0 end
+if keep == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], 0, keep - 1))
+end
+return keep - old
+)lua";
+
+constexpr char kChunkDrop[] = R"lua(
+local old = redis.call('STRLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return -old
+)lua";
+
+struct Compiled {
+  std::string source;
+  std::string sha;
+};
+
+std::string sha1_hex(const std::string& text) {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
+  unsigned int len = 0;
+  EVP_Digest(text.data(), text.size(), md.data(), &len, EVP_sha1(), nullptr);
+  std::string hex;
+  for (unsigned i = 0; i < len; ++i) {
+    char b[3];
+    std::snprintf(b, sizeof(b), "%02x", md[i]);
+    hex += b;
+  }
+  return hex;
+}
+
+const std::array<Compiled, size_t(Script::kCount)>& compiled() {
+  static const auto all = [] {
+    const char* bodies[] = {kLookup,  kGetattr,    kMknode,    kLink,      kUnlink,
+                            kRmdir,   kRename,     kSetattr,   kWrote,     kFree,
+                            kReaddir, kSetxattr,   kGetxattr,  kListxattr, kRemovexattr,
+                            kGrow,    kChunkWrite, kChunkTrim, kChunkDrop};
+    static_assert(std::size(bodies) == size_t(Script::kCount));
+    std::array<Compiled, size_t(Script::kCount)> out;
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i].source =
+          is_chunk_script(Script(i)) ? std::string(bodies[i]) : std::string(kPrelude) + bodies[i];
+      out[i].sha = sha1_hex(out[i].source);
+    }
+    return out;
+  }();
+  return all;
+}
+
+}  // namespace
+
+const std::string& script_source(Script s) { return compiled()[size_t(s)].source; }
+const std::string& script_sha(Script s) { return compiled()[size_t(s)].sha; }
+
+}  // namespace dpfs::kv

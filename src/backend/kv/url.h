@@ -1,0 +1,38 @@
+// The address of a KV file system: redis://HOST:PORT[,HOST:PORT...]/FSNAME
+// [?timeout=SECONDS]. The hosts are one Redis server, or seeds
+// of a Redis Cluster; FSNAME names the file system inside it (many file
+// systems may share one store).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dpfs::kv {
+
+struct Endpoint {
+  std::string host;
+  int port = 6379;
+  bool operator==(const Endpoint&) const = default;
+};
+
+struct KvUrl {
+  std::vector<Endpoint> servers;
+  std::string fsname;
+  std::chrono::milliseconds timeout{10000};  // a command unanswered this long fails (EIO)
+  bool operator==(const KvUrl&) const = default;
+};
+
+// Throws std::invalid_argument naming what is wrong.
+KvUrl parse_kv_url(std::string_view url);
+
+// The prefix of every key of `fsname`'s metadata: "dpfs:{FSNAME}:". The
+// braces make it a Redis Cluster hash tag: all metadata in one slot, so a
+// script can change several keys atomically. File data ("dpfs:FSNAME:c:...")
+// has no tag and spreads over the cluster.
+std::string meta_prefix(const std::string& fsname);
+std::string chunk_key(const std::string& fsname, uint64_t ino, uint64_t index);
+
+}  // namespace dpfs::kv
