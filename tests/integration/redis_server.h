@@ -85,8 +85,18 @@ class RedisServer {
     return "redis-server did not answer within 5 s; its log:\n" + log();
   }
 
+  // The server stops answering (SIGSTOP), as a hung or partitioned store
+  // would; resume() lets it go on with everything it held.
+  void pause() {
+    if (pid_ > 0) ::kill(pid_, SIGSTOP);
+  }
+  void resume() {
+    if (pid_ > 0) ::kill(pid_, SIGCONT);
+  }
+
   void stop(int sig = SIGTERM) {
     if (pid_ <= 0) return;
+    ::kill(pid_, SIGCONT);
     ::kill(pid_, sig);
     ::waitpid(pid_, nullptr, 0);
     pid_ = -1;

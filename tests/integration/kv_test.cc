@@ -1,0 +1,160 @@
+// The redis backend beyond the conformance suites (which run on it as
+// */redis): making and inspecting file systems, two daemons serving one
+// namespace, and a store that stops answering. Against a real
+// redis-server the tests start (redis_server.h).
+#include <sys/stat.h>
+
+#include "mount_fixture.h"
+#include "redis_server.h"
+
+namespace dpfs::itest {
+namespace {
+
+RunResult dpfs(const std::vector<std::string>& args) {
+  std::vector<std::string> full{dpfs_binary()};
+  full.insert(full.end(), args.begin(), args.end());
+  return run(full);
+}
+int exit_code(const RunResult& r) { return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1; }
+
+class KvTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string problem = environment_problem();
+    ASSERT_TRUE(problem.empty()) << problem;
+    std::string p;
+    server_ = &RedisServer::shared(&p);
+    ASSERT_TRUE(p.empty()) << p;
+  }
+  // A name nobody formatted yet.
+  std::string fresh_url() {
+    return "redis://" + server_->address() + "/" +
+           server_->fresh_name(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  }
+  std::string formatted_url() {
+    std::string problem;
+    std::string url = redis_test_fs("kv", &problem);
+    EXPECT_TRUE(problem.empty()) << problem;
+    return url;
+  }
+  std::vector<std::string> serve(const std::string& url, const Mount& m) {
+    return {"serve", "--backend",      url, "--fuse-mount", m.dir(), "--entry-timeout",
+            "0",     "--attr-timeout", "0"};
+  }
+  RedisServer* server_ = nullptr;
+};
+
+TEST_F(KvTest, FormatMakesOneFileSystemAndInfoDescribesIt) {
+  const std::string url = fresh_url();
+  RunResult r = dpfs({"kv", "info", url});
+  EXPECT_EQ(exit_code(r), 1);
+  EXPECT_NE(r.err.find("make one with: dpfs kv format"), std::string::npos) << r.err;
+
+  r = dpfs({"kv", "format", url, "--chunk-size", "3000"});
+  EXPECT_EQ(exit_code(r), 1) << r.out;
+  EXPECT_NE(r.err.find("power of two"), std::string::npos) << r.err;
+
+  r = dpfs({"kv", "format", url, "--chunk-size", "16K"});
+  ASSERT_EQ(exit_code(r), 0) << r.err;
+  r = dpfs({"kv", "info", url});
+  ASSERT_EQ(exit_code(r), 0) << r.err;
+  EXPECT_NE(r.out.find("format version 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("chunk size 16384 bytes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("inodes 1 "), std::string::npos) << r.out;
+
+  r = dpfs({"kv", "format", url});
+  EXPECT_EQ(exit_code(r), 1) << "a second format must be refused";
+  EXPECT_NE(r.err.find("formatted already"), std::string::npos) << r.err;
+  EXPECT_NE(dpfs({"kv", "info", url}).out.find("chunk size 16384 bytes"), std::string::npos)
+      << "the refused format changed the file system";
+
+  r = dpfs({"kv", "info", "redis://" + server_->address() + "/bad{name}"});
+  EXPECT_EQ(exit_code(r), 2) << "a bad URL is a usage error";
+}
+
+TEST_F(KvTest, AnUnformattedNameIsAClearStartUpError) {
+  Mount m;
+  const std::string url = fresh_url();
+  const std::string problem = m.start_dpfs(serve(url, m), 5s);
+  ASSERT_FALSE(problem.empty()) << "dpfs served a file system nobody formatted";
+  EXPECT_NE(problem.find("dpfs kv format"), std::string::npos) << problem;
+}
+
+TEST_F(KvTest, TwoDaemonsServeOneNamespace) {
+  const std::string url = formatted_url();
+  Mount a, b;
+  ASSERT_EQ(a.start_dpfs(serve(url, a)), "");
+  ASSERT_EQ(b.start_dpfs(serve(url, b)), "");
+  const std::string A = a.dir(), B = b.dir();
+
+  // Written and closed on one, read whole at the next open on the other.
+  const std::string first = pattern(1, 0, 300000);
+  ASSERT_EQ(write_file(A + "/f", first), 0);
+  EXPECT_EQ(read_file(B + "/f").value_or("<error>"), first);
+  const std::string second = pattern(2, 0, 300000);
+  ASSERT_EQ(write_file(B + "/f", second), 0);
+  EXPECT_EQ(read_file(A + "/f").value_or("<error>"), second);
+
+  // Names: made, renamed and removed on one, seen so on the other.
+  ASSERT_SYS(::mkdir((B + "/d").c_str(), 0750));
+  struct stat st {};
+  ASSERT_SYS(::stat((A + "/d").c_str(), &st));
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  ASSERT_SYS(::rename((A + "/f").c_str(), (A + "/d/g").c_str()));
+  EXPECT_ERRNO(ENOENT, ::stat((B + "/f").c_str(), &st));
+  EXPECT_EQ(read_file(B + "/d/g").value_or("<error>"), second);
+  ASSERT_SYS(::link((B + "/d/g").c_str(), (B + "/h").c_str()));
+  ASSERT_SYS(::stat((A + "/h").c_str(), &st));
+  EXPECT_EQ(st.st_nlink, 2u);
+  ASSERT_SYS(::unlink((A + "/d/g").c_str()));
+  EXPECT_ERRNO(ENOENT, ::stat((B + "/d/g").c_str(), &st));
+  ASSERT_SYS(::stat((B + "/h").c_str(), &st));
+  EXPECT_EQ(st.st_nlink, 1u);
+  EXPECT_EQ(list_dir(A + "/d"), std::vector<std::string>{});
+  EXPECT_EQ(list_dir(B), (std::vector<std::string>{"d", "h"}));
+
+  // One inode, one number, on both.
+  struct stat sa {
+  }, sb{};
+  ASSERT_SYS(::stat((A + "/h").c_str(), &sa));
+  ASSERT_SYS(::stat((B + "/h").c_str(), &sb));
+  EXPECT_EQ(sa.st_ino, sb.st_ino);
+}
+
+// A store that stops answering: the tenant gets EIO after the URL's timeout
+// (not a hang), and is served again once the store answers again.
+TEST_F(KvTest, AStoreThatStopsAnsweringIsEioThenServedAgain) {
+  std::string problem;
+  const std::string base = redis_test_fs("stall", &problem);
+  ASSERT_EQ(problem, "");
+  const std::string url = base + "?timeout=1";
+  Mount m;
+  ASSERT_EQ(m.start_dpfs(serve(url, m)), "");
+  ASSERT_EQ(write_file(m.dir() + "/before", "kept"), 0);
+
+  server_->pause();
+  const auto t0 = std::chrono::steady_clock::now();
+  struct stat st {};
+  const int rc = ::stat((m.dir() + "/before").c_str(), &st);
+  const int err = errno;
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  server_->resume();
+  EXPECT_EQ(rc, -1);
+  EXPECT_EQ(err, EIO) << errname(err);
+  EXPECT_GE(waited, 0.9) << "answered before the timeout";
+  EXPECT_LT(waited, 5.0) << "the tenant waited far past the timeout";
+
+  // Served again: the connection is made anew within a few 100 ms ticks.
+  std::optional<std::string> got;
+  for (int i = 0; i < 100 && !got; ++i) {
+    got = read_file(m.dir() + "/before");
+    if (!got) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(got.value_or("<error>"), "kept") << m.log();
+  EXPECT_NE(m.log().find("reconnecting"), std::string::npos) << m.log();
+}
+
+}  // namespace
+}  // namespace dpfs::itest
