@@ -9,15 +9,23 @@
 // one at QEMU's exit:
 //
 //   insn-count api=1 vcpus=N mode=inline|callback
-//   mark SEQ insns=TOTAL kernel=K user=U ns=MONOTONIC_NS [NAME=CPU_NS]...
-//   exit insns=TOTAL kernel=K user=U
+//   mark SEQ insns=TOTAL kernel=K user=U rep=R ns=MONOTONIC_NS [NAME=CPU_NS]...
+//   exit insns=TOTAL kernel=K user=U rep=R
 //
-// SEQ counts the marks from 0. NAME=CPU_NS is the host CPU time (ns, from
-// /proc/PID/task/*/schedstat) of the process PID and all its descendants,
-// read while the marking vCPU waits: e.g. the vhost-user daemon and the NFS
-// server, so a job's device and server CPU come from the same two instants as
-// its guest instruction count (virtiofsd serves from a child it forks after
-// QEMU connects: the descendants are why).
+// SEQ counts the marks from 0. NAME=CPU_NS is the host CPU time (ns; utime +
+// stime of /proc/PID/stat, which keeps the time of exited threads, in clock
+// ticks: 10 ms) of the process PID and all its descendants, read while the
+// marking vCPU waits: e.g. the vhost-user daemon and the NFS server, so a
+// job's device and server CPU come from the same two instants as its guest
+// instruction count (virtiofsd serves from a child it forks after QEMU
+// connects: the descendants are why).
+//
+// R, of TOTAL: the repeated iterations of rep-prefixed string instructions
+// (rep movsb, rep stosq, ...). TCG executes each iteration after the first
+// as a block of that one instruction, so TOTAL counts a 4 KiB `rep movsb`
+// 4096 times where a CPU's "instructions retired" counts it once (the
+// guest kernel copies with rep movsb under -cpu max, which has ERMS/FSRM).
+// TOTAL - R is the count a PMU would give.
 //
 // Counting: each translated block adds its instruction count when it starts
 // executing (an inline add with one vCPU, exact; a callback into per-vCPU
@@ -27,6 +35,7 @@
 // the error is a few instructions per fault, far under a per-I/O cost of
 // thousands.
 #include <dirent.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -60,11 +69,13 @@ constexpr std::array<unsigned char, 7> kMarker = {0x0f, 0x1f, 0x80, 0x44, 0x50, 
 // One vCPU: counters the inline add updates in place.
 uint64_t g_kernel = 0;
 uint64_t g_user = 0;
+uint64_t g_rep = 0;
 
 // Several vCPUs: one pair per vCPU, updated by that vCPU's thread only.
 struct alignas(64) VcpuCount {
   std::atomic<uint64_t> kernel{0};
   std::atomic<uint64_t> user{0};
+  std::atomic<uint64_t> rep{0};
 };
 std::unique_ptr<VcpuCount[]> g_vcpus;
 int g_n_vcpus = 1;
@@ -81,42 +92,75 @@ uint64_t g_marks = 0;  // only the marking vCPU writes it (one marker at a time)
 struct Totals {
   uint64_t kernel = 0;
   uint64_t user = 0;
+  uint64_t rep = 0;
 };
 
 Totals totals() {
-  if (!g_vcpus) return {g_kernel, g_user};
+  if (!g_vcpus) return {g_kernel, g_user, g_rep};
   Totals t;
   for (int i = 0; i < g_n_vcpus; ++i) {
     t.kernel += g_vcpus[i].kernel.load(std::memory_order_relaxed);
     t.user += g_vcpus[i].user.load(std::memory_order_relaxed);
+    t.rep += g_vcpus[i].rep.load(std::memory_order_relaxed);
   }
   return t;
 }
 
-// The first number in FILE (0 if it cannot be read).
-uint64_t read_first_number(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "re");
-  if (f == nullptr) return 0;
-  unsigned long long v = 0;
-  if (std::fscanf(f, "%llu", &v) != 1) v = 0;
-  std::fclose(f);
-  return v;
+// Whether `insn` is a string instruction with a rep/repe/repne prefix
+// (Intel SDM vol. 2, "REP/REPE/REPZ/REPNE/REPNZ"): legacy prefixes, then an
+// optional REX, then INS, OUTS, MOVS, CMPS, STOS, LODS or SCAS.
+bool is_rep_string(const qemu_plugin_insn* insn) {
+  const auto* b = static_cast<const unsigned char*>(qemu_plugin_insn_data(insn));
+  const size_t n = qemu_plugin_insn_size(insn);
+  bool rep = false;
+  size_t i = 0;
+  for (; i < n; ++i) {
+    const unsigned char p = b[i];
+    if (p == 0xf2 || p == 0xf3) {
+      rep = true;
+    } else if (!(p == 0x66 || p == 0x67 || p == 0x2e || p == 0x36 || p == 0x3e || p == 0x26 ||
+                 p == 0x64 || p == 0x65 || p == 0xf0)) {
+      break;
+    }
+  }
+  if (i < n && (b[i] & 0xf0) == 0x40) ++i;  // REX
+  if (!rep || i >= n) return false;
+  const unsigned char op = b[i];
+  return (op >= 0x6c && op <= 0x6f) || (op >= 0xa4 && op <= 0xa7) || (op >= 0xaa && op <= 0xaf);
 }
 
-// CPU time (ns) of `pid`'s threads and, recursively, of its children's.
-// Threads and processes that exited are not counted: the daemons measured
-// here keep theirs for the whole run.
+// utime + stime of a process (all its threads, those that exited too), in
+// clock ticks: fields 14 and 15 of /proc/PID/stat, after the parenthesised
+// command name (which may hold spaces and parentheses: the last ')' ends it).
+uint64_t process_ticks(long pid) {
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "re");
+  if (f == nullptr) return 0;
+  char buf[1024];
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');
+  unsigned long long utime = 0, stime = 0;
+  // After ")": state (field 3), fields 4..13, then utime (14) and stime (15).
+  if (p == nullptr || std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                                  &utime, &stime) != 2) {
+    return 0;
+  }
+  return utime + stime;
+}
+
+// CPU time (ns) of `pid` and, recursively, of its children (those alive).
 uint64_t tree_cpu_ns(long pid, int depth = 0) {
   if (depth > 8) return 0;
+  static const long ticks_per_s = ::sysconf(_SC_CLK_TCK);
+  uint64_t ns = process_ticks(pid) * (1000000000u / static_cast<uint64_t>(ticks_per_s));
   const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
   DIR* dir = ::opendir(task_dir.c_str());
-  if (dir == nullptr) return 0;
-  uint64_t ns = 0;
+  if (dir == nullptr) return ns;
   std::vector<long> children;
   while (const dirent* e = ::readdir(dir)) {
     if (e->d_name[0] == '.') continue;
     const std::string task = task_dir + "/" + e->d_name;
-    ns += read_first_number(task + "/schedstat");
     if (FILE* f = std::fopen((task + "/children").c_str(), "re")) {
       long child = 0;
       while (std::fscanf(f, "%ld", &child) == 1) children.push_back(child);
@@ -138,29 +182,39 @@ void on_mark(unsigned int /*vcpu_index*/, void* /*userdata*/) {
     cpu += " " + w.name + "=" + std::to_string(tree_cpu_ns(w.pid));
   }
   std::fprintf(g_out,
-               "mark %" PRIu64 " insns=%" PRIu64 " kernel=%" PRIu64 " user=%" PRIu64 " ns=%" PRIu64
-               "%s\n",
-               g_marks++, t.kernel + t.user, t.kernel, t.user, ns, cpu.c_str());
+               "mark %" PRIu64 " insns=%" PRIu64 " kernel=%" PRIu64 " user=%" PRIu64 " rep=%" PRIu64
+               " ns=%" PRIu64 "%s\n",
+               g_marks++, t.kernel + t.user, t.kernel, t.user, t.rep, ns, cpu.c_str());
   std::fflush(g_out);
 }
 
+void add(std::atomic<uint64_t>& counter, uint64_t n) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
 void on_tb_exec(unsigned int vcpu_index, void* userdata) {
-  // userdata: the block's instruction count << 1 | kernel mode
+  // userdata: the block's instruction count << 2 | rep iteration << 1 | kernel mode
   const auto v = reinterpret_cast<uintptr_t>(userdata);
   VcpuCount& c = g_vcpus[std::min<unsigned>(vcpu_index, g_n_vcpus - 1)];
-  auto& counter = (v & 1) != 0 ? c.kernel : c.user;
-  counter.store(counter.load(std::memory_order_relaxed) + (v >> 1), std::memory_order_relaxed);
+  add((v & 1) != 0 ? c.kernel : c.user, v >> 2);
+  if ((v & 2) != 0) add(c.rep, 1);
 }
 
 void on_tb_translate(qemu_plugin_id_t /*id*/, qemu_plugin_tb* tb) {
   const size_t n = qemu_plugin_tb_n_insns(tb);
   const bool kernel = (qemu_plugin_tb_vaddr(tb) >> 63) != 0;
+  // A block of one rep-prefixed string instruction: an iteration after the
+  // first (the first ran in the block that reached it; TCG ends a block
+  // after such an instruction and loops on it alone).
+  const bool rep = n == 1 && is_rep_string(qemu_plugin_tb_get_insn(tb, 0));
   if (g_vcpus) {
-    qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb_exec, QEMU_PLUGIN_CB_NO_REGS,
-                                         reinterpret_cast<void*>((n << 1) | (kernel ? 1 : 0)));
+    qemu_plugin_register_vcpu_tb_exec_cb(
+        tb, on_tb_exec, QEMU_PLUGIN_CB_NO_REGS,
+        reinterpret_cast<void*>((n << 2) | (rep ? 2 : 0) | (kernel ? 1 : 0)));
   } else {
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64,
                                              kernel ? &g_kernel : &g_user, n);
+    if (rep) qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &g_rep, 1);
   }
   if (kernel) return;  // the marker runs in user mode
   for (size_t i = 0; i < n; ++i) {
@@ -174,8 +228,9 @@ void on_tb_translate(qemu_plugin_id_t /*id*/, qemu_plugin_tb* tb) {
 
 void on_exit(qemu_plugin_id_t /*id*/, void* /*userdata*/) {
   const Totals t = totals();
-  std::fprintf(g_out, "exit insns=%" PRIu64 " kernel=%" PRIu64 " user=%" PRIu64 "\n",
-               t.kernel + t.user, t.kernel, t.user);
+  std::fprintf(g_out,
+               "exit insns=%" PRIu64 " kernel=%" PRIu64 " user=%" PRIu64 " rep=%" PRIu64 "\n",
+               t.kernel + t.user, t.kernel, t.user, t.rep);
   std::fclose(g_out);
   g_out = nullptr;
 }
