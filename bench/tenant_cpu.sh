@@ -85,12 +85,8 @@ if [[ ${DPFS_TENANT_CPU_NETNS:-} != 1 ]]; then
   # beside them do.
   bench_is_idle || log "load average $(bench_load) >= MAX_LOAD=$MAX_LOAD: instruction counts are" \
     "unaffected, the times (IOPS, CPU per I/O) are noisier; measuring anyway"
-  # (bench_build's SKIP_BUILD check wants a target's file named as the
-  # target: the plugin's is NAME.so)
-  [[ ${SKIP_BUILD:-0} = 1 ]] || bench_build dpfs dpfs-insn-count dpfs-insn-mark
-  for f in "$DPFS" "$PLUGIN" "$MARK"; do
-    [[ -e $f ]] || die "$f not found (SKIP_BUILD=1 uses an existing build)"
-  done
+  bench_build dpfs dpfs-insn-count dpfs-insn-mark
+  [[ -x $DPFS ]] || die "$DPFS not found"
   grep -q 'Could not load plugin' <<<"$(qemu-system-x86_64 -machine none -display none \
     -plugin /nonexistent-plugin.so 2>&1 || true)" ||
     die "this QEMU takes no -plugin (built without TCG plugins)"
