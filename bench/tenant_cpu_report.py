@@ -263,7 +263,11 @@ for sel, title in panels:
                 f.write(line + "\n")
     plots = ", ".join(f"'{rows_dat}' using {i + 2}:xtic(1) title columnheader({i + 2})"
                       for i in range(ncol))
-    script += [f"set title '{title}'", f"plot {plots}"]
+    # 1 MiB: the kernel client's bars are ~100 times dpfs's: log scale
+    scale = ["set logscale y", "set yrange [10:*]"] if sel is large else ["unset logscale y",
+                                                                          "set yrange [0:*]"]
+    script += scale + [f"set title '{title}{' (log scale)' if sel is large else ''}'",
+                       f"plot {plots}"]
 script.append("unset multiplot")
 os.makedirs(img, exist_ok=True)
 subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=True)
