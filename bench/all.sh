@@ -13,6 +13,8 @@
 #   remote       remote_bench.sh,                 REMOTE_BENCHMARKS.md: its "Latest run"
 #                remote_device_bench.sh
 #   guest        guest_bench.sh                   GUEST_BENCHMARKS.md (a TCG guest: slow)
+#   tenant-cpu   tenant_cpu.sh                    TENANT_CPU.md: its generated section,
+#                                                 img/tenant_cpu.png (TCG guests: slow)
 #
 # A "Latest run" section sits between two HTML comments naming the part; the
 # hand-written text around it is kept.
@@ -22,11 +24,12 @@
 # under it within SETTLE seconds (the previous part's own load takes a minute
 # or two to decay). Otherwise it stops, naming the part and the load: nothing
 # is measured on a busy machine. FORCE=1 goes on at once, whatever the load
-# (the pages say "provisional"). At the end every page written is checked for the
+# (the pages say "provisional"). The tenant-cpu part only warns: its metric,
+guest instructions, does not depend on the load. At the end every page written is checked for the
 # measuring machine's paths and name; any found fails the run.
 #
 # Environment:
-#   PARTS="device passthrough fuse fuse-uring nfs nfs-device remote guest"
+#   PARTS="device passthrough fuse fuse-uring nfs nfs-device remote guest tenant-cpu"
 #   QUICK=1        a smoke run: tiny durations, one round; the pages go to a
 #                  fresh directory under /tmp (printed), never to docs/
 #   DOCS=docs      where the pages go (not with QUICK=1)
@@ -38,7 +41,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL_PARTS="device passthrough fuse fuse-uring nfs nfs-device remote guest"
+ALL_PARTS="device passthrough fuse fuse-uring nfs nfs-device remote guest tenant-cpu"
 PARTS=${PARTS:-$ALL_PARTS}
 QUICK=${QUICK:-0}
 SETTLE=${SETTLE:-300}
@@ -55,7 +58,7 @@ if [[ $QUICK = 1 ]]; then
   RUNS=$SCRATCH/runs
   # The pages that keep hand-written text are spliced into copies.
   mkdir -p "$DOCS"
-  cp "$ROOT"/docs/*BENCHMARKS.md "$DOCS"/
+  cp "$ROOT"/docs/*BENCHMARKS.md "$ROOT"/docs/TENANT_CPU.md "$DOCS"/
 else
   DOCS=$(bench_abs "${DOCS:-docs}")
   RUNS=$BUILD/bench/all
@@ -83,9 +86,15 @@ for part in $PARTS; do
     remote) bench_need fio=fio ;;
     guest) bench_need qemu-system-x86_64=qemu-system-x86 cpio=cpio fio=fio \
       /usr/lib/qemu/virtiofsd=qemu-system-common busybox=busybox-static ;;
+    tenant-cpu) bench_need qemu-system-x86_64=qemu-system-x86 cpio=cpio fio=fio gcc=gcc \
+      /usr/lib/qemu/virtiofsd=qemu-system-common busybox=busybox-static gnuplot=gnuplot-nox \
+      /usr/bin/ganesha.nfsd="nfs-ganesha nfs-ganesha-vfs" /usr/sbin/rpcbind=rpcbind \
+      nfs-ls=libnfs-utils ip=iproute2 ;;
   esac
 done
-bench_build dpfs dpfs-bench
+build_targets=(dpfs dpfs-bench)
+[[ " $PARTS " != *" tenant-cpu "* ]] || build_targets+=(dpfs-insn-count dpfs-insn-mark)
+bench_build "${build_targets[@]}"
 export BUILD SKIP_BUILD=1
 
 # ---------------------------------------------------------------------------
@@ -219,6 +228,12 @@ run_part() {
       run_script guest guest_bench.sh OUT="$DOCS/GUEST_BENCHMARKS.md" "${Q[@]}"
       WRITTEN+=(GUEST_BENCHMARKS.md)
       ;;
+    tenant-cpu)
+      quick RUNTIME=1 ROUNDS=1 JOBS=randread-4k-qd1 "CASES=dpfs-nfs3 knfs3"
+      run_script tenant-cpu tenant_cpu.sh OUT="$DOCS/TENANT_CPU.md" IMG="$DOCS/img" \
+        RESULTS="$RUNS/tenant-cpu" "${Q[@]}"
+      WRITTEN+=(TENANT_CPU.md img/tenant_cpu.png)
+      ;;
   esac
 }
 
@@ -260,7 +275,9 @@ trap summary EXIT
 first=1
 total_start=$SECONDS
 for part in $PARTS; do
-  if ((first)); then settle "$part" 0; else settle "$part" "$SETTLE"; fi
+  if [[ $part = tenant-cpu ]]; then
+    SETTLED=0  # counts instructions: the load does not change them (tenant_cpu.sh warns)
+  elif ((first)); then settle "$part" 0; else settle "$part" "$SETTLE"; fi
   first=0
   start=$SECONDS
   PART=$part

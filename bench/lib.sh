@@ -10,7 +10,8 @@
 #   bench_need_root WHY
 #   bench_need TOOL=PACKAGE...       fails naming the apt packages to install
 #   bench_build TARGET...            a Release build of the targets in BUILD,
-#                                    unless SKIP_BUILD=1 (then they must exist)
+#                                    unless SKIP_BUILD=1 (then they must exist:
+#                                    BUILD/TARGET, or BUILD/TARGET.so for a module)
 #   bench_require_idle [WHAT]        refuses when the 1-minute load is at or
 #                                    over MAX_LOAD (0.5), unless FORCE=1
 #   bench_wait_quiet                 waits up to QUIET_WAIT s for a quiet second
@@ -63,7 +64,8 @@ bench_build() {
   local target
   if [[ ${SKIP_BUILD:-0} = 1 ]]; then
     for target; do
-      [[ -x $BUILD/$target ]] || die "$BUILD/$target not found (SKIP_BUILD=1 uses an existing build)"
+      [[ -x $BUILD/$target || -f $BUILD/$target.so ]] ||
+        die "$BUILD/$target not found (SKIP_BUILD=1 uses an existing build)"
     done
     return 0
   fi

@@ -34,6 +34,8 @@ usage: run-guest.sh --socket SOCK --tag TAG [options]
   --bin PATH         put the host binary PATH into the guest as /usr/local/bin/<name>,
                      with the shared libraries ldd lists (repeatable; cached by hash)
   --append ARGS      extra kernel command line
+  --plugin SPEC      load a TCG plugin: QEMU's -plugin SPEC (PATH.so[,ARG=VALUE]...;
+                     e.g. insn-count/, the guest instruction counter), TCG only
   --log FILE         keep the whole console log in FILE
   --quiet            do not stream the console; print it only on failure
   --socket-wait S    wait up to S seconds for SOCK to appear (default 10)
@@ -50,7 +52,7 @@ usage_err() { echo "run-guest: $*" >&2; usage >&2; exit 2; }
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 sock= tag= workload= mem=512M smp=1 queues= qsize= packed=0 kvm=0 timeout=300 reboot=0
-fio=auto append= keep_log= quiet=0 sock_wait=10 net=0 nfs=
+fio=auto append= plugin= keep_log= quiet=0 sock_wait=10 net=0 nfs=
 nfs_opts=vers=3,proto=tcp,mountproto=tcp,nolock,port=2049
 bins=()
 while (($#)); do
@@ -73,6 +75,7 @@ while (($#)); do
     --no-fio) fio=0; shift ;;
     --bin) bins+=("${2:?}"); shift 2 ;;
     --append) append=${2:?}; shift 2 ;;
+    --plugin) plugin=${2:?}; shift 2 ;;
     --log) keep_log=${2:?}; shift 2 ;;
     --quiet) quiet=1; shift ;;
     --socket-wait) sock_wait=${2:?}; shift 2 ;;
@@ -92,6 +95,7 @@ else
   [[ $tag =~ ^[A-Za-z0-9._:-]+$ ]] || usage_err "tag must be [A-Za-z0-9._:-]+ (it goes on the kernel command line): $tag"
 fi
 [[ $timeout =~ ^[0-9]+$ ]] || usage_err "--timeout wants seconds"
+[[ -z $plugin || $kvm == 0 ]] || usage_err "--plugin needs TCG: TCG plugins see no code KVM runs"
 [[ -z $queues || $queues =~ ^[1-9][0-9]*$ ]] || usage_err "--queues wants a positive number"
 [[ -z $qsize || $qsize =~ ^[1-9][0-9]*$ ]] || usage_err "--queue-size wants a positive number"
 [[ $smp =~ ^[1-9][0-9]*$ ]] || usage_err "--smp wants a positive number"
@@ -239,6 +243,7 @@ qargs=(
 )
 [[ -z $nfs ]] && qargs+=(-chardev "socket,id=vfs,path=$sock" -device "$dev")
 ((net)) && qargs+=(-nic user,model=virtio-net-pci)
+[[ -n $plugin ]] && qargs+=(-plugin "$plugin")
 ((reboot)) || qargs+=(-no-reboot)
 
 : >"$work/console.log"
