@@ -126,7 +126,8 @@ kv::Link& KvBackend::link() {
   return *links_[next_link_.fetch_add(1, std::memory_order_relaxed) % links_.size()];
 }
 
-void KvBackend::eval(Script script, std::string key, std::vector<std::string> args, kv::Done done) {
+void KvBackend::eval(Script script, std::string key, std::vector<std::string> args, kv::Done done,
+                     kv::Link* on) {
   struct Call {
     Script script;
     std::vector<std::string> argv;
@@ -139,7 +140,7 @@ void KvBackend::eval(Script script, std::string key, std::vector<std::string> ar
   call->argv.insert(call->argv.end(), std::make_move_iterator(args.begin()),
                     std::make_move_iterator(args.end()));
   call->done = std::move(done);
-  call->link = &link();
+  call->link = on != nullptr ? on : &link();
   // The store forgets scripts when it restarts: the first EVALSHA after
   // that is NOSCRIPT, and the script goes again whole.
   call->link->submit(call->argv, [call](const redisReply* r) {
@@ -153,41 +154,46 @@ void KvBackend::eval(Script script, std::string key, std::vector<std::string> ar
   });
 }
 
-void KvBackend::run(Script script, std::vector<std::string> args, Then then) {
+void KvBackend::run(Script script, std::vector<std::string> args, Then then, kv::Link* on) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   std::vector<std::string> argv{prefix_, num(uint64_t(now.tv_sec)), num(uint64_t(now.tv_nsec))};
   argv.insert(argv.end(), std::make_move_iterator(args.begin()),
               std::make_move_iterator(args.end()));
-  eval(script, format_key_, std::move(argv), [then = std::move(then)](const redisReply* r) mutable {
-    if (r == nullptr) return then(EIO, nullptr);
-    if (r->type == REDIS_REPLY_ERROR) {
-      spdlog::warn("kv: the store refused a script: {}", r->str);
-      return then(EIO, nullptr);
-    }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
-        r->element[0]->type != REDIS_REPLY_INTEGER) {
-      return then(EIO, nullptr);
-    }
-    const int64_t status = r->element[0]->integer;
-    if (status != 0) return then(status > 0 && status < 4096 ? int(status) : EIO, nullptr);
-    then(0, r);
-  });
+  eval(
+      script, format_key_, std::move(argv),
+      [then = std::move(then)](const redisReply* r) mutable {
+        if (r == nullptr) return then(EIO, nullptr);
+        if (r->type == REDIS_REPLY_ERROR) {
+          spdlog::warn("kv: the store refused a script: {}", r->str);
+          return then(EIO, nullptr);
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+            r->element[0]->type != REDIS_REPLY_INTEGER) {
+          return then(EIO, nullptr);
+        }
+        const int64_t status = r->element[0]->integer;
+        if (status != 0) return then(status > 0 && status < 4096 ? int(status) : EIO, nullptr);
+        then(0, r);
+      },
+      on);
 }
 
 void KvBackend::run_chunk(Script script, uint64_t ino, uint64_t index,
                           std::vector<std::string> args,
-                          util::UniqueFunction<void(int, int64_t)> then) {
-  eval(script, kv::chunk_key(options_.url.fsname, ino, index), std::move(args),
-       [then = std::move(then)](const redisReply* r) mutable {
-         if (r == nullptr || r->type != REDIS_REPLY_INTEGER) {
-           if (r != nullptr && r->type == REDIS_REPLY_ERROR) {
-             spdlog::warn("kv: the store refused a chunk script: {}", r->str);
-           }
-           return then(EIO, 0);
-         }
-         then(0, r->integer);
-       });
+                          util::UniqueFunction<void(int, int64_t)> then, kv::Link* on) {
+  eval(
+      script, kv::chunk_key(options_.url.fsname, ino, index), std::move(args),
+      [then = std::move(then)](const redisReply* r) mutable {
+        if (r == nullptr || r->type != REDIS_REPLY_INTEGER) {
+          if (r != nullptr && r->type == REDIS_REPLY_ERROR) {
+            spdlog::warn("kv: the store refused a chunk script: {}", r->str);
+          }
+          return then(EIO, 0);
+        }
+        then(0, r->integer);
+      },
+      on);
 }
 
 Entry KvBackend::entry_from(const redisReply* r, size_t at) const {
@@ -611,7 +617,7 @@ void KvBackend::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
   const uint64_t first = offset / chunk_size_;
   const uint64_t last = (offset + size - 1) / chunk_size_;
   st->left = size_t(last - first) + 2;
-  auto done = [st, offset, size, dst]() {
+  auto done = [st, offset, size]() {
     if (--st->left != 0) return;
     if (st->error != 0) return st->reply.error(st->error);
     const uint64_t n =
@@ -661,32 +667,52 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
   std::string data;
   data.reserve(size);
   for (const iovec& v : src) data.append(static_cast<const char*>(v.iov_base), v.iov_len);
-  // The data, then the size and times: a crash in between leaves the file
-  // as it was (the bytes past its end are not read).
-  const bool kill = (write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-  auto reply_ptr = std::make_shared<WriteReply>(std::move(reply));
+  // Each chunk's piece, then the size and times, all at once on one
+  // connection: the store runs them in that order, so a crash leaves the
+  // data without the size (bytes past the end are never read), never the
+  // size without the data; the tenant's answer waits for all of them (one
+  // round trip). What the chunks grew is added after, when they grew.
+  struct State {
+    WriteReply reply;
+    size_t left = 0;
+    int error = 0;
+    int64_t grew = 0;
+  };
+  auto st = std::make_shared<State>();
+  st->reply = std::move(reply);
   const uint64_t first = offset / chunk_size_;
   const uint64_t last = (offset + size - 1) / chunk_size_;
-  auto grew = std::make_shared<int64_t>(0);
-  auto fan = std::make_shared<Fan>(
-      last - first + 1, [this, ino, offset, size, kill, grew, reply_ptr](int error) {
-        if (error != 0) return reply_ptr->error(error);
-        run(Script::kWrote, {num(ino), num(offset + size), kill ? "1" : "0", std::to_string(*grew)},
-            [reply_ptr, size](int e, const redisReply*) {
-              if (e != 0) return reply_ptr->error(e);
-              reply_ptr->ok(size);
-            });
-      });
+  st->left = size_t(last - first) + 2;
+  kv::Link* on = &link();
+  auto finish = [this, st, ino, size, on](int error) {
+    if (error != 0 && st->error == 0) st->error = error;
+    if (--st->left != 0) return;
+    if (st->error != 0) return st->reply.error(st->error);
+    if (st->grew == 0) return st->reply.ok(size);
+    run(
+        Script::kGrow, {num(ino), std::to_string(st->grew)},
+        [st, size](int e, const redisReply*) {
+          if (e != 0) return st->reply.error(e);
+          st->reply.ok(size);
+        },
+        on);
+  };
   for (uint64_t c = first; c <= last; ++c) {
     const uint64_t from = std::max(offset, c * chunk_size_);
     const uint64_t to = std::min(offset + size, (c + 1) * chunk_size_);
-    run_chunk(Script::kChunkWrite, ino, c,
-              {num(from - c * chunk_size_), data.substr(size_t(from - offset), size_t(to - from))},
-              [fan, grew](int e, int64_t d) {
-                *grew += d;
-                fan->one(e);
-              });
+    run_chunk(
+        Script::kChunkWrite, ino, c,
+        {num(from - c * chunk_size_), data.substr(size_t(from - offset), size_t(to - from))},
+        [st, finish](int e, int64_t d) mutable {
+          st->grew += d;
+          finish(e);
+        },
+        on);
   }
+  const bool kill = (write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+  run(
+      Script::kWrote, {num(ino), num(offset + size), kill ? "1" : "0", "0"},
+      [finish](int e, const redisReply*) mutable { finish(e); }, on);
 }
 
 void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t, StatusReply reply) {

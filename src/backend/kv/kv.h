@@ -110,12 +110,15 @@ class KvBackend final : public Backend {
  private:
   // Runs `script` with `args`; `then` gets the reply array's elements after
   // the status (or the errno: EIO when the store did not answer).
-  void run(kv::Script script, std::vector<std::string> args, Then then);
-  // EVALSHA of `script` on `key` (EVAL when the store forgot it).
-  void eval(kv::Script script, std::string key, std::vector<std::string> args, kv::Done done);
+  void run(kv::Script script, std::vector<std::string> args, Then then, kv::Link* on = nullptr);
+  // EVALSHA of `script` on `key` (EVAL when the store forgot it), on
+  // connection `on` (null: the next in turn; commands on one connection
+  // run in the order sent).
+  void eval(kv::Script script, std::string key, std::vector<std::string> args, kv::Done done,
+            kv::Link* on = nullptr);
   // A chunk script on chunk `index` of `ino`: then(error, bytes it grew).
   void run_chunk(kv::Script script, uint64_t ino, uint64_t index, std::vector<std::string> args,
-                 util::UniqueFunction<void(int, int64_t)> then);
+                 util::UniqueFunction<void(int, int64_t)> then, kv::Link* on = nullptr);
   kv::Link& link();
   Entry entry_from(const struct redisReply* r, size_t at) const;
   // Deletes chunks [first, last] of `ino`, then `then(error)`.
