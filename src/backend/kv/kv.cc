@@ -37,6 +37,12 @@ int64_t integer(const redisReply* r) {
   return 0;
 }
 
+// Element `i` of an array reply, or null past its end: a store's reply is
+// foreign bytes, read only as far as it goes.
+const redisReply* elem(const redisReply* r, size_t i) {
+  return r != nullptr && r->type == REDIS_REPLY_ARRAY && i < r->elements ? r->element[i] : nullptr;
+}
+
 int check_xattr_name(std::string_view name) {
   for (std::string_view prefix : {"user.", "trusted.", "security."}) {
     if (name.starts_with(prefix)) return name.size() > prefix.size() ? 0 : EINVAL;
@@ -311,8 +317,8 @@ void KvBackend::unlink(const Context&, uint64_t parent, std::string_view name, S
   run(Script::kUnlink, {num(parent), std::string(name)},
       [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
         if (error != 0) return reply.error(error);
-        const uint64_t ino = uint64_t(integer(r->element[1]));
-        const uint64_t left = uint64_t(integer(r->element[2]));
+        const uint64_t ino = uint64_t(integer(elem(r, 1)));
+        const uint64_t left = uint64_t(integer(elem(r, 2)));
         reply.ok();
         if (left == 0) unlinked(ino);
       });
@@ -337,9 +343,9 @@ void KvBackend::rename(const Context&, uint64_t parent, std::string_view name, u
       {num(parent), std::string(name), num(new_parent), std::string(new_name), num(flags)},
       [this, reply = std::move(reply)](int error, const redisReply* r) mutable {
         if (error != 0) return reply.error(error);
-        const uint64_t replaced = uint64_t(integer(r->element[1]));
+        const uint64_t replaced = uint64_t(integer(elem(r, 1)));
         reply.ok();
-        if (replaced != 0 && integer(r->element[2]) == 0) unlinked(replaced);
+        if (replaced != 0 && integer(elem(r, 2)) == 0) unlinked(replaced);
       });
 }
 
@@ -385,7 +391,7 @@ void KvBackend::forget(uint64_t ino, uint64_t nlookup) {
 void KvBackend::free_inode(uint64_t ino) {
   run(Script::kFree, {num(ino)}, [this, ino](int error, const redisReply* r) {
     if (error != 0) return;
-    const uint64_t size = uint64_t(integer(r->element[1]));
+    const uint64_t size = uint64_t(integer(elem(r, 1)));
     if (size > 0) drop_chunks(ino, 0, (size - 1) / chunk_size_, [](int) {});
   });
 }
@@ -440,7 +446,7 @@ void KvBackend::set_size(const Context&, uint64_t ino, uint64_t size, uint32_t v
   run(Script::kGetattr, {num(ino)},
       [this, ino, size, valid, then = std::move(then)](int error, const redisReply* r) mutable {
         if (error != 0) return then(error, nullptr);
-        const uint64_t old = uint64_t(integer(r->element[6]));
+        const uint64_t old = uint64_t(integer(elem(r, 6)));
         clear_past(ino, size, old, [this, ino, size, valid, then = std::move(then)](int e) mutable {
           if (e != 0) return then(e, nullptr);
           SetAttr a;
@@ -478,10 +484,10 @@ void KvBackend::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrR
       [this, ino, size = attr.size, args = std::move(args), answer = std::move(answer)](
           int error, const redisReply* r) mutable {
         if (error != 0) return answer(error, nullptr);
-        const uint32_t type = uint32_t(integer(r->element[2])) & S_IFMT;
+        const uint32_t type = uint32_t(integer(elem(r, 2))) & S_IFMT;
         if (type == S_IFDIR) return answer(EISDIR, nullptr);
         if (type != S_IFREG) return answer(EINVAL, nullptr);
-        const uint64_t old = uint64_t(integer(r->element[6]));
+        const uint64_t old = uint64_t(integer(elem(r, 6)));
         clear_past(ino, size, old,
                    [this, args = std::move(args), answer = std::move(answer)](int e) mutable {
                      if (e != 0) return answer(e, nullptr);
@@ -553,7 +559,7 @@ void KvBackend::open(const Context& ctx, uint64_t ino, uint32_t flags, OpenReply
   run(Script::kGetattr, {num(ino)},
       [this, ctx, ino, flags, reply = std::move(reply)](int error, const redisReply* r) mutable {
         if (error != 0) return reply.error(error);
-        const uint32_t type = uint32_t(integer(r->element[2])) & S_IFMT;
+        const uint32_t type = uint32_t(integer(elem(r, 2))) & S_IFMT;
         if (type == S_IFDIR) return reply.error(EISDIR);
         if (!(flags & O_TRUNC) || type != S_IFREG) return reply.ok(add_handle(ino));
         // O_TRUNC comes here (FUSE_ATOMIC_O_TRUNC); mtime and ctime change
@@ -738,7 +744,7 @@ void KvBackend::opendir(const Context&, uint64_t ino, uint32_t, OpenReply reply)
   run(Script::kGetattr, {num(ino)},
       [this, ino, reply = std::move(reply)](int error, const redisReply* r) mutable {
         if (error != 0) return reply.error(error);
-        if ((uint32_t(integer(r->element[2])) & S_IFMT) != S_IFDIR) return reply.error(ENOTDIR);
+        if ((uint32_t(integer(elem(r, 2))) & S_IFMT) != S_IFDIR) return reply.error(ENOTDIR);
         reply.ok(add_handle(ino), 0);
       });
 }
@@ -752,14 +758,17 @@ void KvBackend::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t offs
   run(Script::kReaddir, {num(ino), num(std::max<uint64_t>(offset, 2)), num(want)},
       [ino, offset, reply = std::move(reply)](int error, const redisReply* r) mutable {
         if (error != 0) return reply.error(error);
-        const uint64_t parent = uint64_t(integer(r->element[1]));
+        const uint64_t parent = uint64_t(integer(elem(r, 1)));
         if (offset < 1 && !reply.add(".", ino, DT_DIR, 1)) return reply.done();
         if (offset < 2 && !reply.add("..", parent, DT_DIR, 2)) return reply.done();
         for (size_t i = 2; i + 3 < r->elements; i += 4) {
           const redisReply* name = r->element[i];
           if (name->type != REDIS_REPLY_STRING) break;
-          if (!reply.add(std::string_view(name->str, name->len),
-                         uint64_t(integer(r->element[i + 2])), uint32_t(integer(r->element[i + 1])),
+          // Names come from the store: only what a CREATE could have made.
+          const std::string_view n(name->str, name->len);
+          if (check_component(n) != 0 || n == "." || n == "..") continue;
+          if (!reply.add(n, uint64_t(integer(r->element[i + 2])),
+                         uint32_t(integer(r->element[i + 1])),
                          uint64_t(integer(r->element[i + 3])))) {
             break;
           }
@@ -811,6 +820,7 @@ void KvBackend::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
         if (error != 0) return reply.error(error);
         std::string names;
         for (size_t i = 1; i < r->elements; ++i) {
+          if (r->element[i]->type != REDIS_REPLY_STRING) continue;
           const std::string_view n(r->element[i]->str, r->element[i]->len);
           // trusted.* is for CAP_SYS_ADMIN only; root stands for it here.
           if (uid != 0 && n.starts_with("trusted.")) continue;
