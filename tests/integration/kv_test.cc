@@ -2,6 +2,8 @@
 // */redis): making and inspecting file systems, two daemons serving one
 // namespace, and a store that stops answering. Against a real
 // redis-server the tests start (redis_server.h).
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include "mount_fixture.h"
@@ -120,6 +122,62 @@ TEST_F(KvTest, TwoDaemonsServeOneNamespace) {
   ASSERT_SYS(::stat((A + "/h").c_str(), &sa));
   ASSERT_SYS(::stat((B + "/h").c_str(), &sb));
   EXPECT_EQ(sa.st_ino, sb.st_ino);
+}
+
+// POSIX and flock locks hold between devices: what one device's tenant
+// locks, the other's cannot, until it is unlocked.
+TEST_F(KvTest, LocksHoldBetweenDevices) {
+  const std::string url = formatted_url();
+  Mount a, b;
+  ASSERT_EQ(a.start_dpfs(serve(url, a)), "");
+  ASSERT_EQ(b.start_dpfs(serve(url, b)), "");
+  ASSERT_EQ(write_file(a.dir() + "/f", std::string(4096, 'x')), 0);
+  Fd fa(::open((a.dir() + "/f").c_str(), O_RDWR | O_CLOEXEC));
+  Fd fb(::open((b.dir() + "/f").c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(fa.valid() && fb.valid()) << errname(errno);
+
+  auto lock = [](int fd, int cmd, short type, off_t start, off_t len) {
+    struct flock l {};
+    l.l_type = type;
+    l.l_whence = SEEK_SET;
+    l.l_start = start;
+    l.l_len = len;
+    return ::fcntl(fd, cmd, &l) == 0 ? 0 : errno;
+  };
+  ASSERT_EQ(lock(fa.get(), F_SETLK, F_WRLCK, 0, 100), 0);
+  EXPECT_EQ(lock(fb.get(), F_SETLK, F_RDLCK, 50, 10), EAGAIN)
+      << "device b took a lock device a holds";
+  EXPECT_EQ(lock(fb.get(), F_SETLK, F_WRLCK, 100, 10), 0) << "past a's range";
+  struct flock probe {};
+  probe.l_type = F_WRLCK;
+  probe.l_whence = SEEK_SET;
+  probe.l_start = 0;
+  probe.l_len = 0;
+  ASSERT_SYS(::fcntl(fb.get(), F_GETLK, &probe));
+  EXPECT_EQ(probe.l_type, F_WRLCK);
+  EXPECT_EQ(probe.l_start, 0);
+  EXPECT_EQ(probe.l_len, 100);
+  EXPECT_EQ(probe.l_pid, ::getpid());
+
+  // A waiter on b is granted once a lets go.
+  Child waiter([&](Child&) -> std::string {
+    Fd fd(::open((b.dir() + "/f").c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) return "open: " + errname(errno);
+    struct flock l {};
+    l.l_type = F_WRLCK;
+    l.l_whence = SEEK_SET;
+    l.l_start = 0;
+    l.l_len = 10;
+    return ::fcntl(fd.get(), F_SETLKW, &l) == 0 ? "" : "F_SETLKW: " + errname(errno);
+  });
+  ASSERT_EQ(lock(fa.get(), F_SETLK, F_UNLCK, 0, 0), 0);
+  EXPECT_EQ(waiter.join(), "");
+
+  // flock: whole files, between devices too; close lets go.
+  ASSERT_SYS(::flock(fa.get(), LOCK_EX | LOCK_NB));
+  EXPECT_EQ(::flock(fb.get(), LOCK_SH | LOCK_NB) == 0 ? 0 : errno, EWOULDBLOCK);
+  fa = Fd();
+  EXPECT_SYS(::flock(fb.get(), LOCK_EX | LOCK_NB)) << "a's flock outlived its close";
 }
 
 // A store that stops answering: the tenant gets EIO after the URL's timeout

@@ -14,6 +14,8 @@
 #include <climits>
 #include <cstring>
 #include <ctime>
+#include <future>
+#include <random>
 
 #include "backend/kv/admin.h"
 
@@ -81,7 +83,8 @@ void zero(std::span<const iovec> dst, size_t from, size_t to) {
 }
 
 // Counts the answers of commands sent together and runs `done` after the
-// last, with the first error.
+// last, with the first error. Not thread-safe: the commands go on one
+// connection, whose answers come on its loop thread.
 struct Fan {
   explicit Fan(size_t n, util::UniqueFunction<void(int)> done) : left(n), done(std::move(done)) {}
   void one(int error) {
@@ -108,15 +111,31 @@ KvBackend::KvBackend(KvOptions options)
         std::make_unique<kv::Link>(server.host, server.port, options_.url.timeout,
                                    fmt::format("redis {}:{} #{}", server.host, server.port, i)));
   }
+  std::random_device rd;
+  device_ = fmt::format("{:08x}{:08x}", rd(), rd());
+  heartbeat();
+  lock_thread_ = std::thread([this] { lock_loop(); });
   spdlog::info("kv: file system {} on {}:{} (format {}, {}-byte chunks, {} inodes)",
                options_.url.fsname, server.host, server.port, info.version, chunk_size_,
                info.inodes);
 }
 
-KvBackend::~KvBackend() { links_.clear(); }
+KvBackend::~KvBackend() {
+  {
+    std::lock_guard lock(wait_mu_);
+    stop_ = true;
+  }
+  wait_cv_.notify_all();
+  lock_thread_.join();
+  answer_waiters([](const Waiter&) { return true; }, EIO);
+  drop_device_locks();
+  links_.clear();
+}
 
 Capabilities KvBackend::capabilities() const {
   Capabilities caps;
+  caps.posix_locks = true;
+  caps.flock_locks = true;
   caps.readdirplus = false;
   caps.killpriv_v2 = true;
   return caps;
@@ -401,14 +420,15 @@ void KvBackend::drop_chunks(uint64_t ino, uint64_t first, uint64_t last,
   if (first > last) return then(0);
   // DEL takes many keys; batches keep each command small.
   constexpr uint64_t kBatch = 256;
+  // All on one connection: their answers come on its thread, one by one.
+  kv::Link& on = link();
   auto fan = std::make_shared<Fan>((last - first) / kBatch + 1, std::move(then));
   for (uint64_t from = first; from <= last; from += kBatch) {
     std::vector<std::string> argv{"UNLINK"};
     for (uint64_t i = from; i <= std::min(last, from + kBatch - 1); ++i) {
       argv.push_back(kv::chunk_key(options_.url.fsname, ino, i));
     }
-    link().submit(std::move(argv),
-                  [fan](const redisReply* r) { fan->one(r == nullptr ? EIO : 0); });
+    on.submit(std::move(argv), [fan](const redisReply* r) { fan->one(r == nullptr ? EIO : 0); });
   }
 }
 
@@ -427,14 +447,17 @@ void KvBackend::clear_past(uint64_t ino, uint64_t size, uint64_t old_size,
         run(Script::kGrow, {num(ino), std::to_string(*delta)},
             [then = std::move(then)](int e, const redisReply*) mutable { then(e); });
       });
+  kv::Link* on = &link();  // one connection: the answers come one by one
   for (uint64_t c = first; c <= last; ++c) {
     const bool trim = c == first && keep != 0;
-    run_chunk(trim ? Script::kChunkTrim : Script::kChunkDrop, ino, c,
-              trim ? std::vector<std::string>{num(keep)} : std::vector<std::string>{},
-              [fan, delta](int e, int64_t d) {
-                *delta += d;
-                fan->one(e);
-              });
+    run_chunk(
+        trim ? Script::kChunkTrim : Script::kChunkDrop, ino, c,
+        trim ? std::vector<std::string>{num(keep)} : std::vector<std::string>{},
+        [fan, delta](int e, int64_t d) {
+          *delta += d;
+          fan->one(e);
+        },
+        on);
   }
 }
 
@@ -721,16 +744,26 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
       [finish](int e, const redisReply*) mutable { finish(e); }, on);
 }
 
-void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t, StatusReply reply) {
+void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner,
+                      StatusReply reply) {
   if (!known_handle(ino, fh)) return reply.error(EBADF);
-  reply.ok();
+  // close(2) drops every POSIX lock the closing process holds on the file.
+  unlock_owner(ino, lock_owner, LockFlavor::kPosix,
+               [reply = std::move(reply)]() mutable { reply.ok(); });
 }
 
-void KvBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t, ReleaseFlock,
-                        StatusReply reply) {
+void KvBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t lock_owner,
+                        ReleaseFlock flock, StatusReply reply) {
+  answer_waiters([&](const Waiter& w) { return w.ino == ino && w.fh == fh; }, EBADF);
   const bool last_of_doomed = drop_handle(ino, fh);
-  reply.ok();
-  if (last_of_doomed) free_inode(ino);
+  auto done = [this, ino, last_of_doomed, reply = std::move(reply)]() mutable {
+    reply.ok();
+    if (last_of_doomed) free_inode(ino);
+  };
+  if (flock == ReleaseFlock::kUnlock) {
+    return unlock_owner(ino, lock_owner, LockFlavor::kFlock, std::move(done));
+  }
+  done();
 }
 
 void KvBackend::fsync(const Context&, uint64_t ino, uint64_t fh, SyncMode, StatusReply reply) {
@@ -839,6 +872,185 @@ void KvBackend::removexattr(const Context&, uint64_t ino, std::string_view name,
         if (error != 0) return reply.error(error);
         reply.ok();
       });
+}
+
+// --- Locks ------------------------------------------------------------------
+
+namespace {
+
+// The store's numbers for a lock's range: Lua counts exactly up to 2^53, and
+// anything past that is "to the end of the file" (-1) as OFFSET_MAX is.
+constexpr uint64_t kExact = 1ull << 53;
+std::string lock_end(uint64_t end) { return end >= kExact ? "-1" : std::to_string(end); }
+constexpr auto kLease = std::chrono::seconds(15);
+constexpr auto kHeartbeat = std::chrono::seconds(3);
+constexpr auto kRetry = std::chrono::milliseconds(20);
+
+}  // namespace
+
+std::string KvBackend::lock_owner(uint64_t owner, LockFlavor flavor) const {
+  return fmt::format("{}:{}:{}", device_, owner, flavor == LockFlavor::kPosix ? 'p' : 'f');
+}
+
+void KvBackend::heartbeat() {
+  const auto expiry = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch() + kLease)
+                          .count();
+  link().submit({"ZADD", prefix_ + "devices", std::to_string(expiry), device_},
+                [](const redisReply*) {});
+}
+
+void KvBackend::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
+                      LockReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  if (lock.start >= kExact) return reply.error(EINVAL);
+  run(Script::kGetlk,
+      {num(ino), lock_owner(owner, LockFlavor::kPosix), "p", num(lock.start), lock_end(lock.end),
+       num(lock.type)},
+      [lock, reply = std::move(reply)](int error, const redisReply* r) mutable {
+        if (error != 0) return reply.error(error);
+        Lock out = lock;
+        if (integer(elem(r, 1)) == -2) {
+          out.type = F_UNLCK;
+          return reply.ok(out);
+        }
+        out.start = uint64_t(integer(elem(r, 1)));
+        const int64_t end = integer(elem(r, 2));
+        out.end = end < 0 ? uint64_t(INT64_MAX) : uint64_t(end);
+        out.type = uint32_t(integer(elem(r, 3)));
+        out.pid = uint32_t(integer(elem(r, 4)));
+        reply.ok(out);
+      });
+}
+
+void KvBackend::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner,
+                      const Lock& lock, LockWait wait, LockFlavor flavor, StatusReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  if (lock.type != F_RDLCK && lock.type != F_WRLCK && lock.type != F_UNLCK) {
+    return reply.error(EINVAL);
+  }
+  if (lock.start >= kExact || lock.end < lock.start) return reply.error(EINVAL);
+  const std::string name = lock_owner(owner, flavor);
+  if (lock.type != F_UNLCK) {
+    std::lock_guard l(mu_);
+    lockers_.emplace(ino, name);
+  }
+  std::vector<std::string> args{num(ino),
+                                name,
+                                flavor == LockFlavor::kPosix ? "p" : "f",
+                                num(lock.start),
+                                lock_end(lock.end),
+                                num(lock.type),
+                                num(ctx.pid)};
+  const bool may_wait = wait == LockWait::kWait && lock.type != F_UNLCK;
+  auto attempt = [this, ino, fh, unique = ctx.unique, args, may_wait, reply = std::move(reply)](
+                     int error, const redisReply*) mutable {
+    if (error == EAGAIN && may_wait) {
+      // Tried again by lock_loop() until granted, interrupted or released.
+      std::lock_guard l(wait_mu_);
+      Waiter w;
+      w.id = next_waiter_++;
+      w.ino = ino;
+      w.fh = fh;
+      w.unique = unique;
+      w.args = std::move(args);
+      w.reply = std::move(reply);
+      waiters_.push_back(std::move(w));
+      return;
+    }
+    if (error != 0) return reply.error(error);
+    reply.ok();
+  };
+  run(Script::kSetlk, args, std::move(attempt));
+}
+
+void KvBackend::unlock_owner(uint64_t ino, uint64_t owner, LockFlavor flavor,
+                             util::UniqueFunction<void()> then) {
+  const std::string name = lock_owner(owner, flavor);
+  {
+    std::lock_guard l(mu_);
+    if (lockers_.erase({ino, name}) == 0) return then();  // it took none here
+  }
+  run(Script::kUnlockOwner, {num(ino), name},
+      [then = std::move(then)](int, const redisReply*) mutable { then(); });
+}
+
+void KvBackend::interrupt(uint64_t unique) {
+  answer_waiters([unique](const Waiter& w) { return w.unique == unique; }, EINTR);
+}
+
+void KvBackend::answer_waiters(const std::function<bool(const Waiter&)>& pick, int error) {
+  std::vector<StatusReply> answered;
+  {
+    std::lock_guard l(wait_mu_);
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (pick(*it)) {
+        answered.push_back(std::move(it->reply));
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (StatusReply& r : answered) r.error(error);
+}
+
+void KvBackend::lock_loop() {
+  std::unique_lock l(wait_mu_);
+  auto next_beat = std::chrono::steady_clock::now() + kHeartbeat;
+  while (!stop_) {
+    wait_cv_.wait_for(l, kRetry);
+    if (stop_) break;
+    if (std::chrono::steady_clock::now() >= next_beat) {
+      next_beat += kHeartbeat;
+      heartbeat();
+    }
+    // Each waiting SETLKW once more (not one already out), sent outside
+    // the mutex: the answers take it.
+    std::vector<std::pair<uint64_t, std::vector<std::string>>> tries;
+    for (Waiter& w : waiters_) {
+      if (w.in_flight) continue;
+      w.in_flight = true;
+      tries.emplace_back(w.id, w.args);
+    }
+    l.unlock();
+    for (auto& [id, args] : tries) {
+      run(Script::kSetlk, std::move(args), [this, id = id](int error, const redisReply*) {
+        StatusReply reply;
+        {
+          std::lock_guard g(wait_mu_);
+          auto it = std::find_if(waiters_.begin(), waiters_.end(),
+                                 [id](const Waiter& x) { return x.id == id; });
+          if (it == waiters_.end()) return;  // answered meanwhile (interrupted)
+          if (error == EAGAIN) {
+            it->in_flight = false;
+            return;
+          }
+          reply = std::move(it->reply);
+          waiters_.erase(it);
+        }
+        if (error != 0) return reply.error(error);
+        reply.ok();
+      });
+    }
+    l.lock();
+  }
+}
+
+void KvBackend::drop_device_locks() {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> f = done->get_future();
+  run(Script::kDropDevice, {device_}, [done](int, const redisReply*) { done->set_value(); });
+  f.wait_for(options_.url.timeout + std::chrono::seconds(1));
+}
+
+void KvBackend::destroy() {
+  answer_waiters([](const Waiter&) { return true; }, EIO);
+  {
+    std::lock_guard l(mu_);
+    lockers_.clear();
+  }
+  drop_device_locks();
 }
 
 }  // namespace dpfs

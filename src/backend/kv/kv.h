@@ -13,8 +13,12 @@
 // cached here, so a READ sees every WRITE the store answered before it; the
 // kernel caches names and attributes for the fuse timeouts.
 //
-// Not yet: Redis Cluster routing (one server for now), POSIX and flock
-// locks shared between devices (the kernel keeps them per device), a file
+// POSIX and flock locks hold between devices: they are kept in the store,
+// each device holding a lease on its own (a device that dies loses them
+// when the lease runs out); a SETLKW that conflicts is tried again every
+// 20 ms until it is granted or interrupted.
+//
+// Not yet: Redis Cluster routing (one server for now), a file
 // removed on one device while another has it open (that one then gets
 // ESTALE), durability settings beyond the store's own (FSYNC waits for
 // nothing), READDIRPLUS, fallocate, SEEK_DATA/SEEK_HOLE, O_TMPFILE.
@@ -24,10 +28,15 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -38,6 +47,17 @@
 #include "util/unique_function.h"
 
 namespace dpfs {
+
+// A SETLKW waiting for a conflicting lock to go.
+struct Waiter {
+  uint64_t id = 0;
+  uint64_t ino = 0;
+  uint64_t fh = 0;
+  uint64_t unique = 0;
+  std::vector<std::string> args;  // kSetlk's
+  bool in_flight = false;         // an attempt is out
+  StatusReply reply;
+};
 
 struct KvOptions {
   kv::KvUrl url;
@@ -103,6 +123,12 @@ class KvBackend final : public Backend {
   void listxattr(const Context& ctx, uint64_t ino, XattrReply reply) override;
   void removexattr(const Context& ctx, uint64_t ino, std::string_view name,
                    StatusReply reply) override;
+  void getlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
+             LockReply reply) override;
+  void setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,
+             LockWait wait, LockFlavor flavor, StatusReply reply) override;
+  void interrupt(uint64_t unique) override;
+  void destroy() override;
 
   // A script's outcome: the errno, or 0 and the reply array.
   using Then = util::UniqueFunction<void(int error, const struct redisReply* r)>;
@@ -143,6 +169,21 @@ class KvBackend final : public Backend {
   bool known_handle(uint64_t ino, uint64_t fh);
   void set_size(const Context& ctx, uint64_t ino, uint64_t size, uint32_t valid, Then then);
 
+  // Locks live in the store, under owner names unique to this device
+  // ("DEVICE:OWNER:p|f"); the device keeps a lease on them (a heartbeat),
+  // so the locks of a device that died go when its lease runs out.
+  std::string lock_owner(uint64_t owner, LockFlavor flavor) const;
+  // Drops `owner`'s locks on `ino` if it took any here, then `then`.
+  void unlock_owner(uint64_t ino, uint64_t owner, LockFlavor flavor,
+                    util::UniqueFunction<void()> then);
+  // Drops every lock of this device (the session ended); waits for it.
+  void drop_device_locks();
+  void heartbeat();
+  // The thread that keeps the lease and tries the waiting SETLKWs again.
+  void lock_loop();
+  // Answers the waiters that `pick` chooses with `error`.
+  void answer_waiters(const std::function<bool(const struct Waiter&)>& pick, int error);
+
   const KvOptions options_;
   const std::string prefix_;      // dpfs:{FSNAME}:
   const std::string format_key_;  // prefix_ + "format": routes every script
@@ -162,6 +203,16 @@ class KvBackend final : public Backend {
   };
   std::unordered_map<uint64_t, uint64_t> handles_;  // fh -> ino; guarded by mu_
   std::unordered_map<uint64_t, Held> held_;         // guarded by mu_
+  // (ino, owner name) that took locks here: only those unlock on close.
+  std::set<std::pair<uint64_t, std::string>> lockers_;  // guarded by mu_
+
+  std::string device_;  // this device's name in lock owners
+  std::mutex wait_mu_;
+  std::condition_variable wait_cv_;
+  std::list<Waiter> waiters_;  // SETLKWs that conflicted; guarded by wait_mu_
+  uint64_t next_waiter_ = 1;   // guarded by wait_mu_
+  bool stop_ = false;          // guarded by wait_mu_
+  std::thread lock_thread_;
 };
 
 }  // namespace dpfs

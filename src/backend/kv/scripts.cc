@@ -17,6 +17,10 @@ namespace {
 //   P..'x:'..ino   hash: xattr name -> value
 //   P..'next'      the last inode number given out
 //   P..'stats'     hash: inodes
+//   P..'l:'..ino   hash: lock owner -> "start,end,type,pid;..." (its locks)
+//   P..'dl:'..dev  set: the inodes device `dev` holds locks on
+//   P..'devices'   sorted set: device -> the end of its lease (ms); the
+//                  locks of a device whose lease ran out are void
 // Errnos: EPERM 1, ENOENT 2, EEXIST 17, ENOTDIR 20, EISDIR 21, EINVAL 22,
 // EMLINK 31, ENODATA 61, ENOTEMPTY 39, ESTALE 116.
 constexpr char kPrelude[] = R"lua(
@@ -206,7 +210,7 @@ remove_entry(d, name)
 d.nlink = d.nlink - 1
 put(d, {'nlink'})
 dir_changed(d)
-redis.call('DEL', ik(i), dk(i), zk(i), xk(i))
+redis.call('DEL', ik(i), dk(i), zk(i), xk(i), P .. 'l:' .. i)
 redis.call('HINCRBY', P .. 'stats', 'inodes', -1)
 return {0}
 )lua";
@@ -351,7 +355,7 @@ constexpr char kFree[] = R"lua(
 local a = get(ARGV[4])
 if not a then return {0, 0} end
 if a.nlink > 0 then return {0, 0} end
-redis.call('DEL', ik(a.ino), xk(a.ino))
+redis.call('DEL', ik(a.ino), xk(a.ino), P .. 'l:' .. a.ino)
 redis.call('HINCRBY', P .. 'stats', 'inodes', -1)
 return {0, a.size}
 )lua";
@@ -442,6 +446,113 @@ redis.call('DEL', KEYS[1])
 return -old
 )lua";
 
+// Shared by the lock scripts, after the prelude.
+constexpr char kLockHelpers[] = R"lua(
+local NOW_MS = NOW_S * 1000 + math.floor(NOW_NS / 1000000)
+local function lk(i) return P .. 'l:' .. i end
+local function ranges(v)
+  local out = {}
+  for s, e, t, p in string.gmatch(v or '', '(%-?%d+),(%-?%d+),(%d+),(%d+);') do
+    out[#out + 1] = {s = tonumber(s), e = tonumber(e), t = tonumber(t), p = tonumber(p)}
+  end
+  return out
+end
+local function encode(rs)
+  local b = {}
+  for _, r in ipairs(rs) do b[#b + 1] = r.s .. ',' .. r.e .. ',' .. r.t .. ',' .. r.p .. ';' end
+  return table.concat(b)
+end
+local function hi(e) if e < 0 then return math.huge end return e end
+local function overlap(r, s, e) return r.s <= hi(e) and s <= hi(r.e) end
+local function alive(dev)
+  local x = redis.call('ZSCORE', P .. 'devices', dev)
+  return x and tonumber(x) >= NOW_MS
+end
+-- The first lock of another owner of `flavor` that conflicts with a lock
+-- of type t over [s, e]; the locks of devices gone go on the way.
+local function conflict(ino, me, flavor, s, e, t)
+  local all = redis.call('HGETALL', lk(ino))
+  for n = 1, #all, 2 do
+    local owner = all[n]
+    local dev, fl = string.match(owner, '^(%w+):%d+:(%a)$')
+    if owner ~= me and fl == flavor then
+      if not alive(dev) then
+        redis.call('HDEL', lk(ino), owner)
+      else
+        for _, r in ipairs(ranges(all[n + 1])) do
+          if overlap(r, s, e) and (t == 1 or r.t == 1) then return r end
+        end
+      end
+    end
+  end
+  return nil
+end
+)lua";
+
+constexpr char kGetlk[] = R"lua(
+local ino, me, flavor = ARGV[4], ARGV[5], ARGV[6]
+local s, e, t = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local r = conflict(ino, me, flavor, s, e, t)
+if not r then return {0, -2} end
+return {0, r.s, r.e, r.t, r.p}
+)lua";
+
+// ARGV[10]: the pid to record.
+constexpr char kSetlk[] = R"lua(
+local ino, me, flavor = ARGV[4], ARGV[5], ARGV[6]
+local s, e, t, pid = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+if redis.call('EXISTS', ik(ino)) == 0 then return {116} end
+if t ~= 2 and conflict(ino, me, flavor, s, e, t) then return {11} end
+-- The owner's own locks over [s, e] are replaced: cut around it, then the
+-- new one, then ranges of one type that touch merged (as Linux keeps them).
+local out = {}
+for _, r in ipairs(ranges(redis.call('HGET', lk(ino), me))) do
+  if not overlap(r, s, e) then
+    out[#out + 1] = r
+  else
+    if r.s < s then out[#out + 1] = {s = r.s, e = s - 1, t = r.t, p = r.p} end
+    if hi(r.e) > hi(e) then out[#out + 1] = {s = e + 1, e = r.e, t = r.t, p = r.p} end
+  end
+end
+if t ~= 2 then out[#out + 1] = {s = s, e = e, t = t, p = pid} end
+table.sort(out, function(a, b) return a.s < b.s end)
+local merged = {}
+for _, r in ipairs(out) do
+  local last = merged[#merged]
+  if last and last.t == r.t and hi(last.e) + 1 >= r.s then
+    if hi(r.e) > hi(last.e) then last.e = r.e end
+  else
+    merged[#merged + 1] = r
+  end
+end
+local dev = string.match(me, '^(%w+):')
+if #merged == 0 then
+  redis.call('HDEL', lk(ino), me)
+else
+  redis.call('HSET', lk(ino), me, encode(merged))
+  redis.call('SADD', P .. 'dl:' .. dev, ino)
+end
+return {0}
+)lua";
+
+constexpr char kUnlockOwner[] = R"lua(
+redis.call('HDEL', lk(ARGV[4]), ARGV[5])
+return {0}
+)lua";
+
+constexpr char kDropDevice[] = R"lua(
+local dev = ARGV[4]
+for _, ino in ipairs(redis.call('SMEMBERS', P .. 'dl:' .. dev)) do
+  local all = redis.call('HKEYS', lk(ino))
+  for _, owner in ipairs(all) do
+    if string.sub(owner, 1, #dev + 1) == dev .. ':' then redis.call('HDEL', lk(ino), owner) end
+  end
+end
+redis.call('DEL', P .. 'dl:' .. dev)
+redis.call('ZREM', P .. 'devices', dev)
+return {0}
+)lua";
+
 struct Compiled {
   std::string source;
   std::string sha;
@@ -462,15 +573,22 @@ std::string sha1_hex(const std::string& text) {
 
 const std::array<Compiled, size_t(Script::kCount)>& compiled() {
   static const auto all = [] {
-    const char* bodies[] = {kLookup,  kGetattr,    kMknode,    kLink,      kUnlink,
-                            kRmdir,   kRename,     kSetattr,   kWrote,     kFree,
-                            kReaddir, kSetxattr,   kGetxattr,  kListxattr, kRemovexattr,
-                            kGrow,    kChunkWrite, kChunkTrim, kChunkDrop};
+    const char* bodies[] = {kLookup,     kGetattr,   kMknode,   kLink,        kUnlink,
+                            kRmdir,      kRename,    kSetattr,  kWrote,       kFree,
+                            kReaddir,    kSetxattr,  kGetxattr, kListxattr,   kRemovexattr,
+                            kGrow,       kGetlk,     kSetlk,    kUnlockOwner, kDropDevice,
+                            kChunkWrite, kChunkTrim, kChunkDrop};
     static_assert(std::size(bodies) == size_t(Script::kCount));
     std::array<Compiled, size_t(Script::kCount)> out;
     for (size_t i = 0; i < out.size(); ++i) {
-      out[i].source =
-          is_chunk_script(Script(i)) ? std::string(bodies[i]) : std::string(kPrelude) + bodies[i];
+      const Script script = Script(i);
+      const bool lock = script == Script::kGetlk || script == Script::kSetlk ||
+                        script == Script::kUnlockOwner || script == Script::kDropDevice;
+      if (is_chunk_script(script)) {
+        out[i].source = bodies[i];
+      } else {
+        out[i].source = std::string(kPrelude) + (lock ? kLockHelpers : "") + bodies[i];
+      }
       out[i].sha = sha1_hex(out[i].source);
     }
     return out;

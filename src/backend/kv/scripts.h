@@ -31,6 +31,12 @@ enum class Script {
   kListxattr,    // ino -> names
   kRemovexattr,  // ino, name
   kGrow,         // ino, bytes (signed): the chunks' size changed
+  // Locks (ARGV[4] = ino or device; OWNER = "DEVICE:LOCK_OWNER:p|f",
+  // p for POSIX and f for flock; END -1 = to the end of the file).
+  kGetlk,        // ino, owner, flavor, start, end, type -> start end type pid, or -2
+  kSetlk,        // ino, owner, flavor, start, end, type, pid -> 0 or EAGAIN
+  kUnlockOwner,  // ino, owner
+  kDropDevice,   // device: every lock it holds goes
   // On one chunk key (KEYS[1]; no prelude, no prefix, no time): each
   // returns by how many bytes the chunk grew (negative: shrank).
   kChunkWrite,  // offset, data
