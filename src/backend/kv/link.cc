@@ -42,18 +42,14 @@ Link::~Link() {
 }
 
 void Link::submit(std::vector<std::string> argv, Done done) {
-  Command c{std::move(argv), std::move(done), Clock::now() + timeout_};
-  {
-    std::lock_guard lock(mu_);
-    if (!stop_) {
-      queue_.push_back(std::move(c));
-      c.done = nullptr;
-    }
-  }
-  if (c.done) {
-    c.done(nullptr);  // shutting down
+  std::unique_lock lock(mu_);
+  if (stop_) {
+    lock.unlock();
+    done(nullptr);  // shutting down
     return;
   }
+  queue_.push_back(Command{std::move(argv), std::move(done), Clock::now() + timeout_});
+  lock.unlock();
   const uint64_t one = 1;
   (void)!::write(event_fd_, &one, sizeof(one));
 }
