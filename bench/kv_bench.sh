@@ -15,6 +15,7 @@
 #   DURATION=5    seconds per run
 #   ROUNDS=2
 #   FILE_SIZE=64M the data file
+#   DPFS_ARGS=    more `dpfs serve` options (say, --poll-budget 0)
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,8 +43,9 @@ REDIS_PID=$!
 for _ in $(seq 100); do redis-cli -p "$PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
 URL=redis://127.0.0.1:$PORT/bench
 "$B/dpfs" kv format "$URL" >/dev/null
+# shellcheck disable=SC2086
 "$B/dpfs" serve --backend "$URL" --vhost-user "$W/vu.sock" --threads 1 --processes single \
-  --log-level warn >"$W/dpfs.log" 2>&1 &
+  --log-level warn ${DPFS_ARGS:-} >"$W/dpfs.log" 2>&1 &
 DEV_PID=$!
 for _ in $(seq 100); do [[ -S $W/vu.sock ]] && break; sleep 0.05; done
 [[ -S $W/vu.sock ]] || die "the device did not start: $(cat "$W/dpfs.log")"
