@@ -174,6 +174,15 @@ wait_for_mount() {
   die "$mnt did not come up as a FUSE mount within 10 s (daemon log above)"
 }
 
+# A fresh tmpfs on DIR (once per run) for a passthrough daemon to serve.
+tmpfs_source() {
+  mkdir -p "$1"
+  if ! is_mounted "$1"; then
+    mount -t tmpfs -o size=2G tmpfs "$1" || die "mounting a tmpfs on $1"
+    TMPFS+=("$1")
+  fi
+}
+
 # Starts the daemon of `target`; sets DAEMON_PID, MNT (the mount) and FILE
 # (what fio uses), and echoes the daemon command line into $RESULTS.
 start_target() {
@@ -205,11 +214,7 @@ start_target() {
       # The passthrough backend over a tmpfs of its own, as passthrough_ll's;
       # FUSE passthrough (fuse.passthrough) on unless DPFS_ARGS turn it off.
       local src=$WORK/tmpfs-dpfs
-      mkdir -p "$src"
-      if ! is_mounted "$src"; then
-        mount -t tmpfs -o size=2G tmpfs "$src" || die "mounting a tmpfs on $src"
-        TMPFS+=("$src")
-      fi
+      tmpfs_source "$src"
       MNT=$WORK/$target; mkdir -p "$MNT"
       # shellcheck disable=SC2206
       cmd=("$DPFS" serve --backend "passthrough:$src" --fuse-mount "$MNT" --threads "$THREADS"
@@ -219,11 +224,7 @@ start_target() {
       ;;
     libfuse-passthrough_ll)
       local src=$WORK/tmpfs-src
-      mkdir -p "$src"
-      if ! is_mounted "$src"; then
-        mount -t tmpfs -o size=2G tmpfs "$src" || die "mounting a tmpfs on $src"
-        TMPFS+=("$src")
-      fi
+      tmpfs_source "$src"
       MNT=$WORK/$target; mkdir -p "$MNT"
       cmd=("$BENCH_BIN/passthrough_ll" -f -o source="$src" "$MNT")
       FILE=$MNT/data
