@@ -463,7 +463,8 @@ const Setting kSettings[] = {
      [](Config& cfg, const Value& v) { cfg.vhost_user.poll = as_bool(v); }},
     {{"vhost_user.poll_budget", "--poll-budget", "MICROSECONDS",
       "without --poll: after a kick, workers keep polling until the queues have been idle this "
-      "long, then sleep on kicks again; 0..10000, 0 sleeps at once (default 50)"},
+      "long, then sleep on kicks again; the most they poll: each adapts it to how soon requests "
+      "come; 0..10000, 0 sleeps at once (default 50)"},
      [](Config& cfg, const Value& v) {
        const int64_t us = as_integer(v);
        if (us < 0 || us > int64_t(DeviceConfig::kMaxPollBudgetUs)) {

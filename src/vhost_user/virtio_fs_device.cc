@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "vhost_user/adaptive_poll.h"
+
 namespace dpfs::vhost_user {
 namespace {
 
@@ -362,10 +364,13 @@ void VirtioFsDevice::QueueWorker::run() {
     }
   }
   const bool poll = device_.options_.poll;
-  // Adaptive: poll after each kick until the queues have been idle this long.
+  // Adaptive: poll after each kick until the queues have been idle for the
+  // budget, which shrinks while polling does not pay (adaptive_poll.h).
   const uint64_t budget_ns = poll ? 0 : uint64_t(device_.options_.poll_budget_us) * 1000;
   const bool polls = poll || budget_ns > 0;
-  uint64_t busy_ns = 0;  // when an adaptive poll last found work
+  AdaptivePoll adapt(budget_ns);
+  uint64_t slept_ns = 0;  // adaptive: when the worker last went to sleep
+  uint64_t busy_ns = 0;   // when an adaptive poll last found work
   uint32_t idle = 0;
   uint32_t rounds = 0;
   bool sleeping = true;  // notifications enabled, waiting on kicks
@@ -389,7 +394,7 @@ void VirtioFsDevice::QueueWorker::run() {
       if (any) {
         idle = 0;
         busy_ns = 0;
-      } else if (budget_ns > 0 ? idle_too_long(&busy_ns, budget_ns, ++idle)
+      } else if (budget_ns > 0 ? idle_too_long(&busy_ns, adapt.budget_ns(), ++idle)
                                : ++idle >= device_.options_.poll_idle_rounds) {
         // Idle: sleep on kicks again, unless buffers slipped in meanwhile.
         bool again = false;
@@ -415,7 +420,9 @@ void VirtioFsDevice::QueueWorker::run() {
         continue;
       }
     }
+    if (budget_ns > 0) slept_ns = fuse::monotonic_ns();
     const int n = ::epoll_wait(epoll_.get(), events, 16, -1);
+    bool kicked = false;
     if (n < 0) {
       if (errno == EINTR) continue;
       spdlog::error("{}: worker {}: epoll_wait: {}", device_.options_.name, index_,
@@ -434,7 +441,10 @@ void VirtioFsDevice::QueueWorker::run() {
       Queue& q = *static_cast<Queue*>(events[i].data.ptr);
       drain_eventfd(q.kick.get());
       fuse::single_writer_add(q.stats->kicks);
-      if (polls) {
+      if (budget_ns > 0 && !kicked) adapt.woke_after(fuse::monotonic_ns() - slept_ns);
+      kicked = true;
+      const bool poll_now = poll || (budget_ns > 0 && adapt.budget_ns() > 0);
+      if (poll_now) {
         // Switch to polling: no kicks until idle again.
         for (Queue* each : queues_) {
           if (each->started) each->ring->set_notification(false);
@@ -442,7 +452,7 @@ void VirtioFsDevice::QueueWorker::run() {
         sleeping = false;
         idle = 0;
       }
-      process(q, polls);
+      process(q, poll_now);
     }
     drain_completions();
   }
