@@ -934,6 +934,7 @@ void KvBackend::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t ow
   if (lock.type != F_UNLCK) {
     std::lock_guard l(mu_);
     lockers_.emplace(ino, name);
+    locked_ = true;
   }
   std::vector<std::string> args{num(ino),
                                 name,
@@ -1038,6 +1039,13 @@ void KvBackend::lock_loop() {
 }
 
 void KvBackend::drop_device_locks() {
+  {
+    // Nothing to drop (and no store to wait for, when it is gone) unless a
+    // lock was taken here since the last time.
+    std::lock_guard l(mu_);
+    if (!locked_) return;
+    locked_ = false;
+  }
   auto done = std::make_shared<std::promise<void>>();
   std::future<void> f = done->get_future();
   run(Script::kDropDevice, {device_}, [done](int, const redisReply*) { done->set_value(); });

@@ -205,6 +205,7 @@ class KvBackend final : public Backend {
   std::unordered_map<uint64_t, Held> held_;         // guarded by mu_
   // (ino, owner name) that took locks here: only those unlock on close.
   std::set<std::pair<uint64_t, std::string>> lockers_;  // guarded by mu_
+  bool locked_ = false;  // a lock was taken since the device's were last dropped; mu_
 
   std::string device_;  // this device's name in lock owners
   std::mutex wait_mu_;
