@@ -127,7 +127,7 @@ TEST_F(KvTest, TwoDaemonsServeOneNamespace) {
 // POSIX and flock locks hold between devices: what one device's tenant
 // locks, the other's cannot, until it is unlocked.
 TEST_F(KvTest, LocksHoldBetweenDevices) {
-  const std::string url = formatted_url();
+  const std::string url = formatted_url() + "?locks=shared";
   Mount a, b;
   ASSERT_EQ(a.start_dpfs(serve(url, a)), "");
   ASSERT_EQ(b.start_dpfs(serve(url, b)), "");

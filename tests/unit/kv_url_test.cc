@@ -16,6 +16,9 @@ TEST(KvUrl, ServersNameAndTimeout) {
   EXPECT_EQ(u.fsname, "fs-1");
   EXPECT_EQ(u.timeout.count(), 2500);
   EXPECT_EQ(parse_kv_url("redis://h/a.b_c").timeout.count(), 10000);
+  EXPECT_FALSE(parse_kv_url("redis://h/x").shared_locks);
+  EXPECT_TRUE(parse_kv_url("redis://h/x?locks=shared").shared_locks);
+  EXPECT_TRUE(parse_kv_url("redis://h/x?timeout=3&locks=shared").shared_locks);
 }
 
 TEST(KvUrl, RefusesWhatItCannotUseNamingWhy) {
@@ -38,6 +41,7 @@ TEST(KvUrl, RefusesWhatItCannotUseNamingWhy) {
   EXPECT_NE(why("redis://h/x?timeout=0").find("timeout"), std::string::npos);
   EXPECT_NE(why("redis://h/x?durability=all").find("unknown option 'durability'"),
             std::string::npos);
+  EXPECT_NE(why("redis://h/x?locks=maybe").find("neither local nor shared"), std::string::npos);
 }
 
 TEST(KvUrl, KeysOfOneFileSystemShareTheMetadataSlotAndNotTheData) {

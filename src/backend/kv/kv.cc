@@ -134,8 +134,10 @@ KvBackend::~KvBackend() {
 
 Capabilities KvBackend::capabilities() const {
   Capabilities caps;
-  caps.posix_locks = true;
-  caps.flock_locks = true;
+  // Shared locks only when asked for (?locks=shared): their SETLKW's
+  // interruption still has a race (docs/kv.md).
+  caps.posix_locks = options_.url.shared_locks;
+  caps.flock_locks = options_.url.shared_locks;
   caps.readdirplus = false;
   caps.killpriv_v2 = true;
   return caps;

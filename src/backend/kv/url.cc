@@ -87,8 +87,13 @@ KvUrl parse_kv_url(std::string_view url) {
         refuse(url, fmt::format("timeout '{}' is not a number of seconds from 0 to 3600", value));
       }
       out.timeout = std::chrono::milliseconds(int64_t(seconds * 1000));
+    } else if (key == "locks") {
+      if (value != "local" && value != "shared") {
+        refuse(url, fmt::format("locks '{}' is neither local nor shared", value));
+      }
+      out.shared_locks = value == "shared";
     } else {
-      refuse(url, fmt::format("unknown option '{}' (known: timeout)", key));
+      refuse(url, fmt::format("unknown option '{}' (known: timeout, locks)", key));
     }
     if (amp == std::string_view::npos) break;
     query = query.substr(amp + 1);

@@ -1,5 +1,5 @@
 // The address of a KV file system: redis://HOST:PORT[,HOST:PORT...]/FSNAME
-// [?timeout=SECONDS]. The hosts are one Redis server, or seeds
+// [?timeout=SECONDS][&locks=local|shared]. The hosts are one Redis server, or seeds
 // of a Redis Cluster; FSNAME names the file system inside it (many file
 // systems may share one store).
 #pragma once
@@ -22,6 +22,10 @@ struct KvUrl {
   std::vector<Endpoint> servers;
   std::string fsname;
   std::chrono::milliseconds timeout{10000};  // a command unanswered this long fails (EIO)
+  // ?locks=shared: POSIX and flock locks kept in the store, so that they
+  // hold between devices; by default (?locks=local) each device's kernel
+  // keeps its tenant's locks itself.
+  bool shared_locks = false;
   bool operator==(const KvUrl&) const = default;
 };
 
