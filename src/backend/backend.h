@@ -86,6 +86,16 @@ inline int check_xattr_key(std::string_view name) {
   if (name.empty() || name.size() > XATTR_NAME_MAX) return ERANGE;
   return name.find('\0') != std::string_view::npos ? EINVAL : 0;
 }
+// An xattr name in a namespace tmpfs keeps (user., trusted., security.;
+// system.posix_acl_* never arrives: the kernel answers it when
+// FUSE_POSIX_ACL is off), for backends that keep xattrs themselves: 0,
+// EOPNOTSUPP for another namespace, EINVAL for a bare prefix.
+inline int check_xattr_namespace(std::string_view name) {
+  for (std::string_view prefix : {"user.", "trusted.", "security."}) {
+    if (name.starts_with(prefix)) return name.size() > prefix.size() ? 0 : EINVAL;
+  }
+  return EOPNOTSUPP;
+}
 
 // Who asks: the credentials of the tenant process behind a request.
 struct Context {

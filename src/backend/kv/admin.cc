@@ -50,14 +50,14 @@ uint64_t number(const redisReply* r) {
   return std::strtoull(r->str, nullptr, 10);
 }
 
-// A field of INFO's text ("used_memory:123").
-uint64_t info_field(const std::string& text, const std::string& key) {
-  const size_t at = text.find("\n" + key + ":");
-  return at == std::string::npos ? 0
-                                 : std::strtoull(text.c_str() + at + key.size() + 2, nullptr, 10);
-}
-
 }  // namespace
+
+uint64_t info_field(std::string_view info, std::string_view key) {
+  const std::string text = "\n" + std::string(info);
+  const std::string line = "\n" + std::string(key) + ":";
+  const size_t at = text.find(line);
+  return at == std::string::npos ? 0 : std::strtoull(text.c_str() + at + line.size(), nullptr, 10);
+}
 
 void format(const KvUrl& url, uint64_t chunk_size) {
   if (chunk_size < 4096 || chunk_size > (4u << 20) || (chunk_size & (chunk_size - 1)) != 0) {
@@ -120,7 +120,7 @@ FormatInfo read_format(const KvUrl& url) {
   info.next_ino = number(n.get());
   Reply m = command(c.get(), {"INFO", "memory"});
   if (m->type == REDIS_REPLY_STRING || m->type == REDIS_REPLY_STATUS) {
-    const std::string text = "\n" + std::string(m->str, m->len);
+    const std::string_view text(m->str, m->len);
     info.used_memory = info_field(text, "used_memory");
     info.max_memory = info_field(text, "maxmemory");
   }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "backend/kv/url.h"
 
@@ -32,6 +33,9 @@ void format(const KvUrl& url, uint64_t chunk_size);
 // What `url` holds; throws std::runtime_error if it is not a dpfs file
 // system, or one of a newer format than this build reads.
 FormatInfo read_format(const KvUrl& url);
+
+// A number of INFO's text ("used_memory:123" -> 123); 0 if it has none.
+uint64_t info_field(std::string_view info, std::string_view key);
 
 // `dpfs kv info`'s lines.
 std::string describe(const KvUrl& url, const FormatInfo& info);

@@ -45,13 +45,6 @@ const redisReply* elem(const redisReply* r, size_t i) {
   return r != nullptr && r->type == REDIS_REPLY_ARRAY && i < r->elements ? r->element[i] : nullptr;
 }
 
-int check_xattr_name(std::string_view name) {
-  for (std::string_view prefix : {"user.", "trusted.", "security."}) {
-    if (name.starts_with(prefix)) return name.size() > prefix.size() ? 0 : EINVAL;
-  }
-  return EOPNOTSUPP;
-}
-
 // Copies `data` into the iovecs from byte `at` on.
 void scatter(std::span<const iovec> dst, size_t at, std::string_view data) {
   for (const iovec& v : dst) {
@@ -474,11 +467,9 @@ void KvBackend::set_size(const Context&, uint64_t ino, uint64_t size, uint32_t v
         const uint64_t old = uint64_t(integer(elem(r, 6)));
         clear_past(ino, size, old, [this, ino, size, valid, then = std::move(then)](int e) mutable {
           if (e != 0) return then(e, nullptr);
-          SetAttr a;
-          a.valid = valid | SetAttr::kSize;
-          a.size = size;
           run(Script::kSetattr,
-              {num(ino), num(a.valid), "0", "0", "0", num(size), "0", "0", "0", "0", "0", "0"},
+              {num(ino), num(valid | SetAttr::kSize), "0", "0", "0", num(size), "0", "0", "0", "0",
+               "0", "0"},
               std::move(then));
         });
       });
@@ -526,15 +517,10 @@ void KvBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
     if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) {
       return reply.error(EIO);
     }
-    const std::string text = "\n" + std::string(r->str, r->len);
-    auto field = [&](const char* key) -> uint64_t {
-      const std::string k = std::string("\n") + key + ":";
-      const size_t at = text.find(k);
-      return at == std::string::npos ? 0 : std::strtoull(text.c_str() + at + k.size(), nullptr, 10);
-    };
-    const uint64_t used = field("used_memory");
-    uint64_t total = field("maxmemory");
-    if (total == 0) total = field("total_system_memory");
+    const std::string_view text(r->str, r->len);
+    const uint64_t used = kv::info_field(text, "used_memory");
+    uint64_t total = kv::info_field(text, "maxmemory");
+    if (total == 0) total = kv::info_field(text, "total_system_memory");
     total = std::max(total, used);
     struct statvfs st {};
     st.f_bsize = kBlockSize;
@@ -828,7 +814,7 @@ void KvBackend::fsyncdir(const Context&, uint64_t ino, uint64_t fh, SyncMode, St
 
 void KvBackend::setxattr(const Context&, uint64_t ino, std::string_view name,
                          std::span<const std::byte> value, uint32_t flags, StatusReply reply) {
-  if (int e = check_xattr_name(name); e != 0) return reply.error(e);
+  if (int e = check_xattr_namespace(name); e != 0) return reply.error(e);
   if (flags & ~uint32_t(XATTR_CREATE | XATTR_REPLACE)) return reply.error(EINVAL);
   run(Script::kSetxattr,
       {num(ino), std::string(name),
@@ -840,7 +826,7 @@ void KvBackend::setxattr(const Context&, uint64_t ino, std::string_view name,
 }
 
 void KvBackend::getxattr(const Context&, uint64_t ino, std::string_view name, XattrReply reply) {
-  if (int e = check_xattr_name(name); e != 0) return reply.error(e);
+  if (int e = check_xattr_namespace(name); e != 0) return reply.error(e);
   run(Script::kGetxattr, {num(ino), std::string(name)},
       [reply = std::move(reply)](int error, const redisReply* r) mutable {
         if (error != 0) return reply.error(error);
@@ -868,7 +854,7 @@ void KvBackend::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
 
 void KvBackend::removexattr(const Context&, uint64_t ino, std::string_view name,
                             StatusReply reply) {
-  if (int e = check_xattr_name(name); e != 0) return reply.error(e);
+  if (int e = check_xattr_namespace(name); e != 0) return reply.error(e);
   run(Script::kRemovexattr, {num(ino), std::string(name)},
       [reply = std::move(reply)](int error, const redisReply*) mutable {
         if (error != 0) return reply.error(error);

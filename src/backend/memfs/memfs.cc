@@ -52,16 +52,6 @@ uint32_t kill_suid(uint32_t perm) {
   return perm;
 }
 
-// The xattr namespaces tmpfs keeps (system.posix_acl_* never arrives: the
-// kernel answers it when FUSE_POSIX_ACL is off). 0, EOPNOTSUPP for another
-// namespace, EINVAL for a bare prefix.
-int check_xattr_name(std::string_view name) {
-  for (std::string_view prefix : {"user.", "trusted.", "security."}) {
-    if (name.starts_with(prefix)) return name.size() > prefix.size() ? 0 : EINVAL;
-  }
-  return EOPNOTSUPP;
-}
-
 }  // namespace
 
 struct Memfs::NewNode {
@@ -759,7 +749,7 @@ void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
                      std::span<const std::byte> value, uint32_t flags, StatusReply reply) {
   if (int e = check_xattr_key(name); e != 0) return reply.error(e);
   if (flags & ~uint32_t(XATTR_CREATE | XATTR_REPLACE)) return reply.error(EINVAL);
-  if (int e = check_xattr_name(name)) return reply.error(e);
+  if (int e = check_xattr_namespace(name)) return reply.error(e);
   if (value.size() > kXattrSizeMax) return reply.error(E2BIG);
   const int error = with_inode(ino, [&](Inode* node) {
     auto it = node->xattrs.find(name);
@@ -785,7 +775,7 @@ void Memfs::setxattr(const Context&, uint64_t ino, std::string_view name,
 
 void Memfs::getxattr(const Context&, uint64_t ino, std::string_view name, XattrReply reply) {
   if (int e = check_xattr_key(name); e != 0) return reply.error(e);
-  if (int e = check_xattr_name(name)) return reply.error(e);
+  if (int e = check_xattr_namespace(name)) return reply.error(e);
   std::vector<std::byte> value;
   const int error = with_inode(ino, [&](Inode* node) {
     auto it = node->xattrs.find(name);
@@ -814,7 +804,7 @@ void Memfs::listxattr(const Context& ctx, uint64_t ino, XattrReply reply) {
 
 void Memfs::removexattr(const Context&, uint64_t ino, std::string_view name, StatusReply reply) {
   if (int e = check_xattr_key(name); e != 0) return reply.error(e);
-  if (int e = check_xattr_name(name)) return reply.error(e);
+  if (int e = check_xattr_namespace(name)) return reply.error(e);
   const int error = with_inode(ino, [&](Inode* node) {
     if (!erase_xattr(node, name)) return ENODATA;
     node->ctime = now();
