@@ -79,18 +79,7 @@ mount_type() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); t = $(i + 1
 # and makes sure its mount is gone.
 stop_daemon() {
   local mnt=$1
-  if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-    kill -TERM "$DAEMON_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$DAEMON_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-      log "daemon $DAEMON_PID ignored SIGTERM; killing it"
-      kill -KILL "$DAEMON_PID" 2>/dev/null || true
-    fi
-    wait "$DAEMON_PID" 2>/dev/null || true
-  fi
+  bench_stop_pid "$DAEMON_PID" 10
   DAEMON_PID=""
   if is_mounted "$mnt"; then
     fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true

@@ -63,18 +63,7 @@ DAEMON_PID=""
 TMPFS=""
 
 stop_daemon() {
-  if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-    kill -TERM "$DAEMON_PID" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$DAEMON_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-      log "daemon $DAEMON_PID ignored SIGTERM; killing it"
-      kill -KILL "$DAEMON_PID" 2>/dev/null || true
-    fi
-  fi
-  [[ -n $DAEMON_PID ]] && wait "$DAEMON_PID" 2>/dev/null || true
+  bench_stop_pid "$DAEMON_PID"
   DAEMON_PID=""
 }
 

@@ -15,7 +15,7 @@
 #   bench_require_idle [WHAT]        refuses when the 1-minute load is at or
 #                                    over MAX_LOAD (0.5), unless FORCE=1
 #   bench_wait_quiet                 waits up to QUIET_WAIT s for a quiet second
-#   bench_stop_pid PID               SIGTERM, SIGKILL after 5 s, reaped
+#   bench_stop_pid PID [GRACE]       SIGTERM, SIGKILL after GRACE s (5), reaped
 #   is_mounted DIR
 #   bench_scrub FILE...              this machine's paths out of FILEs
 #
@@ -116,10 +116,10 @@ bench_wait_quiet() {
 }
 
 bench_stop_pid() {
-  local pid=$1
+  local pid=$1 grace=${2:-5}
   [[ -n $pid ]] || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do
+  for _ in $(seq $((grace * 10))); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
