@@ -1,5 +1,7 @@
 #include "backend/kv/admin.h"
 
+#include "backend/kv/cluster.h"
+
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 
@@ -18,8 +20,7 @@ struct Free {
 using Context = std::unique_ptr<redisContext, Free>;
 using Reply = std::unique_ptr<redisReply, Free>;
 
-Context connect(const KvUrl& url) {
-  const Endpoint& e = url.servers.front();
+Context connect_to(const KvUrl& url, const Endpoint& e) {
   const timeval tv{long(url.timeout.count() / 1000), long(url.timeout.count() % 1000) * 1000};
   Context c(redisConnectWithTimeout(e.host.c_str(), e.port, tv));
   if (!c || c->err != 0) {
@@ -28,6 +29,12 @@ Context connect(const KvUrl& url) {
   }
   redisSetTimeout(c.get(), tv);
   return c;
+}
+
+// The server that keeps the file system's metadata: the one server, or the
+// master of its hash tag's slot in a cluster.
+Context connect(const KvUrl& url, const Topology& t) {
+  return connect_to(url, master_of(t.map, key_slot(meta_prefix(url.fsname))));
 }
 
 Reply command(redisContext* c, const std::vector<std::string>& argv) {
@@ -64,7 +71,7 @@ void format(const KvUrl& url, uint64_t chunk_size) {
     throw std::runtime_error(
         fmt::format("chunk size {} is not a power of two from 4K to 4M", chunk_size));
   }
-  Context c = connect(url);
+  Context c = connect(url, discover(url));
   const std::string p = meta_prefix(url.fsname);
   const std::string now = std::to_string(std::time(nullptr));
   // One script: nothing is half made, and a second format finds the first.
@@ -89,7 +96,8 @@ return 1
 }
 
 FormatInfo read_format(const KvUrl& url) {
-  Context c = connect(url);
+  const Topology t = discover(url);
+  Context c = connect(url, t);
   const std::string p = meta_prefix(url.fsname);
   Reply f = command(c.get(), {"HMGET", p + "format", "magic", "version", "chunk_size", "created"});
   if (f->type != REDIS_REPLY_ARRAY || f->elements != 4 ||
@@ -118,11 +126,17 @@ FormatInfo read_format(const KvUrl& url) {
   info.inodes = number(s.get());
   Reply n = command(c.get(), {"GET", p + "next"});
   info.next_ino = number(n.get());
-  Reply m = command(c.get(), {"INFO", "memory"});
-  if (m->type == REDIS_REPLY_STRING || m->type == REDIS_REPLY_STATUS) {
-    const std::string_view text(m->str, m->len);
-    info.used_memory = info_field(text, "used_memory");
-    info.max_memory = info_field(text, "maxmemory");
+  // A cluster's memory is its masters' together.
+  info.masters = t.map.masters.size();
+  info.cluster = t.cluster;
+  for (const Endpoint& master : t.map.masters) {
+    Context mc = connect_to(url, master);
+    Reply m = command(mc.get(), {"INFO", "memory"});
+    if (m->type == REDIS_REPLY_STRING || m->type == REDIS_REPLY_STATUS) {
+      const std::string_view text(m->str, m->len);
+      info.used_memory += info_field(text, "used_memory");
+      info.max_memory += info_field(text, "maxmemory");
+    }
   }
   return info;
 }
@@ -134,13 +148,16 @@ std::string describe(const KvUrl& url, const FormatInfo& info) {
     std::strftime(created, sizeof(created), "%Y-%m-%d %H:%M:%S UTC", &tm);
   }
   return fmt::format(
-      "file system {} on {}:{}\n"
+      "file system {} on {}{}:{}\n"
       "format version {} (this dpfs reads up to {})\n"
       "chunk size {} bytes\n"
       "inodes {} (last inode number {})\n"
       "store memory used {} bytes{}\n"
       "created {}\n",
-      url.fsname, url.servers.front().host, url.servers.front().port, info.version, kFormatVersion,
+      url.fsname,
+      info.cluster ? fmt::format("a redis cluster of {} masters, seed ", info.masters)
+                   : std::string("redis "),
+      url.servers.front().host, url.servers.front().port, info.version, kFormatVersion,
       info.chunk_size, info.inodes, info.next_ino, info.used_memory,
       info.max_memory != 0 ? fmt::format(" of {} (maxmemory)", info.max_memory)
                            : std::string(" (no maxmemory set)"),

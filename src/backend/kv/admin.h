@@ -23,6 +23,8 @@ struct FormatInfo {
   int64_t created = 0;       // seconds since the epoch
   uint64_t used_memory = 0;  // the store's, all file systems together
   uint64_t max_memory = 0;   // 0: no limit set
+  bool cluster = false;      // a Redis Cluster (memory: its masters' together)
+  size_t masters = 1;
 };
 
 // Creates the file system `url` names: its format record and an empty root

@@ -76,16 +76,21 @@ void zero(std::span<const iovec> dst, size_t from, size_t to) {
 }
 
 // Counts the answers of commands sent together and runs `done` after the
-// last, with the first error. Not thread-safe: the commands go on one
-// connection, whose answers come on its loop thread.
+// last, with the first error. The answers may come on several connections'
+// threads at once (a cluster's nodes).
 struct Fan {
   explicit Fan(size_t n, util::UniqueFunction<void(int)> done) : left(n), done(std::move(done)) {}
   void one(int error) {
-    if (error != 0 && first_error == 0) first_error = error;
-    if (--left == 0) done(first_error);
+    if (error != 0) {
+      int none = 0;
+      first_error.compare_exchange_strong(none, error, std::memory_order_relaxed);
+    }
+    if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      done(first_error.load(std::memory_order_relaxed));
+    }
   }
-  size_t left;
-  int first_error = 0;
+  std::atomic<size_t> left;
+  std::atomic<int> first_error{0};
   util::UniqueFunction<void(int)> done;
 };
 
@@ -97,20 +102,15 @@ KvBackend::KvBackend(KvOptions options)
       format_key_(prefix_ + "format") {
   const kv::FormatInfo info = kv::read_format(options_.url);
   chunk_size_ = info.chunk_size;
-  const kv::Endpoint& server = options_.url.servers.front();
-  const unsigned n = std::max(options_.connections, 1u);
-  for (unsigned i = 0; i < n; ++i) {
-    links_.push_back(
-        std::make_unique<kv::Link>(server.host, server.port, options_.url.timeout,
-                                   fmt::format("redis {}:{} #{}", server.host, server.port, i)));
-  }
+  store_ = std::make_unique<kv::Store>(options_.url, std::max(options_.connections, 1u));
   std::random_device rd;
   device_ = fmt::format("{:08x}{:08x}", rd(), rd());
   heartbeat();
   lock_thread_ = std::thread([this] { lock_loop(); });
-  spdlog::info("kv: file system {} on {}:{} (format {}, {}-byte chunks, {} inodes)",
-               options_.url.fsname, server.host, server.port, info.version, chunk_size_,
-               info.inodes);
+  spdlog::info("kv: file system {} on {} {}:{} (format {}, {}-byte chunks, {} inodes)",
+               options_.url.fsname, store_->cluster() ? "the redis cluster of" : "redis",
+               options_.url.servers.front().host, options_.url.servers.front().port, info.version,
+               chunk_size_, info.inodes);
 }
 
 KvBackend::~KvBackend() {
@@ -122,7 +122,7 @@ KvBackend::~KvBackend() {
   lock_thread_.join();
   answer_waiters([](const Waiter&) { return true; }, EIO);
   drop_device_locks();
-  links_.clear();
+  store_.reset();
 }
 
 Capabilities KvBackend::capabilities() const {
@@ -136,45 +136,38 @@ Capabilities KvBackend::capabilities() const {
   return caps;
 }
 
-std::vector<std::string> KvBackend::stats() const {
-  std::vector<std::string> lines;
-  for (const auto& l : links_) lines.push_back(l->stats());
-  return lines;
-}
+std::vector<std::string> KvBackend::stats() const { return store_->stats(); }
 
-kv::Link& KvBackend::link() {
-  return *links_[next_link_.fetch_add(1, std::memory_order_relaxed) % links_.size()];
+void KvBackend::send(std::string key, std::vector<std::string> argv, kv::Done done, unsigned lane) {
+  store_->submit(key, std::move(argv), std::move(done), lane == kAnyLane ? store_->lane() : lane);
 }
 
 void KvBackend::eval(Script script, std::string key, std::vector<std::string> args, kv::Done done,
-                     kv::Link* on) {
-  struct Call {
-    Script script;
-    std::vector<std::string> argv;
-    kv::Done done;
-    kv::Link* link;
-  };
-  auto call = std::make_shared<Call>();
-  call->script = script;
-  call->argv = {"EVALSHA", kv::script_sha(script), "1", std::move(key)};
-  call->argv.insert(call->argv.end(), std::make_move_iterator(args.begin()),
-                    std::make_move_iterator(args.end()));
-  call->done = std::move(done);
-  call->link = on != nullptr ? on : &link();
-  // The store forgets scripts when it restarts: the first EVALSHA after
-  // that is NOSCRIPT, and the script goes again whole.
-  call->link->submit(call->argv, [call](const redisReply* r) {
-    if (r != nullptr && r->type == REDIS_REPLY_ERROR && std::strncmp(r->str, "NOSCRIPT", 8) == 0) {
-      call->argv[0] = "EVAL";
-      call->argv[1] = kv::script_source(call->script);
-      call->link->submit(std::move(call->argv), [call](const redisReply* r2) { call->done(r2); });
-      return;
-    }
-    call->done(r);
-  });
+                     unsigned lane) {
+  if (lane == kAnyLane) lane = store_->lane();
+  std::vector<std::string> argv{"EVALSHA", kv::script_sha(script), "1", key};
+  argv.insert(argv.end(), std::make_move_iterator(args.begin()),
+              std::make_move_iterator(args.end()));
+  // The store forgets scripts when it restarts (and a cluster's new master
+  // may never have had them): the first EVALSHA after that is NOSCRIPT, and
+  // the script goes again whole. Only then are the words kept for it.
+  auto again = std::make_shared<std::vector<std::string>>(argv);
+  store_->submit(
+      key, std::move(argv),
+      [this, script, key, lane, again, done = std::move(done)](const redisReply* r) mutable {
+        if (r != nullptr && r->type == REDIS_REPLY_ERROR &&
+            std::strncmp(r->str, "NOSCRIPT", 8) == 0) {
+          (*again)[0] = "EVAL";
+          (*again)[1] = kv::script_source(script);
+          store_->submit(key, std::move(*again), std::move(done), lane);
+          return;
+        }
+        done(r);
+      },
+      lane);
 }
 
-void KvBackend::run(Script script, std::vector<std::string> args, Then then, kv::Link* on) {
+void KvBackend::run(Script script, std::vector<std::string> args, Then then, unsigned lane) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   std::vector<std::string> argv{prefix_, num(uint64_t(now.tv_sec)), num(uint64_t(now.tv_nsec))};
@@ -196,12 +189,12 @@ void KvBackend::run(Script script, std::vector<std::string> args, Then then, kv:
         if (status != 0) return then(status > 0 && status < 4096 ? int(status) : EIO, nullptr);
         then(0, r);
       },
-      on);
+      lane);
 }
 
 void KvBackend::run_chunk(Script script, uint64_t ino, uint64_t index,
                           std::vector<std::string> args,
-                          util::UniqueFunction<void(int, int64_t)> then, kv::Link* on) {
+                          util::UniqueFunction<void(int, int64_t)> then, unsigned lane) {
   eval(
       script, kv::chunk_key(options_.url.fsname, ino, index), std::move(args),
       [then = std::move(then)](const redisReply* r) mutable {
@@ -213,7 +206,7 @@ void KvBackend::run_chunk(Script script, uint64_t ino, uint64_t index,
         }
         then(0, r->integer);
       },
-      on);
+      lane);
 }
 
 Entry KvBackend::entry_from(const redisReply* r, size_t at) const {
@@ -302,18 +295,19 @@ void KvBackend::symlink(const Context& ctx, uint64_t parent, std::string_view na
 }
 
 void KvBackend::readlink(const Context&, uint64_t ino, ReadlinkReply reply) {
-  link().submit({"HMGET", prefix_ + "i:" + num(ino), "mode", "target"},
-                [reply = std::move(reply)](const redisReply* r) mutable {
-                  if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-                    return reply.error(EIO);
-                  }
-                  if (r->element[0]->type != REDIS_REPLY_STRING) return reply.error(ESTALE);
-                  if ((uint32_t(integer(r->element[0])) & S_IFMT) != S_IFLNK ||
-                      r->element[1]->type != REDIS_REPLY_STRING) {
-                    return reply.error(EINVAL);
-                  }
-                  reply.ok(std::string_view(r->element[1]->str, r->element[1]->len));
-                });
+  const std::string key = prefix_ + "i:" + num(ino);
+  send(key, {"HMGET", key, "mode", "target"},
+       [reply = std::move(reply)](const redisReply* r) mutable {
+         if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+           return reply.error(EIO);
+         }
+         if (r->element[0]->type != REDIS_REPLY_STRING) return reply.error(ESTALE);
+         if ((uint32_t(integer(r->element[0])) & S_IFMT) != S_IFLNK ||
+             r->element[1]->type != REDIS_REPLY_STRING) {
+           return reply.error(EINVAL);
+         }
+         reply.ok(std::string_view(r->element[1]->str, r->element[1]->len));
+       });
 }
 
 void KvBackend::link(const Context&, uint64_t ino, uint64_t new_parent, std::string_view new_name,
@@ -413,17 +407,23 @@ void KvBackend::free_inode(uint64_t ino) {
 void KvBackend::drop_chunks(uint64_t ino, uint64_t first, uint64_t last,
                             util::UniqueFunction<void(int)> then) {
   if (first > last) return then(0);
-  // DEL takes many keys; batches keep each command small.
-  constexpr uint64_t kBatch = 256;
-  // All on one connection: their answers come on its thread, one by one.
-  kv::Link& on = link();
-  auto fan = std::make_shared<Fan>((last - first) / kBatch + 1, std::move(then));
-  for (uint64_t from = first; from <= last; from += kBatch) {
+  // UNLINK takes many keys; batches keep each command small. A cluster
+  // takes only keys of one slot in a command, and chunks spread over slots.
+  const uint64_t batch = store_->cluster() ? 1 : 256;
+  const unsigned lane = store_->lane();
+  auto fan = std::make_shared<Fan>((last - first) / batch + 1, std::move(then));
+  for (uint64_t from = first; from <= last; from += batch) {
     std::vector<std::string> argv{"UNLINK"};
-    for (uint64_t i = from; i <= std::min(last, from + kBatch - 1); ++i) {
+    for (uint64_t i = from; i <= std::min(last, from + batch - 1); ++i) {
       argv.push_back(kv::chunk_key(options_.url.fsname, ino, i));
     }
-    on.submit(std::move(argv), [fan](const redisReply* r) { fan->one(r == nullptr ? EIO : 0); });
+    std::string key = argv[1];
+    send(
+        std::move(key), std::move(argv),
+        [fan](const redisReply* r) {
+          fan->one(r == nullptr || r->type == REDIS_REPLY_ERROR ? EIO : 0);
+        },
+        lane);
   }
 }
 
@@ -435,24 +435,24 @@ void KvBackend::clear_past(uint64_t ino, uint64_t size, uint64_t old_size,
   const uint64_t keep = size % chunk_size_;
   // The chunk the new end falls in keeps its head (a later extension reads
   // zeros past it); the ones after go. Then the inode's byte count.
-  auto delta = std::make_shared<int64_t>(0);
+  auto delta = std::make_shared<std::atomic<int64_t>>(0);
   auto fan = std::make_shared<Fan>(
       last - first + 1, [this, ino, delta, then = std::move(then)](int error) mutable {
-        if (error != 0 || *delta == 0) return then(error);
-        run(Script::kGrow, {num(ino), std::to_string(*delta)},
+        if (error != 0 || delta->load() == 0) return then(error);
+        run(Script::kGrow, {num(ino), std::to_string(delta->load())},
             [then = std::move(then)](int e, const redisReply*) mutable { then(e); });
       });
-  kv::Link* on = &link();  // one connection: the answers come one by one
+  const unsigned lane = store_->lane();
   for (uint64_t c = first; c <= last; ++c) {
     const bool trim = c == first && keep != 0;
     run_chunk(
         trim ? Script::kChunkTrim : Script::kChunkDrop, ino, c,
         trim ? std::vector<std::string>{num(keep)} : std::vector<std::string>{},
         [fan, delta](int e, int64_t d) {
-          *delta += d;
+          delta->fetch_add(d, std::memory_order_relaxed);
           fan->one(e);
         },
-        on);
+        lane);
   }
 }
 
@@ -513,27 +513,50 @@ void KvBackend::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrR
 }
 
 void KvBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
-  link().submit({"INFO", "memory"}, [reply = std::move(reply)](const redisReply* r) mutable {
-    if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) {
-      return reply.error(EIO);
-    }
-    const std::string_view text(r->str, r->len);
-    const uint64_t used = kv::info_field(text, "used_memory");
-    uint64_t total = kv::info_field(text, "maxmemory");
-    if (total == 0) total = kv::info_field(text, "total_system_memory");
-    total = std::max(total, used);
+  // The memory of every master: a cluster's capacity is their sum.
+  struct Sum {
+    std::mutex mu;
+    uint64_t used = 0;
+    uint64_t total = 0;
+    StatfsReply reply;
+  };
+  auto sum = std::make_shared<Sum>();
+  sum->reply = std::move(reply);
+  const std::vector<uint16_t> masters = store_->master_slots();
+  auto fan = std::make_shared<Fan>(masters.size(), [sum](int error) {
+    if (error != 0) return sum->reply.error(error);
     struct statvfs st {};
     st.f_bsize = kBlockSize;
     st.f_frsize = kBlockSize;
-    st.f_blocks = total / kBlockSize;
-    st.f_bfree = (total - used) / kBlockSize;
+    st.f_blocks = sum->total / kBlockSize;
+    st.f_bfree = (sum->total - sum->used) / kBlockSize;
     st.f_bavail = st.f_bfree;
     st.f_files = 1ull << 40;
     st.f_ffree = st.f_files;
     st.f_favail = st.f_ffree;
     st.f_namemax = kNameMax;
-    reply.ok(st);
+    sum->reply.ok(st);
   });
+  for (const uint16_t slot : masters) {
+    store_->submit_slot(
+        slot, {"INFO", "memory"},
+        [sum, fan](const redisReply* r) {
+          if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) {
+            return fan->one(EIO);
+          }
+          const std::string_view text(r->str, r->len);
+          const uint64_t used = kv::info_field(text, "used_memory");
+          uint64_t total = kv::info_field(text, "maxmemory");
+          if (total == 0) total = kv::info_field(text, "total_system_memory");
+          {
+            std::lock_guard lock(sum->mu);
+            sum->used += used;
+            sum->total += std::max(total, used);
+          }
+          fan->one(0);
+        },
+        store_->lane());
+  }
 }
 
 // --- Files ------------------------------------------------------------------
@@ -621,13 +644,20 @@ void KvBackend::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
                      std::span<const iovec> dst, ReadReply reply) {
   if (!known_handle(ino, fh)) return reply.error(EBADF);
   if (size == 0 || offset >= kMaxFileSize) return reply.ok(0);
-  // The size and every chunk piece, sent together on one connection: the
-  // store answers them in order, so the size is the one the pieces had.
+  // The size and every chunk piece, sent together. On one server they go
+  // on one connection and the store answers them in order, so the size is
+  // the one the pieces had. A cluster's chunks are on other nodes: a READ
+  // that races a WRITE which extends the file may see its new size with
+  // zeros where the new bytes go (as a READ racing a WRITE may see either).
   struct State {
-    uint64_t file_size = 0;
-    int error = 0;
-    size_t left = 0;
+    std::atomic<uint64_t> file_size{0};
+    std::atomic<int> error{0};
+    std::atomic<size_t> left{0};
     ReadReply reply;
+    void fail(int e) {
+      int none = 0;
+      error.compare_exchange_strong(none, e, std::memory_order_relaxed);
+    }
   };
   auto st = std::make_shared<State>();
   st->reply = std::move(reply);
@@ -635,42 +665,48 @@ void KvBackend::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
   const uint64_t last = (offset + size - 1) / chunk_size_;
   st->left = size_t(last - first) + 2;
   auto done = [st, offset, size]() {
-    if (--st->left != 0) return;
-    if (st->error != 0) return st->reply.error(st->error);
-    const uint64_t n =
-        st->file_size > offset ? std::min<uint64_t>(size, st->file_size - offset) : 0;
+    if (st->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (const int e = st->error.load(std::memory_order_relaxed); e != 0) return st->reply.error(e);
+    const uint64_t file_size = st->file_size.load(std::memory_order_relaxed);
+    const uint64_t n = file_size > offset ? std::min<uint64_t>(size, file_size - offset) : 0;
     st->reply.ok(size_t(n));
   };
-  kv::Link& l = link();
-  l.submit({"HGET", prefix_ + "i:" + num(ino), "size"}, [st, done](const redisReply* r) {
-    if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
-      st->error = EIO;
-    } else if (r->type == REDIS_REPLY_NIL) {
-      st->error = ESTALE;
-    } else {
-      st->file_size = uint64_t(integer(r));
-    }
-    done();
-  });
+  const unsigned lane = store_->lane();
+  const std::string key = prefix_ + "i:" + num(ino);
+  send(
+      key, {"HGET", key, "size"},
+      [st, done](const redisReply* r) {
+        if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
+          st->fail(EIO);
+        } else if (r->type == REDIS_REPLY_NIL) {
+          st->fail(ESTALE);
+        } else {
+          st->file_size.store(uint64_t(integer(r)), std::memory_order_relaxed);
+        }
+        done();
+      },
+      lane);
   for (uint64_t c = first; c <= last; ++c) {
     const uint64_t from = std::max(offset, c * chunk_size_);
     const uint64_t to = std::min(offset + size, (c + 1) * chunk_size_);  // exclusive
     const size_t at = size_t(from - offset);
     const size_t len = size_t(to - from);
     const uint64_t in_chunk = from - c * chunk_size_;
-    l.submit({"GETRANGE", kv::chunk_key(options_.url.fsname, ino, c), num(in_chunk),
-              num(in_chunk + len - 1)},
-             [st, done, dst, at, len](const redisReply* r) {
-               if (r == nullptr || r->type != REDIS_REPLY_STRING) {
-                 st->error = EIO;
-               } else {
-                 // A chunk shorter than asked (or none) is a hole: zeros.
-                 const size_t got = std::min(size_t(r->len), len);
-                 scatter(dst, at, std::string_view(r->str, got));
-                 zero(dst, at + got, at + len);
-               }
-               done();
-             });
+    std::string chunk = kv::chunk_key(options_.url.fsname, ino, c);
+    send(
+        chunk, {"GETRANGE", chunk, num(in_chunk), num(in_chunk + len - 1)},
+        [st, done, dst, at, len](const redisReply* r) {
+          if (r == nullptr || r->type != REDIS_REPLY_STRING) {
+            st->fail(EIO);
+          } else {
+            // A chunk shorter than asked (or none) is a hole: zeros.
+            const size_t got = std::min(size_t(r->len), len);
+            scatter(dst, at, std::string_view(r->str, got));
+            zero(dst, at + got, at + len);
+          }
+          done();
+        },
+        lane);
   }
 }
 
@@ -684,35 +720,47 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
   std::string data;
   data.reserve(size);
   for (const iovec& v : src) data.append(static_cast<const char*>(v.iov_base), v.iov_len);
-  // Each chunk's piece, then the size and times, all at once on one
-  // connection: the store runs them in that order, so a crash leaves the
-  // data without the size (bytes past the end are never read), never the
-  // size without the data; the tenant's answer waits for all of them (one
-  // round trip). What the chunks grew is added after, when they grew.
+  // Each chunk's piece first, then the size and times: a crash between
+  // leaves the data without the size (bytes past the end are never read),
+  // never the size without the data. On one server all go at once on one
+  // connection, which the store runs in order (one round trip), and what
+  // the chunks grew is added after, when they grew. A cluster's chunks are
+  // on other nodes: the size goes once they answered, with what they grew.
   struct State {
     WriteReply reply;
-    size_t left = 0;
-    int error = 0;
-    int64_t grew = 0;
+    std::atomic<size_t> left{0};
+    std::atomic<int> error{0};
+    std::atomic<int64_t> grew{0};
   };
   auto st = std::make_shared<State>();
   st->reply = std::move(reply);
   const uint64_t first = offset / chunk_size_;
   const uint64_t last = (offset + size - 1) / chunk_size_;
-  st->left = size_t(last - first) + 2;
-  kv::Link* on = &link();
-  auto finish = [this, st, ino, size, on](int error) {
-    if (error != 0 && st->error == 0) st->error = error;
-    if (--st->left != 0) return;
-    if (st->error != 0) return st->reply.error(st->error);
-    if (st->grew == 0) return st->reply.ok(size);
-    run(
-        Script::kGrow, {num(ino), std::to_string(st->grew)},
-        [st, size](int e, const redisReply*) {
-          if (e != 0) return st->reply.error(e);
-          st->reply.ok(size);
-        },
-        on);
+  const bool ordered = !store_->cluster();
+  st->left = size_t(last - first) + (ordered ? 2 : 1);
+  const unsigned lane = store_->lane();
+  const bool kill = (write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+  auto answer = [st, size](int e, const redisReply*) {
+    if (e != 0) return st->reply.error(e);
+    st->reply.ok(size);
+  };
+  auto finish = [this, st, ino, offset, size, lane, kill, ordered, answer](int error) mutable {
+    if (error != 0) {
+      int none = 0;
+      st->error.compare_exchange_strong(none, error, std::memory_order_relaxed);
+    }
+    if (st->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (const int e = st->error.load(std::memory_order_relaxed); e != 0) {
+      return st->reply.error(e);
+    }
+    const int64_t grew = st->grew.load(std::memory_order_relaxed);
+    if (!ordered) {
+      return run(Script::kWrote,
+                 {num(ino), num(offset + size), kill ? "1" : "0", std::to_string(grew)},
+                 std::move(answer), lane);
+    }
+    if (grew == 0) return st->reply.ok(size);
+    run(Script::kGrow, {num(ino), std::to_string(grew)}, std::move(answer), lane);
   };
   for (uint64_t c = first; c <= last; ++c) {
     const uint64_t from = std::max(offset, c * chunk_size_);
@@ -721,15 +769,16 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
         Script::kChunkWrite, ino, c,
         {num(from - c * chunk_size_), data.substr(size_t(from - offset), size_t(to - from))},
         [st, finish](int e, int64_t d) mutable {
-          st->grew += d;
+          st->grew.fetch_add(d, std::memory_order_relaxed);
           finish(e);
         },
-        on);
+        lane);
   }
-  const bool kill = (write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-  run(
-      Script::kWrote, {num(ino), num(offset + size), kill ? "1" : "0", "0"},
-      [finish](int e, const redisReply*) mutable { finish(e); }, on);
+  if (ordered) {
+    run(
+        Script::kWrote, {num(ino), num(offset + size), kill ? "1" : "0", "0"},
+        [finish](int e, const redisReply*) mutable { finish(e); }, lane);
+  }
 }
 
 void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner,
@@ -884,8 +933,8 @@ void KvBackend::heartbeat() {
   const auto expiry = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch() + kLease)
                           .count();
-  link().submit({"ZADD", prefix_ + "devices", std::to_string(expiry), device_},
-                [](const redisReply*) {});
+  const std::string key = prefix_ + "devices";
+  send(key, {"ZADD", key, std::to_string(expiry), device_}, [](const redisReply*) {});
 }
 
 void KvBackend::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock& lock,

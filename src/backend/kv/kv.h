@@ -18,10 +18,12 @@
 // when the lease runs out); a SETLKW that conflicts is tried again every
 // 20 ms until it is granted or interrupted.
 //
-// Not yet: Redis Cluster routing (one server for now), a file
-// removed on one device while another has it open (that one then gets
-// ESTALE), durability settings beyond the store's own (FSYNC waits for
-// nothing), READDIRPLUS, fallocate, SEEK_DATA/SEEK_HOLE, O_TMPFILE.
+// The store is one Redis server or a Redis Cluster (kv::Store routes each
+// command to its slot's master).
+//
+// Not yet: a file removed on one device while another has it open (that
+// one then gets ESTALE), READDIRPLUS, fallocate, SEEK_DATA/SEEK_HOLE,
+// O_TMPFILE.
 //
 // Safe for concurrent use by any number of workers; replies are answered
 // on the connections' loop threads.
@@ -41,8 +43,8 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "backend/kv/link.h"
 #include "backend/kv/scripts.h"
+#include "backend/kv/store.h"
 #include "backend/kv/url.h"
 #include "util/unique_function.h"
 
@@ -134,18 +136,21 @@ class KvBackend final : public Backend {
   using Then = util::UniqueFunction<void(int error, const struct redisReply* r)>;
 
  private:
+  // Lanes (kv::Store): commands to one node on one lane run in the order
+  // sent. kAnyLane: the next in turn.
+  static constexpr unsigned kAnyLane = ~0u;
   // Runs `script` with `args`; `then` gets the reply array's elements after
   // the status (or the errno: EIO when the store did not answer).
-  void run(kv::Script script, std::vector<std::string> args, Then then, kv::Link* on = nullptr);
-  // EVALSHA of `script` on `key` (EVAL when the store forgot it), on
-  // connection `on` (null: the next in turn; commands on one connection
-  // run in the order sent).
+  void run(kv::Script script, std::vector<std::string> args, Then then, unsigned lane = kAnyLane);
+  // EVALSHA of `script` on `key` (EVAL when the store forgot it).
   void eval(kv::Script script, std::string key, std::vector<std::string> args, kv::Done done,
-            kv::Link* on = nullptr);
+            unsigned lane = kAnyLane);
   // A chunk script on chunk `index` of `ino`: then(error, bytes it grew).
   void run_chunk(kv::Script script, uint64_t ino, uint64_t index, std::vector<std::string> args,
-                 util::UniqueFunction<void(int, int64_t)> then, kv::Link* on = nullptr);
-  kv::Link& link();
+                 util::UniqueFunction<void(int, int64_t)> then, unsigned lane = kAnyLane);
+  // Sends `argv` on `key`'s node.
+  void send(std::string key, std::vector<std::string> argv, kv::Done done,
+            unsigned lane = kAnyLane);
   Entry entry_from(const struct redisReply* r, size_t at) const;
   // Deletes chunks [first, last] of `ino`, then `then(error)`.
   void drop_chunks(uint64_t ino, uint64_t first, uint64_t last,
@@ -188,8 +193,7 @@ class KvBackend final : public Backend {
   const std::string prefix_;      // dpfs:{FSNAME}:
   const std::string format_key_;  // prefix_ + "format": routes every script
   uint64_t chunk_size_ = 0;
-  std::vector<std::unique_ptr<kv::Link>> links_;
-  std::atomic<uint64_t> next_link_{0};
+  std::unique_ptr<kv::Store> store_;
   std::atomic<uint64_t> next_fh_{1};
 
   std::mutex mu_;

@@ -23,8 +23,13 @@ void del_write(void* p) { static_cast<bool*>(p)[1] = false; }
 
 }  // namespace
 
-Link::Link(std::string host, int port, std::chrono::milliseconds timeout, std::string name)
-    : host_(std::move(host)), port_(port), timeout_(timeout), name_(std::move(name)) {
+Link::Link(std::string host, int port, std::chrono::milliseconds timeout, std::string name,
+           WhenDown when_down)
+    : host_(std::move(host)),
+      port_(port),
+      timeout_(timeout),
+      name_(std::move(name)),
+      when_down_(when_down) {
   event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (event_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
   thread_ = std::thread([this] { loop(); });
@@ -42,13 +47,21 @@ Link::~Link() {
 }
 
 void Link::submit(std::vector<std::string> argv, Done done) {
+  Command c;
+  c.argv = std::move(argv);
+  c.done = std::move(done);
+  submit(std::move(c));
+}
+
+void Link::submit(Command command) {
+  if (command.deadline == Clock::time_point{}) command.deadline = Clock::now() + timeout_;
   std::unique_lock lock(mu_);
   if (stop_) {
     lock.unlock();
-    done(nullptr);  // shutting down
+    command.done(nullptr);  // shutting down
     return;
   }
-  queue_.push_back(Command{std::move(argv), std::move(done), Clock::now() + timeout_});
+  queue_.push_back(std::move(command));
   lock.unlock();
   const uint64_t one = 1;
   (void)!::write(event_fd_, &one, sizeof(one));
@@ -69,6 +82,7 @@ void Link::on_connect(const redisAsyncContext* ac, int status) {
     self->ac_ = nullptr;
     self->up_ = false;
     self->want_[0] = self->want_[1] = false;
+    self->went_down();
     const auto now = Clock::now();
     if (now - self->last_log_ > std::chrono::seconds(10)) {
       spdlog::warn("{}: cannot connect ({}); retrying", self->name_, ac->errstr);
@@ -77,6 +91,7 @@ void Link::on_connect(const redisAsyncContext* ac, int status) {
     return;
   }
   self->up_ = true;
+  self->down_ = false;
   self->connected_.store(true, std::memory_order_relaxed);
   spdlog::info("{}: connected", self->name_);
 }
@@ -87,7 +102,26 @@ void Link::on_disconnect(const redisAsyncContext* ac, int status) {
   self->up_ = false;
   self->want_[0] = self->want_[1] = false;
   self->connected_.store(false, std::memory_order_relaxed);
+  self->went_down();
   if (status != REDIS_OK) spdlog::warn("{}: connection lost ({})", self->name_, ac->errstr);
+}
+
+void Link::went_down() {
+  down_ = true;
+  // Not now: this may run inside hiredis, and a command's answer may send
+  // it again here. The loop fails the queue on its next turn.
+}
+
+void Link::fail_queued() {
+  std::deque<Command> failed;
+  {
+    std::lock_guard lock(mu_);
+    failed.swap(queue_);
+  }
+  for (Command& c : failed) {
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    c.done(nullptr);
+  }
 }
 
 void Link::on_reply(redisAsyncContext* ac, void* reply, void* privdata) {
@@ -107,6 +141,7 @@ void Link::connect() {
   redisAsyncContext* ac = redisAsyncConnect(host_.c_str(), port_);
   if (ac == nullptr) return;
   if (ac->err != 0) {
+    went_down();
     const auto now = Clock::now();
     if (now - last_log_ > std::chrono::seconds(10)) {
       spdlog::warn("{}: cannot connect ({}); retrying", name_, ac->errstr);
@@ -136,11 +171,17 @@ void Link::send_queued() {
     batch.swap(queue_);
   }
   for (Command& c : batch) {
+    if (c.asking) {
+      // No callback: its +OK is read and dropped, and the command after it
+      // is the one that was redirected.
+      redisAsyncCommand(ac_, nullptr, nullptr, "ASKING");
+    }
+    const std::vector<std::string>& words = c.borrowed != nullptr ? *c.borrowed : c.argv;
     std::vector<const char*> argv;
     std::vector<size_t> lens;
-    argv.reserve(c.argv.size());
-    lens.reserve(c.argv.size());
-    for (const std::string& a : c.argv) {
+    argv.reserve(words.size());
+    lens.reserve(words.size());
+    for (const std::string& a : words) {
       argv.push_back(a.data());
       lens.push_back(a.size());
     }
@@ -190,6 +231,7 @@ void Link::drop(const char* why) {
   redisAsyncFree(ac);  // every pending callback runs with null
   want_[0] = want_[1] = false;
   in_flight_.clear();  // each InFlight was deleted by its callback
+  went_down();
 }
 
 void Link::loop() {
@@ -204,6 +246,7 @@ void Link::loop() {
       connect();
     }
     if (ac_ != nullptr && up_) send_queued();
+    if (down_ && when_down_ == WhenDown::kFail) fail_queued();
     pollfd fds[2] = {{event_fd_, POLLIN, 0}, {-1, 0, 0}};
     if (ac_ != nullptr) {
       fds[1].fd = ac_->c.fd;

@@ -38,21 +38,35 @@ using Done = util::UniqueFunction<void(const redisReply* reply)>;
 
 struct Command {
   std::vector<std::string> argv;
+  // When set, the command's words are these instead of argv: they must
+  // live until `done` has run (a caller that may send them again keeps
+  // them, and `done` owns the caller's state).
+  const std::vector<std::string>* borrowed = nullptr;
   Done done;
-  Clock::time_point deadline{};
+  Clock::time_point deadline{};  // the epoch: the link's timeout from now
+  bool asking = false;           // ASKING goes first (a cluster's ASK redirection)
+};
+
+// What a link does with commands while its server cannot be reached.
+enum class WhenDown {
+  kWait,  // they wait for it to come back, each until its deadline
+  kFail,  // they fail at once (null) once a connection attempt failed:
+          // the caller sends them elsewhere (a cluster's other nodes)
 };
 
 class Link {
  public:
   // Starts the loop thread, which connects (and reconnects) in the
   // background: commands wait for it.
-  Link(std::string host, int port, std::chrono::milliseconds timeout, std::string name);
+  Link(std::string host, int port, std::chrono::milliseconds timeout, std::string name,
+       WhenDown when_down = WhenDown::kWait);
   ~Link();  // completes what is still pending with null, then joins
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
 
   // Any thread. `done` runs exactly once, on the loop thread.
   void submit(std::vector<std::string> argv, Done done);
+  void submit(Command command);
 
   // "127.0.0.1:6379: connected, N commands answered, M failed".
   std::string stats() const;
@@ -64,6 +78,8 @@ class Link {
   void drop(const char* why);  // the connection is gone: pending commands fail
   void send_queued();
   void expire();  // deadlines
+  void fail_queued();
+  void went_down();
   static void on_reply(redisAsyncContext* ac, void* reply, void* privdata);
   static void on_connect(const redisAsyncContext* ac, int status);
   static void on_disconnect(const redisAsyncContext* ac, int status);
@@ -72,6 +88,7 @@ class Link {
   const int port_;
   const std::chrono::milliseconds timeout_;
   const std::string name_;
+  const WhenDown when_down_;
 
   mutable std::mutex mu_;
   std::deque<Command> queue_;  // guarded by mu_: not yet handed to hiredis
@@ -82,6 +99,7 @@ class Link {
   redisAsyncContext* ac_ = nullptr;
   bool want_[2] = {false, false};  // hiredis wants to read, to write (its event hooks)
   bool up_ = false;                // connected (on_connect said so)
+  bool down_ = false;              // the last attempt to connect failed, or the connection broke
   Clock::time_point next_connect_{};
   // Handed to hiredis, in order: hiredis answers in order too.
   struct InFlight {

@@ -1,0 +1,270 @@
+#include "backend/kv/store.h"
+
+#include <fmt/format.h>
+#include <hiredis/hiredis.h>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+namespace dpfs::kv {
+namespace {
+
+constexpr auto kRetryAfter = std::chrono::milliseconds(100);
+// A command redirected more often than this meets a store that sends it
+// round in circles: it fails.
+constexpr int kMaxRedirects = 16;
+
+// Errors a cluster answers while it changes (a failover, a slot moving):
+// the command goes again after the map is refreshed.
+bool transient(std::string_view error) {
+  return error.starts_with("TRYAGAIN") || error.starts_with("CLUSTERDOWN") ||
+         error.starts_with("MASTERDOWN") || error.starts_with("LOADING");
+}
+
+}  // namespace
+
+struct Store::Pending {
+  std::vector<std::string> argv;
+  Done done;
+  Clock::time_point deadline;
+  unsigned lane = 0;
+  uint16_t slot = 0;
+  int redirects = 0;
+  Node* ask = nullptr;  // an ASK named this node, for the next try only
+};
+
+Store::Store(const KvUrl& url, unsigned lanes) : url_(url), lanes_(std::max(lanes, 1u)) {
+  const Topology t = discover(url_);
+  cluster_ = t.cluster;
+  install(t.map);
+  if (cluster_) timer_ = std::thread([this] { timer_loop(); });
+}
+
+Store::~Store() {
+  std::multimap<Clock::time_point, std::shared_ptr<Pending>> left;
+  {
+    std::lock_guard lock(timer_mu_);
+    stop_ = true;
+    left.swap(later_);
+  }
+  timer_cv_.notify_all();
+  if (timer_.joinable()) timer_.join();
+  for (auto& [when, p] : left) p->done(nullptr);
+  // The links fail what they hold, and answered() sends nothing again.
+  std::vector<std::unique_ptr<Node>> nodes;
+  {
+    std::lock_guard lock(mu_);
+    closing_ = true;
+    nodes.swap(owned_);
+  }
+  nodes.clear();
+}
+
+int Store::node_at(const Endpoint& at) {
+  for (size_t i = 0; i < owned_.size(); ++i) {
+    if (owned_[i]->at == at) return int(i);
+  }
+  if (closing_ || owned_.size() >= kMaxNodes) return -1;
+  auto n = std::make_unique<Node>();
+  n->at = at;
+  for (unsigned i = 0; i < lanes_; ++i) {
+    n->links.push_back(std::make_unique<Link>(at.host, at.port, url_.timeout,
+                                              fmt::format("redis {}:{} #{}", at.host, at.port, i),
+                                              cluster_ ? WhenDown::kFail : WhenDown::kWait));
+  }
+  nodes_[owned_.size()].store(n.get(), std::memory_order_release);
+  owned_.push_back(std::move(n));
+  return int(owned_.size() - 1);
+}
+
+void Store::install(const SlotMap& map) {
+  std::lock_guard lock(mu_);
+  master_slots_.clear();
+  std::vector<bool> listed(map.masters.size(), false);
+  for (const SlotMap::Range& r : map.ranges) {
+    const int node = node_at(map.masters[r.node]);
+    if (node < 0) continue;
+    for (uint32_t s = r.first; s <= r.last; ++s) {
+      slot_node_[s].store(uint8_t(node), std::memory_order_relaxed);
+    }
+    if (!listed[r.node]) {
+      listed[r.node] = true;
+      master_slots_.push_back(r.first);
+    }
+  }
+}
+
+std::vector<uint16_t> Store::master_slots() const {
+  std::lock_guard lock(mu_);
+  return master_slots_;
+}
+
+void Store::submit(std::string_view key, std::vector<std::string> argv, Done done, unsigned lane) {
+  submit_slot(cluster_ ? key_slot(key) : 0, std::move(argv), std::move(done), lane);
+}
+
+void Store::submit_slot(uint16_t slot, std::vector<std::string> argv, Done done, unsigned lane) {
+  auto p = std::make_shared<Pending>();
+  p->argv = std::move(argv);
+  p->done = std::move(done);
+  p->deadline = Clock::now() + url_.timeout;
+  p->lane = lane;
+  p->slot = slot;
+  send(p, node_of(slot));
+}
+
+Store::Node* Store::node_of(uint16_t slot) const {
+  return nodes_[slot_node_[slot].load(std::memory_order_relaxed)].load(std::memory_order_acquire);
+}
+
+void Store::send(const std::shared_ptr<Pending>& p, Node* node) {
+  Command c;
+  c.borrowed = &p->argv;  // p lives until c.done has run: it holds p
+  c.deadline = p->deadline;
+  c.asking = p->ask != nullptr;
+  if (p->ask != nullptr) {
+    node = p->ask;
+    p->ask = nullptr;
+  }
+  c.done = [this, p, node](const redisReply* r) { answered(p, node, r); };
+  node->links[p->lane % node->links.size()]->submit(std::move(c));
+}
+
+void Store::answered(const std::shared_ptr<Pending>& p, Node* node, const redisReply* r) {
+  if (!cluster_) return p->done(r);
+  if (r == nullptr) {
+    // The node went away (or never answered): a failover may be under way.
+    if (Clock::now() >= p->deadline) return p->done(nullptr);
+    want_refresh();
+    return retry_later(p);
+  }
+  if (r->type != REDIS_REPLY_ERROR) return p->done(r);
+  const std::string_view error(r->str, r->len);
+  if (std::optional<Redirect> to = parse_redirect(error, node->at)) {
+    redirects_.fetch_add(1, std::memory_order_relaxed);
+    if (++p->redirects > kMaxRedirects) {
+      spdlog::warn("kv: a command was redirected {} times; the cluster's map keeps changing",
+                   kMaxRedirects);
+      return p->done(r);
+    }
+    Node* target = nullptr;
+    {
+      std::lock_guard lock(mu_);
+      const int index = node_at(to->to);
+      if (index < 0) return p->done(r);
+      target = owned_[size_t(index)].get();
+      // MOVED: the slot is that node's now; the rest of the map may have
+      // changed too.
+      if (!to->ask) slot_node_[to->slot].store(uint8_t(index), std::memory_order_relaxed);
+    }
+    if (!to->ask) want_refresh();
+    if (to->ask) p->ask = target;
+    return send(p, target);
+  }
+  if (transient(error) && Clock::now() < p->deadline) {
+    want_refresh();
+    return retry_later(p);
+  }
+  p->done(r);
+}
+
+void Store::retry_later(std::shared_ptr<Pending> p) {
+  retries_.fetch_add(1, std::memory_order_relaxed);
+  std::unique_lock lock(timer_mu_);
+  if (stop_) {
+    lock.unlock();
+    return p->done(nullptr);
+  }
+  later_.emplace(Clock::now() + kRetryAfter, std::move(p));
+  lock.unlock();
+  timer_cv_.notify_one();
+}
+
+void Store::want_refresh() {
+  std::lock_guard lock(timer_mu_);
+  refresh_wanted_ = true;
+  timer_cv_.notify_one();
+}
+
+bool Store::refresh() {
+  std::vector<Endpoint> ask;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& n : owned_) ask.push_back(n->at);
+  }
+  for (const Endpoint& seed : url_.servers) {
+    if (std::find(ask.begin(), ask.end(), seed) == ask.end()) ask.push_back(seed);
+  }
+  // A short wait per node: a dead one must not hold the others up.
+  const timeval tv{0, 300 * 1000};
+  for (const Endpoint& at : ask) {
+    std::unique_ptr<redisContext, decltype(&redisFree)> c(
+        redisConnectWithTimeout(at.host.c_str(), at.port, tv), redisFree);
+    if (!c || c->err != 0) continue;
+    redisSetTimeout(c.get(), tv);
+    std::unique_ptr<redisReply, decltype(&freeReplyObject)> r(
+        static_cast<redisReply*>(redisCommand(c.get(), "CLUSTER SLOTS")), freeReplyObject);
+    std::optional<SlotMap> map = parse_cluster_slots(r.get(), at);
+    if (!map || !map->complete()) continue;  // that node's view is not whole yet
+    install(*map);
+    refreshes_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+void Store::timer_loop() {
+  Clock::time_point last_refresh{};
+  std::unique_lock lock(timer_mu_);
+  while (!stop_) {
+    const auto now = Clock::now();
+    if (refresh_wanted_ && now - last_refresh >= kRetryAfter) {
+      refresh_wanted_ = false;
+      last_refresh = now;
+      lock.unlock();
+      if (!refresh()) {
+        lock.lock();
+        refresh_wanted_ = true;  // again on the next turn
+        continue;
+      }
+      lock.lock();
+      continue;
+    }
+    std::vector<std::shared_ptr<Pending>> due;
+    while (!later_.empty() && later_.begin()->first <= now) {
+      due.push_back(std::move(later_.begin()->second));
+      later_.erase(later_.begin());
+    }
+    if (!due.empty()) {
+      lock.unlock();
+      for (auto& p : due) {
+        send(p, node_of(p->slot));
+      }
+      lock.lock();
+      continue;
+    }
+    auto until = now + std::chrono::seconds(1);
+    if (!later_.empty()) until = std::min(until, later_.begin()->first);
+    if (refresh_wanted_) until = std::min(until, last_refresh + kRetryAfter);
+    timer_cv_.wait_until(lock, until);
+  }
+}
+
+std::vector<std::string> Store::stats() const {
+  std::vector<std::string> lines;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& n : owned_) {
+      for (const auto& l : n->links) lines.push_back(l->stats());
+    }
+  }
+  if (cluster_) {
+    lines.push_back(fmt::format("redis cluster: {} map refreshes, {} redirections, {} retries",
+                                refreshes_.load(std::memory_order_relaxed),
+                                redirects_.load(std::memory_order_relaxed),
+                                retries_.load(std::memory_order_relaxed)));
+  }
+  return lines;
+}
+
+}  // namespace dpfs::kv

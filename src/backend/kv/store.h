@@ -1,0 +1,109 @@
+// The store the KV backend keeps its file systems in: one Redis server, or
+// a Redis Cluster whose every command goes to the master that serves its
+// key's slot.
+//
+// Each node has `lanes` connections (Links). Commands sent to one node on
+// one lane run and are answered in the order sent; nothing is ordered
+// between nodes or lanes.
+//
+// In a cluster, the slot map comes from CLUSTER SLOTS at start-up and again
+// whenever a node redirects a command (MOVED), goes away or says the
+// cluster is failing over (CLUSTERDOWN, TRYAGAIN): such a command is sent
+// again, to the node the new map names, every 100 ms until its deadline.
+// ASK redirections (a slot being moved) are followed for that one command.
+// The tenant never sees a redirection; it sees EIO only when no node
+// answered by the deadline.
+//
+// Thread-safe. Answers run on the connections' loop threads.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "backend/kv/cluster.h"
+#include "backend/kv/link.h"
+#include "backend/kv/url.h"
+
+namespace dpfs::kv {
+
+class Store {
+ public:
+  // Finds out what the seeds are (blocking: start-up only); throws
+  // std::runtime_error with one line for the operator.
+  Store(const KvUrl& url, unsigned lanes);
+  ~Store();  // what is pending fails (null)
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  bool cluster() const { return cluster_; }
+  // The next lane in turn.
+  unsigned lane() { return unsigned(next_lane_.fetch_add(1, std::memory_order_relaxed)); }
+
+  // Sends `argv` to the node that serves `key`, on its connection `lane`.
+  // `done` runs exactly once, on a connection's thread, with the reply or
+  // null (no node answered by the URL's timeout).
+  void submit(std::string_view key, std::vector<std::string> argv, Done done, unsigned lane);
+  // The same to the node that serves `slot`.
+  void submit_slot(uint16_t slot, std::vector<std::string> argv, Done done, unsigned lane);
+  // One slot of each master (a command meant for every master goes to
+  // these).
+  std::vector<uint16_t> master_slots() const;
+
+  // A line per connection, and the cluster's map refreshes.
+  std::vector<std::string> stats() const;
+
+ private:
+  struct Node {
+    Endpoint at;
+    std::vector<std::unique_ptr<Link>> links;
+  };
+  struct Pending;
+
+  void send(const std::shared_ptr<Pending>& p, Node* node);
+  void answered(const std::shared_ptr<Pending>& p, Node* node, const struct redisReply* r);
+  void retry_later(std::shared_ptr<Pending> p);
+  // The index of the node at `at`, made on first use; -1 past kMaxNodes or
+  // when closing. REQUIRES: mu_.
+  int node_at(const Endpoint& at);
+  Node* node_of(uint16_t slot) const;
+  void install(const SlotMap& map);
+  bool refresh();  // a new map from any node that gives one
+  void want_refresh();
+  void timer_loop();
+
+  // A store that names nodes without end (a hostile one) gets no more.
+  static constexpr size_t kMaxNodes = 64;
+
+  const KvUrl url_;
+  const unsigned lanes_;
+  bool cluster_ = false;
+  std::atomic<uint64_t> next_lane_{0};
+
+  mutable std::mutex mu_;                     // guards making nodes and changing the map
+  std::vector<std::unique_ptr<Node>> owned_;  // guarded by mu_
+  std::array<std::atomic<Node*>, kMaxNodes> nodes_{};
+  std::array<std::atomic<uint8_t>, kSlots> slot_node_{};  // index into nodes_
+  std::vector<uint16_t> master_slots_;                    // guarded by mu_
+  bool closing_ = false;                                  // guarded by mu_
+
+  // Commands waiting to go again, and the map refresh they wait for.
+  std::mutex timer_mu_;
+  std::condition_variable timer_cv_;
+  std::multimap<Clock::time_point, std::shared_ptr<Pending>> later_;  // guarded by timer_mu_
+  bool refresh_wanted_ = false;                                       // guarded by timer_mu_
+  bool stop_ = false;                                                 // guarded by timer_mu_
+  std::atomic<uint64_t> refreshes_{0};
+  std::atomic<uint64_t> redirects_{0};
+  std::atomic<uint64_t> retries_{0};
+  std::thread timer_;
+};
+
+}  // namespace dpfs::kv
