@@ -273,6 +273,27 @@ inline const std::vector<BackendConfig>& backend_table() {
               },
       },
       {
+          // The same in the test Redis Cluster (6 nodes, redis_server.h).
+          .name = "redis_cluster",
+          .spec = "redis_cluster",
+          .exerciser_ops = 20000,
+          .missing =
+              {
+                  {Capability::kFallocate, "not yet in the redis backend: EOPNOTSUPP"},
+                  {Capability::kZeroRange, "not yet in the redis backend: EOPNOTSUPP"},
+                  {Capability::kSeekHoles,
+                   "not yet in the redis backend: the kernel reports all of a file as data"},
+                  {Capability::kHugeSparseFiles,
+                   "files end at 2^50 bytes, where the store's scripts still count exactly"},
+                  {Capability::kTmpfile, "not yet in the redis backend: EOPNOTSUPP"},
+                  {Capability::kRmdirOpenDirectory,
+                   "a removed directory is gone from the store, which every device shares: its "
+                   "descriptor answers ESTALE"},
+                  {Capability::kOwnFreeSpace,
+                   "free space is the store's memory, which everything in it moves"},
+              },
+      },
+      {
           .name = "remote",
           .spec = "memfs",
           .remote = true,

@@ -5,6 +5,10 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <atomic>
+#include <thread>
 
 #include "mount_fixture.h"
 #include "redis_server.h"
@@ -219,6 +223,146 @@ TEST_F(KvTest, AStoreThatStopsAnsweringIsEioThenServedAgain) {
   }
   EXPECT_EQ(got.value_or("<error>"), "kept") << m.log();
   EXPECT_NE(m.log().find("reconnecting"), std::string::npos) << m.log();
+}
+
+// --- Redis Cluster ------------------------------------------------------------
+
+class KvClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string problem = environment_problem();
+    ASSERT_TRUE(problem.empty()) << problem;
+  }
+  std::vector<std::string> serve(const std::string& url, const Mount& m) {
+    return {"serve", "--backend",      url, "--fuse-mount", m.dir(), "--entry-timeout",
+            "0",     "--attr-timeout", "0"};
+  }
+};
+
+// One file system over three masters: the metadata on its tag's slot, the
+// data spread over all of them, the same namespace for daemons given the
+// seeds in any order.
+TEST_F(KvClusterTest, DataSpreadsOverEveryMasterAndDaemonsShareTheNamespace) {
+  std::string problem;
+  const std::string url = redis_cluster_test_fs("spread", &problem);
+  ASSERT_EQ(problem, "");
+  RedisCluster& cluster = RedisCluster::shared(&problem);
+  RunResult r = dpfs({"kv", "info", url});
+  ASSERT_EQ(exit_code(r), 0) << r.err;
+  EXPECT_NE(r.out.find("a redis cluster of 3 masters"), std::string::npos) << r.out;
+
+  // The seeds in another order, one of them a replica's address.
+  const std::string name = url.substr(url.rfind('/') + 1);
+  const std::string other =
+      "redis://" + cluster.node(5).address() + "," + cluster.node(2).address() + "/" + name;
+  Mount a, b;
+  ASSERT_EQ(a.start_dpfs(serve(url, a)), "");
+  ASSERT_EQ(b.start_dpfs(serve(other, b)), "");
+  // 64 chunks of 64 KiB: every master gets some.
+  const std::string data = pattern(7, 0, 64 * 65536);
+  ASSERT_EQ(write_file(a.dir() + "/big", data), 0);
+  EXPECT_EQ(read_file(b.dir() + "/big").value_or("<error>"), data);
+  int masters_with_chunks = 0;
+  for (int i = 0; i < RedisCluster::kNodes; ++i) {
+    const std::string role = redis_cli(cluster.node(i).port(), {"role"});
+    if (!role.starts_with("master")) continue;
+    const std::string keys =
+        redis_cli(cluster.node(i).port(), {"--scan", "--pattern", "dpfs:" + name + ":c:*"});
+    if (!keys.empty()) ++masters_with_chunks;
+  }
+  EXPECT_EQ(masters_with_chunks, 3) << "the chunks are not spread over the cluster";
+
+  ASSERT_SYS(::rename((b.dir() + "/big").c_str(), (b.dir() + "/moved").c_str()));
+  ASSERT_SYS(::truncate((a.dir() + "/moved").c_str(), 100000));
+  EXPECT_EQ(read_file(b.dir() + "/moved").value_or("<error>"), data.substr(0, 100000));
+  struct statvfs vfs {};
+  ASSERT_SYS(::statvfs(a.dir().c_str(), &vfs));
+  EXPECT_GT(vfs.f_blocks, 0u);
+  ASSERT_SYS(::unlink((a.dir() + "/moved").c_str()));
+  // a's kernel still has the old name "big" of the inode cached; looking it
+  // up drops it, and with it the kernel's last hold on the inode.
+  struct stat gone {};
+  EXPECT_ERRNO(ENOENT, ::stat((a.dir() + "/big").c_str(), &gone));
+  // The data goes with the last name, once the kernel that removed it
+  // forgets the inode (FORGET comes after the unlink, on its own): no chunk
+  // is left on any master.
+  std::string left;
+  for (int tries = 0; tries < 100; ++tries) {
+    left.clear();
+    for (int i = 0; i < RedisCluster::kNodes; ++i) {
+      if (!redis_cli(cluster.node(i).port(), {"role"}).starts_with("master")) continue;
+      left += redis_cli(cluster.node(i).port(), {"--scan", "--pattern", "dpfs:" + name + ":c:*"});
+    }
+    if (left.empty()) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(left, "") << "chunks outlived their file";
+}
+
+// A master killed while a tenant writes: its replica is promoted, the
+// daemon finds the new map and goes on, and with durability=replica every
+// byte whose fsync returned is there afterwards. The killed node comes back
+// as a replica, as an operator would bring it back.
+TEST_F(KvClusterTest, AMasterKilledDuringWritesFailsOverAndKeepsWhatWasSynced) {
+  RedisCluster cluster;  // its own: this one is broken on purpose
+  ASSERT_EQ(cluster.start(), "");
+  std::string problem;
+  const std::string url = format_test_fs("redis://" + cluster.seeds() + "/failover", &problem) +
+                          "?durability=replica&timeout=20";
+  ASSERT_EQ(problem, "");
+  Mount m;
+  ASSERT_EQ(m.start_dpfs(serve(url, m)), "");
+
+  // The writer: file after file, each written, fsync'ed and closed; one
+  // whose fsync failed is written again.
+  constexpr int kFiles = 40;
+  std::atomic<int> synced{0};
+  std::vector<int> failures(kFiles, 0);
+  std::thread writer([&] {
+    for (int i = 0; i < kFiles; ++i) {
+      const std::string path = m.dir() + "/f" + std::to_string(i);
+      for (int attempt = 0; attempt < 5; ++attempt) {
+        const std::string data = pattern(uint64_t(i), 0, 200000);
+        Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+        const bool ok = fd.valid() && pwrite_all(fd, data.data(), data.size(), 0) == 0 &&
+                        ::fsync(fd.get()) == 0 && ::close(fd.release()) == 0;
+        if (ok) break;
+        ++failures[size_t(i)];
+      }
+      synced.store(i + 1);
+    }
+  });
+  // Kill the master of the metadata slot (every operation needs it) a few
+  // files in.
+  while (synced.load() < 5) std::this_thread::sleep_for(10ms);
+  const int victim = cluster.master_of("dpfs:{failover}:format");
+  ASSERT_GE(victim, 0);
+  cluster.node(victim).stop(SIGKILL);
+  // Back (empty: no persistence) once the cluster has promoted its
+  // replica, so that it rejoins as the new master's replica.
+  int promoted = -1;
+  for (int i = 0; i < 300 && (promoted < 0 || promoted == victim); ++i) {
+    std::this_thread::sleep_for(100ms);
+    promoted = cluster.master_of("dpfs:{failover}:format");
+  }
+  ASSERT_TRUE(promoted >= 0 && promoted != victim) << "no replica was promoted";
+  ASSERT_EQ(cluster.node(victim).start(), "");
+  writer.join();
+  ASSERT_EQ(cluster.wait_whole(60s), "");
+
+  int rewritten = 0;
+  for (int i = 0; i < kFiles; ++i) {
+    EXPECT_LT(failures[size_t(i)], 5) << "f" << i << " never synced";
+    rewritten += failures[size_t(i)];
+    const std::optional<std::string> got = read_file(m.dir() + "/f" + std::to_string(i));
+    ASSERT_TRUE(got) << "f" << i << ": " << errname(errno) << "\n" << m.log();
+    EXPECT_EQ(check_pattern(*got, uint64_t(i), 0), "") << "f" << i;
+    EXPECT_EQ(got->size(), 200000u) << "f" << i;
+  }
+  EXPECT_LE(rewritten, 5) << "the failover cost more than a few files";
+  EXPECT_NE(m.log().find("connection lost"), std::string::npos)
+      << "the master died without the daemon noticing?\n"
+      << m.log();
 }
 
 }  // namespace

@@ -852,6 +852,7 @@ class ServerProcess {
 inline std::string nfs_test_export(const std::string& hint, std::string* problem);
 // redis_server.h: a fresh file system in the test Redis server.
 inline std::string redis_test_fs(const std::string& hint, std::string* problem);
+inline std::string redis_cluster_test_fs(const std::string& hint, std::string* problem);
 
 // The POSIX suites hold dpfs to what tmpfs does for root, who may do
 // anything: they create device nodes and set trusted.* and
@@ -959,6 +960,7 @@ class Mount {
   // the directory cannot be had.
   std::string expand_spec(std::string spec, bool export_tmpfs, std::string* problem) const {
     if (spec == "redis") return redis_test_fs("mount", problem);
+    if (spec == "redis_cluster") return redis_cluster_test_fs("mount", problem);
     const size_t at = spec.find("{dir}");
     if (at == std::string::npos) return spec;
     std::string exported = base_ + "/export";

@@ -19,6 +19,10 @@ TEST(KvUrl, ServersNameAndTimeout) {
   EXPECT_FALSE(parse_kv_url("redis://h/x").shared_locks);
   EXPECT_TRUE(parse_kv_url("redis://h/x?locks=shared").shared_locks);
   EXPECT_TRUE(parse_kv_url("redis://h/x?timeout=3&locks=shared").shared_locks);
+  EXPECT_EQ(parse_kv_url("redis://h/x").durability, Durability::kNone);
+  EXPECT_EQ(parse_kv_url("redis://h/x?durability=replica").durability, Durability::kReplica);
+  EXPECT_EQ(parse_kv_url("redis://h/x?locks=shared&durability=local").durability,
+            Durability::kLocal);
 }
 
 TEST(KvUrl, RefusesWhatItCannotUseNamingWhy) {
@@ -39,8 +43,9 @@ TEST(KvUrl, RefusesWhatItCannotUseNamingWhy) {
   EXPECT_NE(why("redis://h:99999/x").find("port"), std::string::npos);
   EXPECT_NE(why("redis://:1/x").find("host"), std::string::npos);
   EXPECT_NE(why("redis://h/x?timeout=0").find("timeout"), std::string::npos);
-  EXPECT_NE(why("redis://h/x?durability=all").find("unknown option 'durability'"),
+  EXPECT_NE(why("redis://h/x?durability=all").find("none of none, local, replica"),
             std::string::npos);
+  EXPECT_NE(why("redis://h/x?speed=max").find("unknown option 'speed'"), std::string::npos);
   EXPECT_NE(why("redis://h/x?locks=maybe").find("neither local nor shared"), std::string::npos);
 }
 

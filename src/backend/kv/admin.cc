@@ -164,4 +164,26 @@ std::string describe(const KvUrl& url, const FormatInfo& info) {
       created);
 }
 
+void check_local_durability(const KvUrl& url) {
+  const Topology t = discover(url);
+  for (const Endpoint& master : t.map.masters) {
+    Context c = connect_to(url, master);
+    for (const auto& [setting, want] :
+         {std::pair{"appendonly", "yes"}, {"appendfsync", "always"}}) {
+      std::unique_ptr<redisReply, Free> r(
+          static_cast<redisReply*>(redisCommand(c.get(), "CONFIG GET %s", setting)));
+      const bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                      r->element[1]->type == REDIS_REPLY_STRING &&
+                      std::string_view(r->element[1]->str, r->element[1]->len) == want;
+      if (!ok) {
+        throw std::runtime_error(fmt::format(
+            "durability=local needs every master to write each change to its disk before "
+            "answering, and {}:{} does not say {} {} (set it: redis-cli -h {} -p {} config set {} "
+            "{}; or choose durability=replica or none)",
+            master.host, master.port, setting, want, master.host, master.port, setting, want));
+      }
+    }
+  }
+}
+
 }  // namespace dpfs::kv

@@ -42,4 +42,9 @@ uint64_t info_field(std::string_view info, std::string_view key);
 // `dpfs kv info`'s lines.
 std::string describe(const KvUrl& url, const FormatInfo& info);
 
+// Throws std::runtime_error, saying what to set, unless every master writes
+// each change to its append-only file before answering (appendonly yes,
+// appendfsync always): what ?durability=local promises.
+void check_local_durability(const KvUrl& url);
+
 }  // namespace dpfs::kv

@@ -102,6 +102,7 @@ KvBackend::KvBackend(KvOptions options)
       format_key_(prefix_ + "format") {
   const kv::FormatInfo info = kv::read_format(options_.url);
   chunk_size_ = info.chunk_size;
+  if (options_.url.durability == kv::Durability::kLocal) kv::check_local_durability(options_.url);
   store_ = std::make_unique<kv::Store>(options_.url, std::max(options_.connections, 1u));
   std::random_device rd;
   device_ = fmt::format("{:08x}{:08x}", rd(), rd());
@@ -580,6 +581,7 @@ bool KvBackend::drop_handle(uint64_t ino, uint64_t fh) {
   auto it = handles_.find(fh);
   if (it == handles_.end() || it->second != ino) return false;
   handles_.erase(it);
+  written_.erase(fh);
   auto h = held_.find(ino);
   if (h == held_.end()) return false;
   if (h->second.open > 0) --h->second.open;
@@ -717,6 +719,10 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
   for (const iovec& v : src) size += v.iov_len;
   if (size == 0) return reply.ok(0);
   if (offset + size > kMaxFileSize) return reply.error(EFBIG);
+  if (options_.url.durability == kv::Durability::kReplica) {
+    std::lock_guard lock(mu_);
+    written_.insert(fh);
+  }
   std::string data;
   data.reserve(size);
   for (const iovec& v : src) data.append(static_cast<const char*>(v.iov_base), v.iov_len);
@@ -784,9 +790,29 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
 void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner,
                       StatusReply reply) {
   if (!known_handle(ino, fh)) return reply.error(EBADF);
-  // close(2) drops every POSIX lock the closing process holds on the file.
-  unlock_owner(ino, lock_owner, LockFlavor::kPosix,
-               [reply = std::move(reply)]() mutable { reply.ok(); });
+  // close(2) drops every POSIX lock the closing process holds on the file;
+  // a close after writes returns once they are as durable as promised.
+  unlock_owner(ino, lock_owner, LockFlavor::kPosix, [this, fh, reply = std::move(reply)]() mutable {
+    bool wrote = false;
+    {
+      std::lock_guard lock(mu_);
+      wrote = written_.erase(fh) != 0;
+    }
+    if (!wrote) return reply.ok();
+    sync_data(std::move(reply));
+  });
+}
+
+void KvBackend::sync_data(StatusReply reply) {
+  if (options_.url.durability != kv::Durability::kReplica) return reply.ok();
+  store_->wait_replicas(1, [reply = std::move(reply)](int error) mutable {
+    if (error != 0) {
+      spdlog::warn(
+          "kv: a replica did not confirm the data within the timeout (durability=replica)");
+      return reply.error(error);
+    }
+    reply.ok();
+  });
 }
 
 void KvBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uint64_t lock_owner,
@@ -805,7 +831,11 @@ void KvBackend::release(const Context&, uint64_t ino, uint64_t fh, uint32_t, uin
 
 void KvBackend::fsync(const Context&, uint64_t ino, uint64_t fh, SyncMode, StatusReply reply) {
   if (!known_handle(ino, fh)) return reply.error(EBADF);
-  reply.ok();
+  {
+    std::lock_guard lock(mu_);
+    written_.erase(fh);
+  }
+  sync_data(std::move(reply));
 }
 
 // --- Directories ------------------------------------------------------------
@@ -856,7 +886,7 @@ void KvBackend::releasedir(const Context&, uint64_t ino, uint64_t fh, StatusRepl
 
 void KvBackend::fsyncdir(const Context&, uint64_t ino, uint64_t fh, SyncMode, StatusReply reply) {
   if (!known_handle(ino, fh)) return reply.error(EBADF);
-  reply.ok();
+  sync_data(std::move(reply));
 }
 
 // --- Extended attributes ----------------------------------------------------
@@ -1005,10 +1035,12 @@ void KvBackend::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t ow
 void KvBackend::unlock_owner(uint64_t ino, uint64_t owner, LockFlavor flavor,
                              util::UniqueFunction<void()> then) {
   const std::string name = lock_owner(owner, flavor);
+  bool took = false;
   {
     std::lock_guard l(mu_);
-    if (lockers_.erase({ino, name}) == 0) return then();  // it took none here
+    took = lockers_.erase({ino, name}) != 0;
   }
+  if (!took) return then();  // it took none here
   run(Script::kUnlockOwner, {num(ino), name},
       [then = std::move(then)](int, const redisReply*) mutable { then(); });
 }

@@ -40,6 +40,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "backend/backend.h"
@@ -172,6 +173,9 @@ class KvBackend final : public Backend {
   // thing here that held it.
   bool drop_handle(uint64_t ino, uint64_t fh);
   bool known_handle(uint64_t ino, uint64_t fh);
+  // Answers once what was written is as durable as the URL asks (FSYNC, and
+  // a close after writes): with durability=replica, a replica has it.
+  void sync_data(StatusReply reply);
   void set_size(const Context& ctx, uint64_t ino, uint64_t size, uint32_t valid, Then then);
 
   // Locks live in the store, under owner names unique to this device
@@ -206,7 +210,9 @@ class KvBackend final : public Backend {
     bool unused() const { return lookups == 0 && open == 0; }
   };
   std::unordered_map<uint64_t, uint64_t> handles_;  // fh -> ino; guarded by mu_
-  std::unordered_map<uint64_t, Held> held_;         // guarded by mu_
+  // Handles written through since their last FSYNC or close (durability=replica).
+  std::unordered_set<uint64_t> written_;     // guarded by mu_
+  std::unordered_map<uint64_t, Held> held_;  // guarded by mu_
   // (ino, owner name) that took locks here: only those unlock on close.
   std::set<std::pair<uint64_t, std::string>> lockers_;  // guarded by mu_
   bool locked_ = false;  // a lock was taken since the device's were last dropped; mu_

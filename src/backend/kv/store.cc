@@ -67,6 +67,7 @@ int Store::node_at(const Endpoint& at) {
   if (closing_ || owned_.size() >= kMaxNodes) return -1;
   auto n = std::make_unique<Node>();
   n->at = at;
+  n->sent = std::make_unique<std::atomic<bool>[]>(lanes_);
   for (unsigned i = 0; i < lanes_; ++i) {
     n->links.push_back(std::make_unique<Link>(at.host, at.port, url_.timeout,
                                               fmt::format("redis {}:{} #{}", at.host, at.port, i),
@@ -127,7 +128,43 @@ void Store::send(const std::shared_ptr<Pending>& p, Node* node) {
     p->ask = nullptr;
   }
   c.done = [this, p, node](const redisReply* r) { answered(p, node, r); };
-  node->links[p->lane % node->links.size()]->submit(std::move(c));
+  const size_t lane = p->lane % node->links.size();
+  node->sent[lane].store(true, std::memory_order_relaxed);
+  node->links[lane]->submit(std::move(c));
+}
+
+void Store::wait_replicas(int replicas, util::UniqueFunction<void(int)> done) {
+  struct Waits {
+    std::atomic<size_t> left{1};
+    std::atomic<int> error{0};
+    util::UniqueFunction<void(int)> done;
+    void one(int e) {
+      if (e != 0) error.store(e, std::memory_order_relaxed);
+      if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) done(error.load());
+    }
+  };
+  auto w = std::make_shared<Waits>();
+  w->done = std::move(done);
+  const auto wait_ms = std::to_string(std::max<int64_t>(url_.timeout.count() / 2, 1));
+  std::vector<Link*> sent;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& n : owned_) {
+      for (size_t i = 0; i < n->links.size(); ++i) {
+        if (n->sent[i].exchange(false, std::memory_order_relaxed))
+          sent.push_back(n->links[i].get());
+      }
+    }
+  }
+  w->left.fetch_add(sent.size(), std::memory_order_relaxed);
+  for (Link* link : sent) {
+    // On that very connection: WAIT counts what its own client sent.
+    link->submit({"WAIT", std::to_string(replicas), wait_ms}, [w, replicas](const redisReply* r) {
+      const bool ok = r != nullptr && r->type == REDIS_REPLY_INTEGER && r->integer >= replicas;
+      w->one(ok ? 0 : EIO);
+    });
+  }
+  w->one(0);  // the count's own start
 }
 
 void Store::answered(const std::shared_ptr<Pending>& p, Node* node, const redisReply* r) {

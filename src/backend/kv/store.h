@@ -31,6 +31,7 @@
 #include "backend/kv/cluster.h"
 #include "backend/kv/link.h"
 #include "backend/kv/url.h"
+#include "util/unique_function.h"
 
 namespace dpfs::kv {
 
@@ -53,6 +54,13 @@ class Store {
   void submit(std::string_view key, std::vector<std::string> argv, Done done, unsigned lane);
   // The same to the node that serves `slot`.
   void submit_slot(uint16_t slot, std::vector<std::string> argv, Done done, unsigned lane);
+  // Waits until `replicas` replicas of each master hold every command sent
+  // there since the last wait (WAIT on each connection that carried any),
+  // then done(0); done(EIO) when they did not within half the URL's
+  // timeout, or a master that carried some is gone (what it took may be
+  // lost with it).
+  void wait_replicas(int replicas, util::UniqueFunction<void(int)> done);
+
   // One slot of each master (a command meant for every master goes to
   // these).
   std::vector<uint16_t> master_slots() const;
@@ -64,6 +72,8 @@ class Store {
   struct Node {
     Endpoint at;
     std::vector<std::unique_ptr<Link>> links;
+    // Per link: a command went there since the last wait_replicas().
+    std::unique_ptr<std::atomic<bool>[]> sent;
   };
   struct Pending;
 

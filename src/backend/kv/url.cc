@@ -92,8 +92,18 @@ KvUrl parse_kv_url(std::string_view url) {
         refuse(url, fmt::format("locks '{}' is neither local nor shared", value));
       }
       out.shared_locks = value == "shared";
+    } else if (key == "durability") {
+      if (value == "none") {
+        out.durability = Durability::kNone;
+      } else if (value == "local") {
+        out.durability = Durability::kLocal;
+      } else if (value == "replica") {
+        out.durability = Durability::kReplica;
+      } else {
+        refuse(url, fmt::format("durability '{}' is none of none, local, replica", value));
+      }
     } else {
-      refuse(url, fmt::format("unknown option '{}' (known: timeout, locks)", key));
+      refuse(url, fmt::format("unknown option '{}' (known: timeout, locks, durability)", key));
     }
     if (amp == std::string_view::npos) break;
     query = query.substr(amp + 1);

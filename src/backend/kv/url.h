@@ -1,7 +1,7 @@
 // The address of a KV file system: redis://HOST:PORT[,HOST:PORT...]/FSNAME
-// [?timeout=SECONDS][&locks=local|shared]. The hosts are one Redis server, or seeds
-// of a Redis Cluster; FSNAME names the file system inside it (many file
-// systems may share one store).
+// [?timeout=SECONDS][&locks=local|shared][&durability=none|local|replica]. The hosts are one Redis
+// server, or seeds of a Redis Cluster; FSNAME names the file system inside it (many file systems
+// may share one store).
 #pragma once
 
 #include <chrono>
@@ -18,6 +18,16 @@ struct Endpoint {
   bool operator==(const Endpoint&) const = default;
 };
 
+// Where FSYNC, and the close of a file written through that handle, wait
+// for its data to be.
+enum class Durability {
+  kNone,     // in the store's memory: they wait for nothing more
+  kLocal,    // on each master's disk: every master must run appendonly yes and
+             // appendfsync always (checked at start-up), which writes each
+             // change to its AOF before answering
+  kReplica,  // in the memory of a replica too (WAIT 1)
+};
+
 struct KvUrl {
   std::vector<Endpoint> servers;
   std::string fsname;
@@ -26,6 +36,7 @@ struct KvUrl {
   // hold between devices; by default (?locks=local) each device's kernel
   // keeps its tenant's locks itself.
   bool shared_locks = false;
+  Durability durability = Durability::kNone;
   bool operator==(const KvUrl&) const = default;
 };
 
