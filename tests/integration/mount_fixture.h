@@ -640,6 +640,54 @@ inline bool in_system_call(pid_t id, long nr, std::chrono::milliseconds timeout)
   return false;
 }
 
+// The state of thread or process `id` as /proc/ID/stat gives it (R, S, D,
+// T, Z...), or '\0' once it is gone.
+inline char process_state(pid_t id) {
+  const std::string stat = read_text_file("/proc/" + std::to_string(id) + "/stat");
+  const size_t end = stat.rfind(')');  // after the command name, which may hold anything
+  return end == std::string::npos || end + 2 >= stat.size() ? '\0' : stat[end + 2];
+}
+
+// Process `pid` stopped (SIGSTOP) for the scope: the constructor returns
+// once every thread of it is stopped (problem() says if they were not
+// within `timeout`); SIGCONT at the end. For a daemon, requests then wait in
+// the kernel's queue, as when every one of its threads is busy. pid <= 0:
+// nothing to stop (a mount no daemon serves).
+class StoppedProcess {
+ public:
+  explicit StoppedProcess(pid_t pid, std::chrono::milliseconds timeout = 10s) : pid_(pid) {
+    if (pid_ <= 0) return;
+    if (::kill(pid_, SIGSTOP) != 0) {
+      problem_ = "SIGSTOP to " + std::to_string(pid_) + ": " + errname(errno);
+      return;
+    }
+    const std::string tasks = "/proc/" + std::to_string(pid_) + "/task";
+    for (auto deadline = std::chrono::steady_clock::now() + timeout;;
+         std::this_thread::sleep_for(1ms)) {
+      std::string running;
+      for (const std::string& tid : list_dir(tasks)) {
+        const char state = process_state(pid_t(std::stol(tid)));
+        if (state != 'T' && state != 't' && state != '\0') running += " " + tid;
+      }
+      if (running.empty()) return;
+      if (std::chrono::steady_clock::now() >= deadline) {
+        problem_ = "threads of " + std::to_string(pid_) + " not stopped:" + running;
+        return;
+      }
+    }
+  }
+  StoppedProcess(const StoppedProcess&) = delete;
+  StoppedProcess& operator=(const StoppedProcess&) = delete;
+  ~StoppedProcess() {
+    if (pid_ > 0) ::kill(pid_, SIGCONT);
+  }
+  const std::string& problem() const { return problem_; }
+
+ private:
+  pid_t pid_;
+  std::string problem_;
+};
+
 // The process the supervisor last named in `log` as serving the part whose
 // name contains `what` ("vhost-user a (", "FUSE mount "); -1 if none.
 inline pid_t served_by(const std::string& log, const std::string& what) {
