@@ -128,7 +128,8 @@ struct BackendConfig {
   std::vector<std::string> serve_args;
   // The mount is served through FUSE over io_uring (--fuse-io-uring on): the
   // fixture switches the fuse module's enable_uring on for it, and puts it
-  // back as it was when the suite's mount stops.
+  // back as it was when the suite's mount stops. Other rows are served by
+  // read/write (--fuse-io-uring off), whatever enable_uring is meanwhile.
   bool fuse_io_uring = false;
   // Served through the remote transport: `dpfs serve --listen` on loopback
   // runs `spec`, the mounting daemon is its device (--backend remote://).

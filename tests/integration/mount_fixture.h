@@ -1398,6 +1398,13 @@ class MountTest : public ::testing::TestWithParam<const BackendConfig*> {
       spec = "remote://127.0.0.1:" + std::to_string(s->server->port());
     }
     std::vector<std::string> args = m.serve_args(spec);
+    // The row's transport, whatever the fuse module's enable_uring says: a
+    // memfs_uring row switches it on until the suite ends (and a test binary
+    // that dies leaves it on), and with auto every row mounted meanwhile
+    // would be served through FUSE over io_uring, which loses interrupts
+    // read/write keeps (backends.h, kInterruptBeforeDelivery). After "serve",
+    // so that $DPFS_TEST_SERVE_ARGS and the row's own arguments override it.
+    if (!b.fuse_io_uring) args.insert(args.begin() + 1, {"--fuse-io-uring", "off"});
     args.insert(args.end(), b.serve_args.begin(), b.serve_args.end());
     args.insert(args.end(), device_args.begin(), device_args.end());
     s->problem = m.start_dpfs(args);
