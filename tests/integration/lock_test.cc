@@ -154,7 +154,11 @@ TEST_P(LockTest, SetlkwWaitsForRelease) {
   close(fd);
 }
 
+// The signal comes as soon as the waiter is in fcntl: the daemon may or
+// may not have its request yet. A row that loses the signal in the first
+// case (the next test) cannot pass this one reliably.
 TEST_P(LockTest, SetlkwInterruptedBySignal) {
+  REQUIRE_CAPABILITY(kInterruptBeforeDelivery);
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder(
       [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
@@ -176,6 +180,64 @@ TEST_P(LockTest, SetlkwInterruptedBySignal) {
   kill(waiter.pid(), SIGUSR1);
   EXPECT_EQ(waiter.join(), "");
   holder.signal();
+  EXPECT_EQ(holder.join(), "");
+}
+
+// The signal comes while the F_SETLKW still waits in the kernel's queue:
+// the daemon is stopped until the waiter has taken the signal. The kernel
+// must send the INTERRUPT as it hands the request over, and the daemon
+// answer EINTR -- a remote device forwards both, maybe on two connections,
+// so that its server may well see the INTERRUPT first.
+TEST_P(LockTest, SetlkwInterruptedBeforeTheDaemonHasIt) {
+  REQUIRE_CAPABILITY(kInterruptBeforeDelivery);
+  ASSERT_EQ(write_file(path("f"), "x"), 0);
+  Child holder(
+      [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
+  ASSERT_TRUE(holder.wait()) << holder.join();
+  Child waiter([&](Child& self) -> std::string {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    ::sigaction(SIGUSR1, &sa, nullptr);  // no SA_RESTART
+    int fd = ::open(path("f").c_str(), O_RDWR);
+    if (fd < 0) return "open: " + errname(errno);
+    self.signal();
+    if (!self.wait()) return "no go-ahead";
+    struct flock fl = make_lock(F_WRLCK, 0, 1);
+    const int rc = ::fcntl(fd, F_SETLKW, &fl);
+    const int error = errno;
+    // Closing the file (at exit) needs the daemon: not while it is stopped.
+    self.signal();
+    if (!self.wait(60s)) return "no go-ahead to exit";
+    if (rc == 0) return "F_SETLKW got the lock while it was held";
+    if (error != EINTR) return "F_SETLKW: expected EINTR, got " + errname(error);
+    return "";
+  });
+  ASSERT_TRUE(waiter.wait()) << waiter.join();
+  bool answered = false;
+  {
+    const StoppedProcess daemon(mount().pid());
+    ASSERT_EQ(daemon.problem(), "");
+    waiter.signal();
+    ASSERT_TRUE(in_system_call(waiter.pid(), SYS_fcntl, 10s)) << "the waiter never blocked";
+    kill(waiter.pid(), SIGUSR1);
+    // Either the kernel took the signal, marked the request interrupted and
+    // waits on for its reply, which only a fatal signal ends (state D), or
+    // the lock is one the kernel keeps itself, interrupted at once.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!answered && process_state(waiter.pid()) != 'D') {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+          << "the signalled waiter is in state " << process_state(waiter.pid());
+      answered = waiter.wait(1ms);
+    }
+  }
+  // The daemon goes on: it takes the F_SETLKW, then the INTERRUPT.
+  const bool interrupted = answered || waiter.wait(20s);
+  EXPECT_TRUE(interrupted) << "F_SETLKW not answered within 20 s of the daemon going on: "
+                              "its INTERRUPT was lost";
+  holder.signal();  // an F_SETLKW still waiting gets the lock now
+  if (!interrupted) waiter.wait(10s);
+  waiter.signal();
+  EXPECT_EQ(waiter.join(), "");
   EXPECT_EQ(holder.join(), "");
 }
 

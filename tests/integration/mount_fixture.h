@@ -36,6 +36,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -422,15 +423,18 @@ SysResult as_user(const Cred& cred, F&& fn) {
 
 // A forked child running `body`. The body returns "" on success or a
 // description of what went wrong, which join() hands to the parent. The
-// parent and child can wait for each other with signal()/wait() (two pipes).
+// parent and child can wait for each other with signal()/wait(), over a
+// socket pair: a signal() to a side that is gone fails (EPIPE) rather than
+// killing the caller with SIGPIPE -- a test binary killed so would leave its
+// suite's daemons running, and the fuse module's enable_uring on.
 class Child {
  public:
   using Body = std::function<std::string(Child&)>;
 
   explicit Child(Body body, std::optional<Cred> cred = std::nullopt) {
-    int a[2], b[2], r[2];
-    if (::pipe2(a, O_CLOEXEC) || ::pipe2(b, O_CLOEXEC) || ::pipe2(r, O_CLOEXEC)) {
-      ADD_FAILURE() << "pipe: " << errname(errno);
+    int sv[2], r[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) || ::pipe2(r, O_CLOEXEC)) {
+      ADD_FAILURE() << "socketpair or pipe: " << errname(errno);
       return;
     }
     ::fflush(nullptr);
@@ -440,11 +444,9 @@ class Child {
       return;
     }
     if (pid_ == 0) {
-      ::close(a[1]);
-      ::close(b[0]);
+      ::close(sv[0]);
       ::close(r[0]);
-      in_ = a[0];
-      out_ = b[1];
+      sock_ = sv[1];
       std::string result;
       if (cred) {
         int e = drop_to(*cred);
@@ -461,11 +463,9 @@ class Child {
       }
       ::_exit(result.empty() ? 0 : 1);
     }
-    ::close(a[0]);
-    ::close(b[1]);
+    ::close(sv[1]);
     ::close(r[1]);
-    out_ = a[1];
-    in_ = b[0];
+    sock_ = sv[0];
     report_ = r[0];
   }
   Child(const Child&) = delete;
@@ -475,8 +475,7 @@ class Child {
       ::kill(pid_, SIGKILL);
       join();
     }
-    if (in_ >= 0) ::close(in_);
-    if (out_ >= 0) ::close(out_);
+    if (sock_ >= 0) ::close(sock_);
     if (report_ >= 0) ::close(report_);
   }
 
@@ -484,19 +483,19 @@ class Child {
 
   // Either side: tell the other side to go on.
   void signal(char c = '.') {
-    while (::write(out_, &c, 1) < 0 && errno == EINTR) {
+    while (::send(sock_, &c, 1, MSG_NOSIGNAL) < 0 && errno == EINTR) {
     }
   }
   // Either side: wait for the other side's signal(). False on timeout or if
   // the other side is gone.
   bool wait(std::chrono::milliseconds timeout = 10s, char* got = nullptr) {
-    pollfd p{in_, POLLIN, 0};
+    pollfd p{sock_, POLLIN, 0};
     int n;
     while ((n = ::poll(&p, 1, static_cast<int>(timeout.count()))) < 0 && errno == EINTR) {
     }
     if (n <= 0) return false;
     char c;
-    if (::read(in_, &c, 1) != 1) return false;
+    if (::read(sock_, &c, 1) != 1) return false;
     if (got) *got = c;
     return true;
   }
@@ -531,7 +530,7 @@ class Child {
 
  private:
   pid_t pid_ = -1;
-  int in_ = -1, out_ = -1, report_ = -1;
+  int sock_ = -1, report_ = -1;
   bool joined_ = false;
   std::string result_;
 };
@@ -640,6 +639,54 @@ inline bool in_system_call(pid_t id, long nr, std::chrono::milliseconds timeout)
   }
   return false;
 }
+
+// The state of thread or process `id` as /proc/ID/stat gives it (R, S, D,
+// T, Z...), or '\0' once it is gone.
+inline char process_state(pid_t id) {
+  const std::string stat = read_text_file("/proc/" + std::to_string(id) + "/stat");
+  const size_t end = stat.rfind(')');  // after the command name, which may hold anything
+  return end == std::string::npos || end + 2 >= stat.size() ? '\0' : stat[end + 2];
+}
+
+// Process `pid` stopped (SIGSTOP) for the scope: the constructor returns
+// once every thread of it is stopped (problem() says if they were not
+// within `timeout`); SIGCONT at the end. For a daemon, requests then wait in
+// the kernel's queue, as when every one of its threads is busy. pid <= 0:
+// nothing to stop (a mount no daemon serves).
+class StoppedProcess {
+ public:
+  explicit StoppedProcess(pid_t pid, std::chrono::milliseconds timeout = 10s) : pid_(pid) {
+    if (pid_ <= 0) return;
+    if (::kill(pid_, SIGSTOP) != 0) {
+      problem_ = "SIGSTOP to " + std::to_string(pid_) + ": " + errname(errno);
+      return;
+    }
+    const std::string tasks = "/proc/" + std::to_string(pid_) + "/task";
+    for (auto deadline = std::chrono::steady_clock::now() + timeout;;
+         std::this_thread::sleep_for(1ms)) {
+      std::string running;
+      for (const std::string& tid : list_dir(tasks)) {
+        const char state = process_state(pid_t(std::stol(tid)));
+        if (state != 'T' && state != 't' && state != '\0') running += " " + tid;
+      }
+      if (running.empty()) return;
+      if (std::chrono::steady_clock::now() >= deadline) {
+        problem_ = "threads of " + std::to_string(pid_) + " not stopped:" + running;
+        return;
+      }
+    }
+  }
+  StoppedProcess(const StoppedProcess&) = delete;
+  StoppedProcess& operator=(const StoppedProcess&) = delete;
+  ~StoppedProcess() {
+    if (pid_ > 0) ::kill(pid_, SIGCONT);
+  }
+  const std::string& problem() const { return problem_; }
+
+ private:
+  pid_t pid_;
+  std::string problem_;
+};
 
 // The process the supervisor last named in `log` as serving the part whose
 // name contains `what` ("vhost-user a (", "FUSE mount "); -1 if none.
@@ -1353,6 +1400,13 @@ class MountTest : public ::testing::TestWithParam<const BackendConfig*> {
       spec = "remote://127.0.0.1:" + std::to_string(s->server->port());
     }
     std::vector<std::string> args = m.serve_args(spec);
+    // The row's transport, whatever the fuse module's enable_uring says: a
+    // memfs_uring row switches it on until the suite ends (and a test binary
+    // that dies leaves it on), and with auto every row mounted meanwhile
+    // would be served through FUSE over io_uring, which loses interrupts
+    // read/write keeps (backends.h, kInterruptBeforeDelivery). After "serve",
+    // so that $DPFS_TEST_SERVE_ARGS and the row's own arguments override it.
+    if (!b.fuse_io_uring) args.insert(args.begin() + 1, {"--fuse-io-uring", "off"});
     args.insert(args.end(), b.serve_args.begin(), b.serve_args.end());
     args.insert(args.end(), device_args.begin(), device_args.end());
     s->problem = m.start_dpfs(args);
