@@ -119,7 +119,7 @@ std::optional<Redirect> parse_redirect(std::string_view error, const Endpoint& f
   r.slot = uint16_t(slot);
   const std::string_view address = error.substr(space + 1);
   const size_t colon = address.rfind(':');  // an IPv6 host has colons of its own
-  if (colon > 255) return std::nullopt;  // no colon (npos) or a host too long
+  if (colon > 255) return std::nullopt;     // no colon (npos) or a host too long
   int port = 0;
   const std::string_view port_text = address.substr(colon + 1);
   auto [pend, pec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);

@@ -29,6 +29,9 @@ constexpr uint64_t kNameMax = 255;
 // Files are at most this large: sizes and offsets stay exact in the
 // scripts' Lua numbers (doubles).
 constexpr uint64_t kMaxFileSize = 1ull << 50;
+// Directory entries' sequence numbers (READDIR offsets) count exactly in
+// Lua below this.
+constexpr uint64_t kMaxSeq = 1ull << 53;
 
 std::string num(uint64_t v) { return std::to_string(v); }
 
@@ -176,10 +179,10 @@ void KvBackend::run(Script script, std::vector<std::string> args, Then then, uns
               std::make_move_iterator(args.end()));
   eval(
       script, format_key_, std::move(argv),
-      [then = std::move(then)](const redisReply* r) mutable {
+      [this, then = std::move(then)](const redisReply* r) mutable {
         if (r == nullptr) return then(EIO, nullptr);
         if (r->type == REDIS_REPLY_ERROR) {
-          spdlog::warn("kv: the store refused a script: {}", r->str);
+          log_.warn("kv: the store refused a script: {}", kv::printable({r->str, r->len}));
           return then(EIO, nullptr);
         }
         if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
@@ -198,10 +201,10 @@ void KvBackend::run_chunk(Script script, uint64_t ino, uint64_t index,
                           util::UniqueFunction<void(int, int64_t)> then, unsigned lane) {
   eval(
       script, kv::chunk_key(options_.url.fsname, ino, index), std::move(args),
-      [then = std::move(then)](const redisReply* r) mutable {
+      [this, then = std::move(then)](const redisReply* r) mutable {
         if (r == nullptr || r->type != REDIS_REPLY_INTEGER) {
           if (r != nullptr && r->type == REDIS_REPLY_ERROR) {
-            spdlog::warn("kv: the store refused a chunk script: {}", r->str);
+            log_.warn("kv: the store refused a chunk script: {}", kv::printable({r->str, r->len}));
           }
           return then(EIO, 0);
         }
@@ -805,10 +808,9 @@ void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_o
 
 void KvBackend::sync_data(StatusReply reply) {
   if (options_.url.durability != kv::Durability::kReplica) return reply.ok();
-  store_->wait_replicas(1, [reply = std::move(reply)](int error) mutable {
+  store_->wait_replicas(1, [this, reply = std::move(reply)](int error) mutable {
     if (error != 0) {
-      spdlog::warn(
-          "kv: a replica did not confirm the data within the timeout (durability=replica)");
+      log_.warn("kv: a replica did not confirm the data within the timeout (durability=replica)");
       return reply.error(error);
     }
     reply.ok();
@@ -861,15 +863,20 @@ void KvBackend::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t offs
         const uint64_t parent = uint64_t(integer(elem(r, 1)));
         if (offset < 1 && !reply.add(".", ino, DT_DIR, 1)) return reply.done();
         if (offset < 2 && !reply.add("..", parent, DT_DIR, 2)) return reply.done();
+        // Each entry's offset (its seq) must be past the last: a store whose
+        // listing does not move forward would make it endless.
+        uint64_t last = std::max<uint64_t>(offset, 2);
         for (size_t i = 2; i + 3 < r->elements; i += 4) {
           const redisReply* name = r->element[i];
           if (name->type != REDIS_REPLY_STRING) break;
+          const uint64_t seq = uint64_t(integer(r->element[i + 3]));
+          if (seq <= last || seq >= kMaxSeq) break;
+          last = seq;
           // Names come from the store: only what a CREATE could have made.
           const std::string_view n(name->str, name->len);
           if (check_component(n) != 0 || n == "." || n == "..") continue;
           if (!reply.add(n, uint64_t(integer(r->element[i + 2])),
-                         uint32_t(integer(r->element[i + 1])),
-                         uint64_t(integer(r->element[i + 3])))) {
+                         uint32_t(integer(r->element[i + 1])), seq)) {
             break;
           }
         }

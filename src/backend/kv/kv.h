@@ -47,6 +47,7 @@
 #include "backend/kv/scripts.h"
 #include "backend/kv/store.h"
 #include "backend/kv/url.h"
+#include "util/rate_limited_log.h"
 #include "util/unique_function.h"
 
 namespace dpfs {
@@ -194,6 +195,9 @@ class KvBackend final : public Backend {
   void answer_waiters(const std::function<bool(const struct Waiter&)>& pick, int error);
 
   const KvOptions options_;
+  // What the store answers wrongly is logged here: a store gone bad must
+  // not flood the operator's log.
+  mutable util::RateLimitedLog log_{"kv"};
   const std::string prefix_;      // dpfs:{FSNAME}:
   const std::string format_key_;  // prefix_ + "format": routes every script
   uint64_t chunk_size_ = 0;

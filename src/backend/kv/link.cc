@@ -23,13 +23,23 @@ void del_write(void* p) { static_cast<bool*>(p)[1] = false; }
 
 }  // namespace
 
+std::string printable(std::string_view text, size_t max) {
+  std::string out(text.substr(0, max));
+  for (char& c : out) {
+    if (c < 0x20 || c > 0x7e) c = '?';
+  }
+  if (text.size() > max) out += "...";
+  return out;
+}
+
 Link::Link(std::string host, int port, std::chrono::milliseconds timeout, std::string name,
            WhenDown when_down)
     : host_(std::move(host)),
       port_(port),
       timeout_(timeout),
       name_(std::move(name)),
-      when_down_(when_down) {
+      when_down_(when_down),
+      log_(name_) {
   event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (event_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
   thread_ = std::thread([this] { loop(); });
@@ -103,7 +113,7 @@ void Link::on_disconnect(const redisAsyncContext* ac, int status) {
   self->want_[0] = self->want_[1] = false;
   self->connected_.store(false, std::memory_order_relaxed);
   self->went_down();
-  if (status != REDIS_OK) spdlog::warn("{}: connection lost ({})", self->name_, ac->errstr);
+  if (status != REDIS_OK) self->log_.warn("{}: connection lost ({})", self->name_, ac->errstr);
 }
 
 void Link::went_down() {
@@ -223,7 +233,7 @@ void Link::expire() {
 
 void Link::drop(const char* why) {
   if (ac_ == nullptr) return;
-  spdlog::warn("{}: {}; reconnecting", name_, why);
+  log_.warn("{}: {}; reconnecting", name_, why);
   redisAsyncContext* ac = ac_;
   ac_ = nullptr;
   up_ = false;

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "util/rate_limited_log.h"
 #include "util/unique_function.h"
 
 struct redisAsyncContext;
@@ -53,6 +54,10 @@ enum class WhenDown {
   kFail,  // they fail at once (null) once a connection attempt failed:
           // the caller sends them elsewhere (a cluster's other nodes)
 };
+
+// A store's text (an error reply) as a log line may hold it: at most `max`
+// bytes, anything but printable ASCII shown as '?'.
+std::string printable(std::string_view text, size_t max = 160);
 
 class Link {
  public:
@@ -112,6 +117,8 @@ class Link {
   std::atomic<uint64_t> failed_{0};
   std::atomic<bool> connected_{false};
   Clock::time_point last_log_{};
+  // A store that drops every connection at once must not flood the log.
+  util::RateLimitedLog log_;
   std::thread thread_;
 };
 

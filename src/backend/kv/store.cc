@@ -180,8 +180,8 @@ void Store::answered(const std::shared_ptr<Pending>& p, Node* node, const redisR
   if (std::optional<Redirect> to = parse_redirect(error, node->at)) {
     redirects_.fetch_add(1, std::memory_order_relaxed);
     if (++p->redirects > kMaxRedirects) {
-      spdlog::warn("kv: a command was redirected {} times; the cluster's map keeps changing",
-                   kMaxRedirects);
+      log_.warn("kv: a command was redirected {} times; the cluster's map keeps changing",
+                kMaxRedirects);
       return p->done(r);
     }
     Node* target = nullptr;

@@ -31,6 +31,7 @@
 #include "backend/kv/cluster.h"
 #include "backend/kv/link.h"
 #include "backend/kv/url.h"
+#include "util/rate_limited_log.h"
 #include "util/unique_function.h"
 
 namespace dpfs::kv {
@@ -94,6 +95,7 @@ class Store {
 
   const KvUrl url_;
   const unsigned lanes_;
+  util::RateLimitedLog log_{"redis cluster"};
   bool cluster_ = false;
   std::atomic<uint64_t> next_lane_{0};
 
