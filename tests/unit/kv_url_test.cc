@@ -16,7 +16,8 @@ TEST(KvUrl, ServersNameAndTimeout) {
   EXPECT_EQ(u.fsname, "fs-1");
   EXPECT_EQ(u.timeout.count(), 2500);
   EXPECT_EQ(parse_kv_url("redis://h/a.b_c").timeout.count(), 10000);
-  EXPECT_FALSE(parse_kv_url("redis://h/x").shared_locks);
+  EXPECT_TRUE(parse_kv_url("redis://h/x").shared_locks);
+  EXPECT_FALSE(parse_kv_url("redis://h/x?locks=local").shared_locks);
   EXPECT_TRUE(parse_kv_url("redis://h/x?locks=shared").shared_locks);
   EXPECT_TRUE(parse_kv_url("redis://h/x?timeout=3&locks=shared").shared_locks);
   EXPECT_EQ(parse_kv_url("redis://h/x").durability, Durability::kNone);

@@ -131,8 +131,8 @@ KvBackend::~KvBackend() {
 
 Capabilities KvBackend::capabilities() const {
   Capabilities caps;
-  // Shared locks only when asked for (?locks=shared): their SETLKW's
-  // interruption still has a race (docs/kv.md).
+  // Locks kept in the store (?locks=shared, the default) hold between
+  // devices; with ?locks=local each device's kernel keeps its own.
   caps.posix_locks = options_.url.shared_locks;
   caps.flock_locks = options_.url.shared_locks;
   caps.readdirplus = false;
@@ -1021,8 +1021,15 @@ void KvBackend::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t ow
   auto attempt = [this, ino, fh, unique = ctx.unique, args, may_wait, reply = std::move(reply)](
                      int error, const redisReply*) mutable {
     if (error == EAGAIN && may_wait) {
-      // Tried again by lock_loop() until granted, interrupted or released.
-      std::lock_guard l(wait_mu_);
+      // Tried again by lock_loop() until granted, interrupted or released;
+      // unless its INTERRUPT came while this first try was out.
+      std::unique_lock l(wait_mu_);
+      auto early = std::find(early_interrupts_.begin(), early_interrupts_.end(), unique);
+      if (unique != 0 && early != early_interrupts_.end()) {
+        early_interrupts_.erase(early);
+        l.unlock();
+        return reply.error(EINTR);
+      }
       Waiter w;
       w.id = next_waiter_++;
       w.ino = ino;
@@ -1053,7 +1060,22 @@ void KvBackend::unlock_owner(uint64_t ino, uint64_t owner, LockFlavor flavor,
 }
 
 void KvBackend::interrupt(uint64_t unique) {
-  answer_waiters([unique](const Waiter& w) { return w.unique == unique; }, EINTR);
+  if (unique == 0) return;
+  StatusReply interrupted;
+  {
+    std::lock_guard l(wait_mu_);
+    auto it = std::find_if(waiters_.begin(), waiters_.end(),
+                           [unique](const Waiter& w) { return w.unique == unique; });
+    if (it == waiters_.end()) {
+      // Not waiting (yet): its first try may be on its way to the store.
+      early_interrupts_.push_back(unique);
+      if (early_interrupts_.size() > kMaxEarlyInterrupts) early_interrupts_.pop_front();
+      return;
+    }
+    interrupted = std::move(it->reply);
+    waiters_.erase(it);
+  }
+  interrupted.error(EINTR);
 }
 
 void KvBackend::answer_waiters(const std::function<bool(const Waiter&)>& pick, int error) {

@@ -32,10 +32,10 @@ struct KvUrl {
   std::vector<Endpoint> servers;
   std::string fsname;
   std::chrono::milliseconds timeout{10000};  // a command unanswered this long fails (EIO)
-  // ?locks=shared: POSIX and flock locks kept in the store, so that they
-  // hold between devices; by default (?locks=local) each device's kernel
+  // POSIX and flock locks kept in the store, so that they hold between
+  // devices (the default, ?locks=shared); with ?locks=local each device's kernel
   // keeps its tenant's locks itself.
-  bool shared_locks = false;
+  bool shared_locks = true;
   Durability durability = Durability::kNone;
   bool operator==(const KvUrl&) const = default;
 };
