@@ -167,6 +167,23 @@ inline const char* skip_reason(const BackendConfig& b, Capability c) {
   return run_missing() ? nullptr : b.why_not(c);
 }
 
+// What the redis backend does not do (yet), on one server or a cluster.
+inline std::vector<Missing> redis_missing() {
+  return {
+      {Capability::kFallocate, "not yet in the redis backend: EOPNOTSUPP"},
+      {Capability::kZeroRange, "not yet in the redis backend: EOPNOTSUPP"},
+      {Capability::kSeekHoles,
+       "not yet in the redis backend: the kernel reports all of a file as data"},
+      {Capability::kHugeSparseFiles,
+       "files end at 2^50 bytes, where the store's scripts still count exactly"},
+      {Capability::kTmpfile, "not yet in the redis backend: EOPNOTSUPP"},
+      {Capability::kRmdirOpenDirectory,
+       "a removed directory is gone from the store, which every device shares: its "
+       "descriptor answers ESTALE"},
+      {Capability::kOwnFreeSpace, "free space is the store's memory, which everything in it moves"},
+  };
+}
+
 // What NFSv3 and v4.0 lack, and ganesha's VFS FSAL on the host's disk
 // (docs/nfs.md says more). Linux's own NFS client lacks the same.
 inline std::vector<Missing> nfs_missing() {
@@ -269,42 +286,14 @@ inline const std::vector<BackendConfig>& backend_table() {
           .name = "redis",
           .spec = "redis",
           .exerciser_ops = 20000,
-          .missing =
-              {
-                  {Capability::kFallocate, "not yet in the redis backend: EOPNOTSUPP"},
-                  {Capability::kZeroRange, "not yet in the redis backend: EOPNOTSUPP"},
-                  {Capability::kSeekHoles,
-                   "not yet in the redis backend: the kernel reports all of a file as data"},
-                  {Capability::kHugeSparseFiles,
-                   "files end at 2^50 bytes, where the store's scripts still count exactly"},
-                  {Capability::kTmpfile, "not yet in the redis backend: EOPNOTSUPP"},
-                  {Capability::kRmdirOpenDirectory,
-                   "a removed directory is gone from the store, which every device shares: its "
-                   "descriptor answers ESTALE"},
-                  {Capability::kOwnFreeSpace,
-                   "free space is the store's memory, which everything in it moves"},
-              },
+          .missing = redis_missing(),
       },
       {
           // The same in the test Redis Cluster (6 nodes, redis_server.h).
           .name = "redis_cluster",
           .spec = "redis_cluster",
           .exerciser_ops = 20000,
-          .missing =
-              {
-                  {Capability::kFallocate, "not yet in the redis backend: EOPNOTSUPP"},
-                  {Capability::kZeroRange, "not yet in the redis backend: EOPNOTSUPP"},
-                  {Capability::kSeekHoles,
-                   "not yet in the redis backend: the kernel reports all of a file as data"},
-                  {Capability::kHugeSparseFiles,
-                   "files end at 2^50 bytes, where the store's scripts still count exactly"},
-                  {Capability::kTmpfile, "not yet in the redis backend: EOPNOTSUPP"},
-                  {Capability::kRmdirOpenDirectory,
-                   "a removed directory is gone from the store, which every device shares: its "
-                   "descriptor answers ESTALE"},
-                  {Capability::kOwnFreeSpace,
-                   "free space is the store's memory, which everything in it moves"},
-              },
+          .missing = redis_missing(),
       },
       {
           .name = "remote",
