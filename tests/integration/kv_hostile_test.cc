@@ -261,7 +261,9 @@ TEST_F(KvHostileTest, LengthsNeverSentAndClosedConnectionsAreEioWithinTheTimeout
     EXPECT_ERRNO(EIO, ::stat((m_.dir() + "/f").c_str(), &st)) << "reply: " << reply;
     const double took =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    EXPECT_LT(took, 5.0) << "reply: " << reply;
+    // Within a few timeouts (1 s each: the kernel may ask more than once,
+    // and sanitizers slow everything), where a hang would be forever.
+    EXPECT_LT(took, 15.0) << "reply: " << reply;
     EXPECT_EQ(m_.check_alive(), "");
   }
 }
@@ -285,7 +287,7 @@ TEST_F(KvHostileTest, RedirectionsInCirclesEndInEio) {
     struct stat st {};
     const auto t0 = std::chrono::steady_clock::now();
     EXPECT_ERRNO(EIO, ::stat((m_.dir() + "/f").c_str(), &st)) << reply;
-    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0)
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15.0)
         << reply;
     EXPECT_EQ(m_.check_alive(), "") << reply;
   }
