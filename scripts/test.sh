@@ -69,11 +69,12 @@ step "tests under ASan+UBSan"
 # backends have tests of their own here (passthrough_test.cc, nfs_test.cc,
 # remote_test.cc, fuse_uring_test.cc for FUSE over io_uring, the fuzz
 # targets; passthrough_kernel_io's data path is the kernel's). The redis
-# backend, the newest, runs its suite here too. Drop a name from the list
-# to run one.
+# backend, the newest, runs its suite here too on one server; its cluster
+# row's routing is driven here by KvClusterTest and KvHostileTest (in
+# `integration`). Drop a name from the list to run one.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure --timeout 1200 \
-  -E '^(guests|sandbox|conformance/(memfs_uring|passthrough|passthrough_kernel_io|nfs3|nfs4|remote|remote_tls))$'
+  -E '^(guests|sandbox|conformance/(memfs_uring|passthrough|passthrough_kernel_io|nfs3|nfs4|remote|remote_tls|redis_cluster))$'
 
 step "fuzz (libFuzzer, ${FUZZ_SECONDS:-10} s per target)"
 fuzzers=$(cd tests/fuzz && ls *_fuzz.cc | sed 's/\.cc$//')
