@@ -165,9 +165,7 @@ void LockTable::set(uint64_t ino, uint64_t fh, uint64_t owner, const Lock& want,
     done.add(std::move(reply), EDEADLK);
     return;
   }
-  auto early = std::find(early_interrupts_.begin(), early_interrupts_.end(), unique);
-  if (unique != 0 && early != early_interrupts_.end()) {
-    early_interrupts_.erase(early);
+  if (early_interrupts_.take(unique)) {
     done.add(std::move(reply), EINTR);
     return;
   }
@@ -214,8 +212,7 @@ void LockTable::interrupt(uint64_t unique, Completions& done) {
       return;
     }
   }
-  early_interrupts_.push_back(unique);
-  if (early_interrupts_.size() > kMaxEarlyInterrupts) early_interrupts_.pop_front();
+  early_interrupts_.note(unique);
 }
 
 void LockTable::release_owner(uint64_t ino, uint64_t owner, LockFlavor flavor, Completions& done) {

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <list>
 #include <mutex>
 #include <unordered_map>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/early_interrupts.h"
 #include "util/thread_annotations.h"
 
 namespace dpfs {
@@ -104,12 +104,11 @@ class LockTable {
 
   // A tenant could split ranges without end; past this, ENOLCK.
   static constexpr size_t kMaxRangesPerFile = 16384;
-  static constexpr size_t kMaxEarlyInterrupts = 256;
 
   util::Mutex mu_;
   std::unordered_map<uint64_t, FileLocks> files_ DPFS_GUARDED_BY(mu_);
   std::list<Waiter> waiters_ DPFS_GUARDED_BY(mu_);  // in arrival order
-  std::deque<uint64_t> early_interrupts_ DPFS_GUARDED_BY(mu_);
+  EarlyInterrupts early_interrupts_ DPFS_GUARDED_BY(mu_);
 };
 
 }  // namespace dpfs

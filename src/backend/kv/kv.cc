@@ -1024,9 +1024,7 @@ void KvBackend::setlk(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t ow
       // Tried again by lock_loop() until granted, interrupted or released;
       // unless its INTERRUPT came while this first try was out.
       std::unique_lock l(wait_mu_);
-      auto early = std::find(early_interrupts_.begin(), early_interrupts_.end(), unique);
-      if (unique != 0 && early != early_interrupts_.end()) {
-        early_interrupts_.erase(early);
+      if (early_interrupts_.take(unique)) {
         l.unlock();
         return reply.error(EINTR);
       }
@@ -1068,8 +1066,7 @@ void KvBackend::interrupt(uint64_t unique) {
                            [unique](const Waiter& w) { return w.unique == unique; });
     if (it == waiters_.end()) {
       // Not waiting (yet): its first try may be on its way to the store.
-      early_interrupts_.push_back(unique);
-      if (early_interrupts_.size() > kMaxEarlyInterrupts) early_interrupts_.pop_front();
+      early_interrupts_.note(unique);
       return;
     }
     interrupted = std::move(it->reply);

@@ -32,7 +32,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <list>
 #include <memory>
@@ -45,6 +44,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/early_interrupts.h"
 #include "backend/kv/scripts.h"
 #include "backend/kv/store.h"
 #include "backend/kv/url.h"
@@ -227,9 +227,8 @@ class KvBackend final : public Backend {
   std::condition_variable wait_cv_;
   std::list<Waiter> waiters_;  // SETLKWs that conflicted; guarded by wait_mu_
   // INTERRUPTs that found no waiter: their SETLKW's first try was still out
-  // (or it was answered already). A few are kept; guarded by wait_mu_.
-  static constexpr size_t kMaxEarlyInterrupts = 256;
-  std::deque<uint64_t> early_interrupts_;
+  // (or it was answered already). Guarded by wait_mu_.
+  EarlyInterrupts early_interrupts_;
   uint64_t next_waiter_ = 1;  // guarded by wait_mu_
   bool stop_ = false;         // guarded by wait_mu_
   std::thread lock_thread_;
