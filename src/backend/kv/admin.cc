@@ -14,20 +14,16 @@ namespace dpfs::kv {
 namespace {
 
 struct Free {
-  void operator()(redisContext* c) const { redisFree(c); }
   void operator()(redisReply* r) const { freeReplyObject(r); }
 };
-using Context = std::unique_ptr<redisContext, Free>;
+using Context = BlockingContext;
 using Reply = std::unique_ptr<redisReply, Free>;
 
 Context connect_to(const KvUrl& url, const Endpoint& e) {
-  const timeval tv{long(url.timeout.count() / 1000), long(url.timeout.count() % 1000) * 1000};
-  Context c(redisConnectWithTimeout(e.host.c_str(), e.port, tv));
-  if (!c || c->err != 0) {
-    throw std::runtime_error(fmt::format("redis {}:{}: cannot connect: {}", e.host, e.port,
-                                         c ? c->errstr : "out of memory"));
-  }
-  redisSetTimeout(c.get(), tv);
+  std::string why;
+  BlockingContext c = connect_blocking(e, url.timeout, &why);
+  if (!c)
+    throw std::runtime_error(fmt::format("redis {}:{}: cannot connect: {}", e.host, e.port, why));
   return c;
 }
 

@@ -139,43 +139,64 @@ const Endpoint& master_of(const SlotMap& map, uint16_t slot) {
   return map.masters.front();
 }
 
+BlockingContext connect_blocking(const Endpoint& at, std::chrono::milliseconds timeout,
+                                 std::string* why) {
+  const timeval tv{long(timeout.count() / 1000), long(timeout.count() % 1000) * 1000};
+  BlockingContext c(redisConnectWithTimeout(at.host.c_str(), at.port, tv), redisFree);
+  if (!c || c->err != 0) {
+    *why = c ? c->errstr : "out of memory";
+    return BlockingContext(nullptr, redisFree);
+  }
+  redisSetTimeout(c.get(), tv);
+  return c;
+}
+
+SlotsAnswer ask_slots(const Endpoint& at, std::chrono::milliseconds timeout) {
+  SlotsAnswer a;
+  std::string why;
+  BlockingContext c = connect_blocking(at, timeout, &why);
+  if (!c) {
+    a.problem = fmt::format("{}:{}: {}", at.host, at.port, why);
+    return a;
+  }
+  std::unique_ptr<redisReply, decltype(&freeReplyObject)> r(
+      static_cast<redisReply*>(redisCommand(c.get(), "CLUSTER SLOTS")), freeReplyObject);
+  if (!r) {
+    a.problem = fmt::format("{}:{}: {}", at.host, at.port, c->errstr);
+  } else if (r->type == REDIS_REPLY_ERROR) {
+    a.no_cluster = true;  // "ERR This instance has cluster support disabled"
+  } else {
+    a.map = parse_cluster_slots(r.get(), at);
+  }
+  return a;
+}
+
 Topology discover(const KvUrl& url) {
   std::string problems;
-  const timeval tv{long(url.timeout.count() / 1000), long(url.timeout.count() % 1000) * 1000};
   for (const Endpoint& seed : url.servers) {
-    std::unique_ptr<redisContext, decltype(&redisFree)> c(
-        redisConnectWithTimeout(seed.host.c_str(), seed.port, tv), redisFree);
-    if (!c || c->err != 0) {
-      problems += fmt::format("; {}:{}: {}", seed.host, seed.port, c ? c->errstr : "no memory");
-      continue;
-    }
-    redisSetTimeout(c.get(), tv);
-    std::unique_ptr<redisReply, decltype(&freeReplyObject)> r(
-        static_cast<redisReply*>(redisCommand(c.get(), "CLUSTER SLOTS")), freeReplyObject);
-    if (!r) {
-      problems += fmt::format("; {}:{}: {}", seed.host, seed.port, c->errstr);
+    SlotsAnswer a = ask_slots(seed, url.timeout);
+    if (!a.problem.empty()) {
+      problems += "; " + a.problem;
       continue;
     }
     Topology t;
-    if (r->type == REDIS_REPLY_ERROR) {
-      // "ERR This instance has cluster support disabled": one server.
+    if (a.no_cluster) {
       t.map.masters.push_back(seed);
       t.map.ranges.push_back(SlotMap::Range{0, uint16_t(kSlots - 1), 0});
       return t;
     }
-    std::optional<SlotMap> map = parse_cluster_slots(r.get(), seed);
-    if (!map || map->masters.empty()) {
+    if (!a.map || a.map->masters.empty()) {
       problems += fmt::format("; {}:{}: not a CLUSTER SLOTS reply", seed.host, seed.port);
       continue;
     }
-    if (!map->complete()) {
+    if (!a.map->complete()) {
       throw std::runtime_error(fmt::format(
           "redis cluster at {}:{} does not serve every slot (is it still being made, or lost a "
           "master with no replica?); check with: redis-cli -h {} -p {} cluster info",
           seed.host, seed.port, seed.host, seed.port));
     }
     t.cluster = true;
-    t.map = std::move(*map);
+    t.map = std::move(*a.map);
     return t;
   }
   throw std::runtime_error(fmt::format("redis: cannot reach the store{}", problems));

@@ -5,13 +5,17 @@
 // defines all three; they are foreign bytes here and are read as such.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "backend/kv/url.h"
 
+struct redisContext;
 struct redisReply;
 
 namespace dpfs::kv {
@@ -54,6 +58,21 @@ std::optional<Redirect> parse_redirect(std::string_view error, const Endpoint& f
 }  // namespace dpfs::kv
 
 namespace dpfs::kv {
+
+// A blocking connection (start-up, the admin commands, map refreshes), with
+// `timeout` for connecting and for each command: null and *why when `at`
+// cannot be reached.
+using BlockingContext = std::unique_ptr<redisContext, void (*)(redisContext*)>;
+BlockingContext connect_blocking(const Endpoint& at, std::chrono::milliseconds timeout,
+                                 std::string* why);
+
+// What the node at `at` says to CLUSTER SLOTS.
+struct SlotsAnswer {
+  std::string problem;         // not reached, or no answer: "HOST:PORT: why"
+  bool no_cluster = false;     // an error reply: cluster support disabled (one server)
+  std::optional<SlotMap> map;  // else the map, when the reply was one
+};
+SlotsAnswer ask_slots(const Endpoint& at, std::chrono::milliseconds timeout);
 
 // What the seeds of a URL are: one Redis server (`map` has it alone, all
 // slots its own) or the masters of a cluster and their slots. Blocking, for

@@ -18,10 +18,12 @@
 #include <random>
 
 #include "backend/kv/admin.h"
+#include "backend/kv/fan.h"
 
 namespace dpfs {
 namespace {
 
+using kv::Fan;
 using kv::Script;
 
 constexpr uint64_t kBlockSize = 4096;
@@ -78,25 +80,6 @@ void zero(std::span<const iovec> dst, size_t from, size_t to) {
   }
 }
 
-// Counts the answers of commands sent together and runs `done` after the
-// last, with the first error. The answers may come on several connections'
-// threads at once (a cluster's nodes).
-struct Fan {
-  explicit Fan(size_t n, util::UniqueFunction<void(int)> done) : left(n), done(std::move(done)) {}
-  void one(int error) {
-    if (error != 0) {
-      int none = 0;
-      first_error.compare_exchange_strong(none, error, std::memory_order_relaxed);
-    }
-    if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      done(first_error.load(std::memory_order_relaxed));
-    }
-  }
-  std::atomic<size_t> left;
-  std::atomic<int> first_error{0};
-  util::UniqueFunction<void(int)> done;
-};
-
 }  // namespace
 
 KvBackend::KvBackend(KvOptions options)
@@ -149,21 +132,21 @@ void KvBackend::send(std::string key, std::vector<std::string> argv, kv::Done do
 void KvBackend::eval(Script script, std::string key, std::vector<std::string> args, kv::Done done,
                      unsigned lane) {
   if (lane == kAnyLane) lane = store_->lane();
-  std::vector<std::string> argv{"EVALSHA", kv::script_sha(script), "1", key};
-  argv.insert(argv.end(), std::make_move_iterator(args.begin()),
-              std::make_move_iterator(args.end()));
+  auto argv = std::make_shared<std::vector<std::string>>(
+      std::vector<std::string>{"EVALSHA", kv::script_sha(script), "1", key});
+  argv->insert(argv->end(), std::make_move_iterator(args.begin()),
+               std::make_move_iterator(args.end()));
   // The store forgets scripts when it restarts (and a cluster's new master
   // may never have had them): the first EVALSHA after that is NOSCRIPT, and
-  // the script goes again whole. Only then are the words kept for it.
-  auto again = std::make_shared<std::vector<std::string>>(argv);
+  // the same words go again, the script whole in place of its hash.
   store_->submit(
-      key, std::move(argv),
-      [this, script, key, lane, again, done = std::move(done)](const redisReply* r) mutable {
+      key, argv,
+      [this, script, key, lane, argv, done = std::move(done)](const redisReply* r) mutable {
         if (r != nullptr && r->type == REDIS_REPLY_ERROR &&
             std::strncmp(r->str, "NOSCRIPT", 8) == 0) {
-          (*again)[0] = "EVAL";
-          (*again)[1] = kv::script_source(script);
-          store_->submit(key, std::move(*again), std::move(done), lane);
+          (*argv)[0] = "EVAL";
+          (*argv)[1] = kv::script_source(script);
+          store_->submit(key, std::move(argv), std::move(done), lane);
           return;
         }
         done(r);
@@ -656,39 +639,27 @@ void KvBackend::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
   // zeros where the new bytes go (as a READ racing a WRITE may see either).
   struct State {
     std::atomic<uint64_t> file_size{0};
-    std::atomic<int> error{0};
-    std::atomic<size_t> left{0};
     ReadReply reply;
-    void fail(int e) {
-      int none = 0;
-      error.compare_exchange_strong(none, e, std::memory_order_relaxed);
-    }
   };
   auto st = std::make_shared<State>();
   st->reply = std::move(reply);
   const uint64_t first = offset / chunk_size_;
   const uint64_t last = (offset + size - 1) / chunk_size_;
-  st->left = size_t(last - first) + 2;
-  auto done = [st, offset, size]() {
-    if (st->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    if (const int e = st->error.load(std::memory_order_relaxed); e != 0) return st->reply.error(e);
+  auto fan = std::make_shared<Fan>(size_t(last - first) + 2, [st, offset, size](int error) {
+    if (error != 0) return st->reply.error(error);
     const uint64_t file_size = st->file_size.load(std::memory_order_relaxed);
     const uint64_t n = file_size > offset ? std::min<uint64_t>(size, file_size - offset) : 0;
     st->reply.ok(size_t(n));
-  };
+  });
   const unsigned lane = store_->lane();
   const std::string key = prefix_ + "i:" + num(ino);
   send(
       key, {"HGET", key, "size"},
-      [st, done](const redisReply* r) {
-        if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
-          st->fail(EIO);
-        } else if (r->type == REDIS_REPLY_NIL) {
-          st->fail(ESTALE);
-        } else {
-          st->file_size.store(uint64_t(integer(r)), std::memory_order_relaxed);
-        }
-        done();
+      [st, fan](const redisReply* r) {
+        if (r == nullptr || r->type == REDIS_REPLY_ERROR) return fan->one(EIO);
+        if (r->type == REDIS_REPLY_NIL) return fan->one(ESTALE);
+        st->file_size.store(uint64_t(integer(r)), std::memory_order_relaxed);
+        fan->one(0);
       },
       lane);
   for (uint64_t c = first; c <= last; ++c) {
@@ -700,16 +671,13 @@ void KvBackend::read(const Context&, uint64_t ino, uint64_t fh, uint64_t offset,
     std::string chunk = kv::chunk_key(options_.url.fsname, ino, c);
     send(
         chunk, {"GETRANGE", chunk, num(in_chunk), num(in_chunk + len - 1)},
-        [st, done, dst, at, len](const redisReply* r) {
-          if (r == nullptr || r->type != REDIS_REPLY_STRING) {
-            st->fail(EIO);
-          } else {
-            // A chunk shorter than asked (or none) is a hole: zeros.
-            const size_t got = std::min(size_t(r->len), len);
-            scatter(dst, at, std::string_view(r->str, got));
-            zero(dst, at + got, at + len);
-          }
-          done();
+        [fan, dst, at, len](const redisReply* r) {
+          if (r == nullptr || r->type != REDIS_REPLY_STRING) return fan->one(EIO);
+          // A chunk shorter than asked (or none) is a hole: zeros.
+          const size_t got = std::min(size_t(r->len), len);
+          scatter(dst, at, std::string_view(r->str, got));
+          zero(dst, at + got, at + len);
+          fan->one(0);
         },
         lane);
   }
@@ -737,8 +705,6 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
   // on other nodes: the size goes once they answered, with what they grew.
   struct State {
     WriteReply reply;
-    std::atomic<size_t> left{0};
-    std::atomic<int> error{0};
     std::atomic<int64_t> grew{0};
   };
   auto st = std::make_shared<State>();
@@ -746,47 +712,41 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
   const uint64_t first = offset / chunk_size_;
   const uint64_t last = (offset + size - 1) / chunk_size_;
   const bool ordered = !store_->cluster();
-  st->left = size_t(last - first) + (ordered ? 2 : 1);
   const unsigned lane = store_->lane();
   const bool kill = (write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-  auto answer = [st, size](int e, const redisReply*) {
-    if (e != 0) return st->reply.error(e);
-    st->reply.ok(size);
-  };
-  auto finish = [this, st, ino, offset, size, lane, kill, ordered, answer](int error) mutable {
-    if (error != 0) {
-      int none = 0;
-      st->error.compare_exchange_strong(none, error, std::memory_order_relaxed);
-    }
-    if (st->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    if (const int e = st->error.load(std::memory_order_relaxed); e != 0) {
-      return st->reply.error(e);
-    }
-    const int64_t grew = st->grew.load(std::memory_order_relaxed);
-    if (!ordered) {
-      return run(Script::kWrote,
-                 {num(ino), num(offset + size), kill ? "1" : "0", std::to_string(grew)},
-                 std::move(answer), lane);
-    }
-    if (grew == 0) return st->reply.ok(size);
-    run(Script::kGrow, {num(ino), std::to_string(grew)}, std::move(answer), lane);
-  };
+  auto fan = std::make_shared<Fan>(
+      size_t(last - first) + (ordered ? 2 : 1),
+      [this, st, ino, offset, size, lane, kill, ordered](int error) {
+        if (error != 0) return st->reply.error(error);
+        auto answer = [st, size](int e, const redisReply*) {
+          if (e != 0) return st->reply.error(e);
+          st->reply.ok(size);
+        };
+        const int64_t grew = st->grew.load(std::memory_order_relaxed);
+        if (!ordered) {
+          return run(Script::kWrote,
+                     {num(ino), num(offset + size), kill ? "1" : "0", std::to_string(grew)},
+                     std::move(answer), lane);
+        }
+        if (grew == 0) return st->reply.ok(size);
+        run(Script::kGrow, {num(ino), std::to_string(grew)}, std::move(answer), lane);
+      });
   for (uint64_t c = first; c <= last; ++c) {
     const uint64_t from = std::max(offset, c * chunk_size_);
     const uint64_t to = std::min(offset + size, (c + 1) * chunk_size_);
     run_chunk(
         Script::kChunkWrite, ino, c,
         {num(from - c * chunk_size_), data.substr(size_t(from - offset), size_t(to - from))},
-        [st, finish](int e, int64_t d) mutable {
+        [st, fan](int e, int64_t d) {
           st->grew.fetch_add(d, std::memory_order_relaxed);
-          finish(e);
+          fan->one(e);
         },
         lane);
   }
   if (ordered) {
     run(
         Script::kWrote, {num(ino), num(offset + size), kill ? "1" : "0", "0"},
-        [finish](int e, const redisReply*) mutable { finish(e); }, lane);
+        [fan](int e, const redisReply*) { fan->one(e); }, lane);
   }
 }
 

@@ -280,12 +280,7 @@ void Link::loop() {
     ac_ = nullptr;
     redisAsyncFree(ac);
   }
-  std::deque<Command> rest;
-  {
-    std::lock_guard lock(mu_);
-    rest.swap(queue_);
-  }
-  for (Command& c : rest) c.done(nullptr);
+  fail_queued();
 }
 
 }  // namespace dpfs::kv

@@ -6,6 +6,8 @@
 
 #include <cstring>
 
+#include "backend/kv/fan.h"
+
 namespace dpfs::kv {
 namespace {
 
@@ -24,7 +26,7 @@ bool transient(std::string_view error) {
 }  // namespace
 
 struct Store::Pending {
-  std::vector<std::string> argv;
+  Words argv;
   Done done;
   Clock::time_point deadline;
   unsigned lane = 0;
@@ -101,10 +103,19 @@ std::vector<uint16_t> Store::master_slots() const {
 }
 
 void Store::submit(std::string_view key, std::vector<std::string> argv, Done done, unsigned lane) {
-  submit_slot(cluster_ ? key_slot(key) : 0, std::move(argv), std::move(done), lane);
+  submit(key, std::make_shared<std::vector<std::string>>(std::move(argv)), std::move(done), lane);
+}
+
+void Store::submit(std::string_view key, Words argv, Done done, unsigned lane) {
+  send_new(cluster_ ? key_slot(key) : 0, std::move(argv), std::move(done), lane);
 }
 
 void Store::submit_slot(uint16_t slot, std::vector<std::string> argv, Done done, unsigned lane) {
+  send_new(slot, std::make_shared<std::vector<std::string>>(std::move(argv)), std::move(done),
+           lane);
+}
+
+void Store::send_new(uint16_t slot, Words argv, Done done, unsigned lane) {
   auto p = std::make_shared<Pending>();
   p->argv = std::move(argv);
   p->done = std::move(done);
@@ -120,7 +131,7 @@ Store::Node* Store::node_of(uint16_t slot) const {
 
 void Store::send(const std::shared_ptr<Pending>& p, Node* node) {
   Command c;
-  c.borrowed = &p->argv;  // p lives until c.done has run: it holds p
+  c.borrowed = p->argv.get();  // p lives until c.done has run: it holds p
   c.deadline = p->deadline;
   c.asking = p->ask != nullptr;
   if (p->ask != nullptr) {
@@ -134,17 +145,6 @@ void Store::send(const std::shared_ptr<Pending>& p, Node* node) {
 }
 
 void Store::wait_replicas(int replicas, util::UniqueFunction<void(int)> done) {
-  struct Waits {
-    std::atomic<size_t> left{1};
-    std::atomic<int> error{0};
-    util::UniqueFunction<void(int)> done;
-    void one(int e) {
-      if (e != 0) error.store(e, std::memory_order_relaxed);
-      if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) done(error.load());
-    }
-  };
-  auto w = std::make_shared<Waits>();
-  w->done = std::move(done);
   const auto wait_ms = std::to_string(std::max<int64_t>(url_.timeout.count() / 2, 1));
   std::vector<Link*> sent;
   {
@@ -156,15 +156,15 @@ void Store::wait_replicas(int replicas, util::UniqueFunction<void(int)> done) {
       }
     }
   }
-  w->left.fetch_add(sent.size(), std::memory_order_relaxed);
+  if (sent.empty()) return done(0);
+  auto fan = std::make_shared<Fan>(sent.size(), std::move(done));
   for (Link* link : sent) {
     // On that very connection: WAIT counts what its own client sent.
-    link->submit({"WAIT", std::to_string(replicas), wait_ms}, [w, replicas](const redisReply* r) {
+    link->submit({"WAIT", std::to_string(replicas), wait_ms}, [fan, replicas](const redisReply* r) {
       const bool ok = r != nullptr && r->type == REDIS_REPLY_INTEGER && r->integer >= replicas;
-      w->one(ok ? 0 : EIO);
+      fan->one(ok ? 0 : EIO);
     });
   }
-  w->one(0);  // the count's own start
 }
 
 void Store::answered(const std::shared_ptr<Pending>& p, Node* node, const redisReply* r) {
@@ -232,18 +232,11 @@ bool Store::refresh() {
   for (const Endpoint& seed : url_.servers) {
     if (std::find(ask.begin(), ask.end(), seed) == ask.end()) ask.push_back(seed);
   }
-  // A short wait per node: a dead one must not hold the others up.
-  const timeval tv{0, 300 * 1000};
   for (const Endpoint& at : ask) {
-    std::unique_ptr<redisContext, decltype(&redisFree)> c(
-        redisConnectWithTimeout(at.host.c_str(), at.port, tv), redisFree);
-    if (!c || c->err != 0) continue;
-    redisSetTimeout(c.get(), tv);
-    std::unique_ptr<redisReply, decltype(&freeReplyObject)> r(
-        static_cast<redisReply*>(redisCommand(c.get(), "CLUSTER SLOTS")), freeReplyObject);
-    std::optional<SlotMap> map = parse_cluster_slots(r.get(), at);
-    if (!map || !map->complete()) continue;  // that node's view is not whole yet
-    install(*map);
+    // A short wait per node: a dead one must not hold the others up.
+    const SlotsAnswer a = ask_slots(at, std::chrono::milliseconds(300));
+    if (!a.map || !a.map->complete()) continue;  // that node's view is not whole yet
+    install(*a.map);
     refreshes_.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
@@ -259,12 +252,9 @@ void Store::timer_loop() {
       refresh_wanted_ = false;
       last_refresh = now;
       lock.unlock();
-      if (!refresh()) {
-        lock.lock();
-        refresh_wanted_ = true;  // again on the next turn
-        continue;
-      }
+      const bool refreshed = refresh();
       lock.lock();
+      if (!refreshed) refresh_wanted_ = true;  // again on the next turn
       continue;
     }
     std::vector<std::shared_ptr<Pending>> due;

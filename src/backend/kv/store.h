@@ -53,6 +53,10 @@ class Store {
   // `done` runs exactly once, on a connection's thread, with the reply or
   // null (no node answered by the URL's timeout).
   void submit(std::string_view key, std::vector<std::string> argv, Done done, unsigned lane);
+  // The same with words the caller keeps too (to send them again, changed,
+  // once `done` has run: the store reads them only until then).
+  using Words = std::shared_ptr<std::vector<std::string>>;
+  void submit(std::string_view key, Words argv, Done done, unsigned lane);
   // The same to the node that serves `slot`.
   void submit_slot(uint16_t slot, std::vector<std::string> argv, Done done, unsigned lane);
   // Waits until `replicas` replicas of each master hold every command sent
@@ -78,6 +82,7 @@ class Store {
   };
   struct Pending;
 
+  void send_new(uint16_t slot, Words argv, Done done, unsigned lane);
   void send(const std::shared_ptr<Pending>& p, Node* node);
   void answered(const std::shared_ptr<Pending>& p, Node* node, const struct redisReply* r);
   void retry_later(std::shared_ptr<Pending> p);
