@@ -254,9 +254,7 @@ TEST_F(FuseUringTest, AnswersFromOtherThreads) {
   lk.l_type = F_WRLCK;
   ASSERT_EQ(::fcntl(holder.get(), F_SETLK, &lk), 0);
   Child interrupted([&](Child&) -> std::string {
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {};
-    ::sigaction(SIGUSR1, &sa, nullptr);  // no SA_RESTART
+    interrupt_on_sigusr1();
     const int fd = ::open(file.c_str(), O_RDWR);
     struct flock w {};
     w.l_type = F_WRLCK;

@@ -16,6 +16,13 @@
 namespace dpfs::itest {
 namespace {
 
+// `dpfs serve` of `url` at `m`, with no kernel caching of names and
+// attributes: what one daemon changes, the other's kernel asks again.
+std::vector<std::string> serve(const std::string& url, const Mount& m) {
+  return {"serve", "--backend",      url, "--fuse-mount", m.dir(), "--entry-timeout",
+          "0",     "--attr-timeout", "0"};
+}
+
 RunResult dpfs(const std::vector<std::string>& args) {
   std::vector<std::string> full{dpfs_binary()};
   full.insert(full.end(), args.begin(), args.end());
@@ -42,10 +49,6 @@ class KvTest : public ::testing::Test {
     std::string url = redis_test_fs("kv", &problem);
     EXPECT_TRUE(problem.empty()) << problem;
     return url;
-  }
-  std::vector<std::string> serve(const std::string& url, const Mount& m) {
-    return {"serve", "--backend",      url, "--fuse-mount", m.dir(), "--entry-timeout",
-            "0",     "--attr-timeout", "0"};
   }
   RedisServer* server_ = nullptr;
 };
@@ -232,10 +235,6 @@ class KvClusterTest : public ::testing::Test {
   void SetUp() override {
     const std::string problem = environment_problem();
     ASSERT_TRUE(problem.empty()) << problem;
-  }
-  std::vector<std::string> serve(const std::string& url, const Mount& m) {
-    return {"serve", "--backend",      url, "--fuse-mount", m.dir(), "--entry-timeout",
-            "0",     "--attr-timeout", "0"};
   }
 };
 

@@ -164,9 +164,7 @@ TEST_P(LockTest, SetlkwInterruptedBySignal) {
       [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
   ASSERT_TRUE(holder.wait()) << holder.join();
   Child waiter([&](Child& self) -> std::string {
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {};
-    ::sigaction(SIGUSR1, &sa, nullptr);  // no SA_RESTART
+    interrupt_on_sigusr1();
     int fd = ::open(path("f").c_str(), O_RDWR);
     struct flock fl = make_lock(F_WRLCK, 0, 1);
     self.signal();
@@ -195,9 +193,7 @@ TEST_P(LockTest, SetlkwInterruptedBeforeTheDaemonHasIt) {
       [&](Child& self) { return hold_locks(self, path("f"), {make_lock(F_WRLCK, 0, 0)}); });
   ASSERT_TRUE(holder.wait()) << holder.join();
   Child waiter([&](Child& self) -> std::string {
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {};
-    ::sigaction(SIGUSR1, &sa, nullptr);  // no SA_RESTART
+    interrupt_on_sigusr1();
     int fd = ::open(path("f").c_str(), O_RDWR);
     if (fd < 0) return "open: " + errname(errno);
     self.signal();

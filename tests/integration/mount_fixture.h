@@ -630,6 +630,14 @@ inline std::vector<std::string> lines_of(const std::string& s) {
 
 // Whether thread or process `id` is, within `timeout`, blocked in system
 // call `nr` (/proc/ID/syscall starts with the number while it is in it).
+// SIGUSR1 interrupts a blocking system call of this process (a handler
+// without SA_RESTART): it then fails with EINTR.
+inline void interrupt_on_sigusr1() {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) {};
+  ::sigaction(SIGUSR1, &sa, nullptr);
+}
+
 inline bool in_system_call(pid_t id, long nr, std::chrono::milliseconds timeout) {
   const std::string file = "/proc/" + std::to_string(id) + "/syscall";
   const std::string want = std::to_string(nr) + " ";
