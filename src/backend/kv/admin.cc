@@ -1,7 +1,5 @@
 #include "backend/kv/admin.h"
 
-#include "backend/kv/cluster.h"
-
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 
@@ -91,8 +89,9 @@ return 1
   }
 }
 
-FormatInfo read_format(const KvUrl& url) {
-  const Topology t = discover(url);
+FormatInfo read_format(const KvUrl& url) { return read_format(url, discover(url)); }
+
+FormatInfo read_format(const KvUrl& url, const Topology& t) {
   Context c = connect(url, t);
   const std::string p = meta_prefix(url.fsname);
   Reply f = command(c.get(), {"HMGET", p + "format", "magic", "version", "chunk_size", "created"});
@@ -160,8 +159,7 @@ std::string describe(const KvUrl& url, const FormatInfo& info) {
       created);
 }
 
-void check_local_durability(const KvUrl& url) {
-  const Topology t = discover(url);
+void check_local_durability(const KvUrl& url, const Topology& t) {
   for (const Endpoint& master : t.map.masters) {
     Context c = connect_to(url, master);
     for (const auto& [setting, want] :

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "backend/kv/cluster.h"
 #include "backend/kv/url.h"
 
 namespace dpfs::kv {
@@ -35,6 +36,8 @@ void format(const KvUrl& url, uint64_t chunk_size);
 // What `url` holds; throws std::runtime_error if it is not a dpfs file
 // system, or one of a newer format than this build reads.
 FormatInfo read_format(const KvUrl& url);
+// The same in a store already discovered.
+FormatInfo read_format(const KvUrl& url, const Topology& store);
 
 // A number of INFO's text ("used_memory:123" -> 123); 0 if it has none.
 uint64_t info_field(std::string_view info, std::string_view key);
@@ -45,6 +48,6 @@ std::string describe(const KvUrl& url, const FormatInfo& info);
 // Throws std::runtime_error, saying what to set, unless every master writes
 // each change to its append-only file before answering (appendonly yes,
 // appendfsync always): what ?durability=local promises.
-void check_local_durability(const KvUrl& url);
+void check_local_durability(const KvUrl& url, const Topology& store);
 
 }  // namespace dpfs::kv

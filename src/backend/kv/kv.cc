@@ -86,10 +86,14 @@ KvBackend::KvBackend(KvOptions options)
     : options_(std::move(options)),
       prefix_(kv::meta_prefix(options_.url.fsname)),
       format_key_(prefix_ + "format") {
-  const kv::FormatInfo info = kv::read_format(options_.url);
+  // What the store is, asked once for all three.
+  const kv::Topology store = kv::discover(options_.url);
+  const kv::FormatInfo info = kv::read_format(options_.url, store);
   chunk_size_ = info.chunk_size;
-  if (options_.url.durability == kv::Durability::kLocal) kv::check_local_durability(options_.url);
-  store_ = std::make_unique<kv::Store>(options_.url, std::max(options_.connections, 1u));
+  if (options_.url.durability == kv::Durability::kLocal) {
+    kv::check_local_durability(options_.url, store);
+  }
+  store_ = std::make_unique<kv::Store>(options_.url, store, std::max(options_.connections, 1u));
   std::random_device rd;
   device_ = fmt::format("{:08x}{:08x}", rd(), rd());
   heartbeat();

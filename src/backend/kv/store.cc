@@ -35,10 +35,9 @@ struct Store::Pending {
   Node* ask = nullptr;  // an ASK named this node, for the next try only
 };
 
-Store::Store(const KvUrl& url, unsigned lanes) : url_(url), lanes_(std::max(lanes, 1u)) {
-  const Topology t = discover(url_);
-  cluster_ = t.cluster;
-  install(t.map);
+Store::Store(const KvUrl& url, const Topology& topology, unsigned lanes)
+    : url_(url), lanes_(std::max(lanes, 1u)), cluster_(topology.cluster) {
+  install(topology.map);
   if (cluster_) timer_ = std::thread([this] { timer_loop(); });
 }
 

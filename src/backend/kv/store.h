@@ -38,9 +38,8 @@ namespace dpfs::kv {
 
 class Store {
  public:
-  // Finds out what the seeds are (blocking: start-up only); throws
-  // std::runtime_error with one line for the operator.
-  Store(const KvUrl& url, unsigned lanes);
+  // Connects to what discover() found the URL's seeds to be.
+  Store(const KvUrl& url, const Topology& topology, unsigned lanes);
   ~Store();  // what is pending fails (null)
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -101,7 +100,7 @@ class Store {
   const KvUrl url_;
   const unsigned lanes_;
   util::RateLimitedLog log_{"redis cluster"};
-  bool cluster_ = false;
+  const bool cluster_;
   std::atomic<uint64_t> next_lane_{0};
 
   mutable std::mutex mu_;                     // guards making nodes and changing the map
