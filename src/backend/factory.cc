@@ -136,6 +136,7 @@ std::unique_ptr<Backend> make_backend(const BackendConfig& cfg) {
     case BackendKind::kRedis: {
       KvOptions options;
       options.url = kv::parse_kv_url("redis:" + cfg.arg);
+      options.connections = std::max<uint32_t>(cfg.redis.connections, 1);  // 0: not from a Config
       options.entry_timeout = cfg.entry_timeout;
       options.attr_timeout = cfg.attr_timeout;
       return std::make_unique<KvBackend>(options);

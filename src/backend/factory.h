@@ -51,6 +51,11 @@ struct BackendConfig {
     uint64_t max_unstable = 64ull << 20;
     bool operator==(const Nfs&) const = default;
   } nfs;
+  // redis: `arg` is the URL without its "redis:".
+  struct Redis {
+    uint32_t connections = 0;  // per server; 0: one per transport worker (the daemon's threads)
+    bool operator==(const Redis&) const = default;
+  } redis;
   struct Passthrough {
     // The directory (`arg`) as a sandboxed process names it ("/" when it is
     // the sandbox's root); empty: `arg`.

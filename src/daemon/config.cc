@@ -131,7 +131,7 @@ constexpr uint64_t kMaxMaxWrite = uint64_t(1) << 20;  // 256 pages: the kernel's
 constexpr uint64_t kMinMemfsCapacity = uint64_t(1) << 20;
 constexpr uint64_t kMaxFileSize = uint64_t(INT64_MAX);  // loff_t
 constexpr size_t kMaxSocketPath = 107;
-constexpr uint32_t kMaxNfsConnections = 64;
+constexpr uint32_t kMaxConnections = 64;
 
 // A unix socket's path: sockaddr_un::sun_path holds 108 bytes with the
 // terminating NUL.
@@ -269,10 +269,20 @@ const Setting kSettings[] = {
       "drives one from its own event loop; connections no worker takes get a loop thread"},
      [](Config& cfg, const Value& v) {
        const int64_t n = as_integer(v);
-       if (n < 1 || n > kMaxNfsConnections) {
-         refuse(fmt::format("must be between 1 and {}, got {}", kMaxNfsConnections, n));
+       if (n < 1 || n > kMaxConnections) {
+         refuse(fmt::format("must be between 1 and {}, got {}", kMaxConnections, n));
        }
        cfg.backend.nfs.connections = uint32_t(n);
+     }},
+    {{"backend.redis.connections", "--redis-connections", "N",
+      "redis: connections to each server (1..64; default: one per worker thread). Each worker "
+      "drives one lane of them from its own event loop; lanes no worker takes get a loop thread"},
+     [](Config& cfg, const Value& v) {
+       const int64_t n = as_integer(v);
+       if (n < 1 || n > kMaxConnections) {
+         refuse(fmt::format("must be between 1 and {}, got {}", kMaxConnections, n));
+       }
+       cfg.backend.redis.connections = uint32_t(n);
      }},
     {{"backend.nfs.timeout", "--nfs-timeout", "SECONDS",
       "nfs: how long a request may wait for the server, reconnects and retries included, before "
@@ -855,7 +865,11 @@ void finish(Config& cfg) {
     backend.remote.timeout = cfg.remote.timeout;
     backend.remote.max_write = cfg.fuse.max_write;
     if (backend.nfs.connections == 0) {
-      backend.nfs.connections = std::min<uint32_t>(cfg.threads, kMaxNfsConnections);
+      backend.nfs.connections = std::min<uint32_t>(cfg.threads, kMaxConnections);
+    }
+    // A lane of connections for each worker to drive (kv::Store).
+    if (backend.redis.connections == 0) {
+      backend.redis.connections = std::min<uint32_t>(cfg.threads, kMaxConnections);
     }
   };
   complete(cfg.backend);

@@ -89,6 +89,66 @@ TEST_F(KvTest, AnUnformattedNameIsAClearStartUpError) {
   EXPECT_NE(problem.find("dpfs kv format"), std::string::npos) << problem;
 }
 
+// Each worker drives a lane of connections itself: its commands go out and
+// their answers come back on the worker, with no thread in between. A lane
+// no worker took keeps a loop thread of its own.
+TEST_F(KvTest, ConnectionsAreDrivenByTheWorkers) {
+  Mount m;
+  const std::string socket = m.base() + "/stats.sock";
+  std::vector<std::string> args = serve(formatted_url(), m);
+  for (const char* a : {"--threads", "2", "--redis-connections", "3", "--stats-socket"}) {
+    args.push_back(a);
+  }
+  args.push_back(socket);
+  ASSERT_EQ(m.start_dpfs(args), "");
+  // A lane runs its own loop thread until a worker takes it (the workers
+  // start with the mount, and may take a while to on a busy machine).
+  const std::vector<std::string> untaken{"dpfs-redis-2"};
+  for (int i = 0; i < 500 && threads_named(m.pid(), "dpfs-redis-") != untaken; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(threads_named(m.pid(), "dpfs-redis-"), untaken);
+
+  // Work from several processes, so that both workers take requests.
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      const std::string data(64 << 10, char('a' + t));
+      for (int i = 0; i < 10; ++i) {
+        const std::string name = m.dir() + "/f" + std::to_string(t) + "-" + std::to_string(i);
+        if (write_file(name, data) != 0 || read_file(name).value_or("") != data) ++failures;
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  EXPECT_EQ(failures.load(), 0);
+
+  RunResult r = run({dpfs_binary(), "stats", socket}, 10s);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  auto lane = [&](int index) -> std::pair<std::string, uint64_t> {
+    const std::string head = "redis lane " + std::to_string(index) + ": ";
+    const size_t at = r.out.find(head);
+    if (at == std::string::npos) return {"", 0};
+    const std::string line =
+        r.out.substr(at + head.size(), r.out.find('\n', at) - at - head.size());
+    const size_t comma = line.find(", ");
+    return {line.substr(0, comma), std::stoull(line.substr(comma + 2))};
+  };
+  const auto [driver0, answered0] = lane(0);
+  const auto [driver1, answered1] = lane(1);
+  const auto [driver2, answered2] = lane(2);
+  EXPECT_EQ(driver0, "driven by a worker") << r.out;
+  EXPECT_EQ(driver1, "driven by a worker") << r.out;
+  EXPECT_EQ(driver2, "own loop thread") << r.out;
+  EXPECT_GT(answered0 + answered1, 200u) << r.out;
+  // Only the daemon's own threads (the lock leases' heartbeat) use it.
+  EXPECT_LT(answered2, 20u) << "workers handed their commands to a loop thread\n" << r.out;
+
+  // Workers give their lanes back as they end; the daemon stops cleanly.
+  EXPECT_TRUE(m.stop(SIGTERM, 20s).empty());
+}
+
 TEST_F(KvTest, TwoDaemonsServeOneNamespace) {
   const std::string url = formatted_url();
   Mount a, b;

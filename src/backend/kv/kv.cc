@@ -1108,8 +1108,16 @@ void KvBackend::drop_device_locks() {
   auto done = std::make_shared<std::promise<void>>();
   std::future<void> f = done->get_future();
   run(Script::kDropDevice, {device_}, [done](int, const redisReply*) { done->set_value(); });
-  f.wait_for(options_.url.timeout + std::chrono::seconds(1));
+  const auto deadline = kv::Clock::now() + options_.url.timeout + std::chrono::seconds(1);
+  // A worker that drives a lane (DESTROY comes on one) must drive it to
+  // see the answer; anyone else waits for the lane's driver.
+  const auto answered = [&f] {
+    return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  };
+  if (!store_->drive_until(answered, deadline)) f.wait_until(deadline);
 }
+
+std::unique_ptr<WorkerHook> KvBackend::attach_worker() { return store_->adopt_lane(); }
 
 void KvBackend::destroy() {
   answer_waiters([](const Waiter&) { return true; }, EIO);

@@ -25,8 +25,10 @@
 // one then gets ESTALE), READDIRPLUS, fallocate, SEEK_DATA/SEEK_HOLE,
 // O_TMPFILE.
 //
-// Safe for concurrent use by any number of workers; replies are answered
-// on the connections' loop threads.
+// Safe for concurrent use by any number of workers. A worker adopts a lane
+// of connections (attach_worker: one per worker while lanes last, see
+// `connections`) and answers its own requests on itself; the rest are
+// answered on the lanes' loop threads.
 #pragma once
 
 #include <atomic>
@@ -66,7 +68,7 @@ struct Waiter {
 
 struct KvOptions {
   kv::KvUrl url;
-  unsigned connections = 2;
+  unsigned connections = 2;  // per server: lanes (kv::Store), one for each worker to drive
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
 };
@@ -80,6 +82,7 @@ class KvBackend final : public Backend {
 
   Capabilities capabilities() const override;
   std::vector<std::string> stats() const override;
+  std::unique_ptr<WorkerHook> attach_worker() override;
 
   void lookup(const Context& ctx, uint64_t parent, std::string_view name,
               EntryReply reply) override;

@@ -1,10 +1,13 @@
 #include "backend/kv/link.h"
 
+#include <fmt/format.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <poll.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,12 +17,21 @@
 namespace dpfs::kv {
 namespace {
 
+// How often a lane's driver wakes, while anything is outstanding or a link
+// is not connected, to reconnect and to fail what passed its deadline.
 constexpr auto kTick = std::chrono::milliseconds(100);
+
+thread_local Lane* t_driving = nullptr;
 
 void add_read(void* p) { static_cast<bool*>(p)[0] = true; }
 void del_read(void* p) { static_cast<bool*>(p)[0] = false; }
 void add_write(void* p) { static_cast<bool*>(p)[1] = true; }
 void del_write(void* p) { static_cast<bool*>(p)[1] = false; }
+
+void drain(int fd) {
+  uint64_t count;
+  (void)!::read(fd, &count, sizeof count);
+}
 
 }  // namespace
 
@@ -32,29 +44,21 @@ std::string printable(std::string_view text, size_t max) {
   return out;
 }
 
-Link::Link(std::string host, int port, std::chrono::milliseconds timeout, std::string name,
-           WhenDown when_down)
-    : host_(std::move(host)),
+// --- Link -------------------------------------------------------------------
+
+Link::Link(Lane& lane, std::string host, int port, std::chrono::milliseconds timeout,
+           std::string name, WhenDown when_down)
+    : lane_(lane),
+      host_(std::move(host)),
       port_(port),
       timeout_(timeout),
       name_(std::move(name)),
       when_down_(when_down),
       log_(name_) {
-  event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (event_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
-  thread_ = std::thread([this] { loop(); });
+  lane_.add(this);
 }
 
-Link::~Link() {
-  {
-    std::lock_guard lock(mu_);
-    stop_ = true;
-  }
-  const uint64_t one = 1;
-  (void)!::write(event_fd_, &one, sizeof(one));
-  thread_.join();
-  ::close(event_fd_);
-}
+Link::~Link() { close(); }
 
 void Link::submit(std::vector<std::string> argv, Done done) {
   Command c;
@@ -65,16 +69,26 @@ void Link::submit(std::vector<std::string> argv, Done done) {
 
 void Link::submit(Command command) {
   if (command.deadline == Clock::time_point{}) command.deadline = Clock::now() + timeout_;
+  const bool driver = t_driving == &lane_;
+  if (driver) {
+    // What other threads queued goes first; then this, straight to hiredis.
+    take_queued();
+    if (ac_ != nullptr && up_ && !have_queued_.load(std::memory_order_acquire)) {
+      return send(command);
+    }
+  }
   std::unique_lock lock(mu_);
-  if (stop_) {
+  if (closed_) {
     lock.unlock();
+    failed_.fetch_add(1, std::memory_order_relaxed);
     command.done(nullptr);  // shutting down
     return;
   }
   queue_.push_back(std::move(command));
+  have_queued_.store(true, std::memory_order_release);
   lock.unlock();
-  const uint64_t one = 1;
-  (void)!::write(event_fd_, &one, sizeof(one));
+  // The driver sends it once connected (it looks on every tick).
+  if (!driver) lane_.wake();
 }
 
 bool Link::connected() const { return connected_.load(std::memory_order_relaxed); }
@@ -85,13 +99,21 @@ std::string Link::stats() const {
          std::to_string(failed_.load(std::memory_order_relaxed)) + " failed";
 }
 
+void Link::lost_context() {
+  ac_ = nullptr;
+  up_ = false;
+  want_[0] = want_[1] = false;
+  // The socket goes with the context, and the lane's epoll forgets it.
+  watched_fd_ = -1;
+  watched_events_ = 0;
+  connected_.store(false, std::memory_order_relaxed);
+}
+
 void Link::on_connect(const redisAsyncContext* ac, int status) {
   auto* self = static_cast<Link*>(ac->data);
   if (status != REDIS_OK) {
     // hiredis frees the context after this callback.
-    self->ac_ = nullptr;
-    self->up_ = false;
-    self->want_[0] = self->want_[1] = false;
+    self->lost_context();
     self->went_down();
     const auto now = Clock::now();
     if (now - self->last_log_ > std::chrono::seconds(10)) {
@@ -108,10 +130,7 @@ void Link::on_connect(const redisAsyncContext* ac, int status) {
 
 void Link::on_disconnect(const redisAsyncContext* ac, int status) {
   auto* self = static_cast<Link*>(ac->data);
-  self->ac_ = nullptr;
-  self->up_ = false;
-  self->want_[0] = self->want_[1] = false;
-  self->connected_.store(false, std::memory_order_relaxed);
+  self->lost_context();
   self->went_down();
   if (status != REDIS_OK) self->log_.warn("{}: connection lost ({})", self->name_, ac->errstr);
 }
@@ -119,7 +138,7 @@ void Link::on_disconnect(const redisAsyncContext* ac, int status) {
 void Link::went_down() {
   down_ = true;
   // Not now: this may run inside hiredis, and a command's answer may send
-  // it again here. The loop fails the queue on its next turn.
+  // it again here. The driver fails the queue on its next turn.
 }
 
 void Link::fail_queued() {
@@ -127,6 +146,7 @@ void Link::fail_queued() {
   {
     std::lock_guard lock(mu_);
     failed.swap(queue_);
+    have_queued_.store(false, std::memory_order_relaxed);
   }
   for (Command& c : failed) {
     failed_.fetch_add(1, std::memory_order_relaxed);
@@ -174,50 +194,94 @@ void Link::connect() {
   want_[1] = true;
 }
 
-void Link::send_queued() {
+void Link::take_queued() {
+  if (!have_queued_.load(std::memory_order_acquire)) return;
+  if (ac_ == nullptr || !up_) {
+    if (down_ && when_down_ == WhenDown::kFail) fail_queued();
+    return;
+  }
   std::deque<Command> batch;
   {
     std::lock_guard lock(mu_);
     batch.swap(queue_);
+    have_queued_.store(false, std::memory_order_relaxed);
   }
-  for (Command& c : batch) {
-    if (c.asking) {
-      // No callback: its +OK is read and dropped, and the command after it
-      // is the one that was redirected.
-      redisAsyncCommand(ac_, nullptr, nullptr, "ASKING");
-    }
-    const std::vector<std::string>& words = c.borrowed != nullptr ? *c.borrowed : c.argv;
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    argv.reserve(words.size());
-    lens.reserve(words.size());
-    for (const std::string& a : words) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    auto* f = new InFlight{std::move(c.done), c.deadline};
-    in_flight_.push_back(f);
-    if (redisAsyncCommandArgv(ac_, on_reply, f, int(argv.size()), argv.data(), lens.data()) !=
-        REDIS_OK) {
-      // Only when the context is going away; its callbacks fail the rest.
-      in_flight_.pop_back();
-      failed_.fetch_add(1, std::memory_order_relaxed);
-      f->done(nullptr);
-      delete f;
-    }
+  for (Command& c : batch) send(c);
+}
+
+void Link::send(Command& c) {
+  if (ac_ == nullptr) {
+    // Lost meanwhile (an earlier command's answer broke the connection).
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    return c.done(nullptr);
+  }
+  if (c.asking) {
+    // No callback: its +OK is read and dropped, and the command after it
+    // is the one that was redirected.
+    redisAsyncCommand(ac_, nullptr, nullptr, "ASKING");
+  }
+  const std::vector<std::string>& words = c.borrowed != nullptr ? *c.borrowed : c.argv;
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  argv.reserve(words.size());
+  lens.reserve(words.size());
+  for (const std::string& a : words) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto* f = new InFlight{std::move(c.done), c.deadline};
+  in_flight_.push_back(f);
+  if (redisAsyncCommandArgv(ac_, on_reply, f, int(argv.size()), argv.data(), lens.data()) !=
+      REDIS_OK) {
+    // Only when the context is going away; its callbacks fail the rest.
+    in_flight_.pop_back();
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    f->done(nullptr);
+    delete f;
   }
 }
 
-void Link::expire() {
-  const auto now = Clock::now();
+void Link::on_events(uint32_t events) {
+  if (ac_ == nullptr) return;
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) redisAsyncHandleRead(ac_);
+  if (ac_ != nullptr && (events & EPOLLOUT)) redisAsyncHandleWrite(ac_);
+  take_queued();  // connected just now, perhaps
+}
+
+void Link::tick(Clock::time_point now) {
+  if (ac_ == nullptr && now >= next_connect_) {
+    next_connect_ = now + kTick;
+    connect();
+  }
+  expire(now);
+}
+
+void Link::flush() {
+  // Only once connected: a writable socket while connecting is taken for
+  // the connection's completion.
+  if (ac_ != nullptr && up_ && want_[1]) redisAsyncHandleWrite(ac_);
+  watch();
+}
+
+void Link::watch() {
+  const int fd = ac_ != nullptr ? ac_->c.fd : -1;
+  const uint32_t events = (want_[0] ? EPOLLIN : 0u) | (want_[1] ? EPOLLOUT : 0u);
+  if (fd < 0 || (fd == watched_fd_ && events == watched_events_)) return;
+  lane_.watch(this, fd, events);
+  watched_fd_ = fd;
+  watched_events_ = events;
+}
+
+void Link::expire(Clock::time_point now) {
   // Not sent yet: waiting for a connection.
   std::vector<Done> late;
-  {
+  if (have_queued_.load(std::memory_order_acquire)) {
     std::lock_guard lock(mu_);
     while (!queue_.empty() && queue_.front().deadline <= now) {
       late.push_back(std::move(queue_.front().done));
       queue_.pop_front();
     }
+    have_queued_.store(!queue_.empty(), std::memory_order_relaxed);
   }
   for (Done& d : late) {
     failed_.fetch_add(1, std::memory_order_relaxed);
@@ -235,52 +299,253 @@ void Link::drop(const char* why) {
   if (ac_ == nullptr) return;
   log_.warn("{}: {}; reconnecting", name_, why);
   redisAsyncContext* ac = ac_;
-  ac_ = nullptr;
-  up_ = false;
-  connected_.store(false, std::memory_order_relaxed);
+  lost_context();
   redisAsyncFree(ac);  // every pending callback runs with null
-  want_[0] = want_[1] = false;
   in_flight_.clear();  // each InFlight was deleted by its callback
   went_down();
 }
 
-void Link::loop() {
-  for (;;) {
-    {
-      std::lock_guard lock(mu_);
-      if (stop_) break;
-    }
-    const auto now = Clock::now();
-    if (ac_ == nullptr && now >= next_connect_) {
-      next_connect_ = now + kTick;
-      connect();
-    }
-    if (ac_ != nullptr && up_) send_queued();
-    if (down_ && when_down_ == WhenDown::kFail) fail_queued();
-    pollfd fds[2] = {{event_fd_, POLLIN, 0}, {-1, 0, 0}};
-    if (ac_ != nullptr) {
-      fds[1].fd = ac_->c.fd;
-      fds[1].events = short((want_[0] ? POLLIN : 0) | (want_[1] ? POLLOUT : 0));
-    }
-    const int n = ::poll(fds, ac_ != nullptr ? 2 : 1, int(kTick.count()));
-    if (n < 0 && errno != EINTR) break;
-    if (fds[0].revents & POLLIN) {
-      uint64_t v;
-      (void)!::read(event_fd_, &v, sizeof(v));
-    }
-    if (ac_ != nullptr && fds[1].revents != 0) {
-      if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) redisAsyncHandleRead(ac_);
-      if (ac_ != nullptr && (fds[1].revents & POLLOUT)) redisAsyncHandleWrite(ac_);
-    }
-    expire();
+void Link::close() {
+  {
+    std::lock_guard lock(mu_);
+    closed_ = true;
   }
-  // Shutting down: what is queued or in flight fails.
   if (ac_ != nullptr) {
     redisAsyncContext* ac = ac_;
-    ac_ = nullptr;
-    redisAsyncFree(ac);
+    lost_context();
+    redisAsyncFree(ac);  // what is in flight fails
+    in_flight_.clear();
   }
   fail_queued();
+}
+
+// --- Lane -------------------------------------------------------------------
+
+Lane::Lane(std::string name) : name_(std::move(name)) {
+  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  timer_fd_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  if (epoll_fd_ < 0 || event_fd_ < 0 || timer_fd_ < 0) {
+    const int e = errno;
+    for (int fd : {epoll_fd_, event_fd_, timer_fd_}) {
+      if (fd >= 0) ::close(fd);
+    }
+    throw std::system_error(e, std::generic_category(), name_ + ": its event descriptors");
+  }
+  // The eventfd's entry carries the lane, the timer's its descriptor's
+  // address, a socket's its link.
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = this;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &ev);
+  ev.data.ptr = &timer_fd_;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, timer_fd_, &ev);
+  set_timer(true);
+  start_loop();
+}
+
+Lane::~Lane() {
+  close();
+  for (int fd : {epoll_fd_, event_fd_, timer_fd_}) ::close(fd);
+}
+
+Lane* Lane::driven_here() { return t_driving; }
+
+std::string Lane::driver() const {
+  std::lock_guard lock(mu_);
+  return adopted_ ? "driven by a worker" : "own loop thread";
+}
+
+void Lane::close() {
+  {
+    std::lock_guard lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+    if (adopted_) spdlog::error("{}: closed while a worker still drives it", name_);
+  }
+  stop_loop();
+}
+
+void Lane::add(Link* link) {
+  {
+    std::lock_guard lock(mu_);
+    added_.push_back(link);
+  }
+  wake();
+}
+
+void Lane::wake() {
+  const uint64_t one = 1;
+  (void)!::write(event_fd_, &one, sizeof one);
+}
+
+void Lane::take_added() {
+  std::vector<Link*> added;
+  {
+    std::lock_guard lock(mu_);
+    added.swap(added_);
+  }
+  const auto now = Clock::now();
+  for (Link* l : added) {
+    links_.push_back(l);
+    l->tick(now);  // connects
+  }
+}
+
+bool Lane::needs_ticks() const {
+  for (const Link* l : links_) {
+    if (l->ac_ == nullptr || !l->up_ || l->busy() ||
+        l->have_queued_.load(std::memory_order_acquire))
+      return true;
+  }
+  return false;
+}
+
+void Lane::set_timer(bool on) {
+  itimerspec every{};
+  if (on) {
+    every.it_interval.tv_nsec = every.it_value.tv_nsec =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(kTick).count();
+  }
+  ::timerfd_settime(timer_fd_, 0, &every, nullptr);
+  timer_on_ = on;
+}
+
+void Lane::start_loop() {
+  loop_stop_ = false;
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), fmt::format("dpfs-{}", name_).substr(0, 15).c_str());
+    t_driving = this;
+    loop();
+    t_driving = nullptr;
+  });
+}
+
+void Lane::stop_loop() {
+  if (!thread_.joinable()) return;
+  loop_stop_ = true;
+  wake();
+  thread_.join();
+}
+
+void Lane::loop() {
+  // What came while nobody drove the lane (a worker gave it back).
+  take_added();
+  for (Link* l : links_) l->take_queued();
+  flush();
+  while (!loop_stop_.load(std::memory_order_relaxed)) drive(-1, /*take=*/true);
+}
+
+bool Lane::busy() const {
+  for (const Link* l : links_) {
+    if (l->busy() || l->have_queued_.load(std::memory_order_acquire)) return true;
+  }
+  return false;
+}
+
+void Lane::drive(int timeout_ms, bool take) {
+  epoll_event events[16];
+  const int n = ::epoll_wait(epoll_fd_, events, 16, timeout_ms);
+  if (n < 0 && errno != EINTR) {
+    spdlog::error("{}: epoll_wait: {}", name_, strerror(errno));
+    return;
+  }
+  for (int i = 0; i < n; ++i) {
+    void* tag = events[i].data.ptr;
+    if (tag == this) {
+      drain(event_fd_);
+      if (!take) continue;  // the loop thread takes it when it starts
+      take_added();
+      for (Link* l : links_) l->take_queued();
+    } else if (tag == &timer_fd_) {
+      drain(timer_fd_);
+      if (take) take_added();
+      const auto now = Clock::now();
+      for (Link* l : links_) {
+        l->tick(now);
+        if (take) l->take_queued();
+      }
+      // A whole tick with nothing to watch: the driver sleeps until a
+      // command or an answer comes (a worker's loop is not woken for nothing).
+      if (!needs_ticks()) set_timer(false);
+    } else {
+      static_cast<Link*>(tag)->on_events(events[i].events);
+    }
+  }
+  flush();
+}
+
+void Lane::flush() {
+  for (Link* l : links_) l->flush();
+  if (!timer_on_ && needs_ticks()) set_timer(true);
+}
+
+void Lane::watch(Link* link, int fd, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.ptr = link;
+  // After a reconnect the number may be the same and the socket new: the
+  // old one's entry went with it (ENOENT).
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) == 0) return;
+  if (errno == ENOENT && ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) == 0) return;
+  spdlog::error("{}: epoll_ctl: {}", name_, strerror(errno));
+}
+
+bool Lane::adopt() {
+  {
+    std::lock_guard lock(mu_);
+    if (adopted_ || closed_) return false;
+    adopted_ = true;
+  }
+  stop_loop();  // what its links hold is the worker's now
+  t_driving = this;
+  take_added();
+  for (Link* l : links_) l->take_queued();
+  flush();
+  return true;
+}
+
+void Lane::give_back() {
+  // The tenant's buffers that answers are copied into stay valid until
+  // they are in: wait for them (each has a deadline), but leave commands
+  // from other threads to the loop thread.
+  flush();
+  const auto any_in_flight = [this] {
+    for (const Link* l : links_) {
+      if (l->busy()) return true;
+    }
+    return false;
+  };
+  while (any_in_flight()) drive(int(kTick.count()), /*take=*/false);
+  t_driving = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    adopted_ = false;
+    if (closed_) return;
+  }
+  start_loop();
+}
+
+void Lane::on_readable() { drive(0, /*take=*/true); }
+
+bool Lane::poll() {
+  if (!busy()) return false;
+  uint64_t before = 0;
+  for (const Link* l : links_) before += l->answered_.load(std::memory_order_relaxed);
+  on_readable();
+  uint64_t after = 0;
+  for (const Link* l : links_) after += l->answered_.load(std::memory_order_relaxed);
+  return after != before;
+}
+
+void Lane::drive_until(const std::function<bool()>& done, Clock::time_point deadline) {
+  flush();
+  while (!done()) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return;
+    drive(int(std::min<int64_t>(left.count(), kTick.count())), /*take=*/true);
+  }
 }
 
 }  // namespace dpfs::kv

@@ -35,8 +35,24 @@ struct Store::Pending {
   Node* ask = nullptr;  // an ASK named this node, for the next try only
 };
 
+class LaneHook final : public WorkerHook {
+ public:
+  explicit LaneHook(Lane& lane) : lane_(lane) {}
+  ~LaneHook() override { lane_.give_back(); }
+  int fd() const override { return lane_.wait_fd(); }
+  void on_readable() override { lane_.on_readable(); }
+  void flush() override { lane_.flush(); }
+  bool poll() override { return lane_.poll(); }
+
+ private:
+  Lane& lane_;
+};
+
 Store::Store(const KvUrl& url, const Topology& topology, unsigned lanes)
     : url_(url), lanes_(std::max(lanes, 1u)), cluster_(topology.cluster) {
+  for (unsigned i = 0; i < lanes_; ++i) {
+    lane_drivers_.push_back(std::make_unique<Lane>(fmt::format("redis-{}", i)));
+  }
   install(topology.map);
   if (cluster_) timer_ = std::thread([this] { timer_loop(); });
 }
@@ -51,14 +67,45 @@ Store::~Store() {
   timer_cv_.notify_all();
   if (timer_.joinable()) timer_.join();
   for (auto& [when, p] : left) p->done(nullptr);
-  // The links fail what they hold, and answered() sends nothing again.
-  std::vector<std::unique_ptr<Node>> nodes;
+  // Nothing drives the links from here on; then they fail what they hold,
+  // and answered() sends nothing again (a closed link fails it at once).
+  for (auto& lane : lane_drivers_) lane->close();
   {
     std::lock_guard lock(mu_);
     closing_ = true;
-    nodes.swap(owned_);
   }
-  nodes.clear();
+  for (auto& n : owned_) {
+    for (auto& l : n->links) l->close();
+  }
+  owned_.clear();
+  lane_drivers_.clear();
+}
+
+unsigned Store::lane() {
+  if (Lane* here = Lane::driven_here()) {
+    for (unsigned i = 0; i < lanes_; ++i) {
+      if (lane_drivers_[i].get() == here) return i;
+    }
+  }
+  return unsigned(next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_);
+}
+
+std::unique_ptr<WorkerHook> Store::adopt_lane() {
+  for (auto& lane : lane_drivers_) {
+    if (lane->adopt()) return std::make_unique<LaneHook>(*lane);
+  }
+  return nullptr;
+}
+
+bool Store::drive_until(const std::function<bool()>& done, Clock::time_point deadline) {
+  Lane* here = Lane::driven_here();
+  for (auto& lane : lane_drivers_) {
+    if (lane.get() == here) {
+      here->drive_until(done, deadline);
+      return true;
+    }
+  }
+  return false;
 }
 
 int Store::node_at(const Endpoint& at) {
@@ -70,7 +117,7 @@ int Store::node_at(const Endpoint& at) {
   n->at = at;
   n->sent = std::make_unique<std::atomic<bool>[]>(lanes_);
   for (unsigned i = 0; i < lanes_; ++i) {
-    n->links.push_back(std::make_unique<Link>(at.host, at.port, url_.timeout,
+    n->links.push_back(std::make_unique<Link>(*lane_drivers_[i], at.host, at.port, url_.timeout,
                                               fmt::format("redis {}:{} #{}", at.host, at.port, i),
                                               cluster_ ? WhenDown::kFail : WhenDown::kWait));
   }
@@ -280,6 +327,12 @@ std::vector<std::string> Store::stats() const {
   std::vector<std::string> lines;
   {
     std::lock_guard lock(mu_);
+    for (unsigned i = 0; i < lanes_; ++i) {
+      uint64_t answered = 0;
+      for (const auto& n : owned_) answered += n->links[i]->answered();
+      lines.push_back(fmt::format("redis lane {}: {}, {} commands answered", i,
+                                  lane_drivers_[i]->driver(), answered));
+    }
     for (const auto& n : owned_) {
       for (const auto& l : n->links) lines.push_back(l->stats());
     }

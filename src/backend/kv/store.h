@@ -14,12 +14,18 @@
 // The tenant never sees a redirection; it sees EIO only when no node
 // answered by the deadline.
 //
-// Thread-safe. Answers run on the connections' loop threads.
+// Lanes: each node has a connection (Link) on every lane, and a lane's
+// connections are driven together, by a transport worker that adopted the
+// lane (adopt_lane: the worker's commands go out and their answers come
+// back on the worker) or else by a loop thread of the lane's own.
+//
+// Thread-safe. Answers run on the lanes' drivers.
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -31,6 +37,7 @@
 #include "backend/kv/cluster.h"
 #include "backend/kv/link.h"
 #include "backend/kv/url.h"
+#include "backend/worker_hook.h"
 #include "util/rate_limited_log.h"
 #include "util/unique_function.h"
 
@@ -45,8 +52,16 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   bool cluster() const { return cluster_; }
-  // The next lane in turn.
-  unsigned lane() { return unsigned(next_lane_.fetch_add(1, std::memory_order_relaxed)); }
+  // The lane the calling thread drives, else the next lane in turn.
+  unsigned lane();
+
+  // A worker takes a lane no other worker drives; null when every lane
+  // has one. The hook hands the lane back when destroyed.
+  std::unique_ptr<WorkerHook> adopt_lane();
+  // On a thread that drives one of this store's lanes: drives it until
+  // `done()` or `deadline`, and true. Elsewhere false at once (the caller
+  // waits its own way: the lane's driver will answer).
+  bool drive_until(const std::function<bool()>& done, Clock::time_point deadline);
 
   // Sends `argv` to the node that serves `key`, on its connection `lane`.
   // `done` runs exactly once, on a connection's thread, with the reply or
@@ -75,7 +90,7 @@ class Store {
  private:
   struct Node {
     Endpoint at;
-    std::vector<std::unique_ptr<Link>> links;
+    std::vector<std::unique_ptr<Link>> links;  // one per lane
     // Per link: a command went there since the last wait_replicas().
     std::unique_ptr<std::atomic<bool>[]> sent;
   };
@@ -99,6 +114,7 @@ class Store {
 
   const KvUrl url_;
   const unsigned lanes_;
+  std::vector<std::unique_ptr<Lane>> lane_drivers_;  // lanes_ of them
   util::RateLimitedLog log_{"redis cluster"};
   const bool cluster_;
   std::atomic<uint64_t> next_lane_{0};
