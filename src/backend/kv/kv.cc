@@ -65,6 +65,23 @@ void scatter(std::span<const iovec> dst, size_t at, std::string_view data) {
   }
 }
 
+// `len` bytes of the iovecs from byte `at` on.
+std::string gather(std::span<const iovec> src, size_t at, size_t len) {
+  std::string out;
+  out.reserve(len);
+  for (const iovec& v : src) {
+    if (out.size() == len) break;
+    if (at >= v.iov_len) {
+      at -= v.iov_len;
+      continue;
+    }
+    const size_t n = std::min(v.iov_len - at, len - out.size());
+    out.append(static_cast<const char*>(v.iov_base) + at, n);
+    at = 0;
+  }
+  return out;
+}
+
 void zero(std::span<const iovec> dst, size_t from, size_t to) {
   for (const iovec& v : dst) {
     if (from >= to) return;
@@ -698,59 +715,52 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
     std::lock_guard lock(mu_);
     written_.insert(fh);
   }
-  std::string data;
-  data.reserve(size);
-  for (const iovec& v : src) data.append(static_cast<const char*>(v.iov_base), v.iov_len);
-  // Each chunk's piece first, then the size and times: a crash between
-  // leaves the data without the size (bytes past the end are never read),
-  // never the size without the data. On one server all go at once on one
-  // connection, which the store runs in order (one round trip), and what
-  // the chunks grew is added after, when they grew. A cluster's chunks are
-  // on other nodes: the size goes once they answered, with what they grew.
-  struct State {
-    WriteReply reply;
-    std::atomic<int64_t> grew{0};
-  };
-  auto st = std::make_shared<State>();
-  st->reply = std::move(reply);
+  // One server: the chunks' pieces, the size and the times in one script,
+  // atomically. A cluster's chunks are on other nodes: each piece first,
+  // then the size and times once they answered, with what they grew (a
+  // crash between leaves data past the end, which is never read, never a
+  // size without its data).
   const uint64_t first = offset / chunk_size_;
   const uint64_t last = (offset + size - 1) / chunk_size_;
-  const bool ordered = !store_->cluster();
-  const unsigned lane = store_->lane();
   const bool kill = (write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-  auto fan = std::make_shared<Fan>(
-      size_t(last - first) + (ordered ? 2 : 1),
-      [this, st, ino, offset, size, lane, kill, ordered](int error) {
-        if (error != 0) return st->reply.error(error);
-        auto answer = [st, size](int e, const redisReply*) {
-          if (e != 0) return st->reply.error(e);
-          st->reply.ok(size);
-        };
-        const int64_t grew = st->grew.load(std::memory_order_relaxed);
-        if (!ordered) {
-          return run(Script::kWrote,
-                     {num(ino), num(offset + size), kill ? "1" : "0", std::to_string(grew)},
-                     std::move(answer), lane);
-        }
-        if (grew == 0) return st->reply.ok(size);
-        run(Script::kGrow, {num(ino), std::to_string(grew)}, std::move(answer), lane);
-      });
-  for (uint64_t c = first; c <= last; ++c) {
+  std::vector<std::string> args{num(ino), num(offset + size), kill ? "1" : "0", "0"};
+  auto piece = [&](uint64_t c) {
     const uint64_t from = std::max(offset, c * chunk_size_);
     const uint64_t to = std::min(offset + size, (c + 1) * chunk_size_);
+    return std::pair{num(from - c * chunk_size_),
+                     gather(src, size_t(from - offset), size_t(to - from))};
+  };
+  auto answer = [size, reply = std::move(reply)](int e, const redisReply*) mutable {
+    if (e != 0) return reply.error(e);
+    reply.ok(size);
+  };
+  if (!store_->cluster()) {
+    for (uint64_t c = first; c <= last; ++c) {
+      auto [at, bytes] = piece(c);
+      args.push_back(kv::chunk_key(options_.url.fsname, ino, c));
+      args.push_back(std::move(at));
+      args.push_back(std::move(bytes));
+    }
+    return run(Script::kWrite, std::move(args), std::move(answer));
+  }
+  auto grew = std::make_shared<std::atomic<int64_t>>(0);
+  const unsigned lane = store_->lane();
+  auto fan = std::make_shared<Fan>(
+      size_t(last - first + 1),
+      [this, grew, lane, args = std::move(args), answer = std::move(answer)](int error) mutable {
+        if (error != 0) return answer(error, nullptr);
+        args[3] = std::to_string(grew->load(std::memory_order_relaxed));
+        run(Script::kWrite, std::move(args), std::move(answer), lane);
+      });
+  for (uint64_t c = first; c <= last; ++c) {
+    auto [at, bytes] = piece(c);
     run_chunk(
-        Script::kChunkWrite, ino, c,
-        {num(from - c * chunk_size_), data.substr(size_t(from - offset), size_t(to - from))},
-        [st, fan](int e, int64_t d) {
-          st->grew.fetch_add(d, std::memory_order_relaxed);
+        Script::kChunkWrite, ino, c, {std::move(at), std::move(bytes)},
+        [grew, fan](int e, int64_t d) {
+          grew->fetch_add(d, std::memory_order_relaxed);
           fan->one(e);
         },
         lane);
-  }
-  if (ordered) {
-    run(
-        Script::kWrote, {num(ino), num(offset + size), kill ? "1" : "0", "0"},
-        [fan](int e, const redisReply*) { fan->one(e); }, lane);
   }
 }
 

@@ -336,17 +336,43 @@ put(a, F)
 return ok(a, old)
 )lua";
 
-constexpr char kWrote[] = R"lua(
-local a = get(ARGV[4])
-if not a then return {116} end
-local e = tonumber(ARGV[5])
-if e > a.size then a.size = e end
-a.ms, a.mn, a.cs, a.cn = NOW_S, NOW_NS, NOW_S, NOW_NS
-if ARGV[6] == '1' then a.mode = kill_suid(a.mode) end
-a.bytes = math.max(a.bytes + tonumber(ARGV[7]), 0)
-put(a, {'size', 'ms', 'mn', 'cs', 'cn', 'mode', 'bytes'})
-drop_capability(a)
-return ok(a)
+// The hot path, without the prelude (which costs every call): 9.7 us of
+// the store's time for a 4 KiB write against 22 for a chunk script and a
+// metadata script with it (INFO commandstats, usec_per_call). ARGV[4] ino,
+// [5] the write's end, [6] '1': kill set-user-ID and set-group-ID, [7] what
+// chunks written elsewhere grew by, then the chunks written here: key,
+// offset, bytes (one server: all in one script). Times and the size go as
+// the caller's strings: a Lua number past 14 digits would be rounded.
+constexpr char kWrite[] = R"lua(
+local k = ARGV[1] .. 'i:' .. ARGV[4]
+local v = redis.call('HMGET', k, 'mode', 'size', 'bytes')
+if not v[1] then return {116} end
+local grew = tonumber(ARGV[7])
+for n = 8, #ARGV, 3 do
+  local old = redis.call('STRLEN', ARGV[n])
+  grew = grew + redis.call('SETRANGE', ARGV[n], ARGV[n + 1], ARGV[n + 2]) - old
+end
+local set = {'ms', ARGV[2], 'mn', ARGV[3], 'cs', ARGV[2], 'cn', ARGV[3]}
+if tonumber(ARGV[5]) > (tonumber(v[2]) or 0) then
+  set[#set + 1] = 'size'
+  set[#set + 1] = ARGV[5]
+end
+if grew ~= 0 then
+  set[#set + 1] = 'bytes'
+  set[#set + 1] = string.format('%d', math.max((tonumber(v[3]) or 0) + grew, 0))
+end
+if ARGV[6] == '1' then
+  local mode = tonumber(v[1])
+  local killed = bit.band(mode, bit.bnot(2048))
+  if bit.band(mode, 8) ~= 0 then killed = bit.band(killed, bit.bnot(1024)) end
+  if killed ~= mode then
+    set[#set + 1] = 'mode'
+    set[#set + 1] = string.format('%d', killed)
+  end
+end
+redis.call('HSET', k, unpack(set))
+redis.call('HDEL', ARGV[1] .. 'x:' .. ARGV[4], 'security.capability')
+return {0}
 )lua";
 
 // Removes an inode whose last name went (nlink 0); its data is the
@@ -574,7 +600,7 @@ std::string sha1_hex(const std::string& text) {
 const std::array<Compiled, size_t(Script::kCount)>& compiled() {
   static const auto all = [] {
     const char* bodies[] = {kLookup,     kGetattr,   kMknode,   kLink,        kUnlink,
-                            kRmdir,      kRename,    kSetattr,  kWrote,       kFree,
+                            kRmdir,      kRename,    kSetattr,  kWrite,       kFree,
                             kReaddir,    kSetxattr,  kGetxattr, kListxattr,   kRemovexattr,
                             kGrow,       kGetlk,     kSetlk,    kUnlockOwner, kDropDevice,
                             kChunkWrite, kChunkTrim, kChunkDrop};
@@ -584,7 +610,7 @@ const std::array<Compiled, size_t(Script::kCount)>& compiled() {
       const Script script = Script(i);
       const bool lock = script == Script::kGetlk || script == Script::kSetlk ||
                         script == Script::kUnlockOwner || script == Script::kDropDevice;
-      if (is_chunk_script(script)) {
+      if (is_chunk_script(script) || script == Script::kWrite) {
         out[i].source = bodies[i];
       } else {
         out[i].source = std::string(kPrelude) + (lock ? kLockHelpers : "") + bodies[i];

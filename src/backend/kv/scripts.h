@@ -23,7 +23,8 @@ enum class Script {
   kRmdir,        // parent, name
   kRename,       // parent, name, new parent, new name, flags -> ino replaced and its nlink (or 0 0)
   kSetattr,      // ino, valid, mode, uid, gid, size, as, an, ms, mn, cs, cn -> old size, attr
-  kWrote,        // ino, end, kill_suidgid, bytes the chunks grew -> attr
+  kWrite,        // ino, end, kill_suidgid, bytes chunks elsewhere grew, then key offset data
+                 // for each chunk to write here (no prelude)
   kFree,         // ino: the inode of a file no name and no handle holds
   kReaddir,      // ino -> parent ino, then name, "type:ino" pairs
   kSetxattr,     // ino, name, value, flags
