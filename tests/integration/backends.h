@@ -170,8 +170,6 @@ inline const char* skip_reason(const BackendConfig& b, Capability c) {
 // What the redis backend does not do (yet), on one server or a cluster.
 inline std::vector<Missing> redis_missing() {
   return {
-      {Capability::kFallocate, "not yet in the redis backend: EOPNOTSUPP"},
-      {Capability::kZeroRange, "not yet in the redis backend: EOPNOTSUPP"},
       {Capability::kSeekHoles,
        "not yet in the redis backend: the kernel reports all of a file as data"},
       {Capability::kHugeSparseFiles,

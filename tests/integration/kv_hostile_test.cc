@@ -115,7 +115,7 @@ class FakeRedis {
              std::to_string(port_) + "\r\n" + bulk("id") + "";
     }
     if (c == "HMGET") {  // the format record
-      return "*4\r\n" + bulk("dpfs-kv") + bulk("1") + bulk("65536") + bulk("0");
+      return "*4\r\n" + bulk("dpfs-kv") + bulk("2") + bulk("65536") + bulk("0");
     }
     if (c == "HGET" && argv.size() > 1 && argv[1].ends_with("stats")) return bulk("1");
     if (c == "GET") return bulk("1");

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -67,7 +68,7 @@ TEST_F(KvTest, FormatMakesOneFileSystemAndInfoDescribesIt) {
   ASSERT_EQ(exit_code(r), 0) << r.err;
   r = dpfs({"kv", "info", url});
   ASSERT_EQ(exit_code(r), 0) << r.err;
-  EXPECT_NE(r.out.find("format version 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("format version 2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("chunk size 16384 bytes"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("inodes 1 "), std::string::npos) << r.out;
 
@@ -256,6 +257,58 @@ TEST_F(KvTest, LocksHoldBetweenDevices) {
 
 // A store that stops answering: the tenant gets EIO after the URL's timeout
 // (not a hang), and is served again once the store answers again.
+// A file's chunks are found through its chunk index, not by counting up
+// to its size: a sparse file ending near 2^50 bytes is truncated and
+// unlinked at once, leaving no key behind (walking its 2^34 possible
+// indexes would take the daemon's memory and hours). Chunks fallocate
+// made past the end go with it too.
+TEST_F(KvTest, SparseHugeFilesAndPreallocationLeaveNoChunkBehind) {
+  const std::string url = formatted_url();
+  const std::string name = url.substr(url.rfind('/') + 1);
+  Mount m;
+  ASSERT_EQ(m.start_dpfs(serve(url, m)), "");
+  auto chunks = [&] {
+    return redis_cli(server_->port(), {"--scan", "--pattern", "dpfs:" + name + ":c:*"});
+  };
+  auto index_keys = [&] {
+    return redis_cli(server_->port(), {"--scan", "--pattern", "dpfs:{" + name + "}:k:*"});
+  };
+  const std::string f = m.dir() + "/sparse";
+  const off_t far = off_t(1) << 49;
+  int fd = ::open(f.c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_SYS(fd);
+  ASSERT_EQ(::pwrite(fd, "x", 1, far), 1);
+  ASSERT_EQ(::pwrite(fd, "y", 1, 0), 1);
+  EXPECT_NE(chunks(), "");
+  // Down to one byte: the far chunk goes, the first keeps its byte.
+  ASSERT_SYS(::ftruncate(fd, 1));
+  char c = 0;
+  EXPECT_EQ(::pread(fd, &c, 1, 0), 1);
+  EXPECT_EQ(c, 'y');
+  std::string left = chunks();
+  EXPECT_EQ(std::count(left.begin(), left.end(), '\n'), 1) << left;
+  // Allocated past the end (KEEP_SIZE), then unlinked while open, closed.
+  ASSERT_SYS(::fallocate(fd, FALLOC_FL_KEEP_SIZE, far, 100000));
+  ASSERT_SYS(::pwrite(fd, "x", 1, far / 2));
+  ASSERT_SYS(::unlink(f.c_str()));
+  ASSERT_SYS(::close(fd));
+  // The last close frees the inode; its chunks go after the answer.
+  for (int i = 0; i < 500 && (chunks() != "" || index_keys() != ""); ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(chunks(), "") << "chunks left behind";
+  EXPECT_EQ(index_keys(), "") << "a chunk index left behind";
+
+  // fallocate cannot take more than the store has.
+  fd = ::open((m.dir() + "/big").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_SYS(fd);
+  EXPECT_ERRNO(ENOSPC, ::fallocate(fd, 0, 0, off_t(1) << 48));
+  struct stat st {};
+  ASSERT_SYS(::fstat(fd, &st));
+  EXPECT_EQ(st.st_size, 0) << "a refused fallocate changed the size";
+  ::close(fd);
+}
+
 TEST_F(KvTest, AStoreThatStopsAnsweringIsEioThenServedAgain) {
   std::string problem;
   const std::string base = redis_test_fs("stall", &problem);

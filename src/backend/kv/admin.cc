@@ -113,6 +113,12 @@ FormatInfo read_format(const KvUrl& url, const Topology& t) {
         fmt::format("{}: format version {} is newer than this dpfs reads ({}); upgrade dpfs",
                     url.fsname, info.version, kFormatVersion));
   }
+  if (info.version < kOldestFormatVersion) {
+    throw std::runtime_error(fmt::format(
+        "{}: format version {} is older than this dpfs reads ({} to {}): its files have no "
+        "chunk index; copy them into a file system made with this dpfs's `dpfs kv format`",
+        url.fsname, info.version, kOldestFormatVersion, kFormatVersion));
+  }
   if (info.chunk_size < 4096 || (info.chunk_size & (info.chunk_size - 1)) != 0) {
     throw std::runtime_error(fmt::format("{}: chunk size {} in its format record is not valid",
                                          url.fsname, info.chunk_size));

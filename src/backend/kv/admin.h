@@ -13,7 +13,10 @@
 namespace dpfs::kv {
 
 // The on-store format this build writes and reads (docs/kv.md).
-constexpr int kFormatVersion = 1;
+// 2: every file has a chunk index (P k:INO). Version 1 had none, and this
+// dpfs does not read it.
+constexpr int kFormatVersion = 2;
+constexpr int kOldestFormatVersion = 2;
 constexpr uint64_t kDefaultChunkSize = 64 * 1024;
 
 struct FormatInfo {

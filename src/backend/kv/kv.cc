@@ -34,6 +34,9 @@ constexpr uint64_t kMaxFileSize = 1ull << 50;
 // Directory entries' sequence numbers (READDIR offsets) count exactly in
 // Lua below this.
 constexpr uint64_t kMaxSeq = 1ull << 53;
+// Chunk commands a walk over many chunks (a truncation, an unlink, an
+// fallocate) has in flight at a time.
+constexpr uint64_t kChunkBatch = 256;
 
 std::string num(uint64_t v) { return std::to_string(v); }
 
@@ -405,33 +408,126 @@ void KvBackend::forget(uint64_t ino, uint64_t nlookup) {
 }
 
 void KvBackend::free_inode(uint64_t ino) {
-  run(Script::kFree, {num(ino)}, [this, ino](int error, const redisReply* r) {
+  run(Script::kFree, {num(ino)}, [this, ino](int error, const redisReply*) {
     if (error != 0) return;
-    const uint64_t size = uint64_t(integer(elem(r, 1)));
-    if (size > 0) drop_chunks(ino, 0, (size - 1) / chunk_size_, [](int) {});
+    drop_chunks(ino, 0, last_index(), [](int) {});
   });
 }
+
+uint64_t KvBackend::last_index() const { return (kMaxFileSize - 1) / chunk_size_; }
+
+struct KvBackend::DropWalk {
+  uint64_t ino = 0;
+  uint64_t next = 0;  // the first index not looked at yet
+  uint64_t last = 0;
+  util::UniqueFunction<void(int)> then;
+  unsigned lane = 0;
+};
+
+struct KvBackend::ChunkWalk {
+  Script script{};
+  uint64_t ino = 0;
+  uint64_t next = 0;  // the first index not done yet
+  uint64_t last = 0;
+  std::function<std::vector<std::string>(uint64_t)> args;
+  util::UniqueFunction<void(int, int64_t)> then;
+  int64_t grew = 0;
+  unsigned lane = 0;
+};
 
 void KvBackend::drop_chunks(uint64_t ino, uint64_t first, uint64_t last,
                             util::UniqueFunction<void(int)> then) {
   if (first > last) return then(0);
-  // UNLINK takes many keys; batches keep each command small. A cluster
-  // takes only keys of one slot in a command, and chunks spread over slots.
-  const uint64_t batch = store_->cluster() ? 1 : 256;
-  const unsigned lane = store_->lane();
-  auto fan = std::make_shared<Fan>((last - first) / batch + 1, std::move(then));
-  for (uint64_t from = first; from <= last; from += batch) {
-    std::vector<std::string> argv{"UNLINK"};
-    for (uint64_t i = from; i <= std::min(last, from + batch - 1); ++i) {
-      argv.push_back(kv::chunk_key(options_.url.fsname, ino, i));
-    }
-    std::string key = argv[1];
-    send(
-        std::move(key), std::move(argv),
-        [fan](const redisReply* r) {
-          fan->one(r == nullptr || r->type == REDIS_REPLY_ERROR ? EIO : 0);
+  auto walk = std::make_shared<DropWalk>();
+  walk->ino = ino;
+  walk->next = first;
+  walk->last = last;
+  walk->then = std::move(then);
+  walk->lane = store_->lane();
+  drop_batch(std::move(walk));
+}
+
+void KvBackend::drop_batch(std::shared_ptr<DropWalk> w) {
+  // The chunk index names the chunks that exist: a sparse file's few, not
+  // every index up to its size (2^50 bytes of holes are 2^34 indexes).
+  run(
+      Script::kChunkList, {num(w->ino), num(w->next), num(w->last), num(kChunkBatch)},
+      [this, w](int error, const redisReply* r) {
+        if (error != 0) return w->then(error);
+        std::vector<uint64_t> indexes;
+        for (size_t i = 1; i < r->elements; ++i) {
+          const int64_t v = integer(r->element[i]);
+          // In order and in range, or the store lies (and a walk could go
+          // round for ever).
+          if (v < int64_t(w->next) || uint64_t(v) > w->last ||
+              (!indexes.empty() && uint64_t(v) <= indexes.back()) || i > kChunkBatch) {
+            return w->then(EIO);
+          }
+          indexes.push_back(uint64_t(v));
+        }
+        if (indexes.empty()) return w->then(0);
+        const uint64_t upto = indexes.back();
+        auto delta = std::make_shared<std::atomic<int64_t>>(0);
+        auto fan = std::make_shared<Fan>(indexes.size(), [this, w, delta, upto](int e) {
+          if (e != 0) return w->then(e);
+          run(
+              Script::kChunksGone,
+              {num(w->ino), num(w->next), num(upto), std::to_string(delta->load())},
+              [this, w, upto](int e2, const redisReply*) {
+                if (e2 != 0) return w->then(e2);
+                if (upto >= w->last) return w->then(0);
+                w->next = upto + 1;
+                drop_batch(w);
+              },
+              w->lane);
+        });
+        for (const uint64_t c : indexes) {
+          run_chunk(
+              Script::kChunkDrop, w->ino, c, {},
+              [fan, delta](int e, int64_t d) {
+                delta->fetch_add(d, std::memory_order_relaxed);
+                fan->one(e);
+              },
+              w->lane);
+        }
+      },
+      w->lane);
+}
+
+void KvBackend::each_chunk(Script script, uint64_t ino, uint64_t first, uint64_t last,
+                           std::function<std::vector<std::string>(uint64_t)> args,
+                           util::UniqueFunction<void(int, int64_t)> then) {
+  auto walk = std::make_shared<ChunkWalk>();
+  walk->script = script;
+  walk->ino = ino;
+  walk->next = first;
+  walk->last = last;
+  walk->args = std::move(args);
+  walk->then = std::move(then);
+  walk->lane = store_->lane();
+  chunk_batch(std::move(walk));
+}
+
+void KvBackend::chunk_batch(std::shared_ptr<ChunkWalk> w) {
+  // kChunkBatch in flight at a time: a range of a million chunks must not
+  // queue a million commands at once.
+  if (w->next > w->last) return w->then(0, w->grew);
+  const uint64_t upto = std::min(w->last, w->next + kChunkBatch - 1);
+  auto delta = std::make_shared<std::atomic<int64_t>>(0);
+  auto fan = std::make_shared<Fan>(upto - w->next + 1, [this, w, delta, upto](int e) {
+    w->grew += delta->load();
+    if (e != 0) return w->then(e, w->grew);
+    w->next = upto + 1;
+    chunk_batch(w);
+  });
+  for (uint64_t c = w->next; c <= upto; ++c) {
+    run_chunk(
+        w->script, w->ino, c, w->args(c),
+        [fan, delta](int e, int64_t d) {
+          delta->fetch_add(d, std::memory_order_relaxed);
+          fan->one(e);
         },
-        lane);
+        w->lane);
   }
 }
 
@@ -439,29 +535,21 @@ void KvBackend::clear_past(uint64_t ino, uint64_t size, uint64_t old_size,
                            util::UniqueFunction<void(int)> then) {
   if (size >= old_size) return then(0);
   const uint64_t first = size / chunk_size_;
-  const uint64_t last = (old_size - 1) / chunk_size_;
   const uint64_t keep = size % chunk_size_;
   // The chunk the new end falls in keeps its head (a later extension reads
-  // zeros past it); the ones after go. Then the inode's byte count.
-  auto delta = std::make_shared<std::atomic<int64_t>>(0);
-  auto fan = std::make_shared<Fan>(
-      last - first + 1, [this, ino, delta, then = std::move(then)](int error) mutable {
-        if (error != 0 || delta->load() == 0) return then(error);
-        run(Script::kGrow, {num(ino), std::to_string(delta->load())},
-            [then = std::move(then)](int e, const redisReply*) mutable { then(e); });
-      });
-  const unsigned lane = store_->lane();
-  for (uint64_t c = first; c <= last; ++c) {
-    const bool trim = c == first && keep != 0;
-    run_chunk(
-        trim ? Script::kChunkTrim : Script::kChunkDrop, ino, c,
-        trim ? std::vector<std::string>{num(keep)} : std::vector<std::string>{},
-        [fan, delta](int e, int64_t d) {
-          delta->fetch_add(d, std::memory_order_relaxed);
-          fan->one(e);
-        },
-        lane);
-  }
+  // zeros past it); every chunk after goes, those allocated past the old
+  // end too. Then the inode's byte count.
+  auto rest = [this, ino, first, keep, then = std::move(then)](int error, int64_t trimmed) mutable {
+    if (error != 0) return then(error);
+    drop_chunks(ino, keep != 0 ? first + 1 : first, last_index(),
+                [this, ino, trimmed, then = std::move(then)](int e) mutable {
+                  if (e != 0 || trimmed == 0) return then(e);
+                  run(Script::kGrow, {num(ino), std::to_string(trimmed)},
+                      [then = std::move(then)](int e2, const redisReply*) mutable { then(e2); });
+                });
+  };
+  if (keep == 0) return rest(0, 0);
+  run_chunk(Script::kChunkTrim, ino, first, {num(keep)}, std::move(rest));
 }
 
 // --- Attributes -------------------------------------------------------------
@@ -520,31 +608,18 @@ void KvBackend::setattr(const Context&, uint64_t ino, const SetAttr& attr, AttrR
       });
 }
 
-void KvBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
+void KvBackend::memory(util::UniqueFunction<void(int, uint64_t, uint64_t)> then) {
   // The memory of every master: a cluster's capacity is their sum.
   struct Sum {
     std::mutex mu;
     uint64_t used = 0;
     uint64_t total = 0;
-    StatfsReply reply;
   };
   auto sum = std::make_shared<Sum>();
-  sum->reply = std::move(reply);
   const std::vector<uint16_t> masters = store_->master_slots();
-  auto fan = std::make_shared<Fan>(masters.size(), [sum](int error) {
-    if (error != 0) return sum->reply.error(error);
-    struct statvfs st {};
-    st.f_bsize = kBlockSize;
-    st.f_frsize = kBlockSize;
-    st.f_blocks = sum->total / kBlockSize;
-    st.f_bfree = (sum->total - sum->used) / kBlockSize;
-    st.f_bavail = st.f_bfree;
-    st.f_files = 1ull << 40;
-    st.f_ffree = st.f_files;
-    st.f_favail = st.f_ffree;
-    st.f_namemax = kNameMax;
-    sum->reply.ok(st);
-  });
+  auto fan = std::make_shared<Fan>(
+      masters.size(),
+      [sum, then = std::move(then)](int error) mutable { then(error, sum->used, sum->total); });
   for (const uint16_t slot : masters) {
     store_->submit_slot(
         slot, {"INFO", "memory"},
@@ -565,6 +640,23 @@ void KvBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
         },
         store_->lane());
   }
+}
+
+void KvBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
+  memory([reply = std::move(reply)](int error, uint64_t used, uint64_t total) mutable {
+    if (error != 0) return reply.error(error);
+    struct statvfs st {};
+    st.f_bsize = kBlockSize;
+    st.f_frsize = kBlockSize;
+    st.f_blocks = total / kBlockSize;
+    st.f_bfree = (total - used) / kBlockSize;
+    st.f_bavail = st.f_bfree;
+    st.f_files = 1ull << 40;
+    st.f_ffree = st.f_files;
+    st.f_favail = st.f_ffree;
+    st.f_namemax = kNameMax;
+    reply.ok(st);
+  });
 }
 
 // --- Files ------------------------------------------------------------------
@@ -735,14 +827,20 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
     reply.ok(size);
   };
   if (!store_->cluster()) {
+    // No index to list: the script adds the chunks it makes to the index.
+    args.push_back("0");
     for (uint64_t c = first; c <= last; ++c) {
       auto [at, bytes] = piece(c);
       args.push_back(kv::chunk_key(options_.url.fsname, ino, c));
+      args.push_back(num(c));
       args.push_back(std::move(at));
       args.push_back(std::move(bytes));
     }
     return run(Script::kWrite, std::move(args), std::move(answer));
   }
+  // The chunks written elsewhere go into the index with the size.
+  args.push_back(num(last - first + 1));
+  for (uint64_t c = first; c <= last; ++c) args.push_back(num(c));
   auto grew = std::make_shared<std::atomic<int64_t>>(0);
   const unsigned lane = store_->lane();
   auto fan = std::make_shared<Fan>(
@@ -762,6 +860,97 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
         },
         lane);
   }
+}
+
+void KvBackend::fallocate(const Context&, uint64_t ino, uint64_t fh, uint32_t mode, uint64_t offset,
+                          uint64_t length, StatusReply reply) {
+  if (!known_handle(ino, fh)) return reply.error(EBADF);
+  if (length == 0) return reply.error(EINVAL);
+  if (offset >= kMaxFileSize || length > kMaxFileSize - offset) return reply.error(EFBIG);
+  const bool keep_size = (mode & FALLOC_FL_KEEP_SIZE) != 0;
+  // What makes sense in a store that keeps data in memory: allocating
+  // writes the zeros (a later write then needs no more memory), punching
+  // frees them, zeroing writes them.
+  Script script;
+  switch (mode & ~uint32_t(FALLOC_FL_KEEP_SIZE)) {
+    case 0:
+      script = Script::kChunkAlloc;
+      break;
+    case FALLOC_FL_PUNCH_HOLE:
+      if (!keep_size) return reply.error(EOPNOTSUPP);
+      script = Script::kChunkPunch;
+      break;
+    case FALLOC_FL_ZERO_RANGE:
+      script = Script::kChunkZero;
+      break;
+    default:
+      return reply.error(EOPNOTSUPP);  // collapse, insert, unshare
+  }
+  const uint64_t end = offset + length;
+  const uint64_t first = offset / chunk_size_;
+  const uint64_t last = (end - 1) / chunk_size_;
+  const uint64_t chunk = chunk_size_;
+  // In-chunk [from, to) of chunk `c`.
+  auto span = [offset, end, chunk](uint64_t c) {
+    return std::pair{std::max(offset, c * chunk) - c * chunk,
+                     std::min(end, (c + 1) * chunk) - c * chunk};
+  };
+  auto args = [script, span](uint64_t c) {
+    const auto [from, to] = span(c);
+    if (script == Script::kChunkAlloc) return std::vector<std::string>{num(to)};
+    return std::vector<std::string>{num(from), num(to)};
+  };
+  // Then the size (unless KEEP_SIZE), the times and the byte count, with
+  // the chunks made listed in the index.
+  auto finish = [this, ino, end, keep_size, first, last, script, reply = std::move(reply)](
+                    int error, int64_t grew) mutable {
+    if (error != 0) return reply.error(error);
+    std::vector<std::string> a{num(ino), keep_size ? "0" : num(end), "0", std::to_string(grew)};
+    if (script == Script::kChunkPunch) {
+      a.push_back("0");
+    } else {
+      a.push_back(num(last - first + 1));
+      for (uint64_t c = first; c <= last; ++c) a.push_back(num(c));
+    }
+    run(Script::kWrite, std::move(a), [reply = std::move(reply)](int e, const redisReply*) mutable {
+      if (e != 0) return reply.error(e);
+      reply.ok();
+    });
+  };
+  if (script == Script::kChunkPunch) {
+    // Whole chunks go, only those the index lists (a hole's worth of
+    // indexes may be huge); a partial chunk at either end is zeroed in
+    // place. Then finish, with what they all freed.
+    auto partial = [&span, chunk](uint64_t c) {
+      const auto [from, to] = span(c);
+      return from != 0 || to != chunk;
+    };
+    std::vector<uint64_t> ends;
+    if (partial(first)) ends.push_back(first);
+    if (last != first && partial(last)) ends.push_back(last);
+    const uint64_t whole_first = partial(first) ? first + 1 : first;
+    const uint64_t whole_last = last != first && partial(last) ? last - 1 : last;
+    auto freed = std::make_shared<std::atomic<int64_t>>(0);
+    auto fan = std::make_shared<Fan>(
+        ends.size() + 1,
+        [freed, finish = std::move(finish)](int error) mutable { finish(error, freed->load()); });
+    for (const uint64_t c : ends) {
+      run_chunk(Script::kChunkPunch, ino, c, args(c), [fan, freed](int e, int64_t d) {
+        freed->fetch_add(d, std::memory_order_relaxed);
+        fan->one(e);
+      });
+    }
+    // drop_chunks counts what it frees in the inode itself.
+    return drop_chunks(ino, whole_first, whole_last, [fan](int e) { fan->one(e); });
+  }
+  // Writing zeros takes memory: refused up front when the store has not
+  // that much free (a tenant's one call must not fill it).
+  memory([this, script, ino, first, last, length, args, finish = std::move(finish)](
+             int error, uint64_t used, uint64_t total) mutable {
+    if (error != 0) return finish(error, 0);
+    if (length > total - std::min(used, total)) return finish(ENOSPC, 0);
+    each_chunk(script, ino, first, last, args, std::move(finish));
+  });
 }
 
 void KvBackend::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner,

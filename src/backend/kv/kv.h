@@ -22,7 +22,7 @@
 // command to its slot's master).
 //
 // Not yet: a file removed on one device while another has it open (that
-// one then gets ESTALE), READDIRPLUS, fallocate, SEEK_DATA/SEEK_HOLE,
+// one then gets ESTALE), READDIRPLUS, SEEK_DATA/SEEK_HOLE,
 // O_TMPFILE.
 //
 // Safe for concurrent use by any number of workers. A worker adopts a lane
@@ -113,6 +113,8 @@ class KvBackend final : public Backend {
             std::span<const iovec> dst, ReadReply reply) override;
   void write(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t offset,
              std::span<const iovec> src, uint32_t write_flags, WriteReply reply) override;
+  void fallocate(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t mode, uint64_t offset,
+                 uint64_t length, StatusReply reply) override;
   void flush(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t lock_owner,
              StatusReply reply) override;
   void release(const Context& ctx, uint64_t ino, uint64_t fh, uint32_t flags, uint64_t lock_owner,
@@ -158,12 +160,26 @@ class KvBackend final : public Backend {
   void send(std::string key, std::vector<std::string> argv, kv::Done done,
             unsigned lane = kAnyLane);
   Entry entry_from(const struct redisReply* r, size_t at) const;
-  // Deletes chunks [first, last] of `ino`, then `then(error)`.
+  // Deletes the chunks of `ino` with indexes in [first, last] (those its
+  // chunk index lists, a batch at a time), then `then(error)`.
   void drop_chunks(uint64_t ino, uint64_t first, uint64_t last,
                    util::UniqueFunction<void(int)> then);
-  // Zeroes the data of `ino` past `size` (up to `old_size`), then `then`.
+  struct DropWalk;
+  void drop_batch(std::shared_ptr<DropWalk> walk);
+  // Runs a chunk script on chunks [first, last] of `ino`, a batch at a time
+  // (args(index) gives each one's arguments); then(error, bytes they grew).
+  void each_chunk(kv::Script script, uint64_t ino, uint64_t first, uint64_t last,
+                  std::function<std::vector<std::string>(uint64_t)> args,
+                  util::UniqueFunction<void(int, int64_t)> then);
+  struct ChunkWalk;
+  void chunk_batch(std::shared_ptr<ChunkWalk> walk);
+  // The store's memory, used and in all (every master's), in bytes.
+  void memory(util::UniqueFunction<void(int, uint64_t used, uint64_t total)> then);
+  // Zeroes the data of `ino` past `size`, then `then`.
   void clear_past(uint64_t ino, uint64_t size, uint64_t old_size,
                   util::UniqueFunction<void(int)> then);
+  // The highest chunk index a file can have.
+  uint64_t last_index() const;
   // The last name of `ino` went: frees it now, or once the kernel here
   // holds no lookup of it and no handle (as a local file system keeps an
   // unlinked inode its users still hold).

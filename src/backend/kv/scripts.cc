@@ -15,6 +15,9 @@ namespace {
 //   P..'d:'..ino   hash: name -> "type:ino:seq" (type: mode >> 12)
 //   P..'z:'..ino   sorted set: seq -> name (READDIR's stable offsets)
 //   P..'x:'..ino   hash: xattr name -> value
+//   P..'k:'..ino   sorted set: the indexes of the file's chunks (each its
+//                  own score); a chunk that exists is in it (one that is
+//                  not may be, for a while)
 //   P..'next'      the last inode number given out
 //   P..'stats'     hash: inodes
 //   P..'l:'..ino   hash: lock owner -> "start,end,type,pid;..." (its locks)
@@ -347,10 +350,16 @@ constexpr char kWrite[] = R"lua(
 local k = ARGV[1] .. 'i:' .. ARGV[4]
 local v = redis.call('HMGET', k, 'mode', 'size', 'bytes')
 if not v[1] then return {116} end
+local mode = tonumber(v[1])
+if bit.band(mode, 61440) ~= 32768 then return {bit.band(mode, 61440) == 16384 and 21 or 22} end
+local index = ARGV[1] .. 'k:' .. ARGV[4]
 local grew = tonumber(ARGV[7])
-for n = 8, #ARGV, 3 do
+local marks = tonumber(ARGV[8])
+for n = 9, 8 + marks do redis.call('ZADD', index, ARGV[n], ARGV[n]) end
+for n = 9 + marks, #ARGV, 4 do
   local old = redis.call('STRLEN', ARGV[n])
-  grew = grew + redis.call('SETRANGE', ARGV[n], ARGV[n + 1], ARGV[n + 2]) - old
+  grew = grew + redis.call('SETRANGE', ARGV[n], ARGV[n + 2], ARGV[n + 3]) - old
+  if old == 0 then redis.call('ZADD', index, ARGV[n + 1], ARGV[n + 1]) end
 end
 local set = {'ms', ARGV[2], 'mn', ARGV[3], 'cs', ARGV[2], 'cn', ARGV[3]}
 if tonumber(ARGV[5]) > (tonumber(v[2]) or 0) then
@@ -362,7 +371,6 @@ if grew ~= 0 then
   set[#set + 1] = string.format('%d', math.max((tonumber(v[3]) or 0) + grew, 0))
 end
 if ARGV[6] == '1' then
-  local mode = tonumber(v[1])
   local killed = bit.band(mode, bit.bnot(2048))
   if bit.band(mode, 8) ~= 0 then killed = bit.band(killed, bit.bnot(1024)) end
   if killed ~= mode then
@@ -372,6 +380,30 @@ if ARGV[6] == '1' then
 end
 redis.call('HSET', k, unpack(set))
 redis.call('HDEL', ARGV[1] .. 'x:' .. ARGV[4], 'security.capability')
+return {0}
+)lua";
+
+// ARGV[4] ino, [5] [6] the first and last chunk index, [7] at most so many.
+// Returns 0, then the indexes of chunks that may exist there, in order.
+constexpr char kChunkList[] = R"lua(
+local r = {0}
+for _, i in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. 'k:' .. ARGV[4], ARGV[5], ARGV[6],
+                              'LIMIT', 0, tonumber(ARGV[7]))) do
+  r[#r + 1] = tonumber(i)
+end
+return r
+)lua";
+
+// The chunks ARGV[5]..ARGV[6] (indexes) of inode ARGV[4] are gone; its
+// byte count changes by ARGV[7] (if the inode is still there).
+constexpr char kChunksGone[] = R"lua(
+redis.call('ZREMRANGEBYSCORE', ARGV[1] .. 'k:' .. ARGV[4], ARGV[5], ARGV[6])
+local k = ARGV[1] .. 'i:' .. ARGV[4]
+local d = tonumber(ARGV[7])
+local b = redis.call('HGET', k, 'bytes')
+if b and d ~= 0 then
+  redis.call('HSET', k, 'bytes', string.format('%d', math.max(tonumber(b) + d, 0)))
+end
 return {0}
 )lua";
 
@@ -464,6 +496,40 @@ else
   redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], 0, keep - 1))
 end
 return keep - old
+)lua";
+
+// ARGV[1]: the chunk holds at least so many bytes (zeros past its data).
+constexpr char kChunkAlloc[] = R"lua(
+local old = redis.call('STRLEN', KEYS[1])
+local want = tonumber(ARGV[1])
+if old >= want then return 0 end
+return redis.call('SETRANGE', KEYS[1], want - 1, '\0') - old
+)lua";
+
+// Bytes ARGV[1] to ARGV[2] (exclusive) of the chunk become zeros, written
+// (ZERO_RANGE keeps them allocated).
+constexpr char kChunkZero[] = R"lua(
+local old = redis.call('STRLEN', KEYS[1])
+local from, to = tonumber(ARGV[1]), tonumber(ARGV[2])
+return redis.call('SETRANGE', KEYS[1], from, string.rep('\0', to - from)) - old
+)lua";
+
+// Bytes ARGV[1] to ARGV[2] (exclusive) of the chunk read as zeros after,
+// freed where they end the chunk (PUNCH_HOLE).
+constexpr char kChunkPunch[] = R"lua(
+local old = redis.call('STRLEN', KEYS[1])
+local from, to = tonumber(ARGV[1]), tonumber(ARGV[2])
+if old <= from then return 0 end
+if to < old then
+  redis.call('SETRANGE', KEYS[1], from, string.rep('\0', to - from))
+  return 0
+end
+if from == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], 0, from - 1))
+end
+return from - old
 )lua";
 
 constexpr char kChunkDrop[] = R"lua(
@@ -599,18 +665,19 @@ std::string sha1_hex(const std::string& text) {
 
 const std::array<Compiled, size_t(Script::kCount)>& compiled() {
   static const auto all = [] {
-    const char* bodies[] = {kLookup,     kGetattr,   kMknode,   kLink,        kUnlink,
-                            kRmdir,      kRename,    kSetattr,  kWrite,       kFree,
-                            kReaddir,    kSetxattr,  kGetxattr, kListxattr,   kRemovexattr,
-                            kGrow,       kGetlk,     kSetlk,    kUnlockOwner, kDropDevice,
-                            kChunkWrite, kChunkTrim, kChunkDrop};
+    const char* bodies[] = {
+        kLookup,      kGetattr,    kMknode,    kLink,      kUnlink,      kRmdir,      kRename,
+        kSetattr,     kWrite,      kFree,      kReaddir,   kSetxattr,    kGetxattr,   kListxattr,
+        kRemovexattr, kGrow,       kGetlk,     kSetlk,     kUnlockOwner, kDropDevice, kChunkList,
+        kChunksGone,  kChunkWrite, kChunkTrim, kChunkDrop, kChunkAlloc,  kChunkZero,  kChunkPunch};
     static_assert(std::size(bodies) == size_t(Script::kCount));
     std::array<Compiled, size_t(Script::kCount)> out;
     for (size_t i = 0; i < out.size(); ++i) {
       const Script script = Script(i);
       const bool lock = script == Script::kGetlk || script == Script::kSetlk ||
                         script == Script::kUnlockOwner || script == Script::kDropDevice;
-      if (is_chunk_script(script) || script == Script::kWrite) {
+      if (is_chunk_script(script) || script == Script::kWrite || script == Script::kChunkList ||
+          script == Script::kChunksGone) {
         out[i].source = bodies[i];
       } else {
         out[i].source = std::string(kPrelude) + (lock ? kLockHelpers : "") + bodies[i];

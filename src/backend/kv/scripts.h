@@ -15,21 +15,22 @@
 namespace dpfs::kv {
 
 enum class Script {
-  kLookup,       // parent, name -> attr
-  kGetattr,      // ino -> attr
-  kMknode,       // parent, name, mode, uid, gid, rdev, target -> attr
-  kLink,         // ino, new parent, new name -> attr
-  kUnlink,       // parent, name -> ino, nlink left
-  kRmdir,        // parent, name
-  kRename,       // parent, name, new parent, new name, flags -> ino replaced and its nlink (or 0 0)
-  kSetattr,      // ino, valid, mode, uid, gid, size, as, an, ms, mn, cs, cn -> old size, attr
-  kWrite,        // ino, end, kill_suidgid, bytes chunks elsewhere grew, then key offset data
-                 // for each chunk to write here (no prelude)
-  kFree,         // ino: the inode of a file no name and no handle holds
-  kReaddir,      // ino -> parent ino, then name, "type:ino" pairs
-  kSetxattr,     // ino, name, value, flags
-  kGetxattr,     // ino, name -> value
-  kListxattr,    // ino -> names
+  kLookup,   // parent, name -> attr
+  kGetattr,  // ino -> attr
+  kMknode,   // parent, name, mode, uid, gid, rdev, target -> attr
+  kLink,     // ino, new parent, new name -> attr
+  kUnlink,   // parent, name -> ino, nlink left
+  kRmdir,    // parent, name
+  kRename,   // parent, name, new parent, new name, flags -> ino replaced and its nlink (or 0 0)
+  kSetattr,  // ino, valid, mode, uid, gid, size, as, an, ms, mn, cs, cn -> old size, attr
+  // Without the prelude, below.
+  kWrite,      // ino, end, kill_suidgid, bytes chunks elsewhere grew, N, N chunk indexes to list in
+               // the index, then key index offset data for each chunk to write here
+  kFree,       // ino: the inode of a file no name and no handle holds
+  kReaddir,    // ino -> parent ino, then name, "type:ino" pairs
+  kSetxattr,   // ino, name, value, flags
+  kGetxattr,   // ino, name -> value
+  kListxattr,  // ino -> names
   kRemovexattr,  // ino, name
   kGrow,         // ino, bytes (signed): the chunks' size changed
   // Locks (ARGV[4] = ino or device; OWNER = "DEVICE:LOCK_OWNER:p|f",
@@ -38,11 +39,16 @@ enum class Script {
   kSetlk,        // ino, owner, flavor, start, end, type, pid -> 0 or EAGAIN
   kUnlockOwner,  // ino, owner
   kDropDevice,   // device: every lock it holds goes
+  kChunkList,    // ino, first, last, limit -> indexes of chunks that may exist (no prelude)
+  kChunksGone,   // ino, first, last, bytes (signed): those chunks went (no prelude)
   // On one chunk key (KEYS[1]; no prelude, no prefix, no time): each
   // returns by how many bytes the chunk grew (negative: shrank).
   kChunkWrite,  // offset, data
   kChunkTrim,   // length: the chunk keeps its first `length` bytes
   kChunkDrop,   // the chunk goes
+  kChunkAlloc,  // length: the chunk holds at least so many bytes
+  kChunkZero,   // from, to: those bytes are written zeros
+  kChunkPunch,  // from, to: those bytes read as zeros, freed where they end the chunk
   kCount,
 };
 
