@@ -16,6 +16,9 @@
 #   ROUNDS=2
 #   FILE_SIZE=64M the data file
 #   DPFS_ARGS=    more `dpfs serve` options (say, --poll-budget 0)
+#   CLUSTER=N     a Redis Cluster of N masters (no replicas) instead of one
+#                 server: chunks spread over them, redis-benchmark --cluster;
+#                 the redis CPU column sums every node's
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,22 +29,57 @@ FILE_SIZE=${FILE_SIZE:-64M}
 bench_need redis-server=redis-server redis-benchmark=redis-tools python3=python3
 [[ -x $B/dpfs && -x $B/dpfs-bench ]] || die "$B: dpfs or dpfs-bench not built"
 bench_require_idle "the redis backend benchmark"
+CLUSTER=${CLUSTER:-0}
 W=$(mktemp -d /tmp/dpfs-kv-bench.XXXXXX)
-PORT=$((20000 + RANDOM % 20000))
-REDIS_PID="" DEV_PID=""
+# A cluster's bus port is the port + 10000: both below 65536.
+PORT=$((12000 + RANDOM % 20000))
+REDIS_PIDS=() DEV_PID=""
 cleanup() {
   [[ -n $DEV_PID ]] && bench_stop_pid "$DEV_PID"
-  [[ -n $REDIS_PID ]] && bench_stop_pid "$REDIS_PID"
+  for pid in "${REDIS_PIDS[@]}"; do bench_stop_pid "$pid"; done
   rm -rf "$W"
 }
 trap cleanup EXIT
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# CPU ticks of every redis-server.
+ticks() {
+  local sum=0 pid
+  for pid in "${REDIS_PIDS[@]}"; do sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
+  echo "$sum"
+}
 
-redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$W" \
-  --logfile "$W/redis.log" &
-REDIS_PID=$!
-for _ in $(seq 100); do redis-cli -p "$PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
-URL=redis://127.0.0.1:$PORT/bench
+start_redis() {  # PORT [ARGS...]
+  local port=$1
+  shift
+  mkdir -p "$W/$port"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$W/$port" \
+    --logfile "$W/$port/redis.log" "$@" &
+  REDIS_PIDS+=($!)
+  for _ in $(seq 100); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+}
+if ((CLUSTER > 0)); then
+  nodes=() hosts=""
+  for i in $(seq 0 $((CLUSTER - 1))); do
+    start_redis $((PORT + i)) --cluster-enabled yes --cluster-config-file "$W/nodes-$i.conf"
+    nodes+=("127.0.0.1:$((PORT + i))")
+    hosts+="${hosts:+,}127.0.0.1:$((PORT + i))"
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$W/create.log" 2>&1 ||
+    die "redis-cli --cluster create failed: $(cat "$W/create.log")"
+  for _ in $(seq 200); do
+    ok=1
+    for i in $(seq 0 $((CLUSTER - 1))); do
+      redis-cli -p $((PORT + i)) cluster info | grep -q cluster_state:ok || ok=0
+    done
+    ((ok)) && break
+    sleep 0.05
+  done
+  URL=redis://$hosts/bench
+  BENCH_CLUSTER=(--cluster)
+else
+  start_redis "$PORT"
+  URL=redis://127.0.0.1:$PORT/bench
+  BENCH_CLUSTER=()
+fi
 "$B/dpfs" kv format "$URL" >/dev/null
 # shellcheck disable=SC2086
 "$B/dpfs" serve --backend "$URL" --vhost-user "$W/vu.sock" --threads 1 --processes single \
@@ -56,11 +94,11 @@ echo "|---|---|--:|--:|--:|--:|--:|--:|--:|"
 for round in $(seq "$ROUNDS"); do
   for workload in randread randwrite; do
     for depth in 1 32; do
-      r0=$(ticks "$REDIS_PID")
+      r0=$(ticks)
       out=$("$B/dpfs-bench" --socket "$W/vu.sock" --workload "$workload" --depth "$depth" \
         --duration "$DURATION" --warmup 1 --file-size "$FILE_SIZE" --no-verify \
         --device-pid "$DEV_PID" --json)
-      r1=$(ticks "$REDIS_PID")
+      r1=$(ticks)
       python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
@@ -76,10 +114,10 @@ print("| " + " | ".join(v) + " |")
   # The floor: a plain client, 4 KiB values, the same server.
   for clients in 1 32; do
     for test in set get; do
-      r0=$(ticks "$REDIS_PID")
-      csv=$(redis-benchmark -p "$PORT" -t "$test" -d 4096 -c "$clients" -n $((clients == 1 ? 40000 : 200000)) \
+      r0=$(ticks)
+      csv=$(redis-benchmark "${BENCH_CLUSTER[@]}" -p "$PORT" -t "$test" -d 4096 -c "$clients" -n $((clients == 1 ? 40000 : 200000)) \
         -r 16384 --csv -q 2>/dev/null | tail -1)
-      r1=$(ticks "$REDIS_PID")
+      r1=$(ticks)
       python3 -c '
 import csv, sys
 row = next(csv.reader([sys.argv[1]]))
