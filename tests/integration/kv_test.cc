@@ -411,6 +411,88 @@ TEST_F(KvClusterTest, DataSpreadsOverEveryMasterAndDaemonsShareTheNamespace) {
   EXPECT_EQ(left, "") << "chunks outlived their file";
 }
 
+// A slot moved from one master to another under a tenant (what `redis-cli
+// --cluster reshard` does, one slot): while it migrates, the old master
+// answers ASK for the keys that left, and the daemon sends that command
+// to the new one after ASKING; once moved, MOVED, and the map is read
+// again. The tenant sees its data throughout.
+TEST_F(KvClusterTest, ASlotMovedUnderATenantIsFollowed) {
+  std::string problem;
+  const std::string url = redis_cluster_test_fs("reshard", &problem);
+  ASSERT_EQ(problem, "");
+  RedisCluster& cluster = RedisCluster::shared(&problem);
+  ASSERT_EQ(problem, "");
+  const std::string name = url.substr(url.rfind('/') + 1);
+  Mount a, b;
+  const std::string stats = b.base() + "/stats.sock";
+  std::vector<std::string> args = serve(url, b);
+  args.insert(args.end(), {"--stats-socket", stats});
+  ASSERT_EQ(a.start_dpfs(serve(url, a)), "");
+  ASSERT_EQ(b.start_dpfs(args), "");
+  const std::string first = pattern(1, 0, 4 * 65536);
+  ASSERT_EQ(write_file(a.dir() + "/f", first), 0);
+  struct stat st {};
+  ASSERT_SYS(::stat((a.dir() + "/f").c_str(), &st));
+
+  // The slot of the file's first chunk, its master and another one.
+  const std::string key = "dpfs:" + name + ":c:" + std::to_string(st.st_ino) + ":0";
+  const int from = cluster.master_of(key);
+  ASSERT_GE(from, 0);
+  int to = -1;
+  std::vector<int> masters;
+  for (int i = 0; i < RedisCluster::kNodes; ++i) {
+    if (!redis_cli(cluster.node(i).port(), {"role"}).starts_with("master")) continue;
+    masters.push_back(i);
+    if (i != from && to < 0) to = i;
+  }
+  ASSERT_GE(to, 0);
+  auto line = [](std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+    return s;
+  };
+  const std::string slot = line(redis_cli(cluster.node(from).port(), {"cluster", "keyslot", key}));
+  auto id = [&](int i) { return line(redis_cli(cluster.node(i).port(), {"cluster", "myid"})); };
+  auto cli = [&](int i, std::vector<std::string> words) {
+    return redis_cli(cluster.node(i).port(), words);
+  };
+  ASSERT_NE(cli(to, {"cluster", "setslot", slot, "importing", id(from)}).find("OK"),
+            std::string::npos);
+  ASSERT_NE(cli(from, {"cluster", "setslot", slot, "migrating", id(to)}).find("OK"),
+            std::string::npos);
+  ASSERT_NE(
+      cli(from, {"migrate", "127.0.0.1", std::to_string(cluster.node(to).port()), key, "0", "5000"})
+          .find("OK"),
+      std::string::npos);
+
+  // Migrating: the chunk is on the new master, the old one says ASK.
+  EXPECT_EQ(read_file(b.dir() + "/f").value_or("<error>"), first);
+  std::string second = first;
+  const std::string head = pattern(2, 0, 65536);
+  second.replace(0, head.size(), head);
+  {
+    Fd fd(::open((a.dir() + "/f").c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(pwrite_all(fd, head.data(), head.size(), 0), 0);
+  }
+  EXPECT_EQ(read_file(b.dir() + "/f").value_or("<error>"), second);
+  EXPECT_NE(cli(to, {"exists", key}).find('1'), std::string::npos)
+      << "the write did not go to the importing master";
+
+  // Moved: every master names the new owner; the old one says MOVED.
+  for (const int i : masters) {
+    ASSERT_NE(cli(i, {"cluster", "setslot", slot, "node", id(to)}).find("OK"), std::string::npos);
+  }
+  EXPECT_EQ(read_file(b.dir() + "/f").value_or("<error>"), second);
+  ASSERT_EQ(write_file(a.dir() + "/f", first), 0);
+  EXPECT_EQ(read_file(b.dir() + "/f").value_or("<error>"), first);
+
+  RunResult r = run({dpfs_binary(), "stats", stats}, 10s);
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  const size_t at = r.out.find(" map refreshes, ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  EXPECT_GT(std::stoull(r.out.substr(at + 16)), 0u) << "no redirection followed\n" << r.out;
+}
+
 // A master killed while a tenant writes: its replica is promoted, the
 // daemon finds the new map and goes on, and with durability=replica every
 // byte whose fsync returned is there afterwards. The killed node comes back
