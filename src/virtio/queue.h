@@ -60,6 +60,22 @@ struct DescriptorChain {
   }
 };
 
+// What a split ring's device side has done, in memory that outlives the
+// process serving it (a memfd its supervisor keeps: docs/restart.md). A
+// successor started on the same ring with `resume` takes the ring over
+// where the last one stopped: each request it had taken and not answered
+// (its answer not published) is taken again, and none is answered twice.
+// Written by the ring's one worker; read only by a successor, once the
+// writer is gone. Its contents are checked like any ring (a predecessor may
+// have been subverted).
+struct RingRecord {
+  uint32_t size;        // the ring it describes; 0: none recorded yet
+  uint16_t last_avail;  // the next avail entry to take
+  uint16_t used_idx;    // used->idx as last published and accounted for here
+  // Per head: 1 while taken and its answer not yet published.
+  uint8_t flight[kMaxQueueSize];
+};
+
 // What vhost-user says about one ring.
 struct VringConfig {
   uint16_t queue_index = 0;  // for log lines only
@@ -75,6 +91,10 @@ struct VringConfig {
   uint16_t last_used_idx = 0;   // packed only: SET_VRING_BASE bits 16-31 (index | used wrap << 15)
   bool event_idx = false;       // VIRTIO_RING_F_EVENT_IDX negotiated
   bool indirect_desc = false;   // VIRTIO_RING_F_INDIRECT_DESC negotiated
+  // Split rings: where to record progress (null: nowhere), and whether to
+  // resume from what it holds (last_avail_idx is then the record's).
+  RingRecord* record = nullptr;
+  bool resume = false;
 };
 
 enum class PopResult {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 
 #include "virtio/ring_access.h"
 
@@ -56,8 +57,68 @@ void SplitVirtqueue::reset() {
   used_idx_ = published_used_idx_ = load16(reinterpret_cast<uint16_t*>(used() + 2));
   signalled_used_valid_ = false;
   notification_ = true;
+  record_ = config_.record;
+  resumed_.clear();
+  unpublished_.clear();
+  if (record_ != nullptr) {
+    if (config_.resume && __atomic_load_n(&record_->size, __ATOMIC_ACQUIRE) == size_) {
+      recover();
+    } else {
+      record_new();
+    }
+  }
   // §2.7.10: with EVENT_IDX the device MUST keep used flags 0.
   store16(reinterpret_cast<uint16_t*>(used()), 0);
+  if (event_idx_) store16(avail_event(), last_avail_idx_);
+}
+
+void SplitVirtqueue::record_flight(uint16_t head, uint8_t on) const {
+  __atomic_store_n(&record_->flight[head], on, __ATOMIC_RELEASE);
+}
+
+void SplitVirtqueue::record_new() {
+  __atomic_store_n(&record_->size, 0, __ATOMIC_RELEASE);
+  std::memset(record_->flight, 0, sizeof(record_->flight));
+  __atomic_store_n(&record_->last_avail, last_avail_idx_, __ATOMIC_RELEASE);
+  __atomic_store_n(&record_->used_idx, used_idx_, __ATOMIC_RELEASE);
+  __atomic_store_n(&record_->size, size_, __ATOMIC_RELEASE);
+}
+
+void SplitVirtqueue::recover() {
+  // The order the last process wrote in: a taken head's flight, then
+  // last_avail (pop); the used entries, used->idx, then the flights off
+  // and used_idx (publish). Whatever it had done when it stopped, that
+  // order says which requests have a published answer.
+  const uint16_t guest_used = used_idx_;
+  const uint16_t recorded_used = __atomic_load_n(&record_->used_idx, __ATOMIC_ACQUIRE);
+  last_avail_idx_ = shadow_avail_idx_ = __atomic_load_n(&record_->last_avail, __ATOMIC_ACQUIRE);
+  if (uint16_t(guest_used - recorded_used) > size_) {
+    fail(fmt::format("resuming: used idx {} is more than {} past the recorded {}", guest_used,
+                     size_, recorded_used));
+    return;
+  }
+  // Published after the last record: answered, whatever the record says.
+  for (uint16_t u = recorded_used; u != guest_used; ++u) {
+    const uint32_t head =
+        le32toh(*reinterpret_cast<const uint32_t*>(used() + 4 + 8 * size_t(u & (size_ - 1))));
+    if (head < size_) record_flight(uint16_t(head), 0);
+  }
+  __atomic_store_n(&record_->used_idx, guest_used, __ATOMIC_RELEASE);
+  for (uint32_t head = 0; head < size_; ++head) {
+    if (__atomic_load_n(&record_->flight[head], __ATOMIC_ACQUIRE) == 0) continue;
+    admit(uint16_t(head), 1);
+    resumed_.push_back(uint16_t(head));
+  }
+  // Taken but last_avail not yet moved past it: the entry at last_avail
+  // holds that head (a driver makes no head available twice in flight).
+  if (load_avail_idx() != last_avail_idx_) {
+    const uint16_t head = load16(avail() + 2 + (last_avail_idx_ & (size_ - 1)));
+    if (head < size_ && in_flight(head)) {
+      ++last_avail_idx_;
+      shadow_avail_idx_ = last_avail_idx_;
+      __atomic_store_n(&record_->last_avail, last_avail_idx_, __ATOMIC_RELEASE);
+    }
+  }
   if (event_idx_) store16(avail_event(), last_avail_idx_);
 }
 
@@ -67,6 +128,18 @@ PopResult SplitVirtqueue::pop(DescriptorChain* chain) {
   chain->clear();
   if (state_ == State::kBroken) return PopResult::kBroken;
   if (state_ != State::kRunning) return PopResult::kEmpty;
+
+  // What a predecessor took and did not answer comes first.
+  if (!resumed_.empty()) {
+    const uint16_t head = resumed_.back();
+    resumed_.pop_back();
+    chain->head = head;
+    if (!read_chain(head, chain)) {
+      chain->clear();
+      return PopResult::kBroken;
+    }
+    return PopResult::kChain;
+  }
 
   if (last_avail_idx_ == shadow_avail_idx_) {
     const uint16_t idx = load_avail_idx();
@@ -99,7 +172,9 @@ PopResult SplitVirtqueue::pop(DescriptorChain* chain) {
     return PopResult::kBroken;
   }
   admit(head, 1);
+  if (record_ != nullptr) record_flight(head, 1);
   ++last_avail_idx_;
+  if (record_ != nullptr) __atomic_store_n(&record_->last_avail, last_avail_idx_, __ATOMIC_RELEASE);
   // Kick us when the driver makes the next entry available (§2.7.10).
   if (event_idx_ && notification_) store16(avail_event(), last_avail_idx_);
   return PopResult::kChain;
@@ -151,6 +226,7 @@ bool SplitVirtqueue::push(uint16_t head, uint32_t len) {
   store32(elem, head);
   store32(elem + 1, len);
   ++used_idx_;
+  if (record_ != nullptr) unpublished_.push_back(head);
   return true;
 }
 
@@ -159,6 +235,11 @@ void SplitVirtqueue::publish() {
   // §2.7.14: the used elements before the index the driver reads them by.
   __atomic_store_n(reinterpret_cast<uint16_t*>(used() + 2), htole16(used_idx_), __ATOMIC_RELEASE);
   published_used_idx_ = used_idx_;
+  if (record_ != nullptr) {
+    for (const uint16_t head : unpublished_) record_flight(head, 0);
+    unpublished_.clear();
+    __atomic_store_n(&record_->used_idx, used_idx_, __ATOMIC_RELEASE);
+  }
 }
 
 bool SplitVirtqueue::should_notify() {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "virtio/queue.h"
 
@@ -77,7 +78,16 @@ class SplitVirtqueue final : public Virtqueue {
   uint16_t shadow_avail_idx_ = 0;  // the last avail->idx read
   uint16_t used_idx_ = 0;          // next used entry to fill
   uint16_t published_used_idx_ = 0;
-  uint16_t signalled_used_ = 0;  // used idx at the last notification
+  // With a RingRecord (VringConfig::record): takes the ring over from the
+  // record at start() (resume), or starts a new one.
+  void recover();
+  void record_new();
+  void record_flight(uint16_t head, uint8_t on) const;
+
+  RingRecord* record_ = nullptr;
+  std::vector<uint16_t> resumed_;      // taken before a restart, to take again first
+  std::vector<uint16_t> unpublished_;  // pushed since the last publish (with a record)
+  uint16_t signalled_used_ = 0;        // used idx at the last notification
   bool signalled_used_valid_ = false;
   bool notification_ = true;
 };

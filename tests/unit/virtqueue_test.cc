@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <cerrno>
 #include <cstdint>
@@ -814,6 +815,116 @@ TEST_F(SplitVirtqueueTest, AvailEventWithEventIdx) {
   q.set_notification(false);
   d.make_available(0);
   EXPECT_TRUE(q.set_notification(true));
+}
+
+// --- Resuming a split ring from its RingRecord (docs/restart.md). -------
+
+// A process that took requests, answered some (published or not) and died:
+// a successor on the same ring and record takes again exactly those whose
+// answer the driver never saw, first, then goes on with new ones; nothing
+// is answered twice.
+TEST_F(SplitVirtqueueTest, ASuccessorTakesAgainWhatHadNoPublishedAnswer) {
+  SplitDriver d(8);
+  auto record = std::make_unique<RingRecord>();
+  d.config.record = record.get();
+  DescriptorChain c;
+  std::vector<uint16_t> ids;
+  {
+    SplitVirtqueue first;
+    ASSERT_EQ(first.start(d.mem, d.config), 0);
+    for (int i = 0; i < 5; ++i) ids.push_back(d.add({{d.alloc(8), 8, kDescFWrite}}));
+    for (int i = 0; i < 4; ++i) ASSERT_EQ(first.pop(&c), PopResult::kChain);
+    // ids[0] answered and published; ids[1] answered, not published; ids[2]
+    // and ids[3] taken, not answered; ids[4] never taken.
+    ASSERT_TRUE(first.push(ids[0], 1));
+    first.publish();
+    ASSERT_TRUE(first.push(ids[1], 2));
+    // Gone without a word (kill -9): no stop(), no publish.
+  }
+  uint16_t id;
+  uint32_t len;
+  ASSERT_TRUE(d.take_used(&id, &len));
+  EXPECT_EQ(id, ids[0]);
+  EXPECT_FALSE(d.take_used(&id, &len));
+
+  SplitVirtqueue next;
+  d.config.resume = true;
+  d.config.last_avail_idx = 0;  // what the front-end's SET_VRING_BASE said long ago
+  ASSERT_EQ(next.start(d.mem, d.config), 0);
+  EXPECT_EQ(next.inflight(), 3u);
+  std::vector<uint16_t> again;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(next.pop(&c), PopResult::kChain);
+    again.push_back(c.head);
+  }
+  std::sort(again.begin(), again.end());
+  std::vector<uint16_t> want{ids[1], ids[2], ids[3]};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(again, want) << "the unanswered three, each once";
+  ASSERT_EQ(next.pop(&c), PopResult::kChain);
+  EXPECT_EQ(c.head, ids[4]) << "then the one never taken";
+  EXPECT_EQ(next.pop(&c), PopResult::kEmpty);
+  for (uint16_t h : want) ASSERT_TRUE(next.push(h, 3));
+  ASSERT_TRUE(next.push(ids[4], 4));
+  next.publish();
+  std::vector<uint16_t> used;
+  while (d.take_used(&id, &len)) used.push_back(id);
+  std::sort(used.begin(), used.end());
+  want.push_back(ids[4]);
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(used, want) << "every request answered exactly once";
+}
+
+// The windows between the record's writes: a head taken but last_avail not
+// yet moved, and answers published but not yet marked in the record.
+TEST_F(SplitVirtqueueTest, ResumingMendsARecordCutShortMidUpdate) {
+  SplitDriver d(8);
+  auto record = std::make_unique<RingRecord>();
+  d.config.record = record.get();
+  DescriptorChain c;
+  SplitVirtqueue first;
+  ASSERT_EQ(first.start(d.mem, d.config), 0);
+  const uint16_t a = d.add({{d.alloc(8), 8, kDescFWrite}});
+  const uint16_t b = d.add({{d.alloc(8), 8, kDescFWrite}});
+  ASSERT_EQ(first.pop(&c), PopResult::kChain);
+  ASSERT_EQ(first.pop(&c), PopResult::kChain);
+  ASSERT_TRUE(first.push(a, 1));
+  first.publish();
+  // As if it died between used->idx and the record: a still in flight
+  // there, and the recorded used idx behind.
+  record->flight[a] = 1;
+  record->used_idx = 0;
+  // And between taking b and moving last_avail past it.
+  record->last_avail = 1;
+
+  SplitVirtqueue next;
+  d.config.resume = true;
+  ASSERT_EQ(next.start(d.mem, d.config), 0);
+  EXPECT_EQ(next.last_avail_idx(), 2) << "b's entry is not taken a second time";
+  ASSERT_EQ(next.pop(&c), PopResult::kChain);
+  EXPECT_EQ(c.head, b) << "b again (its answer never published), not a";
+  EXPECT_EQ(next.pop(&c), PopResult::kEmpty);
+}
+
+// A record of another ring, or none yet, starts the ring afresh; a record
+// whose used idx is impossibly far behind the ring breaks the queue.
+TEST_F(SplitVirtqueueTest, ARecordThatDoesNotFitIsNotResumed) {
+  SplitDriver d(8);
+  auto record = std::make_unique<RingRecord>();
+  record->size = 16;  // another ring
+  record->flight[3] = 1;
+  d.config.record = record.get();
+  d.config.resume = true;
+  SplitVirtqueue q;
+  ASSERT_EQ(q.start(d.mem, d.config), 0);
+  EXPECT_EQ(q.inflight(), 0u);
+  EXPECT_EQ(record->size, 8u) << "recorded anew";
+  EXPECT_EQ(record->flight[3], 0);
+
+  record->used_idx = 100;  // the ring's is 0: 65436 entries ahead
+  SplitVirtqueue bad;
+  ASSERT_EQ(bad.start(d.mem, d.config), 0);
+  EXPECT_TRUE(bad.broken());
 }
 
 }  // namespace
