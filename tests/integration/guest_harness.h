@@ -2,8 +2,8 @@
 // tests/guest/run-guest.sh (Debian's kernel, a busybox initramfs, TCG) on a
 // dpfs vhost-user device or, with --nfs, on an NFS export mounted by the
 // guest kernel's own client; the daemon under test; and the checks of what
-// the guests' workloads printed. Used by guest_test.cc and
-// guest_nfs_test.cc.
+// the guests' workloads printed. Used by guest_test.cc, guest_nfs_test.cc
+// and guest_kv_test.cc.
 //
 // Needs qemu-system-x86_64, a guest kernel (/boot/vmlinuz-*), busybox-static
 // and cpio (scripts/deps.sh installs them): GuestTest FAILS without them.
