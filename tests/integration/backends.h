@@ -19,13 +19,21 @@
 // process did not start a dpfs for (tmpfs, to check the tests themselves; the
 // guest kernel's NFS client, tests/guest/nfs-reference.sh). It is held to
 // everything but what no such file system can show (no daemon counts its
-// FORGETs).
+// FORGETs). DPFS_TEST_DIR_BACKEND=NAME says that a row of the table serves
+// that directory (a guest's virtio-fs mount of a dpfs serving it,
+// tests/guest/workloads/gtest.sh): "dir" then lacks what row NAME lacks too,
+// and a test that needs it skips with the row's reason, as it does on NAME's
+// FUSE mount. A directory on a virtio-fs mount lacks what Linux's virtio-fs
+// driver does not do (virtiofs_missing()), whatever serves it.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <ostream>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,6 +74,9 @@ enum class Capability {
   // The daemon counts the FORGETs it receives (its statistics, SIGUSR1), so
   // a test can wait until the kernel's forgetting reached it.
   kForgetCounting,
+  // A signal interrupts a request the daemon has: the kernel sends it a
+  // FUSE_INTERRUPT (an F_SETLKW that waits for a lock answers EINTR).
+  kInterrupts,
   // A signal that comes while a request still waits in the kernel's queue
   // (no daemon thread has taken it yet) interrupts it all the same: the
   // kernel sends the INTERRUPT once it hands the request over.
@@ -100,6 +111,8 @@ inline const char* capability_name(Capability c) {
       return "statfs free space of its own";
     case Capability::kForgetCounting:
       return "counted FORGETs";
+    case Capability::kInterrupts:
+      return "interrupts (FUSE_INTERRUPT)";
     case Capability::kInterruptBeforeDelivery:
       return "an interrupt before the daemon has the request";
   }
@@ -204,6 +217,17 @@ inline std::vector<Missing> nfs_missing() {
       {Capability::kOwnFreeSpace,
        "the export is on the host's disk, whose free space moves with everything writing to it"},
   };
+}
+
+// What a guest's virtio-fs mount lacks, whatever daemon serves it: what
+// Linux's driver does not send.
+inline std::vector<Missing> virtiofs_missing() {
+  static const char* const kNoInterrupts =
+      "Linux's virtio-fs driver sends no FUSE_INTERRUPT (fs/fuse/virtio_fs.c: \"TODO "
+      "interrupts\"): a signal does not end a request the daemon has, and an F_SETLKW waits "
+      "until it gets the lock";
+  return {{Capability::kInterrupts, kNoInterrupts},
+          {Capability::kInterruptBeforeDelivery, kNoInterrupts}};
 }
 
 inline std::vector<Missing> plus(std::vector<Missing> a, std::initializer_list<Missing> b) {
@@ -322,6 +346,31 @@ inline const char* on_dir() {
   return v && *v ? v : nullptr;
 }
 
+// Whether `dir` is on a virtio-fs mount (/proc/self/mounts: the longest
+// mount point that holds it).
+inline bool on_virtiofs(const std::string& dir) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string line, best, type;
+  while (std::getline(mounts, line)) {
+    std::istringstream fields(line);
+    std::string device, point, fstype;
+    if (!(fields >> device >> point >> fstype)) continue;
+    const bool holds = dir == point || (dir.starts_with(point) &&
+                                        (point.ends_with('/') || dir[point.size()] == '/'));
+    if (holds && point.size() >= best.size()) {
+      best = point;
+      type = fstype;
+    }
+  }
+  return type == "virtiofs";
+}
+
+// $DPFS_TEST_DIR_BACKEND, or nullptr.
+inline const char* dir_backend() {
+  const char* v = std::getenv("DPFS_TEST_DIR_BACKEND");
+  return v && *v ? v : nullptr;
+}
+
 inline bool on_tmpfs() {
   const char* v = std::getenv("DPFS_TEST_ON_TMPFS");
   return (v && *v && std::string(v) != "0") || on_dir();
@@ -343,10 +392,30 @@ inline std::vector<const BackendConfig*> conformance_backends() {
   static const BackendConfig tmpfs = not_dpfs(
       "tmpfs", {{Capability::kForgetCounting, "no daemon: nothing counts FORGETs"},
                 {Capability::kZeroRange, "tmpfs has no FALLOC_FL_ZERO_RANGE: EOPNOTSUPP"}});
-  static const BackendConfig dir = not_dpfs(
-      "dir", {{Capability::kForgetCounting, "no daemon: nothing counts FORGETs"},
-              {Capability::kZeroRange,
-               "a file system of unknown kind: it may refuse FALLOC_FL_ZERO_RANGE as tmpfs does"}});
+  static const BackendConfig dir = [] {
+    BackendConfig d =
+        not_dpfs("dir", {{Capability::kForgetCounting, "no daemon: nothing counts FORGETs"},
+                         {Capability::kZeroRange,
+                          "a file system of unknown kind: it may refuse "
+                          "FALLOC_FL_ZERO_RANGE as tmpfs does"}});
+    if (on_dir() != nullptr && on_virtiofs(on_dir())) {
+      const std::vector<Missing> v = virtiofs_missing();
+      d.missing.insert(d.missing.begin(), v.begin(), v.end());
+    }
+    const char* name = dir_backend();
+    if (name == nullptr) return d;
+    for (const BackendConfig& b : backend_table()) {
+      if (std::string_view(b.name) != name) continue;
+      // The row's reasons first: they are the ones a skip prints.
+      d.missing.insert(d.missing.begin(), b.missing.begin(), b.missing.end());
+      return d;
+    }
+    // A wrong name would hold the backend to what it never promised: stop
+    // before any test is registered.
+    std::fprintf(stderr, "DPFS_TEST_DIR_BACKEND=%s: no such row in tests/integration/backends.h\n",
+                 name);
+    std::exit(2);
+  }();
   if (on_dir()) return {&dir};
   if (on_tmpfs()) return {&tmpfs};
   std::vector<const BackendConfig*> all;

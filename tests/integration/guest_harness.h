@@ -2,8 +2,8 @@
 // tests/guest/run-guest.sh (Debian's kernel, a busybox initramfs, TCG) on a
 // dpfs vhost-user device or, with --nfs, on an NFS export mounted by the
 // guest kernel's own client; the daemon under test; and the checks of what
-// the guests' workloads printed. Used by guest_test.cc and
-// guest_nfs_test.cc.
+// the guests' workloads printed. Used by guest_test.cc, guest_nfs_test.cc
+// and guest_kv_test.cc.
 //
 // Needs qemu-system-x86_64, a guest kernel (/boot/vmlinuz-*), busybox-static
 // and cpio (scripts/deps.sh installs them): GuestTest FAILS without them.
@@ -344,6 +344,45 @@ inline void expect_patterns(const GuestRun& run, const std::string& phase) {
         << "\n"
         << run.describe();
   }
+}
+
+// One test's result in a gtest run (workloads/gtest.sh prints gtest's
+// output to the console): "OK", "FAILED" or "SKIPPED", and what it printed
+// (the failure's text, or the reason it skipped).
+struct TestResult {
+  std::string result;
+  std::string text;
+};
+
+// The results in a gtest console output, by test name.
+inline std::map<std::string, TestResult> gtest_results(const std::string& console) {
+  static const std::regex run(R"(^\[ RUN      \] (\S+)$)");
+  static const std::regex end(R"(^\[ +(OK|FAILED|SKIPPED) +\] ([^ ,]+)(, where .*)? \(\d+ ms\)$)");
+  std::map<std::string, TestResult> results;
+  std::istringstream lines(console);
+  std::string current, text;
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::smatch m;
+    if (std::regex_match(line, m, run)) {
+      current = m[1];
+      text.clear();
+    } else if (std::regex_match(line, m, end) && m[2] == current) {
+      results[current] = {m[1], text};
+      current.clear();
+    } else if (!current.empty()) {
+      text += line + "\n";
+    }
+  }
+  return results;
+}
+
+// This test binary (dpfs_integration_tests), for a guest to run the suites
+// with (run-guest.sh --bin, workloads/gtest.sh); "" if it cannot be named.
+inline std::string dpfs_integration_tests() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
 }
 
 class GuestTest : public ::testing::Test {

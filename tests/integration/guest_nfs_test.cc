@@ -28,36 +28,6 @@
 namespace dpfs::itest {
 namespace {
 
-// One test's result in a gtest run: "OK", "FAILED" or "SKIPPED", and what it
-// printed (the failure's text).
-struct TestResult {
-  std::string result;
-  std::string text;
-};
-
-// The results in a gtest console output, by test name.
-std::map<std::string, TestResult> gtest_results(const std::string& console) {
-  static const std::regex run(R"(^\[ RUN      \] (\S+)$)");
-  static const std::regex end(R"(^\[ +(OK|FAILED|SKIPPED) +\] ([^ ,]+)(, where .*)? \(\d+ ms\)$)");
-  std::map<std::string, TestResult> results;
-  std::istringstream lines(console);
-  std::string current, text;
-  for (std::string line; std::getline(lines, line);) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    std::smatch m;
-    if (std::regex_match(line, m, run)) {
-      current = m[1];
-      text.clear();
-    } else if (std::regex_match(line, m, end) && m[2] == current) {
-      results[current] = {m[1], text};
-      current.clear();
-    } else if (!current.empty()) {
-      text += line + "\n";
-    }
-  }
-  return results;
-}
-
 // docs/nfs.md's known differences between the kernel's NFS client and dpfs:
 // rows "| `Suite.Test` | 3, 4 | passes | fails | why |" of its table, as
 // "Suite.Test v3 OK FAILED".
@@ -76,12 +46,6 @@ std::set<std::string> known_differences() {
     }
   }
   return known;
-}
-
-std::string dpfs_integration_tests() {
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
 }
 
 class GuestNfsTest : public GuestTest, public ::testing::WithParamInterface<int> {

@@ -158,6 +158,7 @@ TEST_P(LockTest, SetlkwWaitsForRelease) {
 // may not have its request yet. A row that loses the signal in the first
 // case (the next test) cannot pass this one reliably.
 TEST_P(LockTest, SetlkwInterruptedBySignal) {
+  REQUIRE_CAPABILITY(kInterrupts);
   REQUIRE_CAPABILITY(kInterruptBeforeDelivery);
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder(
@@ -187,6 +188,7 @@ TEST_P(LockTest, SetlkwInterruptedBySignal) {
 // answer EINTR -- a remote device forwards both, maybe on two connections,
 // so that its server may well see the INTERRUPT first.
 TEST_P(LockTest, SetlkwInterruptedBeforeTheDaemonHasIt) {
+  REQUIRE_CAPABILITY(kInterrupts);
   REQUIRE_CAPABILITY(kInterruptBeforeDelivery);
   ASSERT_EQ(write_file(path("f"), "x"), 0);
   Child holder(
