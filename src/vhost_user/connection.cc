@@ -168,8 +168,17 @@ bool Connection::process_one(bool block) {
     return false;
   }
 
+  // For the journal: the request as it came, and the fds before the
+  // device takes them.
+  std::vector<uint8_t> journaled;
+  std::vector<UniqueFd> copies;
+  if (journal_) {
+    journaled.assign(buffer_, buffer_ + kHeaderSize + header.size);
+    for (const UniqueFd& fd : fds) copies.emplace_back(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+  }
   const Outcome outcome = dispatch(message, fds, &error);
   fds.clear();  // whatever the device did not take
+  if (journal_ && outcome == Outcome::kOk) journal_(journaled, std::move(copies));
   if (outcome == Outcome::kFatal) {
     if (connected()) fail(fmt::format("{}: {}", name, error));  // else a reply failed, logged
     return false;
@@ -188,6 +197,35 @@ bool Connection::process_one(bool block) {
     if (!send_reply(encode_reply_u64(header.request, outcome == Outcome::kOk ? 0 : 1))) {
       return false;
     }
+  }
+  return true;
+}
+
+bool Connection::replay(std::span<const uint8_t> bytes, std::vector<UniqueFd> fds) {
+  std::string error;
+  if (bytes.size() < kHeaderSize) {
+    device_.log().warn("vhost-user {}: a journaled request of {} bytes", name_, bytes.size());
+    return false;
+  }
+  const Header header = header_of(bytes.data());
+  if (!validate_header(header, &error) || header.size != bytes.size() - kHeaderSize) {
+    device_.log().warn("vhost-user {}: a journaled request does not parse: {}", name_,
+                       error.empty() ? "its size" : error);
+    return false;
+  }
+  Message message;
+  if (!parse_message(header, bytes.subspan(kHeaderSize), fds.size(), &message, &error)) {
+    device_.log().warn("vhost-user {}: a journaled {}: {}", name_, request_name(header.request),
+                       error);
+    return false;
+  }
+  replaying_ = true;
+  const Outcome outcome = dispatch(message, fds, &error);
+  replaying_ = false;
+  if (outcome != Outcome::kOk) {
+    device_.log().warn("vhost-user {}: the journaled {} was refused: {}", name_,
+                       request_name(header.request), error);
+    return false;
   }
   return true;
 }
@@ -464,6 +502,7 @@ Connection::Outcome Connection::dispatch(Message& message, std::vector<UniqueFd>
 }
 
 bool Connection::send_reply(const std::vector<uint8_t>& bytes) {
+  if (replaying_) return true;  // answered long ago, by the process that took it
   size_t sent = 0;
   while (sent < bytes.size()) {
     const ssize_t n = ::send(socket_.get(), bytes.data() + sent, bytes.size() - sent,

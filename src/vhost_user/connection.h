@@ -28,6 +28,8 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -186,6 +188,17 @@ class Connection {
   // device.disconnect(). Idempotent.
   void close();
 
+  // The journal (docs/restart.md): called after each request the device
+  // took (not refused), with its bytes (header and payload) and duplicates
+  // of the fds that came with it, so that a successor can replay them.
+  using Journal =
+      std::function<void(std::span<const uint8_t> bytes, std::vector<util::UniqueFd> fds)>;
+  void set_journal(Journal journal) { journal_ = std::move(journal); }
+  // Takes a request of a journal as if the front-end had just sent it,
+  // answering nothing. The same checks apply. Returns false (one line
+  // logged) if it does not parse or the device refused it.
+  bool replay(std::span<const uint8_t> bytes, std::vector<util::UniqueFd> fds);
+
   // What was negotiated so far (0 before SET_FEATURES / SET_PROTOCOL_FEATURES).
   uint64_t acked_features() const { return acked_features_; }
   uint64_t acked_protocol_features() const { return acked_protocol_features_; }
@@ -222,6 +235,8 @@ class Connection {
   uint64_t acked_protocol_features_ = 0;
   bool features_set_ = false;
   unsigned refusals_ = 0;
+  Journal journal_;
+  bool replaying_ = false;  // replies go nowhere
 };
 
 }  // namespace dpfs::vhost_user

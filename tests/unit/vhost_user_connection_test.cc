@@ -471,6 +471,66 @@ TEST_F(ConnectionTest, QemuStartupSequence) {
   EXPECT_EQ(device.disconnects, 1) << "disconnect() once, not again from the destructor";
 }
 
+// A successor's replay (docs/restart.md): what the journal kept of one
+// connection, taken by a fresh device on another connection, leaves it in
+// the same state -- features, memory table (the same memory), rings and
+// their eventfds -- and answers nothing. Refused requests are not kept.
+TEST_F(ConnectionTest, AJournalReplayedRebuildsTheDevice) {
+  std::vector<std::pair<std::vector<uint8_t>, std::vector<UniqueFd>>> journal;
+  conn->set_journal([&](std::span<const uint8_t> bytes, std::vector<UniqueFd> fds) {
+    journal.emplace_back(std::vector<uint8_t>(bytes.begin(), bytes.end()), std::move(fds));
+  });
+  negotiate();
+  UniqueFd ram = make_memfd();
+  const ino_t ino = inode_of(ram.get());
+  front.send(Request::kSetMemTable, mem_table({{0, 0x100000, 0x7f0000000000, 0}}, 1), {ram.get()},
+             kVersion | kFlagNeedReply);
+  ram.reset();
+  front.send(Request::kSetVringNum, state(1, 64));
+  front.send(Request::kSetVringBase, state(1, 7));
+  VringAddr a{1, 0, 0x7f0000001000, 0x7f0000003000, 0x7f0000002000, 0};
+  front.send(Request::kSetVringAddr, Bytes().add(a));
+  UniqueFd kick = make_eventfd();
+  front.send(Request::kSetVringKick, u64(1), {kick.get()});
+  front.send(Request::kSetVringEnable, state(1, 1));
+  ASSERT_TRUE(conn->on_readable());
+  device.refuse = -EINVAL;
+  front.send(Request::kSetVringNum, state(0, 32));  // refused: not journaled
+  ASSERT_TRUE(conn->on_readable());
+  device.refuse = 0;
+  while (front.reply_pending()) front.reply();
+
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd their_end(sv[0]);
+  FakeDevice next;
+  Connection successor(UniqueFd(sv[1]), next, "successor");
+  for (auto& [bytes, fds] : journal) ASSERT_TRUE(successor.replay(bytes, std::move(fds)));
+  EXPECT_EQ(next.acked, device.acked);
+  EXPECT_EQ(successor.acked_features(), conn->acked_features());
+  EXPECT_EQ(successor.acked_protocol_features(), conn->acked_protocol_features());
+  ASSERT_EQ(next.regions.size(), 1u);
+  EXPECT_EQ(inode_of(next.regions[0].fd.get()), ino) << "the same guest memory";
+  EXPECT_EQ(next.num[1], 64u);
+  EXPECT_EQ(next.num[0], 0u) << "the refused request was not journaled";
+  EXPECT_EQ(next.base[1], 7u);
+  EXPECT_EQ(next.addr[1].avail_user_addr, a.avail_user_addr);
+  EXPECT_EQ(next.enabled[1], 1);
+  ASSERT_TRUE(next.kick[1]);
+  const uint64_t one = 1;
+  ASSERT_EQ(::write(kick.get(), &one, 8), 8);
+  uint64_t got = 0;
+  EXPECT_EQ(::read(next.kick[1].get(), &got, 8), 8) << "the front-end's own kick eventfd";
+  char c;
+  EXPECT_EQ(::recv(their_end.get(), &c, 1, MSG_DONTWAIT), -1) << "the replay answered nothing";
+
+  // A journaled request cut short or garbled is refused, not taken.
+  std::vector<uint8_t> cut = journal.front().first;
+  cut.pop_back();
+  EXPECT_FALSE(successor.replay(cut, {}));
+  EXPECT_FALSE(successor.replay(std::span<const uint8_t>(cut.data(), 3), {}));
+}
+
 TEST_F(ConnectionTest, KickFdIsTheFrontEndsEventfd) {
   negotiate();
   UniqueFd kick = make_eventfd();
