@@ -712,6 +712,33 @@ void FuseSession::answer_error(Request& req, uint64_t unique, int error) {
   req.complete(encode_error(req.out, unique, error));
 }
 
+bool FuseSession::restore(const InitState& state) {
+  if (state.proto_minor < kMinMinor || state.max_write < kPageSize ||
+      state.max_write > options_.max_write || state.max_write % kPageSize != 0) {
+    return false;
+  }
+  // Only what INIT can negotiate here (passthrough needs its INIT: the
+  // kernel's backing ids are per connection).
+  const uint64_t known = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ATOMIC_O_TRUNC |
+                         FUSE_AUTO_INVAL_DATA | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS |
+                         FUSE_MAX_PAGES | FUSE_CACHE_SYMLINKS | FUSE_INIT_EXT | FUSE_SETXATTR_EXT |
+                         FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_POSIX_LOCKS |
+                         FUSE_FLOCK_LOCKS | FUSE_WRITEBACK_CACHE | FUSE_HANDLE_KILLPRIV_V2;
+  if ((state.flags & ~known) != 0) return false;
+  {
+    std::lock_guard lock(init_mu_);
+    proto_minor_.store(state.proto_minor, std::memory_order_relaxed);
+    flags_.store(state.flags, std::memory_order_relaxed);
+    max_write_.store(state.max_write, std::memory_order_relaxed);
+    destroyed_.store(false, std::memory_order_release);
+    initialized_.store(true, std::memory_order_release);
+  }
+  backend_.init();
+  log_.info("{}: FUSE 7.{} session restored: max_write={} flags={:#x}", options_.name,
+            state.proto_minor, state.max_write, state.flags);
+  return true;
+}
+
 void FuseSession::reset() {
   std::lock_guard lock(init_mu_);
   if (passthrough_) passthrough_->clear();
@@ -966,6 +993,7 @@ void FuseSession::handle_init(Request& req, IovReader& in, uint64_t unique) {
     initialized_.store(true, std::memory_order_release);
   }
   backend_.init();
+  if (options_.on_init) options_.on_init(InitState{a.minor, max_write, flags});
 
   out.minor = std::min(kMinor, a.minor);
   out.max_readahead = std::min(a.max_readahead, options_.max_readahead);

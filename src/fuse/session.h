@@ -15,6 +15,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -31,6 +32,14 @@
 #include "util/thread_annotations.h"
 
 namespace dpfs::fuse {
+
+// What INIT negotiated: all a session needs to serve without seeing INIT
+// again (a successor process of the one that took it).
+struct InitState {
+  uint32_t proto_minor = 0;
+  uint32_t max_write = 0;
+  uint64_t flags = 0;  // FUSE_* init flags, both words
+};
 
 struct SessionOptions {
   uint32_t max_write = 1u << 20;      // largest WRITE/READ payload
@@ -55,6 +64,9 @@ struct SessionOptions {
   // writeback cache is off (the kernel takes one or the other).
   BackingFiles* backing_files = nullptr;
   std::string name = "dpfs";  // for logs
+  // Called (on the worker that took INIT) with what INIT negotiated, for a
+  // successor process to restore (docs/restart.md); may be empty.
+  std::function<void(const InitState&)> on_init;
 };
 
 // One opcode's totals: requests answered, errors among them, and the time
@@ -91,6 +103,11 @@ class FuseSession final : public RequestHandler {
   static size_t reply_size_for(uint32_t max_write);
 
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
+  // Serves as if INIT had negotiated `state` (a successor of the process
+  // that took INIT). False, nothing changed, if this session would not
+  // have negotiated it: a minor version or flags it does not speak, a
+  // max_write above its own.
+  bool restore(const InitState& state);
   // Forgets the negotiated session when its tenant went away without
   // DESTROY (a front-end disconnected): the next request must be INIT.
   void reset() override;

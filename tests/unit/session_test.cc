@@ -156,6 +156,14 @@ class SessionTest : public ::testing::Test {
     return req;
   }
 
+  // The same on another session.
+  TestRequest run_on(fuse::FuseSession& s, std::vector<uint8_t> bytes) {
+    TestRequest req(std::move(bytes), 1 << 21);
+    s.handle(req);
+    EXPECT_EQ(req.completions, 1);
+    return req;
+  }
+
   RecordingBackend backend;
   fuse::FuseSession session;
 };
@@ -179,6 +187,45 @@ TEST_F(SessionTest, InitNegotiatesVersionLimitsAndFeatures) {
   EXPECT_FALSE(out.flags & FUSE_DONT_MASK) << "backends expect the kernel to apply umask";
   EXPECT_FALSE(out.flags & FUSE_HANDLE_KILLPRIV_V2) << "backend did not declare killpriv_v2";
   EXPECT_TRUE(session.initialized());
+}
+
+// A successor process's session (docs/restart.md): what INIT negotiated
+// in the first one is handed to the next, which serves without INIT.
+TEST_F(SessionTest, ARestoredSessionServesWithoutInit) {
+  std::optional<fuse::InitState> kept;
+  fuse::SessionOptions options;
+  options.on_init = [&](const fuse::InitState& s) { kept = s; };
+  fuse::FuseSession first(backend, options);
+  TestRequest req(init_request());
+  first.handle(req);
+  ASSERT_EQ(req.error(), 0);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->max_write, 1u << 20);
+  EXPECT_EQ(kept->flags, first.negotiated_flags());
+
+  fuse::FuseSession next(backend, {});
+  EXPECT_EQ(run_on(next, RequestBuilder(FUSE_GETATTR, 1).arg(fuse_getattr_in{}).bytes()).error(),
+            -EIO)
+      << "nothing before INIT";
+  ASSERT_TRUE(next.restore(*kept));
+  EXPECT_EQ(next.negotiated_flags(), first.negotiated_flags());
+  EXPECT_EQ(next.max_write(), first.max_write());
+  EXPECT_EQ(next.proto_minor(), first.proto_minor());
+  EXPECT_EQ(run_on(next, RequestBuilder(FUSE_GETATTR, 1).arg(fuse_getattr_in{}).bytes()).error(),
+            0);
+
+  // What this session would not have negotiated is refused.
+  fuse::FuseSession other(backend, {});
+  fuse::InitState bad = *kept;
+  bad.max_write = 2u << 20;  // above its own
+  EXPECT_FALSE(other.restore(bad));
+  bad = *kept;
+  bad.proto_minor = 5;
+  EXPECT_FALSE(other.restore(bad));
+  bad = *kept;
+  bad.flags |= 1ull << 62;
+  EXPECT_FALSE(other.restore(bad));
+  EXPECT_FALSE(other.initialized());
 }
 
 TEST_F(SessionTest, InitOnlyOffersWhatTheKernelSupports) {
