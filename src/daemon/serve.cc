@@ -287,7 +287,7 @@ Config with_fd_budgets(const Config& configured) {
 // started this process: `handed` are its devices' sockets, bound by the
 // supervisor, which also removes their files; `link` its control socket).
 int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Listener>> handed,
-               const SupervisorLink& link) {
+               const SupervisorLink& link, DeviceKeep keep = {}) {
   const Config cfg = with_fd_budgets(configured);
   SignalFd signals({SIGINT, SIGTERM, SIGHUP, SIGUSR1});
   // Written by a FUSE worker that stops by itself (unmounted from outside).
@@ -352,9 +352,10 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
 
   std::vector<std::unique_ptr<VhostUserEndpoint>> devices;
   for (size_t i = 0; i < served.devices.size(); ++i) {
-    devices.push_back(std::make_unique<VhostUserEndpoint>(served.devices[i], served,
-                                                          std::move(sockets[i]), credentials,
-                                                          notifier(device_done.get())));
+    // A supervisor's device process serves one device, and keeps it.
+    devices.push_back(std::make_unique<VhostUserEndpoint>(
+        served.devices[i], served, std::move(sockets[i]), credentials, notifier(device_done.get()),
+        i == 0 ? std::move(keep) : DeviceKeep{}));
   }
   if (listener) {
     // One backend behind the host's policy, shared by every remote session.
@@ -481,7 +482,12 @@ int serve(const Config& cfg) {
     return supervise(cfg, [](ServingPart part) {
       std::vector<std::unique_ptr<util::Listener>> sockets;
       if (part.socket) sockets.push_back(std::move(part.socket));
-      return serve_here(part.cfg, std::move(sockets), SupervisorLink(part.control));
+      DeviceKeep keep;
+      keep.keeper = part.keeper;
+      keep.records = part.records;
+      keep.resume = std::move(part.resume);
+      return serve_here(part.cfg, std::move(sockets), SupervisorLink(part.control),
+                        std::move(keep));
     });
   }
   return serve_here(cfg, {}, SupervisorLink(-1));

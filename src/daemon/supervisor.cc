@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -21,6 +22,7 @@
 #include "daemon/signals.h"
 #include "daemon/stats_socket.h"
 #include "util/unique_fd.h"
+#include "virtio/queue.h"
 
 namespace dpfs::daemon {
 namespace {
@@ -47,6 +49,11 @@ struct Part {
   bool ready = false;                     // said it serves
   bool done = false;                      // ended for good
   std::deque<Clock::time_point> crashes;  // within kRestartWindow
+  // A device's: the supervisor's end of its keeper socket, what it kept
+  // of the front-end connection, the memfd of its rings' records.
+  UniqueFd keeper;
+  Kept kept;
+  UniqueFd records;
 };
 
 std::string describe_exit(int status) {
@@ -101,6 +108,15 @@ class Supervisor {
       sockets_.push_back(std::make_unique<util::Listener>(d.socket, "vhost-user socket",
                                                           util::SocketAccess{d.socket_gid}));
     }
+    for (Part& p : parts_) {
+      if (p.device < 0) continue;
+      const size_t queues = size_t(cfg.devices[size_t(p.device)].request_queues) + 1;
+      p.records.reset(::memfd_create("dpfs-ring-records", MFD_CLOEXEC));
+      if (!p.records ||
+          ::ftruncate(p.records.get(), off_t(queues * sizeof(virtio::RingRecord))) != 0) {
+        throw std::system_error(errno, std::generic_category(), p.name + ": its ring records");
+      }
+    }
   }
 
   int run() {
@@ -124,6 +140,13 @@ class Supervisor {
           waiting.push_back(&p);
         }
       }
+      std::vector<Part*> keeping;  // their records
+      for (Part& p : parts_) {
+        if (p.pid > 0 && p.keeper) {
+          fds.push_back({p.keeper.get(), POLLIN, 0});
+          keeping.push_back(&p);
+        }
+      }
       if (::poll(fds.data(), fds.size(), -1) < 0) {
         if (errno == EINTR) continue;
         spdlog::error("supervisor: waiting for signals: {}", std::strerror(errno));
@@ -132,6 +155,9 @@ class Supervisor {
       }
       for (size_t i = 0; i < waiting.size(); ++i) {
         if (fds[2 + i].revents & POLLIN) take_ready(*waiting[i]);
+      }
+      for (size_t i = 0; i < keeping.size(); ++i) {
+        if (fds[2 + waiting.size() + i].revents & (POLLIN | POLLHUP)) keep(*keeping[i]);
       }
       if (fds[1].revents & POLLIN) stats_socket_->answer(stats());
       if (fds[0].revents & POLLIN) take_signals();
@@ -149,6 +175,15 @@ class Supervisor {
       return false;
     }
     UniqueFd ours(pair[0]), theirs(pair[1]);
+    UniqueFd keeper_ours, keeper_theirs;
+    if (p.device >= 0) {
+      if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+        spdlog::error("{}: socketpair: {}", p.name, std::strerror(errno));
+        return false;
+      }
+      keeper_ours.reset(pair[0]);
+      keeper_theirs.reset(pair[1]);
+    }
     std::fflush(nullptr);
     const pid_t pid = ::fork();
     if (pid < 0) {
@@ -157,16 +192,18 @@ class Supervisor {
     }
     if (pid == 0) {
       ours.reset();
-      serve_in_child(p, std::move(theirs));
+      keeper_ours.reset();
+      serve_in_child(p, std::move(theirs), std::move(keeper_theirs));
     }
     p.pid = pid;
     p.control = std::move(ours);
+    p.keeper = std::move(keeper_ours);
     p.ready = false;
     spdlog::info("{}: served by process {}", p.name, pid);
     return true;
   }
 
-  [[noreturn]] void serve_in_child(Part& p, UniqueFd control) {
+  [[noreturn]] void serve_in_child(Part& p, UniqueFd control, UniqueFd keeper) {
     // A serving process outlives its supervisor by no more than a shutdown.
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != supervisor_) std::_Exit(1);
@@ -184,9 +221,19 @@ class Supervisor {
       stats_socket_->listener().forget_socket_file();
       stats_socket_.reset();
     }
-    for (Part& other : parts_) other.control.reset();
+    for (Part& other : parts_) {
+      other.control.reset();
+      other.keeper.reset();
+      if (&other == &p) continue;
+      other.kept.clear();
+      other.records.reset();
+    }
     ServingPart part;
     part.cfg = p.cfg;
+    part.keeper = keeper.release();
+    part.records = p.records.release();
+    if (p.kept.resumable()) part.resume = std::move(p.kept);
+    p.kept.clear();
     if (p.device >= 0) {
       part.socket = std::move(sockets_[size_t(p.device)]);
       part.socket->forget_socket_file();
@@ -218,6 +265,11 @@ class Supervisor {
     }
     // EOF: it is ending; SIGCHLD says how.
     if (n == 0) p.control.reset();
+  }
+
+  // Takes what `p`'s process sent to be kept.
+  void keep(Part& p) {
+    if (!take_records(p.keeper.get(), p.kept, p.name)) p.keeper.reset();
   }
 
   void take_signals() {
@@ -252,6 +304,9 @@ class Supervisor {
     p.pid = -1;
     p.ready = false;
     p.control.reset();
+    // What it sent last, before it ended.
+    if (p.keeper) keep(p);
+    p.keeper.reset();
     const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (stopping_) {
       if (!clean) {
@@ -265,6 +320,7 @@ class Supervisor {
     if (clean) {
       spdlog::info("{}: serving process {} is done", p.name, pid);
       p.done = true;
+      p.kept.clear();
       return;
     }
     status_ = 1;
@@ -277,11 +333,18 @@ class Supervisor {
       p.done = true;
       return;
     }
-    spdlog::error("{}: serving process {} {}; its tenant lost its connection", p.name, pid,
-                  describe_exit(status));
+    if (p.kept.resumable()) {
+      spdlog::error("{}: serving process {} {}; a new one takes its front-end connection over",
+                    p.name, pid, describe_exit(status));
+    } else {
+      spdlog::error("{}: serving process {} {}; its tenant lost its connection", p.name, pid,
+                    describe_exit(status));
+      p.kept.clear();
+    }
     const Clock::time_point now = Clock::now();
     while (!p.crashes.empty() && now - p.crashes.front() > kRestartWindow) p.crashes.pop_front();
     if (!p.restart || p.crashes.size() >= kMaxRestarts) {
+      p.kept.clear();
       spdlog::error(
           "{}: not started again{}", p.name,
           p.restart ? fmt::format(" ({} crashes within a minute)", p.crashes.size()) : "");

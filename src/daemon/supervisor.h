@@ -15,9 +15,13 @@
 // tenant's next front-end connection is served; one that crashes more than
 // kMaxRestarts times a minute is given up. A FUSE mount is not restarted:
 // the kernel's node ids died with the process (its mount is unmounted from
-// outside by its own helper, sandbox/outside.h). Taking over a live
-// front-end connection (the supervisor keeping the connection and guest
-// memory descriptors for a successor) is not done yet.
+// outside by its own helper, sandbox/outside.h).
+//
+// A device process's front-end connection outlives it (docs/restart.md):
+// the supervisor keeps the connected socket, the journal of the set-up
+// requests and what INIT negotiated (keeper.h), and the memfd where each
+// ring records its progress; a successor replays the journal and resumes
+// the rings, and the front-end never sees the connection close.
 //
 // The supervisor talks to each process over a socket pair (its "control"):
 //   process -> supervisor: 'R' once it serves (its sandbox entered, its
@@ -31,9 +35,11 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "daemon/config.h"
+#include "daemon/keeper.h"
 #include "util/unix_listener.h"
 
 namespace dpfs::daemon {
@@ -49,6 +55,12 @@ struct ServingPart {
   // supervisor's to remove); null for the FUSE mount and the listener.
   std::unique_ptr<util::Listener> socket;
   int control = -1;  // this process's end of the control socket pair
+  // A device's: its end of the keeper socket pair (keeper.h), the memfd of
+  // its rings' records (virtio::RingRecord, one per queue), and what the
+  // supervisor kept of the connection a predecessor served, to take over.
+  int keeper = -1;
+  int records = -1;
+  std::optional<Kept> resume;
 };
 
 // Serves `part` in the calling (forked) process and returns its exit

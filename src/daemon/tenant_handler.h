@@ -58,6 +58,8 @@ class TenantHandler {
   ~TenantHandler() { end(); }
 
   fuse::RequestHandler& handler() { return *session_; }
+  // A successor's session: serves as INIT had negotiated (FuseSession::restore).
+  bool restore(const fuse::InitState& state) { return session_->restore(state); }
   // What is served, for logs: "memfs (capacity 1G, ...)", "remote dpfs at ...".
   const std::string& description() const { return description_; }
 

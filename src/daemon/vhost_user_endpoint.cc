@@ -1,9 +1,11 @@
 #include "daemon/vhost_user_endpoint.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,14 +23,27 @@ namespace dpfs::daemon {
 VhostUserEndpoint::VhostUserEndpoint(const DeviceConfig& device, const Config& cfg,
                                      std::unique_ptr<util::Listener> listener,
                                      const RemoteCredentials& credentials,
-                                     std::function<void()> on_done)
+                                     std::function<void()> on_done, DeviceKeep keep)
     : config_(device),
       on_disconnect_(cfg.vhost_user.on_disconnect),
       on_done_(std::move(on_done)),
       name_(device.name()),
-      listener_(std::move(listener)) {
+      listener_(std::move(listener)),
+      keeper_(keep.keeper),
+      records_fd_(keep.records),
+      resume_(std::move(keep.resume)) {
   fuse::SessionOptions options = session_options(cfg, device.policy);
   options.name = "virtio-fs " + device.tag;
+  if (keeper_.active()) {
+    options.on_init = [this](const fuse::InitState& state) { keeper_.init(state); };
+  }
+  if (records_fd_) {
+    records_bytes_ = (size_t(device.request_queues) + 1) * sizeof(virtio::RingRecord);
+    void* p =
+        ::mmap(nullptr, records_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, records_fd_.get(), 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "ring records");
+    records_ = static_cast<virtio::RingRecord*>(p);
+  }
   tenant_ = std::make_unique<TenantHandler>(device.backend, options, credentials);
 
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -42,6 +57,7 @@ VhostUserEndpoint::VhostUserEndpoint(const DeviceConfig& device, const Config& c
   dev.threads = std::min<unsigned>(cfg.threads, device.request_queues);
   dev.poll = device.poll;
   dev.poll_budget_us = device.poll_budget_us;
+  dev.records = records_;
   device_ = std::make_unique<vhost_user::VirtioFsDevice>(tenant_->handler(), dev);
 
   spdlog::info("{}: serving {}: {} request queue{}, {} worker{}{}, on disconnect: {}", name_,
@@ -83,6 +99,8 @@ void VhostUserEndpoint::stop() {
   tenant_->end();
   device_.reset();
   listener_.reset();
+  if (records_ != nullptr) ::munmap(records_, records_bytes_);
+  records_ = nullptr;
 }
 
 std::vector<std::string> VhostUserEndpoint::queue_stats() const {
@@ -121,8 +139,21 @@ bool VhostUserEndpoint::wait_readable(int fd) {
 }
 
 void VhostUserEndpoint::run() {
-  spdlog::info("{}: waiting for a front-end", name_);
   unsigned connections = 0;
+  if (resume_ && resume_->connection) {
+    // A predecessor's front-end, still connected: take it over.
+    util::UniqueFd socket(::fcntl(resume_->connection.get(), F_DUPFD_CLOEXEC, 0));
+    resume_->connection.reset();
+    serve_connection(std::move(socket), ++connections, &*resume_);
+    resume_.reset();
+    if (on_disconnect_ == OnDisconnect::kExit && !stopping_.load(std::memory_order_acquire)) {
+      device_->log().info("{}: done (on_disconnect = exit)", name_);
+      done_.store(true, std::memory_order_release);
+      if (on_done_) on_done_();
+      return;
+    }
+  }
+  spdlog::info("{}: waiting for a front-end", name_);
   unsigned accept_errors = 0;
   while (!stopping_.load(std::memory_order_acquire)) {
     if (!wait_readable(listener_->fd())) break;
@@ -152,14 +183,25 @@ void VhostUserEndpoint::run() {
   }
 }
 
-void VhostUserEndpoint::serve_connection(util::UniqueFd socket, unsigned number) {
-  device_->log().info("{}: front-end connected (connection {})", name_, number);
+void VhostUserEndpoint::serve_connection(util::UniqueFd socket, unsigned number, Kept* resume) {
+  device_->log().info("{}: front-end {} (connection {})", name_,
+                      resume != nullptr ? "taken over from the last process" : "connected", number);
   const auto t0 = std::chrono::steady_clock::now();
   bool by_us = false;
   {
+    // Kept for a successor: the connection itself (unless it is already,
+    // as the predecessor's), then each request the device takes.
+    if (resume == nullptr) keeper_.connection(socket.get());
     vhost_user::Connection conn(std::move(socket), *device_,
                                 fmt::format("{} ({}) #{}", config_.tag, config_.socket, number));
+    if (resume != nullptr && !take_over(conn, *resume)) conn.close();
+    if (keeper_.active()) {
+      conn.set_journal([this](std::span<const uint8_t> bytes, std::vector<util::UniqueFd> fds) {
+        keeper_.request(bytes, std::move(fds));
+      });
+    }
     for (;;) {
+      if (!conn.connected()) break;
       if (!wait_readable(conn.fd())) {
         conn.close();  // shutdown: device.disconnect() stops its queues
         by_us = true;
@@ -171,9 +213,35 @@ void VhostUserEndpoint::serve_connection(util::UniqueFd socket, unsigned number)
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   device_->log().info("{}: front-end {} (connection {}, {:.1f}s)", name_,
                       by_us ? "disconnected by shutdown" : "disconnected", number, secs);
+  // Nothing to keep for a successor.
+  if (!by_us) keeper_.ended();
   // A guest that went away without unmounting never sent DESTROY. The
   // device's queues are stopped, so nothing else calls the backend now.
   tenant_->forget_tenant();
+}
+
+bool VhostUserEndpoint::take_over(vhost_user::Connection& conn, Kept& kept) {
+  // The rings the journal starts resume from their records: each request
+  // the last process took and did not answer is taken again.
+  device_->set_resume(true);
+  size_t replayed = 0;
+  for (Kept::Request& r : kept.journal) {
+    if (!conn.replay(r.bytes, std::move(r.fds))) break;
+    ++replayed;
+  }
+  device_->set_resume(false);
+  if (replayed != kept.journal.size()) {
+    device_->log().error("{}: the connection could not be taken over ({} of {} requests replayed)",
+                         name_, replayed, kept.journal.size());
+    return false;
+  }
+  if (kept.init && !tenant_->restore(*kept.init)) {
+    device_->log().error("{}: the session INIT negotiated cannot be restored", name_);
+    return false;
+  }
+  device_->log().info("{}: took the front-end connection over: {} requests replayed{}", name_,
+                      replayed, kept.init ? ", the FUSE session restored" : "");
+  return true;
 }
 
 }  // namespace dpfs::daemon

@@ -20,19 +20,30 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "backend/backend.h"
 #include "daemon/config.h"
+#include "daemon/keeper.h"
 #include "daemon/tenant_handler.h"
 #include "fuse/session.h"
 #include "util/unique_fd.h"
 #include "util/unix_listener.h"
+#include "vhost_user/connection.h"
 #include "vhost_user/virtio_fs_device.h"
 
 namespace dpfs::daemon {
+
+// What a supervisor hands a device process so that the front-end
+// connection outlives the process (docs/restart.md, keeper.h).
+struct DeviceKeep {
+  int keeper = -1;             // the keeper socket; -1: nothing is kept (a single process)
+  int records = -1;            // memfd: a virtio::RingRecord per queue
+  std::optional<Kept> resume;  // a predecessor's connection, to take over
+};
 
 class VhostUserEndpoint {
  public:
@@ -45,7 +56,7 @@ class VhostUserEndpoint {
   // (kExit after a disconnect, or an unrecoverable accept error).
   VhostUserEndpoint(const DeviceConfig& device, const Config& cfg,
                     std::unique_ptr<util::Listener> listener, const RemoteCredentials& credentials,
-                    std::function<void()> on_done);
+                    std::function<void()> on_done, DeviceKeep keep = {});
   VhostUserEndpoint(const VhostUserEndpoint&) = delete;
   VhostUserEndpoint& operator=(const VhostUserEndpoint&) = delete;
   ~VhostUserEndpoint();
@@ -73,7 +84,12 @@ class VhostUserEndpoint {
  private:
   void run();                  // the control thread
   bool wait_readable(int fd);  // false: stop was requested
-  void serve_connection(util::UniqueFd socket, unsigned number);
+  // Serves one front-end. With `resume`, a predecessor's: its journal is
+  // replayed first and the rings resumed.
+  void serve_connection(util::UniqueFd socket, unsigned number, Kept* resume = nullptr);
+  // Replays `kept`'s journal on `conn` and restores its session; false
+  // (logged) if it cannot be.
+  bool take_over(vhost_user::Connection& conn, Kept& kept);
 
   DeviceConfig config_;
   OnDisconnect on_disconnect_;
@@ -82,6 +98,11 @@ class VhostUserEndpoint {
   std::unique_ptr<TenantHandler> tenant_;
   std::unique_ptr<vhost_user::VirtioFsDevice> device_;
   std::unique_ptr<util::Listener> listener_;
+  KeeperLink keeper_;
+  util::UniqueFd records_fd_;
+  virtio::RingRecord* records_ = nullptr;  // mapped from records_fd_
+  size_t records_bytes_ = 0;
+  std::optional<Kept> resume_;
   util::UniqueFd stop_fd_;  // eventfd: readable once stop() is called
   std::thread thread_;
   std::atomic<bool> stopping_{false};

@@ -727,6 +727,14 @@ void VirtioFsDevice::maybe_start(Queue& q) {
   const auto layout =
       acked_features_ & kFRingPacked ? virtio::RingLayout::kPacked : virtio::RingLayout::kSplit;
   if (!q.ring || q.ring->layout() != layout) q.ring = virtio::make_virtqueue(layout);
+  q.config.record = options_.records != nullptr ? &options_.records[q.index] : nullptr;
+  q.config.resume = resume_;
+  if (resume_ && layout == virtio::RingLayout::kPacked) {
+    log().warn(
+        "{}: queue {} is packed: packed rings keep no record; requests a predecessor "
+        "took and did not answer are lost",
+        options_.name, q.index);
+  }
   const int e = q.ring->start(*memory_, q.config);
   if (e != 0) {
     resume();
@@ -743,10 +751,11 @@ void VirtioFsDevice::maybe_start(Queue& q) {
   resume();
   // Requests may have been made available before the kick fd was watched.
   signal_eventfd(q.kick.get());
-  log().info("{}: queue {} ({}) started: size {}, avail index {}, event_idx={}{}, worker {}",
-             options_.name, q.index, q.index == 0 ? "hiprio" : "requests", q.config.size,
-             q.config.last_avail_idx, q.config.event_idx,
-             layout == virtio::RingLayout::kPacked ? ", packed" : "", q.worker_index);
+  log().info("{}: queue {} ({}) {}: size {}, avail index {}, event_idx={}{}, worker {}",
+             options_.name, q.index, q.index == 0 ? "hiprio" : "requests",
+             resume_ ? "resumed" : "started", q.config.size, q.ring->last_avail_idx(),
+             q.config.event_idx, layout == virtio::RingLayout::kPacked ? ", packed" : "",
+             q.worker_index);
 }
 
 // REQUIRES: workers paused.

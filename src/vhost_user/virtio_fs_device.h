@@ -51,6 +51,9 @@ struct VirtioFsDeviceOptions {
   // the worker awake: no kick, no wake-up on either side. 0: sleep as soon
   // as the queues are empty.
   uint32_t poll_budget_us = 50;  // the daemon's default: DeviceConfig
+  // Where each split ring records its progress (request_queues + 1 of
+  // them, in memory a successor process finds: docs/restart.md), or null.
+  virtio::RingRecord* records = nullptr;
 };
 
 // Counters for one queue, readable while the device runs; written only by
@@ -99,6 +102,10 @@ class VirtioFsDevice final : public VhostUserDevice {
   void reset_device() override;
   void disconnect() override;
 
+  // While set, rings start by resuming from their records (a successor
+  // replaying its predecessor's journal); off, they start afresh.
+  void set_resume(bool resume) { resume_ = resume; }
+
   // REQUIRES: index < queue_num().
   const QueueStats& queue_stats(uint32_t index) const;
   const VirtioFsDeviceOptions& options() const { return options_; }
@@ -138,6 +145,7 @@ class VirtioFsDevice final : public VhostUserDevice {
   unsigned paused_workers_ = 0;               // guarded by pause_mu_
   unsigned pause_depth_ = 0;                  // control thread only
   bool workers_stopped_ = false;              // control thread only: stop_workers() ran
+  bool resume_ = false;                       // control thread only
 };
 
 }  // namespace dpfs::vhost_user

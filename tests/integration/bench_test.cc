@@ -694,5 +694,54 @@ TEST_F(SupervisorTest, ACrashedDeviceProcessCostsOneTenant) {
   EXPECT_EQ(::kill(b, 0), -1) << "b's process outlived the supervisor";
 }
 
+// A device process killed (SIGKILL) twice under a front-end that keeps
+// reading: the supervisor keeps the front-end's connection, the set-up
+// journal and the rings' records, and each new process replays the one,
+// resumes the others and restores the FUSE session (docs/restart.md). The
+// front-end sees no closed connection, no error and no request lost or
+// answered twice (dpfs-bench checks every used entry it gets against
+// what it has in flight). The null backend: nothing of it dies with the
+// process.
+TEST_F(SupervisorTest, AKilledDeviceProcessIsReplacedUnderItsFrontEnd) {
+  std::ofstream(config_) << "[[device]]\nsocket = \"" << dev_.socket()
+                         << "\"\ntag = \"a\"\n[device.backend]\ntype = \"null\"\n";
+  ASSERT_EQ(dev_.start({dpfs_binary(), "serve", "--config", config_}), "");
+  pid_t a = wait_served("a");
+  ASSERT_GT(a, 0) << dev_.log();
+  RunResult run_result;
+  std::thread runner([&] {
+    run_result = run({DPFS_BENCH, "--socket", dev_.socket(), "--workload", "randread", "--depth",
+                      "8", "--duration", "3", "--warmup", "0", "--json"},
+                     60s);
+  });
+  for (int kill = 0; kill < 2; ++kill) {
+    // Under way: the device process is using CPU.
+    const long before = cpu_ticks(a);
+    for (int i = 0; i < 500 && cpu_ticks(a) < before + 10; ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_EQ(::kill(a, SIGKILL), 0);
+    const pid_t next = wait_served("a", a);
+    ASSERT_GT(next, 0) << dev_.log();
+    a = next;
+  }
+  runner.join();
+  EXPECT_EQ(run_result.exit_code(), 0) << run_result.describe() << "\n" << dev_.log();
+  EXPECT_GT(json_number(run_result.out, "ops"), 0) << run_result.out;
+  EXPECT_EQ(json_field(run_result.out, "errors"), "0") << run_result.out;
+  const std::string log = dev_.log();
+  size_t taken = 0;
+  for (size_t at = 0;
+       (at = log.find("took the front-end connection over", at)) != std::string::npos; ++at) {
+    ++taken;
+  }
+  EXPECT_EQ(taken, 2u) << log;
+  EXPECT_NE(log.find("the FUSE session restored"), std::string::npos) << log;
+  EXPECT_EQ(log.find("lost its connection"), std::string::npos) << log;
+  // It serves on, and stops cleanly (exit 1: processes crashed).
+  run_ok(dev_, "getattr", {"--depth", "4"});
+  ASSERT_EQ(::kill(dev_.pid(), SIGTERM), 0);
+  const int status = dev_.wait_exit();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status << "\n" << dev_.log();
+}
+
 }  // namespace
 }  // namespace dpfs::itest
