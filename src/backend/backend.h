@@ -400,6 +400,11 @@ class Backend {
   // start again after it ended. No operation runs concurrently with these.
   virtual void init() {}
   virtual void destroy() {}
+  // A successor process took the session over (docs/restart.md): the
+  // kernel holds node ids and file handles a predecessor gave out. A
+  // backend that can recognise them from themselves accepts them from now
+  // on; the others answer ESTALE or EBADF for them, as for any stale one.
+  virtual void resumed() {}
 
   // A transport's worker thread starting: what the backend keeps on it
   // (worker_hook.h), or nullptr (the default) when operations need no help

@@ -80,6 +80,7 @@ class PolicyBackend final : public Backend {
 
   Capabilities capabilities() const override { return inner_->capabilities(); }
   void init() override { inner_->init(); }
+  void resumed() override { inner_->resumed(); }
   void destroy() override { inner_->destroy(); }
   std::unique_ptr<WorkerHook> attach_worker() override { return inner_->attach_worker(); }
   std::vector<std::string> stats() const override { return inner_->stats(); }

@@ -734,6 +734,7 @@ bool FuseSession::restore(const InitState& state) {
     initialized_.store(true, std::memory_order_release);
   }
   backend_.init();
+  backend_.resumed();
   log_.info("{}: FUSE 7.{} session restored: max_write={} flags={:#x}", options_.name,
             state.proto_minor, state.max_write, state.flags);
   return true;

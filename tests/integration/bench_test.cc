@@ -595,21 +595,6 @@ class SupervisorTest : public ::testing::Test {
   std::string other_, config_;
 };
 
-// utime + stime of `pid`, in clock ticks; -1 if it is gone.
-long cpu_ticks(pid_t pid) {
-  const std::string stat = read_text_file("/proc/" + std::to_string(pid) + "/stat");
-  const size_t paren = stat.rfind(')');
-  if (paren == std::string::npos) return -1;
-  std::istringstream fields(stat.substr(paren + 2));
-  std::string f;
-  long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && fields >> f; ++i) {
-    if (i == 14) utime = std::stol(f);
-    if (i == 15) stime = std::stol(f);
-  }
-  return utime + stime;
-}
-
 TEST_F(SupervisorTest, ACrashedDeviceProcessCostsOneTenant) {
   const std::string stats = dev_.dir() + "/stats.sock";
   ASSERT_EQ(dev_.start({dpfs_binary(), "serve", "--config", config_, "--stats-socket", stats}), "");

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -275,13 +276,15 @@ inline pid_t start_guest(const fs::path& dir, const std::string& socket, const s
   return start_guest(dir, {"--socket", socket, "--tag", tag}, workload, std::move(extra), name);
 }
 
-// Boots one guest (start_guest) and waits for it.
+// Boots one guest (start_guest) and waits for it; `meanwhile`, if any,
+// runs once it is started (given run-guest.sh's pid).
 inline GuestRun run_guest(const fs::path& dir, const std::vector<std::string>& target,
                           const std::string& workload, std::vector<std::string> extra,
-                          const char* name) {
+                          const char* name, const std::function<void(pid_t)>& meanwhile = {}) {
   GuestRun run;
   const auto t0 = std::chrono::steady_clock::now();
   const pid_t pid = start_guest(dir, target, workload, std::move(extra), name);
+  if (pid > 0 && meanwhile) meanwhile(pid);
   if (pid > 0) run.status = wait_for(pid, 400s);
   if (run.status == -1 && pid > 0) {
     ::kill(pid, SIGTERM);  // run-guest.sh kills its QEMU on the way out

@@ -696,6 +696,21 @@ class StoppedProcess {
   std::string problem_;
 };
 
+// utime + stime of `pid`, in clock ticks; -1 if it is gone.
+inline long cpu_ticks(pid_t pid) {
+  const std::string stat = read_text_file("/proc/" + std::to_string(pid) + "/stat");
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string f;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14) utime = std::stol(f);
+    if (i == 15) stime = std::stol(f);
+  }
+  return utime + stime;
+}
+
 // The process the supervisor last named in `log` as serving the part whose
 // name contains `what` ("vhost-user a (", "FUSE mount "); -1 if none.
 inline pid_t served_by(const std::string& log, const std::string& what) {

@@ -37,6 +37,8 @@ constexpr uint64_t kMaxSeq = 1ull << 53;
 // Chunk commands a walk over many chunks (a truncation, an unlink, an
 // fallocate) has in flight at a time.
 constexpr uint64_t kChunkBatch = 256;
+// Inodes below this get handles that name them (KvBackend::add_handle).
+constexpr uint64_t kNamedHandleInodes = 1ull << 39;
 
 std::string num(uint64_t v) { return std::to_string(v); }
 
@@ -662,17 +664,31 @@ void KvBackend::statfs(const Context&, uint64_t, StatfsReply reply) {
 // --- Files ------------------------------------------------------------------
 
 uint64_t KvBackend::add_handle(uint64_t ino) {
-  const uint64_t fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
   std::lock_guard lock(mu_);
-  handles_.emplace(fh, ino);
-  ++held_[ino].open;
-  return fh;
+  for (;;) {
+    const uint64_t n = next_fh_.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t fh = ino < kNamedHandleInodes ? (ino << 24) | (n & 0xffffff) : n | (1ull << 63);
+    // A counter that went round: that one is still open.
+    if (!handles_.emplace(fh, ino).second) continue;
+    ++held_[ino].open;
+    return fh;
+  }
 }
 
 bool KvBackend::known_handle(uint64_t ino, uint64_t fh) {
   std::lock_guard lock(mu_);
   auto it = handles_.find(fh);
-  return it != handles_.end() && it->second == ino;
+  if (it != handles_.end()) return it->second == ino;
+  // A predecessor's handle of the inode it names: taken over.
+  if (!resumed_ || (fh >> 63) != 0 || (fh >> 24) != ino || ino >= kNamedHandleInodes) return false;
+  handles_.emplace(fh, ino);
+  ++held_[ino].open;
+  return true;
+}
+
+void KvBackend::resumed() {
+  std::lock_guard lock(mu_);
+  resumed_ = true;
 }
 
 bool KvBackend::drop_handle(uint64_t ino, uint64_t fh) {

@@ -83,6 +83,7 @@ class KvBackend final : public Backend {
   Capabilities capabilities() const override;
   std::vector<std::string> stats() const override;
   std::unique_ptr<WorkerHook> attach_worker() override;
+  void resumed() override;
 
   void lookup(const Context& ctx, uint64_t parent, std::string_view name,
               EntryReply reply) override;
@@ -233,7 +234,12 @@ class KvBackend final : public Backend {
     bool doomed = false;  // no name left: freed when nothing holds it
     bool unused() const { return lookups == 0 && open == 0; }
   };
-  std::unordered_map<uint64_t, uint64_t> handles_;  // fh -> ino; guarded by mu_
+  // fh -> ino; guarded by mu_. A handle names its inode (ino << 24 | a
+  // counter), so that a successor process can take the kernel's handles
+  // over (resumed()); inodes from 2^39 on get handles with bit 63 set, which
+  // cannot be.
+  std::unordered_map<uint64_t, uint64_t> handles_;
+  bool resumed_ = false;  // guarded by mu_
   // Handles written through since their last FSYNC or close (durability=replica).
   std::unordered_set<uint64_t> written_;     // guarded by mu_
   std::unordered_map<uint64_t, Held> held_;  // guarded by mu_
