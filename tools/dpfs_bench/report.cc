@@ -38,7 +38,8 @@ std::string format_table(const RunDescription& d, const RunResult& r) {
       "{:>12.0f} {:>9.1f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>11.2f} {:>11} {:>7}\n", ops_s,
       r.seconds > 0 ? double(r.bytes) / r.seconds / 1e6 : 0, r.latency.mean() / 1e3,
       r.latency.quantile(0.5) / 1e3, r.latency.quantile(0.99) / 1e3,
-      r.latency.quantile(0.999) / 1e3, per_op_us(r.driver_cpu_s, r.ops),
+      r.latency.quantile(0.999) / 1e3, r.latency.quantile(1.0) / 1e3,
+      per_op_us(r.driver_cpu_s, r.ops),
       r.device_cpu_s >= 0 ? fmt::format("{:.2f}", per_op_us(r.device_cpu_s, r.ops)) : "-",
       r.errors);
   if (!r.first_error.empty()) out += "first error: " + r.first_error + "\n";
@@ -52,14 +53,16 @@ std::string format_json(const RunDescription& d, const RunResult& r) {
       "{{\"device\": {}, \"socket\": {}, \"workload\": {}, \"request_queues\": {}, \"depth\": {}, "
       "\"threads\": {}, \"block_size\": {}, \"poll\": {}, \"seconds\": {:.3f}, \"ops\": {}, "
       "\"ops_per_s\": {:.1f}, \"mb_per_s\": {:.2f}, \"lat_mean_us\": {:.3f}, \"lat_p50_us\": "
-      "{:.3f}, \"lat_p99_us\": {:.3f}, \"lat_p999_us\": {:.3f}, \"driver_cpu_us_per_op\": {:.3f}, "
+      "{:.3f}, \"lat_p99_us\": {:.3f}, \"lat_p999_us\": {:.3f}, \"lat_max_us\": {:.3f}, "
+      "\"driver_cpu_us_per_op\": {:.3f}, "
       "\"device_cpu_us_per_op\": {}, \"kicks\": {}, \"errors\": {}, \"first_error\": {}, "
       "\"verified\": {}}}\n",
       json_string(d.label), json_string(d.socket), json_string(d.workload), d.request_queues,
       d.depth, d.threads, d.block_size, d.poll ? "true" : "false", r.seconds, r.ops, ops_s,
       r.seconds > 0 ? double(r.bytes) / r.seconds / 1e6 : 0, r.latency.mean() / 1e3,
       r.latency.quantile(0.5) / 1e3, r.latency.quantile(0.99) / 1e3,
-      r.latency.quantile(0.999) / 1e3, per_op_us(r.driver_cpu_s, r.ops),
+      r.latency.quantile(0.999) / 1e3, r.latency.quantile(1.0) / 1e3,
+      per_op_us(r.driver_cpu_s, r.ops),
       r.device_cpu_s >= 0 ? fmt::format("{:.3f}", per_op_us(r.device_cpu_s, r.ops)) : "null",
       r.kicks, r.errors, json_string(r.first_error), json_string(r.verified));
 }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# How long a tenant waits when its device process is killed (docs/restart.md):
+# a supervised dpfs device (--processes per-device, the null backend)
+# serves dpfs-bench (randread, depth 1), whose device process is killed
+# with SIGKILL KILLS times, once a second; the supervisor's successor takes
+# the front-end connection over. Prints, per round, the slowest request
+# (lat_max_us: the pause, as the front-end saw it), the errors (must be 0)
+# and the p50 beside a round with no kill.
+#
+#   BUILD=build   the build directory (dpfs, dpfs-bench)
+#   KILLS=5       kills per round
+#   ROUNDS=3
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+B=$BUILD
+KILLS=${KILLS:-5}
+ROUNDS=${ROUNDS:-3}
+bench_need python3=python3
+[[ -x $B/dpfs && -x $B/dpfs-bench ]] || die "$B: dpfs or dpfs-bench not built"
+bench_require_idle "the restart benchmark"
+W=$(mktemp -d /tmp/dpfs-restart-bench.XXXXXX)
+DEV_PID=""
+cleanup() {
+  [[ -n $DEV_PID ]] && bench_stop_pid "$DEV_PID"
+  rm -rf "$W"
+}
+trap cleanup EXIT
+cat >"$W/dpfs.toml" <<EOF
+[[device]]
+socket = "$W/vu.sock"
+tag = "restart"
+[device.backend]
+type = "null"
+EOF
+"$B/dpfs" serve --config "$W/dpfs.toml" --processes per-device >"$W/dpfs.log" 2>&1 &
+DEV_PID=$!
+for _ in $(seq 200); do [[ -S $W/vu.sock ]] && break; sleep 0.05; done
+[[ -S $W/vu.sock ]] || die "the device did not start: $(cat "$W/dpfs.log")"
+serving() { sed -n 's/.*: served by process \([0-9]*\).*/\1/p' "$W/dpfs.log" | tail -1; }
+
+log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| round | kills | ops | errors | p50 µs | p99 µs | slowest request µs |"
+echo "|---|--:|--:|--:|--:|--:|--:|"
+for round in $(seq "$ROUNDS"); do
+  for kills in 0 "$KILLS"; do
+    "$B/dpfs-bench" --socket "$W/vu.sock" --workload randread --depth 1 \
+      --duration $((kills + 2)) --warmup 0 --json >"$W/run.json" &
+    bench=$!
+    for _ in $(seq "$kills"); do
+      sleep 1
+      kill -KILL "$(serving)"
+    done
+    wait "$bench"
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("| %s | %s | %d | %d | %.1f | %.1f | %.0f |" % (sys.argv[2], sys.argv[3], r["ops"], r["errors"],
+      r["lat_p50_us"], r["lat_p99_us"], r["lat_max_us"]))
+' "$W/run.json" "$round" "$kills"
+  done
+done
+log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "takeovers in the log: $(grep -c 'took the front-end connection over' "$W/dpfs.log")"
