@@ -361,6 +361,16 @@ class Supervisor {
   std::vector<std::string> stats() {
     std::vector<std::string> lines;
     for (Part& p : parts_) {
+      if (p.device >= 0) {
+        if (p.keeper) keep(p);
+        lines.push_back(
+            p.name + ": " +
+            (p.kept.resumable()
+                 ? fmt::format("front-end connection kept for a successor ({} set-up requests)",
+                               p.kept.journal.size())
+             : p.kept.overflow ? std::string("front-end connection not kept (journal too long)")
+                               : std::string("no front-end connection to keep")));
+      }
       if (p.pid <= 0 || !p.ready) {
         lines.push_back(p.name + ": " + (p.done ? "done" : "not serving"));
         continue;

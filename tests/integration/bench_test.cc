@@ -690,9 +690,12 @@ TEST_F(SupervisorTest, ACrashedDeviceProcessCostsOneTenant) {
 TEST_F(SupervisorTest, AKilledDeviceProcessIsReplacedUnderItsFrontEnd) {
   std::ofstream(config_) << "[[device]]\nsocket = \"" << dev_.socket()
                          << "\"\ntag = \"a\"\n[device.backend]\ntype = \"null\"\n";
-  ASSERT_EQ(dev_.start({dpfs_binary(), "serve", "--config", config_}), "");
+  const std::string stats = dev_.dir() + "/stats.sock";
+  ASSERT_EQ(dev_.start({dpfs_binary(), "serve", "--config", config_, "--stats-socket", stats}), "");
   pid_t a = wait_served("a");
   ASSERT_GT(a, 0) << dev_.log();
+  EXPECT_NE(run({dpfs_binary(), "stats", stats}).out.find("no front-end connection to keep"),
+            std::string::npos);
   RunResult run_result;
   std::thread runner([&] {
     run_result = run({DPFS_BENCH, "--socket", dev_.socket(), "--workload", "randread", "--depth",
@@ -703,6 +706,11 @@ TEST_F(SupervisorTest, AKilledDeviceProcessIsReplacedUnderItsFrontEnd) {
     // Under way: the device process is using CPU.
     const long before = cpu_ticks(a);
     for (int i = 0; i < 500 && cpu_ticks(a) < before + 10; ++i) std::this_thread::sleep_for(10ms);
+    if (kill == 0) {
+      const std::string during = run({dpfs_binary(), "stats", stats}).out;
+      EXPECT_NE(during.find("front-end connection kept for a successor ("), std::string::npos)
+          << during;
+    }
     ASSERT_EQ(::kill(a, SIGKILL), 0);
     const pid_t next = wait_served("a", a);
     ASSERT_GT(next, 0) << dev_.log();
