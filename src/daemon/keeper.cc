@@ -92,7 +92,7 @@ void KeeperLink::send(char kind, std::span<const uint8_t> payload, const std::ve
   uint8_t buf[kMaxRecord];
   if (payload.size() + 1 > sizeof buf || fds.size() > kMaxRecordFds) return;
   buf[0] = uint8_t(kind);
-  std::memcpy(buf + 1, payload.data(), payload.size());
+  if (!payload.empty()) std::memcpy(buf + 1, payload.data(), payload.size());
   iovec iov{buf, payload.size() + 1};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxRecordFds)];
   msghdr msg{};
