@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "util/unix_listener.h"
 #include "vhost_user/message.h"
 
 namespace dpfs::daemon {
@@ -89,31 +90,15 @@ bool take_records(int fd, Kept& kept, const std::string& who) {
 
 void KeeperLink::send(char kind, std::span<const uint8_t> payload, const std::vector<int>& fds) {
   if (fd_ < 0) return;
-  uint8_t buf[kMaxRecord];
-  if (payload.size() + 1 > sizeof buf || fds.size() > kMaxRecordFds) return;
-  buf[0] = uint8_t(kind);
-  if (!payload.empty()) std::memcpy(buf + 1, payload.data(), payload.size());
-  iovec iov{buf, payload.size() + 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxRecordFds)];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
+  const char k = kind;
+  const iovec iov[2] = {{const_cast<char*>(&k), 1},
+                        {const_cast<uint8_t*>(payload.data()), payload.size()}};
+  if (payload.size() + 1 > kMaxRecord || fds.size() > kMaxRecordFds) return;
   std::lock_guard lock(mu_);
-  while (::sendmsg(fd_, &msg, MSG_NOSIGNAL) < 0) {
-    if (errno == EINTR) continue;
+  if (util::send_with_fds(fd_, std::span(iov, payload.empty() ? 1 : 2), fds) < 0) {
     // The supervisor is gone (the process ends soon) or its socket full:
     // what is not kept cannot be resumed.
     spdlog::warn("keeping the connection's state for a successor failed: {}", std::strerror(errno));
-    return;
   }
 }
 

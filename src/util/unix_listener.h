@@ -9,9 +9,12 @@
 // Not thread-safe: created, used and destroyed by one thread.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <sys/types.h>
 
 #include <cstdint>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -82,5 +85,12 @@ class Listener {
 // EINTR). False if the peer went away, the socket's send timeout passed or
 // another error ended it first.
 bool send_all(int fd, std::string_view data);
+
+// One sendmsg of `iov` with `fds` passed along (SCM_RIGHTS, at most
+// kMaxPassedFds), with `flags` and MSG_NOSIGNAL, retrying EINTR: sendmsg's
+// result (-1 and EINVAL for too many fds).
+inline constexpr size_t kMaxPassedFds = 16;
+ssize_t send_with_fds(int socket, std::span<const iovec> iov, std::span<const int> fds,
+                      int flags = 0);
 
 }  // namespace dpfs::util

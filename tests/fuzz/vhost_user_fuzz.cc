@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "fuzz_input.h"
+#include "util/unix_listener.h"
 #include "vhost_user/connection.h"
 #include "vhost_user/message.h"
 
@@ -185,23 +186,10 @@ void send_chunk(int sock, const std::vector<uint8_t>& bytes, uint8_t nfds, uint8
     owned.push_back(make_fd(static_cast<uint8_t>(kinds >> (2 * i))));
     fds.push_back(owned.back().get());
   }
-  iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
+  const iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
   // The connection reads after every step, so there is always room; a
   // closed connection gives EPIPE, which is fine.
-  (void)::sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  (void)util::send_with_fds(sock, std::span(&iov, 1), fds, MSG_DONTWAIT);
 }
 
 void drain_replies(int sock) {

@@ -12,6 +12,8 @@
 
 #include <cstring>
 
+#include "util/unix_listener.h"
+
 namespace dpfs::daemon {
 namespace {
 
@@ -28,21 +30,9 @@ class KeeperTest : public ::testing::Test {
   }
   // A raw record, as a subverted device process could send it.
   void send_raw(const std::string& bytes, std::vector<int> fds = {}) {
-    iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (!fds.empty()) {
-      msg.msg_control = control;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
-    ASSERT_EQ(::sendmsg(device_end.get(), &msg, 0), ssize_t(bytes.size()));
+    const iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
+    ASSERT_EQ(util::send_with_fds(device_end.get(), std::span(&iov, 1), fds),
+              ssize_t(bytes.size()));
   }
   static util::UniqueFd eventfd() { return util::UniqueFd(::eventfd(0, EFD_CLOEXEC)); }
   static ino_t inode(int fd) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "util/unix_listener.h"
 #include "vhost_user/message.h"
 
 namespace dpfs::bench {
@@ -50,24 +51,9 @@ void Frontend::send(uint32_t request, uint32_t flags, std::span<const uint8_t> p
                     std::span<const int> fds) {
   if (!socket_) throw std::runtime_error("vhost-user: the connection is closed");
   vu::Header h{request, vu::kVersion | flags, uint32_t(payload.size())};
-  iovec iov[2] = {{&h, sizeof(h)}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
-  msghdr msg{};
-  msg.msg_iov = iov;
-  msg.msg_iovlen = payload.empty() ? 1 : 2;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ssize_t n;
-  do {
-    n = ::sendmsg(socket_.get(), &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
+  const iovec iov[2] = {{&h, sizeof(h)}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
+  const ssize_t n =
+      util::send_with_fds(socket_.get(), std::span(iov, payload.empty() ? 1 : 2), fds);
   if (n != ssize_t(sizeof(h) + payload.size())) {
     throw std::runtime_error(fmt::format("vhost-user {}: sending failed: {}",
                                          vu::request_name(request),
