@@ -189,7 +189,7 @@ void send_chunk(int sock, const std::vector<uint8_t>& bytes, uint8_t nfds, uint8
   const iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
   // The connection reads after every step, so there is always room; a
   // closed connection gives EPIPE, which is fine.
-  (void)util::send_with_fds(sock, std::span(&iov, 1), fds, MSG_DONTWAIT);
+  (void)dpfs::util::send_with_fds(sock, std::span(&iov, 1), fds, MSG_DONTWAIT);
 }
 
 void drain_replies(int sock) {
