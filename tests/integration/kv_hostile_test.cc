@@ -212,6 +212,7 @@ TEST_F(KvHostileTest, LyingRepliesGetErrnosNeverACrash) {
       {"an error", "-ERR no\r\n"},
       {"NOSCRIPT forever", "-NOSCRIPT No matching script\r\n"},
       {"MOVED on a server that is no cluster", "-MOVED 1 127.0.0.1:1\r\n"},
+      {"two replies to one command (the second asked for by none)", "*1\r\n:2\r\n:7\r\n"},
       {"a nested array ten deep",
        [] {
          std::string s;

@@ -1,12 +1,12 @@
 #include "backend/kv/link.h"
 
 #include <fmt/format.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -22,11 +22,6 @@ namespace {
 constexpr auto kTick = std::chrono::milliseconds(100);
 
 thread_local Lane* t_driving = nullptr;
-
-void add_read(void* p) { static_cast<bool*>(p)[0] = true; }
-void del_read(void* p) { static_cast<bool*>(p)[0] = false; }
-void add_write(void* p) { static_cast<bool*>(p)[1] = true; }
-void del_write(void* p) { static_cast<bool*>(p)[1] = false; }
 
 void drain(int fd) {
   uint64_t count;
@@ -73,7 +68,7 @@ void Link::submit(Command command) {
   if (driver) {
     // What other threads queued goes first; then this, straight to hiredis.
     take_queued();
-    if (ac_ != nullptr && up_ && !have_queued_.load(std::memory_order_acquire)) {
+    if (c_ != nullptr && up_ && !have_queued_.load(std::memory_order_acquire)) {
       return send(command);
     }
   }
@@ -99,48 +94,6 @@ std::string Link::stats() const {
          std::to_string(failed_.load(std::memory_order_relaxed)) + " failed";
 }
 
-void Link::lost_context() {
-  ac_ = nullptr;
-  up_ = false;
-  want_[0] = want_[1] = false;
-  // The socket goes with the context, and the lane's epoll forgets it.
-  watched_fd_ = -1;
-  watched_events_ = 0;
-  connected_.store(false, std::memory_order_relaxed);
-}
-
-void Link::on_connect(const redisAsyncContext* ac, int status) {
-  auto* self = static_cast<Link*>(ac->data);
-  if (status != REDIS_OK) {
-    // hiredis frees the context after this callback.
-    self->lost_context();
-    self->went_down();
-    const auto now = Clock::now();
-    if (now - self->last_log_ > std::chrono::seconds(10)) {
-      spdlog::warn("{}: cannot connect ({}); retrying", self->name_, ac->errstr);
-      self->last_log_ = now;
-    }
-    return;
-  }
-  self->up_ = true;
-  self->down_ = false;
-  self->connected_.store(true, std::memory_order_relaxed);
-  spdlog::info("{}: connected", self->name_);
-}
-
-void Link::on_disconnect(const redisAsyncContext* ac, int status) {
-  auto* self = static_cast<Link*>(ac->data);
-  self->lost_context();
-  self->went_down();
-  if (status != REDIS_OK) self->log_.warn("{}: connection lost ({})", self->name_, ac->errstr);
-}
-
-void Link::went_down() {
-  down_ = true;
-  // Not now: this may run inside hiredis, and a command's answer may send
-  // it again here. The driver fails the queue on its next turn.
-}
-
 void Link::fail_queued() {
   std::deque<Command> failed;
   {
@@ -154,49 +107,53 @@ void Link::fail_queued() {
   }
 }
 
-void Link::on_reply(redisAsyncContext* ac, void* reply, void* privdata) {
-  auto* self = static_cast<Link*>(ac->data);
-  auto* f = static_cast<InFlight*>(privdata);
-  // Answers come in order: this is the oldest in flight.
-  if (!self->in_flight_.empty() && self->in_flight_.front() == f) self->in_flight_.pop_front();
-  if (f->live) {
-    const auto* r = static_cast<const redisReply*>(reply);
-    (r != nullptr ? self->answered_ : self->failed_).fetch_add(1, std::memory_order_relaxed);
-    f->done(r);
-  }
-  delete f;
-}
-
 void Link::connect() {
-  redisAsyncContext* ac = redisAsyncConnect(host_.c_str(), port_);
-  if (ac == nullptr) return;
-  if (ac->err != 0) {
-    went_down();
+  redisContext* c = redisConnectNonBlock(host_.c_str(), port_);
+  if (c == nullptr) return;
+  if (c->err != 0) {
+    down_ = true;
     const auto now = Clock::now();
     if (now - last_log_ > std::chrono::seconds(10)) {
-      spdlog::warn("{}: cannot connect ({}); retrying", name_, ac->errstr);
+      spdlog::warn("{}: cannot connect ({}); retrying", name_, c->errstr);
       last_log_ = now;
     }
-    redisAsyncFree(ac);
+    redisFree(c);
     return;
   }
-  ac->data = this;
-  ac->ev.data = want_;
-  ac->ev.addRead = add_read;
-  ac->ev.delRead = del_read;
-  ac->ev.addWrite = add_write;
-  ac->ev.delWrite = del_write;
-  ac->ev.cleanup = nullptr;
-  redisAsyncSetConnectCallback(ac, on_connect);
-  redisAsyncSetDisconnectCallback(ac, on_disconnect);
-  ac_ = ac;
-  // Connecting: hiredis waits for the socket to be writable.
-  want_[1] = true;
+  c_ = c;
+  // Writable once the connection is made (or refused).
+  connecting_ = true;
+  up_ = false;
+}
+
+void Link::finish_connect() {
+  int error = 0;
+  socklen_t len = sizeof error;
+  if (::getsockopt(c_->fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0) error = errno;
+  if (error == EINPROGRESS) return;
+  connecting_ = false;
+  if (error != 0) {
+    redisFree(c_);
+    c_ = nullptr;
+    watched_fd_ = -1;
+    watched_events_ = 0;
+    down_ = true;
+    const auto now = Clock::now();
+    if (now - last_log_ > std::chrono::seconds(10)) {
+      spdlog::warn("{}: cannot connect ({}); retrying", name_, std::strerror(error));
+      last_log_ = now;
+    }
+    return;
+  }
+  up_ = true;
+  down_ = false;
+  connected_.store(true, std::memory_order_relaxed);
+  spdlog::info("{}: connected", name_);
 }
 
 void Link::take_queued() {
   if (!have_queued_.load(std::memory_order_acquire)) return;
-  if (ac_ == nullptr || !up_) {
+  if (c_ == nullptr || !up_) {
     if (down_ && when_down_ == WhenDown::kFail) fail_queued();
     return;
   }
@@ -210,15 +167,18 @@ void Link::take_queued() {
 }
 
 void Link::send(Command& c) {
-  if (ac_ == nullptr) {
+  if (c_ == nullptr) {
     // Lost meanwhile (an earlier command's answer broke the connection).
     failed_.fetch_add(1, std::memory_order_relaxed);
     return c.done(nullptr);
   }
   if (c.asking) {
-    // No callback: its +OK is read and dropped, and the command after it
-    // is the one that was redirected.
-    redisAsyncCommand(ac_, nullptr, nullptr, "ASKING");
+    // Its +OK is read and dropped; the command after it is the one that
+    // was redirected.
+    const char* asking = "ASKING";
+    const size_t len = 6;
+    redisAppendCommandArgv(c_, 1, &asking, &len);
+    in_flight_.push_back(new InFlight{nullptr, c.deadline, /*asking=*/true});
   }
   const std::vector<std::string>& words = c.borrowed != nullptr ? *c.borrowed : c.argv;
   std::vector<const char*> argv;
@@ -229,27 +189,55 @@ void Link::send(Command& c) {
     argv.push_back(a.data());
     lens.push_back(a.size());
   }
-  auto* f = new InFlight{std::move(c.done), c.deadline};
-  in_flight_.push_back(f);
-  if (redisAsyncCommandArgv(ac_, on_reply, f, int(argv.size()), argv.data(), lens.data()) !=
-      REDIS_OK) {
-    // Only when the context is going away; its callbacks fail the rest.
-    in_flight_.pop_back();
+  if (redisAppendCommandArgv(c_, int(argv.size()), argv.data(), lens.data()) != REDIS_OK) {
     failed_.fetch_add(1, std::memory_order_relaxed);
-    f->done(nullptr);
-    delete f;
+    return c.done(nullptr);  // out of memory
+  }
+  in_flight_.push_back(new InFlight{std::move(c.done), c.deadline});
+  unflushed_ = true;
+}
+
+void Link::read_answers() {
+  if (redisBufferRead(c_) != REDIS_OK) {
+    return drop(c_->err == REDIS_ERR_EOF ? "connection lost (closed by the store)"
+                                         : "connection lost (reading failed)");
+  }
+  for (;;) {
+    void* raw = nullptr;
+    if (redisGetReplyFromReader(c_, &raw) != REDIS_OK) {
+      return drop("the store's answer does not parse");
+    }
+    if (raw == nullptr) return;
+    auto* r = static_cast<redisReply*>(raw);
+    if (in_flight_.empty()) {
+      freeReplyObject(r);
+      return drop("the store answered a command nobody sent");
+    }
+    // Answers come in order: this is the oldest in flight's.
+    std::unique_ptr<InFlight> f(in_flight_.front());
+    in_flight_.pop_front();
+    if (!f->asking) {
+      answered_.fetch_add(1, std::memory_order_relaxed);
+      f->done(r);
+    }
+    freeReplyObject(r);
+    if (c_ == nullptr) return;
   }
 }
 
 void Link::on_events(uint32_t events) {
-  if (ac_ == nullptr) return;
-  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) redisAsyncHandleRead(ac_);
-  if (ac_ != nullptr && (events & EPOLLOUT)) redisAsyncHandleWrite(ac_);
+  if (c_ == nullptr) return;
+  if (connecting_) {
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) finish_connect();
+  } else {
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_answers();
+    if (c_ != nullptr && (events & EPOLLOUT)) flush();
+  }
   take_queued();  // connected just now, perhaps
 }
 
 void Link::tick(Clock::time_point now) {
-  if (ac_ == nullptr && now >= next_connect_) {
+  if (c_ == nullptr && now >= next_connect_) {
     next_connect_ = now + kTick;
     connect();
   }
@@ -257,15 +245,23 @@ void Link::tick(Clock::time_point now) {
 }
 
 void Link::flush() {
-  // Only once connected: a writable socket while connecting is taken for
-  // the connection's completion.
-  if (ac_ != nullptr && up_ && want_[1]) redisAsyncHandleWrite(ac_);
+  if (c_ != nullptr && up_ && unflushed_) {
+    int done = 0;
+    if (redisBufferWrite(c_, &done) != REDIS_OK) {
+      drop("connection lost (writing failed)");
+    } else {
+      unflushed_ = done == 0;
+    }
+  }
   watch();
 }
 
 void Link::watch() {
-  const int fd = ac_ != nullptr ? ac_->c.fd : -1;
-  const uint32_t events = (want_[0] ? EPOLLIN : 0u) | (want_[1] ? EPOLLOUT : 0u);
+  const int fd = c_ != nullptr ? c_->fd : -1;
+  const uint32_t events = fd < 0        ? 0u
+                          : connecting_ ? uint32_t(EPOLLOUT)
+                          : unflushed_  ? uint32_t(EPOLLIN | EPOLLOUT)
+                                        : uint32_t(EPOLLIN);
   if (fd < 0 || (fd == watched_fd_ && events == watched_events_)) return;
   lane_.watch(this, fd, events);
   watched_fd_ = fd;
@@ -289,20 +285,35 @@ void Link::expire(Clock::time_point now) {
   }
   // Sent and unanswered past the deadline: the server is stuck or gone. Its
   // answers come in order, so nothing behind the oldest can come either:
-  // start over on a new connection.
-  if (!in_flight_.empty() && in_flight_.front()->deadline <= now && ac_ != nullptr) {
+  // start over on a new connection. A connection still being made past
+  // the deadline of what waits for it: the same.
+  if (!in_flight_.empty() && in_flight_.front()->deadline <= now && c_ != nullptr) {
     drop("a command went unanswered past the timeout");
   }
 }
 
 void Link::drop(const char* why) {
-  if (ac_ == nullptr) return;
+  if (c_ == nullptr) return;
   log_.warn("{}: {}; reconnecting", name_, why);
-  redisAsyncContext* ac = ac_;
-  lost_context();
-  redisAsyncFree(ac);  // every pending callback runs with null
-  in_flight_.clear();  // each InFlight was deleted by its callback
-  went_down();
+  redisFree(c_);  // closes the socket; the lane's epoll forgets it
+  c_ = nullptr;
+  connecting_ = false;
+  unflushed_ = false;
+  up_ = false;
+  down_ = true;
+  watched_fd_ = -1;
+  watched_events_ = 0;
+  connected_.store(false, std::memory_order_relaxed);
+  // What was in flight fails, in order; a command its failure sends again
+  // waits for the next connection.
+  std::deque<InFlight*> lost;
+  lost.swap(in_flight_);
+  for (InFlight* raw : lost) {
+    std::unique_ptr<InFlight> f(raw);
+    if (f->asking) continue;
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    f->done(nullptr);
+  }
 }
 
 void Link::close() {
@@ -310,11 +321,21 @@ void Link::close() {
     std::lock_guard lock(mu_);
     closed_ = true;
   }
-  if (ac_ != nullptr) {
-    redisAsyncContext* ac = ac_;
-    lost_context();
-    redisAsyncFree(ac);  // what is in flight fails
-    in_flight_.clear();
+  if (c_ != nullptr) {
+    redisContext* c = c_;
+    c_ = nullptr;
+    redisFree(c);
+  }
+  connecting_ = up_ = unflushed_ = false;
+  watched_fd_ = -1;
+  connected_.store(false, std::memory_order_relaxed);
+  std::deque<InFlight*> lost;
+  lost.swap(in_flight_);
+  for (InFlight* raw : lost) {
+    std::unique_ptr<InFlight> f(raw);
+    if (f->asking) continue;
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    f->done(nullptr);
   }
   fail_queued();
 }
@@ -394,8 +415,7 @@ void Lane::take_added() {
 
 bool Lane::needs_ticks() const {
   for (const Link* l : links_) {
-    if (l->ac_ == nullptr || !l->up_ || l->busy() ||
-        l->have_queued_.load(std::memory_order_acquire))
+    if (l->c_ == nullptr || !l->up_ || l->busy() || l->have_queued_.load(std::memory_order_acquire))
       return true;
   }
   return false;

@@ -1,8 +1,10 @@
 // Connections to Redis servers (Links) and who drives them (Lanes).
 //
-// A Link is one connection: hiredis's asynchronous API, pipelined (what is
-// submitted goes out as soon as the socket takes it; answers come back in
-// order). It has no thread: its Lane drives it. A Lane drives a set of
+// A Link is one connection: a non-blocking hiredis context, pipelined
+// (what is submitted goes out as soon as the socket takes it; answers come
+// back in order). Not hiredis's asynchronous API: that one aborts the
+// process on an answer no command asked for, which a store can send; here
+// such an answer drops the connection. It has no thread: its Lane drives it. A Lane drives a set of
 // links (one per server) behind one epoll descriptor: their sockets, an
 // eventfd for commands other threads queue, and a 100 ms timer.
 // - A transport worker adopts a lane through the backend's WorkerHook
@@ -37,7 +39,7 @@
 #include "util/rate_limited_log.h"
 #include "util/unique_function.h"
 
-struct redisAsyncContext;
+struct redisContext;
 struct redisReply;
 
 namespace dpfs::kv {
@@ -110,15 +112,12 @@ class Link {
   void watch();                      // the epoll interest in the socket, as hiredis wants now
   bool busy() const { return !in_flight_.empty(); }
   void connect();
+  void finish_connect();       // the socket became writable while connecting
+  void read_answers();         // the socket is readable
   void drop(const char* why);  // the connection is gone: pending commands fail
   void send(Command& c);
   void expire(Clock::time_point now);
   void fail_queued();
-  void went_down();
-  void lost_context();  // hiredis freed (or is freeing) the context
-  static void on_reply(redisAsyncContext* ac, void* reply, void* privdata);
-  static void on_connect(const redisAsyncContext* ac, int status);
-  static void on_disconnect(const redisAsyncContext* ac, int status);
 
   Lane& lane_;
   const std::string host_;
@@ -133,18 +132,19 @@ class Link {
   bool closed_ = false;                   // guarded by mu_
 
   // Driver only.
-  redisAsyncContext* ac_ = nullptr;
-  bool want_[2] = {false, false};  // hiredis wants to read, to write (its event hooks)
-  bool up_ = false;                // connected (on_connect said so)
-  bool down_ = false;              // the last attempt to connect failed, or the connection broke
-  int watched_fd_ = -1;            // the socket as the lane's epoll has it
-  uint32_t watched_events_ = 0;    // and with which events
+  redisContext* c_ = nullptr;
+  bool connecting_ = false;      // the non-blocking connect has not completed yet
+  bool unflushed_ = false;       // hiredis holds bytes the socket did not take yet
+  bool up_ = false;              // connected
+  bool down_ = false;            // the last attempt to connect failed, or the connection broke
+  int watched_fd_ = -1;          // the socket as the lane's epoll has it
+  uint32_t watched_events_ = 0;  // and with which events
   Clock::time_point next_connect_{};
-  // Handed to hiredis, in order: hiredis answers in order too.
+  // Handed to hiredis, in order: the store answers in order too.
   struct InFlight {
     Done done;
     Clock::time_point deadline;
-    bool live = true;  // false: expired, answered with null already
+    bool asking = false;  // ASKING's +OK: read and dropped
   };
   std::deque<InFlight*> in_flight_;
   std::atomic<uint64_t> answered_{0};
