@@ -5,12 +5,14 @@
 // are split into buffers at fuzzer-chosen points and replies go into
 // fuzzer-sized buffers, as a virtqueue could give them. A crash, a sanitizer
 // report, a reply longer than its buffer or a request not completed exactly
-// once is a finding. Backends must answer synchronously (as memfs does, and
-// passthrough without io_uring).
+// once is a finding, and so is a reply whose header is not one (its length
+// not the reply's, its error neither 0 nor an errno). Backends must answer
+// synchronously (as memfs does, and passthrough without io_uring).
 #pragma once
 
 #include <linux/fuse.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -20,16 +22,23 @@
 #include "fuse/request.h"
 #include "fuse/session.h"
 #include "fuzz_input.h"
+#include "util/iov.h"
 
 namespace dpfs::fuzz {
 
 class FuzzRequest final : public dpfs::fuse::Request {
  public:
   void complete(size_t reply_len) override {
-    ++completions;
     if (reply_len > dpfs::iov_length(out)) std::abort();
+    if (reply_len >= sizeof(fuse_out_header)) {
+      fuse_out_header h{};
+      dpfs::iov_copy_out(out, &h, sizeof(h));
+      if (h.len != reply_len || h.error > 0 || h.error <= -4096) std::abort();
+    }
+    completions.fetch_add(1, std::memory_order_release);
   }
-  int completions = 0;
+  // Atomic: a backend may answer on a thread of its own (kv_reply_fuzz).
+  std::atomic<int> completions{0};
 };
 
 // Reply space, reused: 1 MiB of payload and a header.
@@ -93,32 +102,36 @@ inline void run_one(dpfs::fuse::FuseSession& session, dpfs::Backend& backend, In
   }
 }
 
-// Runs one input: a well-formed INIT, then up to 64 requests.
-inline void run_input(dpfs::fuse::FuseSession& session, dpfs::Backend& backend, const uint8_t* data,
-                      size_t size) {
-  // Every input starts with a well-formed INIT so the fuzzer reaches the
-  // other opcodes; it may send its own INITs too.
+// A well-formed INIT (FUSE_KERNEL_MINOR_VERSION, every flag in `flags` and
+// `flags2` offered), answered at once.
+inline void init_session(dpfs::fuse::FuseSession& session, uint32_t flags = 0xffffffff,
+                         uint32_t flags2 = 0xffffffff) {
   fuse_init_in init{};
   init.major = 7;
   init.minor = FUSE_KERNEL_MINOR_VERSION;
-  init.flags = 0xffffffff;
-  init.flags2 = 0xffffffff;
+  init.flags = flags;
+  init.flags2 = flags2;
   std::vector<uint8_t> init_req(sizeof(fuse_in_header) + sizeof(init));
   fuse_in_header h{};
   h.len = uint32_t(init_req.size());
   h.opcode = FUSE_INIT;
   std::memcpy(init_req.data(), &h, sizeof(h));
   std::memcpy(init_req.data() + sizeof(h), &init, sizeof(init));
-  {
-    FuzzRequest req;
-    iovec in_iov{init_req.data(), init_req.size()};
-    iovec out_iov{reply_buffer().data(), 4096};
-    req.in = {&in_iov, 1};
-    req.out = {&out_iov, 1};
-    session.handle(req);
-    if (req.completions != 1) std::abort();
-  }
+  FuzzRequest req;
+  iovec in_iov{init_req.data(), init_req.size()};
+  iovec out_iov{reply_buffer().data(), 4096};
+  req.in = {&in_iov, 1};
+  req.out = {&out_iov, 1};
+  session.handle(req);
+  if (req.completions != 1) std::abort();
+}
 
+// Runs one input: a well-formed INIT, then up to 64 requests.
+inline void run_input(dpfs::fuse::FuseSession& session, dpfs::Backend& backend, const uint8_t* data,
+                      size_t size) {
+  // Every input starts with a well-formed INIT so the fuzzer reaches the
+  // other opcodes; it may send its own INITs too.
+  init_session(session);
   Input in{data, size};
   uint64_t unique = 2;
   for (int i = 0; i < 64 && in.n >= 8; ++i) run_one(session, backend, in, unique++);
