@@ -221,6 +221,12 @@ void VhostUserEndpoint::serve_connection(util::UniqueFd socket, unsigned number,
 }
 
 bool VhostUserEndpoint::take_over(vhost_user::Connection& conn, Kept& kept) {
+  // The session first: the rings start taking requests as soon as the
+  // journal starts them.
+  if (kept.init && !tenant_->restore(*kept.init)) {
+    device_->log().error("{}: the session INIT negotiated cannot be restored", name_);
+    return false;
+  }
   // The rings the journal starts resume from their records: each request
   // the last process took and did not answer is taken again.
   device_->set_resume(true);
@@ -230,13 +236,10 @@ bool VhostUserEndpoint::take_over(vhost_user::Connection& conn, Kept& kept) {
     ++replayed;
   }
   device_->set_resume(false);
+  device_->notify_all();
   if (replayed != kept.journal.size()) {
     device_->log().error("{}: the connection could not be taken over ({} of {} requests replayed)",
                          name_, replayed, kept.journal.size());
-    return false;
-  }
-  if (kept.init && !tenant_->restore(*kept.init)) {
-    device_->log().error("{}: the session INIT negotiated cannot be restored", name_);
     return false;
   }
   device_->log().info("{}: took the front-end connection over: {} requests replayed{}", name_,

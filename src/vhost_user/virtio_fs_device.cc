@@ -719,6 +719,12 @@ int VirtioFsDevice::set_vring_enable(uint32_t index, bool enable) {
   return 0;
 }
 
+void VirtioFsDevice::notify_all() {
+  for (auto& q : queues_) {
+    if (q->started && q->call) signal_eventfd(q->call.get());
+  }
+}
+
 void VirtioFsDevice::maybe_start(Queue& q) {
   if (q.started || !q.enabled || !q.have_num || !q.have_addr || !q.kick || !memory_) return;
   pause();

@@ -105,6 +105,11 @@ class VirtioFsDevice final : public VhostUserDevice {
   // While set, rings start by resuming from their records (a successor
   // replaying its predecessor's journal); off, they start afresh.
   void set_resume(bool resume) { resume_ = resume; }
+  // Signals every started queue's call eventfd: answers a predecessor
+  // published may never have been signalled (it died in between), and a
+  // driver that sleeps until then would wait for good. A spurious
+  // notification costs a driver one look at its used ring.
+  void notify_all();
 
   // REQUIRES: index < queue_num().
   const QueueStats& queue_stats(uint32_t index) const;
