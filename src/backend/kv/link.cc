@@ -295,17 +295,21 @@ void Link::expire(Clock::time_point now) {
 void Link::drop(const char* why) {
   if (c_ == nullptr) return;
   log_.warn("{}: {}; reconnecting", name_, why);
-  redisFree(c_);  // closes the socket; the lane's epoll forgets it
-  c_ = nullptr;
-  connecting_ = false;
-  unflushed_ = false;
-  up_ = false;
   down_ = true;
+  disconnect();
+}
+
+void Link::disconnect() {
+  if (c_ != nullptr) {
+    redisFree(c_);  // closes the socket; the lane's epoll forgets it
+    c_ = nullptr;
+  }
+  connecting_ = up_ = unflushed_ = false;
   watched_fd_ = -1;
   watched_events_ = 0;
   connected_.store(false, std::memory_order_relaxed);
   // What was in flight fails, in order; a command its failure sends again
-  // waits for the next connection.
+  // waits for the next connection (or fails at once, once closed).
   std::deque<InFlight*> lost;
   lost.swap(in_flight_);
   for (InFlight* raw : lost) {
@@ -321,22 +325,7 @@ void Link::close() {
     std::lock_guard lock(mu_);
     closed_ = true;
   }
-  if (c_ != nullptr) {
-    redisContext* c = c_;
-    c_ = nullptr;
-    redisFree(c);
-  }
-  connecting_ = up_ = unflushed_ = false;
-  watched_fd_ = -1;
-  connected_.store(false, std::memory_order_relaxed);
-  std::deque<InFlight*> lost;
-  lost.swap(in_flight_);
-  for (InFlight* raw : lost) {
-    std::unique_ptr<InFlight> f(raw);
-    if (f->asking) continue;
-    failed_.fetch_add(1, std::memory_order_relaxed);
-    f->done(nullptr);
-  }
+  disconnect();
   fail_queued();
 }
 

@@ -115,6 +115,7 @@ class Link {
   void finish_connect();       // the socket became writable while connecting
   void read_answers();         // the socket is readable
   void drop(const char* why);  // the connection is gone: pending commands fail
+  void disconnect();           // frees the context; what is in flight fails
   void send(Command& c);
   void expire(Clock::time_point now);
   void fail_queued();
