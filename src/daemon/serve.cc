@@ -16,6 +16,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <system_error>
 #include <vector>
 
@@ -351,11 +352,17 @@ int serve_here(const Config& configured, std::vector<std::unique_ptr<util::Liste
   const std::string sandboxed = enter_sandbox(served);
 
   std::vector<std::unique_ptr<VhostUserEndpoint>> devices;
+  // A supervisor's device process serves one device, and keeps it.
+  std::optional<DeviceKeep> unclaimed(std::move(keep));
   for (size_t i = 0; i < served.devices.size(); ++i) {
-    // A supervisor's device process serves one device, and keeps it.
+    DeviceKeep device_keep;
+    if (unclaimed) {
+      device_keep = std::move(*unclaimed);
+      unclaimed.reset();
+    }
     devices.push_back(std::make_unique<VhostUserEndpoint>(
         served.devices[i], served, std::move(sockets[i]), credentials, notifier(device_done.get()),
-        i == 0 ? std::move(keep) : DeviceKeep{}));
+        std::move(device_keep)));
   }
   if (listener) {
     // One backend behind the host's policy, shared by every remote session.
