@@ -222,6 +222,25 @@ void KvBackend::run_chunk(Script script, uint64_t ino, uint64_t index,
       lane);
 }
 
+void KvBackend::run_chunks(Script script, uint64_t ino, const std::vector<uint64_t>& indexes,
+                           const std::function<std::vector<std::string>(uint64_t)>& args,
+                           util::UniqueFunction<void(int, int64_t)> then, unsigned lane) {
+  if (indexes.empty()) return then(0, 0);
+  auto grew = std::make_shared<std::atomic<int64_t>>(0);
+  auto fan = std::make_shared<Fan>(indexes.size(), [grew, then = std::move(then)](int e) mutable {
+    then(e, grew->load(std::memory_order_relaxed));
+  });
+  for (const uint64_t c : indexes) {
+    run_chunk(
+        script, ino, c, args(c),
+        [grew, fan](int e, int64_t d) {
+          grew->fetch_add(d, std::memory_order_relaxed);
+          fan->one(e);
+        },
+        lane);
+  }
+}
+
 Entry KvBackend::entry_from(const redisReply* r, size_t at) const {
   Entry e;
   auto field = [&](size_t i) { return at + i < r->elements ? integer(r->element[at + i]) : 0; };
@@ -469,29 +488,23 @@ void KvBackend::drop_batch(std::shared_ptr<DropWalk> w) {
         }
         if (indexes.empty()) return w->then(0);
         const uint64_t upto = indexes.back();
-        auto delta = std::make_shared<std::atomic<int64_t>>(0);
-        auto fan = std::make_shared<Fan>(indexes.size(), [this, w, delta, upto](int e) {
-          if (e != 0) return w->then(e);
-          run(
-              Script::kChunksGone,
-              {num(w->ino), num(w->next), num(upto), std::to_string(delta->load())},
-              [this, w, upto](int e2, const redisReply*) {
-                if (e2 != 0) return w->then(e2);
-                if (upto >= w->last) return w->then(0);
-                w->next = upto + 1;
-                drop_batch(w);
-              },
-              w->lane);
-        });
-        for (const uint64_t c : indexes) {
-          run_chunk(
-              Script::kChunkDrop, w->ino, c, {},
-              [fan, delta](int e, int64_t d) {
-                delta->fetch_add(d, std::memory_order_relaxed);
-                fan->one(e);
-              },
-              w->lane);
-        }
+        run_chunks(
+            Script::kChunkDrop, w->ino, indexes,
+            [](uint64_t) { return std::vector<std::string>{}; },
+            [this, w, upto](int e, int64_t freed) {
+              if (e != 0) return w->then(e);
+              run(
+                  Script::kChunksGone,
+                  {num(w->ino), num(w->next), num(upto), std::to_string(freed)},
+                  [this, w, upto](int e2, const redisReply*) {
+                    if (e2 != 0) return w->then(e2);
+                    if (upto >= w->last) return w->then(0);
+                    w->next = upto + 1;
+                    drop_batch(w);
+                  },
+                  w->lane);
+            },
+            w->lane);
       },
       w->lane);
 }
@@ -515,22 +528,17 @@ void KvBackend::chunk_batch(std::shared_ptr<ChunkWalk> w) {
   // queue a million commands at once.
   if (w->next > w->last) return w->then(0, w->grew);
   const uint64_t upto = std::min(w->last, w->next + kChunkBatch - 1);
-  auto delta = std::make_shared<std::atomic<int64_t>>(0);
-  auto fan = std::make_shared<Fan>(upto - w->next + 1, [this, w, delta, upto](int e) {
-    w->grew += delta->load();
-    if (e != 0) return w->then(e, w->grew);
-    w->next = upto + 1;
-    chunk_batch(w);
-  });
-  for (uint64_t c = w->next; c <= upto; ++c) {
-    run_chunk(
-        w->script, w->ino, c, w->args(c),
-        [fan, delta](int e, int64_t d) {
-          delta->fetch_add(d, std::memory_order_relaxed);
-          fan->one(e);
-        },
-        w->lane);
-  }
+  std::vector<uint64_t> batch;
+  for (uint64_t c = w->next; c <= upto; ++c) batch.push_back(c);
+  run_chunks(
+      w->script, w->ino, batch, w->args,
+      [this, w, upto](int e, int64_t grew) {
+        w->grew += grew;
+        if (e != 0) return w->then(e, w->grew);
+        w->next = upto + 1;
+        chunk_batch(w);
+      },
+      w->lane);
 }
 
 void KvBackend::clear_past(uint64_t ino, uint64_t size, uint64_t old_size,
@@ -857,25 +865,22 @@ void KvBackend::write(const Context&, uint64_t ino, uint64_t fh, uint64_t offset
   // The chunks written elsewhere go into the index with the size.
   args.push_back(num(last - first + 1));
   for (uint64_t c = first; c <= last; ++c) args.push_back(num(c));
-  auto grew = std::make_shared<std::atomic<int64_t>>(0);
+  std::vector<uint64_t> chunks;
+  for (uint64_t c = first; c <= last; ++c) chunks.push_back(c);
   const unsigned lane = store_->lane();
-  auto fan = std::make_shared<Fan>(
-      size_t(last - first + 1),
-      [this, grew, lane, args = std::move(args), answer = std::move(answer)](int error) mutable {
+  run_chunks(
+      Script::kChunkWrite, ino, chunks,
+      [&piece](uint64_t c) {
+        auto [at, bytes] = piece(c);
+        return std::vector<std::string>{std::move(at), std::move(bytes)};
+      },
+      [this, lane, args = std::move(args), answer = std::move(answer)](int error,
+                                                                       int64_t grew) mutable {
         if (error != 0) return answer(error, nullptr);
-        args[3] = std::to_string(grew->load(std::memory_order_relaxed));
+        args[3] = std::to_string(grew);
         run(Script::kWrite, std::move(args), std::move(answer), lane);
-      });
-  for (uint64_t c = first; c <= last; ++c) {
-    auto [at, bytes] = piece(c);
-    run_chunk(
-        Script::kChunkWrite, ino, c, {std::move(at), std::move(bytes)},
-        [grew, fan](int e, int64_t d) {
-          grew->fetch_add(d, std::memory_order_relaxed);
-          fan->one(e);
-        },
-        lane);
-  }
+      },
+      lane);
 }
 
 void KvBackend::fallocate(const Context&, uint64_t ino, uint64_t fh, uint32_t mode, uint64_t offset,
@@ -947,15 +952,16 @@ void KvBackend::fallocate(const Context&, uint64_t ino, uint64_t fh, uint32_t mo
     const uint64_t whole_first = partial(first) ? first + 1 : first;
     const uint64_t whole_last = last != first && partial(last) ? last - 1 : last;
     auto freed = std::make_shared<std::atomic<int64_t>>(0);
-    auto fan = std::make_shared<Fan>(
-        ends.size() + 1,
-        [freed, finish = std::move(finish)](int error) mutable { finish(error, freed->load()); });
-    for (const uint64_t c : ends) {
-      run_chunk(Script::kChunkPunch, ino, c, args(c), [fan, freed](int e, int64_t d) {
-        freed->fetch_add(d, std::memory_order_relaxed);
-        fan->one(e);
-      });
-    }
+    auto fan = std::make_shared<Fan>(2, [freed, finish = std::move(finish)](int error) mutable {
+      finish(error, freed->load());
+    });
+    run_chunks(
+        Script::kChunkPunch, ino, ends, args,
+        [fan, freed](int e, int64_t d) {
+          freed->fetch_add(d, std::memory_order_relaxed);
+          fan->one(e);
+        },
+        store_->lane());
     // drop_chunks counts what it frees in the inode itself.
     return drop_chunks(ino, whole_first, whole_last, [fan](int e) { fan->one(e); });
   }

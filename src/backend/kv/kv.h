@@ -157,6 +157,12 @@ class KvBackend final : public Backend {
   // A chunk script on chunk `index` of `ino`: then(error, bytes it grew).
   void run_chunk(kv::Script script, uint64_t ino, uint64_t index, std::vector<std::string> args,
                  util::UniqueFunction<void(int, int64_t)> then, unsigned lane = kAnyLane);
+  // Runs `script` on each chunk of `ino` in `indexes` (args(c) its
+  // arguments, asked at once) together; then(the first error, what they
+  // grew in all).
+  void run_chunks(kv::Script script, uint64_t ino, const std::vector<uint64_t>& indexes,
+                  const std::function<std::vector<std::string>(uint64_t)>& args,
+                  util::UniqueFunction<void(int, int64_t)> then, unsigned lane);
   // Sends `argv` on `key`'s node.
   void send(std::string key, std::vector<std::string> argv, kv::Done done,
             unsigned lane = kAnyLane);
